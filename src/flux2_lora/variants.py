@@ -1,0 +1,337 @@
+"""The FLUX.2 model variants this toolkit trains, as plain data (no torch).
+
+Everything that needs an architecture fact (memory estimate, LoRA target resolution, model loading,
+the embedded demo) reads it from here or from a model folder's own ``config.json`` through
+:func:`transformer_arch_from_config`, never from literals scattered in code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+VariantName = Literal["dev", "klein-4b", "klein-9b", "demo"]
+VARIANT_NAMES: tuple[str, ...] = ("dev", "klein-4b", "klein-9b", "demo")
+DEMO_MODEL_PATH = "demo"
+
+
+@dataclass(frozen=True)
+class TransformerArch:
+    """The fields of diffusers' ``Flux2Transformer2DModel`` config that shape memory and LoRA targets."""
+
+    num_layers: int
+    num_single_layers: int
+    num_attention_heads: int
+    attention_head_dim: int
+    joint_attention_dim: int
+    in_channels: int = 128
+    patch_size: int = 1
+    mlp_ratio: float = 3.0
+    timestep_guidance_channels: int = 256
+    axes_dims_rope: tuple[int, ...] = (32, 32, 32, 32)
+    rope_theta: int = 2000
+    guidance_embeds: bool = True
+    out_channels: int | None = None
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def mlp_hidden_dim(self) -> int:
+        return int(self.inner_dim * self.mlp_ratio)
+
+    def diffusers_config(self) -> dict[str, Any]:
+        """Keyword arguments for ``Flux2Transformer2DModel(**...)``."""
+        cfg = asdict(self)
+        cfg["axes_dims_rope"] = list(self.axes_dims_rope)
+        return cfg
+
+
+@dataclass(frozen=True)
+class TextEncoderArch:
+    """The text encoder a variant's pipeline uses, enough to size it and to reproduce its embeddings."""
+
+    kind: Literal["mistral3", "qwen3"]
+    hidden_size: int
+    num_layers: int
+    params: int  # total parameters of the module the pipeline loads
+    out_layers: tuple[int, ...]  # hidden-state indices the pipeline stacks
+    max_sequence_length: int = 512
+    intermediate_size: int = 0
+    num_attention_heads: int = 0
+    num_key_value_heads: int = 0
+    head_dim: int = 0
+    vocab_size: int = 0
+
+
+@dataclass(frozen=True)
+class VaeArch:
+    params: int
+    encoder_params: int
+    decoder_params: int
+    latent_channels: int = 32
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    spatial_factor: int = 8  # pixels per latent cell; a transformer token covers 2×2 cells
+    sample_size: int = 1024  # tiling starts above this many pixels
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    title: str
+    pipeline_class: str
+    hub_ids: tuple[str, ...]
+    transformer: TransformerArch
+    text_encoder: TextEncoderArch
+    vae: VaeArch
+    default_resolution: int
+    default_guidance: float | None  # distilled-guidance input during training ([dev] only)
+    notes: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+_FLUX2_VAE = VaeArch(params=84_046_115, encoder_params=34_421_696, decoder_params=49_619_203)
+
+VARIANTS: dict[str, Variant] = {
+    "dev": Variant(
+        name="dev",
+        title="FLUX.2 [dev] (32B)",
+        pipeline_class="Flux2Pipeline",
+        hub_ids=("black-forest-labs/FLUX.2-dev",),
+        transformer=TransformerArch(
+            num_layers=8,
+            num_single_layers=48,
+            num_attention_heads=48,
+            attention_head_dim=128,
+            joint_attention_dim=15360,
+            guidance_embeds=True,
+        ),
+        text_encoder=TextEncoderArch(
+            kind="mistral3",
+            hidden_size=5120,
+            num_layers=40,
+            params=24_011_361_280,
+            out_layers=(10, 20, 30),
+            intermediate_size=32768,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            vocab_size=131072,
+        ),
+        vae=_FLUX2_VAE,
+        default_resolution=1024,
+        default_guidance=1.0,
+        notes="Mistral Small 3.x 24B text encoder; guidance-distilled (guidance input during training).",
+    ),
+    "klein-9b": Variant(
+        name="klein-9b",
+        title="FLUX.2 [klein] 9B",
+        pipeline_class="Flux2KleinPipeline",
+        hub_ids=("black-forest-labs/FLUX.2-klein-base-9B", "black-forest-labs/FLUX.2-klein-9B"),
+        transformer=TransformerArch(
+            num_layers=8,
+            num_single_layers=24,
+            num_attention_heads=32,
+            attention_head_dim=128,
+            joint_attention_dim=12288,
+            guidance_embeds=False,
+        ),
+        text_encoder=TextEncoderArch(
+            kind="qwen3",
+            hidden_size=4096,
+            num_layers=36,
+            params=8_190_735_360,
+            out_layers=(9, 18, 27),
+            intermediate_size=12288,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            vocab_size=151936,
+        ),
+        vae=_FLUX2_VAE,
+        default_resolution=1024,
+        default_guidance=None,
+        notes="Qwen3-8B text encoder.",
+    ),
+    "klein-4b": Variant(
+        name="klein-4b",
+        title="FLUX.2 [klein] 4B",
+        pipeline_class="Flux2KleinPipeline",
+        hub_ids=("black-forest-labs/FLUX.2-klein-base-4B", "black-forest-labs/FLUX.2-klein-4B"),
+        transformer=TransformerArch(
+            num_layers=5,
+            num_single_layers=20,
+            num_attention_heads=24,
+            attention_head_dim=128,
+            joint_attention_dim=7680,
+            guidance_embeds=False,
+        ),
+        text_encoder=TextEncoderArch(
+            kind="qwen3",
+            hidden_size=2560,
+            num_layers=36,
+            params=4_022_468_096,
+            out_layers=(9, 18, 27),
+            intermediate_size=9728,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            vocab_size=151936,
+        ),
+        vae=_FLUX2_VAE,
+        default_resolution=1024,
+        default_guidance=None,
+        notes="Qwen3-4B text encoder.",
+    ),
+    # The embedded demo: FLUX.2 [klein] architecture at toy size, built locally by flux2_lora.demo.
+    # The text encoder has 28 layers so the stock pipeline's hidden-state layers (9, 18, 27) exist.
+    "demo": Variant(
+        name="demo",
+        title="Embedded demo (tiny FLUX.2 [klein] architecture)",
+        pipeline_class="Flux2KleinPipeline",
+        hub_ids=(),
+        transformer=TransformerArch(
+            num_layers=2,
+            num_single_layers=2,
+            num_attention_heads=4,
+            attention_head_dim=16,
+            joint_attention_dim=96,
+            in_channels=32,
+            timestep_guidance_channels=32,
+            axes_dims_rope=(4, 4, 4, 4),
+            guidance_embeds=False,
+        ),
+        text_encoder=TextEncoderArch(
+            kind="qwen3",
+            hidden_size=32,
+            num_layers=28,
+            params=270_912,
+            out_layers=(9, 18, 27),
+            intermediate_size=64,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            vocab_size=600,
+        ),
+        vae=VaeArch(
+            params=69_219,
+            encoder_params=0,
+            decoder_params=0,
+            latent_channels=8,
+            block_out_channels=(8, 8, 16, 16),
+            sample_size=128,
+        ),
+        default_resolution=64,
+        default_guidance=None,
+        notes="Random weights; runs the whole flow on CPU in about a minute.",
+    ),
+}
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise KeyError(f"unknown variant {name!r}; known: {', '.join(VARIANT_NAMES)}") from None
+
+
+def transformer_arch_from_config(cfg: dict[str, Any]) -> TransformerArch:
+    """Build a :class:`TransformerArch` from a diffusers ``transformer/config.json`` dict."""
+    defaults = TransformerArch(num_layers=8, num_single_layers=48, num_attention_heads=48,
+                               attention_head_dim=128, joint_attention_dim=15360)
+    known = {f for f in asdict(defaults)}
+    kwargs = {k: v for k, v in cfg.items() if k in known}
+    if "axes_dims_rope" in kwargs:
+        kwargs["axes_dims_rope"] = tuple(kwargs["axes_dims_rope"])
+    return replace(defaults, **kwargs)
+
+
+def _same_shape(a: TransformerArch, b: TransformerArch) -> bool:
+    keys = ("num_layers", "num_single_layers", "num_attention_heads", "attention_head_dim", "joint_attention_dim")
+    return all(getattr(a, k) == getattr(b, k) for k in keys)
+
+
+def variant_from_transformer_arch(arch: TransformerArch) -> str | None:
+    for name, v in VARIANTS.items():
+        if _same_shape(arch, v.transformer):
+            return name
+    return None
+
+
+_HUB_PATTERNS = (
+    (re.compile(r"flux\.?2[-_.]?dev", re.I), "dev"),
+    (re.compile(r"klein[-_.]?(base[-_.]?)?9b", re.I), "klein-9b"),
+    (re.compile(r"klein[-_.]?(base[-_.]?)?4b", re.I), "klein-4b"),
+)
+
+
+def variant_from_name(path: str) -> str | None:
+    """Guess the variant from a hub id or folder name (used when no config.json can be read)."""
+    if path.strip().lower() == DEMO_MODEL_PATH:
+        return "demo"
+    for pattern, name in _HUB_PATTERNS:
+        if pattern.search(path):
+            return name
+    return None
+
+
+def read_local_transformer_config(path: str | Path) -> dict[str, Any] | None:
+    """The transformer's config.json of a local diffusers folder, or None if there is none."""
+    p = Path(path).expanduser()
+    for candidate in (p / "transformer" / "config.json", p / "config.json"):
+        if candidate.is_file():
+            try:
+                data = json.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            if isinstance(data, dict) and "num_single_layers" in data:
+                return data
+    return None
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What a model path resolves to without loading any weights."""
+
+    variant: str
+    arch: TransformerArch
+    source: Literal["demo", "local", "hub-name", "given"]
+
+
+def resolve_model(path: str, variant: str = "auto") -> ResolvedModel:
+    """Work out variant and transformer shape from the config's model section.
+
+    A local folder's own config.json wins (a fine-tune or a future release may differ from the
+    table); an explicit variant that contradicts it raises ValueError.
+    """
+    if path.strip().lower() == DEMO_MODEL_PATH:
+        if variant not in ("auto", "demo"):
+            raise ValueError(f"model.variant: {variant!r} does not match the embedded demo model")
+        return ResolvedModel("demo", VARIANTS["demo"].transformer, "demo")
+    local = read_local_transformer_config(path)
+    if local is not None:
+        arch = transformer_arch_from_config(local)
+        detected = variant_from_transformer_arch(arch)
+        if variant != "auto":
+            if detected is not None and detected != variant:
+                raise ValueError(
+                    f"model.variant: {variant!r} was given but {path} has a {detected} transformer"
+                )
+            return ResolvedModel(variant, arch, "local")
+        if detected is None:
+            # An unknown shape still trains; size it as what it is and call it by its nearest pipeline.
+            detected = "dev" if arch.guidance_embeds else "klein-9b"
+        return ResolvedModel(detected, arch, "local")
+    if variant != "auto":
+        return ResolvedModel(variant, get_variant(variant).transformer, "given")
+    guessed = variant_from_name(path)
+    if guessed is None:
+        raise ValueError(
+            f"model.variant: cannot tell the FLUX.2 variant of {path!r}; set model.variant to one of "
+            f"{', '.join(v for v in VARIANT_NAMES if v != 'demo')}"
+        )
+    return ResolvedModel(guessed, get_variant(guessed).transformer, "hub-name")
