@@ -85,9 +85,13 @@ class DatasetSection(Section):
     center_crop: bool = F(
         True, "Crop the center after resizing the short side; off crops at a random (seeded) position."
     )
-    random_flip: bool = F(False, "Mirror images left-right at random (seeded). Avoid for text or asymmetric subjects.")
+    random_flip: bool = F(
+        False, "Mirror images left-right at random (seeded). Avoid for text or asymmetric subjects."
+    )
     caption_extension: str = F(
-        ".txt", "Extension of the caption file next to each image (photo.jpg → photo.txt).", ui={"advanced": True}
+        ".txt",
+        "Extension of the caption file next to each image (photo.jpg → photo.txt).",
+        ui={"advanced": True},
     )
     default_caption: str = F(
         "",
@@ -138,7 +142,11 @@ class LoraSection(Section):
         ui={"min": 4, "max": 128, "step": 4},
     )
     dropout: float = F(
-        0.0, "Dropout on the LoRA input, a regulariser for small datasets.", ge=0.0, le=0.9, ui={"max": 0.5, "step": 0.05}
+        0.0,
+        "Dropout on the LoRA input, a regulariser for small datasets.",
+        ge=0.0,
+        le=0.9,
+        ui={"max": 0.5, "step": 0.05},
     )
     use_dora: bool = F(
         False,
@@ -177,40 +185,58 @@ class TrainingSection(Section):
         le=10,
         ui={"min": 1e-6, "max": 1e-2, "log": True},
     )
-    max_steps: int = F(1000, "Optimizer steps to train.", ge=1, le=1_000_000, ui={"min": 100, "max": 20000, "step": 100})
+    max_steps: int = F(
+        1000, "Optimizer steps to train.", ge=1, le=1_000_000, ui={"min": 100, "max": 20000, "step": 100}
+    )
     batch_size: int = F(
-        1, "Images per step per GPU. Memory grows with it; use gradient accumulation instead.", ge=1, le=64,
+        1,
+        "Images per step per GPU. Memory grows with it; use gradient accumulation instead.",
+        ge=1,
+        le=64,
         ui={"max": 16},
     )
     gradient_accumulation_steps: int = F(
-        1, "Micro-batches summed before each optimizer step (effective batch = batch × this × GPUs).",
-        ge=1, le=1024, ui={"max": 16},
+        1,
+        "Micro-batches summed before each optimizer step (effective batch = batch × this × GPUs).",
+        ge=1,
+        le=1024,
+        ui={"max": 16},
     )
     optimizer: Literal["adamw", "adam", "sgd", "adafactor", "adamw8bit", "prodigy"] = F(
         "adamw",
         "adamw: the standard. adamw8bit: 8-bit state (bitsandbytes). prodigy: learning-rate free (prodigyopt). "
         "adafactor: factored second moment, smallest state. sgd: no state without momentum.",
     )
-    weight_decay: float = F(1e-4, "Decoupled weight decay (AdamW, Prodigy) or L2 (others).", ge=0, le=1,
-                            ui={"advanced": True})
-    adam_beta1: float = F(0.9, "First-moment decay of Adam-type optimizers.", ge=0, lt=1, ui={"advanced": True})
-    adam_beta2: float = F(0.999, "Second-moment decay of Adam-type optimizers.", ge=0, lt=1, ui={"advanced": True})
+    weight_decay: float = F(
+        1e-4, "Decoupled weight decay (AdamW, Prodigy) or L2 (others).", ge=0, le=1, ui={"advanced": True}
+    )
+    adam_beta1: float = F(
+        0.9, "First-moment decay of Adam-type optimizers.", ge=0, lt=1, ui={"advanced": True}
+    )
+    adam_beta2: float = F(
+        0.999, "Second-moment decay of Adam-type optimizers.", ge=0, lt=1, ui={"advanced": True}
+    )
     adam_epsilon: float = F(1e-8, "Adam-type denominator epsilon.", gt=0, le=1e-2, ui={"advanced": True})
     momentum: float = F(0.0, "SGD momentum (0 keeps no optimizer state).", ge=0, lt=1, ui={"advanced": True})
     lr_scheduler: Literal["constant", "cosine", "linear", "polynomial"] = F(
         "constant", "Learning-rate schedule after warmup."
     )
     warmup_steps: int = F(0, "Steps of linear warmup from 0 to the learning rate.", ge=0, le=1_000_000)
-    max_grad_norm: float = F(1.0, "Clip the gradient norm to this (0 disables clipping).", ge=0, le=1e4,
-                             ui={"advanced": True})
+    max_grad_norm: float = F(
+        1.0, "Clip the gradient norm to this (0 disables clipping).", ge=0, le=1e4, ui={"advanced": True}
+    )
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = F(
         "auto",
         "Autocast precision. Follows model.dtype (bfloat16→bf16, float16→fp16, float32→no); setting a "
         "different value by hand is an error.",
         ui={"advanced": True},
     )
-    seed: int = F(42, "Seed for data order, noise and timesteps: same config + seed gives the same LoRA.",
-                  ge=0, le=2**32 - 1)
+    seed: int = F(
+        42,
+        "Seed for data order, noise and timesteps: same config + seed gives the same LoRA.",
+        ge=0,
+        le=2**32 - 1,
+    )
     timestep_sampling: Literal["uniform", "logit_normal", "mode"] = F(
         "uniform",
         "How training noise levels are drawn (diffusers' weighting schemes): uniform, logit-normal "
@@ -250,7 +276,8 @@ class MemorySection(Section):
     )
     vae_slicing: bool = F(False, "Encode/decode one image at a time in the VAE (batch > 1).")
     vae_tiling: bool = F(
-        False, "Encode/decode in overlapping tiles above the VAE's tile size (1024 px for FLUX.2): for large images."
+        False,
+        "Encode/decode in overlapping tiles above the VAE's tile size (1024 px for FLUX.2): for large images.",
     )
     quantization: Literal["none", "int8", "nf4"] = F(
         "none",
@@ -292,8 +319,9 @@ class ValidationSection(Section):
         [], "Validation prompts, one per line. Empty: the first caption of the dataset.", max_length=32
     )
     num_inference_steps: int = F(28, "Denoising steps per sample.", ge=1, le=200)
-    guidance_scale: float = F(4.0, "Guidance scale for samples ([dev]: distilled guidance; [klein]: CFG).",
-                              ge=0, le=30)
+    guidance_scale: float = F(
+        4.0, "Guidance scale for samples ([dev]: distilled guidance; [klein]: CFG).", ge=0, le=30
+    )
 
     @field_validator("prompts")
     @classmethod
@@ -316,7 +344,9 @@ class OutputSection(Section):
         True, "Store optimizer state in checkpoints so a resume continues exactly (larger checkpoints)."
     )
     save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = F(
-        "auto", "Precision of the saved LoRA file. auto: the training weight precision.", ui={"advanced": True}
+        "auto",
+        "Precision of the saved LoRA file. auto: the training weight precision.",
+        ui={"advanced": True},
     )
     export_comfyui: bool = F(
         False, "Also write the LoRA with ComfyUI's key names (pytorch_lora_weights_comfyui.safetensors)."
@@ -327,7 +357,9 @@ class LoggingSection(Section):
     """Where metrics go. metrics.jsonl in the run directory is always written."""
 
     tensorboard: bool = F(True, "Write TensorBoard scalars and sample images to <run>/tensorboard.")
-    wandb: bool = F(False, "Log to Weights & Biases (offline when no API key is set). Needs the 'wandb' extra.")
+    wandb: bool = F(
+        False, "Log to Weights & Biases (offline when no API key is set). Needs the 'wandb' extra."
+    )
     wandb_project: str = F("flux2-lora", "W&B project name.", min_length=1, max_length=128)
     log_every: int = F(10, "Steps between metric log lines.", ge=1, le=100_000)
 

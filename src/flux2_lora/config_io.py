@@ -101,7 +101,9 @@ def validate_dict(data: Any) -> tuple[TrainConfig | None, list[ConfigIssue]]:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        return None, [ConfigIssue("", "the configuration must be a mapping of sections (model:, dataset:, …)")]
+        return None, [
+            ConfigIssue("", "the configuration must be a mapping of sections (model:, dataset:, …)")
+        ]
     parsed: dict[str, Any] = {}
     for key, value in data.items():
         if key not in SECTIONS:
@@ -233,7 +235,9 @@ def parse_override(text: str) -> tuple[tuple[str, str, Any] | None, ConfigIssue 
     section, key = parts
     if section not in SECTIONS:
         close = difflib.get_close_matches(section, list(SECTIONS), n=1)
-        return None, ConfigIssue(dotted, "unknown section" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        return None, ConfigIssue(
+            dotted, "unknown section" + (f" (did you mean '{close[0]}'?)" if close else "")
+        )
     if key not in SECTIONS[section].model_fields:
         close = difflib.get_close_matches(key, _section_fields(section), n=1)
         return None, ConfigIssue(dotted, "unknown key" + (f" (did you mean '{close[0]}'?)" if close else ""))
@@ -253,7 +257,9 @@ def parse_override(text: str) -> tuple[tuple[str, str, Any] | None, ConfigIssue 
     return (section, key, value), None
 
 
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> tuple[dict[str, Any], list[ConfigIssue]]:
+def apply_overrides(
+    data: Mapping[str, Any], overrides: Sequence[str]
+) -> tuple[dict[str, Any], list[ConfigIssue]]:
     out = copy.deepcopy(dict(data))
     issues: list[ConfigIssue] = []
     for text in overrides:

@@ -134,7 +134,9 @@ def resolve_targets(tokens: Sequence[str], arch: TransformerArch) -> list[Linear
             double, single, _ = TARGET_SETS[token]
             for spec in linears:
                 suffix = _block_suffix(spec)
-                if (spec.block == "double" and suffix in double) or (spec.block == "single" and suffix in single):
+                if (spec.block == "double" and suffix in double) or (
+                    spec.block == "single" and suffix in single
+                ):
                     chosen.add(spec.name)
             continue
         hits = [s.name for s in linears if _matches_token(s, token)]
@@ -159,3 +161,19 @@ def lora_param_count(specs: Iterable[LinearSpec], rank: int, dora: bool = False)
 def explicit_names() -> list[str]:
     """Short module names users may list, for help text and the UI's choices."""
     return list(dict.fromkeys(DOUBLE_ATTN + DOUBLE_ATTN_CONTEXT + DOUBLE_FF + SINGLE))
+
+
+# Quantization (int8 / nf4) replaces the Linear layers of the transformer's blocks and modulation,
+# which hold nearly all weights; the embedders and the output projection stay in the training dtype
+# because they are small and sensitive (what ai-toolkit and diffusers' QLoRA examples also keep).
+QUANTIZATION_SKIP_PREFIXES = (
+    "time_guidance_embed.",
+    "x_embedder",
+    "context_embedder",
+    "norm_out.",
+    "proj_out",
+)
+
+
+def is_quantized_linear(name: str) -> bool:
+    return not name.startswith(QUANTIZATION_SKIP_PREFIXES)

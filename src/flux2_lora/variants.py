@@ -241,8 +241,13 @@ def get_variant(name: str) -> Variant:
 
 def transformer_arch_from_config(cfg: dict[str, Any]) -> TransformerArch:
     """Build a :class:`TransformerArch` from a diffusers ``transformer/config.json`` dict."""
-    defaults = TransformerArch(num_layers=8, num_single_layers=48, num_attention_heads=48,
-                               attention_head_dim=128, joint_attention_dim=15360)
+    defaults = TransformerArch(
+        num_layers=8,
+        num_single_layers=48,
+        num_attention_heads=48,
+        attention_head_dim=128,
+        joint_attention_dim=15360,
+    )
     known = {f for f in asdict(defaults)}
     kwargs = {k: v for k, v in cfg.items() if k in known}
     if "axes_dims_rope" in kwargs:
@@ -251,7 +256,13 @@ def transformer_arch_from_config(cfg: dict[str, Any]) -> TransformerArch:
 
 
 def _same_shape(a: TransformerArch, b: TransformerArch) -> bool:
-    keys = ("num_layers", "num_single_layers", "num_attention_heads", "attention_head_dim", "joint_attention_dim")
+    keys = (
+        "num_layers",
+        "num_single_layers",
+        "num_attention_heads",
+        "attention_head_dim",
+        "joint_attention_dim",
+    )
     return all(getattr(a, k) == getattr(b, k) for k in keys)
 
 

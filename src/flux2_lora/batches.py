@@ -1,0 +1,165 @@
+"""Training inputs: the deterministic sample schedule, and encoded latents and prompt embeddings.
+
+Which image a step sees, its flip, its noise and its timestep are pure functions of (seed, step,
+micro-step, rank). Nothing depends on how many steps ran before in this process, so a resumed run
+continues with exactly the data, noise and timesteps the uninterrupted run would have used.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import TrainConfig
+
+_MIX = 0x9E3779B97F4A7C15
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (splitmix-style), stable across processes and Python versions."""
+    h = 0
+    for p in parts:
+        h = (h ^ (p + _MIX + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
+        h = (h * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class SampleSchedule:
+    """Global sample index → dataset item: a seeded permutation per epoch over items × repeats."""
+
+    def __init__(self, num_items: int, repeats: int, seed: int):
+        self.num_items = num_items
+        self.epoch_len = num_items * repeats
+        self.seed = seed
+        self._perms: dict[int, list[int]] = {}
+
+    def item(self, global_index: int) -> int:
+        epoch, pos = divmod(global_index, self.epoch_len)
+        perm = self._perms.get(epoch)
+        if perm is None:
+            perm = [i % self.num_items for i in range(self.epoch_len)]
+            random.Random(derive_seed(self.seed, 1, epoch)).shuffle(perm)
+            self._perms = {epoch: perm}  # one epoch at a time is all a run needs
+        return perm[pos]
+
+    def batch(self, step: int, micro: int, rank: int, world: int, batch_size: int, accum: int) -> list[int]:
+        """Global indices of the samples of one micro-batch (step is 1-based)."""
+        start = ((step - 1) * accum + micro) * batch_size * world + rank * batch_size
+        return list(range(start, start + batch_size))
+
+
+def encode_images(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] (B,3,H,W) → FLUX.2's normalised, 2×2-patchified latents (B, 4C, H/16, W/16)."""
+    from diffusers import Flux2Pipeline
+
+    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    latents = Flux2Pipeline._patchify_latents(dist.mode())
+    mean = vae.bn.running_mean.view(1, -1, 1, 1).to(latents.device, latents.dtype)
+    std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(
+        latents.device, latents.dtype
+    )
+    return (latents - mean) / std
+
+
+def pack(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, h, w) → packed tokens (B, h·w, C) and their (T, H, W, L) position ids."""
+    from diffusers import Flux2Pipeline
+
+    ids = Flux2Pipeline._prepare_latent_ids(latents).to(latents.device)
+    return Flux2Pipeline._pack_latents(latents), ids
+
+
+def text_ids_for(prompt_embeds: torch.Tensor) -> torch.Tensor:
+    from diffusers import Flux2Pipeline
+
+    return Flux2Pipeline._prepare_text_ids(prompt_embeds).to(prompt_embeds.device)
+
+
+@dataclass
+class Item:
+    path: Path
+    caption: str
+
+
+class LatentSource:
+    """Latents per (item, flip): encoded once up front (cache_latents) or on demand each step."""
+
+    def __init__(self, items: list[Item], config: TrainConfig, vae: Any, device: torch.device):
+        from .data.images import load_training_image
+
+        self._load = load_training_image
+        self.items = items
+        self.config = config
+        self.vae = vae
+        self.device = device
+        self.cache: dict[tuple[int, bool], torch.Tensor] = {}
+
+    def _pixels(self, item: int, flip: bool, crop_seed: int) -> torch.Tensor:
+        ds = self.config.dataset
+        return self._load(
+            self.items[item].path,
+            ds.resolution,
+            center_crop=ds.center_crop,
+            flip=flip,
+            crop_rng=random.Random(crop_seed),
+        )
+
+    @torch.no_grad()
+    def fill_cache(self, batch: int = 4) -> None:
+        """Encode every item (both flips when random_flip); crops are fixed per item when cached."""
+        flips = (False, True) if self.config.dataset.random_flip else (False,)
+        keys = [(i, f) for i in range(len(self.items)) for f in flips]
+        for start in range(0, len(keys), batch):
+            chunk = keys[start : start + batch]
+            pixels = torch.stack(
+                [self._pixels(i, f, derive_seed(self.config.training.seed, 2, i)) for i, f in chunk]
+            )
+            latents = encode_images(self.vae, pixels).to("cpu")
+            for key, lat in zip(chunk, latents):
+                self.cache[key] = lat.clone()
+
+    @torch.no_grad()
+    def get(self, item: int, flip: bool, sample_seed: int) -> torch.Tensor:
+        if self.cache:
+            return self.cache[(item, flip)]
+        crop_seed = (
+            derive_seed(self.config.training.seed, 2, item)
+            if self.config.dataset.center_crop
+            else sample_seed
+        )
+        pixels = self._pixels(item, flip, crop_seed).unsqueeze(0)
+        return encode_images(self.vae, pixels)[0].to("cpu")
+
+
+class PromptSource:
+    """Prompt embeddings per caption: encoded once (cache_text_embeddings) or with the live encoder."""
+
+    def __init__(self, pipe: Any, device: torch.device, max_sequence_length: int):
+        self.pipe = pipe
+        self.device = device
+        self.max_sequence_length = max_sequence_length
+        self.cache: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        embeds, _ = self.pipe.encode_prompt(
+            prompt=prompts, device=self.device, max_sequence_length=self.max_sequence_length
+        )
+        return embeds
+
+    def fill_cache(self, prompts: list[str], batch: int = 8) -> None:
+        unique = list(dict.fromkeys(prompts))
+        for start in range(0, len(unique), batch):
+            chunk = unique[start : start + batch]
+            for p, e in zip(chunk, self.encode(chunk).to("cpu")):
+                self.cache[p] = e.clone()
+
+    def get(self, prompts: list[str]) -> torch.Tensor:
+        if all(p in self.cache for p in prompts):
+            return torch.stack([self.cache[p] for p in prompts])
+        return self.encode(prompts)

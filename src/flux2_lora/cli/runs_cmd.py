@@ -1,0 +1,38 @@
+"""``flux2-lora runs [ROOT]``: every run with its true state (reconciled with the trainer's lock)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from ..runs import iter_runs, summarize
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("runs", help="list runs with state, steps and LoRA files")
+    p.add_argument("root", nargs="?", default="runs", help="folder holding run directories (default: runs)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = [summarize(r) for r in iter_runs(args.root)]
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=1, default=str))
+        return 0
+    if not rows:
+        print(f"no runs under {args.root}")
+        return 0
+    print(f"{'RUN':30} {'STATE':12} {'STEP':>11} {'ELAPSED':>8}  LORA")
+    for r in rows:
+        s = r.status
+        if s is None:
+            continue
+        elapsed = (s.updated_at or time.time()) - (s.started_at or time.time())
+        print(
+            f"{r.path.name:30} {s.state:12} {s.step:>5}/{s.total_steps:<5} {elapsed:>7.0f}s  {r.lora or '-'}"
+        )
+        if s.state == "failed" and s.message:
+            print(f"  {s.message}")
+    return 0

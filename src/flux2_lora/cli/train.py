@@ -1,0 +1,125 @@
+"""``flux2-lora train``: run the trainer in this process, or N processes through accelerate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .common import add_config_args, config_from_args, fail
+
+EXIT_CONFIG = 2
+EXIT_BUSY = 3
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a LoRA (default: the quickstart on the embedded demo needs --preset quickstart)"
+    )
+    add_config_args(p)
+    p.add_argument(
+        "--resume",
+        metavar="latest|PATH",
+        help="continue from the newest checkpoint of output.dir, or a checkpoint folder",
+    )
+    p.add_argument(
+        "--num-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data-parallel processes (GPUs, or CPU processes) via accelerate",
+    )
+    p.set_defaults(func=run)
+
+
+def check_output_dir(path: Path) -> str | None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        return f"output.dir: cannot write to {path}: {e.strerror or e}"
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    if config is None:
+        return EXIT_CONFIG
+    run_dir = Path(config.output.dir).expanduser().resolve()
+    problem = check_output_dir(run_dir)
+    if problem:
+        return fail(problem)
+    if args.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return _launch_distributed(args, config, run_dir)
+    return train_here(config, args.resume)
+
+
+def train_here(config, resume: str | None) -> int:  # type: ignore[no-untyped-def]
+    from ..quiet import quiet_libraries
+
+    quiet_libraries()
+    from ..checkpoint import CheckpointError
+    from ..data.scan import DatasetError
+    from ..model import ModelLoadError
+    from ..optim import OptimizerUnavailable
+    from ..runs import RunBusyError
+    from ..trainer import Trainer
+
+    try:
+        return Trainer(config, resume).run()
+    except RunBusyError as e:
+        return fail(str(e), EXIT_BUSY)
+    except (ModelLoadError, DatasetError, CheckpointError, OptimizerUnavailable) as e:
+        return fail(str(e))
+    except Exception as e:  # the full traceback goes to train.log; the console gets one line
+        logging.getLogger("flux2_lora").exception("training failed")
+        return fail(f"training failed: {type(e).__name__}: {e} (details in {config.output.dir}/train.log)")
+
+
+def _launch_distributed(args: argparse.Namespace, config, run_dir: Path) -> int:  # type: ignore[no-untyped-def]
+    """Hold the run lock here and start N workers; rank 0 writes the run directory."""
+    from ..config_io import save_config
+    from ..runs import RunBusyError, RunLock
+    from ..trainer import LOCK_HELD_ENV
+
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire()
+    except RunBusyError as e:
+        return fail(str(e), EXIT_BUSY)
+    try:
+        resolved = run_dir / "config.launch.yaml"
+        save_config(config, resolved)
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            str(args.num_processes),
+            "--num_machines",
+            "1",
+            "--dynamo_backend",
+            "no",
+        ]
+        if config.model.device == "cpu" or not _has_cuda():
+            cmd.append("--cpu")
+        else:
+            cmd.append("--multi_gpu")
+        cmd += ["-m", "flux2_lora.cli", "train", str(resolved)]
+        if args.resume:
+            cmd += ["--resume", args.resume]
+        env = {**os.environ, LOCK_HELD_ENV: "1"}
+        return subprocess.call(cmd, env=env)
+    finally:
+        lock.release()
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,87 @@
+"""The FLUX.2 flow-matching objective, as diffusers' FLUX.2 training scripts define it.
+
+noisy = (1 - σ)·x0 + σ·noise, the transformer predicts the velocity noise - x0, and the loss is the
+(optionally σ-weighted) mean squared error in fp32. σ is drawn with diffusers' density schemes and
+quantised to the scheduler's 1000 training sigmas; the transformer's ``timestep`` input is σ itself
+(the scripts pass ``timesteps / 1000``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def sample_density(
+    scheme: str,
+    batch_size: int,
+    *,
+    generator: torch.Generator,
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    mode_scale: float = 1.29,
+) -> torch.Tensor:
+    """u in [0, 1) per sample (diffusers' ``compute_density_for_timestep_sampling``, with an explicit generator)."""
+    if scheme == "logit_normal":
+        u = torch.normal(logit_mean, logit_std, size=(batch_size,), generator=generator)
+        return torch.sigmoid(u)
+    u = torch.rand(batch_size, generator=generator)
+    if scheme == "mode":
+        return 1 - u - mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
+    if scheme != "uniform":
+        raise ValueError(f"training.timestep_sampling: unknown scheme {scheme!r}")
+    return u
+
+
+def training_sigmas(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
+    """The unshifted training sigmas of FLUX.2's scheduler (dynamic shifting applies only at inference)."""
+    return torch.linspace(1.0, 1.0 / num_train_timesteps, num_train_timesteps)
+
+
+def sigmas_from_density(u: torch.Tensor, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
+    indices = (u * num_train_timesteps).long().clamp(0, num_train_timesteps - 1)
+    return training_sigmas(num_train_timesteps)[indices]
+
+
+def loss_weights(scheme: str, sigmas: torch.Tensor) -> torch.Tensor:
+    """diffusers' ``compute_loss_weighting_for_sd3``."""
+    if scheme == "sigma_sqrt":
+        return (sigmas**-2.0).float()
+    if scheme == "cosmap":
+        bot = 1 - 2 * sigmas + 2 * sigmas**2
+        return (2 / (math.pi * bot)).float()
+    return torch.ones_like(sigmas, dtype=torch.float32)
+
+
+def flow_matching_loss(
+    transformer: torch.nn.Module,
+    *,
+    latents: torch.Tensor,
+    latent_ids: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    text_ids: torch.Tensor,
+    sigmas: torch.Tensor,
+    noise: torch.Tensor,
+    guidance: torch.Tensor | None,
+    weighting: str = "none",
+) -> torch.Tensor:
+    """One training loss. ``latents``/``noise``: packed (B, N, C); ``sigmas``: (B,)."""
+    dtype = prompt_embeds.dtype
+    s = sigmas.to(latents.device, torch.float32).view(-1, 1, 1)
+    noisy = ((1.0 - s) * latents.float() + s * noise.float()).to(dtype)
+    pred = transformer(
+        hidden_states=noisy,
+        encoder_hidden_states=prompt_embeds,
+        timestep=sigmas.to(latents.device, dtype),
+        img_ids=latent_ids,
+        txt_ids=text_ids,
+        guidance=guidance,
+        return_dict=False,
+    )[0]
+    target = noise.float() - latents.float()
+    per_sample = ((pred.float() - target) ** 2).reshape(target.shape[0], -1).mean(dim=1)
+    weights = loss_weights(weighting, sigmas.to(per_sample.device).float())
+    return (weights * per_sample).mean()

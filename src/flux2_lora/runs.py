@@ -1,0 +1,299 @@
+"""The run directory: the one contract between the trainer process and everything that watches it.
+
+No torch here: the web UI and ``flux2-lora runs`` read runs through this module only.
+
+Layout of a run directory::
+
+    config.yaml                      resolved config of the run
+    status.json                      current state (written atomically by the trainer)
+    metrics.jsonl                    one JSON line per logged step
+    train.log                        the trainer's log
+    samples/index.jsonl              one JSON line per validation image (+ the PNGs beside it)
+    checkpoints/checkpoint-<step>/   resumable state, newest K kept
+    tensorboard/                     TensorBoard event files
+    pytorch_lora_weights.safetensors the final LoRA (diffusers format)
+    .lock                            flock held by the live trainer; dies with its process
+
+The status file alone can lie (a trainer killed with SIGKILL never writes "failed"), so readers
+reconcile it with the lock: a non-final state whose lock nobody holds is reported as failed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATES_LIVE = ("starting", "loading", "caching", "training", "sampling", "checkpointing", "stopping")
+STATES_FINAL = ("finished", "failed", "stopped")
+
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.jsonl"
+LOG_FILE = "train.log"
+CONFIG_FILE = "config.yaml"
+LOCK_FILE = ".lock"
+STOP_FILE = "stop.request"
+SAMPLES_DIR = "samples"
+SAMPLES_INDEX = "samples/index.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+COMFYUI_LORA_FILE = "pytorch_lora_weights_comfyui.safetensors"
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+class RunBusyError(RuntimeError):
+    """Another live process owns this run directory."""
+
+
+@dataclass
+class RunStatus:
+    state: str = "starting"
+    step: int = 0
+    total_steps: int = 0
+    pid: int | None = None
+    started_at: float | None = None
+    updated_at: float | None = None
+    seconds_per_step: float | None = None
+    eta_seconds: float | None = None
+    message: str = ""
+    last_checkpoint: str | None = None
+    final_lora: str | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in STATES_FINAL
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunStatus:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write then rename, so a reader (or a crash) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+
+
+def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """Every complete line; a line being written (no newline yet) or damaged is skipped."""
+    if not path.is_file():
+        return []
+    out: list[dict[str, Any]] = []
+    with path.open("r", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+    return out[-limit:] if limit else out
+
+
+class RunLock:
+    """An exclusive flock on ``<run>/.lock``. The kernel drops it when the holder dies, so it never goes stale."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            owner = _read_lock_owner(self.path)
+            raise RunBusyError(
+                f"output.dir: {self.path.parent} is in use by a running trainer"
+                + (f" (pid {owner})" if owner else "")
+                + "; stop it first or choose another output directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_lock_owner(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def is_locked(run_dir: str | Path) -> bool:
+    """Whether a live process holds the run's lock (probing never blocks and releases at once)."""
+    path = Path(run_dir) / LOCK_FILE
+    if not path.exists():
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def log_tail(run_dir: str | Path, lines: int = 40) -> str:
+    path = Path(run_dir) / LOG_FILE
+    if not path.is_file():
+        return ""
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 64 * 1024))
+        data = f.read().decode("utf-8", errors="replace")
+    return "\n".join(data.splitlines()[-lines:])
+
+
+def read_status(run_dir: str | Path) -> RunStatus | None:
+    """The run's state, reconciled with its lock: a live state without a live owner is a failure."""
+    run = Path(run_dir)
+    path = run / STATUS_FILE
+    if not path.is_file():
+        return None
+    try:
+        status = RunStatus.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return RunStatus(state="failed", message=f"{path} is unreadable")
+    if not status.is_final and not is_locked(run):
+        status.state = "failed"
+        status.error = (
+            status.error or "the trainer process ended without finishing (killed, out of memory or crashed)"
+        )
+        status.message = (
+            f"trainer died at step {status.step}/{status.total_steps}; resume from the last checkpoint"
+        )
+    return status
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first (half-written ones live under a .tmp name and are skipped)."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / "meta.json").is_file():
+            try:
+                found.append((int(p.name[len(CHECKPOINT_PREFIX) :]), p))
+            except ValueError:
+                continue
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def request_stop(run_dir: str | Path) -> bool:
+    """Ask the trainer to checkpoint and exit: a stop file it polls, plus SIGTERM to its pid."""
+    run = Path(run_dir)
+    (run / STOP_FILE).write_text(str(time.time()))
+    status = read_status(run)
+    if status and not status.is_final and status.pid:
+        try:
+            os.kill(status.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return True
+    return False
+
+
+def force_stop(run_dir: str | Path) -> bool:
+    """SIGKILL the trainer after a graceful stop timed out; the lock then reports it as ended."""
+    status = read_status(run_dir)
+    if status and not status.is_final and status.pid:
+        try:
+            os.kill(status.pid, signal.SIGKILL)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+    return False
+
+
+@dataclass
+class RunSummary:
+    path: Path
+    status: RunStatus | None
+    lora: Path | None
+    checkpoints: list[Path]
+    last_metrics: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "status": self.status.to_dict() if self.status else None,
+            "lora": str(self.lora) if self.lora else None,
+            "checkpoints": [str(p) for p in self.checkpoints],
+            "last_metrics": self.last_metrics,
+        }
+
+
+def iter_runs(root: str | Path) -> Iterator[Path]:
+    """Run directories under root (any folder with a status.json, up to two levels deep)."""
+    base = Path(root)
+    if not base.is_dir():
+        return
+    if (base / STATUS_FILE).is_file():
+        yield base
+        return
+    for child in sorted(base.iterdir()):
+        if child.is_dir() and (child / STATUS_FILE).is_file():
+            yield child
+
+
+def summarize(run_dir: str | Path) -> RunSummary:
+    run = Path(run_dir)
+    metrics = read_jsonl(run / METRICS_FILE)
+    lora = run / LORA_FILE
+    return RunSummary(
+        path=run,
+        status=read_status(run),
+        lora=lora if lora.is_file() else None,
+        checkpoints=list_checkpoints(run),
+        last_metrics=metrics[-1] if metrics else None,
+    )

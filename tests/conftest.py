@@ -1,0 +1,41 @@
+"""Shared fixtures: an isolated demo cache per test session, and a tiny-run config factory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from flux2_lora.config import TrainConfig
+from flux2_lora.config_io import load_config
+
+
+@pytest.fixture(scope="session", autouse=True)
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model and dataset are built once per session, outside the user's cache."""
+    home = Path(os.environ.get("FLUX2_LORA_TEST_HOME") or tmp_path_factory.mktemp("flux2-home"))
+    os.environ["FLUX2_LORA_HOME"] = str(home)
+    return home
+
+
+def tiny_config(out: Path, *overrides: str) -> TrainConfig:
+    """Quickstart shrunk to seconds: few steps, no validation unless asked."""
+    base = [
+        f"output.dir={out}",
+        "training.max_steps=4",
+        "validation.enabled=false",
+        "output.checkpoint_every=0",
+        "logging.tensorboard=false",
+        "logging.log_every=1",
+    ]
+    config, _ = load_config(presets=["quickstart"], overrides=[*base, *overrides])
+    return config
+
+
+@pytest.fixture
+def make_config(tmp_path: Path):  # type: ignore[no-untyped-def]
+    def make(*overrides: str, out: Path | None = None) -> TrainConfig:
+        return tiny_config(out or tmp_path / "run", *overrides)
+
+    return make
