@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,ui,quantization,optimizers
+EXTRAS ?= dev,ui,quantization,optimizers,wandb
 
 .PHONY: demo test lint install clean-demo
 

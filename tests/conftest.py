@@ -24,6 +24,7 @@ def tiny_config(out: Path, *overrides: str) -> TrainConfig:
     base = [
         f"output.dir={out}",
         "training.max_steps=4",
+        "training.warmup_steps=0",
         "validation.enabled=false",
         "output.checkpoint_every=0",
         "logging.tensorboard=false",

@@ -34,7 +34,9 @@ def test_sigmas_are_the_schedulers_training_sigmas():  # type: ignore[no-untyped
     s = training_sigmas()
     assert s[0] == 1.0 and abs(s[-1].item() - 1e-3) < 1e-9 and len(s) == 1000
     got = sigmas_from_density(torch.tensor([0.0, 0.5, 0.9999]))
-    torch.testing.assert_close(got, s[[0, 500, 999]])
+    torch.testing.assert_close(got, s[[999, 500, 0]])  # σ follows u: a high draw is a noisy sample
+    u = _draw("logit_normal", logit_mean=1.0)
+    assert abs(sigmas_from_density(u).mean().item() - u.mean().item()) < 0.002
 
 
 def test_loss_weights():  # type: ignore[no-untyped-def]

@@ -99,13 +99,6 @@ class DatasetSection(Section):
         max_length=2000,
     )
     repeats: int = F(1, "How many times each image appears per epoch.", ge=1, le=1000, ui={"advanced": True})
-    num_workers: int = F(
-        0,
-        "Data-loader worker processes (0 loads in the trainer). Only matters without latent caching.",
-        ge=0,
-        le=32,
-        ui={"advanced": True},
-    )
 
     @field_validator("resolution")
     @classmethod

@@ -42,7 +42,9 @@ def training_sigmas(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Ten
 
 
 def sigmas_from_density(u: torch.Tensor, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
-    indices = (u * num_train_timesteps).long().clamp(0, num_train_timesteps - 1)
+    """σ ≈ u on the scheduler's grid. diffusers indexes its descending timesteps with u, which makes a
+    positive logit_mean mean *less* noise; we keep the SD3 paper's reading (positive mean: more noise)."""
+    indices = ((1 - u) * num_train_timesteps).long().clamp(0, num_train_timesteps - 1)
     return training_sigmas(num_train_timesteps)[indices]
 
 

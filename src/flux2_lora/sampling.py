@@ -37,6 +37,7 @@ class Sampler:
         pipe = tr.pipe_parts
         transformer = tr.accelerator.unwrap_model(tr.model)
         pipe.register_modules(transformer=transformer)
+        pipe.set_progress_bar_config(disable=True)
         vae_device = pipe.vae.device
         pipe.vae.to(tr.device)
         was_training = transformer.training

@@ -74,6 +74,10 @@ class Trainer:
         if device.type == "cuda" and not distributed:
             torch.cuda.set_device(device)
         self.dtype = resolve_dtype(self.config.model.dtype, device)
+        if not distributed:  # a second Trainer in one process (tests, the pre-flight) may change precision
+            from accelerate.state import AcceleratorState
+
+            AcceleratorState._reset_state(reset_partial_state=True)
         self.accelerator = Accelerator(
             mixed_precision=MIXED_PRECISION[self.dtype],
             gradient_accumulation_steps=self.config.training.gradient_accumulation_steps,
@@ -275,8 +279,6 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- main
     def run(self) -> int:
-        from .sampling import Sampler
-
         cfg = self.config
         acc = self._make_accelerator()
         is_main = acc.is_main_process
@@ -295,7 +297,8 @@ class Trainer:
             self._status("loading", "resolving model and dataset")
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            return self._run(acc, resume_path, Sampler)
+            start = self.prepare(resume_path)
+            return self._loop(start, self.sampler)
         except BaseException as e:
             if isinstance(e, KeyboardInterrupt):
                 self._status("stopped", "interrupted")
@@ -310,8 +313,15 @@ class Trainer:
             if lock is not None:
                 lock.release()
 
-    def _run(self, acc: Any, resume_path: Path | None, sampler_cls: Any) -> int:
+    def prepare(self, resume_path: Path | None = None) -> int:
+        """Everything before the first step: model, data caches, adapter, optimizer. Returns the start step."""
+        from .sampling import Sampler
+
         cfg = self.config
+        if not hasattr(self, "accelerator"):
+            self._make_accelerator()
+        acc = self.accelerator
+        log.info("training on %s (%s) with %d processes", self.device, self.dtype, acc.num_processes)
         model_path, self.variant, self.arch = resolve_model_path(cfg.model)
         self.items = self._load_data()
         self._cache(model_path, self.variant, self.items)
@@ -321,7 +331,7 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(self.transformer, self.optimizer)
         self.schedule = SampleSchedule(len(self.items), cfg.dataset.repeats, cfg.training.seed)
         start = self._restore(resume_path) if resume_path else 0
-        sampler = sampler_cls(self, model_path)
+        self.sampler = Sampler(self, model_path)
         if self.reporter:
             self.reporter.status.extra.update(
                 {
@@ -329,11 +339,12 @@ class Trainer:
                     "variant": self.variant,
                     "device": str(self.device),
                     "dtype": str(self.dtype),
+                    "num_processes": acc.num_processes,
                 }
             )
             self.reporter.status.step = start
             self.reporter.open_trackers()
-        return self._loop(start, sampler)
+        return start
 
     def _loop(self, start: int, sampler: Any) -> int:
         from tqdm.auto import tqdm
@@ -366,7 +377,7 @@ class Trainer:
             stop = self._stop_requested()
             stop = bool(acc.reduce(torch.tensor(float(stop), device=self.device), reduction="sum").item() > 0)
             every = cfg.output.checkpoint_every
-            if (every and step % every == 0 and step < total) or (stop and step < total):
+            if (every and step % every == 0) or (stop and step < total):
                 self._save_checkpoint(step)
             val = cfg.validation
             if val.enabled and step % val.every_n_steps == 0 and step < total and not stop:
@@ -400,7 +411,7 @@ class Trainer:
                 else:
                     save_comfyui_lora(self.run_dir, state, cfg.lora.alpha / cfg.lora.rank, out_dtype)
             if cfg.validation.enabled:
-                sampler.sample(step)
+                sampler._sample_main(step)  # main only; the barrier below holds the others
             self._status(
                 "finished", f"finished {step} steps; LoRA at {final}", final_lora=str(final), step=step
             )

@@ -106,14 +106,15 @@ def _launch_distributed(args: argparse.Namespace, config, run_dir: Path) -> int:
             "--dynamo_backend",
             "no",
         ]
-        if config.model.device == "cpu" or not _has_cuda():
-            cmd.append("--cpu")
-        else:
-            cmd.append("--multi_gpu")
+        # accelerate's multi-process launcher (torch.distributed.run); on CPU the workers' Accelerator(cpu=True)
+        # joins a gloo process group (accelerate's MULTI_CPU), on GPUs an NCCL one.
+        cmd.append("--multi_gpu")
         cmd += ["-m", "flux2_lora.cli", "train", str(resolved)]
         if args.resume:
             cmd += ["--resume", args.resume]
         env = {**os.environ, LOCK_HELD_ENV: "1"}
+        if config.model.device == "cpu" or not _has_cuda():
+            env["ACCELERATE_USE_CPU"] = "true"
         return subprocess.call(cmd, env=env)
     finally:
         lock.release()

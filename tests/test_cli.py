@@ -1,0 +1,157 @@
+"""The CLI's answers to bad input: one clear message naming the field or file, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+from PIL import Image
+
+from flux2_lora import runs
+
+from .helpers import cli, sets
+
+FAST = (
+    "training.max_steps=2",
+    "training.warmup_steps=0",
+    "validation.enabled=false",
+    "logging.tensorboard=false",
+)
+
+
+def _clean(proc) -> None:  # type: ignore[no-untyped-def]
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_presets_list_and_print():  # type: ignore[no-untyped-def]
+    listing = cli("presets", check=True).stdout
+    for name in (
+        "quickstart",
+        "fast",
+        "high-quality",
+        "low-vram",
+        "character",
+        "style",
+        "concept",
+        "klein-4b",
+    ):
+        assert name in listing
+    assert "max_steps" in cli("presets", "quickstart", check=True).stdout
+    missing = cli("presets", "nope")
+    assert missing.returncode == 1 and "no preset 'nope'" in missing.stderr
+
+
+def test_validate_reports_every_error_by_field(tmp_path):  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  learning_rate: -1\n  bogus: 3\nlora:\n  rank: 0\n")
+    proc = cli("validate", str(bad))
+    assert proc.returncode == 2
+    for field in ("training.learning_rate", "training.bogus", "lora.rank"):
+        assert field in proc.stderr
+    _clean(proc)
+    assert cli("validate", "--preset", "quickstart", check=True).stdout.strip() == "config is valid"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("training: [unclosed\n")
+    proc = cli("validate", str(broken))
+    assert proc.returncode == 2 and "broken.yaml" in proc.stderr
+    _clean(proc)
+
+
+def test_out_of_range_override_is_refused_before_loading(tmp_path):  # type: ignore[no-untyped-def]
+    proc = cli("train", "--preset", "quickstart", *sets(f"output.dir={tmp_path}/r", "lora.rank=0"))
+    assert proc.returncode == 2 and "lora.rank" in proc.stderr
+    _clean(proc)
+
+
+def test_missing_local_model(tmp_path):  # type: ignore[no-untyped-def]
+    proc = cli(
+        "train", "--preset", "quickstart", *sets(f"output.dir={tmp_path}/r", f"model.path={tmp_path}/nowhere")
+    )
+    assert proc.returncode == 1 and "model.path" in proc.stderr
+    _clean(proc)
+    not_pipeline = tmp_path / "folder"
+    not_pipeline.mkdir()
+    proc = cli(
+        "train", "--preset", "quickstart", *sets(f"output.dir={tmp_path}/r", f"model.path={not_pipeline}")
+    )
+    assert proc.returncode == 1 and "model_index.json" in proc.stderr
+    _clean(proc)
+
+
+def test_unreachable_hub_model(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    proc = cli(
+        "train",
+        "--preset",
+        "quickstart",
+        *sets(f"output.dir={tmp_path}/r", "model.path=black-forest-labs/FLUX.2-klein-base-4B"),
+    )
+    assert proc.returncode == 1
+    assert "model.path: cannot load" in proc.stderr and "FLUX.2-klein-base-4B" in proc.stderr
+    _clean(proc)
+    status = runs.read_status(tmp_path / "r")
+    assert status.state == "failed" and "model.path" in status.message
+
+
+def test_empty_dataset(tmp_path):  # type: ignore[no-untyped-def]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = cli(
+        "train", "--preset", "quickstart", *sets(f"output.dir={tmp_path}/r", f"dataset.path={empty}", *FAST)
+    )
+    assert proc.returncode == 1 and "dataset.path" in proc.stderr and "no" in proc.stderr
+    _clean(proc)
+
+
+def test_corrupt_image_is_skipped_and_named(tmp_path):  # type: ignore[no-untyped-def]
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    Image.new("RGB", (96, 96), (200, 30, 30)).save(ds / "good.png")
+    (ds / "good.txt").write_text("a red square")
+    (ds / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "r"
+    proc = cli("train", "--preset", "quickstart", *sets(f"output.dir={out}", f"dataset.path={ds}", *FAST))
+    assert proc.returncode == 0, proc.stderr
+    assert "broken.png" in (out / runs.LOG_FILE).read_text()
+    assert (out / runs.LORA_FILE).is_file()
+
+
+def test_output_dir_not_writable(tmp_path):  # type: ignore[no-untyped-def]
+    blocker = tmp_path / "file"
+    blocker.write_text("I am a file")
+    proc = cli("train", "--preset", "quickstart", *sets(f"output.dir={blocker}/run", *FAST))
+    assert proc.returncode == 1 and "output.dir: cannot write to" in proc.stderr
+    _clean(proc)
+
+
+def test_resume_without_checkpoint(tmp_path):  # type: ignore[no-untyped-def]
+    proc = cli(
+        "train", "--preset", "quickstart", *sets(f"output.dir={tmp_path}/r", *FAST), "--resume", "latest"
+    )
+    assert proc.returncode == 1 and "no complete checkpoint" in proc.stderr
+    _clean(proc)
+
+
+def test_dataset_check_counts_and_json(tmp_path):  # type: ignore[no-untyped-def]
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    for i in range(3):
+        Image.new("RGB", (64, 64)).save(ds / f"{i}.png")
+    (ds / "0.txt").write_text("cap")
+    (ds / "bad.jpg").write_text("not an image")
+    proc = cli("dataset", "check", str(ds), "--json", check=True)
+    report = json.loads(proc.stdout)
+    text = json.dumps(report)
+    assert "bad.jpg" in text
+    human = cli("dataset", "check", str(ds), check=True).stdout
+    assert "bad.jpg" in human
+
+
+def test_dataset_check_refuses_a_zip_with_path_traversal(tmp_path):  # type: ignore[no-untyped-def]
+    bad = tmp_path / "evil.zip"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("../escape.txt", "x")
+    proc = cli("dataset", "check", str(bad))
+    assert proc.returncode == 1 and "escape.txt" in proc.stderr
+    _clean(proc)
+    assert not (tmp_path.parent / "escape.txt").exists()
