@@ -18,7 +18,7 @@ from .variants import VARIANTS
 
 def F(default: Any, help: str, *, ui: dict[str, Any] | None = None, **bounds: Any) -> Any:
     """A config field: default, help text shown everywhere, bounds, and optional UI hints."""
-    extra = {"ui": ui} if ui else None
+    extra: dict[str, Any] | None = {"ui": ui} if ui else None
     return Field(default, description=help, json_schema_extra=extra, **bounds)
 
 
