@@ -40,7 +40,16 @@ def main() -> int:
         if not args.warm:
             env["FLUX2_LORA_HOME"] = str(Path(tmp) / "home")
         out = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "flux2_lora.cli", "train", "--preset", "quickstart", "--set", f"output.dir={out}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "flux2_lora.cli",
+            "train",
+            "--preset",
+            "quickstart",
+            "--set",
+            f"output.dir={out}",
+        ]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0

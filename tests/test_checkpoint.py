@@ -11,8 +11,15 @@ from flux2_lora import runs
 
 def _save(run_dir, step: int, keep: int = 2):  # type: ignore[no-untyped-def]
     adapter = {"a.lora_A.weight": torch.full((2, 2), float(step))}
-    return ckpt.save_checkpoint(run_dir, step, adapter, {"state": {}, "param_groups": []}, {"last_epoch": step},
-                                {"total_steps": 10}, keep=keep)
+    return ckpt.save_checkpoint(
+        run_dir,
+        step,
+        adapter,
+        {"state": {}, "param_groups": []},
+        {"last_epoch": step},
+        {"total_steps": 10},
+        keep=keep,
+    )
 
 
 def test_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]

@@ -73,3 +73,10 @@ def test_loss_is_velocity_mse_with_sigma_as_timestep():  # type: ignore[no-untyp
     expected = ((noisy - (noise - x0)) ** 2).mean()
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(model.seen["timestep"], sig)
+
+
+def test_mode_scale_controls_the_concentration():  # type: ignore[no-untyped-def]
+    flat = _draw("mode", mode_scale=0.0)
+    peaked = _draw("mode", mode_scale=1.29)
+    assert abs(flat.std().item() - math.sqrt(1 / 12)) < 0.01  # scale 0 is uniform
+    assert peaked.std() < flat.std() * 0.9

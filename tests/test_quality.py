@@ -16,8 +16,10 @@ def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.skipif(shutil.which("ruff") is None and not (Path(sys.prefix) / "bin" / "ruff").exists(),
-                    reason="ruff is not installed (dev extra)")
+@pytest.mark.skipif(
+    shutil.which("ruff") is None and not (Path(sys.prefix) / "bin" / "ruff").exists(),
+    reason="ruff is not installed (dev extra)",
+)
 def test_ruff_lint_and_format():  # type: ignore[no-untyped-def]
     ruff = str(Path(sys.prefix) / "bin" / "ruff") if (Path(sys.prefix) / "bin" / "ruff").exists() else "ruff"
     lint = _run(ruff, "check", "src", "tests", "benchmarks")
