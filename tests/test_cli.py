@@ -155,3 +155,31 @@ def test_dataset_check_refuses_a_zip_with_path_traversal(tmp_path):  # type: ign
     assert proc.returncode == 1 and "escape.txt" in proc.stderr
     _clean(proc)
     assert not (tmp_path.parent / "escape.txt").exists()
+
+
+def test_dataset_check_bucket_table_and_trigger_report(tmp_path):  # type: ignore[no-untyped-def]
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    for i, size in enumerate([(768, 1344), (1344, 768), (1024, 1024), (4000, 500)]):
+        Image.new("RGB", size).save(ds / f"{i}.png")
+        (ds / f"{i}.txt").write_text("sks person" if i == 0 else "a person")
+    report = json.loads(
+        cli(
+            "dataset",
+            "check",
+            str(ds),
+            "--json",
+            "--buckets",
+            "--resolution",
+            "1024",
+            "--trigger-word",
+            "sks",
+            check=True,
+        ).stdout
+    )
+    shapes = {(b["width"], b["height"]) for b in report["buckets"]}
+    assert (768, 1344) in shapes and (1344, 768) in shapes and (1024, 1024) in shapes
+    assert report["cropped_beyond_rounding"] == ["3.png"]
+    assert {t["file"] for t in report["trigger"]} == {"1.png", "2.png", "3.png"}
+    text = cli("dataset", "check", str(ds), "--buckets", "--trigger-word", "sks", check=True).stdout
+    assert "aspect buckets" in text and "lacks the trigger word" in text

@@ -402,3 +402,75 @@ def test_wandb_logs_offline_without_a_key(make_config, tmp_path, monkeypatch):  
     ).run()
     assert seen and seen[0]["project"] == "my-proj" and seen[0]["mode"] == "offline"
     assert list((out / "wandb").glob("offline-run-*")), "no offline W&B run written"
+
+
+# ----------------------------------------------------------------------------------------- issue 6: buckets and captions
+def test_bucketing_trains_mixed_shapes_without_mixing_or_cropping(make_config, tmp_path):  # type: ignore[no-untyped-def]
+    from flux2_lora.buckets import crop_after_scaling
+
+    sizes = [(96, 160), (160, 96), (128, 128), (100, 170), (170, 100), (120, 120)]
+    folder = make_images(tmp_path / "mixed", sizes, {i: f"image {i}" for i in range(6)})
+    t = prepared(
+        make_config,
+        f"dataset.path={folder}",
+        "dataset.bucketing=true",
+        "dataset.bucket_step=16",
+        "dataset.resolution=64",
+        "training.batch_size=2",
+    )
+    buckets = {i.bucket for i in t.items}
+    assert len(buckets) == 3  # portrait, landscape, square
+    for item, (w, h) in zip(t.items, sizes):
+        cx, cy = crop_after_scaling(w, h, item.bucket)
+        assert cx < 16 and cy < 16
+        lat = t.latents.cache[(t.items.index(item), False)]
+        assert lat.shape[-2:] == (item.bucket[1] // 16, item.bucket[0] // 16)
+    for step in range(1, 7):
+        pairs = t.schedule.micro_batch(step, 0, 0, 1, 1)
+        assert len({t.items[i].bucket for i, _ in pairs}) == 1
+        assert t._micro_batch(step, 0)["latents"].shape[0] == len(pairs)
+    assert t._train_step(1) > 0
+    square = prepared(make_config, f"dataset.path={folder}", "dataset.resolution=64")
+    assert {tuple(v.shape[-2:]) for v in square.latents.cache.values()} == {(4, 4)}
+
+
+def test_trigger_word_dropout_shuffle_and_folder_repeats(make_config, tmp_path):  # type: ignore[no-untyped-def]
+    root = tmp_path / "ds"
+    make_images(root / "3_faces", [(64, 64)], {0: "red, round, small, shiny"})
+    make_images(root / "plain", [(64, 64)], {0: "[trigger] blue, square"})
+    t = prepared(
+        make_config,
+        f"dataset.path={root}",
+        "dataset.trigger_word=sks",
+        "dataset.shuffle_tags=true",
+        "dataset.keep_tags=1",
+        "dataset.caption_dropout=0.5",
+        "dataset.resolution=64",
+    )
+    faces, plain = t.items
+    assert faces.caption == "sks, red, round, small, shiny" and plain.caption == "sks blue, square"
+    assert faces.repeats == 3 and plain.repeats == 1 and t.schedule.epoch_len == 4
+    assert len(set(faces.variants)) > 1 and all(v.startswith("sks, ") for v in faces.variants)
+    used = []
+    original = t.prompts.get
+    t.prompts.get = lambda caps: (used.extend(caps), original(caps))[1]  # type: ignore[method-assign]
+    for step in range(1, 41):
+        t._micro_batch(step, 0)
+    assert 0.3 < used.count("") / len(used) < 0.7  # caption dropout
+    assert len({c for c in used if c.startswith("sks, red")}) > 2  # shuffled orders
+    plain_t = prepared(make_config, f"dataset.path={root}", "dataset.resolution=64", "dataset.keep_tags=1")
+    assert plain_t.items[0].caption == "red, round, small, shiny" and plain_t.items[0].variants is None
+    used.clear()
+    plain_get = plain_t.prompts.get
+    plain_t.prompts.get = lambda caps: (used.extend(caps), plain_get(caps))[1]  # type: ignore[method-assign]
+    for step in range(1, 21):
+        plain_t._micro_batch(step, 0)
+    assert "" not in used
+
+
+def test_timestep_shift_reaches_the_trainer(make_config):  # type: ignore[no-untyped-def]
+    plain = prepared(make_config)
+    shifted = prepared(make_config, "training.timestep_shift=fixed", "training.shift=5")
+    a = torch.cat([plain._micro_batch(s, 0)["sigmas"] for s in range(1, 60)]).mean()
+    b = torch.cat([shifted._micro_batch(s, 0)["sigmas"] for s in range(1, 60)]).mean()
+    assert b > a + 0.15

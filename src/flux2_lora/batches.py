@@ -30,27 +30,66 @@ def derive_seed(*parts: int) -> int:
 
 
 class SampleSchedule:
-    """Global sample index → dataset item: a seeded permutation per epoch over items × repeats."""
+    """Which (item, sample id) pairs each micro-batch trains on; a pure function of (seed, step).
 
-    def __init__(self, num_items: int, repeats: int, seed: int):
-        self.num_items = num_items
-        self.epoch_len = num_items * repeats
+    Square mode: a seeded permutation per epoch over every item × its repeats, read in order.
+    Bucket mode: per epoch, each bucket's items (× repeats) are shuffled and cut into batches, and the
+    batches are shuffled, so no batch mixes shapes. The sample id seeds that sample's noise and flip.
+    """
+
+    def __init__(
+        self,
+        repeats: list[int],
+        seed: int,
+        batch_size: int = 1,
+        buckets: list[tuple[int, int]] | None = None,
+    ):
+        self.expanded = [i for i, r in enumerate(repeats) for _ in range(r)]
+        self.epoch_len = len(self.expanded)
+        self.num_items = len(repeats)
         self.seed = seed
+        self.batch_size = batch_size
+        self.buckets = buckets
         self._perms: dict[int, list[int]] = {}
+        self._batches: dict[int, list[list[int]]] = {}
 
     def item(self, global_index: int) -> int:
         epoch, pos = divmod(global_index, self.epoch_len)
         perm = self._perms.get(epoch)
         if perm is None:
-            perm = [i % self.num_items for i in range(self.epoch_len)]
+            perm = list(self.expanded)
             random.Random(derive_seed(self.seed, 1, epoch)).shuffle(perm)
             self._perms = {epoch: perm}  # one epoch at a time is all a run needs
         return perm[pos]
 
-    def batch(self, step: int, micro: int, rank: int, world: int, batch_size: int, accum: int) -> list[int]:
-        """Global indices of the samples of one micro-batch (step is 1-based)."""
-        start = ((step - 1) * accum + micro) * batch_size * world + rank * batch_size
-        return list(range(start, start + batch_size))
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        cached = self._batches.get(epoch)
+        if cached is not None:
+            return cached
+        assert self.buckets is not None
+        rng = random.Random(derive_seed(self.seed, 10, epoch))
+        by_bucket: dict[tuple[int, int], list[int]] = {}
+        for i in self.expanded:
+            by_bucket.setdefault(self.buckets[i], []).append(i)
+        batches: list[list[int]] = []
+        for key in sorted(by_bucket):
+            members = by_bucket[key]
+            rng.shuffle(members)
+            batches += [members[k : k + self.batch_size] for k in range(0, len(members), self.batch_size)]
+        rng.shuffle(batches)
+        self._batches = {epoch: batches}
+        return batches
+
+    def micro_batch(self, step: int, micro: int, rank: int, world: int, accum: int) -> list[tuple[int, int]]:
+        """(item, sample id) of one micro-batch (step is 1-based)."""
+        k = ((step - 1) * accum + micro) * world + rank
+        if self.buckets is None:
+            start = k * self.batch_size
+            return [(self.item(g), g) for g in range(start, start + self.batch_size)]
+        epoch_batches = self._epoch_batches(0)
+        epoch, pos = divmod(k, len(epoch_batches))
+        batch = self._epoch_batches(epoch)[pos]
+        return [(item, k * self.batch_size + j) for j, item in enumerate(batch)]
 
 
 def encode_images(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
@@ -83,7 +122,10 @@ def text_ids_for(prompt_embeds: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Item:
     path: Path
-    caption: str
+    caption: str  # after the trigger word is applied
+    repeats: int = 1
+    bucket: tuple[int, int] | None = None
+    variants: list[str] | None = None  # shuffled-tag orders, when dataset.shuffle_tags
 
 
 class LatentSource:
@@ -98,12 +140,16 @@ class LatentSource:
         self.vae = vae
         self.device = device
         self.cache: dict[tuple[int, bool], torch.Tensor] = {}
+        ds = config.dataset
+        self.targets: list[int | tuple[int, int]] = [
+            i.bucket if ds.bucketing and i.bucket else ds.resolution for i in items
+        ]
 
     def _pixels(self, item: int, flip: bool, crop_seed: int) -> torch.Tensor:
         ds = self.config.dataset
         return self._load(
             self.items[item].path,
-            ds.resolution,
+            self.targets[item],
             center_crop=ds.center_crop,
             flip=flip,
             crop_rng=random.Random(crop_seed),
@@ -114,8 +160,12 @@ class LatentSource:
         """Encode every item (both flips when random_flip); crops are fixed per item when cached."""
         flips = (False, True) if self.config.dataset.random_flip else (False,)
         keys = [(i, f) for i in range(len(self.items)) for f in flips]
-        for start in range(0, len(keys), batch):
-            chunk = keys[start : start + batch]
+        # Group by target shape so every VAE batch stacks.
+        groups: dict[Any, list[tuple[int, bool]]] = {}
+        for key in keys:
+            groups.setdefault(self.targets[key[0]], []).append(key)
+        chunks = [g[k : k + batch] for g in groups.values() for k in range(0, len(g), batch)]
+        for chunk in chunks:
             pixels = torch.stack(
                 [self._pixels(i, f, derive_seed(self.config.training.seed, 2, i)) for i, f in chunk]
             )

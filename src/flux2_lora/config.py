@@ -98,7 +98,51 @@ class DatasetSection(Section):
         "Caption for images without a caption file, usually your trigger word (e.g. 'a photo of sks person').",
         max_length=2000,
     )
-    repeats: int = F(1, "How many times each image appears per epoch.", ge=1, le=1000, ui={"advanced": True})
+    repeats: int = F(
+        1,
+        "How many times each image appears per epoch. A subfolder named like '10_faces' multiplies its own "
+        "images' repeats by 10 (kohya's convention), to balance several concepts.",
+        ge=1,
+        le=1000,
+        ui={"advanced": True},
+    )
+    bucketing: bool = F(
+        False,
+        "Aspect-ratio buckets: train each image at about resolution² pixels in its own shape (multiples of "
+        "bucket_step) instead of a square crop; each batch comes from one bucket.",
+    )
+    bucket_step: int = F(
+        64,
+        "Side granularity of aspect buckets in pixels (multiple of 16); the most ever cropped per side.",
+        ge=16,
+        le=256,
+        ui={"advanced": True, "step": 16},
+    )
+    trigger_word: str = F(
+        "",
+        "Word that calls the LoRA (e.g. 'sks'). Replaces a [trigger] placeholder in captions, else is prefixed "
+        "to captions that lack it.",
+        max_length=200,
+    )
+    caption_dropout: float = F(
+        0.0,
+        "Probability of training a sample with an empty caption (the LoRA then also works unprompted).",
+        ge=0.0,
+        le=1.0,
+        ui={"advanced": True, "step": 0.05},
+    )
+    shuffle_tags: bool = F(
+        False,
+        "Shuffle comma-separated tags in each caption (8 fixed orders per caption, one drawn per step).",
+        ui={"advanced": True},
+    )
+    keep_tags: int = F(
+        1,
+        "When shuffling, keep the first N tags in place (usually the trigger).",
+        ge=0,
+        le=100,
+        ui={"advanced": True},
+    )
 
     @field_validator("resolution")
     @classmethod
@@ -106,6 +150,13 @@ class DatasetSection(Section):
         if v % 16:
             lower, upper = v - v % 16, v - v % 16 + 16
             raise ValueError(f"must be a multiple of 16 (FLUX.2's token size); try {lower} or {upper}")
+        return v
+
+    @field_validator("bucket_step")
+    @classmethod
+    def _step_16(cls, v: int) -> int:
+        if v % 16:
+            raise ValueError("must be a multiple of 16 (FLUX.2's token size)")
         return v
 
     @field_validator("caption_extension")
@@ -230,15 +281,29 @@ class TrainingSection(Section):
         ge=0,
         le=2**32 - 1,
     )
-    timestep_sampling: Literal["uniform", "logit_normal", "mode"] = F(
+    timestep_sampling: Literal["uniform", "logit_normal", "sigmoid", "mode"] = F(
         "uniform",
-        "How training noise levels are drawn (diffusers' weighting schemes): uniform, logit-normal "
-        "(more mid-range noise), or 'mode' (SD3 mode sampling).",
+        "How training noise levels σ are drawn: uniform; logit_normal (SD3: more mid-range noise, a positive "
+        "logit_mean means more noise); sigmoid (sigmoid of a scaled normal, as x-flux/ai-toolkit); mode (SD3).",
         ui={"advanced": True},
     )
     logit_mean: float = F(0.0, "Mean of logit-normal timestep sampling.", ge=-5, le=5, ui={"advanced": True})
     logit_std: float = F(1.0, "Std of logit-normal timestep sampling.", gt=0, le=5, ui={"advanced": True})
+    sigmoid_scale: float = F(
+        1.0,
+        "Scale of the normal inside 'sigmoid' timestep sampling (larger: more extremes).",
+        gt=0,
+        le=10,
+        ui={"advanced": True},
+    )
     mode_scale: float = F(1.29, "Scale of 'mode' timestep sampling.", ge=-1, le=5, ui={"advanced": True})
+    timestep_shift: Literal["none", "fixed", "resolution"] = F(
+        "none",
+        "Shift the drawn σ toward more noise: fixed (σ' = sσ/(1+(s−1)σ) with training.shift) or resolution "
+        "(FLUX.2's scheduler shift, stronger for more image tokens).",
+        ui={"advanced": True},
+    )
+    shift: float = F(3.0, "Shift s of timestep_shift=fixed.", ge=0.1, le=20, ui={"advanced": True})
     loss_weighting: Literal["none", "sigma_sqrt", "cosmap"] = F(
         "none", "Per-timestep weight of the loss (SD3 schemes).", ui={"advanced": True}
     )

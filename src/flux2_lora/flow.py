@@ -23,11 +23,15 @@ def sample_density(
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
     mode_scale: float = 1.29,
+    sigmoid_scale: float = 1.0,
 ) -> torch.Tensor:
-    """u in [0, 1) per sample (diffusers' ``compute_density_for_timestep_sampling``, with an explicit generator)."""
+    """u in [0, 1) per sample (diffusers' ``compute_density_for_timestep_sampling``, with an explicit
+    generator; the same schemes as :mod:`flux2_lora.timesteps`)."""
     if scheme == "logit_normal":
         u = torch.normal(logit_mean, logit_std, size=(batch_size,), generator=generator)
         return torch.sigmoid(u)
+    if scheme == "sigmoid":
+        return torch.sigmoid(sigmoid_scale * torch.randn(batch_size, generator=generator))
     u = torch.rand(batch_size, generator=generator)
     if scheme == "mode":
         return 1 - u - mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)

@@ -32,6 +32,7 @@ from .model import (
     resolve_model_path,
 )
 from .optim import build_optimizer, build_scheduler
+from .timesteps import shift_sigma
 from .tracking import RunReporter, setup_logging
 from .variants import get_variant
 
@@ -109,7 +110,51 @@ class Trainer:
             log.warning("dataset: %s: %s", p.file, p.message)
         require_usable(report)
         log.info("dataset: %d images from %s", len(report.items), root)
-        return [Item(i.path, i.caption) for i in report.items]
+        return self._items_from(report, root)
+
+    def _items_from(self, report: Any, root: Path) -> list[Item]:
+        """Trigger word, per-folder repeats, aspect buckets and shuffled-tag variants for each image."""
+        import random
+        import re
+
+        from .buckets import bucket_for, bucket_table, format_table
+        from .captions import apply_trigger, shuffle_tags, trigger_findings
+
+        ds = self.config.dataset
+        for file, _, message in trigger_findings(
+            [(str(i.path.relative_to(root)), i.caption) for i in report.items], ds.trigger_word
+        ):
+            log.warning("dataset: %s%s", f"{file}: " if file else "", message)
+        items = []
+        for n, i in enumerate(report.items):
+            caption = apply_trigger(i.caption, ds.trigger_word)
+            folder = i.path.relative_to(root).parts[0] if len(i.path.relative_to(root).parts) > 1 else ""
+            match = re.match(r"^(\d+)_", folder)
+            item = Item(i.path, caption, repeats=int(match.group(1)) if match else 1)
+            if ds.bucketing:
+                item.bucket = bucket_for(i.width, i.height, ds.resolution, ds.bucket_step)
+            if ds.shuffle_tags:
+                item.variants = [
+                    shuffle_tags(
+                        caption, ds.keep_tags, random.Random(derive_seed(self.config.training.seed, 9, n, k))
+                    )
+                    for k in range(8)
+                ]
+            items.append(item)
+        if ds.bucketing:
+            log.info(
+                format_table(
+                    bucket_table(((i.width, i.height) for i in report.items), ds.resolution, ds.bucket_step)
+                )
+            )
+        return items
+
+    def _training_captions(self) -> list[str]:
+        """Every caption text a step may use (what the cache must hold)."""
+        out = [v for i in self.items for v in (i.variants or [i.caption])]
+        if self.config.dataset.caption_dropout > 0:
+            out.append("")
+        return out
 
     def _validation_prompts(self, items: list[Item]) -> list[str]:
         prompts = self.config.validation.prompts or [items[0].caption or ""]
@@ -133,7 +178,7 @@ class Trainer:
         if val.enabled and self._uses_cfg(variant):
             extra = [*extra, ""]
         if mem.cache_text_embeddings:
-            self.prompts.fill_cache([i.caption for i in items] + extra)
+            self.prompts.fill_cache(self._training_captions() + extra)
             pipe.text_encoder = None  # the largest component is not needed again
             self.prompts.pipe = pipe
         else:
@@ -181,16 +226,20 @@ class Trainer:
     def _micro_batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
         t = self.config.training
         acc = self.accelerator
-        indices = self.schedule.batch(
-            step, micro, acc.process_index, acc.num_processes, t.batch_size, t.gradient_accumulation_steps
+        ds = self.config.dataset
+        pairs = self.schedule.micro_batch(
+            step, micro, acc.process_index, acc.num_processes, t.gradient_accumulation_steps
         )
+        indices = [g for _, g in pairs]
         latents, captions = [], []
-        for g in indices:
-            item = self.schedule.item(g)
+        for item, g in pairs:
             rng = torch.Generator().manual_seed(derive_seed(t.seed, 4, g))
-            flip = bool(self.config.dataset.random_flip and torch.rand(1, generator=rng).item() < 0.5)
+            draws = torch.rand(3, generator=rng).tolist()  # flip, tag order, caption dropout
+            flip = bool(ds.random_flip and draws[0] < 0.5)
             latents.append(self.latents.get(item, flip, derive_seed(t.seed, 5, g)))
-            captions.append(self.items[item].caption)
+            variants = self.items[item].variants
+            caption = variants[int(draws[1] * len(variants))] if variants else self.items[item].caption
+            captions.append("" if draws[2] < ds.caption_dropout else caption)
         x0 = torch.stack(latents).to(self.device, self.dtype)
         packed, ids = pack(x0)
         gen = torch.Generator().manual_seed(derive_seed(t.seed, 6, indices[0]))
@@ -202,7 +251,9 @@ class Trainer:
             logit_mean=t.logit_mean,
             logit_std=t.logit_std,
             mode_scale=t.mode_scale,
+            sigmoid_scale=t.sigmoid_scale,
         )
+        sigmas = shift_sigma(sigmas_from_density(u), t.timestep_shift, t.shift, packed.shape[1])
         embeds = self.prompts.get(captions).to(self.device, self.dtype)
         guidance = None
         if self.arch.guidance_embeds:
@@ -212,7 +263,7 @@ class Trainer:
             "latent_ids": ids,
             "prompt_embeds": embeds,
             "text_ids": text_ids_for(embeds),
-            "sigmas": sigmas_from_density(u).to(self.device),
+            "sigmas": sigmas.to(self.device),
             "noise": noise,
             "guidance": guidance,
             "dropout_seed": torch.tensor(derive_seed(t.seed, 7, indices[0])),
@@ -329,7 +380,12 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.training, self.lora_params)
         self.lr_scheduler = build_scheduler(cfg.training, self.optimizer)
         self.model, self.optimizer = acc.prepare(self.transformer, self.optimizer)
-        self.schedule = SampleSchedule(len(self.items), cfg.dataset.repeats, cfg.training.seed)
+        self.schedule = SampleSchedule(
+            [i.repeats * cfg.dataset.repeats for i in self.items],
+            cfg.training.seed,
+            cfg.training.batch_size,
+            [i.bucket for i in self.items] if cfg.dataset.bucketing else None,
+        )
         start = self._restore(resume_path) if resume_path else 0
         self.sampler = Sampler(self, model_path)
         if self.reporter:

@@ -1,4 +1,4 @@
-"""Loading one training image as the tensor the VAE expects: float32 CHW in [-1, 1], square."""
+"""Loading one training image as the tensor the VAE expects: float32 CHW in [-1, 1], square or bucketed."""
 
 from __future__ import annotations
 
@@ -30,24 +30,31 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def resize_and_crop(
-    im: Image.Image, resolution: int, *, center_crop: bool, flip: bool, crop_rng: random.Random
+    im: Image.Image,
+    resolution: int | tuple[int, int],
+    *,
+    center_crop: bool,
+    flip: bool,
+    crop_rng: random.Random,
 ) -> Image.Image:
-    """Short side to ``resolution``, then a square crop (center or from ``crop_rng``), then mirror."""
+    """Scale to cover the target (a square side, or an aspect bucket's (width, height)), crop the
+    excess (center or from ``crop_rng``), then mirror."""
+    tw, th = (resolution, resolution) if isinstance(resolution, int) else resolution
     w, h = im.size
-    scale = resolution / min(w, h)
-    # max(): rounding must never leave the long side a pixel short of the crop.
-    size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
+    scale = max(tw / w, th / h)
+    # max(): rounding must never leave a side a pixel short of the crop.
+    size = (max(tw, round(w * scale)), max(th, round(h * scale)))
     if size != im.size:
         # LANCZOS keeps detail when shrinking; BICUBIC rings less when enlarging small images.
         resample = Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC
         im = im.resize(size, resample, reducing_gap=3.0 if scale < 1 else None)
     w, h = im.size
     if center_crop:
-        left, top = (w - resolution) // 2, (h - resolution) // 2
+        left, top = (w - tw) // 2, (h - th) // 2
     else:
         # Both draws always happen, so the stream of crop_rng does not depend on the aspect ratio.
-        left, top = crop_rng.randint(0, w - resolution), crop_rng.randint(0, h - resolution)
-    im = im.crop((left, top, left + resolution, top + resolution))
+        left, top = crop_rng.randint(0, w - tw), crop_rng.randint(0, h - th)
+    im = im.crop((left, top, left + tw, top + th))
     if flip:
         im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return im
@@ -61,9 +68,9 @@ def pil_to_tensor(im: Image.Image) -> torch.Tensor:
 
 
 def load_training_image(
-    path: Path, resolution: int, *, center_crop: bool, flip: bool, crop_rng: random.Random
+    path: Path, resolution: int | tuple[int, int], *, center_crop: bool, flip: bool, crop_rng: random.Random
 ) -> torch.Tensor:
-    """Read ``path`` and return a ``3×resolution×resolution`` float32 tensor in [-1, 1]."""
+    """Read ``path`` and return a ``3×H×W`` float32 tensor in [-1, 1] (square side or (width, height))."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # PIL's palette-transparency notes

@@ -1,0 +1,87 @@
+"""Training noise levels (σ) as pure math: sampling schemes, shifts, and their density for the UI.
+
+No torch: the trainer's torch sampler (:mod:`flux2_lora.flow`) applies the same formulas to tensors,
+and the web UI plots :func:`density` without importing torch. A test checks that both agree.
+
+- uniform: u ~ U(0, 1)
+- logit_normal: u = sigmoid(N(logit_mean, logit_std)) (SD3); positive mean → more noise
+- sigmoid: u = sigmoid(sigmoid_scale · N(0, 1)) (x-flux / ai-toolkit's "sigmoid")
+- mode: SD3's mode sampling with mode_scale
+Then σ ≈ u on the scheduler's 1000-step grid, and optionally shifted:
+- fixed: σ' = s·σ / (1 + (s − 1)·σ) (FLUX.1 / SD3 static shift)
+- resolution: FLUX.2's scheduler shift, exponential with μ growing linearly in the number of image
+  tokens from base_shift (256 tokens) to max_shift (4096 tokens): σ' = e^μ / (e^μ + 1/σ − 1)
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+NUM_TRAIN_TIMESTEPS = 1000
+# FLUX.2's FlowMatchEulerDiscreteScheduler config (scheduler/scheduler_config.json of dev and klein).
+BASE_SHIFT, MAX_SHIFT = 0.5, 1.15
+BASE_SEQ_LEN, MAX_SEQ_LEN = 256, 4096
+
+
+def mu_for_tokens(image_tokens: int) -> float:
+    slope = (MAX_SHIFT - BASE_SHIFT) / (MAX_SEQ_LEN - BASE_SEQ_LEN)
+    return BASE_SHIFT + slope * (image_tokens - BASE_SEQ_LEN)
+
+
+def shift_sigma(sigma: Any, mode: str, shift: float, image_tokens: int) -> Any:
+    """Works on floats and on torch tensors alike (only arithmetic)."""
+    if mode == "fixed":
+        return shift * sigma / (1 + (shift - 1) * sigma)
+    if mode == "resolution":
+        e = math.exp(mu_for_tokens(image_tokens))
+        return e / (e + (1 / sigma - 1))
+    return sigma
+
+
+def quantize(u: float) -> float:
+    """σ on the scheduler's grid: linspace(1, 1/1000, 1000), indexed so that σ ≈ u."""
+    index = min(max(int((1 - u) * NUM_TRAIN_TIMESTEPS), 0), NUM_TRAIN_TIMESTEPS - 1)
+    return 1.0 - index * (1.0 - 1.0 / NUM_TRAIN_TIMESTEPS) / (NUM_TRAIN_TIMESTEPS - 1)
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def draw_u(scheme: str, rng: random.Random, t: Any) -> float:
+    if scheme == "logit_normal":
+        return _sigmoid(rng.gauss(t.logit_mean, t.logit_std))
+    if scheme == "sigmoid":
+        return _sigmoid(t.sigmoid_scale * rng.gauss(0.0, 1.0))
+    u = rng.random()
+    if scheme == "mode":
+        return 1 - u - t.mode_scale * (math.cos(math.pi * u / 2) ** 2 - 1 + u)
+    return u
+
+
+def draw_sigmas(t: Any, image_tokens: int, n: int, seed: int = 0) -> list[float]:
+    """n training σ for a TrainingSection-like object ``t`` (pure Python)."""
+    rng = random.Random(seed)
+    return [
+        shift_sigma(quantize(draw_u(t.timestep_sampling, rng, t)), t.timestep_shift, t.shift, image_tokens)
+        for _ in range(n)
+    ]
+
+
+def density(t: Any, image_tokens: int, bins: int = 40, draws: int = 20000) -> list[tuple[float, float]]:
+    """Histogram of σ as (bin centre, probability density) for plotting."""
+    counts = [0] * bins
+    for s in draws_cached(t, image_tokens, draws):
+        counts[min(int(s * bins), bins - 1)] += 1
+    return [((i + 0.5) / bins, c * bins / draws) for i, c in enumerate(counts)]
+
+
+def draws_cached(t: Any, image_tokens: int, draws: int) -> list[float]:
+    return draw_sigmas(t, image_tokens, draws, seed=12345)
+
+
+def image_tokens_for(resolution: int) -> int:
+    """FLUX.2: VAE /8, then 2×2 patches → one token per 16×16 pixels."""
+    return (resolution // 16) ** 2
