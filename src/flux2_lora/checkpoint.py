@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import runs
+from .hooks import hold_point
 
 ADAPTER_FILE = "adapter.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -45,6 +46,7 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, str(tmp / ADAPTER_FILE))
+    hold_point("checkpoint-write", run_dir)
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
     torch.save(scheduler_state, tmp / SCHEDULER_FILE)

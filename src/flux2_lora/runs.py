@@ -243,16 +243,24 @@ def request_stop(run_dir: str | Path) -> bool:
     return False
 
 
-def force_stop(run_dir: str | Path) -> bool:
-    """SIGKILL the trainer after a graceful stop timed out; the lock then reports it as ended."""
-    status = read_status(run_dir)
-    if status and not status.is_final and status.pid:
-        try:
-            os.kill(status.pid, signal.SIGKILL)
-            return True
-        except (ProcessLookupError, PermissionError):
-            return False
-    return False
+def force_stop(run_dir: str | Path, wait_s: float = 10.0) -> bool:
+    """SIGKILL the trainer after a graceful stop timed out, then record the run as stopped."""
+    run = Path(run_dir)
+    status = read_status(run)
+    if not status or status.is_final or not status.pid:
+        return False
+    try:
+        os.kill(status.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    deadline = time.time() + wait_s
+    while is_locked(run) and time.time() < deadline:
+        time.sleep(0.05)
+    status.state = "stopped"
+    status.message = f"force-stopped at step {status.step} after the graceful stop timed out; resume from the last checkpoint"
+    status.updated_at = time.time()
+    write_json_atomic(run / STATUS_FILE, status.to_dict())
+    return True
 
 
 @dataclass

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .hooks import hold_point
+
 if TYPE_CHECKING:
     from .trainer import Trainer
 
@@ -33,6 +35,7 @@ class Sampler:
         cfg = tr.config
         val = cfg.validation
         tr._status("sampling", f"validation samples at step {step}")
+        hold_point("sampling", tr.run_dir)
         t0 = time.perf_counter()
         pipe = tr.pipe_parts
         transformer = tr.accelerator.unwrap_model(tr.model)
@@ -71,5 +74,8 @@ class Sampler:
                 transformer.train()
             pipe.vae.to(vae_device)
             pipe.register_modules(transformer=None)
-        log.info("validation: %d image(s) at step %d in %.1fs", index, step, time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        log.info("validation: %d image(s) at step %d in %.1fs", index, step, elapsed)
+        if tr.reporter is not None:
+            tr.reporter.record_overhead("sampling", elapsed)
         tr._status("training", "")

@@ -56,6 +56,7 @@ class RunReporter:
         self._tb: Any = None
         self._wandb: Any = None
         self._step_times: list[float] = []
+        self._overheads: dict[str, list[float]] = {}
 
     # -- status -----------------------------------------------------------------------------
     def set_state(self, state: str, message: str = "", **fields: Any) -> None:
@@ -105,13 +106,45 @@ class RunReporter:
             self._wandb.finish()
 
     # -- metrics ----------------------------------------------------------------------------
+    def record_overhead(self, kind: str, seconds: float) -> None:
+        self._overheads.setdefault(kind, []).append(seconds)
+
+    def remaining_events(self, step: int) -> dict[str, int]:
+        """Validations and checkpoints still to come after ``step`` (the end adds one sampling pass)."""
+        total = self.status.total_steps
+        val, out = self.config.validation, self.config.output
+        samples = 0
+        if val.enabled:
+            samples = (total - 1) // val.every_n_steps - step // val.every_n_steps + 1
+        ckpts = total // out.checkpoint_every - step // out.checkpoint_every if out.checkpoint_every else 0
+        return {"sampling": max(samples, 0), "checkpoint": max(ckpts, 0)}
+
     def step_done(self, step: int, seconds: float) -> None:
+        """Seconds per step (recent mean) and the ETA, including the sampling and checkpoints still due."""
         self._step_times.append(seconds)
         recent = self._step_times[-20:]
         sps = sum(recent) / len(recent)
         self.status.step = step
         self.status.seconds_per_step = sps
-        self.status.eta_seconds = sps * (self.status.total_steps - step)
+        eta = sps * (self.status.total_steps - step)
+        for kind, count in self.remaining_events(step).items():
+            times = self._overheads.get(kind)
+            if times:
+                eta += count * sum(times) / len(times)
+        self.status.eta_seconds = eta
+
+    def record_peaks(self) -> dict[str, float | None]:
+        """Peak GPU tensor memory and peak host RSS of this process, for the run's record."""
+        import resource
+
+        import torch
+
+        gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        reserved = torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None
+        host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        peaks = {"gpu_allocated_peak_gib": gpu, "gpu_reserved_peak_gib": reserved, "host_peak_rss_gib": host}
+        self.status.extra["measured"] = peaks
+        return peaks
 
     def log_metrics(self, step: int, loss: float, lr: float) -> dict[str, Any]:
         gpu, rss = peak_memory()

@@ -21,6 +21,7 @@ from .batches import Item, LatentSource, PromptSource, SampleSchedule, derive_se
 from .config import TrainConfig
 from .config_io import save_config
 from .flow import flow_matching_loss, sample_density, sigmas_from_density
+from .hooks import hold_point
 from .model import (
     MIXED_PRECISION,
     free_memory,
@@ -298,6 +299,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             self._status("checkpointing", f"saving checkpoint at step {step}")
+            t0 = time.perf_counter()
             out = self.config.output
             path = ckpt.save_checkpoint(
                 self.run_dir,
@@ -308,6 +310,8 @@ class Trainer:
                 {"total_steps": self.config.training.max_steps, "variant": self.variant},
                 keep=out.max_checkpoints,
             )
+            if self.reporter is not None:
+                self.reporter.record_overhead("checkpoint", time.perf_counter() - t0)
             self._status("training", "", last_checkpoint=str(path))
         self.accelerator.wait_for_everyone()
 
@@ -346,6 +350,7 @@ class Trainer:
             save_config(cfg, self.run_dir / runs.CONFIG_FILE)
             self.reporter = RunReporter(self.run_dir, cfg, cfg.training.max_steps)
             self._status("loading", "resolving model and dataset")
+            hold_point("loading", self.run_dir)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             start = self.prepare(resume_path)
@@ -430,6 +435,8 @@ class Trainer:
                 self.reporter.log_metrics(step, sum(window) / len(window), lr)
                 self.reporter.set_state("training")
                 window = []
+            if step == 3:
+                hold_point("step", self.run_dir)
             stop = self._stop_requested()
             stop = bool(acc.reduce(torch.tensor(float(stop), device=self.device), reduction="sum").item() > 0)
             every = cfg.output.checkpoint_every
@@ -468,8 +475,26 @@ class Trainer:
                     save_comfyui_lora(self.run_dir, state, cfg.lora.alpha / cfg.lora.rank, out_dtype)
             if cfg.validation.enabled:
                 sampler._sample_main(step)  # main only; the barrier below holds the others
+            if self.reporter is not None:
+                self.reporter.record_peaks()
+                self.reporter.status.extra["estimate"] = _estimate_summary(cfg, acc.num_processes)
             self._status(
                 "finished", f"finished {step} steps; LoRA at {final}", final_lora=str(final), step=step
             )
         acc.wait_for_everyone()
         return 0
+
+
+def _estimate_summary(config: TrainConfig, num_processes: int) -> dict[str, Any] | None:
+    """The memory model's figures for this config, stored beside the measured peaks."""
+    try:
+        from .memory import estimate_report
+    except ImportError:
+        return None
+    try:
+        report = estimate_report(config, num_processes=num_processes)
+    except Exception as e:  # the estimate must never fail a finished run
+        log.warning("memory estimate unavailable: %s", e)
+        return None
+    keys = ("allocated_peak_gib", "total_gib", "host_peak_gib", "host_gib")
+    return {k: report[k] for k in keys if k in report}

@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from ..runs import iter_runs, summarize
+from ..runs import iter_runs, log_tail, summarize
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,4 +35,6 @@ def run(args: argparse.Namespace) -> int:
         )
         if s.state == "failed" and s.message:
             print(f"  {s.message}")
+            for line in log_tail(r.path, 3).splitlines():
+                print(f"  | {line}")
     return 0

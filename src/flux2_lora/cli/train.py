@@ -32,6 +32,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="data-parallel processes (GPUs, or CPU processes) via accelerate",
     )
+    p.add_argument(
+        "--preflight",
+        action="store_true",
+        help="load the model with the run's settings, time a few steps, print measured vs estimated memory and the ETA, exit",
+    )
     p.set_defaults(func=run)
 
 
@@ -54,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     problem = check_output_dir(run_dir)
     if problem:
         return fail(problem)
+    if args.preflight:
+        return _preflight(config)
     if args.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return _launch_distributed(args, config, run_dir)
     return train_here(config, args.resume)
@@ -124,3 +131,26 @@ def _has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _preflight(config) -> int:  # type: ignore[no-untyped-def]
+    from ..quiet import quiet_libraries
+
+    quiet_libraries()
+    from ..data.scan import DatasetError
+    from ..model import ModelLoadError
+    from ..optim import OptimizerUnavailable
+    from ..preflight import format_result, run_preflight
+
+    try:
+        result = run_preflight(config)
+    except (ModelLoadError, DatasetError, OptimizerUnavailable) as e:
+        return fail(str(e))
+    except RuntimeError as e:
+        if "out of memory" in str(e).lower():
+            return fail(
+                f"pre-flight ran out of memory: {e}; run `flux2-lora estimate` for the changes that make it fit"
+            )
+        raise
+    print(format_result(result))
+    return 0
