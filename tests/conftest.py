@@ -40,3 +40,15 @@ def make_config(tmp_path: Path):  # type: ignore[no-untyped-def]
         return tiny_config(out or tmp_path / "run", *overrides)
 
     return make
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """GPU tests run only where CUDA is present (the device machine); elsewhere they skip with the reason."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the device machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
