@@ -59,8 +59,11 @@ def build_tokenizer():  # type: ignore[no-untyped-def]
     return wrapped
 
 
-def build_demo_pipeline():  # type: ignore[no-untyped-def]
-    """The demo pipeline in memory, every component from the variant table, seeded."""
+def build_demo_pipeline(**transformer_overrides: object):  # type: ignore[no-untyped-def]
+    """The demo pipeline in memory, every component from the variant table, seeded.
+
+    ``transformer_overrides`` change the transformer's config (e.g. a wider, deeper model for memory
+    benchmarks on CPU); the text encoder's output width follows ``joint_attention_dim``."""
     import torch
     from diffusers import (
         AutoencoderKLFlux2,
@@ -94,7 +97,7 @@ def build_demo_pipeline():  # type: ignore[no-untyped-def]
         norm_num_groups=4,
         sample_size=v.vae.sample_size,
     )
-    transformer = Flux2Transformer2DModel(**v.transformer.diffusers_config())
+    transformer = Flux2Transformer2DModel(**{**v.transformer.diffusers_config(), **transformer_overrides})
     # FLUX.2's scheduler settings (dynamic, resolution-dependent shift).
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000,
@@ -111,7 +114,7 @@ def build_demo_pipeline():  # type: ignore[no-untyped-def]
     )
 
 
-def ensure_demo_model(target: Path | None = None) -> Path:
+def ensure_demo_model(target: Path | None = None, **transformer_overrides: object) -> Path:
     """Build and save the demo pipeline once; concurrent callers (multi-process runs) wait for the first."""
     folder = target or demo_model_dir()
     if (folder / "model_index.json").is_file():
@@ -124,7 +127,7 @@ def ensure_demo_model(target: Path | None = None) -> Path:
             return folder
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
-            build_demo_pipeline().save_pretrained(tmp)
+            build_demo_pipeline(**transformer_overrides).save_pretrained(tmp)
             (tmp / "DEMO_VERSION").write_text(DEMO_VERSION)
             if folder.exists():
                 shutil.rmtree(folder)
