@@ -191,12 +191,27 @@ def test_generate_with_a_lora_and_scale(tmp_path):  # type: ignore[no-untyped-de
     out = tmp_path / "r"
     cli("train", "--preset", "quickstart", *sets(f"output.dir={out}", *FAST), check=True)
     lora = str(out / runs.LORA_FILE)
-    common = ["--prompt", "a red circle on stripes, sks style", "--steps", "3", "--resolution", "64", "--guidance", "1"]
+    common = [
+        "--prompt",
+        "a red circle on stripes, sks style",
+        "--steps",
+        "3",
+        "--resolution",
+        "64",
+        "--guidance",
+        "1",
+    ]
     cli("generate", *common, "--out", str(tmp_path / "base.png"), check=True)
     cli("generate", *common, "--lora", lora, "--scale", "0", "--out", str(tmp_path / "zero.png"), check=True)
-    cli("generate", *common, "--lora", lora, "--scale", "1.5", "--out", str(tmp_path / "full.png"), check=True)
-    base, zero, full = (np.asarray(Image.open(tmp_path / f"{n}.png"), dtype=float) for n in ("base", "zero", "full"))
+    cli(
+        "generate", *common, "--lora", lora, "--scale", "1.5", "--out", str(tmp_path / "full.png"), check=True
+    )
+    base, zero, full = (
+        np.asarray(Image.open(tmp_path / f"{n}.png"), dtype=float) for n in ("base", "zero", "full")
+    )
     assert np.abs(base - zero).max() <= 1 and np.abs(base - full).max() > 2
-    missing = cli("generate", *common, "--lora", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "x.png"))
+    missing = cli(
+        "generate", *common, "--lora", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "x.png")
+    )
     assert missing.returncode == 1 and "--lora" in missing.stderr
     _clean(missing)
