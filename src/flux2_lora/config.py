@@ -344,8 +344,8 @@ class MemorySection(Section):
     )
     cpu_offload: bool = F(
         False,
-        "Keep the text encoder and VAE in CPU memory and move each to the GPU only while it runs "
-        "(and offload the pipeline while sampling). Saves GPU memory, costs transfer time.",
+        "Keep the text encoder on the CPU (it encodes the captions there: slow for [dev]'s 24B encoder, but it "
+        "needs no GPU memory) and move the VAE to the GPU only while it runs. Needs host RAM for the encoder.",
     )
     cache_latents: bool = F(
         True, "Encode every image with the VAE once before training, then free the VAE from the GPU."

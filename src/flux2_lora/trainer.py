@@ -170,9 +170,11 @@ class Trainer:
             pipe.vae.enable_slicing()
         if mem.vae_tiling:
             pipe.vae.enable_tiling()
-        pipe.text_encoder.to(self.device)
+        # cpu_offload: the text encoder (24B for [dev]) encodes on the CPU: slow, but no GPU memory at all.
+        te_device = torch.device("cpu") if mem.cpu_offload else self.device
+        pipe.text_encoder.to(te_device)
         pipe.vae.to(self.device)
-        self.prompts = PromptSource(pipe, self.device, get_variant(variant).text_encoder.max_sequence_length)
+        self.prompts = PromptSource(pipe, te_device, get_variant(variant).text_encoder.max_sequence_length)
         self.latents = LatentSource(items, self.config, pipe.vae, self.device)
         val = self.config.validation
         extra = self._validation_prompts(items) if val.enabled else []

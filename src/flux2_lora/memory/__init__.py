@@ -1,0 +1,38 @@
+"""The memory model (pure Python): estimate, verdicts against GPU classes, and fixes that make a run fit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import TrainConfig
+from .estimate import Estimate, estimate
+from .gpus import GPUS, Gpu, find_gpu, local_gpu, verdict
+from .recommend import auto_fit, recommendations
+
+__all__ = [
+    "GPUS",
+    "Estimate",
+    "Gpu",
+    "auto_fit",
+    "estimate",
+    "estimate_report",
+    "find_gpu",
+    "local_gpu",
+    "recommendations",
+    "verdict",
+]
+
+
+def estimate_report(config: TrainConfig, *, gpu: str | None = None, num_processes: int = 1) -> dict[str, Any]:
+    """Everything the CLI's --json and the web UI show, for one configuration."""
+    est = estimate(config, num_processes=num_processes)
+    report = est.to_dict()
+    cards = list(GPUS)
+    local = local_gpu()
+    if local is not None:
+        cards.append(local)
+    report["gpus"] = [{"name": g.name, "gib": g.gib, "verdict": verdict(est.total_gib, g.gib)} for g in cards]
+    chosen = find_gpu(gpu) or local or GPUS[0]
+    report["gpu"] = {"name": chosen.name, "gib": chosen.gib, "verdict": verdict(est.total_gib, chosen.gib)}
+    report["recommendations"] = recommendations(config, chosen.gib, num_processes=num_processes)
+    return report

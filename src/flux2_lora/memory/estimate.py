@@ -1,0 +1,266 @@
+"""GPU memory of a training run, from the architecture and the config (pure Python, no torch).
+
+Static memory is counted exactly from the module shapes (weights per dtype or quantization format,
+the fp32 LoRA copy, its gradients and optimizer state). Activations are counted per token and per
+block from what the block's ops save for backward, in units of the model width d and the MLP width
+m (see ``_block_activation_elems``); a test checks the sum against a fake-tensor trace of the real
+modules (:mod:`flux2_lora.memory.trace`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..config import TrainConfig
+from ..targets import LinearSpec, enumerate_linears, is_quantized_linear, resolve_targets
+from ..variants import DEMO_MODEL_PATH, TextEncoderArch, TransformerArch, VaeArch, get_variant, resolve_model
+
+GIB = 2**30
+DTYPE_BYTES = {"auto": 2, "bfloat16": 2, "float16": 2, "float32": 4}
+# bytes per weight of a quantized Linear: int8 + one bf16 scale per row; NF4 4 bits + double-quantized
+# absmax (one 8-bit scale per 64 weights, one fp32 per 256 scales) — bitsandbytes' layout.
+NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)
+CUDA_CONTEXT_GIB = 0.6  # CUDA context + cuBLAS workspace, outside PyTorch's allocator
+ALLOCATOR_SLACK = 0.07  # caching-allocator fragmentation: reserved ≈ allocated × (1 + slack)
+
+
+@dataclass(frozen=True)
+class Shapes:
+    variant: str
+    arch: TransformerArch
+    text_encoder: TextEncoderArch
+    vae: VaeArch
+    weight_bytes: int
+    image_tokens: int
+    text_tokens: int
+
+
+def resolve_shapes(config: TrainConfig) -> Shapes:
+    m = config.model
+    try:
+        resolved = resolve_model(m.path, m.variant)
+        variant, arch = resolved.variant, resolved.arch
+    except ValueError:
+        variant = "demo" if m.path.strip().lower() == DEMO_MODEL_PATH else "klein-4b"
+        arch = get_variant(variant).transformer
+    v = get_variant(variant)
+    res = config.dataset.resolution
+    return Shapes(
+        variant=variant,
+        arch=arch,
+        text_encoder=v.text_encoder,
+        vae=v.vae,
+        weight_bytes=DTYPE_BYTES[m.dtype],
+        image_tokens=(res // 16) ** 2,
+        text_tokens=v.text_encoder.max_sequence_length,
+    )
+
+
+def transformer_params(arch: TransformerArch) -> tuple[int, int]:
+    """(Linear weights, everything else): the RMSNorm scales of q/k per block."""
+    linear = sum(s.weight_numel for s in enumerate_linears(arch))
+    norms = (
+        arch.num_layers * 4 * arch.attention_head_dim + arch.num_single_layers * 2 * arch.attention_head_dim
+    )
+    return linear, norms
+
+
+def weight_bytes(arch: TransformerArch, dtype_bytes: int, quantization: str) -> float:
+    total = 0.0
+    for s in enumerate_linears(arch):
+        if quantization == "int8" and is_quantized_linear(s.name):
+            total += s.weight_numel + 2 * s.out_features
+        elif quantization == "nf4" and is_quantized_linear(s.name):
+            total += s.weight_numel * NF4_BYTES_PER_WEIGHT
+        else:
+            total += s.weight_numel * dtype_bytes
+    _, norms = transformer_params(arch)
+    return total + norms * dtype_bytes
+
+
+def optimizer_bytes(config: TrainConfig, specs: list[LinearSpec]) -> float:
+    """Optimizer state for the fp32 LoRA parameters, as each optimizer lays it out."""
+    t, lora = config.training, config.lora
+    n = sum(s.lora_params(lora.rank, lora.use_dora) for s in specs)
+    if t.optimizer in ("adamw", "adam"):
+        return 8.0 * n
+    if t.optimizer == "adamw8bit":
+        return 2.0 * n + 8.0 * n / 2048  # two 8-bit states + per-block absmax
+    if t.optimizer == "prodigy":
+        return 16.0 * n  # exp_avg, exp_avg_sq, s and the p0 copy
+    if t.optimizer == "sgd":
+        return 4.0 * n if t.momentum > 0 else 0.0
+    # Adafactor: a row and a column statistic per matrix (A: r×in, B: out×r), full state for vectors.
+    r = lora.rank
+    total = sum(4.0 * ((r + s.in_features) + (s.out_features + r)) for s in specs)
+    if lora.use_dora:
+        total += sum(4.0 * s.out_features for s in specs)
+    return total
+
+
+# Bytes saved for backward per token and per unit of model width d, by stream, for each weight
+# precision. Counted from what each op of a FLUX.2 block keeps (LayerNorm and RMSNorm inputs, the
+# SDPA q/k/v/out/logsumexp, the SwiGLU halves, and the inputs of every LoRA layer) and checked against
+# traces of the real modules (tests/memory). A stream that only passes the gradient on ("base") keeps
+# less than one whose own Linear layers carry LoRA (each LoRA'd Linear keeps its input).
+_COEF = {
+    2: {
+        "double_base": 38.11,
+        "double_attn": 16.07,
+        "double_ff": 16.04,
+        "single_base": 40.10,
+        "single_lora": 20.04,
+    },
+    4: {
+        "double_base": 68.13,
+        "double_attn": 4.05,
+        "double_ff": 16.01,
+        "single_base": 64.11,
+        "single_lora": 20.04,
+    },
+}
+_ATTN = {
+    "img": ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"),
+    "txt": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"),
+}
+_FF = {"img": ("ff.linear_in", "ff.linear_out"), "txt": ("ff_context.linear_in", "ff_context.linear_out")}
+
+
+def block_activation_bytes(
+    arch: TransformerArch, specs: list[LinearSpec], dtype_bytes: int, img: int, txt: int
+) -> list[float]:
+    """Bytes each block keeps for backward (batch 1, no checkpointing), in execution order.
+
+    Blocks before the first one with LoRA keep nothing: no gradient has to pass through them."""
+    c = _COEF[4 if dtype_bytes == 4 else 2]
+    d = arch.inner_dim
+    targeted = {s.name for s in specs}
+    out: list[float] = []
+    grad_flows = False
+    for i in range(arch.num_layers):
+        p = f"transformer_blocks.{i}."
+        has = {
+            (stream, kind): any(p + n in targeted for n in names)
+            for kind, table in (("attn", _ATTN), ("ff", _FF))
+            for stream, names in table.items()
+        }
+        grad_flows = grad_flows or any(has.values())
+        if not grad_flows:
+            out.append(0.0)
+            continue
+        total = 0.0
+        for stream, tokens in (("img", img), ("txt", txt)):
+            per = (
+                c["double_base"]
+                + c["double_attn"] * has[(stream, "attn")]
+                + c["double_ff"] * has[(stream, "ff")]
+            )
+            total += per * tokens * d
+        out.append(total)
+    for i in range(arch.num_single_layers):
+        p = f"single_transformer_blocks.{i}."
+        lora = any(p + n in targeted for n in ("attn.to_qkv_mlp_proj", "attn.to_out"))
+        grad_flows = grad_flows or lora
+        out.append((c["single_base"] + c["single_lora"] * lora) * (img + txt) * d if grad_flows else 0.0)
+    return out
+
+
+@dataclass
+class Estimate:
+    """GiB figures of one configuration (see :func:`estimate`)."""
+
+    variant: str
+    trainable_params: int
+    components: dict[str, float]
+    phases: dict[str, float]
+    allocated_peak_gib: float
+    total_gib: float
+    image_tokens: int
+    text_tokens: int
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def estimate(config: TrainConfig, *, num_processes: int = 1) -> Estimate:
+    """Peak GPU memory of one training process (data parallel: every process holds the same)."""
+    sh = resolve_shapes(config)
+    arch, mem, lora = sh.arch, config.memory, config.lora
+    wb = sh.weight_bytes
+    specs = resolve_targets(lora.target_modules, arch)
+    n_lora = sum(s.lora_params(lora.rank, lora.use_dora) for s in specs)
+    batch = config.training.batch_size
+    img, txt = sh.image_tokens, sh.text_tokens
+
+    weights = weight_bytes(arch, wb, mem.quantization)
+    if mem.quantization != "none":
+        # QLoRA dequantizes one layer's weight for its matmul: the largest one is a transient on top.
+        weights += max(s.weight_numel for s in enumerate_linears(arch)) * wb
+    lora_b = 4.0 * n_lora  # fp32 adapter
+    grads = 4.0 * n_lora
+    optim = optimizer_bytes(config, specs)
+    blocks = block_activation_bytes(arch, specs, wb, img, txt)
+    if mem.gradient_checkpointing:
+        # Each block keeps only its input (hidden states of both streams); one block is recomputed at a time.
+        kept = sum(wb * (img + txt) * arch.inner_dim for b in blocks if b > 0)
+        activations = batch * (kept + max(blocks, default=0.0))
+    else:
+        activations = batch * sum(blocks)
+    # Backward of the widest block holds the gradients of its fused projections at once (≈ 17 d values per
+    # token in the weight dtype: the qkv+MLP output gradient and the SwiGLU halves), on top of what is kept.
+    activations += batch * 17 * wb * (img + txt) * arch.inner_dim
+    # Outside the blocks: embedders' outputs, the fp32 loss terms, RoPE tables (small next to blocks).
+    activations += batch * (
+        img * (arch.in_channels * 4 * 3 + arch.inner_dim * wb) + txt * arch.inner_dim * wb
+    )
+
+    te_params = sh.text_encoder.params
+    te_b = te_params * wb if not mem.cache_text_embeddings else 0.0
+    vae_b = sh.vae.params * wb if not mem.cache_latents else 0.0
+    if mem.cpu_offload:
+        te_b = vae_b = 0.0  # moved to the GPU only while they run (the caching phase)
+    train = weights + lora_b + grads + optim + activations + te_b + vae_b
+
+    # Caching: the text encoder (then the VAE) on the GPU by itself, before the transformer is loaded.
+    caching = te_params * wb + 2.0 * 4096 * sh.text_encoder.hidden_size * wb * len(sh.text_encoder.out_layers)
+    vae_encode = sh.vae.params * wb + batch * (config.dataset.resolution**2) * 3 * 4 * 24
+    if mem.vae_slicing:
+        vae_encode = sh.vae.params * wb + (config.dataset.resolution**2) * 3 * 4 * 24
+    if mem.cpu_offload:
+        caching = 0.0  # the text encoder encodes on the CPU
+    caching = max(caching, vae_encode) if (mem.cache_text_embeddings or mem.cache_latents) else 0.0
+    # Validation: inference only (no saved activations) with the VAE decoder on the GPU.
+    sampling = (
+        weights + lora_b + optim + grads * 0 + sh.vae.params * wb + (img + txt) * arch.inner_dim * wb * 12
+    )
+    if config.validation.enabled and not mem.cache_text_embeddings:
+        sampling += te_params * wb
+
+    phases = {"caching": caching / GIB, "training": train / GIB, "sampling": sampling / GIB}
+    peak = max(phases.values())
+    total = peak * (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT_GIB
+    notes = []
+    if num_processes > 1:
+        notes.append(f"per process, on each of {num_processes} GPUs")
+    return Estimate(
+        variant=sh.variant,
+        trainable_params=n_lora,
+        components={
+            "weights": weights / GIB,
+            "lora": lora_b / GIB,
+            "gradients": grads / GIB,
+            "optimizer": optim / GIB,
+            "activations": activations / GIB,
+            "text_encoder": te_b / GIB,
+            "vae": vae_b / GIB,
+            "overhead": total - peak,
+        },
+        phases=phases,
+        allocated_peak_gib=peak,
+        total_gib=total,
+        image_tokens=img,
+        text_tokens=txt,
+        notes=notes,
+    )

@@ -1,0 +1,74 @@
+"""GPU classes users train on, with the memory CUDA reports as usable, and the local GPU (via nvidia-smi)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Literal
+
+Verdict = Literal["fits", "tight", "does_not_fit"]
+TIGHT_HEADROOM = 0.10  # within 10% of the card: may OOM on fragmentation or a longer caption batch
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    gib: float
+
+
+GPUS: list[Gpu] = [
+    Gpu("24 GB (RTX 3090/4090, A10)", 23.99),
+    Gpu("32 GB (RTX 5090)", 31.84),
+    Gpu("40 GB (A100 40GB)", 39.50),
+    Gpu("48 GB (RTX 6000 Ada, L40S, A6000)", 47.99),
+    Gpu("80 GB (A100/H100 80GB)", 79.65),
+    Gpu("94 GB (H100 NVL)", 93.58),
+    Gpu("141 GB (H200)", 139.80),
+    Gpu("180 GB (B200)", 178.36),
+]
+
+
+def verdict(total_gib: float, gpu_gib: float) -> Verdict:
+    if total_gib <= gpu_gib * (1 - TIGHT_HEADROOM):
+        return "fits"
+    if total_gib <= gpu_gib:
+        return "tight"
+    return "does_not_fit"
+
+
+def local_gpu() -> Gpu | None:
+    """The first local NVIDIA GPU, read with nvidia-smi (no torch import)."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not out:
+        return None
+    name, mib = out[0].rsplit(",", 1)
+    return Gpu(f"local: {name.strip()}", float(mib) / 1024)
+
+
+def find_gpu(name: str | None) -> Gpu | None:
+    if not name:
+        return local_gpu()
+    key = name.lower().strip()
+    for g in [*GPUS, *([lg] if (lg := local_gpu()) else [])]:
+        if g.name.lower().startswith(key) or key in g.name.lower():
+            return g
+    try:
+        return Gpu(f"{float(key):g} GiB", float(key))
+    except ValueError:
+        return None
