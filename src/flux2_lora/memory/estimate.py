@@ -166,6 +166,25 @@ def block_activation_bytes(
     return out
 
 
+# Gradients alive beyond the kept activations while the last single block runs backward (bytes per d
+# per token; [fp32?][single blocks carry LoRA?]), and, with checkpointing, beyond its recomputation.
+_TRANSIENT = {False: {False: 37.9, True: 36.9}, True: {False: 75.9, True: 60.1}}
+_TRANSIENT_GC = {False: {False: 35.9, True: 35.8}, True: {False: 71.9, True: 56.1}}
+# The first block with LoRA keeps less: nothing before its first LoRA layer needs a gradient
+# (bytes per d per token at bf16, for the named target sets; 0 for hand-picked lists).
+_FIRST_BLOCK_DISCOUNT = {
+    "double-attn": 2.7,
+    "default": 2.7,
+    "double-ff": 18.1,
+    "double-attn-context": 5.4,
+    "all-attention": 2.7,
+}
+
+
+def _named_set(tokens: list[str]) -> str | None:
+    return tokens[0] if len(tokens) == 1 else None
+
+
 @dataclass
 class Estimate:
     """GiB figures of one configuration (see :func:`estimate`)."""
@@ -202,19 +221,24 @@ def estimate(config: TrainConfig, *, num_processes: int = 1) -> Estimate:
     grads = 4.0 * n_lora
     optim = optimizer_bytes(config, specs)
     blocks = block_activation_bytes(arch, specs, wb, img, txt)
+    tokens_d = (img + txt) * arch.inner_dim
+    single_lora = any(s.block == "single" for s in specs)
+    c = _COEF[4 if wb == 4 else 2]
     if mem.gradient_checkpointing:
-        # Each block keeps only its input (hidden states of both streams); one block is recomputed at a time.
-        kept = sum(wb * (img + txt) * arch.inner_dim for b in blocks if b > 0)
-        activations = batch * (kept + max(blocks, default=0.0))
+        # Each block keeps only its input; backward starts by recomputing the last single block, while
+        # every block input is still alive, and holds that block's activations plus its gradients.
+        kept = sum(wb * tokens_d for b in blocks if b > 0)
+        last_single = (
+            (c["single_base"] + c["single_lora"] * single_lora) * tokens_d if arch.num_single_layers else 0.0
+        )
+        activations = batch * (kept + last_single + _TRANSIENT_GC[wb == 4][single_lora] * tokens_d)
     else:
-        activations = batch * sum(blocks)
-    # Backward of the widest block holds the gradients of its fused projections at once (≈ 17 d values per
-    # token in the weight dtype: the qkv+MLP output gradient and the SwiGLU halves), on top of what is kept.
-    activations += batch * 17 * wb * (img + txt) * arch.inner_dim
-    # Outside the blocks: embedders' outputs, the fp32 loss terms, RoPE tables (small next to blocks).
-    activations += batch * (
-        img * (arch.in_channels * 4 * 3 + arch.inner_dim * wb) + txt * arch.inner_dim * wb
-    )
+        first = next((i for i, b in enumerate(blocks) if b > 0), None)
+        discount = _FIRST_BLOCK_DISCOUNT.get(_named_set(lora.target_modules), 0.0) * (wb / 2) * tokens_d
+        kept = sum(blocks) - (discount if first is not None else 0.0)
+        activations = batch * (kept + _TRANSIENT[wb == 4][single_lora] * tokens_d)
+    # Outside the blocks: embedders' outputs and the fp32 loss terms (small next to the blocks).
+    activations += batch * 0.225 * wb * tokens_d
 
     te_params = sh.text_encoder.params
     te_b = te_params * wb if not mem.cache_text_embeddings else 0.0

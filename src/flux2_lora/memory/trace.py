@@ -164,6 +164,7 @@ def trace_training_step(
                         noise=torch.randn_like(lat),
                         guidance=guidance,
                     )
+                after_forward = tracker.current
                 loss.backward()
                 if config.training.optimizer in _STEP_NEEDS_VALUES:
                     kept_state[:] = _emulated_state(config, params)
@@ -181,6 +182,7 @@ def trace_training_step(
         "peak_gib": peak / gib,
         "static_gib": (base_peak + extra) / gib,
         "end_gib": (weights_now + extra) / gib,
+        "kept_after_forward_gib": (after_forward - base_peak) / gib,
     }
 
 
