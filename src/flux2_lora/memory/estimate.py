@@ -227,14 +227,14 @@ def estimate(config: TrainConfig, *, num_processes: int = 1) -> Estimate:
     if mem.gradient_checkpointing:
         # Each block keeps only its input; backward starts by recomputing the last single block, while
         # every block input is still alive, and holds that block's activations plus its gradients.
-        kept = sum(wb * tokens_d for b in blocks if b > 0)
+        kept = float(sum(wb * tokens_d for b in blocks if b > 0))
         last_single = (
             (c["single_base"] + c["single_lora"] * single_lora) * tokens_d if arch.num_single_layers else 0.0
         )
         activations = batch * (kept + last_single + _TRANSIENT_GC[wb == 4][single_lora] * tokens_d)
     else:
         first = next((i for i, b in enumerate(blocks) if b > 0), None)
-        discount = _FIRST_BLOCK_DISCOUNT.get(_named_set(lora.target_modules), 0.0) * (wb / 2) * tokens_d
+        discount = _FIRST_BLOCK_DISCOUNT.get(_named_set(lora.target_modules) or "", 0.0) * (wb / 2) * tokens_d
         kept = sum(blocks) - (discount if first is not None else 0.0)
         activations = batch * (kept + _TRANSIENT[wb == 4][single_lora] * tokens_d)
     # Outside the blocks: embedders' outputs and the fp32 loss terms (small next to the blocks).
