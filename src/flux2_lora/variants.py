@@ -346,3 +346,26 @@ def resolve_model(path: str, variant: str = "auto") -> ResolvedModel:
             f"{', '.join(v for v in VARIANT_NAMES if v != 'demo')}"
         )
     return ResolvedModel(guessed, get_variant(guessed).transformer, "hub-name")
+
+
+def local_component_params(path: str | Path, subfolder: str) -> int | None:
+    """Exact parameter count of a local component, from its safetensors headers (no weights read)."""
+    folder = Path(path) / subfolder
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        try:
+            with f.open("rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(size))
+        except (OSError, ValueError):
+            return None
+        for name, info in header.items():
+            if name != "__metadata__":
+                n = 1
+                for dim in info["shape"]:
+                    n *= dim
+                total += n
+    return total

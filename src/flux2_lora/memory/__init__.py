@@ -35,4 +35,9 @@ def estimate_report(config: TrainConfig, *, gpu: str | None = None, num_processe
     chosen = find_gpu(gpu) or local or GPUS[0]
     report["gpu"] = {"name": chosen.name, "gib": chosen.gib, "verdict": verdict(est.total_gib, chosen.gib)}
     report["recommendations"] = recommendations(config, chosen.gib, num_processes=num_processes)
+    from .host import host_estimate
+
+    on_gpu = config.model.device != "cpu" and (local is not None or config.model.device.startswith("cuda"))
+    report["host"] = host_estimate(config, on_gpu=on_gpu)
+    report["host_peak_gib"] = report["host"]["peak_gib"]
     return report

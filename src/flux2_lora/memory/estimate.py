@@ -9,12 +9,21 @@ modules (:mod:`flux2_lora.memory.trace`).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..config import TrainConfig
 from ..targets import LinearSpec, enumerate_linears, is_quantized_linear, resolve_targets
-from ..variants import DEMO_MODEL_PATH, TextEncoderArch, TransformerArch, VaeArch, get_variant, resolve_model
+from ..variants import (
+    DEMO_MODEL_PATH,
+    TextEncoderArch,
+    TransformerArch,
+    VaeArch,
+    get_variant,
+    local_component_params,
+    resolve_model,
+)
 
 GIB = 2**30
 DTYPE_BYTES = {"auto": 2, "bfloat16": 2, "float16": 2, "float32": 4}
@@ -46,11 +55,20 @@ def resolve_shapes(config: TrainConfig) -> Shapes:
         arch = get_variant(variant).transformer
     v = get_variant(variant)
     res = config.dataset.resolution
+    te, vae = v.text_encoder, v.vae
+    if m.path.strip().lower() != DEMO_MODEL_PATH:
+        # A local folder may hold other components than the table's (a fine-tune, a custom small model).
+        te_params = local_component_params(m.path, "text_encoder")
+        vae_params = local_component_params(m.path, "vae")
+        if te_params is not None:
+            te = dataclasses.replace(te, params=te_params)
+        if vae_params is not None:
+            vae = dataclasses.replace(vae, params=vae_params)
     return Shapes(
         variant=variant,
         arch=arch,
-        text_encoder=v.text_encoder,
-        vae=v.vae,
+        text_encoder=te,
+        vae=vae,
         weight_bytes=DTYPE_BYTES[m.dtype],
         image_tokens=(res // 16) ** 2,
         text_tokens=v.text_encoder.max_sequence_length,

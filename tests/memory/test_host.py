@@ -1,0 +1,36 @@
+"""Host-RAM estimate: phases, machine comparison, and the direction of each setting."""
+
+from __future__ import annotations
+
+from flux2_lora.config_io import load_config
+from flux2_lora.memory import estimate_report
+from flux2_lora.memory.host import PROCESS_BASELINE_GIB, host_estimate
+
+
+def test_cpu_run_phases_and_machine_verdict():  # type: ignore[no-untyped-def]
+    c, _ = load_config(presets=["quickstart"])
+    h = host_estimate(c, on_gpu=False)
+    assert set(h["phases"]) == {"loading", "caching", "training"}
+    assert PROCESS_BASELINE_GIB <= h["peak_gib"] < 1.0  # the demo is tiny
+    assert h["total_gib"] and h["available_gib"] and h["verdict"] == "fits"
+
+
+def test_training_without_checkpointing_needs_more_host_ram_on_cpu():  # type: ignore[no-untyped-def]
+    on, _ = load_config(
+        presets=["klein-4b"], overrides=["memory.gradient_checkpointing=true", "model.device=cpu"]
+    )
+    off, _ = load_config(
+        presets=["klein-4b"], overrides=["memory.gradient_checkpointing=false", "model.device=cpu"]
+    )
+    assert (
+        host_estimate(off, on_gpu=False)["phases"]["training"]
+        > host_estimate(on, on_gpu=False)["phases"]["training"]
+    )
+
+
+def test_gpu_run_offload_keeps_the_text_encoder_in_host_ram():  # type: ignore[no-untyped-def]
+    plain, _ = load_config(presets=["dev"])
+    offload, _ = load_config(presets=["dev"], overrides=["memory.cpu_offload=true"])
+    assert host_estimate(offload, on_gpu=True)["phases"]["caching"] > 40  # Mistral 24B in bf16
+    assert host_estimate(plain, on_gpu=True)["phases"]["caching"] < 1
+    assert "host" in estimate_report(plain)
