@@ -40,8 +40,12 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     """{ok, errors: [{path, message}], warnings, config (normalised, when valid)}."""
     parsed, issues = validate_dict(config)
     errors, warnings = _issues(issues)
-    return {"ok": parsed is not None, "errors": errors, "warnings": warnings,
-            "config": to_dict(parsed) if parsed else None}
+    return {
+        "ok": parsed is not None,
+        "errors": errors,
+        "warnings": warnings,
+        "config": to_dict(parsed) if parsed else None,
+    }
 
 
 def _memory() -> Any:
@@ -64,7 +68,9 @@ def local_gpu() -> str | None:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=5,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.split()
         gib = float(out[0]) / 1024
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
@@ -81,7 +87,11 @@ def estimate(config: dict[str, Any], gpu: str | None = None) -> dict[str, Any]:
         return {**v, "available": False, "message": "fix the fields marked as errors to see the estimate"}
     mem = _memory()
     if mem is None:
-        return {**v, "available": False, "message": "estimate unavailable (the memory model is not installed)"}
+        return {
+            **v,
+            "available": False,
+            "message": "estimate unavailable (the memory model is not installed)",
+        }
     parsed, _ = validate_dict(config)
     try:
         report = mem.estimate_report(parsed, gpu=gpu or None)
@@ -108,7 +118,11 @@ def apply_preset(config: dict[str, Any], name: str) -> dict[str, Any]:
     delta, problems = load_preset(name)
     if delta is None:
         known = ", ".join(p.name for p in list_presets())
-        return {"ok": False, "config": config, "errors": [{"field": "", "message": f"unknown preset {name!r} ({known})"}]}
+        return {
+            "ok": False,
+            "config": config,
+            "errors": [{"field": "", "message": f"unknown preset {name!r} ({known})"}],
+        }
     merged = sync_precision(deep_merge(config or {}, delta))
     info = {p.name: p.description for p in list_presets()}
     return {"ok": True, "config": merged, "errors": _issues(problems)[0], "description": info.get(name, "")}
@@ -127,8 +141,14 @@ def check_model(path: str, variant: str = "auto") -> dict[str, Any]:
         return {"ok": False, "message": str(e)}
     params = _transformer_params(r.arch)
     title = VARIANTS[r.variant].title if r.variant in VARIANTS else r.variant
-    return {"ok": True, "variant": r.variant, "title": title, "source": r.source, "transformer_params": params,
-            "message": f"{title}: transformer ≈ {_human(params)} parameters ({r.source})"}
+    return {
+        "ok": True,
+        "variant": r.variant,
+        "title": title,
+        "source": r.source,
+        "transformer_params": params,
+        "message": f"{title}: transformer ≈ {_human(params)} parameters ({r.source})",
+    }
 
 
 def _transformer_params(arch: Any) -> int | None:
@@ -181,18 +201,28 @@ def check_dataset(config: dict[str, Any], uploads_dir: str | None = None) -> dic
         else:
             work = Path(uploads_dir) if uploads_dir else Path(path).parent
             root = prepare_dataset_source(Path(path), work)
-        report = scan_dataset(root, caption_extension=ds["caption_extension"],
-                              default_caption=ds["default_caption"], resolution=int(ds["resolution"]))
+        report = scan_dataset(
+            root,
+            caption_extension=ds["caption_extension"],
+            default_caption=ds["default_caption"],
+            resolution=int(ds["resolution"]),
+        )
     except (DatasetError, ValueError, TypeError) as e:
         return {"ok": False, "message": str(e)}
-    out: dict[str, Any] = {"ok": bool(report.items), "root": str(root), "report": report.to_dict(),
-                           "text": report.format()}
+    out: dict[str, Any] = {
+        "ok": bool(report.items),
+        "root": str(root),
+        "report": report.to_dict(),
+        "text": report.format(),
+    }
     pairs = [(str(i.path.relative_to(root)), i.caption) for i in report.items]
-    out["trigger"] = [{"file": f, "severity": s, "message": m}
-                      for f, s, m in trigger_findings(pairs, ds["trigger_word"])]
+    out["trigger"] = [
+        {"file": f, "severity": s, "message": m} for f, s, m in trigger_findings(pairs, ds["trigger_word"])
+    ]
     if ds.get("bucketing"):
-        table = bucket_table([(i.width, i.height) for i in report.items], int(ds["resolution"]),
-                             int(ds["bucket_step"]))
+        table = bucket_table(
+            [(i.width, i.height) for i in report.items], int(ds["resolution"]), int(ds["bucket_step"])
+        )
         out["buckets"] = [{"width": w, "height": h, "images": n} for (w, h), n in sorted(table.items())]
         out["bucket_text"] = format_table(table)
     return out
@@ -235,7 +265,11 @@ def _launch_config(config: dict[str, Any], runs_dir: str) -> tuple[Any, Path | N
         return None, None, errors
     run_dir = resolve_run_dir(parsed.output.dir, runs_dir)
     if run_dir is None:
-        return None, None, [{"field": "output.dir", "message": f"must be a folder inside the runs folder {runs_dir}"}]
+        return (
+            None,
+            None,
+            [{"field": "output.dir", "message": f"must be a folder inside the runs folder {runs_dir}"}],
+        )
     parsed.output.dir = str(run_dir)
     return parsed, run_dir, []
 
@@ -246,12 +280,22 @@ def start_run(config: dict[str, Any], runs_dir: str, resume: str | None = None) 
     if parsed is None or run_dir is None:
         return {"ok": False, "errors": errors}
     if runs.is_locked(run_dir) or monitor.is_running(run_dir):
-        return {"ok": False, "errors": [{"field": "output.dir", "message": f"{run_dir} has a live run; stop it or "
-                                         "choose another output.dir"}]}
+        return {
+            "ok": False,
+            "errors": [
+                {
+                    "field": "output.dir",
+                    "message": f"{run_dir} has a live run; stop it or choose another output.dir",
+                }
+            ],
+        }
     if resume and resume != "latest":
         ckpt = Path(resume).resolve()
         if run_dir not in ckpt.parents:
-            return {"ok": False, "errors": [{"field": "", "message": "resume checkpoint must be in the run folder"}]}
+            return {
+                "ok": False,
+                "errors": [{"field": "", "message": "resume checkpoint must be in the run folder"}],
+            }
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_file = run_dir / runs.CONFIG_FILE
     cfg_file.write_text(to_yaml(parsed), encoding="utf-8")
@@ -332,9 +376,18 @@ def list_runs(runs_dir: str) -> list[dict[str, Any]]:
     for run in runs.iter_runs(runs_dir):
         s = runs.summarize(run).to_dict()
         st = s["status"] or {}
-        out.append({"run_dir": s["path"], "name": run.name, "state": st.get("state"), "step": st.get("step"),
-                    "total_steps": st.get("total_steps"), "lora": s["lora"], "checkpoints": len(s["checkpoints"]),
-                    "updated_at": st.get("updated_at")})
+        out.append(
+            {
+                "run_dir": s["path"],
+                "name": run.name,
+                "state": st.get("state"),
+                "step": st.get("step"),
+                "total_steps": st.get("total_steps"),
+                "lora": s["lora"],
+                "checkpoints": len(s["checkpoints"]),
+                "updated_at": st.get("updated_at"),
+            }
+        )
     out.sort(key=lambda r: r.get("updated_at") or 0, reverse=True)
     return out
 
@@ -347,8 +400,17 @@ def lora_file(run_dir: str, runs_dir: str) -> str | None:
     return str(f) if f.is_file() else None
 
 
-def generate(lora: str, prompt: str, runs_dir: str, scale: float = 1.0, steps: int = 8, seed: int = 0,
-             resolution: int = 0, guidance: float = 4.0, timeout_s: float = 600) -> dict[str, Any]:
+def generate(
+    lora: str,
+    prompt: str,
+    runs_dir: str,
+    scale: float = 1.0,
+    steps: int = 8,
+    seed: int = 0,
+    resolution: int = 0,
+    guidance: float = 4.0,
+    timeout_s: float = 600,
+) -> dict[str, Any]:
     """Sample one image with a run's LoRA in a subprocess: {ok, image | message}."""
     lora_path = Path(lora).resolve() if lora else None
     base = Path(runs_dir).resolve()
@@ -362,9 +424,30 @@ def generate(lora: str, prompt: str, runs_dir: str, scale: float = 1.0, steps: i
     out_dir = base / "generated"
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{int(time.time() * 1000) % 1000:03d}.png"
-    argv = [sys.executable, "-m", "flux2_lora.cli", "generate", "--model", str(model), "--lora", str(lora_path),
-            "--scale", str(float(scale)), "--prompt", prompt, "--steps", str(int(steps)), "--seed", str(int(seed)),
-            "--resolution", str(res), "--guidance", str(float(guidance)), "--out", str(png)]
+    argv = [
+        sys.executable,
+        "-m",
+        "flux2_lora.cli",
+        "generate",
+        "--model",
+        str(model),
+        "--lora",
+        str(lora_path),
+        "--scale",
+        str(float(scale)),
+        "--prompt",
+        prompt,
+        "--steps",
+        str(int(steps)),
+        "--seed",
+        str(int(seed)),
+        "--resolution",
+        str(res),
+        "--guidance",
+        str(float(guidance)),
+        "--out",
+        str(png),
+    ]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -386,7 +469,10 @@ def save_template(config: dict[str, Any], name: str, templates_dir: str) -> dict
     """Write a validated config as YAML (the same file ``flux2-lora train --config`` reads)."""
     name = (name or "").strip().removesuffix(".yaml")
     if not _NAME_RE.match(name):
-        return {"ok": False, "errors": [{"field": "", "message": "template name: letters, digits, _ . - only"}]}
+        return {
+            "ok": False,
+            "errors": [{"field": "", "message": "template name: letters, digits, _ . - only"}],
+        }
     v = validate(sync_precision(config))
     if not v["ok"]:
         return {"ok": False, "errors": v["errors"]}
@@ -408,8 +494,12 @@ def load_template(name: str, templates_dir: str) -> dict[str, Any]:
 
 
 DEFAULTS_DATASET: dict[str, Any] = {
-    "caption_extension": ".txt", "default_caption": "", "resolution": 1024, "bucketing": False,
-    "bucket_step": 64, "trigger_word": "",
+    "caption_extension": ".txt",
+    "default_caption": "",
+    "resolution": 1024,
+    "bucketing": False,
+    "bucket_step": 64,
+    "trigger_word": "",
 }
 
 

@@ -61,13 +61,36 @@ def register_api(paths: Any) -> None:
     def load_template(name: str) -> dict:  # type: ignore[type-arg]
         return actions.load_template(name, templates)
 
-    def generate(lora: str, prompt: str, scale: float = 1.0, steps: int = 8, seed: int = 0,
-                 resolution: int = 0, guidance: float = 4.0) -> dict:  # type: ignore[type-arg]
+    def generate(
+        lora: str,
+        prompt: str,
+        scale: float = 1.0,
+        steps: int = 8,
+        seed: int = 0,
+        resolution: int = 0,
+        guidance: float = 4.0,
+    ) -> dict:  # type: ignore[type-arg]
         return actions.generate(lora, prompt, runs_dir, scale, steps, seed, resolution, guidance)
 
-    for fn in (estimate, apply_preset, validate, check_dataset, check_model, start_run, preflight,
-               preflight_result, run_status, stop_run, resume_run, list_runs, presets, timestep_density,
-               save_template, load_template, generate):
+    for fn in (
+        estimate,
+        apply_preset,
+        validate,
+        check_dataset,
+        check_model,
+        start_run,
+        preflight,
+        preflight_result,
+        run_status,
+        stop_run,
+        resume_run,
+        list_runs,
+        presets,
+        timestep_density,
+        save_template,
+        load_template,
+        generate,
+    ):
         gr.api(fn, api_name=fn.__name__)
 
     # Files need a File output so the client downloads them (served only from the runs folder).

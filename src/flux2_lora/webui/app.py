@@ -29,8 +29,15 @@ from .widgets import (
 
 MAX_RECS = 4
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
-DATASET_KEYS = ("path", "caption_extension", "default_caption", "resolution", "bucketing", "bucket_step",
-                "trigger_word")
+DATASET_KEYS = (
+    "path",
+    "caption_extension",
+    "default_caption",
+    "resolution",
+    "bucketing",
+    "bucket_step",
+    "trigger_word",
+)
 
 
 class Paths:
@@ -61,11 +68,14 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
         recs_state = gr.State([])
         with gr.Tab("Training"):
             with gr.Row():
-                preset_btns = [gr.Button(label, size="sm", elem_id=f"preset-{name}")
-                               for label, name in actions.QUICK_PRESETS.items()]
+                preset_btns = [
+                    gr.Button(label, size="sm", elem_id=f"preset-{name}")
+                    for label, name in actions.QUICK_PRESETS.items()
+                ]
                 quick_btn = gr.Button("Quickstart (demo)", size="sm", elem_id="preset-quickstart")
-                lora_preset = gr.Dropdown(_lora_presets(), value=None, label="LoRA preset", scale=2,
-                                          elem_id="lora-preset")
+                lora_preset = gr.Dropdown(
+                    _lora_presets(), value=None, label="LoRA preset", scale=2, elem_id="lora-preset"
+                )
             preset_msg = gr.Markdown(elem_id="preset-message")
             error_box = gr.Markdown(elem_id="form-errors")
             widgets: list[gr.components.Component] = []
@@ -76,7 +86,7 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
                     for section in dict.fromkeys(s.section for s in specs):
                         own = [(i, s) for i, s in enumerate(specs) if s.section == section]
                         built: dict[int, Any] = {}
-                        with gr.Accordion(section.capitalize(), open=section in ("model", "dataset", "lora")):
+                        with gr.Accordion(section.capitalize(), open=True):
                             gr.Markdown(docs.get(section, ""))
                             for i, s in own:
                                 if not s.advanced:
@@ -84,8 +94,11 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
                             if section == "model":
                                 model_info = gr.Markdown(elem_id="model-check")
                             if section == "dataset":
-                                zip_upload = gr.File(label="…or upload a dataset ZIP", file_types=[".zip"],
-                                                     elem_id="dataset-zip")
+                                zip_upload = gr.File(
+                                    label="…or upload a dataset ZIP",
+                                    file_types=[".zip"],
+                                    elem_id="dataset-zip",
+                                )
                                 dataset_info = gr.Markdown(elem_id="dataset-check")
                             if any(s.advanced for _, s in own):
                                 with gr.Accordion("Advanced", open=False):
@@ -95,18 +108,29 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
                             section_errs[section] = gr.Markdown(elem_classes="section-errors")
                         widgets += [built[i] for i, _ in own]
                 with gr.Column(scale=2):
-                    gpu = gr.Dropdown(gpus, value=default_gpu, label="GPU", elem_id="gpu-choice",
-                                      allow_custom_value=False)
+                    gpu = gr.Dropdown(
+                        gpus, value=default_gpu, label="GPU", elem_id="gpu-choice", allow_custom_value=False
+                    )
                     verdict = gr.HTML(verdict_html({"message": "estimating…"}, ""), elem_id="estimate-panel")
-                    rec_btns = [gr.Button(visible=False, size="sm", elem_id=f"rec-{i}") for i in range(MAX_RECS)]
+                    rec_btns = [
+                        gr.Button(visible=False, size="sm", elem_id=f"rec-{i}") for i in range(MAX_RECS)
+                    ]
                     breakdown = gr.Markdown(elem_id="estimate-breakdown")
-                    density = gr.LinePlot(x="sigma", y="density", title="Timestep sampling density (σ)",
-                                          height=220, elem_id="density-plot")
+                    density = gr.LinePlot(
+                        x="sigma",
+                        y="density",
+                        title="Timestep sampling density (σ)",
+                        height=220,
+                        elem_id="density-plot",
+                    )
                     with gr.Accordion("Templates", open=False):
                         tpl_name = gr.Textbox(label="Template name", elem_id="template-name")
                         tpl_save = gr.Button("Save template", size="sm")
-                        tpl_pick = gr.Dropdown(actions.list_templates(str(paths.templates)), label="Load template",
-                                               elem_id="template-pick")
+                        tpl_pick = gr.Dropdown(
+                            actions.list_templates(str(paths.templates)),
+                            label="Load template",
+                            elem_id="template-pick",
+                        )
                         tpl_msg = gr.Markdown()
             with gr.Row():
                 start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn")
@@ -114,19 +138,21 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
                 resume_btn = gr.Button("Resume (latest checkpoint)", elem_id="resume-btn")
             action_msg = gr.Markdown(elem_id="action-message")
-            status_md = gr.Markdown(status_markdown({"state": "none"}), elem_id="run-status")
+            status_md = gr.HTML(status_markdown({"state": "none"}), elem_id="run-status")
             with gr.Row():
                 loss_plot = gr.LinePlot(x="step", y="loss", title="Loss", height=220, elem_id="loss-plot")
                 lr_plot = gr.LinePlot(x="step", y="lr", title="Learning rate", height=220)
-                mem_plot = gr.LinePlot(x="step", y="GiB", color="series", title="Memory (measured vs estimate)",
-                                       height=220)
+                mem_plot = gr.LinePlot(
+                    x="step", y="GiB", color="series", title="Memory (measured vs estimate)", height=220
+                )
             gallery = gr.Gallery(label="Validation samples", columns=6, height=260, elem_id="samples")
             log_box = gr.Textbox(label="Log", lines=10, max_lines=10, autoscroll=True, elem_id="log-tail")
             preflight_md = gr.Markdown(elem_id="preflight-result")
             with gr.Accordion("Runs", open=True):
                 runs_refresh = gr.Button("Refresh", size="sm")
-                runs_table = gr.Dataframe(headers=["run", "state", "step", "total", "LoRA"], interactive=False,
-                                          elem_id="runs-table")
+                runs_table = gr.Dataframe(
+                    headers=["run", "state", "step", "total", "LoRA"], interactive=False, elem_id="runs-table"
+                )
                 run_pick = gr.Dropdown([], label="Monitor / download run", elem_id="run-pick")
                 lora_dl = gr.File(label="LoRA file", elem_id="lora-download")
         with gr.Tab("Test LoRA"):
@@ -151,35 +177,72 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
             result = actions.estimate(config, vals[n])
             errs = result.get("errors", [])
             per_section = {s: [e for e in errs if e["field"].split(".")[0] == s] for s in sections}
-            recs = (result.get("report") or {}).get("recommendations") or [] if result.get("available") else []
-            btns = [gr.update(visible=i < len(recs), value=recommendation_label(recs[i]) if i < len(recs) else "")
-                    for i in range(MAX_RECS)]
-            return [verdict_html(result, digest(config)), breakdown_markdown(result), errors_markdown(errs, labels),
-                    recs[:MAX_RECS], *btns, *(errors_markdown(per_section[s], labels) for s in sections)]
+            recs = (
+                (result.get("report") or {}).get("recommendations") or [] if result.get("available") else []
+            )
+            btns = [
+                gr.update(visible=i < len(recs), value=recommendation_label(recs[i]) if i < len(recs) else "")
+                for i in range(MAX_RECS)
+            ]
+            return [
+                verdict_html(result, digest(config)),
+                breakdown_markdown(result),
+                errors_markdown(errs, labels),
+                recs[:MAX_RECS],
+                *btns,
+                *(errors_markdown(per_section[s], labels) for s in sections),
+            ]
 
         est_out = [verdict, breakdown, error_box, recs_state, *rec_btns, *section_errs.values()]
-        gr.on([w.change for w in form] + [gpu.change, demo.load], on_form, inputs=[*form, gpu], outputs=est_out,
-              trigger_mode="always_last", show_progress="hidden", queue=False, **PRIVATE)
+        gr.on(
+            [w.change for w in form] + [gpu.change, demo.load],
+            on_form,
+            inputs=[*form, gpu],
+            outputs=est_out,
+            trigger_mode="always_last",
+            show_progress="hidden",
+            queue=False,
+            **PRIVATE,
+        )
 
         def on_density(*vals: Any) -> pd.DataFrame:
             return pd.DataFrame(actions.timestep_density(values_to_dict(vals)), columns=["sigma", "density"])
 
         t_idx = [i for i, s in enumerate(specs) if s.section == "training" or s.path == "dataset.resolution"]
-        gr.on([form[i].change for i in t_idx] + [demo.load], on_density, inputs=form, outputs=density,
-              trigger_mode="always_last", show_progress="hidden", **PRIVATE)
+        gr.on(
+            [form[i].change for i in t_idx] + [demo.load],
+            on_density,
+            inputs=form,
+            outputs=density,
+            trigger_mode="always_last",
+            show_progress="hidden",
+            **PRIVATE,
+        )
 
         # mixed precision follows dtype
         idx = {s.path: i for i, s in enumerate(specs)}
-        form[idx["model.dtype"]].change(lambda d: DTYPE_TO_MIXED.get(d, "auto"), form[idx["model.dtype"]],
-                                        form[idx["training.mixed_precision"]], show_progress="hidden", **PRIVATE)
+        form[idx["model.dtype"]].change(
+            lambda d: DTYPE_TO_MIXED.get(d, "auto"),
+            form[idx["model.dtype"]],
+            form[idx["training.mixed_precision"]],
+            show_progress="hidden",
+            **PRIVATE,
+        )
 
         def on_model(path: str, variant: str) -> str:
             r = actions.check_model(path or "", variant or "auto")
             return ("✅ " if r["ok"] else "❌ ") + r["message"]
 
         m_in = [form[idx["model.path"]], form[idx["model.variant"]]]
-        gr.on([w.change for w in m_in] + [demo.load], on_model, inputs=m_in, outputs=model_info,
-              trigger_mode="always_last", show_progress="hidden", **PRIVATE)
+        gr.on(
+            [w.change for w in m_in] + [demo.load],
+            on_model,
+            inputs=m_in,
+            outputs=model_info,
+            trigger_mode="always_last",
+            show_progress="hidden",
+            **PRIVATE,
+        )
 
         d_idx = [idx[f"dataset.{k}"] for k in DATASET_KEYS]
 
@@ -187,8 +250,15 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
             cfg = {"dataset": values_to_dict_subset([specs[i] for i in d_idx], vals)}
             return dataset_markdown(actions.check_dataset(cfg, str(paths.uploads)))
 
-        gr.on([form[i].change for i in d_idx] + [demo.load], on_dataset, inputs=[form[i] for i in d_idx],
-              outputs=dataset_info, trigger_mode="always_last", show_progress="minimal", **PRIVATE)
+        gr.on(
+            [form[i].change for i in d_idx] + [demo.load],
+            on_dataset,
+            inputs=[form[i] for i in d_idx],
+            outputs=dataset_info,
+            trigger_mode="always_last",
+            show_progress="minimal",
+            **PRIVATE,
+        )
 
         def on_zip(file: str | None) -> Any:
             if not file:
@@ -204,7 +274,11 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
         def preset_fn(name: str) -> Any:
             def fn(*vals: Any) -> list[Any]:
                 r = actions.apply_preset(values_to_dict(vals), name)
-                msg = f"Preset **{name}**: {r.get('description', '')}" if r["ok"] else errors_markdown(r["errors"], labels)
+                msg = (
+                    f"Preset **{name}**: {r.get('description', '')}"
+                    if r["ok"]
+                    else errors_markdown(r["errors"], labels)
+                )
                 return [*dict_to_values(r["config"]), msg]
 
             return fn
@@ -263,8 +337,11 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
 
         def on_resume(rd: str) -> list[Any]:
             r = actions.resume_run(rd, runs_str)
-            return [r["run_dir"], "Resumed from the latest checkpoint"] if r["ok"] else [
-                gr.skip(), errors_markdown(r["errors"], labels)]
+            return (
+                [r["run_dir"], "Resumed from the latest checkpoint"]
+                if r["ok"]
+                else [gr.skip(), errors_markdown(r["errors"], labels)]
+            )
 
         resume_btn.click(on_resume, run_dir, [run_dir, action_msg], **PRIVATE)
 
@@ -277,32 +354,48 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
         preflight_btn.click(on_preflight, form, [run_dir, action_msg], **PRIVATE)
 
         # ---- monitor -------------------------------------------------------------------------------
-        from .monitor_view import tick_outputs  # noqa: PLC0415 — keeps this module under its size budget
+        from .monitor_view import tick_outputs
 
         timer = gr.Timer(1.0)
         last_sig = gr.State(None)
         mon_out = [status_md, loss_plot, lr_plot, mem_plot, gallery, log_box, lora_dl, preflight_md, last_sig]
-        timer.tick(lambda rd, sig: tick_outputs(rd, sig, runs_str), [run_dir, last_sig], mon_out,
-                   show_progress="hidden", **PRIVATE)
+        timer.tick(
+            lambda rd, sig: tick_outputs(rd, sig, runs_str),
+            [run_dir, last_sig],
+            mon_out,
+            show_progress="hidden",
+            **PRIVATE,
+        )
 
         def refresh_runs() -> list[Any]:
             rows = actions.list_runs(runs_str)
-            table = [[r["name"], r["state"], r["step"], r["total_steps"], "yes" if r["lora"] else ""] for r in rows]
+            table = [
+                [r["name"], r["state"], r["step"], r["total_steps"], "yes" if r["lora"] else ""] for r in rows
+            ]
             dirs = [(r["name"], r["run_dir"]) for r in rows]
             loras = [(r["name"], r["lora"]) for r in rows if r["lora"]]
             return [table, gr.update(choices=dirs), gr.update(choices=loras)]
 
-        gr.on([runs_refresh.click, demo.load, start_btn.click], refresh_runs, None, [runs_table, run_pick, t_lora],
-              **PRIVATE)
+        gr.on(
+            [runs_refresh.click, demo.load, start_btn.click],
+            refresh_runs,
+            None,
+            [runs_table, run_pick, t_lora],
+            **PRIVATE,
+        )
         run_pick.input(lambda rd: [rd, None], run_pick, [run_dir, last_sig], **PRIVATE)
 
-        def on_generate(lora: str, prompt: str, scale: float, steps: int, seed: int, guidance: float) -> list[Any]:
+        def on_generate(
+            lora: str, prompt: str, scale: float, steps: int, seed: int, guidance: float
+        ) -> list[Any]:
             r = actions.generate(lora, prompt, runs_str, scale, int(steps), int(seed or 0), 0, guidance)
             return [r["image"], ""] if r["ok"] else [None, f"❌ {r['message']}"]
 
-        t_btn.click(on_generate, [t_lora, t_prompt, t_scale, t_steps, t_seed, t_guid], [t_img, t_msg], **PRIVATE)
+        t_btn.click(
+            on_generate, [t_lora, t_prompt, t_scale, t_steps, t_seed, t_guid], [t_img, t_msg], **PRIVATE
+        )
 
-        from .api import register_api  # noqa: PLC0415
+        from .api import register_api
 
         register_api(paths)
     return demo
@@ -319,20 +412,39 @@ def dataset_markdown(r: dict[str, Any]) -> str:
         return f"❌ {r.get('message', 'dataset check failed')}"
     rep = r["report"]
     head = "✅" if r["ok"] else "❌"
-    lines = [f"{head} **{rep['num_items']}** usable of {rep['num_images_found']} images · {rep['num_captions']} "
-             f"captions · {rep['num_missing_captions']} missing · {rep['num_unused_captions']} unused"]
+    lines = [
+        f"{head} **{rep['num_items']}** usable of {rep['num_images_found']} images · {rep['num_captions']} "
+        f"captions · {rep['num_missing_captions']} missing · {rep['num_unused_captions']} unused"
+    ]
     for f, ps in list(rep["problems"].items())[:20]:
         lines += [f"- {p['severity']}: `{f}` {p['message']}" for p in ps]
-    lines += [f"- trigger {t['severity']}: {t['file'] + ': ' if t['file'] else ''}{t['message']}"
-              for t in r.get("trigger", [])]
+    lines += [
+        f"- trigger {t['severity']}: {t['file'] + ': ' if t['file'] else ''}{t['message']}"
+        for t in r.get("trigger", [])
+    ]
     if r.get("bucket_text"):
         lines += ["", "```", r["bucket_text"], "```"]
     return "\n".join(lines)
 
 
-def launch(runs_dir: str = "runs", host: str = "127.0.0.1", port: int | None = None, share: bool = False,
-           auth: tuple[str, str] | None = None, **kwargs: Any) -> Any:
+def launch(
+    runs_dir: str = "runs",
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    share: bool = False,
+    auth: tuple[str, str] | None = None,
+    **kwargs: Any,
+) -> tuple[gr.Blocks, str]:
     demo = build_app(runs_dir)
     paths = Paths(runs_dir)
-    return demo.launch(server_name=host, server_port=port, share=share, auth=auth, css=CSS,
-                       allowed_paths=[str(paths.runs), str(paths.uploads)], **kwargs)
+    # Files are served only from the runs folder (runs, samples, LoRAs) and the extracted uploads.
+    _, url, _ = demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        auth=auth,
+        css=CSS,
+        allowed_paths=[str(paths.runs), str(paths.uploads)],
+        **kwargs,
+    )
+    return demo, url

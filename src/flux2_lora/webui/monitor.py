@@ -28,8 +28,9 @@ def launch(argv: list[str], run_dir: Path, kind: str) -> subprocess.Popen[bytes]
     """Start argv (a list: no shell) with its output in <run>/ui-<kind>.out."""
     out_path = Path(run_dir) / f"ui-{kind}.out"
     with out_path.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)  # a UI Ctrl-C must not kill the run mid-checkpoint
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )  # a UI Ctrl-C must not kill the run mid-checkpoint
     with _LOCK:
         _PROCS[_key(run_dir, kind)] = (proc, out_path)
     return proc
@@ -96,7 +97,10 @@ def snapshot(run: Path, max_points: int = 2000) -> dict[str, Any]:
     message = st.get("message", "") if st else ""
     if st is None and proc and not proc["running"]:
         # The trainer exited before writing a status (bad config, busy dir): its output says why.
-        state, message = "failed", proc.get("output", "")[-2000:] or f"trainer exited with {proc['returncode']}"
+        state, message = (
+            "failed",
+            proc.get("output", "")[-2000:] or f"trainer exited with {proc['returncode']}",
+        )
     metrics = [
         {k: m.get(k) for k in ("step", "loss", "lr", "sec_per_step", "eta_s", "gpu_mem_gib", "rss_gib")}
         for m in runs.read_jsonl(run / runs.METRICS_FILE)

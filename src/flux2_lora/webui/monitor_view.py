@@ -51,11 +51,20 @@ def tick_outputs(run_dir: str, last_sig: Any, runs_dir: str) -> list[Any]:
         return [gr.skip()] * N_OUTPUTS
     snap = actions.run_status(run_dir, runs_dir)
     metrics = snap.get("metrics", [])
-    sig = [snap.get("state"), snap.get("step"), len(metrics), len(snap.get("samples", [])), snap.get("log", "")[-200:],
-           snap.get("lora"), bool(snap.get("preflight"))]
+    sig = [
+        snap.get("state"),
+        snap.get("step"),
+        len(metrics),
+        len(snap.get("samples", [])),
+        snap.get("log", "")[-200:],
+        snap.get("lora"),
+        bool(snap.get("preflight")),
+    ]
     if sig == last_sig:
         return [gr.skip()] * N_OUTPUTS
-    mdf = pd.DataFrame(metrics, columns=["step", "loss", "lr", "sec_per_step", "eta_s", "gpu_mem_gib", "rss_gib"])
+    mdf = pd.DataFrame(
+        metrics, columns=["step", "loss", "lr", "sec_per_step", "eta_s", "gpu_mem_gib", "rss_gib"]
+    )
     gallery = [(s["file"], f"step {s['step']}: {s['prompt']}") for s in snap.get("samples", [])]
     return [
         status_markdown(snap),

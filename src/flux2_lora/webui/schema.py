@@ -49,8 +49,12 @@ class FieldSpec:
         """A slider only where the range is closed and linear; log-scaled values read better typed."""
         lo = self.ui_min if self.ui_min is not None else self.minimum
         hi = self.ui_max if self.ui_max is not None else self.maximum
-        return self.kind in ("int", "float") and not self.log and lo is not None and hi is not None and (
-            self.step is not None or self.ui_max is not None
+        return (
+            self.kind in ("int", "float")
+            and not self.log
+            and lo is not None
+            and hi is not None
+            and (self.step is not None or self.ui_max is not None)
         )
 
     def bounds_text(self) -> str:
@@ -129,7 +133,9 @@ def _spec(section: str, key: str, info: Any) -> FieldSpec:
 def form_fields() -> tuple[FieldSpec, ...]:
     """All config fields, section by section, in schema order."""
     return tuple(
-        _spec(section, key, info) for section, model in SECTIONS.items() for key, info in model.model_fields.items()
+        _spec(section, key, info)
+        for section, model in SECTIONS.items()
+        for key, info in model.model_fields.items()
     )
 
 

@@ -32,8 +32,9 @@ def make_widget(spec: FieldSpec, value: Any) -> gr.components.Component:
         return gr.Checkbox(value=value, **common)
     if spec.kind == "choice":
         choices = [str(c) if spec.extra.get("int_choices") else c for c in spec.choices]
-        return gr.Dropdown(choices=choices, value=value, allow_custom_value=spec.custom, filterable=spec.custom,
-                           **common)
+        return gr.Dropdown(
+            choices=choices, value=value, allow_custom_value=spec.custom, filterable=spec.custom, **common
+        )
     if spec.kind == "lines":
         hint = ", ".join(map(str, spec.choices))
         return gr.Textbox(value=value, lines=3, max_lines=12, placeholder=hint or "one per line", **common)
@@ -57,7 +58,11 @@ def errors_markdown(errors: list[dict[str, str]], labels: dict[str, str]) -> str
         return ""
     lines = ["**Fix these fields:**"]
     for e in errors:
-        name = f"`{e['field']}` ({labels[e['field']]})" if e["field"] in labels else f"`{e['field'] or 'config'}`"
+        name = (
+            f"`{e['field']}` ({labels[e['field']]})"
+            if e["field"] in labels
+            else f"`{e['field'] or 'config'}`"
+        )
         lines.append(f"- ❌ {name}: {e['message']}")
     return "\n".join(lines)
 
@@ -71,14 +76,20 @@ def verdict_html(result: dict[str, Any], rev: str) -> str:
     r = result["report"]
     gpu = r.get("gpu") or {}
     verdict = gpu.get("verdict", "unknown")
-    head = (f"{html.escape(str(gpu.get('name', 'GPU')))}: {VERDICT_TEXT.get(verdict, verdict)} — "
-            f"{r.get('total_gib', 0):.1f} GiB of {gpu.get('gib', 0):g} GiB")
+    head = (
+        f"{html.escape(str(gpu.get('name', 'GPU')))}: {VERDICT_TEXT.get(verdict, verdict)} — "
+        f"{r.get('total_gib', 0):.1f} GiB of {gpu.get('gib', 0):g} GiB"
+    )
     sub = f"peak allocated {r.get('allocated_peak_gib', 0):.1f} GiB · trainable {r.get('trainable_params', 0):,}"
     host = r.get("host")
     if host:
-        sub += f" · host RAM {host.get('total_gib', 0):.1f} GiB ({VERDICT_TEXT.get(host.get('verdict'), '?')})"
-    return (f'<div id="estimate-verdict" class="verdict {verdict}" data-rev="{rev}">'
-            f'<div class="verdict-head">{head}</div><div class="verdict-sub">{sub}</div></div>')
+        sub += (
+            f" · host RAM {host.get('total_gib', 0):.1f} GiB ({VERDICT_TEXT.get(host.get('verdict'), '?')})"
+        )
+    return (
+        f'<div id="estimate-verdict" class="verdict {verdict}" data-rev="{rev}">'
+        f'<div class="verdict-head">{head}</div><div class="verdict-sub">{sub}</div></div>'
+    )
 
 
 def breakdown_markdown(result: dict[str, Any]) -> str:
@@ -93,7 +104,9 @@ def breakdown_markdown(result: dict[str, Any]) -> str:
     gpus = r.get("gpus") or []
     if gpus:
         lines += ["", "| GPU | GiB | verdict |", "|---|---:|---|"]
-        lines += [f"| {g['name']} | {g['gib']:g} | {VERDICT_TEXT.get(g['verdict'], g['verdict'])} |" for g in gpus]
+        lines += [
+            f"| {g['name']} | {g['gib']:g} | {VERDICT_TEXT.get(g['verdict'], g['verdict'])} |" for g in gpus
+        ]
     return "\n".join(lines)
 
 
@@ -103,24 +116,28 @@ def recommendation_label(rec: dict[str, Any]) -> str:
 
 
 def status_markdown(snap: dict[str, Any]) -> str:
+    """Run status as HTML; data-state/data-step let tests and scripts read it."""
     if not snap.get("ok", True) or snap.get("state") == "none":
-        return "No run yet. Start one, or pick a past run below."
+        return '<div id="run-status-text" data-state="none">No run yet. Start one, or pick a past run below.</div>'
     step, total = snap.get("step") or 0, snap.get("total_steps") or 0
     pct = f" ({100 * step / total:.0f}%)" if total else ""
     eta = snap.get("eta_seconds")
-    parts = [f"**{snap['state']}** · step {step}/{total}{pct}"]
+    parts = [f"<b>{html.escape(snap['state'])}</b> · step {step}/{total}{pct}"]
     if eta is not None and not snap.get("final"):
         parts.append(f"ETA {_duration(eta)}")
     if snap.get("seconds_per_step"):
         parts.append(f"{snap['seconds_per_step']:.2f} s/step")
-    text = " · ".join(parts)
+    lines = [" · ".join(parts)]
     if snap.get("message"):
-        text += f"\n\n{snap['message']}"
+        lines.append(html.escape(snap["message"]))
     if snap.get("error"):
-        text += f"\n\n❌ {snap['error']}"
-    if snap.get("lora"):
-        text += f"\n\nLoRA: `{snap['lora']}`"
-    return f'<div id="run-status-text" data-state="{snap["state"]}" data-step="{step}">\n\n{text}\n\n</div>'
+        lines.append("❌ " + html.escape(snap["error"]))
+    if total:
+        lines.append(f'<progress max="{total}" value="{step}" style="width:100%"></progress>')
+    body = "<br>".join(lines)
+    return (
+        f'<div id="run-status-text" data-state="{html.escape(snap["state"])}" data-step="{step}">{body}</div>'
+    )
 
 
 def _duration(s: float) -> str:
