@@ -84,7 +84,8 @@ def verdict_html(result: dict[str, Any], rev: str) -> str:
     host = r.get("host")
     if host:
         sub += (
-            f" · host RAM {host.get('total_gib', 0):.1f} GiB ({VERDICT_TEXT.get(host.get('verdict'), '?')})"
+            f" · host RAM peak {host.get('peak_gib', 0):.1f} GiB of {host.get('available_gib') or 0:.1f} GiB"
+            f" available ({VERDICT_TEXT.get(host.get('verdict'), '?')})"
         )
     return (
         f'<div id="estimate-verdict" class="verdict {verdict}" data-rev="{rev}">'
@@ -101,6 +102,10 @@ def breakdown_markdown(result: dict[str, Any]) -> str:
     phases = r.get("phases") or {}
     if phases:
         lines += ["", "| phase | GiB |", "|---|---:|"] + [f"| {k} | {v:.2f} |" for k, v in phases.items()]
+    host = r.get("host") or {}
+    if host.get("phases"):
+        lines += ["", "| host RAM phase | GiB |", "|---|---:|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in host["phases"].items()]
     gpus = r.get("gpus") or []
     if gpus:
         lines += ["", "| GPU | GiB | verdict |", "|---|---:|---|"]
