@@ -34,3 +34,14 @@ def test_gpu_run_offload_keeps_the_text_encoder_in_host_ram():  # type: ignore[n
     assert host_estimate(offload, on_gpu=True)["phases"]["caching"] > 40  # Mistral 24B in bf16
     assert host_estimate(plain, on_gpu=True)["phases"]["caching"] < 1
     assert "host" in estimate_report(plain)
+
+
+def test_gpu_lookup_by_class_and_name():  # type: ignore[no-untyped-def]
+    from flux2_lora.memory import find_gpu
+
+    assert find_gpu("40").name.startswith("40 GB")
+    assert find_gpu("24").name.startswith("24 GB")
+    assert find_gpu("H200").name.startswith("141 GB")
+    assert find_gpu("4090").name.startswith("24 GB")
+    assert find_gpu("33.5").gib == 33.5
+    assert find_gpu("nonsense") is None

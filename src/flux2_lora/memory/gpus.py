@@ -65,9 +65,12 @@ def find_gpu(name: str | None) -> Gpu | None:
     if not name:
         return local_gpu()
     key = name.lower().strip()
-    for g in [*GPUS, *([lg] if (lg := local_gpu()) else [])]:
-        if g.name.lower().startswith(key) or key in g.name.lower():
-            return g
+    cards = [*GPUS, *([lg] if (lg := local_gpu()) else [])]
+    # "40" must mean the 40 GB class, not the RTX 4090 in the 24 GB class' name: prefixes first.
+    for match in (lambda g: g.name.lower().startswith(key + " "), lambda g: key in g.name.lower()):
+        for g in cards:
+            if match(g):
+                return g
     try:
         return Gpu(f"{float(key):g} GiB", float(key))
     except ValueError:
