@@ -1,0 +1,61 @@
+"""Issue 5: a trainer killed with SIGKILL reads as failed in the UI on the next poll, and after a UI restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from flux2_lora.hooks import HOLD_ENV
+from flux2_lora.webui import actions
+
+from ..helpers import sets, wait_for
+
+
+def test_killed_trainer_shows_failed_in_the_ui_and_after_restart(tmp_path):  # type: ignore[no-untyped-def]
+    runs_dir = tmp_path / "runs"
+    out = runs_dir / "crash"
+    args = (
+        "training.max_steps=8",
+        "training.warmup_steps=0",
+        "output.checkpoint_every=2",
+        "validation.enabled=false",
+        "logging.tensorboard=false",
+        "logging.log_every=1",
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flux2_lora.cli",
+            "train",
+            "--preset",
+            "quickstart",
+            *sets(f"output.dir={out}", *args),
+        ],
+        env={**os.environ, HOLD_ENV: "step"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    assert wait_for((out / ".held-step").exists, timeout=120)
+    assert actions.run_status(str(out), str(runs_dir))["state"] == "training"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    snap = actions.run_status(str(out), str(runs_dir))  # the next poll
+    assert snap["state"] == "failed" and "3/8" in snap["message"] and snap["final"]
+    assert "training steps" in snap["log"]  # the log tail is shown with the failure
+    assert [r["state"] for r in actions.list_runs(str(runs_dir))] == ["failed"]
+    # A UI restart is a new process reading the same run directory.
+    code = (
+        "import json, sys; from flux2_lora.webui import actions; "
+        f"print(json.dumps(actions.list_runs({str(runs_dir)!r})))"
+    )
+    fresh = json.loads(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    )
+    assert fresh[0]["state"] == "failed" and fresh[0]["step"] == 3
+    resumed = actions.resume_run(str(out), str(runs_dir))
+    assert resumed.get("ok"), resumed
+    assert wait_for(lambda: actions.run_status(str(out), str(runs_dir))["state"] == "finished", timeout=180)
