@@ -41,6 +41,10 @@ def test_quickstart_trains_and_writes_everything(tmp_path):  # type: ignore[no-u
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < first * 0.95, f"loss did not fall: {first:.4f} → {last:.4f}"
     assert "finished 200 steps" in (out / runs.LOG_FILE).read_text()
+    # The run records its measured peaks next to the estimate, and `runs` lists both.
+    assert status.extra["measured"]["host_peak_rss_gib"] > 0.2 and status.extra["estimate"]["host_peak_gib"] > 0.2
+    listing = cli("runs", str(out.parent), check=True).stdout
+    assert "HOST EST/MEAS" in listing and "finished" in listing
 
 
 def test_final_lora_loads_in_diffusers_and_changes_the_output(tmp_path):  # type: ignore[no-untyped-def]

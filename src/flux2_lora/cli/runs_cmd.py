@@ -24,17 +24,28 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no runs under {args.root}")
         return 0
-    print(f"{'RUN':30} {'STATE':12} {'STEP':>11} {'ELAPSED':>8}  LORA")
+    print(
+        f"{'RUN':30} {'STATE':12} {'STEP':>11} {'ELAPSED':>8} {'GPU EST/MEAS':>15} {'HOST EST/MEAS':>15}  LORA"
+    )
     for r in rows:
         s = r.status
         if s is None:
             continue
         elapsed = (s.updated_at or time.time()) - (s.started_at or time.time())
+        est = s.extra.get("estimate") or {}
+        meas = s.extra.get("measured") or {}
+        gpu = f"{_gib(est.get('allocated_peak_gib'))}/{_gib(meas.get('gpu_allocated_peak_gib'))}"
+        host = f"{_gib(est.get('host_peak_gib'))}/{_gib(meas.get('host_peak_rss_gib'))}"
         print(
-            f"{r.path.name:30} {s.state:12} {s.step:>5}/{s.total_steps:<5} {elapsed:>7.0f}s  {r.lora or '-'}"
+            f"{r.path.name:30} {s.state:12} {s.step:>5}/{s.total_steps:<5} {elapsed:>7.0f}s {gpu:>15} {host:>15}  "
+            f"{r.lora or '-'}"
         )
         if s.state == "failed" and s.message:
             print(f"  {s.message}")
             for line in log_tail(r.path, 3).splitlines():
                 print(f"  | {line}")
     return 0
+
+
+def _gib(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
