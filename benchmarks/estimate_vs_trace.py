@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test matrix lives with the tests
-from tests.memory.test_estimate import MATRIX, _on_arch, cfg
+from tests.memory.test_estimate import MATRIX, _on_arch, matrix_config
 
 from flux2_lora.memory.trace import reduced, trace_training_step
 from flux2_lora.variants import VARIANTS
@@ -27,17 +27,7 @@ def main() -> None:
     arch = reduced(VARIANTS[args.variant].transformer, args.double, args.single)
     worst = 0.0
     for dtype, targets, res, gc, batch, rank, opt in MATRIX:
-        c = cfg(
-            f"model.dtype={dtype}",
-            f"lora.target_modules=[{targets}]",
-            f"dataset.resolution={res}",
-            f"memory.gradient_checkpointing={gc}",
-            f"training.batch_size={batch}",
-            f"lora.rank={rank}",
-            f"lora.alpha={rank}",
-            f"training.optimizer={opt}",
-            "training.learning_rate=1e-4",
-        )
+        c = matrix_config(dtype, targets, res, gc, batch, rank, opt)
         traced = trace_training_step(c, arch)["peak_gib"]
         est = _on_arch(c, arch)
         err = (est - traced) / traced

@@ -77,6 +77,21 @@ MATRIX = [
 ]
 
 
+def matrix_config(dtype, targets, res, gc, batch, rank, opt):  # type: ignore[no-untyped-def]
+    """The config of one MATRIX row (also used by benchmarks/estimate_vs_trace.py)."""
+    return cfg(
+        f"model.dtype={dtype}",
+        f"lora.target_modules=[{targets}]",
+        f"dataset.resolution={res}",
+        f"memory.gradient_checkpointing={gc}",
+        f"training.batch_size={batch}",
+        f"lora.rank={rank}",
+        f"lora.alpha={rank}",
+        f"training.optimizer={opt}",
+        "training.learning_rate=1e-4",
+    )
+
+
 def _on_arch(config, arch):  # type: ignore[no-untyped-def]
     original = E.resolve_shapes
     E.resolve_shapes = lambda c: dataclasses.replace(original(c), arch=arch)  # type: ignore[assignment]
@@ -90,17 +105,7 @@ def _on_arch(config, arch):  # type: ignore[no-untyped-def]
 def test_analytic_training_peak_within_3_percent_of_trace(dtype, targets, res, gc, batch, rank, opt):  # type: ignore[no-untyped-def]
     from flux2_lora.memory.trace import reduced, trace_training_step
 
-    c = cfg(
-        f"model.dtype={dtype}",
-        f"lora.target_modules=[{targets}]",
-        f"dataset.resolution={res}",
-        f"memory.gradient_checkpointing={gc}",
-        f"training.batch_size={batch}",
-        f"lora.rank={rank}",
-        f"lora.alpha={rank}",
-        f"training.optimizer={opt}",
-        "training.learning_rate=1e-4",
-    )
+    c = matrix_config(dtype, targets, res, gc, batch, rank, opt)
     arch = reduced(VARIANTS["klein-4b"].transformer, 2, 3)
     traced = trace_training_step(c, arch)["peak_gib"]
     assert abs(_on_arch(c, arch) - traced) / traced < 0.03
