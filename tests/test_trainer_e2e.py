@@ -42,7 +42,10 @@ def test_quickstart_trains_and_writes_everything(tmp_path):  # type: ignore[no-u
     assert last < first * 0.95, f"loss did not fall: {first:.4f} → {last:.4f}"
     assert "finished 200 steps" in (out / runs.LOG_FILE).read_text()
     # The run records its measured peaks next to the estimate, and `runs` lists both.
-    assert status.extra["measured"]["host_peak_rss_gib"] > 0.2 and status.extra["estimate"]["host_peak_gib"] > 0.2
+    assert (
+        status.extra["measured"]["host_peak_rss_gib"] > 0.2
+        and status.extra["estimate"]["host_peak_gib"] > 0.2
+    )
     listing = cli("runs", str(out.parent), check=True).stdout
     assert "HOST EST/MEAS" in listing and "finished" in listing
 
@@ -179,3 +182,17 @@ def test_two_cpu_processes_through_accelerate_write_one_lora(tmp_path):  # type:
     log = (out / runs.LOG_FILE).read_text()
     assert "2 processes" in log
     assert json.loads((out / runs.STATUS_FILE).read_text())["extra"]["num_processes"] == 2
+
+
+def test_a_fresh_run_into_a_used_directory_keeps_the_earlier_run(tmp_path):  # type: ignore[no-untyped-def]
+    out = tmp_path / "run"
+    args = sets(f"output.dir={out}", "training.max_steps=3", "output.checkpoint_every=3", *SHORT)
+    cli("train", "--preset", "quickstart", *args, check=True)
+    first_metrics = (out / runs.METRICS_FILE).read_text()
+    cli("train", "--preset", "quickstart", *args, check=True)
+    previous = list((out / runs.PREVIOUS_DIR).iterdir())
+    assert len(previous) == 1
+    assert (previous[0] / runs.METRICS_FILE).read_text() == first_metrics
+    assert (previous[0] / runs.LORA_FILE).is_file() and (previous[0] / runs.CHECKPOINTS_DIR).is_dir()
+    assert [m["step"] for m in runs.read_jsonl(out / runs.METRICS_FILE)] == [1, 2, 3]  # not appended
+    assert runs.read_status(out).state == "finished" and "moved to" in (out / runs.LOG_FILE).read_text()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -186,6 +187,42 @@ def log_tail(run_dir: str | Path, lines: int = 40) -> str:
         f.seek(max(0, size - 64 * 1024))
         data = f.read().decode("utf-8", errors="replace")
     return "\n".join(data.splitlines()[-lines:])
+
+
+PREVIOUS_DIR = "previous"
+_RUN_ARTIFACTS = (
+    STATUS_FILE,
+    METRICS_FILE,
+    LOG_FILE,
+    SAMPLES_DIR,
+    CHECKPOINTS_DIR,
+    TENSORBOARD_DIR,
+    "wandb",
+    LORA_FILE,
+    COMFYUI_LORA_FILE,
+)
+
+
+def archive_previous(run_dir: str | Path) -> Path | None:
+    """A fresh (not resumed) run into a directory that holds an earlier run: move that run's outputs to
+    ``previous/<time>/`` so nothing is lost and the new run's metrics, samples and checkpoints start clean.
+    Call with the run lock held."""
+    run = Path(run_dir)
+    present = [name for name in _RUN_ARTIFACTS if (run / name).exists()]
+    if STATUS_FILE not in present:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime())
+    dest = run / PREVIOUS_DIR / stamp
+    n = 1
+    while dest.exists():
+        dest = run / PREVIOUS_DIR / f"{stamp}-{n}"
+        n += 1
+    dest.mkdir(parents=True)
+    for name in present:
+        os.replace(run / name, dest / name)
+    if (run / CONFIG_FILE).is_file():
+        shutil.copy2(run / CONFIG_FILE, dest / CONFIG_FILE)
+    return dest
 
 
 def read_status(run_dir: str | Path) -> RunStatus | None:

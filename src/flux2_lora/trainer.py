@@ -340,13 +340,17 @@ class Trainer:
         acc = self._make_accelerator()
         is_main = acc.is_main_process
         lock = None
+        archived = None
         if is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not os.environ.get(LOCK_HELD_ENV):
                 lock = runs.RunLock(self.run_dir)
                 lock.acquire()  # RunBusyError reaches the CLI, which explains it
             (self.run_dir / runs.STOP_FILE).unlink(missing_ok=True)
+            archived = None if self.resume else runs.archive_previous(self.run_dir)
         setup_logging(self.run_dir if is_main else None, is_main)
+        if is_main and archived is not None:
+            log.info("the earlier run in %s was moved to %s", self.run_dir, archived)
         resume_path = ckpt.resolve_resume(self.run_dir, self.resume) if self.resume else None
         if is_main:
             save_config(cfg, self.run_dir / runs.CONFIG_FILE)
