@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .config import LoraSection, ModelSection
-from .targets import is_quantized_linear, resolve_targets
+from .targets import QUANTIZATION_SKIP_PREFIXES, is_quantized_linear, resolve_targets
 from .variants import TransformerArch, get_variant, resolve_model
 
 
@@ -135,7 +135,7 @@ def _bnb_nf4_config(dtype: torch.dtype) -> Any:
         raise ModelLoadError(
             "memory.quantization: nf4 needs bitsandbytes; install flux2-lora[quantization]"
         ) from None
-    skip = ["time_guidance_embed", "x_embedder", "context_embedder", "norm_out", "proj_out"]
+    skip = [prefix.rstrip(".") for prefix in QUANTIZATION_SKIP_PREFIXES]  # the same layers as on CPU
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
