@@ -213,3 +213,38 @@ class PromptSource:
         if all(p in self.cache for p in prompts):
             return torch.stack([self.cache[p] for p in prompts])
         return self.encode(prompts)
+
+
+def build_items(report: Any, root: Path, config: TrainConfig) -> list[Item]:
+    """Training items from a dataset scan: trigger word applied, per-folder repeats ('10_name'), aspect
+    bucket, and 8 fixed shuffled-tag orders per caption when dataset.shuffle_tags."""
+    import logging
+    import re
+
+    from .buckets import bucket_for, bucket_table, format_table
+    from .captions import apply_trigger, shuffle_tags, trigger_findings
+
+    log = logging.getLogger("flux2_lora")
+    ds = config.dataset
+    for file, _, message in trigger_findings(
+        [(str(i.path.relative_to(root)), i.caption) for i in report.items], ds.trigger_word
+    ):
+        log.warning("dataset: %s%s", f"{file}: " if file else "", message)
+    items = []
+    for n, i in enumerate(report.items):
+        caption = apply_trigger(i.caption, ds.trigger_word)
+        parts = i.path.relative_to(root).parts
+        match = re.match(r"^(\d+)_", parts[0]) if len(parts) > 1 else None
+        item = Item(i.path, caption, repeats=int(match.group(1)) if match else 1)
+        if ds.bucketing:
+            item.bucket = bucket_for(i.width, i.height, ds.resolution, ds.bucket_step)
+        if ds.shuffle_tags:
+            item.variants = [
+                shuffle_tags(caption, ds.keep_tags, random.Random(derive_seed(config.training.seed, 9, n, k)))
+                for k in range(8)
+            ]
+        items.append(item)
+    if ds.bucketing:
+        sizes = ((i.width, i.height) for i in report.items)
+        log.info(format_table(bucket_table(sizes, ds.resolution, ds.bucket_step)))
+    return items

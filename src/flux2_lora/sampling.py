@@ -45,7 +45,7 @@ class Sampler:
         pipe.vae.to(tr.device)
         was_training = transformer.training
         transformer.eval()
-        prompts = val.prompts or [tr.items[0].caption]
+        prompts = tr.validation_prompts()
         cfg_pass = tr._uses_cfg(tr.variant)
         index = 0
         try:

@@ -17,7 +17,16 @@ import torch
 
 from . import checkpoint as ckpt
 from . import runs
-from .batches import Item, LatentSource, PromptSource, SampleSchedule, derive_seed, pack, text_ids_for
+from .batches import (
+    Item,
+    LatentSource,
+    PromptSource,
+    SampleSchedule,
+    build_items,
+    derive_seed,
+    pack,
+    text_ids_for,
+)
 from .config import TrainConfig
 from .config_io import save_config
 from .flow import flow_matching_loss, sample_density, sigmas_from_density
@@ -111,44 +120,7 @@ class Trainer:
             log.warning("dataset: %s: %s", p.file, p.message)
         require_usable(report)
         log.info("dataset: %d images from %s", len(report.items), root)
-        return self._items_from(report, root)
-
-    def _items_from(self, report: Any, root: Path) -> list[Item]:
-        """Trigger word, per-folder repeats, aspect buckets and shuffled-tag variants for each image."""
-        import random
-        import re
-
-        from .buckets import bucket_for, bucket_table, format_table
-        from .captions import apply_trigger, shuffle_tags, trigger_findings
-
-        ds = self.config.dataset
-        for file, _, message in trigger_findings(
-            [(str(i.path.relative_to(root)), i.caption) for i in report.items], ds.trigger_word
-        ):
-            log.warning("dataset: %s%s", f"{file}: " if file else "", message)
-        items = []
-        for n, i in enumerate(report.items):
-            caption = apply_trigger(i.caption, ds.trigger_word)
-            folder = i.path.relative_to(root).parts[0] if len(i.path.relative_to(root).parts) > 1 else ""
-            match = re.match(r"^(\d+)_", folder)
-            item = Item(i.path, caption, repeats=int(match.group(1)) if match else 1)
-            if ds.bucketing:
-                item.bucket = bucket_for(i.width, i.height, ds.resolution, ds.bucket_step)
-            if ds.shuffle_tags:
-                item.variants = [
-                    shuffle_tags(
-                        caption, ds.keep_tags, random.Random(derive_seed(self.config.training.seed, 9, n, k))
-                    )
-                    for k in range(8)
-                ]
-            items.append(item)
-        if ds.bucketing:
-            log.info(
-                format_table(
-                    bucket_table(((i.width, i.height) for i in report.items), ds.resolution, ds.bucket_step)
-                )
-            )
-        return items
+        return build_items(report, root, self.config)
 
     def _training_captions(self) -> list[str]:
         """Every caption text a step may use (what the cache must hold)."""
@@ -157,9 +129,8 @@ class Trainer:
             out.append("")
         return out
 
-    def _validation_prompts(self, items: list[Item]) -> list[str]:
-        prompts = self.config.validation.prompts or [items[0].caption or ""]
-        return prompts
+    def validation_prompts(self) -> list[str]:
+        return self.config.validation.prompts or [self.items[0].caption or ""]
 
     def _cache(self, model_path: str, variant: str, items: list[Item]) -> None:
         mem = self.config.memory
@@ -177,7 +148,7 @@ class Trainer:
         self.prompts = PromptSource(pipe, te_device, get_variant(variant).text_encoder.max_sequence_length)
         self.latents = LatentSource(items, self.config, pipe.vae, self.device)
         val = self.config.validation
-        extra = self._validation_prompts(items) if val.enabled else []
+        extra = self.validation_prompts() if val.enabled else []
         if val.enabled and self._uses_cfg(variant):
             extra = [*extra, ""]
         if mem.cache_text_embeddings:
