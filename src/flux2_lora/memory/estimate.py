@@ -184,6 +184,42 @@ def block_activation_bytes(
     return out
 
 
+# DoRA (PEFT): each adapted Linear also keeps its base output and its scaled LoRA output for the
+# magnitude's gradient (bytes per token per output feature), and builds the dense weight W + s·BA and
+# its column norm in fp32 once per forward: a transient of a·in·out + 4·in² bytes (the identity
+# matrix PEFT multiplies through the adapter). Measured on one PEFT layer with the tracker.
+_DORA_KEPT = {2: 6.0, 4: 8.0}
+_DORA_DENSE = {2: 14.5, 4: 12.0}
+# Backward through DoRA's fp32 combination of the base and LoRA outputs: gradients of T×out elements
+# (bytes per token per output feature of the widest DoRA layer). In fp32 the plain gradient transient
+# is already larger (measured), so it adds nothing there.
+_DORA_GRAD = {2: 11.3, 4: 0.0}
+
+
+def _stream_tokens(spec: LinearSpec, img: int, txt: int) -> int:
+    if spec.block == "single":
+        return img + txt
+    return txt if any(spec.name.endswith(n) for n in _ATTN["txt"] + _FF["txt"]) else img
+
+
+def dora_block_bytes(arch: TransformerArch, specs: list[LinearSpec], dtype_bytes: int, img: int, txt: int) -> list[float]:
+    """Extra bytes each block keeps for backward with DoRA (batch 1), in execution order."""
+    per: dict[str, float] = {}
+    for s in specs:
+        block = ".".join(s.name.split(".")[:2])
+        per[block] = per.get(block, 0.0) + _DORA_KEPT[dtype_bytes] * _stream_tokens(s, img, txt) * s.out_features
+    names = [f"transformer_blocks.{i}" for i in range(arch.num_layers)]
+    names += [f"single_transformer_blocks.{i}" for i in range(arch.num_single_layers)]
+    return [per.get(n, 0.0) for n in names]
+
+
+def dora_transient_bytes(specs: list[LinearSpec], dtype_bytes: int, img: int, txt: int, batch: int) -> float:
+    """Peak DoRA transient beyond the kept activations: the dense weight or the backward gradients."""
+    dense = max((_DORA_DENSE[dtype_bytes] * s.weight_numel + 4.0 * s.in_features**2 for s in specs), default=0.0)
+    grads = max((_DORA_GRAD[dtype_bytes] * batch * _stream_tokens(s, img, txt) * s.out_features for s in specs), default=0.0)
+    return max(dense, grads)
+
+
 # Gradients alive beyond the kept activations while the last single block runs backward (bytes per d
 # per token; [fp32?][single blocks carry LoRA?]), and, with checkpointing, beyond its recomputation.
 _TRANSIENT = {False: {False: 37.9, True: 36.9}, True: {False: 75.9, True: 60.1}}
@@ -242,6 +278,9 @@ def estimate(config: TrainConfig, *, num_processes: int = 1) -> Estimate:
     tokens_d = (img + txt) * arch.inner_dim
     single_lora = any(s.block == "single" for s in specs)
     c = _COEF[4 if wb == 4 else 2]
+    dwb = 4 if wb == 4 else 2
+    dora = dora_block_bytes(arch, specs, dwb, img, txt) if lora.use_dora else [0.0] * len(blocks)
+    dense = dora_transient_bytes(specs, dwb, img, txt, batch) if lora.use_dora else 0.0
     if mem.gradient_checkpointing:
         # Each block keeps only its input; backward starts by recomputing the last single block, while
         # every block input is still alive, and holds that block's activations plus its gradients.
@@ -249,12 +288,14 @@ def estimate(config: TrainConfig, *, num_processes: int = 1) -> Estimate:
         last_single = (
             (c["single_base"] + c["single_lora"] * single_lora) * tokens_d if arch.num_single_layers else 0.0
         )
-        activations = batch * (kept + last_single + _TRANSIENT_GC[wb == 4][single_lora] * tokens_d)
+        activations = batch * (kept + last_single + dora[-1])
+        activations += max(batch * _TRANSIENT_GC[wb == 4][single_lora] * tokens_d, dense)
     else:
         first = next((i for i, b in enumerate(blocks) if b > 0), None)
         discount = _FIRST_BLOCK_DISCOUNT.get(_named_set(lora.target_modules) or "", 0.0) * (wb / 2) * tokens_d
         kept = sum(blocks) - (discount if first is not None else 0.0)
-        activations = batch * (kept + _TRANSIENT[wb == 4][single_lora] * tokens_d)
+        activations = batch * (kept + sum(dora))
+        activations += max(batch * _TRANSIENT[wb == 4][single_lora] * tokens_d, dense)
     # Outside the blocks: embedders' outputs and the fp32 loss terms (small next to the blocks).
     activations += batch * 0.225 * wb * tokens_d
 

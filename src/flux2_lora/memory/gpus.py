@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -37,8 +38,10 @@ def verdict(total_gib: float, gpu_gib: float) -> Verdict:
     return "does_not_fit"
 
 
+@functools.lru_cache(maxsize=1)
 def local_gpu() -> Gpu | None:
-    """The first local NVIDIA GPU, read with nvidia-smi (no torch import)."""
+    """The first local NVIDIA GPU, read with nvidia-smi (no torch import); asked once per process
+    because every estimate refresh in the UI needs it."""
     if shutil.which("nvidia-smi") is None:
         return None
     try:
