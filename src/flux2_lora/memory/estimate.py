@@ -202,12 +202,16 @@ def _stream_tokens(spec: LinearSpec, img: int, txt: int) -> int:
     return txt if any(spec.name.endswith(n) for n in _ATTN["txt"] + _FF["txt"]) else img
 
 
-def dora_block_bytes(arch: TransformerArch, specs: list[LinearSpec], dtype_bytes: int, img: int, txt: int) -> list[float]:
+def dora_block_bytes(
+    arch: TransformerArch, specs: list[LinearSpec], dtype_bytes: int, img: int, txt: int
+) -> list[float]:
     """Extra bytes each block keeps for backward with DoRA (batch 1), in execution order."""
     per: dict[str, float] = {}
     for s in specs:
         block = ".".join(s.name.split(".")[:2])
-        per[block] = per.get(block, 0.0) + _DORA_KEPT[dtype_bytes] * _stream_tokens(s, img, txt) * s.out_features
+        per[block] = (
+            per.get(block, 0.0) + _DORA_KEPT[dtype_bytes] * _stream_tokens(s, img, txt) * s.out_features
+        )
     names = [f"transformer_blocks.{i}" for i in range(arch.num_layers)]
     names += [f"single_transformer_blocks.{i}" for i in range(arch.num_single_layers)]
     return [per.get(n, 0.0) for n in names]
@@ -215,8 +219,13 @@ def dora_block_bytes(arch: TransformerArch, specs: list[LinearSpec], dtype_bytes
 
 def dora_transient_bytes(specs: list[LinearSpec], dtype_bytes: int, img: int, txt: int, batch: int) -> float:
     """Peak DoRA transient beyond the kept activations: the dense weight or the backward gradients."""
-    dense = max((_DORA_DENSE[dtype_bytes] * s.weight_numel + 4.0 * s.in_features**2 for s in specs), default=0.0)
-    grads = max((_DORA_GRAD[dtype_bytes] * batch * _stream_tokens(s, img, txt) * s.out_features for s in specs), default=0.0)
+    dense = max(
+        (_DORA_DENSE[dtype_bytes] * s.weight_numel + 4.0 * s.in_features**2 for s in specs), default=0.0
+    )
+    grads = max(
+        (_DORA_GRAD[dtype_bytes] * batch * _stream_tokens(s, img, txt) * s.out_features for s in specs),
+        default=0.0,
+    )
     return max(dense, grads)
 
 
