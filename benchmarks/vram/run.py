@@ -1,187 +1,223 @@
 """GPU memory harness: real training steps at full size with random weights, measured vs estimated.
 
-    python benchmarks/vram/run.py            # on a CUDA machine: writes benchmarks/vram/measured.json
-    python benchmarks/vram/run.py --dry      # anywhere: traces each config on meta tensors instead
+    python benchmarks/vram/run.py                   # CUDA: every config, each in its own process
+    python benchmarks/vram/run.py --only 3 --only 7 # a subset
+    python benchmarks/vram/run.py --gpu-gib 24      # cap this process at 24 GiB (torch's memory
+                                                    # fraction) to check a verdict's edge: OOM or not
+    python benchmarks/vram/run.py --dry             # no GPU: see below
 
-Each row: device, config overrides, measured (max_memory_allocated, max_memory_reserved, NVML process
-peak), estimated (tensor peak, total) and the error of the total estimate against NVML. The steps are
-the trainer's own: model construction from the variant's config, `inject_lora`, quantization by
-`flux2_lora.model`, `flow_matching_loss`, `build_optimizer`. Weights are random (memory and speed do not
-depend on their values).
+On CUDA each config runs in a fresh process (a clean allocator and context) and steps the trainer's own
+code: ``Flux2Transformer2DModel`` from the variant's config, NF4 (bitsandbytes) or int8 (the trainer's
+torchao call), ``model.inject_lora``, gradient checkpointing, ``optim.build_optimizer``,
+``flow.flow_matching_loss`` under bf16 autocast, gradient clipping, optimizer step. Weights are random:
+memory does not depend on their values. Each row of ``benchmarks/vram/measured.json`` has the device,
+the config, the measured peaks (max_memory_allocated, max_memory_reserved, the process's NVML memory,
+the CUDA context), the estimate (training phase: tensor peak, and with context and allocator reserve)
+and the errors of the estimate against max_memory_allocated and NVML.
+
+``--dry`` runs anywhere: each config's training step is traced on meta tensors at full size (the tensor
+peak max_memory_allocated would show), and the same build/quantize/LoRA/step code really runs on CPU
+at the embedded demo's size (a check that the code path works, with its tracked tensor peak against
+the estimate for that size). It writes ``measured.dry.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-HUB = {
-    "dev": "black-forest-labs/FLUX.2-dev",
-    "klein-4b": "black-forest-labs/FLUX.2-klein-base-4B",
-    "klein-9b": "black-forest-labs/FLUX.2-klein-base-9B",
-}
-# variant, overrides: ≥ 12 configs over variants, resolutions 512–1536, ranks 8–128, checkpointing, batch, optimizers.
-CONFIGS = [
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parents[1]))  # tests.memory.matrix: the hub ids and config helper
+
+from measure import run_steps  # noqa: E402
+from tests.memory.matrix import config as make_config  # noqa: E402
+
+# variant, overrides: klein-4b, klein-9b and dev (NF4, or bf16 where it fits 80 GB), 512–1536 px,
+# ranks 8–128, checkpointing on and off, batch 1–4, five optimizers, DoRA and int8 once each.
+CONFIGS: list[tuple[str, list[str]]] = [
     ("klein-4b", ["dataset.resolution=512", "lora.rank=8", "training.batch_size=1"]),
     ("klein-4b", ["dataset.resolution=1024", "lora.rank=16"]),
     ("klein-4b", ["dataset.resolution=1024", "lora.rank=64", "memory.gradient_checkpointing=false"]),
     ("klein-4b", ["dataset.resolution=1536", "lora.rank=32", "training.batch_size=2"]),
     ("klein-4b", ["dataset.resolution=1024", "lora.rank=128", "training.optimizer=adafactor"]),
+    ("klein-4b", ["dataset.resolution=1024", "lora.rank=32", "lora.use_dora=true"]),
     ("klein-9b", ["dataset.resolution=512", "lora.rank=16", "training.batch_size=4"]),
     ("klein-9b", ["dataset.resolution=1024", "lora.rank=32"]),
     ("klein-9b", ["dataset.resolution=1024", "lora.rank=16", "training.optimizer=adamw8bit"]),
     ("klein-9b", ["dataset.resolution=1024", "lora.rank=16", "memory.quantization=nf4"]),
+    ("klein-9b", ["dataset.resolution=1024", "lora.rank=16", "memory.quantization=int8"]),
     ("klein-9b", ["dataset.resolution=768", "lora.rank=64", "memory.gradient_checkpointing=false"]),
     ("dev", ["dataset.resolution=1024", "lora.rank=16", "memory.quantization=nf4"]),
     ("dev", ["dataset.resolution=512", "lora.rank=32", "memory.quantization=nf4", "training.batch_size=2"]),
     ("dev", ["dataset.resolution=1024", "lora.rank=16"]),
     ("dev", ["dataset.resolution=1536", "lora.rank=8", "memory.quantization=nf4", "training.optimizer=sgd"]),
+    (
+        "dev",
+        [
+            "dataset.resolution=1024",
+            "lora.rank=64",
+            "memory.quantization=nf4",
+            "training.optimizer=prodigy",
+            "training.learning_rate=1.0",
+        ],
+    ),
 ]
 
 
-def config_for(variant: str, overrides: list[str]):  # type: ignore[no-untyped-def]
-    from flux2_lora.config_io import load_config
-
-    return load_config(overrides=[f"model.path={HUB[variant]}", "model.dtype=bfloat16", *overrides])[0]
+def config_for(variant: str, overrides: list[str]) -> Any:
+    return make_config(*overrides, variant=variant)
 
 
-def nvml_used_mib() -> float | None:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.splitlines()[0]
-        return float(out)
-    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
-        return None
+def _estimated(config: Any) -> dict[str, float]:
+    from flux2_lora.memory import estimate
+    from flux2_lora.memory.estimate import ALLOCATOR_SLACK, CUDA_CONTEXT_GIB
 
-
-def measure_cuda(config) -> dict:  # type: ignore[no-untyped-def]
-    import torch
-    from diffusers import Flux2Transformer2DModel
-
-    from flux2_lora.flow import flow_matching_loss
-    from flux2_lora.memory.estimate import resolve_shapes
-    from flux2_lora.model import _quantize_int8, inject_lora
-    from flux2_lora.optim import build_optimizer
-
-    sh = resolve_shapes(config)
-    arch = sh.arch
-    baseline = nvml_used_mib()
-    torch.ones(1, device="cuda") @ torch.ones(1, device="cuda")
-    context = (nvml_used_mib() or 0) - (baseline or 0)
-    torch.cuda.reset_peak_memory_stats()
-    with torch.device("cuda"):
-        model = Flux2Transformer2DModel(**arch.diffusers_config()).to(torch.bfloat16)
-    model.requires_grad_(False)
-    if config.memory.quantization == "int8":
-        _quantize_int8(model)
-    elif config.memory.quantization == "nf4":
-        from flux2_lora.model import _quantize_nf4_manual
-
-        model.to("cpu")
-        _quantize_nf4_manual(model, torch.bfloat16)
-        model.to("cuda")
-    inject_lora(model, config.lora, arch)
-    if config.memory.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = build_optimizer(config.training, params)
-    b = config.training.batch_size
-    peak_nvml = 0.0
-    for _ in range(3):
-        lat = torch.randn(b, sh.image_tokens, arch.in_channels, device="cuda", dtype=torch.bfloat16)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = flow_matching_loss(
-                model,
-                latents=lat,
-                latent_ids=torch.zeros(b, sh.image_tokens, 4, dtype=torch.long, device="cuda"),
-                prompt_embeds=torch.randn(
-                    b, sh.text_tokens, arch.joint_attention_dim, device="cuda", dtype=torch.bfloat16
-                ),
-                text_ids=torch.zeros(b, sh.text_tokens, 4, dtype=torch.long, device="cuda"),
-                sigmas=torch.rand(b, device="cuda"),
-                noise=torch.randn_like(lat),
-                guidance=torch.ones(b, device="cuda") if arch.guidance_embeds else None,
-            )
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        peak_nvml = max(peak_nvml, nvml_used_mib() or 0.0)
+    est = estimate(config)
+    training = est.phases["training"]
     return {
-        "allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
-        "reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
-        "nvml_gib": (peak_nvml - (baseline or 0)) / 1024 if peak_nvml else None,
-        "context_gib": context / 1024,
+        "training_allocated_gib": training,
+        # The harness runs training steps only: the training phase plus context and allocator reserve.
+        "training_total_gib": training * (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT_GIB,
+        "allocated_peak_gib": est.allocated_peak_gib,
+        "total_gib": est.total_gib,
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument(
-        "--dry", action="store_true", help="no GPU: trace each config on meta tensors (2+3 blocks)"
-    )
-    parser.add_argument(
-        "--only", type=int, help="run one config index (the GPU run isolates each in a process)"
-    )
-    args = parser.parse_args()
+def measure_one(index: int, gpu_gib: float | None) -> dict[str, Any]:
+    """Run one config on CUDA in this process."""
+    import torch
+
+    variant, overrides = CONFIGS[index]
+    config = config_for(variant, overrides)
+    from flux2_lora.memory.estimate import resolve_shapes
+
+    if gpu_gib is not None:
+        total = torch.cuda.get_device_properties(0).total_memory / 2**30
+        torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_gib / total))
+    est = _estimated(config)
+    row: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(0),
+        "variant": variant,
+        "config": overrides,
+        "gpu_gib_cap": gpu_gib,
+        "estimated": est,
+    }
+    try:
+        measured = run_steps(config, resolve_shapes(config).arch, "cuda")
+        row["measured"] = measured
+        row["oom"] = False
+        row["error"] = {
+            "allocated": (est["training_allocated_gib"] - measured["allocated_gib"])
+            / measured["allocated_gib"],
+            "nvml": (est["training_total_gib"] - measured["nvml_gib"]) / measured["nvml_gib"]
+            if measured.get("nvml_gib")
+            else None,
+        }
+    except torch.cuda.OutOfMemoryError as e:
+        row.update(measured=None, oom=True, error=None, message=str(e).splitlines()[0])
+    return row
+
+
+def dry_one(index: int) -> dict[str, Any]:
+    """Trace the config at full size on meta tensors, and run its code path at demo size on the CPU."""
     from flux2_lora.memory import estimate
+    from flux2_lora.memory.trace import StorageTracker, trace_training_step
 
+    variant, overrides = CONFIGS[index]
+    config = config_for(variant, overrides)
+    est = _estimated(config)
+    t0 = time.perf_counter()
+    traced = trace_training_step(config)["peak_gib"]
+    trace_seconds = time.perf_counter() - t0
+    # The same build / quantize / LoRA / step code with real tensors at the demo's size. bitsandbytes'
+    # 8-bit AdamW has no CPU kernels: AdamW stands in for it there.
+    demo = [o for o in overrides if not o.startswith("dataset.resolution")]
+    demo = [o.replace("adamw8bit", "adamw") for o in demo] + ["model.path=demo", "dataset.resolution=128"]
+    demo_config = config_for(variant, demo)
+    tracker = StorageTracker()
+    with tracker:
+        real = run_steps(demo_config, demo_config_arch(demo_config), "cpu", steps=2, tracker=tracker)
+    demo_est = estimate(demo_config).phases["training"]
+    return {
+        "device": "cpu (dry: meta-tensor trace at full size; real CPU run at demo size)",
+        "variant": variant,
+        "config": overrides,
+        "measured": {"traced_allocated_gib": traced, "trace_seconds": trace_seconds, "demo_cpu": real},
+        "estimated": {**est, "demo_training_allocated_gib": demo_est},
+        "error": {
+            "allocated": (est["training_allocated_gib"] - traced) / traced,
+            "demo_allocated": (demo_est - real["allocated_gib"]) / real["allocated_gib"],
+        },
+    }
+
+
+def demo_config_arch(config: Any) -> Any:
+    from flux2_lora.memory.estimate import resolve_shapes
+
+    return resolve_shapes(config).arch
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dry", action="store_true", help="no GPU: full-size trace + demo-size CPU run")
+    parser.add_argument("--only", type=int, action="append", help="config index (repeatable)")
+    parser.add_argument(
+        "--gpu-gib", type=float, help="cap this process's GPU memory (emulates a smaller card)"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="output JSON (default: measured.json / measured.dry.json here)"
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    indices = args.only if args.only else list(range(len(CONFIGS)))
+    if args.child:  # one CUDA config in this process, its row as JSON on the last line
+        print(json.dumps(measure_one(indices[0], args.gpu_gib)), flush=True)
+        return 0
     rows = []
-    indices = [args.only] if args.only is not None else range(len(CONFIGS))
     for i in indices:
-        variant, overrides = CONFIGS[i]
-        config = config_for(variant, overrides)
-        est = estimate(config)
-        t0 = time.perf_counter()
-        if args.dry:
-            from flux2_lora.memory.trace import reduced, trace_training_step
-            from flux2_lora.variants import VARIANTS
-
-            arch = reduced(VARIANTS[variant].transformer, 2, 3)
-            measured = {"traced_reduced_depth_gib": trace_training_step(config, arch)["peak_gib"]}
-            device = "cpu (dry: meta-tensor trace, 2 double + 3 single blocks)"
-        else:
-            import torch
-
-            measured = measure_cuda(config)
-            device = torch.cuda.get_device_name(0)
-        err = None
-        if measured.get("nvml_gib"):
-            # The harness runs training steps only: compare the training phase plus context and slack.
-            from flux2_lora.memory.estimate import ALLOCATOR_SLACK, CUDA_CONTEXT_GIB
-
-            train_total = est.phases["training"] * (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT_GIB
-            err = (train_total - measured["nvml_gib"]) / measured["nvml_gib"]
-        rows.append(
-            {
-                "device": device,
-                "variant": variant,
-                "overrides": overrides,
-                "measured": measured,
-                "estimated": {
-                    "allocated_peak_gib": est.allocated_peak_gib,
-                    "total_gib": est.total_gib,
-                    "training_phase_gib": est.phases["training"],
-                },
-                "error": err,
-                "seconds": time.perf_counter() - t0,
-            }
+        row = dry_one(i) if args.dry else _in_child(i, args.gpu_gib)
+        row["index"] = i
+        rows.append(row)
+        err = row.get("error") or {}
+        print(
+            f"[{i:2}] {row['variant']:8} {' '.join(row['config']):70} "
+            + (
+                "OOM"
+                if row.get("oom")
+                else " ".join(f"{k} {v:+.1%}" for k, v in err.items() if v is not None)
+            ),
+            flush=True,
         )
-        print(json.dumps(rows[-1]), flush=True)
-    out = Path(__file__).with_name("measured.dry.json" if args.dry else "measured.json")
+    out = args.out or HERE / ("measured.dry.json" if args.dry else "measured.json")
     out.write_text(json.dumps(rows, indent=1))
     print(f"wrote {out}")
     return 0
+
+
+def _in_child(index: int, gpu_gib: float | None) -> dict[str, Any]:
+    """A fresh process per config: a clean CUDA context and caching allocator for each measurement."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--only", str(index)]
+    if gpu_gib is not None:
+        cmd += ["--gpu-gib", str(gpu_gib)]
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ})
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+        if proc.returncode == 0 and lines:
+            return dict(json.loads(lines[-1]))
+        log.seek(0)
+        tail = log.read()[-2000:]
+    variant, overrides = CONFIGS[index]
+    return {"variant": variant, "config": overrides, "measured": None, "error": None, "failed": tail}
 
 
 if __name__ == "__main__":

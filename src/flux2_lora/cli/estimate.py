@@ -4,22 +4,35 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from .common import add_config_args, config_from_args, fail
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("estimate", help="estimate GPU memory; fits / tight / does not fit; what to change")
+    p = sub.add_parser(
+        "estimate",
+        help="estimate GPU memory; fits / tight / does not fit per GPU class; what to change",
+        description="GPU memory of a training run from its config, phase by phase (caching, training, "
+        "sampling), without loading anything.",
+    )
     add_config_args(p)
     p.add_argument(
-        "--gpu", help="GPU class (e.g. 24, 48, 'H100', or GiB) for the verdict; default: the local GPU"
+        "--gpu", help="GPU class for the verdict and fixes (24, 48, 'H100', or GiB); default: the local GPU"
     )
-    p.add_argument("--num-processes", type=int, default=1)
-    p.add_argument("--json", action="store_true")
     p.add_argument(
-        "--trace", action="store_true", help="also run the training step on meta tensors at full size"
+        "--num-processes", type=int, default=1, metavar="N", help="data-parallel processes (one per GPU)"
     )
-    p.add_argument("--auto-fit", action="store_true", help="print the best-quality config that fits --gpu")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="also run the trainer's training step (and the encoders) on meta tensors at full size: "
+        "the traced tensor peak, without allocating memory (seconds on CPU; needs torch)",
+    )
+    p.add_argument(
+        "--auto-fit", action="store_true", help="the best-quality config that fits --gpu (as YAML)"
+    )
     p.set_defaults(func=run)
 
 
@@ -30,38 +43,58 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if config is None:
         return 2
+    if args.num_processes < 1:
+        return fail("--num-processes must be at least 1", 2)
     if args.gpu and find_gpu(args.gpu) is None:
-        return fail(f"--gpu: unknown GPU {args.gpu!r}; give a class like 24, 48, 80 or a size in GiB")
+        return fail(f"--gpu: unknown GPU {args.gpu!r}; give a class like 24, 48, 80 or a size in GiB", 2)
     report = estimate_report(config, gpu=args.gpu, num_processes=args.num_processes)
     if args.trace:
-        from ..memory.trace import trace_training_step
+        from ..memory.trace import trace_report
 
-        report["trace"] = trace_training_step(config)
+        report["trace"] = trace_report(config)
     if args.auto_fit:
         fitted = auto_fit(config, report["gpu"]["gib"], num_processes=args.num_processes)
         report["auto_fit"] = diff_from_defaults(fitted) if fitted else None
     if args.json:
         print(json.dumps(report, indent=1, default=str))
-        return 0
+    else:
+        _print(report, auto=args.auto_fit, to_yaml=to_yaml)
+    return 0
+
+
+def _print(report: dict[str, Any], *, auto: bool, to_yaml: Any) -> None:
     print(
         f"{report['variant']}: {report['image_tokens']} image + {report['text_tokens']} text tokens, "
         f"{report['trainable_params']:,} trainable parameters"
     )
+    print(f"peak while {report['peak_phase']} (GiB):")
     for k, v in report["components"].items():
-        print(f"  {k:13} {v:7.2f} GiB")
-    print("  phases: " + ", ".join(f"{k} {v:.2f}" for k, v in report["phases"].items()) + " GiB")
+        print(f"  {k:13} {v:7.2f}")
     print(
-        f"  tensor peak {report['allocated_peak_gib']:.2f} GiB; with CUDA context and allocator reserve "
-        f"{report['total_gib']:.2f} GiB"
+        "phases (tensor memory): " + ", ".join(f"{k} {v:.2f}" for k, v in report["phases"].items()) + " GiB"
     )
-    if "trace" in report:
-        print(f"  traced tensor peak {report['trace']['peak_gib']:.2f} GiB")
+    print(
+        f"tensor peak {report['allocated_peak_gib']:.2f} GiB; with CUDA context and allocator reserve "
+        f"(what nvidia-smi shows) {report['total_gib']:.2f} GiB"
+    )
+    for note in report.get("notes", []):
+        print(f"note: {note}")
+    for name, t in report.get("trace", {}).items():
+        err = f"{t['error']:+.1%}" if t["error"] is not None else "n/a"
+        print(
+            f"traced {name.replace('_', ' ')}: {t['traced_gib']:.2f} GiB (estimate {t['estimated_gib']:.2f}, {err})"
+        )
     for g in report["gpus"]:
         print(f"  {g['verdict']:13} {g['name']}")
+    gpu = report["gpu"]
+    print(f"on {gpu['name']}: {gpu['verdict'].replace('_', ' ')}")
     for r in report["recommendations"]:
         sets = " ".join(f"--set {k}={v}" for k, v in r["overrides"].items())
-        print(f"  fix for {report['gpu']['name']}: {r['title']} → {r['total_gib_after']:.1f} GiB ({sets})")
-    if args.auto_fit:
+        fits = "fits" if r["fits_after"] else "still too large"
+        print(f"  fix: {r['title']} → {r['total_gib_after']:.1f} GiB, {fits} ({sets})")
+    if auto:
         fitted = report["auto_fit"]
-        print("auto-fit:\n" + (to_yaml(fitted) if fitted else "  nothing fits this GPU"))
-    return 0
+        print(
+            "auto-fit (changes from the defaults):\n"
+            + (to_yaml(fitted) if fitted else "  nothing fits this GPU")
+        )

@@ -1,15 +1,19 @@
 """GPU memory of a training run, from the architecture and the config (pure Python, no torch).
 
+The run goes through three phases, in the trainer's order (trainer.py): caching (text encoder and VAE
+on the GPU, encoding captions and images, before the transformer is loaded), training steps, and
+validation sampling between steps. Each phase's tensor memory is estimated; the peak is the largest.
 Static memory is counted exactly from the module shapes (weights per dtype or quantization format,
-the fp32 LoRA copy, its gradients and optimizer state). Activations are counted per token and per
-block from what the block's ops save for backward, in units of the model width d and the MLP width
-m (see ``_block_activation_elems``); a test checks the sum against a fake-tensor trace of the real
-modules (:mod:`flux2_lora.memory.trace`).
+the fp32 LoRA copy, its gradients and optimizer state); activations come from
+:mod:`flux2_lora.memory.activations` and :mod:`flux2_lora.memory.encoders`, whose coefficients tests
+check against fake-tensor traces of the real modules (:mod:`flux2_lora.memory.trace`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +28,8 @@ from ..variants import (
     local_component_params,
     resolve_model,
 )
+from .activations import inference_transient, training_activations
+from .encoders import IMAGE_BATCH, PROMPT_BATCH, text_encoder_activation_bytes, vae_bytes
 
 GIB = 2**30
 DTYPE_BYTES = {"auto": 2, "bfloat16": 2, "float16": 2, "float32": 4}
@@ -32,6 +38,10 @@ DTYPE_BYTES = {"auto": 2, "bfloat16": 2, "float16": 2, "float32": 4}
 NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)
 CUDA_CONTEXT_GIB = 0.6  # CUDA context + cuBLAS workspace, outside PyTorch's allocator
 ALLOCATOR_SLACK = 0.07  # caching-allocator fragmentation: reserved ≈ allocated × (1 + slack)
+# Multi-GPU (DDP through accelerate): NCCL's communicator buffers, outside PyTorch's allocator.
+NCCL_GIB = 0.3
+# bitsandbytes keeps 8-bit optimizer state only for tensors of at least this many elements.
+BNB_MIN_8BIT_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -45,25 +55,48 @@ class Shapes:
     text_tokens: int
 
 
-def resolve_shapes(config: TrainConfig) -> Shapes:
-    m = config.model
+@functools.lru_cache(maxsize=64)
+def _model_shapes(
+    path: str, variant: str, stamp: float
+) -> tuple[str, TransformerArch, TextEncoderArch, VaeArch]:
+    """Variant, transformer, text encoder and VAE of a model path (cached: a local folder's
+    config.json and safetensors headers are read once per modification time ``stamp``)."""
     try:
-        resolved = resolve_model(m.path, m.variant)
-        variant, arch = resolved.variant, resolved.arch
+        resolved = resolve_model(path, variant)
+        name, arch = resolved.variant, resolved.arch
     except ValueError:
-        variant = "demo" if m.path.strip().lower() == DEMO_MODEL_PATH else "klein-4b"
-        arch = get_variant(variant).transformer
-    v = get_variant(variant)
-    res = config.dataset.resolution
+        name = "demo" if path.strip().lower() == DEMO_MODEL_PATH else "klein-4b"
+        arch = get_variant(name).transformer
+    v = get_variant(name)
     te, vae = v.text_encoder, v.vae
-    if m.path.strip().lower() != DEMO_MODEL_PATH:
+    if stamp:
         # A local folder may hold other components than the table's (a fine-tune, a custom small model).
-        te_params = local_component_params(m.path, "text_encoder")
-        vae_params = local_component_params(m.path, "vae")
+        te_params = local_component_params(path, "text_encoder")
+        vae_params = local_component_params(path, "vae")
         if te_params is not None:
             te = dataclasses.replace(te, params=te_params)
         if vae_params is not None:
             vae = dataclasses.replace(vae, params=vae_params)
+    return name, arch, te, vae
+
+
+def _stamp(path: str) -> float:
+    """Modification time of a local model folder's transformer config (0 for hub ids and the demo)."""
+    if path.strip().lower() == DEMO_MODEL_PATH:
+        return 0.0
+    p = os.path.expanduser(path)
+    for candidate in (os.path.join(p, "transformer", "config.json"), os.path.join(p, "config.json")):
+        try:
+            return os.stat(candidate).st_mtime
+        except OSError:
+            continue
+    return 0.0
+
+
+def resolve_shapes(config: TrainConfig) -> Shapes:
+    m = config.model
+    variant, arch, te, vae = _model_shapes(m.path, m.variant, _stamp(m.path))
+    res = config.dataset.resolution
     return Shapes(
         variant=variant,
         arch=arch,
@@ -71,13 +104,18 @@ def resolve_shapes(config: TrainConfig) -> Shapes:
         vae=vae,
         weight_bytes=DTYPE_BYTES[m.dtype],
         image_tokens=(res // 16) ** 2,
-        text_tokens=v.text_encoder.max_sequence_length,
+        text_tokens=te.max_sequence_length,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _linears(arch: TransformerArch) -> tuple[LinearSpec, ...]:
+    return tuple(enumerate_linears(arch))
 
 
 def transformer_params(arch: TransformerArch) -> tuple[int, int]:
     """(Linear weights, everything else): the RMSNorm scales of q/k per block."""
-    linear = sum(s.weight_numel for s in enumerate_linears(arch))
+    linear = sum(s.weight_numel for s in _linears(arch))
     norms = (
         arch.num_layers * 4 * arch.attention_head_dim + arch.num_single_layers * 2 * arch.attention_head_dim
     )
@@ -86,7 +124,7 @@ def transformer_params(arch: TransformerArch) -> tuple[int, int]:
 
 def weight_bytes(arch: TransformerArch, dtype_bytes: int, quantization: str) -> float:
     total = 0.0
-    for s in enumerate_linears(arch):
+    for s in _linears(arch):
         if quantization == "int8" and is_quantized_linear(s.name):
             total += s.weight_numel + 2 * s.out_features
         elif quantization == "nf4" and is_quantized_linear(s.name):
@@ -97,262 +135,247 @@ def weight_bytes(arch: TransformerArch, dtype_bytes: int, quantization: str) -> 
     return total + norms * dtype_bytes
 
 
+def _lora_tensors(specs: list[LinearSpec], rank: int, dora: bool) -> list[tuple[int, int]]:
+    """(rows, cols) of every trainable tensor: A (r×in), B (out×r) and DoRA's magnitude (out×1)."""
+    out: list[tuple[int, int]] = []
+    for s in specs:
+        out += [(rank, s.in_features), (s.out_features, rank)]
+        if dora:
+            out.append((s.out_features, 1))
+    return out
+
+
 def optimizer_bytes(config: TrainConfig, specs: list[LinearSpec]) -> float:
     """Optimizer state for the fp32 LoRA parameters, as each optimizer lays it out."""
     t, lora = config.training, config.lora
-    n = sum(s.lora_params(lora.rank, lora.use_dora) for s in specs)
+    tensors = _lora_tensors(specs, lora.rank, lora.use_dora)
+    n = sum(r * c for r, c in tensors)
     if t.optimizer in ("adamw", "adam"):
         return 8.0 * n
     if t.optimizer == "adamw8bit":
-        return 2.0 * n + 8.0 * n / 2048  # two 8-bit states + per-block absmax
+        # Two uint8 states plus one fp32 absmax per 256-element block each; small tensors stay fp32.
+        return sum(
+            2.0 * r * c + 8.0 * -(-(r * c) // 256) if r * c >= BNB_MIN_8BIT_SIZE else 8.0 * r * c
+            for r, c in tensors
+        )
     if t.optimizer == "prodigy":
         return 16.0 * n  # exp_avg, exp_avg_sq, s and the p0 copy
     if t.optimizer == "sgd":
         return 4.0 * n if t.momentum > 0 else 0.0
-    # Adafactor: a row and a column statistic per matrix (A: r×in, B: out×r), full state for vectors.
-    r = lora.rank
-    total = sum(4.0 * ((r + s.in_features) + (s.out_features + r)) for s in specs)
-    if lora.use_dora:
-        total += sum(4.0 * s.out_features for s in specs)
-    return total
+    # Adafactor: a row and a column statistic per matrix, the full second moment for vectors.
+    return sum(4.0 * (r + c) if c > 1 else 4.0 * r for r, c in tensors)
 
 
-# Bytes saved for backward per token and per unit of model width d, by stream, for each weight
-# precision. Counted from what each op of a FLUX.2 block keeps (LayerNorm and RMSNorm inputs, the
-# SDPA q/k/v/out/logsumexp, the SwiGLU halves, and the inputs of every LoRA layer) and checked against
-# traces of the real modules (tests/memory). A stream that only passes the gradient on ("base") keeps
-# less than one whose own Linear layers carry LoRA (each LoRA'd Linear keeps its input).
-_COEF = {
-    2: {
-        "double_base": 38.11,
-        "double_attn": 16.07,
-        "double_ff": 16.04,
-        "single_base": 40.10,
-        "single_lora": 20.04,
-    },
-    4: {
-        "double_base": 68.13,
-        "double_attn": 4.05,
-        "double_ff": 16.01,
-        "single_base": 64.11,
-        "single_lora": 20.04,
-    },
-}
-_ATTN = {
-    "img": ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"),
-    "txt": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"),
-}
-_FF = {"img": ("ff.linear_in", "ff.linear_out"), "txt": ("ff_context.linear_in", "ff_context.linear_out")}
+def optimizer_step_bytes(config: TrainConfig, specs: list[LinearSpec]) -> float:
+    """Temporaries of one optimizer step. On CUDA torch's optimizers default to their foreach
+    implementations, which build one full-size fp32 list (AdamW/Adam: sqrt of the second moment; SGD:
+    the weight-decayed gradients; Adafactor: the variance estimate); Prodigy steps tensor by tensor
+    (about twice the largest tensor); bitsandbytes' 8-bit AdamW updates in place."""
+    t, lora = config.training, config.lora
+    tensors = _lora_tensors(specs, lora.rank, lora.use_dora)
+    n = sum(r * c for r, c in tensors)
+    if t.optimizer in ("adamw", "adam", "adafactor"):
+        return 4.0 * n
+    if t.optimizer == "sgd":
+        return 4.0 * n if t.weight_decay > 0 or t.momentum > 0 else 0.0
+    if t.optimizer == "prodigy":
+        return 8.0 * max(r * c for r, c in tensors)
+    return 0.0
 
 
-def block_activation_bytes(
-    arch: TransformerArch, specs: list[LinearSpec], dtype_bytes: int, img: int, txt: int
-) -> list[float]:
-    """Bytes each block keeps for backward (batch 1, no checkpointing), in execution order.
-
-    Blocks before the first one with LoRA keep nothing: no gradient has to pass through them."""
-    c = _COEF[4 if dtype_bytes == 4 else 2]
-    d = arch.inner_dim
-    targeted = {s.name for s in specs}
-    out: list[float] = []
-    grad_flows = False
-    for i in range(arch.num_layers):
-        p = f"transformer_blocks.{i}."
-        has = {
-            (stream, kind): any(p + n in targeted for n in names)
-            for kind, table in (("attn", _ATTN), ("ff", _FF))
-            for stream, names in table.items()
-        }
-        grad_flows = grad_flows or any(has.values())
-        if not grad_flows:
-            out.append(0.0)
-            continue
-        total = 0.0
-        for stream, tokens in (("img", img), ("txt", txt)):
-            per = (
-                c["double_base"]
-                + c["double_attn"] * has[(stream, "attn")]
-                + c["double_ff"] * has[(stream, "ff")]
-            )
-            total += per * tokens * d
-        out.append(total)
-    for i in range(arch.num_single_layers):
-        p = f"single_transformer_blocks.{i}."
-        lora = any(p + n in targeted for n in ("attn.to_qkv_mlp_proj", "attn.to_out"))
-        grad_flows = grad_flows or lora
-        out.append((c["single_base"] + c["single_lora"] * lora) * (img + txt) * d if grad_flows else 0.0)
-    return out
-
-
-# DoRA (PEFT): each adapted Linear also keeps its base output and its scaled LoRA output for the
-# magnitude's gradient (bytes per token per output feature), and builds the dense weight W + s·BA and
-# its column norm in fp32 once per forward: a transient of a·in·out + 4·in² bytes (the identity
-# matrix PEFT multiplies through the adapter). Measured on one PEFT layer with the tracker.
-_DORA_KEPT = {2: 6.0, 4: 8.0}
-_DORA_DENSE = {2: 14.5, 4: 12.0}
-# Backward through DoRA's fp32 combination of the base and LoRA outputs: gradients of T×out elements
-# (bytes per token per output feature of the widest DoRA layer). In fp32 the plain gradient transient
-# is already larger (measured), so it adds nothing there.
-_DORA_GRAD = {2: 11.3, 4: 0.0}
-
-
-def _stream_tokens(spec: LinearSpec, img: int, txt: int) -> int:
-    if spec.block == "single":
-        return img + txt
-    return txt if any(spec.name.endswith(n) for n in _ATTN["txt"] + _FF["txt"]) else img
-
-
-def dora_block_bytes(
-    arch: TransformerArch, specs: list[LinearSpec], dtype_bytes: int, img: int, txt: int
-) -> list[float]:
-    """Extra bytes each block keeps for backward with DoRA (batch 1), in execution order."""
-    per: dict[str, float] = {}
-    for s in specs:
-        block = ".".join(s.name.split(".")[:2])
-        per[block] = (
-            per.get(block, 0.0) + _DORA_KEPT[dtype_bytes] * _stream_tokens(s, img, txt) * s.out_features
-        )
-    names = [f"transformer_blocks.{i}" for i in range(arch.num_layers)]
-    names += [f"single_transformer_blocks.{i}" for i in range(arch.num_single_layers)]
-    return [per.get(n, 0.0) for n in names]
-
-
-def dora_transient_bytes(specs: list[LinearSpec], dtype_bytes: int, img: int, txt: int, batch: int) -> float:
-    """Peak DoRA transient beyond the kept activations: the dense weight or the backward gradients."""
-    dense = max(
-        (_DORA_DENSE[dtype_bytes] * s.weight_numel + 4.0 * s.in_features**2 for s in specs), default=0.0
+def _last_block_params(specs: list[LinearSpec], rank: int, dora: bool) -> int:
+    """LoRA parameters whose gradients exist when backward peaks: those of the last block (backward
+    starts there) and of layers outside the blocks."""
+    blocks = [".".join(s.name.split(".")[:2]) for s in specs if s.block != "other"]
+    last = blocks[-1] if blocks else None
+    return sum(
+        s.lora_params(rank, dora)
+        for s in specs
+        if s.block == "other" or ".".join(s.name.split(".")[:2]) == last
     )
-    grads = max(
-        (_DORA_GRAD[dtype_bytes] * batch * _stream_tokens(s, img, txt) * s.out_features for s in specs),
-        default=0.0,
-    )
-    return max(dense, grads)
-
-
-# Gradients alive beyond the kept activations while the last single block runs backward (bytes per d
-# per token; [fp32?][single blocks carry LoRA?]), and, with checkpointing, beyond its recomputation.
-_TRANSIENT = {False: {False: 37.9, True: 36.9}, True: {False: 75.9, True: 60.1}}
-_TRANSIENT_GC = {False: {False: 35.9, True: 35.8}, True: {False: 71.9, True: 56.1}}
-# The first block with LoRA keeps less: nothing before its first LoRA layer needs a gradient
-# (bytes per d per token at bf16, for the named target sets; 0 for hand-picked lists).
-_FIRST_BLOCK_DISCOUNT = {
-    "double-attn": 2.7,
-    "default": 2.7,
-    "double-ff": 18.1,
-    "double-attn-context": 5.4,
-    "all-attention": 2.7,
-}
-
-
-def _named_set(tokens: list[str]) -> str | None:
-    return tokens[0] if len(tokens) == 1 else None
 
 
 @dataclass
 class Estimate:
-    """GiB figures of one configuration (see :func:`estimate`)."""
+    """GiB figures of one configuration (see :func:`estimate`).
+
+    ``components`` break down the peak phase and add up to ``total_gib``; ``phase_components`` has the
+    breakdown of every phase (tensor memory only)."""
 
     variant: str
     trainable_params: int
     components: dict[str, float]
     phases: dict[str, float]
+    peak_phase: str
     allocated_peak_gib: float
     total_gib: float
     image_tokens: int
     text_tokens: int
+    phase_components: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def _part(**parts: float) -> dict[str, float]:
+    keys = ("weights", "lora", "gradients", "optimizer", "activations", "text_encoder", "vae")
+    return {k: parts.get(k, 0.0) / GIB for k in keys}
+
+
+# Everything below depends on the architecture and a few settings only: cached, so that the re-estimates
+# of recommendations and of the UI's live panel cost microseconds. Keys are small hashable values.
+@functools.lru_cache(maxsize=256)
+def _specs(tokens: tuple[str, ...], arch: TransformerArch) -> tuple[LinearSpec, ...]:
+    return tuple(resolve_targets(list(tokens), arch))
+
+
+@functools.lru_cache(maxsize=64)
+def _weights(arch: TransformerArch, dtype_bytes: int, quantization: str) -> float:
+    total = weight_bytes(arch, dtype_bytes, quantization)
+    if quantization != "none":
+        # QLoRA dequantizes one layer's weight for its matmul: the largest one is a transient on top.
+        total += max(s.weight_numel for s in _linears(arch)) * dtype_bytes
+    return total
+
+
+@functools.lru_cache(maxsize=1024)
+def _training_activations(
+    tokens: tuple[str, ...],
+    arch: TransformerArch,
+    dtype_bytes: int,
+    img: int,
+    txt: int,
+    batch: int,
+    checkpointing: bool,
+    dora: bool,
+) -> float:
+    return training_activations(
+        arch,
+        list(_specs(tokens, arch)),
+        dtype_bytes=dtype_bytes,
+        img=img,
+        txt=txt,
+        batch=batch,
+        checkpointing=checkpointing,
+        dora=dora,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _inference(
+    tokens: tuple[str, ...], arch: TransformerArch, dtype_bytes: int, img: int, txt: int, dora: bool
+) -> float:
+    specs = list(_specs(tokens, arch))
+    return inference_transient(arch, specs, dtype_bytes=dtype_bytes, img=img, txt=txt, dora=dora)
+
+
+def clear_caches() -> None:
+    """Forget cached shapes (for benchmarks of a cold estimate, and after a model folder changes)."""
+    for f in (_model_shapes, _linears, _specs, _weights, _training_activations, _inference):
+        f.cache_clear()
+
+
 def estimate(config: TrainConfig, *, num_processes: int = 1) -> Estimate:
     """Peak GPU memory of one training process (data parallel: every process holds the same)."""
     sh = resolve_shapes(config)
-    arch, mem, lora = sh.arch, config.memory, config.lora
+    arch, mem, lora, t = sh.arch, config.memory, config.lora, config.training
     wb = sh.weight_bytes
-    specs = resolve_targets(lora.target_modules, arch)
+    tokens = tuple(lora.target_modules)
+    specs = list(_specs(tokens, arch))
     n_lora = sum(s.lora_params(lora.rank, lora.use_dora) for s in specs)
-    batch = config.training.batch_size
+    batch, res = t.batch_size, config.dataset.resolution
     img, txt = sh.image_tokens, sh.text_tokens
+    te, vae = sh.text_encoder, sh.vae
+    notes: list[str] = []
 
-    weights = weight_bytes(arch, wb, mem.quantization)
-    if mem.quantization != "none":
-        # QLoRA dequantizes one layer's weight for its matmul: the largest one is a transient on top.
-        weights += max(s.weight_numel for s in enumerate_linears(arch)) * wb
-    lora_b = 4.0 * n_lora  # fp32 adapter
-    grads = 4.0 * n_lora
-    optim = optimizer_bytes(config, specs)
-    blocks = block_activation_bytes(arch, specs, wb, img, txt)
-    tokens_d = (img + txt) * arch.inner_dim
-    single_lora = any(s.block == "single" for s in specs)
-    c = _COEF[4 if wb == 4 else 2]
-    dwb = 4 if wb == 4 else 2
-    dora = dora_block_bytes(arch, specs, dwb, img, txt) if lora.use_dora else [0.0] * len(blocks)
-    dense = dora_transient_bytes(specs, dwb, img, txt, batch) if lora.use_dora else 0.0
-    if mem.gradient_checkpointing:
-        # Each block keeps only its input; backward starts by recomputing the last single block, while
-        # every block input is still alive, and holds that block's activations plus its gradients.
-        kept = float(sum(wb * tokens_d for b in blocks if b > 0))
-        last_single = (
-            (c["single_base"] + c["single_lora"] * single_lora) * tokens_d if arch.num_single_layers else 0.0
-        )
-        activations = batch * (kept + last_single + dora[-1])
-        activations += max(batch * _TRANSIENT_GC[wb == 4][single_lora] * tokens_d, dense)
-    else:
-        first = next((i for i, b in enumerate(blocks) if b > 0), None)
-        discount = _FIRST_BLOCK_DISCOUNT.get(_named_set(lora.target_modules) or "", 0.0) * (wb / 2) * tokens_d
-        kept = sum(blocks) - (discount if first is not None else 0.0)
-        activations = batch * (kept + sum(dora))
-        activations += max(batch * _TRANSIENT[wb == 4][single_lora] * tokens_d, dense)
-    # Outside the blocks: embedders' outputs and the fp32 loss terms (small next to the blocks).
-    activations += batch * 0.225 * wb * tokens_d
-
-    te_params = sh.text_encoder.params
-    te_b = te_params * wb if not mem.cache_text_embeddings else 0.0
-    vae_b = sh.vae.params * wb if not mem.cache_latents else 0.0
-    if mem.cpu_offload:
-        te_b = vae_b = 0.0  # moved to the GPU only while they run (the caching phase)
-    train = weights + lora_b + grads + optim + activations + te_b + vae_b
-
-    # Caching: the text encoder (then the VAE) on the GPU by itself, before the transformer is loaded.
-    caching = te_params * wb + 2.0 * 4096 * sh.text_encoder.hidden_size * wb * len(sh.text_encoder.out_layers)
-    vae_encode = sh.vae.params * wb + batch * (config.dataset.resolution**2) * 3 * 4 * 24
-    if mem.vae_slicing:
-        vae_encode = sh.vae.params * wb + (config.dataset.resolution**2) * 3 * 4 * 24
-    if mem.cpu_offload:
-        caching = 0.0  # the text encoder encodes on the CPU
-    caching = max(caching, vae_encode) if (mem.cache_text_embeddings or mem.cache_latents) else 0.0
-    # Validation: inference only (no saved activations) with the VAE decoder on the GPU.
-    sampling = (
-        weights + lora_b + optim + grads * 0 + sh.vae.params * wb + (img + txt) * arch.inner_dim * wb * 12
-    )
-    if config.validation.enabled and not mem.cache_text_embeddings:
-        sampling += te_params * wb
-
-    phases = {"caching": caching / GIB, "training": train / GIB, "sampling": sampling / GIB}
-    peak = max(phases.values())
-    total = peak * (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT_GIB
-    notes = []
+    weights = _weights(arch, wb, mem.quantization)
+    lora_b = 4.0 * n_lora  # fp32 adapter (model.inject_lora)
+    grads_all = 4.0 * n_lora
+    # Backward peaks at its start (the last block), when only that block's gradients exist, unless
+    # gradients accumulate over micro-batches: then all of them live through the later ones.
+    accumulating = t.gradient_accumulation_steps > 1
+    grads_early = grads_all if accumulating else 4.0 * _last_block_params(specs, lora.rank, lora.use_dora)
+    ddp = 0.0
     if num_processes > 1:
-        notes.append(f"per process, on each of {num_processes} GPUs")
+        ddp = 4.0 * n_lora  # DDP's gradient buckets, allocated with the model: an fp32 copy for all-reduce
+        notes.append(f"per process, on each of {num_processes} GPUs (DDP gradient buckets included)")
+    optim = optimizer_bytes(config, specs)
+    step = optimizer_step_bytes(config, specs)
+    te_w, vae_w = te.params * wb, vae.params * wb
+    # Components kept on the GPU while training: those not cached and not offloaded to the CPU.
+    te_train = te_w if not mem.cache_text_embeddings and not mem.cpu_offload else 0.0
+    vae_train = vae_w if not mem.cache_latents and not mem.cpu_offload else 0.0
+
+    act = _training_activations(tokens, arch, wb, img, txt, batch, mem.gradient_checkpointing, lora.use_dora)
+    # Encoding a batch that is not cached happens before the forward pass, without its activations.
+    encode = 0.0
+    if te_train:
+        encode = text_encoder_activation_bytes(te, wb, batch)
+    if vae_train:
+        encode = max(
+            encode, vae_bytes(vae, wb, res, batch=1, decode=False, slicing=True, tiling=mem.vae_tiling)
+        )
+    static = dict(weights=weights, lora=lora_b, text_encoder=te_train, vae=vae_train)
+    # The step's peak is the larger of backward (activations, few gradients) and the optimizer step
+    # (every gradient plus the step's temporaries).
+    backward = _part(**static, gradients=grads_early + ddp, optimizer=optim, activations=max(act, encode))
+    optimizer_step = _part(**static, gradients=grads_all + ddp, optimizer=optim + step)
+    training = max(backward, optimizer_step, key=lambda p: sum(p.values()))
+
+    # Caching: text encoder (unless it encodes on the CPU) and VAE on the GPU, no transformer yet.
+    te_gpu = 0.0 if mem.cpu_offload else te_w
+    # Every caption when caching them, else only the validation prompts (and the empty CFG prompt).
+    val = config.validation
+    if mem.cache_text_embeddings:
+        prompts = PROMPT_BATCH
+    else:
+        prompts = min(PROMPT_BATCH, (len(val.prompts) or 1) + 1) if val.enabled else 0
+    te_act = text_encoder_activation_bytes(te, wb, prompts) if te_gpu else 0.0
+    caching_te = _part(text_encoder=te_gpu, vae=vae_w, activations=te_act)
+    caching = caching_te
+    if mem.cache_latents:
+        # The text encoder is freed after caching its embeddings; otherwise it stays for training.
+        te_kept = te_gpu if not mem.cache_text_embeddings else 0.0
+        images = vae_bytes(
+            vae, wb, res, batch=IMAGE_BATCH, decode=False, slicing=mem.vae_slicing, tiling=mem.vae_tiling
+        )
+        caching_vae = _part(text_encoder=te_kept, vae=vae_w, activations=images)
+        caching = max(caching_te, caching_vae, key=lambda p: sum(p.values()))
+
+    # Validation: one no-grad forward per denoising step (classifier-free guidance runs its two passes
+    # one after the other), then a VAE decode; optimizer state stays, gradients were set to None.
+    phases_parts = {"caching": caching, "training": training}
+    if config.validation.enabled:
+        infer = _inference(tokens, arch, wb, img, txt, lora.use_dora)
+        decode = vae_bytes(vae, wb, res, batch=1, decode=True, slicing=mem.vae_slicing, tiling=mem.vae_tiling)
+        phases_parts["sampling"] = _part(
+            weights=weights,
+            lora=lora_b,
+            optimizer=optim,
+            gradients=ddp,
+            activations=max(infer, decode),
+            text_encoder=te_train,
+            vae=vae_w,
+        )
+
+    phases = {k: sum(v.values()) for k, v in phases_parts.items()}
+    peak_phase = max(phases, key=lambda k: phases[k])
+    peak = phases[peak_phase]
+    overhead = peak * ALLOCATOR_SLACK + CUDA_CONTEXT_GIB + (NCCL_GIB if num_processes > 1 else 0.0)
+    total = peak + overhead
+    if peak_phase != "training":
+        notes.append(f"the peak comes while {peak_phase}, not during the training steps")
     return Estimate(
         variant=sh.variant,
         trainable_params=n_lora,
-        components={
-            "weights": weights / GIB,
-            "lora": lora_b / GIB,
-            "gradients": grads / GIB,
-            "optimizer": optim / GIB,
-            "activations": activations / GIB,
-            "text_encoder": te_b / GIB,
-            "vae": vae_b / GIB,
-            "overhead": total - peak,
-        },
+        components={**phases_parts[peak_phase], "overhead": overhead},
         phases=phases,
+        peak_phase=peak_phase,
         allocated_peak_gib=peak,
         total_gib=total,
         image_tokens=img,
         text_tokens=txt,
+        phase_components=phases_parts,
         notes=notes,
     )

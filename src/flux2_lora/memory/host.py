@@ -42,7 +42,7 @@ def host_estimate(config: TrainConfig, *, on_gpu: bool) -> dict[str, Any]:
         small = (te + sh.vae.params) * wb / GIB
         loading = PROCESS_BASELINE_GIB + LOAD_FACTOR * weights + small
         scale = wb / (2 if sh.weight_bytes == 2 else 4)  # the GPU model assumed bf16 for 'auto'
-        c = est.components
+        c = est.phase_components["training"]
         training = (
             PROCESS_BASELINE_GIB
             + TRAIN_WEIGHT_FACTOR * weights

@@ -1,7 +1,14 @@
-"""Changes that make a configuration fit a GPU, each computed by re-estimating (pure)."""
+"""Changes that make a configuration fit a GPU, each computed by re-estimating (pure).
+
+Moves are ordered by what they cost: first those that change nothing in the trained LoRA (caching,
+checkpointing, accumulation instead of batch), then slower ones (CPU offload), then those that touch
+quality in increasing measure (8-bit optimizer state, int8, NF4, another optimizer, no DoRA, lower rank,
+lower resolution). A recommendation is a minimal set of moves: dropping any one of them no longer fits.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..config import TrainConfig
@@ -10,50 +17,108 @@ from .estimate import estimate
 from .gpus import verdict
 
 
-# Moves in order of what they cost in quality or speed (free first); each is (title, overrides).
-def _moves(c: TrainConfig) -> list[tuple[str, dict[str, Any]]]:
+@dataclass(frozen=True)
+class Move:
+    title: str
+    overrides: tuple[tuple[str, Any], ...]  # ("section.key", value), applied in order
+    cost: float  # 0: same LoRA; 1: slower; 2+: quality, in increasing measure
+
+    @property
+    def family(self) -> tuple[str, ...]:
+        """The fields it sets: moves of one family are alternatives (int8 or NF4, rank 32 or 16)."""
+        return tuple(k for k, _ in self.overrides)
+
+
+def _move(title: str, cost: float, **overrides: Any) -> Move:
+    return Move(title, tuple((k.replace("__", "."), v) for k, v in overrides.items()), cost)
+
+
+def _dominates(a: list[Move], b: list[Move]) -> bool:
+    """``a`` asks for no more than ``b``: each of its moves has a counterpart in ``b`` that sets the same
+    fields at least as costly (b may have more moves)."""
+    return all(any(y.family == x.family and y.cost >= x.cost for y in b) for x in a)
+
+
+def moves(c: TrainConfig) -> list[Move]:
+    """Every change that lowers the memory of ``c``, cheapest first."""
     m, t, d, lo = c.memory, c.training, c.dataset, c.lora
-    moves: list[tuple[str, dict[str, Any]]] = []
+    out: list[Move] = []
     if not m.cache_text_embeddings:
-        moves.append(
-            ("cache text embeddings (free the text encoder)", {"memory.cache_text_embeddings": True})
+        out.append(
+            _move("cache text embeddings (frees the text encoder)", 0, memory__cache_text_embeddings=True)
         )
     if not m.cache_latents:
-        moves.append(("cache latents (free the VAE)", {"memory.cache_latents": True}))
-    if not m.cpu_offload:
-        moves.append(
-            (
-                "text encoder on the CPU while caching (cpu_offload; slower start)",
-                {"memory.cpu_offload": True},
-            )
-        )
+        out.append(_move("cache latents (frees the VAE)", 0, memory__cache_latents=True))
     if not m.gradient_checkpointing:
-        moves.append(("gradient checkpointing (~30% slower)", {"memory.gradient_checkpointing": True}))
+        out.append(
+            _move("gradient checkpointing (~30% slower steps)", 0, memory__gradient_checkpointing=True)
+        )
     if t.batch_size > 1:
-        moves.append(
-            (
-                f"batch 1 × {t.batch_size * t.gradient_accumulation_steps} accumulation (same effective batch)",
-                {
-                    "training.batch_size": 1,
-                    "training.gradient_accumulation_steps": t.batch_size * t.gradient_accumulation_steps,
-                },
+        steps = t.batch_size * t.gradient_accumulation_steps
+        out.append(
+            _move(
+                f"batch 1 × {steps} accumulation steps (same effective batch)",
+                0,
+                training__batch_size=1,
+                training__gradient_accumulation_steps=steps,
             )
         )
-    if t.optimizer in ("adamw", "adam", "prodigy"):
-        moves.append(("Adafactor optimizer (factored state)", {"training.optimizer": "adafactor"}))
+    if not m.vae_slicing and m.cache_latents:
+        out.append(_move("VAE slicing (encode one image at a time)", 0, memory__vae_slicing=True))
+    if not m.vae_tiling and d.resolution > 1024:
+        out.append(_move("VAE tiling (encode and decode in tiles)", 0, memory__vae_tiling=True))
+    if c.model.dtype == "float32":
+        # Mixed precision must agree with the dtype (config_io.cross_check): 'auto' follows it.
+        mixed = {"training__mixed_precision": "auto"} if t.mixed_precision != "auto" else {}
+        out.append(
+            _move("bfloat16 weights (the usual training precision)", 1, model__dtype="bfloat16", **mixed)
+        )
+    if not m.cpu_offload:
+        out.append(
+            _move("text encoder on the CPU (cpu_offload; slow caption encoding)", 1, memory__cpu_offload=True)
+        )
+    if c.validation.enabled:
+        out.append(_move("no validation samples during training", 2, validation__enabled=False))
+    if t.optimizer in ("adamw", "adam"):
+        out.append(_move("8-bit AdamW state (bitsandbytes)", 2, training__optimizer="adamw8bit"))
     if m.quantization == "none":
-        moves.append(("int8 weights (torchao)", {"memory.quantization": "int8"}))
+        out.append(_move("int8 weights (torchao)", 3, memory__quantization="int8"))
     if m.quantization != "nf4":
-        moves.append(("NF4 weights (QLoRA, bitsandbytes)", {"memory.quantization": "nf4"}))
-    if lo.rank > 16:
-        moves.append((f"LoRA rank {lo.rank // 2}", {"lora.rank": lo.rank // 2, "lora.alpha": lo.alpha / 2}))
-    for res in (1024, 768, 512):
-        if d.resolution > res:
-            moves.append((f"resolution {res}", {"dataset.resolution": res}))
-    return moves
+        out.append(_move("NF4 weights (QLoRA, bitsandbytes)", 4, memory__quantization="nf4"))
+    if t.optimizer not in ("adafactor", "sgd"):
+        lr = {"training.learning_rate": 1e-4} if t.optimizer == "prodigy" else {}
+        out.append(
+            Move(
+                "Adafactor optimizer (factored state)", (("training.optimizer", "adafactor"), *lr.items()), 5
+            )
+        )
+    if lo.use_dora:
+        out.append(_move("plain LoRA instead of DoRA", 6, lora__use_dora=False))
+    rank, step = lo.rank, 0
+    while rank > 16:
+        # alpha follows the rank so that alpha/rank, the update scale, stays the same.
+        rank //= 2
+        step += 1
+        out.append(
+            _move(f"LoRA rank {rank}", 7 + step / 10, lora__rank=rank, lora__alpha=lo.alpha * rank / lo.rank)
+        )
+    for step, res in enumerate(r for r in (1024, 768, 512) if d.resolution > r):
+        out.append(_move(f"resolution {res}", 8 + step / 10, dataset__resolution=res))
+    return out
 
 
-def _apply(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig | None:
+def _with(config: TrainConfig, chosen: list[Move]) -> TrainConfig:
+    """The config with the moves applied (unvalidated, for re-estimating)."""
+    updates: dict[str, dict[str, Any]] = {}
+    for mv in chosen:
+        for key, value in mv.overrides:
+            section, field = key.split(".")
+            updates.setdefault(section, {})[field] = value
+    return config.model_copy(update={s: getattr(config, s).model_copy(update=f) for s, f in updates.items()})
+
+
+def _validated(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig | None:
+    """The overrides applied as ``--set`` would apply them, or None if they are invalid."""
     data, issues = apply_overrides(to_dict(config), [f"{k}={v}" for k, v in overrides.items()])
     if issues:
         return None
@@ -61,59 +126,87 @@ def _apply(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig | None
     return new if new is not None and not [p for p in problems if p.level == "error"] else None
 
 
+def _total(config: TrainConfig, chosen: list[Move], num_processes: int) -> float:
+    return estimate(_with(config, chosen), num_processes=num_processes).total_gib
+
+
+def _minimal(config: TrainConfig, chosen: list[Move], gpu_gib: float, num_processes: int) -> list[Move]:
+    """Drop moves that are not needed, the most costly first."""
+    kept = list(chosen)
+    for mv in sorted(chosen, key=lambda m: -m.cost):
+        trial = [m for m in kept if m is not mv]
+        if verdict(_total(config, trial, num_processes), gpu_gib) == "fits":
+            kept = trial
+    return kept
+
+
+def _greedy(
+    config: TrainConfig, order: list[Move], gpu_gib: float, num_processes: int
+) -> tuple[list[Move], bool]:
+    chosen: list[Move] = []
+    for mv in order:
+        chosen.append(mv)
+        if verdict(_total(config, chosen, num_processes), gpu_gib) == "fits":
+            return _minimal(config, chosen, gpu_gib, num_processes), True
+    return chosen, False
+
+
+def _overrides(chosen: list[Move]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for mv in chosen:
+        out.update(mv.overrides)
+    return out
+
+
 def recommendations(
     config: TrainConfig, gpu_gib: float, *, num_processes: int = 1, limit: int = 4
-) -> list[dict]:
-    """Up to ``limit`` change sets that each make the run fit (greedy from each first move)."""
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` minimal change sets that each make the run fit, the least costly first.
+
+    Empty when it already fits; one entry with ``fits_after`` False when nothing fits."""
     base = estimate(config, num_processes=num_processes).total_gib
     if verdict(base, gpu_gib) == "fits":
         return []
-    moves = _moves(config)
-    out: list[dict] = []
-    seen: set[tuple] = set()
-    for first in range(len(moves)):
-        chosen: dict[str, Any] = {}
-        titles: dict[str, str] = {}  # a later move on the same field (nf4 after int8) replaces the earlier
-        current = config
-        for title, ov in [moves[first], *moves[:first], *moves[first + 1 :]]:
-            trial = _apply(current, {**ov})
-            if trial is None:
-                continue
-            chosen.update(ov)
-            for field_name in ov:
-                titles.pop(field_name, None)
-            titles[next(iter(ov))] = title
-            current = trial
-            total = estimate(current, num_processes=num_processes).total_gib
-            if verdict(total, gpu_gib) == "fits":
-                signature = tuple(sorted(chosen.items(), key=str))
-                if signature not in seen:
-                    seen.add(signature)
-                    out.append(
-                        {
-                            "title": " + ".join(dict.fromkeys(titles.values())),
-                            "overrides": dict(chosen),
-                            "saves_gib": base - total,
-                            "total_gib_after": total,
-                            "fits_after": True,
-                        }
-                    )
-                break
-        if len(out) >= limit:
-            break
-    return sorted(out, key=lambda r: (len(r["overrides"]), -r["saves_gib"]))
+    all_moves = moves(config)
+    found: list[list[Move]] = []
+    for first in range(len(all_moves)):
+        # Greedy from each move in turn gives different families of fixes (offload vs quantize vs …).
+        order = [all_moves[first], *all_moves[:first], *all_moves[first + 1 :]]
+        chosen, fits = _greedy(config, order, gpu_gib, num_processes)
+        if fits and not any(_dominates(f, chosen) for f in found):
+            found = [f for f in found if not _dominates(chosen, f)]
+            found.append(chosen)
+    out: list[dict[str, Any]] = []
+    if not found:
+        chosen, _ = _greedy(config, all_moves, gpu_gib, num_processes)
+        found, fits_after = [chosen], False
+    else:
+        fits_after = True
+    found.sort(key=lambda f: (max(m.cost for m in f), sum(m.cost for m in f), len(f)))
+    for chosen in found[:limit]:
+        chosen = sorted(chosen, key=lambda m: m.cost)
+        overrides = _overrides(chosen)
+        if _validated(config, overrides) is None:
+            continue
+        total = _total(config, chosen, num_processes)
+        out.append(
+            {
+                "title": " + ".join(m.title for m in chosen),
+                "overrides": overrides,
+                "moves": [{"title": m.title, "overrides": dict(m.overrides)} for m in chosen],
+                "saves_gib": base - total,
+                "total_gib_after": total,
+                "fits_after": fits_after,
+            }
+        )
+    return out
 
 
 def auto_fit(config: TrainConfig, gpu_gib: float, *, num_processes: int = 1) -> TrainConfig | None:
-    """The least-degraded configuration that fits: moves applied in order of their cost until it fits."""
-    current = config
-    if verdict(estimate(current, num_processes=num_processes).total_gib, gpu_gib) == "fits":
-        return current
-    for _, ov in _moves(config):
-        trial = _apply(current, ov)
-        if trial is None:
-            continue
-        current = trial
-        if verdict(estimate(current, num_processes=num_processes).total_gib, gpu_gib) == "fits":
-            return current
-    return None
+    """The best-quality configuration that fits: the cheapest moves first, then unneeded ones dropped.
+
+    None when even every move together does not fit."""
+    if verdict(estimate(config, num_processes=num_processes).total_gib, gpu_gib) == "fits":
+        return config
+    chosen, fits = _greedy(config, moves(config), gpu_gib, num_processes)
+    return _validated(config, _overrides(chosen)) if fits else None

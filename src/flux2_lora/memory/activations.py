@@ -1,0 +1,274 @@
+"""Activation memory of the FLUX.2 transformer while training and sampling (pure Python, no torch).
+
+Activations are counted per token and per block from what the block's ops save for backward, in units
+of the model width d (bytes per token per d); the coefficients were read off fake-tensor traces of the
+real modules (:mod:`flux2_lora.memory.trace`) and tests/memory checks the sums against new traces.
+"""
+
+from __future__ import annotations
+
+from ..targets import LinearSpec
+from ..variants import TransformerArch
+
+# Bytes saved for backward per token and per d, by stream, for each weight precision: LayerNorm and
+# RMSNorm inputs, the SDPA q/k/v/out/logsumexp, the SwiGLU halves and the input of every LoRA layer.
+# A stream that only passes the gradient on ("base") keeps less than one whose own Linear layers carry
+# LoRA (each LoRA'd Linear keeps its input).
+_COEF = {
+    2: {
+        "double_base": 38.11,
+        "double_attn_img": 16.07,
+        "double_attn_txt": 18.1,
+        "double_ff": 16.04,
+        "single_base": 40.10,
+        "single_lora": 20.04,
+    },
+    4: {
+        "double_base": 68.13,
+        "double_attn_img": 4.05,
+        "double_attn_txt": 4.05,
+        "double_ff": 16.01,
+        "single_base": 64.11,
+        "single_lora": 20.04,
+    },
+}
+_ATTN = {
+    "img": ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"),
+    "txt": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"),
+}
+_FF = {"img": ("ff.linear_in", "ff.linear_out"), "txt": ("ff_context.linear_in", "ff_context.linear_out")}
+_TXT_LAYERS = _ATTN["txt"] + _FF["txt"]
+
+# Gradients alive beyond the kept activations while the last single block runs backward
+# ([fp32?][single blocks carry LoRA?]), and, with checkpointing, beyond its recomputation.
+_TRANSIENT = {False: {False: 37.9, True: 36.9}, True: {False: 75.9, True: 60.1}}
+_TRANSIENT_GC = {False: {False: 35.9, True: 35.8}, True: {False: 71.9, True: 56.1}}
+# Outside the blocks: embedders' outputs and the fp32 loss terms, per token per d per weight byte.
+_OUTSIDE = 0.225
+
+# DoRA (PEFT): each adapted Linear also keeps its base output and its scaled LoRA output for the
+# magnitude's gradient (bytes per token per output feature); its forward builds the dense weight
+# W + s·BA and its norm in fp32 (a·in·out + 4·in² bytes: PEFT multiplies an identity matrix through
+# the adapter); its backward holds fp32 gradients of T×out elements (in fp32 runs the plain gradient
+# transient is larger, so nothing is added there). Read off traces of one PEFT layer and of blocks.
+_DORA_KEPT = {2: 6.0, 4: 8.0}
+_DORA_DENSE = {2: 14.5, 4: 12.0}
+_DORA_GRAD = {2: 11.3, 4: 0.0}
+
+# Sampling (no grad): the largest transient of one forward is a base per token per d, plus, for the
+# widest LoRA'd layer, PEFT's fp32 input copy and extra outputs (bytes per token per output feature
+# beyond d, by block type); with DoRA instead its dense weight (bytes per weight) and fp32 outputs (bytes per
+# token per output feature). Fitted to traces at two resolutions; DoRA on narrow (d×d) layers comes
+# out high, which is harmless: training needs more than sampling for those.
+_INFER_BASE = {2: 43.5, 4: 86.4}
+_INFER_LORA = {2: {"single": 6.975, "double": 5.46}, 4: {"single": 4.0, "double": 0.0}}
+_INFER_DORA = {
+    2: {"single": (8.04, 14.14), "double": (10.5, 10.54)},
+    4: {"single": (4.08, 11.38), "double": (5.51, 6.41)},
+}
+
+
+def _precision(dtype_bytes: int) -> int:
+    return 4 if dtype_bytes == 4 else 2
+
+
+def _block_names(arch: TransformerArch) -> list[str]:
+    return [f"transformer_blocks.{i}" for i in range(arch.num_layers)] + [
+        f"single_transformer_blocks.{i}" for i in range(arch.num_single_layers)
+    ]
+
+
+def stream_tokens(spec: LinearSpec, img: int, txt: int) -> int:
+    """Tokens a Linear layer sees: single blocks run on both streams, double blocks on one."""
+    if spec.block == "single":
+        return img + txt
+    return txt if spec.name.endswith(_TXT_LAYERS) else img
+
+
+def _fractions(arch: TransformerArch, targeted: set[str], prefix: str, names: tuple[str, ...]) -> float:
+    """Share of a layer group's input width that carries LoRA (each LoRA'd layer keeps its input)."""
+    d, m = arch.inner_dim, arch.mlp_hidden_dim
+    width = {"linear_out": m, "to_out": d + m}
+    total = hit = 0.0
+    for n in names:
+        w = width.get(n.rsplit(".", 1)[-1], d) if not n.endswith("to_out.0") else d
+        total += w
+        hit += w if prefix + n in targeted else 0.0
+    return hit / total
+
+
+def block_activation_bytes(
+    arch: TransformerArch, specs: list[LinearSpec], dtype_bytes: int, img: int, txt: int
+) -> list[float]:
+    """Bytes each block keeps for backward (batch 1, no checkpointing, no DoRA), in execution order.
+
+    Blocks before the first one with LoRA keep nothing: no gradient has to pass through them."""
+    c = _COEF[_precision(dtype_bytes)]
+    d = arch.inner_dim
+    targeted = {s.name for s in specs}
+    out: list[float] = []
+    grad_flows = False
+    for i in range(arch.num_layers):
+        p = f"transformer_blocks.{i}."
+        total = 0.0
+        for stream, tokens in (("img", img), ("txt", txt)):
+            attn = _fractions(arch, targeted, p, _ATTN[stream])
+            ff = _fractions(arch, targeted, p, _FF[stream])
+            grad_flows = grad_flows or attn > 0 or ff > 0
+            per = c["double_base"] + c[f"double_attn_{stream}"] * attn + c["double_ff"] * ff
+            total += per * tokens * d
+        out.append(total if grad_flows else 0.0)
+    for i in range(arch.num_single_layers):
+        p = f"single_transformer_blocks.{i}."
+        lora = _fractions(arch, targeted, p, ("attn.to_qkv_mlp_proj", "attn.to_out"))
+        grad_flows = grad_flows or lora > 0
+        out.append((c["single_base"] + c["single_lora"] * lora) * (img + txt) * d if grad_flows else 0.0)
+    return out
+
+
+# The first double block with LoRA keeps less: nothing before a stream's first LoRA layer needs a
+# gradient (bytes per token per d of that stream at bf16, by where that first layer sits: q/k/v,
+# attention output, feed-forward in, feed-forward out). A stream without LoRA there keeps its
+# pre-attention part only if the other stream's q/k/v carry LoRA (attention mixes the streams), and
+# else nothing at all (nor its pre-attention part in the next block). Fitted to traces.
+_FIRST_POSITION = (0.0, 16.0, 17.0, 36.0)
+_FIRST_NONE_MIXED = {"img": 8.0, "txt": 4.0}
+_FIRST_NONE = 42.0
+_POSITIONS = {
+    "img": (
+        ("attn.to_q", "attn.to_k", "attn.to_v"),
+        ("attn.to_out.0",),
+        ("ff.linear_in",),
+        ("ff.linear_out",),
+    ),
+    "txt": (
+        ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+        ("attn.to_add_out",),
+        ("ff_context.linear_in",),
+        ("ff_context.linear_out",),
+    ),
+}
+
+
+def first_block_discount(
+    arch: TransformerArch, specs: list[LinearSpec], dtype_bytes: int, img: int, txt: int
+) -> float:
+    """Bytes (batch 1) the first LoRA'd block keeps less than :func:`block_activation_bytes` counts."""
+    targeted = {s.name for s in specs}
+    for i in range(arch.num_layers):
+        p = f"transformer_blocks.{i}."
+        first = {
+            stream: next((k for k, names in enumerate(pos) if any(p + n in targeted for n in names)), None)
+            for stream, pos in _POSITIONS.items()
+        }
+        if first["img"] is None and first["txt"] is None:
+            continue
+        total = 0.0
+        for stream, tokens in (("img", img), ("txt", txt)):
+            other = first["txt" if stream == "img" else "img"]
+            k = first[stream]
+            per = (
+                _FIRST_POSITION[k]
+                if k is not None
+                else _FIRST_NONE_MIXED[stream]
+                if other == 0
+                else _FIRST_NONE
+            )
+            total += per * tokens
+        return total * arch.inner_dim * dtype_bytes / 2
+    return 0.0  # the first LoRA'd block is a single block: counted in full
+
+
+def _dora_by_block(
+    arch: TransformerArch, specs: list[LinearSpec], dtype_bytes: int, img: int, txt: int, batch: int
+) -> tuple[list[float], list[float], list[float]]:
+    """Per block, in execution order: DoRA's kept bytes, forward dense transient, backward gradients."""
+    p = _precision(dtype_bytes)
+    index = {name: i for i, name in enumerate(_block_names(arch))}
+    n = len(index)
+    kept, dense, grads = [0.0] * n, [0.0] * n, [0.0] * n
+    for s in specs:
+        i = index.get(".".join(s.name.split(".")[:2]))
+        if i is None:
+            continue
+        t = batch * stream_tokens(s, img, txt)
+        kept[i] += _DORA_KEPT[p] * t * s.out_features
+        dense[i] = max(dense[i], _DORA_DENSE[p] * s.weight_numel + 4.0 * s.in_features**2)
+        grads[i] = max(grads[i], _DORA_GRAD[p] * t * s.out_features)
+    return kept, dense, grads
+
+
+def training_activations(
+    arch: TransformerArch,
+    specs: list[LinearSpec],
+    *,
+    dtype_bytes: int,
+    img: int,
+    txt: int,
+    batch: int,
+    checkpointing: bool,
+    dora: bool,
+) -> float:
+    """Peak bytes above the static memory during forward and backward of one training step."""
+    p = _precision(dtype_bytes)
+    tokens_d = (img + txt) * arch.inner_dim
+    blocks = [batch * b for b in block_activation_bytes(arch, specs, dtype_bytes, img, txt)]
+    flowing = [b > 0 for b in blocks]
+    single_lora = any(s.block == "single" for s in specs)
+    n = len(blocks)
+    if dora:
+        d_kept, d_dense, d_grads = _dora_by_block(arch, specs, dtype_bytes, img, txt, batch)
+    else:
+        d_kept = d_dense = d_grads = [0.0] * n
+    outside = batch * _OUTSIDE * dtype_bytes * tokens_d
+    if checkpointing:
+        # Each block keeps only its input; backward recomputes one block at a time while the inputs of
+        # the blocks before it are alive, and holds that block's activations plus gradients.
+        inputs = [float(dtype_bytes * tokens_d * batch) if f else 0.0 for f in flowing]
+        last_single = blocks[-1] if arch.num_single_layers else 0.0
+        transient = _TRANSIENT_GC[p == 4][single_lora] * tokens_d * batch
+        peak = sum(inputs) + last_single + d_kept[-1] + transient
+        for i in range(n):
+            # With DoRA, the recomputation of block i also builds the dense weight, then its gradients.
+            extra = max(d_dense[i], d_grads[i])
+            if extra:
+                recompute = sum(inputs[: i + 1]) + blocks[i] + d_kept[i]
+                peak = max(peak, recompute + extra)
+    else:
+        first = next((i for i, f in enumerate(flowing) if f), None)
+        per_block = [b + k for b, k in zip(blocks, d_kept)]
+        if first is not None:
+            per_block[first] -= batch * first_block_discount(arch, specs, dtype_bytes, img, txt)
+        kept = sum(per_block)
+        peak = kept + _TRANSIENT[p == 4][single_lora] * tokens_d * batch
+        prefix = 0.0
+        for i in range(n):
+            prefix += per_block[i]
+            # DoRA's dense weight (forward) and gradients (backward) come while the blocks up to i hold
+            # their activations; the plain gradient transient is counted at the last block.
+            extra = max(d_dense[i], d_grads[i])
+            if extra:
+                peak = max(peak, prefix + extra)
+    return peak + outside
+
+
+def inference_transient(
+    arch: TransformerArch, specs: list[LinearSpec], *, dtype_bytes: int, img: int, txt: int, dora: bool
+) -> float:
+    """Largest transient of one no-grad forward at batch 1 (a validation sampling step)."""
+    p = _precision(dtype_bytes)
+    # The text embeddings enter at joint_attention_dim before the context embedder projects them.
+    base = _INFER_BASE[p] * (img + txt) * arch.inner_dim + dtype_bytes * txt * arch.joint_attention_dim
+    extra = 0.0
+    for s in specs:
+        if s.block not in ("single", "double"):
+            continue
+        t_out = stream_tokens(s, img, txt) * s.out_features
+        if dora:
+            per_weight, per_out = _INFER_DORA[p][s.block]
+            extra = max(extra, per_weight * s.weight_numel + per_out * t_out)
+        else:
+            # Layers no wider than d add nothing visible: the block's own tensors are larger then.
+            wide = stream_tokens(s, img, txt) * max(0, s.out_features - arch.inner_dim)
+            extra = max(extra, _INFER_LORA[p][s.block] * wide)
+    return base + extra
