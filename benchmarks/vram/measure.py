@@ -77,7 +77,7 @@ def build_model(arch: Any, dtype: Any, quantization: str, device: Any) -> Any:
     import torch
     from diffusers import Flux2Transformer2DModel
 
-    from flux2_lora.model import _quantize_int8
+    from flux2_lora.model import _quantize_int8, nf4_linear
     from flux2_lora.targets import is_quantized_linear
 
     with torch.device("meta"):
@@ -90,14 +90,7 @@ def build_model(arch: Any, dtype: Any, quantization: str, device: Any) -> Any:
             if not isinstance(module, torch.nn.Linear) or not is_quantized_linear(name):
                 continue
             with torch.device("meta"):
-                q = bnb.nn.Linear4bit(
-                    module.in_features,
-                    module.out_features,
-                    bias=module.bias is not None,
-                    compute_dtype=dtype,
-                    quant_type="nf4",
-                    compress_statistics=True,
-                )
+                q = nf4_linear(module.in_features, module.out_features, module.bias is not None, dtype)
             weight = torch.empty(module.out_features, module.in_features, dtype=dtype, device=device).normal_(
                 0, 0.02
             )

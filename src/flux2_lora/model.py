@@ -159,6 +159,16 @@ def _quantize_int8(transformer: torch.nn.Module) -> None:
     )
 
 
+def nf4_linear(in_features: int, out_features: int, bias: bool, dtype: torch.dtype) -> torch.nn.Module:
+    """An NF4 layer (bitsandbytes Linear4bit, double-quantized absmax): the layout diffusers' loader
+    gives on CUDA; its weight is set, and quantized on the move to a device, by the caller."""
+    import bitsandbytes as bnb
+
+    return bnb.nn.Linear4bit(
+        in_features, out_features, bias=bias, compute_dtype=dtype, quant_type="nf4", compress_statistics=True
+    )
+
+
 def _quantize_nf4_manual(transformer: torch.nn.Module, dtype: torch.dtype) -> None:
     """bitsandbytes NF4 without CUDA: diffusers' loader refuses, but bnb's CPU backend can run the layers."""
     try:
@@ -170,14 +180,7 @@ def _quantize_nf4_manual(transformer: torch.nn.Module, dtype: torch.dtype) -> No
     for name, module in list(transformer.named_modules()):
         if not isinstance(module, torch.nn.Linear) or not is_quantized_linear(name):
             continue
-        q = bnb.nn.Linear4bit(
-            module.in_features,
-            module.out_features,
-            bias=module.bias is not None,
-            compute_dtype=dtype,
-            quant_type="nf4",
-            compress_statistics=True,
-        )
+        q = nf4_linear(module.in_features, module.out_features, module.bias is not None, dtype)
         q.weight = bnb.nn.Params4bit(
             module.weight.data.cpu(), requires_grad=False, quant_type="nf4", compress_statistics=True
         )
