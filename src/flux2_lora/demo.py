@@ -78,17 +78,7 @@ def build_demo_pipeline(**transformer_overrides: object):  # type: ignore[no-unt
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
     text_encoder = Qwen3ForCausalLM(
-        Qwen3Config(
-            vocab_size=len(tokenizer),
-            hidden_size=te.hidden_size,
-            intermediate_size=te.intermediate_size,
-            num_hidden_layers=te.num_layers,
-            num_attention_heads=te.num_attention_heads,
-            num_key_value_heads=te.num_key_value_heads,
-            head_dim=te.head_dim,
-            max_position_embeddings=1024,
-            tie_word_embeddings=True,
-        )
+        Qwen3Config(**{**te.transformers_config(), "vocab_size": len(tokenizer)}, tie_word_embeddings=True)
     )
     vae = AutoencoderKLFlux2(
         block_out_channels=v.vae.block_out_channels,

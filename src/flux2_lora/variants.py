@@ -67,6 +67,19 @@ class TextEncoderArch:
     head_dim: int = 0
     vocab_size: int = 0
 
+    def transformers_config(self) -> dict[str, Any]:
+        """Keyword arguments for the encoder's ``Qwen3Config`` / ``MistralConfig``."""
+        return {
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "max_position_embeddings": max(self.max_sequence_length, 1024),
+        }
+
 
 @dataclass(frozen=True)
 class VaeArch:

@@ -268,16 +268,7 @@ def trace_text_encoder(te: TextEncoderArch, dtype: torch.dtype, prompts: int) ->
     import transformers.masking_utils as masking
     from transformers import MistralConfig, MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-    kwargs = dict(
-        vocab_size=te.vocab_size,
-        hidden_size=te.hidden_size,
-        intermediate_size=te.intermediate_size,
-        num_hidden_layers=te.num_layers,
-        num_attention_heads=te.num_attention_heads,
-        num_key_value_heads=te.num_key_value_heads,
-        head_dim=te.head_dim,
-        max_position_embeddings=max(te.max_sequence_length, 1024),
-    )
+    kwargs = te.transformers_config()
     cls, cfg = (
         (Qwen3ForCausalLM, Qwen3Config(**kwargs))
         if te.kind == "qwen3"
