@@ -13,7 +13,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from flux2_lora.config_io import load_config
+from flux2_lora.config.io import load_config
 from flux2_lora.memory import estimate, estimate_report
 from flux2_lora.memory.estimate import clear_caches
 

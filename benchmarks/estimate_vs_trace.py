@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the matrix lives
 from tests.memory.matrix import MATRIX, config, row_id, training_phase_on
 
 from flux2_lora.memory import estimate
-from flux2_lora.memory.trace import reduced, trace_training_step
+from flux2_lora.training.trace import reduced, trace_training_step
 from flux2_lora.variants import VARIANTS
 
 

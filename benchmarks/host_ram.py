@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from flux2_lora.config_io import load_config
+from flux2_lora.config.io import load_config
 from flux2_lora.memory.host import host_estimate
 
 WIDE = {"num_attention_heads": 8, "attention_head_dim": 64, "axes_dims_rope": (16, 16, 16, 16)}
@@ -40,7 +40,7 @@ CASES = [
 
 
 def main() -> int:
-    from flux2_lora.demo import ensure_demo_model
+    from flux2_lora.training.demo_model import ensure_demo_model
 
     worst = 0.0
     with tempfile.TemporaryDirectory(prefix="flux2-host-") as tmp:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flux2_lora.config import TrainConfig
-from flux2_lora.config_io import load_config
+from flux2_lora.config.io import load_config
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from flux2_lora.config import TrainingSection
-from flux2_lora.flow import sample_density, sigmas_from_density
 from flux2_lora.timesteps import density, draw_sigmas, image_tokens_for, mu_for_tokens, shift_sigma
+from flux2_lora.training.flow import sample_density, sigmas_from_density
 
 N = 20000
 

@@ -77,8 +77,8 @@ def build_model(arch: Any, dtype: Any, quantization: str, device: Any) -> Any:
     import torch
     from diffusers import Flux2Transformer2DModel
 
-    from flux2_lora.model import _quantize_int8, nf4_linear
     from flux2_lora.targets import is_quantized_linear
+    from flux2_lora.training.model import _quantize_int8, nf4_linear
 
     with torch.device("meta"):
         model = Flux2Transformer2DModel(**arch.diffusers_config()).to(dtype)
@@ -125,10 +125,10 @@ def run_steps(
     """Build, add the LoRA, run ``steps`` training steps; returns the measured peaks (GiB)."""
     import torch
 
-    from flux2_lora.flow import flow_matching_loss
     from flux2_lora.memory.estimate import resolve_shapes
-    from flux2_lora.model import inject_lora
-    from flux2_lora.optim import build_optimizer
+    from flux2_lora.training.flow import flow_matching_loss
+    from flux2_lora.training.model import inject_lora
+    from flux2_lora.training.optim import build_optimizer
 
     cuda = device_type == "cuda"
     device = torch.device(device_type)

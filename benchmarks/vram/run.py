@@ -129,7 +129,7 @@ def measure_one(index: int, gpu_gib: float | None) -> dict[str, Any]:
 def dry_one(index: int) -> dict[str, Any]:
     """Trace the config at full size on meta tensors, and run its code path at demo size on the CPU."""
     from flux2_lora.memory import estimate
-    from flux2_lora.memory.trace import StorageTracker, trace_training_step
+    from flux2_lora.training.trace import StorageTracker, trace_training_step
 
     variant, overrides = CONFIGS[index]
     config = config_for(variant, overrides)

@@ -12,7 +12,7 @@ import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .variants import TransformerArch
+from flux2_lora.variants import TransformerArch
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Training noise levels (σ) as pure math: sampling schemes, shifts, and their density for the UI.
 
-No torch: the trainer's torch sampler (:mod:`flux2_lora.flow`) applies the same formulas to tensors,
+No torch: the trainer's torch sampler (:mod:`flux2_lora.training.flow`) applies the same formulas to tensors,
 and the web UI plots :func:`density` without importing torch. A test checks that both agree.
 
 - uniform: u ~ U(0, 1)

@@ -200,7 +200,7 @@ VARIANTS: dict[str, Variant] = {
         default_guidance=None,
         notes="Qwen3-4B text encoder.",
     ),
-    # The embedded demo: FLUX.2 [klein] architecture at toy size, built locally by flux2_lora.demo.
+    # The embedded demo: FLUX.2 [klein] architecture at toy size, built locally by flux2_lora.training.demo_model.
     # The text encoder has 28 layers so the stock pipeline's hidden-state layers (9, 18, 27) exist.
     "demo": Variant(
         name="demo",

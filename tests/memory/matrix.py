@@ -12,7 +12,7 @@ import importlib
 from typing import Any
 
 from flux2_lora.config import TrainConfig
-from flux2_lora.config_io import load_config
+from flux2_lora.config.io import load_config
 
 E = importlib.import_module("flux2_lora.memory.estimate")  # the module (the package exports a function)
 

@@ -23,7 +23,7 @@ def test_lora_counts_equal_peft_on_a_meta_model(variant, targets):  # type: igno
     from diffusers import Flux2Transformer2DModel
 
     from flux2_lora.config import LoraSection
-    from flux2_lora.model import inject_lora
+    from flux2_lora.training.model import inject_lora
 
     arch = VARIANTS[variant].transformer
     dora = targets in ("single", "all-linear")
@@ -47,7 +47,7 @@ def test_lora_counts_equal_peft_on_a_meta_model(variant, targets):  # type: igno
 
 @pytest.mark.parametrize("row", MATRIX, ids=[row_id(r) for r in MATRIX])
 def test_analytic_training_peak_within_3_percent_of_trace(row):  # type: ignore[no-untyped-def]
-    from flux2_lora.memory.trace import reduced, trace_training_step
+    from flux2_lora.training.trace import reduced, trace_training_step
 
     c = config(*row)
     arch = reduced(VARIANTS["klein-4b"].transformer, 2, 3)
@@ -57,7 +57,7 @@ def test_analytic_training_peak_within_3_percent_of_trace(row):  # type: ignore[
 
 def test_identical_blocks_compose_linearly():  # type: ignore[no-untyped-def]
     """The trace of a deeper model is the shallow trace plus per-block increments (what the estimate sums)."""
-    from flux2_lora.memory.trace import reduced, trace_training_step
+    from flux2_lora.training.trace import reduced, trace_training_step
 
     c = config("dataset.resolution=512", "memory.gradient_checkpointing=false")
     base = VARIANTS["klein-9b"].transformer
@@ -75,7 +75,7 @@ def test_identical_blocks_compose_linearly():  # type: ignore[no-untyped-def]
     ],
 )
 def test_full_depth_models_within_3_percent_of_trace(variant, overrides):  # type: ignore[no-untyped-def]
-    from flux2_lora.memory.trace import trace_training_step
+    from flux2_lora.training.trace import trace_training_step
 
     c = config(*overrides, variant=variant)
     traced = trace_training_step(c)["peak_gib"]

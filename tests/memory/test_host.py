@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flux2_lora.config_io import load_config
+from flux2_lora.config.io import load_config
 from flux2_lora.memory import estimate_report
 from flux2_lora.memory.host import PROCESS_BASELINE_GIB, host_estimate
 

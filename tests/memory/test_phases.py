@@ -20,7 +20,7 @@ GIB = 2**30
 def test_text_encoder_activations_match_the_trace(variant, prompts):  # type: ignore[no-untyped-def]
     import torch
 
-    from flux2_lora.memory.trace import trace_text_encoder
+    from flux2_lora.training.trace import trace_text_encoder
 
     te = VARIANTS[variant].text_encoder
     traced = trace_text_encoder(te, torch.bfloat16, prompts)
@@ -42,7 +42,7 @@ def test_text_encoder_activations_match_the_trace(variant, prompts):  # type: ig
 def test_vae_activations_match_the_trace(resolution, batch, decode, slicing, tiling):  # type: ignore[no-untyped-def]
     import torch
 
-    from flux2_lora.memory.trace import trace_vae
+    from flux2_lora.training.trace import trace_vae
 
     vae = VARIANTS["dev"].vae
     traced = trace_vae(
@@ -58,7 +58,7 @@ def test_vae_activations_match_the_trace(resolution, batch, decode, slicing, til
 def test_sampling_forward_matches_the_trace(targets, dtype, dora):  # type: ignore[no-untyped-def]
     """Within 3%, except DoRA on the narrow d×d attention layers, which is estimated high (≤ 40%):
     there training needs far more than sampling, so the phase peak does not move."""
-    from flux2_lora.memory.trace import reduced, trace_sampling_forward
+    from flux2_lora.training.trace import reduced, trace_sampling_forward
 
     c = config(
         f"lora.target_modules=[{targets}]", f"model.dtype={dtype}", f"lora.use_dora={str(dora).lower()}"

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from flux2_lora.config import TrainConfig
-from flux2_lora.config_io import apply_overrides, load_config, to_dict, validate_dict
+from flux2_lora.config.io import apply_overrides, load_config, to_dict, validate_dict
 from flux2_lora.memory import GPUS, auto_fit, estimate, estimate_report, recommendations, verdict
 
 VARIATIONS = [

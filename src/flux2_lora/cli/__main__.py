@@ -1,5 +1,5 @@
 import sys
 
-from . import main
+from flux2_lora.cli import main
 
 sys.exit(main())

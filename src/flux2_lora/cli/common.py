@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import TrainConfig
-from ..config_io import ConfigError, load_config
+from flux2_lora.config import TrainConfig
+from flux2_lora.config.io import ConfigError, load_config
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:

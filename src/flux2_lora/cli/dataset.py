@@ -7,7 +7,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from .common import fail
+from flux2_lora.cli.common import fail
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,9 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from ..data.archive import prepare_dataset_source
-    from ..data.scan import DatasetError, scan_dataset
-    from ..demo_paths import ensure_demo_dataset, is_demo
+    from flux2_lora.data.archive import prepare_dataset_source
+    from flux2_lora.data.demo import ensure_demo_dataset, is_demo
+    from flux2_lora.data.scan import DatasetError, scan_dataset
 
     with tempfile.TemporaryDirectory(prefix="flux2-lora-check-") as work:
         try:
@@ -65,8 +65,8 @@ def run_check(args: argparse.Namespace) -> int:
 
 def _extras(args: argparse.Namespace, report, root: Path) -> dict:  # type: ignore[no-untyped-def]
     """Trigger-word findings and the bucket table, beside the scan's own report."""
-    from ..buckets import bucket_table, clamped, format_table
-    from ..captions import trigger_findings
+    from flux2_lora.data.buckets import bucket_table, clamped, format_table
+    from flux2_lora.data.captions import trigger_findings
 
     text: list[str] = []
     out: dict = {}

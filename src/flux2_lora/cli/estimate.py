@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from .common import add_config_args, config_from_args, fail
+from flux2_lora.cli.common import add_config_args, config_from_args, fail
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,8 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config_io import diff_from_defaults, to_yaml
-    from ..memory import auto_fit, estimate_report, find_gpu
+    from flux2_lora.config.io import diff_from_defaults, to_yaml
+    from flux2_lora.memory import auto_fit, estimate_report, find_gpu
 
     config = config_from_args(args)
     if config is None:
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"--gpu: unknown GPU {args.gpu!r}; give a class like 24, 48, 80 or a size in GiB", 2)
     report = estimate_report(config, gpu=args.gpu, num_processes=args.num_processes)
     if args.trace:
-        from ..memory.trace import trace_report
+        from flux2_lora.training.trace import trace_report
 
         report["trace"] = trace_report(config)
     if args.auto_fit:

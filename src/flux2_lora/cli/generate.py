@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import fail
+from flux2_lora.cli.common import fail
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,12 +27,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..quiet import quiet_libraries
+    from flux2_lora.training.quiet import quiet_libraries
 
     quiet_libraries()
-    from ..config import ModelSection
-    from ..model import ModelLoadError, pipeline_class, resolve_device, resolve_dtype, resolve_model_path
-    from ..variants import get_variant
+    from flux2_lora.config import ModelSection
+    from flux2_lora.training.model import (
+        ModelLoadError,
+        pipeline_class,
+        resolve_device,
+        resolve_dtype,
+        resolve_model_path,
+    )
+    from flux2_lora.variants import get_variant
 
     if args.lora and not Path(args.lora).is_file():
         return fail(f"--lora: {args.lora} does not exist")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..presets import list_presets, preset_text
-from .common import fail
+from flux2_lora.cli.common import fail
+from flux2_lora.config.presets import list_presets, preset_text
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

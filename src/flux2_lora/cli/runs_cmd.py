@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from ..runs import iter_runs, log_tail, summarize
+from flux2_lora.runs import iter_runs, log_tail, summarize
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .common import add_config_args, config_from_args, fail
+from flux2_lora.cli.common import add_config_args, config_from_args, fail
 
 EXIT_CONFIG = 2
 EXIT_BUSY = 3
@@ -67,15 +67,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train_here(config, resume: str | None) -> int:  # type: ignore[no-untyped-def]
-    from ..quiet import quiet_libraries
+    from flux2_lora.training.quiet import quiet_libraries
 
     quiet_libraries()
-    from ..checkpoint import CheckpointError
-    from ..data.scan import DatasetError
-    from ..model import ModelLoadError
-    from ..optim import OptimizerUnavailable
-    from ..runs import RunBusyError
-    from ..trainer import Trainer
+    from flux2_lora.data.scan import DatasetError
+    from flux2_lora.runs import RunBusyError
+    from flux2_lora.training.checkpoint import CheckpointError
+    from flux2_lora.training.model import ModelLoadError
+    from flux2_lora.training.optim import OptimizerUnavailable
+    from flux2_lora.training.trainer import Trainer
 
     try:
         return Trainer(config, resume).run()
@@ -90,9 +90,9 @@ def train_here(config, resume: str | None) -> int:  # type: ignore[no-untyped-de
 
 def _launch_distributed(args: argparse.Namespace, config, run_dir: Path) -> int:  # type: ignore[no-untyped-def]
     """Hold the run lock here and start N workers; rank 0 writes the run directory."""
-    from ..config_io import save_config
-    from ..runs import RunBusyError, RunLock
-    from ..trainer import LOCK_HELD_ENV
+    from flux2_lora.config.io import save_config
+    from flux2_lora.runs import RunBusyError, RunLock
+    from flux2_lora.training.trainer import LOCK_HELD_ENV
 
     lock = RunLock(run_dir)
     try:
@@ -134,13 +134,13 @@ def _has_cuda() -> bool:
 
 
 def _preflight(config) -> int:  # type: ignore[no-untyped-def]
-    from ..quiet import quiet_libraries
+    from flux2_lora.training.quiet import quiet_libraries
 
     quiet_libraries()
-    from ..data.scan import DatasetError
-    from ..model import ModelLoadError
-    from ..optim import OptimizerUnavailable
-    from ..preflight import format_result, run_preflight
+    from flux2_lora.data.scan import DatasetError
+    from flux2_lora.training.model import ModelLoadError
+    from flux2_lora.training.optim import OptimizerUnavailable
+    from flux2_lora.training.preflight import format_result, run_preflight
 
     try:
         result = run_preflight(config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import fail
+from flux2_lora.cli.common import fail
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
             return fail("--auth must be USER:PASS")
         auth = (user, password)
     try:
-        from ..webui.app import launch
+        from flux2_lora.webui.app import launch
     except ImportError as e:
         return fail(f"the web UI needs the 'ui' extra: pip install 'flux2-lora[ui]' ({e})")
     launch(args.runs_dir, host=args.host, port=args.port, share=args.share, auth=auth)

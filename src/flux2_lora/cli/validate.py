@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..config_io import to_yaml
-from .common import add_config_args, config_from_args
+from flux2_lora.cli.common import add_config_args, config_from_args
+from flux2_lora.config.io import to_yaml
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

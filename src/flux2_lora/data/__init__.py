@@ -4,8 +4,8 @@
 
 from __future__ import annotations
 
-from .archive import extract_zip, prepare_dataset_source
-from .scan import (
+from flux2_lora.data.archive import extract_zip, prepare_dataset_source
+from flux2_lora.data.scan import (
     IMAGE_EXTENSIONS,
     DatasetError,
     DatasetReport,

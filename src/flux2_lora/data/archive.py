@@ -18,7 +18,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from .scan import DatasetError
+from flux2_lora.data.scan import DatasetError
 
 MAX_TOTAL_BYTES = 4 << 30
 MAX_ENTRIES = 20_000

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import TrainConfig
-from .estimate import Estimate, estimate
-from .gpus import GPUS, Gpu, find_gpu, local_gpu, verdict
-from .recommend import auto_fit, recommendations
+from flux2_lora.config import TrainConfig
+from flux2_lora.memory.estimate import Estimate, estimate
+from flux2_lora.memory.gpus import GPUS, Gpu, find_gpu, local_gpu, verdict
+from flux2_lora.memory.recommend import auto_fit, recommendations
 
 __all__ = [
     "GPUS",
@@ -35,7 +35,7 @@ def estimate_report(config: TrainConfig, *, gpu: str | None = None, num_processe
     chosen = find_gpu(gpu) or local or GPUS[0]
     report["gpu"] = {"name": chosen.name, "gib": chosen.gib, "verdict": verdict(est.total_gib, chosen.gib)}
     report["recommendations"] = recommendations(config, chosen.gib, num_processes=num_processes)
-    from .host import host_estimate
+    from flux2_lora.memory.host import host_estimate
 
     on_gpu = config.model.device != "cpu" and (local is not None or config.model.device.startswith("cuda"))
     report["host"] = host_estimate(config, on_gpu=on_gpu)

@@ -2,13 +2,13 @@
 
 Activations are counted per token and per block from what the block's ops save for backward, in units
 of the model width d (bytes per token per d); the coefficients were read off fake-tensor traces of the
-real modules (:mod:`flux2_lora.memory.trace`) and tests/memory checks the sums against new traces.
+real modules (:mod:`flux2_lora.training.trace`) and tests/memory checks the sums against new traces.
 """
 
 from __future__ import annotations
 
-from ..targets import LinearSpec
-from ..variants import TransformerArch
+from flux2_lora.targets import LinearSpec
+from flux2_lora.variants import TransformerArch
 
 # Bytes saved for backward per token and per d, by stream, for each weight precision: LayerNorm and
 # RMSNorm inputs, the SDPA q/k/v/out/logsumexp, the SwiGLU halves and the input of every LoRA layer.

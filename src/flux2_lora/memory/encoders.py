@@ -8,7 +8,7 @@ against new traces in tests/memory.
 
 from __future__ import annotations
 
-from ..variants import TextEncoderArch, VaeArch
+from flux2_lora.variants import TextEncoderArch, VaeArch
 
 # The trainer encodes captions 8 at a time and images 4 at a time while caching (batches.py).
 PROMPT_BATCH = 8

@@ -6,7 +6,7 @@ validation sampling between steps. Each phase's tensor memory is estimated; the 
 Static memory is counted exactly from the module shapes (weights per dtype or quantization format,
 the fp32 LoRA copy, its gradients and optimizer state); activations come from
 :mod:`flux2_lora.memory.activations` and :mod:`flux2_lora.memory.encoders`, whose coefficients tests
-check against fake-tensor traces of the real modules (:mod:`flux2_lora.memory.trace`).
+check against fake-tensor traces of the real modules (:mod:`flux2_lora.training.trace`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..config import TrainConfig
-from ..targets import LinearSpec, enumerate_linears, is_quantized_linear, resolve_targets
-from ..variants import (
+from flux2_lora.config import TrainConfig
+from flux2_lora.memory.activations import inference_transient, training_activations
+from flux2_lora.memory.encoders import IMAGE_BATCH, PROMPT_BATCH, text_encoder_activation_bytes, vae_bytes
+from flux2_lora.targets import LinearSpec, enumerate_linears, is_quantized_linear, resolve_targets
+from flux2_lora.variants import (
     DEMO_MODEL_PATH,
     TextEncoderArch,
     TransformerArch,
@@ -28,8 +30,6 @@ from ..variants import (
     local_component_params,
     resolve_model,
 )
-from .activations import inference_transient, training_activations
-from .encoders import IMAGE_BATCH, PROMPT_BATCH, text_encoder_activation_bytes, vae_bytes
 
 GIB = 2**30
 DTYPE_BYTES = {"auto": 2, "bfloat16": 2, "float16": 2, "float32": 4}

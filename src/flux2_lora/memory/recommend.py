@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import TrainConfig
-from ..config_io import apply_overrides, to_dict, validate_dict
-from .estimate import estimate
-from .gpus import verdict
+from flux2_lora.config import TrainConfig
+from flux2_lora.config.io import apply_overrides, to_dict, validate_dict
+from flux2_lora.memory.estimate import estimate
+from flux2_lora.memory.gpus import verdict
 
 
 @dataclass(frozen=True)

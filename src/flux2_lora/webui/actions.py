@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import runs
-from ..config import DTYPE_TO_MIXED
-from ..config_io import deep_merge, read_yaml, to_dict, to_yaml, validate_dict
-from ..presets import list_presets, load_preset
-from . import monitor
+from flux2_lora import runs
+from flux2_lora.config import DTYPE_TO_MIXED
+from flux2_lora.config.io import deep_merge, read_yaml, to_dict, to_yaml, validate_dict
+from flux2_lora.config.presets import list_presets, load_preset
+from flux2_lora.webui import monitor
 
 QUICK_PRESETS = {"Fast": "fast", "High Quality": "high-quality", "Low VRAM": "low-vram"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -50,7 +50,7 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
 
 def _memory() -> Any:
     try:
-        from .. import memory
+        from flux2_lora import memory
 
         memory.estimate_report  # noqa: B018 — the module may exist before its API lands
         return memory
@@ -133,7 +133,7 @@ def presets() -> list[dict[str, str]]:
 
 
 def check_model(path: str, variant: str = "auto") -> dict[str, Any]:
-    from ..variants import VARIANTS, resolve_model
+    from flux2_lora.variants import VARIANTS, resolve_model
 
     try:
         r = resolve_model(path, variant)
@@ -153,7 +153,7 @@ def check_model(path: str, variant: str = "auto") -> dict[str, Any]:
 
 def _transformer_params(arch: Any) -> int | None:
     try:
-        from ..targets import enumerate_linears
+        from flux2_lora.targets import enumerate_linears
 
         return int(sum(s.in_features * s.out_features for s in enumerate_linears(arch)))
     except Exception:
@@ -171,8 +171,8 @@ def _human(n: int | None) -> str:
 
 def upload_dataset(zip_path: str, uploads_dir: str) -> dict[str, Any]:
     """Extract an uploaded ZIP (safely) into the uploads folder: {ok, path | message}."""
-    from ..data.archive import prepare_dataset_source
-    from ..data.scan import DatasetError
+    from flux2_lora.data.archive import prepare_dataset_source
+    from flux2_lora.data.scan import DatasetError
 
     src = Path(zip_path)
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", src.stem)[:60] or "dataset"
@@ -185,11 +185,11 @@ def upload_dataset(zip_path: str, uploads_dir: str) -> dict[str, Any]:
 
 def check_dataset(config: dict[str, Any], uploads_dir: str | None = None) -> dict[str, Any]:
     """Scan the form's dataset: counts, problems, trigger findings and (when bucketing) the bucket table."""
-    from ..buckets import bucket_table, format_table
-    from ..captions import trigger_findings
-    from ..data.archive import prepare_dataset_source
-    from ..data.scan import DatasetError, scan_dataset
-    from ..demo_paths import ensure_demo_dataset, is_demo
+    from flux2_lora.data.archive import prepare_dataset_source
+    from flux2_lora.data.buckets import bucket_table, format_table
+    from flux2_lora.data.captions import trigger_findings
+    from flux2_lora.data.demo import ensure_demo_dataset, is_demo
+    from flux2_lora.data.scan import DatasetError, scan_dataset
 
     ds = {**(DEFAULTS_DATASET), **((config or {}).get("dataset") or {})}
     path = str(ds.get("path") or "").strip()
@@ -229,8 +229,8 @@ def check_dataset(config: dict[str, Any], uploads_dir: str | None = None) -> dic
 
 
 def timestep_density(config: dict[str, Any]) -> list[dict[str, float]]:
-    from ..config import TrainingSection
-    from ..timesteps import density, image_tokens_for
+    from flux2_lora.config import TrainingSection
+    from flux2_lora.timesteps import density, image_tokens_for
 
     try:
         t = TrainingSection.model_validate({**((config or {}).get("training") or {})})
@@ -504,6 +504,6 @@ DEFAULTS_DATASET: dict[str, Any] = {
 
 
 def default_dict_copy() -> dict[str, Any]:
-    from .schema import default_dict
+    from flux2_lora.webui.schema import default_dict
 
     return default_dict()

@@ -6,7 +6,7 @@ from typing import Any
 
 import gradio as gr
 
-from . import actions
+from flux2_lora.webui import actions
 
 
 def register_api(paths: Any) -> None:

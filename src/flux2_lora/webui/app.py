@@ -13,10 +13,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from ..config import DTYPE_TO_MIXED
-from . import actions
-from .schema import dict_to_values, form_fields, section_docs, values_to_dict
-from .widgets import (
+from flux2_lora.config import DTYPE_TO_MIXED
+from flux2_lora.webui import actions
+from flux2_lora.webui.schema import dict_to_values, form_fields, section_docs, values_to_dict
+from flux2_lora.webui.widgets import (
     CSS,
     breakdown_markdown,
     digest,
@@ -354,7 +354,7 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
         preflight_btn.click(on_preflight, form, [run_dir, action_msg], **PRIVATE)
 
         # ---- monitor -------------------------------------------------------------------------------
-        from .monitor_view import tick_outputs
+        from flux2_lora.webui.monitor_view import tick_outputs
 
         timer = gr.Timer(1.0)
         last_sig = gr.State(None)
@@ -395,14 +395,14 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
             on_generate, [t_lora, t_prompt, t_scale, t_steps, t_seed, t_guid], [t_img, t_msg], **PRIVATE
         )
 
-        from .api import register_api
+        from flux2_lora.webui.api import register_api
 
         register_api(paths)
     return demo
 
 
 def values_to_dict_subset(subset: list[Any], vals: tuple[Any, ...]) -> dict[str, Any]:
-    from .schema import from_widget
+    from flux2_lora.webui.schema import from_widget
 
     return {s.key: from_widget(s, v) for s, v in zip(subset, vals)}
 

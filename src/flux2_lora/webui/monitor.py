@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import runs
+from flux2_lora import runs
 
 _LOCK = threading.Lock()
 _PROCS: dict[tuple[str, str], tuple[subprocess.Popen[bytes], Path]] = {}

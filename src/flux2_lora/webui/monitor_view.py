@@ -7,8 +7,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from . import actions
-from .widgets import status_markdown
+from flux2_lora.webui import actions
+from flux2_lora.webui.widgets import status_markdown
 
 N_OUTPUTS = 9
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from annotated_types import Ge, Gt, Le, Lt, MaxLen
 
-from ..config import SECTIONS, TrainConfig
+from flux2_lora.config import SECTIONS, TrainConfig
 
 Kind = Literal["bool", "int", "float", "str", "choice", "lines"]
 

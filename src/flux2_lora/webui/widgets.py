@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from .schema import FieldSpec
+from flux2_lora.webui.schema import FieldSpec
 
 VERDICT_TEXT = {"fits": "fits", "tight": "tight", "does_not_fit": "does not fit"}
 

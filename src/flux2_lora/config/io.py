@@ -1,0 +1,347 @@
+"""Reading, composing, validating and writing training configs (no torch).
+
+Errors are collected all at once and reported by dotted path (``lora.rank: must be ≥ 1``); nothing
+here raises a traceback at a user for bad input.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import ValidationError
+
+from flux2_lora.config import DTYPE_TO_MIXED, SECTIONS, TrainConfig
+
+Level = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    path: str
+    message: str
+    level: Level = "error"
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(Exception):
+    """Raised by :func:`load_config` with every problem found, for one clean message."""
+
+    def __init__(self, issues: Sequence[ConfigIssue], source: str = "") -> None:
+        self.issues = [i for i in issues if i.level == "error"]
+        self.source = source
+        head = f"invalid configuration{f' in {source}' if source else ''}:"
+        super().__init__("\n".join([head, *(f"  {i}" for i in self.issues)]))
+
+
+def _fmt_number(v: Any) -> str:
+    if isinstance(v, float) and (abs(v) >= 1e5 or (v != 0 and abs(v) < 1e-3)):
+        return f"{v:g}"
+    return str(v)
+
+
+def _friendly(err: Mapping[str, Any], known: Iterable[str]) -> str:
+    kind = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        key = str(err["loc"][-1])
+        close = difflib.get_close_matches(key, list(known), n=1)
+        return "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
+    bounds = {
+        "greater_than_equal": ("≥", "ge"),
+        "greater_than": (">", "gt"),
+        "less_than_equal": ("≤", "le"),
+        "less_than": ("<", "lt"),
+    }
+    if kind in bounds:
+        sym, key = bounds[kind]
+        return f"must be {sym} {_fmt_number(ctx.get(key))} (got {_fmt_number(err.get('input'))})"
+    if kind == "literal_error":
+        return f"must be one of: {ctx.get('expected', '').replace(chr(39), '')} (got {err.get('input')!r})"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"must be a whole number (got {err.get('input')!r})"
+    if kind in ("float_parsing", "float_type"):
+        return f"must be a number (got {err.get('input')!r})"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"must be true or false (got {err.get('input')!r})"
+    if kind in ("string_type",):
+        return f"must be text (got {err.get('input')!r})"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "string_too_long":
+        return f"is too long (at most {ctx.get('max_length')} characters)"
+    if kind in ("list_type",):
+        return "must be a list"
+    if kind == "too_short":
+        return f"needs at least {ctx.get('min_length')} item(s)"
+    if kind == "too_long":
+        return f"allows at most {ctx.get('max_length')} items"
+    if kind == "missing":
+        return "is required"
+    if kind in ("model_type", "dict_type"):
+        return "must be a mapping of keys to values"
+    msg = str(err.get("msg", "invalid"))
+    return msg.removeprefix("Value error, ")
+
+
+def _section_fields(section: str) -> list[str]:
+    return list(SECTIONS[section].model_fields)
+
+
+def validate_dict(data: Any) -> tuple[TrainConfig | None, list[ConfigIssue]]:
+    """Validate a (possibly partial) config mapping; return the config and every issue found."""
+    issues: list[ConfigIssue] = []
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        return None, [
+            ConfigIssue("", "the configuration must be a mapping of sections (model:, dataset:, …)")
+        ]
+    parsed: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in SECTIONS:
+            close = difflib.get_close_matches(str(key), list(SECTIONS), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (sections: {', '.join(SECTIONS)})"
+            issues.append(ConfigIssue(str(key), "unknown section" + hint))
+            continue
+        if value is None:
+            value = {}
+        try:
+            parsed[key] = SECTIONS[key].model_validate(value)
+        except ValidationError as e:
+            for err in e.errors():
+                loc = ".".join(str(p) for p in (key, *err["loc"]))
+                issues.append(ConfigIssue(loc, _friendly(err, _section_fields(key))))
+    if any(i.level == "error" for i in issues):
+        return None, issues
+    config = TrainConfig(**parsed)
+    issues.extend(cross_check(config))
+    if any(i.level == "error" for i in issues):
+        return None, issues
+    return config, issues
+
+
+def cross_check(c: TrainConfig) -> list[ConfigIssue]:
+    """Rules that involve more than one field."""
+    out: list[ConfigIssue] = []
+    mp, dtype = c.training.mixed_precision, c.model.dtype
+    if mp != "auto" and dtype != "auto" and DTYPE_TO_MIXED[dtype] != mp:
+        out.append(
+            ConfigIssue(
+                "training.mixed_precision",
+                f"{mp!r} contradicts model.dtype {dtype!r} (which implies {DTYPE_TO_MIXED[dtype]!r}); "
+                "set one of them, or make them agree",
+            )
+        )
+    if c.training.warmup_steps > c.training.max_steps:
+        out.append(
+            ConfigIssue(
+                "training.warmup_steps",
+                f"{c.training.warmup_steps} warmup steps exceed training.max_steps ({c.training.max_steps})",
+            )
+        )
+    is_demo = c.model.path.strip().lower() == "demo"
+    if is_demo and c.model.variant not in ("auto", "demo"):
+        out.append(ConfigIssue("model.variant", f"{c.model.variant!r} does not match model.path 'demo'"))
+    if not is_demo and c.model.variant == "demo":
+        out.append(ConfigIssue("model.variant", "'demo' needs model.path 'demo'"))
+    if c.training.optimizer == "prodigy" and c.training.learning_rate < 0.1:
+        out.append(
+            ConfigIssue(
+                "training.learning_rate",
+                f"{c.training.learning_rate:g} is low for Prodigy, which adapts the step size itself; use ~1.0",
+                "warning",
+            )
+        )
+    if c.training.optimizer != "prodigy" and c.training.learning_rate > 1e-2:
+        out.append(
+            ConfigIssue(
+                "training.learning_rate",
+                f"{c.training.learning_rate:g} is very high for a LoRA; 5e-5–2e-4 is usual",
+                "warning",
+            )
+        )
+    if dtype == "float16" or mp == "fp16":
+        out.append(
+            ConfigIssue(
+                "model.dtype",
+                "float16 has the same memory as bfloat16 but a narrow range: FLUX.2 activations can overflow. "
+                "Prefer bfloat16 on GPUs that have it",
+                "warning",
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- YAML and composition
+
+
+def read_yaml(path: str | Path) -> tuple[Any, list[ConfigIssue]]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        return None, [ConfigIssue("", f"{p}: no such file")]
+    except (OSError, UnicodeDecodeError) as e:
+        return None, [ConfigIssue("", f"{p}: cannot read ({e.__class__.__name__}: {e})")]
+    try:
+        return yaml.safe_load(text) or {}, []
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        return None, [ConfigIssue("", f"{p}: not valid YAML{where}: {problem}")]
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _is_list_field(section: str, key: str) -> bool:
+    info = SECTIONS[section].model_fields.get(key)
+    if info is None:
+        return False
+    return get_origin(info.annotation) is list
+
+
+def _literal_choices(section: str, key: str) -> tuple[Any, ...]:
+    info = SECTIONS[section].model_fields.get(key)
+    if info is None or get_origin(info.annotation) is not Literal:
+        return ()
+    return get_args(info.annotation)
+
+
+def parse_override(text: str) -> tuple[tuple[str, str, Any] | None, ConfigIssue | None]:
+    """``section.key=value`` → (section, key, value); the value is read as YAML (numbers, lists, …)."""
+    if "=" not in text:
+        return None, ConfigIssue(text, "an override must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        return None, ConfigIssue(dotted, "an override key must be section.key (e.g. lora.rank)")
+    section, key = parts
+    if section not in SECTIONS:
+        close = difflib.get_close_matches(section, list(SECTIONS), n=1)
+        return None, ConfigIssue(
+            dotted, "unknown section" + (f" (did you mean '{close[0]}'?)" if close else "")
+        )
+    if key not in SECTIONS[section].model_fields:
+        close = difflib.get_close_matches(key, _section_fields(section), n=1)
+        return None, ConfigIssue(dotted, "unknown key" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    value: Any
+    if _literal_choices(section, key) and all(isinstance(c, str) for c in _literal_choices(section, key)):
+        value = raw.strip()  # keep 'no' / 'none' as text, not YAML booleans/null
+    else:
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        info = SECTIONS[section].model_fields[key]
+        if info.annotation is str and value is not None and not isinstance(value, str):
+            value = raw.strip()
+    if _is_list_field(section, key) and isinstance(value, str):
+        value = [value]
+    return (section, key, value), None
+
+
+def apply_overrides(
+    data: Mapping[str, Any], overrides: Sequence[str]
+) -> tuple[dict[str, Any], list[ConfigIssue]]:
+    out = copy.deepcopy(dict(data))
+    issues: list[ConfigIssue] = []
+    for text in overrides:
+        parsed, issue = parse_override(text)
+        if issue:
+            issues.append(issue)
+            continue
+        assert parsed is not None
+        section, key, value = parsed
+        sec = out.setdefault(section, {})
+        if not isinstance(sec, dict):
+            out[section] = sec = {}
+        sec[key] = value
+    return out, issues
+
+
+def compose(
+    presets: Sequence[str] = (),
+    file: str | Path | None = None,
+    overrides: Sequence[str] = (),
+) -> tuple[dict[str, Any], list[ConfigIssue]]:
+    """defaults ← presets (in order) ← config file ← --set overrides, as a raw mapping."""
+    from flux2_lora.config.presets import load_preset  # local: presets imports this module
+
+    data: dict[str, Any] = {}
+    issues: list[ConfigIssue] = []
+    for name in presets:
+        preset, problems = load_preset(name)
+        issues.extend(problems)
+        if preset:
+            data = deep_merge(data, preset)
+    if file is not None:
+        loaded, problems = read_yaml(file)
+        issues.extend(problems)
+        if loaded is not None and not isinstance(loaded, Mapping):
+            issues.append(ConfigIssue("", f"{file}: the top level must be a mapping of sections"))
+        elif loaded:
+            data = deep_merge(data, loaded)
+    data, problems = apply_overrides(data, overrides)
+    issues.extend(problems)
+    return data, issues
+
+
+def load_config(
+    file: str | Path | None = None,
+    presets: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+) -> tuple[TrainConfig, list[ConfigIssue]]:
+    """Compose and validate; raise :class:`ConfigError` listing every error. Returns warnings too."""
+    data, issues = compose(presets, file, overrides)
+    if any(i.level == "error" for i in issues):
+        raise ConfigError(issues, str(file or ""))
+    config, more = validate_dict(data)
+    issues.extend(more)
+    if config is None:
+        raise ConfigError(issues, str(file or ""))
+    return config, [i for i in issues if i.level == "warning"]
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json")
+
+
+def to_yaml(config: TrainConfig | Mapping[str, Any]) -> str:
+    data = to_dict(config) if isinstance(config, TrainConfig) else dict(config)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(to_yaml(config), encoding="utf-8")
+    tmp.replace(p)
+
+
+def diff_from_defaults(config: TrainConfig) -> dict[str, Any]:
+    """Only the values that differ from the defaults (what a preset or template needs to store)."""
+    base = to_dict(TrainConfig())
+    cur = to_dict(config)
+    out: dict[str, Any] = {}
+    for section, values in cur.items():
+        changed = {k: v for k, v in values.items() if base[section].get(k) != v}
+        if changed:
+            out[section] = changed
+    return out

@@ -1,0 +1,442 @@
+"""The one typed training configuration (pydantic, closed; no torch).
+
+Every field carries its bounds and help text here; the CLI (``--set``), the YAML presets and the web
+UI's widgets are all derived from this schema. ``ui`` hints (range of the slider, step, whether a field
+sits in an "advanced" accordion) live next to the field they describe.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from flux2_lora.targets import TARGET_SETS, TargetError, resolve_targets
+from flux2_lora.variants import VARIANTS
+
+
+def F(default: Any, help: str, *, ui: dict[str, Any] | None = None, **bounds: Any) -> Any:
+    """A config field: default, help text shown everywhere, bounds, and optional UI hints."""
+    extra: dict[str, Any] | None = {"ui": ui} if ui else None
+    return Field(default, description=help, json_schema_extra=extra, **bounds)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=False)
+
+
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class ModelSection(Section):
+    """Which FLUX.2 model to train, and where."""
+
+    path: str = F(
+        "demo",
+        "Hub id (e.g. black-forest-labs/FLUX.2-klein-base-4B), a local diffusers folder, or 'demo' for the "
+        "embedded tiny model that runs on CPU.",
+        min_length=1,
+        max_length=4096,
+    )
+    variant: Literal["auto", "dev", "klein-4b", "klein-9b", "demo"] = F(
+        "auto",
+        "Model family. 'auto' reads the folder's transformer/config.json, else recognises the hub id.",
+    )
+    device: str = F(
+        "auto",
+        "Where to train: auto (CUDA when present, else CPU), cpu, cuda or cuda:N. Multi-GPU runs take one "
+        "GPU per process.",
+        ui={"choices": ["auto", "cpu", "cuda", "cuda:0", "cuda:1"]},
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = F(
+        "auto",
+        "Precision of the frozen weights. auto: bfloat16 on GPUs that support it, float16 on older GPUs, "
+        "float32 on CPU. Mixed precision follows it.",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        v = v.strip()
+        if not DEVICE_RE.match(v):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return v
+
+
+class DatasetSection(Section):
+    """The captioned images to learn from."""
+
+    path: str = F(
+        "demo",
+        "A folder of images with same-named caption files, a .zip of one, or 'demo' for the generated "
+        "sample dataset.",
+        min_length=1,
+        max_length=4096,
+    )
+    resolution: int = F(
+        1024,
+        "Training resolution in pixels (square side). A multiple of 16: FLUX.2 turns each 16×16 pixel "
+        "patch into one token, so tokens = (resolution/16)².",
+        ge=16,
+        le=4096,
+        ui={"choices": [512, 768, 1024, 1536, 2048], "custom": True},
+    )
+    center_crop: bool = F(
+        True, "Crop the center after resizing the short side; off crops at a random (seeded) position."
+    )
+    random_flip: bool = F(
+        False, "Mirror images left-right at random (seeded). Avoid for text or asymmetric subjects."
+    )
+    caption_extension: str = F(
+        ".txt",
+        "Extension of the caption file next to each image (photo.jpg → photo.txt).",
+        ui={"advanced": True},
+    )
+    default_caption: str = F(
+        "",
+        "Caption for images without a caption file, usually your trigger word (e.g. 'a photo of sks person').",
+        max_length=2000,
+    )
+    repeats: int = F(
+        1,
+        "How many times each image appears per epoch. A subfolder named like '10_faces' multiplies its own "
+        "images' repeats by 10 (kohya's convention), to balance several concepts.",
+        ge=1,
+        le=1000,
+        ui={"advanced": True},
+    )
+    bucketing: bool = F(
+        False,
+        "Aspect-ratio buckets: train each image at about resolution² pixels in its own shape (multiples of "
+        "bucket_step) instead of a square crop; each batch comes from one bucket.",
+    )
+    bucket_step: int = F(
+        64,
+        "Side granularity of aspect buckets in pixels (multiple of 16); the most ever cropped per side.",
+        ge=16,
+        le=256,
+        ui={"advanced": True, "step": 16},
+    )
+    trigger_word: str = F(
+        "",
+        "Word that calls the LoRA (e.g. 'sks'). Replaces a [trigger] placeholder in captions, else is prefixed "
+        "to captions that lack it.",
+        max_length=200,
+    )
+    caption_dropout: float = F(
+        0.0,
+        "Probability of training a sample with an empty caption (the LoRA then also works unprompted).",
+        ge=0.0,
+        le=1.0,
+        ui={"advanced": True, "step": 0.05},
+    )
+    shuffle_tags: bool = F(
+        False,
+        "Shuffle comma-separated tags in each caption (8 fixed orders per caption, one drawn per step).",
+        ui={"advanced": True},
+    )
+    keep_tags: int = F(
+        1,
+        "When shuffling, keep the first N tags in place (usually the trigger).",
+        ge=0,
+        le=100,
+        ui={"advanced": True},
+    )
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_16(cls, v: int) -> int:
+        if v % 16:
+            lower, upper = v - v % 16, v - v % 16 + 16
+            raise ValueError(f"must be a multiple of 16 (FLUX.2's token size); try {lower} or {upper}")
+        return v
+
+    @field_validator("bucket_step")
+    @classmethod
+    def _step_16(cls, v: int) -> int:
+        if v % 16:
+            raise ValueError("must be a multiple of 16 (FLUX.2's token size)")
+        return v
+
+    @field_validator("caption_extension")
+    @classmethod
+    def _ext(cls, v: str) -> str:
+        if not re.fullmatch(r"\.[A-Za-z0-9_]{1,16}", v):
+            raise ValueError("must look like .txt or .caption")
+        return v
+
+
+class LoraSection(Section):
+    """The adapter that is trained (everything else stays frozen)."""
+
+    rank: int = F(
+        16,
+        "LoRA rank: capacity of the adapter. 16–32 suits a character or object, 32–64 a style. Memory and "
+        "file size grow linearly.",
+        ge=1,
+        le=1024,
+        ui={"min": 4, "max": 128, "step": 4},
+    )
+    alpha: float = F(
+        16.0,
+        "LoRA alpha: updates are scaled by alpha/rank. Usually equal to the rank.",
+        gt=0,
+        le=4096,
+        ui={"min": 4, "max": 128, "step": 4},
+    )
+    dropout: float = F(
+        0.0,
+        "Dropout on the LoRA input, a regulariser for small datasets.",
+        ge=0.0,
+        le=0.9,
+        ui={"max": 0.5, "step": 0.05},
+    )
+    use_dora: bool = F(
+        False,
+        "DoRA (weight-decomposed LoRA): adds a magnitude vector per layer; often better quality, slower steps.",
+        ui={"advanced": True},
+    )
+    target_modules: list[str] = F(
+        ["default"],
+        "Layers that get an adapter: named sets ("
+        + ", ".join(TARGET_SETS)
+        + ") and/or module names (attn.to_q, attn.to_out.0, attn.to_qkv_mlp_proj, ff.linear_in, …) or globs.",
+        min_length=1,
+        ui={"advanced": True, "choices": list(TARGET_SETS)},
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        tokens = [t.strip() for t in v if t.strip()]
+        if not tokens:
+            raise ValueError("needs at least one named set or module name")
+        try:  # module names are the same in every variant; the demo's tree has each kind
+            resolve_targets(tokens, VARIANTS["demo"].transformer)
+        except TargetError as e:
+            raise ValueError(str(e)) from None
+        return tokens
+
+
+class TrainingSection(Section):
+    """The optimisation itself."""
+
+    learning_rate: float = F(
+        1e-4,
+        "Peak learning rate. 5e-5–2e-4 for AdamW; around 1.0 for Prodigy.",
+        gt=0,
+        le=10,
+        ui={"min": 1e-6, "max": 1e-2, "log": True},
+    )
+    max_steps: int = F(
+        1000, "Optimizer steps to train.", ge=1, le=1_000_000, ui={"min": 100, "max": 20000, "step": 100}
+    )
+    batch_size: int = F(
+        1,
+        "Images per step per GPU. Memory grows with it; use gradient accumulation instead.",
+        ge=1,
+        le=64,
+        ui={"max": 16},
+    )
+    gradient_accumulation_steps: int = F(
+        1,
+        "Micro-batches summed before each optimizer step (effective batch = batch × this × GPUs).",
+        ge=1,
+        le=1024,
+        ui={"max": 16},
+    )
+    optimizer: Literal["adamw", "adam", "sgd", "adafactor", "adamw8bit", "prodigy"] = F(
+        "adamw",
+        "adamw: the standard. adamw8bit: 8-bit state (bitsandbytes). prodigy: learning-rate free (prodigyopt). "
+        "adafactor: factored second moment, smallest state. sgd: no state without momentum.",
+    )
+    weight_decay: float = F(
+        1e-4, "Decoupled weight decay (AdamW, Prodigy) or L2 (others).", ge=0, le=1, ui={"advanced": True}
+    )
+    adam_beta1: float = F(
+        0.9, "First-moment decay of Adam-type optimizers.", ge=0, lt=1, ui={"advanced": True}
+    )
+    adam_beta2: float = F(
+        0.999, "Second-moment decay of Adam-type optimizers.", ge=0, lt=1, ui={"advanced": True}
+    )
+    adam_epsilon: float = F(1e-8, "Adam-type denominator epsilon.", gt=0, le=1e-2, ui={"advanced": True})
+    momentum: float = F(0.0, "SGD momentum (0 keeps no optimizer state).", ge=0, lt=1, ui={"advanced": True})
+    lr_scheduler: Literal["constant", "cosine", "linear", "polynomial"] = F(
+        "constant", "Learning-rate schedule after warmup."
+    )
+    warmup_steps: int = F(0, "Steps of linear warmup from 0 to the learning rate.", ge=0, le=1_000_000)
+    max_grad_norm: float = F(
+        1.0, "Clip the gradient norm to this (0 disables clipping).", ge=0, le=1e4, ui={"advanced": True}
+    )
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = F(
+        "auto",
+        "Autocast precision. Follows model.dtype (bfloat16→bf16, float16→fp16, float32→no); setting a "
+        "different value by hand is an error.",
+        ui={"advanced": True},
+    )
+    seed: int = F(
+        42,
+        "Seed for data order, noise and timesteps: same config + seed gives the same LoRA.",
+        ge=0,
+        le=2**32 - 1,
+    )
+    timestep_sampling: Literal["uniform", "logit_normal", "sigmoid", "mode"] = F(
+        "uniform",
+        "How training noise levels σ are drawn: uniform; logit_normal (SD3: more mid-range noise, a positive "
+        "logit_mean means more noise); sigmoid (sigmoid of a scaled normal, as x-flux/ai-toolkit); mode (SD3).",
+        ui={"advanced": True},
+    )
+    logit_mean: float = F(0.0, "Mean of logit-normal timestep sampling.", ge=-5, le=5, ui={"advanced": True})
+    logit_std: float = F(1.0, "Std of logit-normal timestep sampling.", gt=0, le=5, ui={"advanced": True})
+    sigmoid_scale: float = F(
+        1.0,
+        "Scale of the normal inside 'sigmoid' timestep sampling (larger: more extremes).",
+        gt=0,
+        le=10,
+        ui={"advanced": True},
+    )
+    mode_scale: float = F(1.29, "Scale of 'mode' timestep sampling.", ge=-1, le=5, ui={"advanced": True})
+    timestep_shift: Literal["none", "fixed", "resolution"] = F(
+        "none",
+        "Shift the drawn σ toward more noise: fixed (σ' = sσ/(1+(s−1)σ) with training.shift) or resolution "
+        "(FLUX.2's scheduler shift, stronger for more image tokens).",
+        ui={"advanced": True},
+    )
+    shift: float = F(3.0, "Shift s of timestep_shift=fixed.", ge=0.1, le=20, ui={"advanced": True})
+    loss_weighting: Literal["none", "sigma_sqrt", "cosmap"] = F(
+        "none", "Per-timestep weight of the loss (SD3 schemes).", ui={"advanced": True}
+    )
+    guidance_scale: float = F(
+        1.0,
+        "FLUX.2 [dev] only: the distilled-guidance value fed to the transformer while training "
+        "(diffusers' README uses 1; its script defaults to 3.5). Ignored by [klein].",
+        ge=0,
+        le=20,
+        ui={"advanced": True},
+    )
+
+
+class MemorySection(Section):
+    """Trade speed for GPU memory."""
+
+    gradient_checkpointing: bool = F(
+        True,
+        "Recompute each block's activations during backward instead of storing them: far less memory for "
+        "about 30% more time. Needed for FLUX.2 [dev] on one GPU.",
+    )
+    attention_slicing: bool = F(
+        False,
+        "Not available for FLUX.2: its attention runs through PyTorch SDPA / flash kernels whose memory is "
+        "already linear in sequence length, so slicing would save nothing (diffusers' FLUX.2 has no "
+        "set_attention_slice). Use gradient checkpointing or quantization.",
+        ui={"disabled": True},
+    )
+    vae_slicing: bool = F(False, "Encode/decode one image at a time in the VAE (batch > 1).")
+    vae_tiling: bool = F(
+        False,
+        "Encode/decode in overlapping tiles above the VAE's tile size (1024 px for FLUX.2): for large images.",
+    )
+    quantization: Literal["none", "int8", "nf4"] = F(
+        "none",
+        "Quantize the frozen transformer (QLoRA). nf4: bitsandbytes 4-bit (~4.1 bits/weight); int8: torchao "
+        "int8 weight-only. Needs the 'quantization' extra.",
+    )
+    cpu_offload: bool = F(
+        False,
+        "Keep the text encoder on the CPU (it encodes the captions there: slow for [dev]'s 24B encoder, but it "
+        "needs no GPU memory) and move the VAE to the GPU only while it runs. Needs host RAM for the encoder.",
+    )
+    cache_latents: bool = F(
+        True, "Encode every image with the VAE once before training, then free the VAE from the GPU."
+    )
+    cache_text_embeddings: bool = F(
+        True,
+        "Encode every caption once before training and free the text encoder (24B for [dev]). Off keeps the "
+        "encoder loaded and encodes each batch.",
+    )
+
+    @field_validator("attention_slicing")
+    @classmethod
+    def _no_slicing(cls, v: bool) -> bool:
+        if v:
+            raise ValueError(
+                "is not available for FLUX.2: attention already runs in memory-efficient SDPA kernels, so "
+                "slicing would save nothing; use memory.gradient_checkpointing or memory.quantization"
+            )
+        return v
+
+
+class ValidationSection(Section):
+    """Sample images during training to watch the LoRA learn."""
+
+    enabled: bool = F(True, "Generate validation samples during and at the end of training.")
+    every_n_steps: int = F(250, "Steps between validation samples.", ge=1, le=1_000_000)
+    num_samples: int = F(1, "Images per prompt at each validation.", ge=1, le=16)
+    prompts: list[str] = F(
+        [], "Validation prompts, one per line. Empty: the first caption of the dataset.", max_length=32
+    )
+    num_inference_steps: int = F(28, "Denoising steps per sample.", ge=1, le=200)
+    guidance_scale: float = F(
+        4.0, "Guidance scale for samples ([dev]: distilled guidance; [klein]: CFG).", ge=0, le=30
+    )
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, v: list[str]) -> list[str]:
+        return [p.strip() for p in v if p.strip()]
+
+
+class OutputSection(Section):
+    """Where the run directory goes and what it keeps."""
+
+    dir: str = F(
+        "runs/default",
+        "Run directory: config, metrics, samples, checkpoints and the final LoRA. One live run per directory.",
+        min_length=1,
+        max_length=4096,
+    )
+    checkpoint_every: int = F(250, "Steps between checkpoints (0: only at the end).", ge=0, le=1_000_000)
+    max_checkpoints: int = F(2, "Keep only the newest K checkpoints.", ge=1, le=1000)
+    save_optimizer_state: bool = F(
+        True, "Store optimizer state in checkpoints so a resume continues exactly (larger checkpoints)."
+    )
+    save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = F(
+        "auto",
+        "Precision of the saved LoRA file. auto: the training weight precision.",
+        ui={"advanced": True},
+    )
+    export_comfyui: bool = F(
+        False, "Also write the LoRA with ComfyUI's key names (pytorch_lora_weights_comfyui.safetensors)."
+    )
+
+
+class LoggingSection(Section):
+    """Where metrics go. metrics.jsonl in the run directory is always written."""
+
+    tensorboard: bool = F(True, "Write TensorBoard scalars and sample images to <run>/tensorboard.")
+    wandb: bool = F(
+        False, "Log to Weights & Biases (offline when no API key is set). Needs the 'wandb' extra."
+    )
+    wandb_project: str = F("flux2-lora", "W&B project name.", min_length=1, max_length=128)
+    log_every: int = F(10, "Steps between metric log lines.", ge=1, le=100_000)
+
+
+class TrainConfig(Section):
+    model: ModelSection = Field(default_factory=ModelSection)
+    dataset: DatasetSection = Field(default_factory=DatasetSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    memory: MemorySection = Field(default_factory=MemorySection)
+    validation: ValidationSection = Field(default_factory=ValidationSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+
+
+SECTIONS: dict[str, type[Section]] = {
+    name: info.annotation  # type: ignore[misc]
+    for name, info in TrainConfig.model_fields.items()
+}
+
+DTYPE_TO_MIXED = {"bfloat16": "bf16", "float16": "fp16", "float32": "no"}
+MIXED_TO_DTYPE = {v: k for k, v in DTYPE_TO_MIXED.items()}

@@ -1,0 +1,96 @@
+"""Where the embedded demo lives, and its generated sample dataset (PIL only, no torch).
+
+The demo model itself is built by :mod:`flux2_lora.training.demo_model` (torch); the UI needs only the paths and the
+dataset, so they live here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from pathlib import Path
+
+DEMO_VERSION = "v1"  # bump when the generated model or dataset changes, so caches regenerate
+TRIGGER = "sks"
+_COLORS = {
+    "red": (220, 40, 40),
+    "blue": (40, 80, 220),
+    "green": (40, 170, 70),
+    "yellow": (235, 200, 40),
+    "purple": (140, 60, 180),
+    "orange": (240, 130, 30),
+}
+_SHAPES = ("circle", "square", "triangle")
+DEMO_IMAGE_SIZE = 128
+DEMO_NUM_IMAGES = 12
+
+
+def cache_root() -> Path:
+    """``$FLUX2_LORA_HOME`` or ``~/.cache/flux2-lora``."""
+    env = os.environ.get("FLUX2_LORA_HOME")
+    return Path(env) if env else Path.home() / ".cache" / "flux2-lora"
+
+
+def demo_model_dir() -> Path:
+    return cache_root() / f"demo-model-{DEMO_VERSION}"
+
+
+def demo_dataset_dir() -> Path:
+    return cache_root() / f"demo-dataset-{DEMO_VERSION}"
+
+
+def _draw_shape(draw, shape: str, box: tuple[int, int, int, int], fill: tuple[int, int, int]) -> None:  # type: ignore[no-untyped-def]
+    x0, y0, x1, y1 = box
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=fill)
+
+
+def _demo_image(i: int):  # type: ignore[no-untyped-def]
+    """A 'sks style' picture: a striped warm background with one coloured shape (the concept to learn)."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(1000 + i)
+    size = DEMO_IMAGE_SIZE
+    img = Image.new("RGB", (size, size))
+    draw = ImageDraw.Draw(img)
+    # Diagonal stripes are the shared "style" every image has, so a LoRA has something to learn.
+    for k in range(-size, size * 2, 16):
+        draw.polygon([(k, 0), (k + 8, 0), (k + 8 - size, size), (k - size, size)], fill=(250, 225, 170))
+        draw.polygon(
+            [(k + 8, 0), (k + 16, 0), (k + 16 - size, size), (k + 8 - size, size)], fill=(245, 180, 120)
+        )
+    shape = _SHAPES[i % len(_SHAPES)]
+    color = list(_COLORS)[i % len(_COLORS)]
+    r = rng.randint(size // 5, size // 3)
+    cx = rng.randint(r, size - r)
+    cy = rng.randint(r, size - r)
+    _draw_shape(draw, shape, (cx - r, cy - r, cx + r, cy + r), _COLORS[color])
+    angle = rng.random() * 2 * math.pi  # a small highlight so no two images are the same
+    hx, hy = int(cx + r * 0.4 * math.cos(angle)), int(cy + r * 0.4 * math.sin(angle))
+    draw.ellipse((hx - 3, hy - 3, hx + 3, hy + 3), fill=(255, 255, 255))
+    caption = f"a {color} {shape} on stripes, {TRIGGER} style"
+    return img, caption
+
+
+def ensure_demo_dataset(target: Path | None = None) -> Path:
+    """Generate the sample dataset once (deterministic), return its folder."""
+    folder = target or demo_dataset_dir()
+    marker = folder / ".complete"
+    if marker.is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(DEMO_NUM_IMAGES):
+        img, caption = _demo_image(i)
+        img.save(folder / f"demo_{i:02d}.png")
+        (folder / f"demo_{i:02d}.txt").write_text(caption + "\n", encoding="utf-8")
+    marker.write_text(DEMO_VERSION)
+    return folder
+
+
+def is_demo(path: str) -> bool:
+    return path.strip().lower() == "demo"

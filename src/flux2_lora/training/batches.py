@@ -1,0 +1,250 @@
+"""Training inputs: the deterministic sample schedule, and encoded latents and prompt embeddings.
+
+Which image a step sees, its flip, its noise and its timestep are pure functions of (seed, step,
+micro-step, rank). Nothing depends on how many steps ran before in this process, so a resumed run
+continues with exactly the data, noise and timesteps the uninterrupted run would have used.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flux2_lora.config import TrainConfig
+
+_MIX = 0x9E3779B97F4A7C15
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (splitmix-style), stable across processes and Python versions."""
+    h = 0
+    for p in parts:
+        h = (h ^ (p + _MIX + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
+        h = (h * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class SampleSchedule:
+    """Which (item, sample id) pairs each micro-batch trains on; a pure function of (seed, step).
+
+    Square mode: a seeded permutation per epoch over every item × its repeats, read in order.
+    Bucket mode: per epoch, each bucket's items (× repeats) are shuffled and cut into batches, and the
+    batches are shuffled, so no batch mixes shapes. The sample id seeds that sample's noise and flip.
+    """
+
+    def __init__(
+        self,
+        repeats: list[int],
+        seed: int,
+        batch_size: int = 1,
+        buckets: list[tuple[int, int]] | None = None,
+    ):
+        self.expanded = [i for i, r in enumerate(repeats) for _ in range(r)]
+        self.epoch_len = len(self.expanded)
+        self.num_items = len(repeats)
+        self.seed = seed
+        self.batch_size = batch_size
+        self.buckets = buckets
+        self._perms: dict[int, list[int]] = {}
+        self._batches: dict[int, list[list[int]]] = {}
+
+    def item(self, global_index: int) -> int:
+        epoch, pos = divmod(global_index, self.epoch_len)
+        perm = self._perms.get(epoch)
+        if perm is None:
+            perm = list(self.expanded)
+            random.Random(derive_seed(self.seed, 1, epoch)).shuffle(perm)
+            self._perms = {epoch: perm}  # one epoch at a time is all a run needs
+        return perm[pos]
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        cached = self._batches.get(epoch)
+        if cached is not None:
+            return cached
+        assert self.buckets is not None
+        rng = random.Random(derive_seed(self.seed, 10, epoch))
+        by_bucket: dict[tuple[int, int], list[int]] = {}
+        for i in self.expanded:
+            by_bucket.setdefault(self.buckets[i], []).append(i)
+        batches: list[list[int]] = []
+        for key in sorted(by_bucket):
+            members = by_bucket[key]
+            rng.shuffle(members)
+            batches += [members[k : k + self.batch_size] for k in range(0, len(members), self.batch_size)]
+        rng.shuffle(batches)
+        self._batches = {epoch: batches}
+        return batches
+
+    def micro_batch(self, step: int, micro: int, rank: int, world: int, accum: int) -> list[tuple[int, int]]:
+        """(item, sample id) of one micro-batch (step is 1-based)."""
+        k = ((step - 1) * accum + micro) * world + rank
+        if self.buckets is None:
+            start = k * self.batch_size
+            return [(self.item(g), g) for g in range(start, start + self.batch_size)]
+        epoch_batches = self._epoch_batches(0)
+        epoch, pos = divmod(k, len(epoch_batches))
+        batch = self._epoch_batches(epoch)[pos]
+        return [(item, k * self.batch_size + j) for j, item in enumerate(batch)]
+
+
+def encode_images(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] (B,3,H,W) → FLUX.2's normalised, 2×2-patchified latents (B, 4C, H/16, W/16)."""
+    from diffusers import Flux2Pipeline
+
+    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    latents = Flux2Pipeline._patchify_latents(dist.mode())
+    mean = vae.bn.running_mean.view(1, -1, 1, 1).to(latents.device, latents.dtype)
+    std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(
+        latents.device, latents.dtype
+    )
+    return (latents - mean) / std
+
+
+def pack(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, h, w) → packed tokens (B, h·w, C) and their (T, H, W, L) position ids."""
+    from diffusers import Flux2Pipeline
+
+    ids = Flux2Pipeline._prepare_latent_ids(latents).to(latents.device)
+    return Flux2Pipeline._pack_latents(latents), ids
+
+
+def text_ids_for(prompt_embeds: torch.Tensor) -> torch.Tensor:
+    from diffusers import Flux2Pipeline
+
+    return Flux2Pipeline._prepare_text_ids(prompt_embeds).to(prompt_embeds.device)
+
+
+@dataclass
+class Item:
+    path: Path
+    caption: str  # after the trigger word is applied
+    repeats: int = 1
+    bucket: tuple[int, int] | None = None
+    variants: list[str] | None = None  # shuffled-tag orders, when dataset.shuffle_tags
+
+
+class LatentSource:
+    """Latents per (item, flip): encoded once up front (cache_latents) or on demand each step."""
+
+    def __init__(self, items: list[Item], config: TrainConfig, vae: Any, device: torch.device):
+        from flux2_lora.training.images import load_training_image
+
+        self._load = load_training_image
+        self.items = items
+        self.config = config
+        self.vae = vae
+        self.device = device
+        self.cache: dict[tuple[int, bool], torch.Tensor] = {}
+        ds = config.dataset
+        self.targets: list[int | tuple[int, int]] = [
+            i.bucket if ds.bucketing and i.bucket else ds.resolution for i in items
+        ]
+
+    def _pixels(self, item: int, flip: bool, crop_seed: int) -> torch.Tensor:
+        ds = self.config.dataset
+        return self._load(
+            self.items[item].path,
+            self.targets[item],
+            center_crop=ds.center_crop,
+            flip=flip,
+            crop_rng=random.Random(crop_seed),
+        )
+
+    @torch.no_grad()
+    def fill_cache(self, batch: int = 4) -> None:
+        """Encode every item (both flips when random_flip); crops are fixed per item when cached."""
+        flips = (False, True) if self.config.dataset.random_flip else (False,)
+        keys = [(i, f) for i in range(len(self.items)) for f in flips]
+        # Group by target shape so every VAE batch stacks.
+        groups: dict[Any, list[tuple[int, bool]]] = {}
+        for key in keys:
+            groups.setdefault(self.targets[key[0]], []).append(key)
+        chunks = [g[k : k + batch] for g in groups.values() for k in range(0, len(g), batch)]
+        for chunk in chunks:
+            pixels = torch.stack(
+                [self._pixels(i, f, derive_seed(self.config.training.seed, 2, i)) for i, f in chunk]
+            )
+            latents = encode_images(self.vae, pixels).to("cpu")
+            for key, lat in zip(chunk, latents):
+                self.cache[key] = lat.clone()
+
+    @torch.no_grad()
+    def get(self, item: int, flip: bool, sample_seed: int) -> torch.Tensor:
+        if self.cache:
+            return self.cache[(item, flip)]
+        crop_seed = (
+            derive_seed(self.config.training.seed, 2, item)
+            if self.config.dataset.center_crop
+            else sample_seed
+        )
+        pixels = self._pixels(item, flip, crop_seed).unsqueeze(0)
+        return encode_images(self.vae, pixels)[0].to("cpu")
+
+
+class PromptSource:
+    """Prompt embeddings per caption: encoded once (cache_text_embeddings) or with the live encoder."""
+
+    def __init__(self, pipe: Any, device: torch.device, max_sequence_length: int):
+        self.pipe = pipe
+        self.device = device
+        self.max_sequence_length = max_sequence_length
+        self.cache: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        embeds, _ = self.pipe.encode_prompt(
+            prompt=prompts, device=self.device, max_sequence_length=self.max_sequence_length
+        )
+        return embeds
+
+    def fill_cache(self, prompts: list[str], batch: int = 8) -> None:
+        unique = list(dict.fromkeys(prompts))
+        for start in range(0, len(unique), batch):
+            chunk = unique[start : start + batch]
+            for p, e in zip(chunk, self.encode(chunk).to("cpu")):
+                self.cache[p] = e.clone()
+
+    def get(self, prompts: list[str]) -> torch.Tensor:
+        if all(p in self.cache for p in prompts):
+            return torch.stack([self.cache[p] for p in prompts])
+        return self.encode(prompts)
+
+
+def build_items(report: Any, root: Path, config: TrainConfig) -> list[Item]:
+    """Training items from a dataset scan: trigger word applied, per-folder repeats ('10_name'), aspect
+    bucket, and 8 fixed shuffled-tag orders per caption when dataset.shuffle_tags."""
+    import logging
+    import re
+
+    from flux2_lora.data.buckets import bucket_for, bucket_table, format_table
+    from flux2_lora.data.captions import apply_trigger, shuffle_tags, trigger_findings
+
+    log = logging.getLogger("flux2_lora")
+    ds = config.dataset
+    for file, _, message in trigger_findings(
+        [(str(i.path.relative_to(root)), i.caption) for i in report.items], ds.trigger_word
+    ):
+        log.warning("dataset: %s%s", f"{file}: " if file else "", message)
+    items = []
+    for n, i in enumerate(report.items):
+        caption = apply_trigger(i.caption, ds.trigger_word)
+        parts = i.path.relative_to(root).parts
+        match = re.match(r"^(\d+)_", parts[0]) if len(parts) > 1 else None
+        item = Item(i.path, caption, repeats=int(match.group(1)) if match else 1)
+        if ds.bucketing:
+            item.bucket = bucket_for(i.width, i.height, ds.resolution, ds.bucket_step)
+        if ds.shuffle_tags:
+            item.variants = [
+                shuffle_tags(caption, ds.keep_tags, random.Random(derive_seed(config.training.seed, 9, n, k)))
+                for k in range(8)
+            ]
+        items.append(item)
+    if ds.bucketing:
+        sizes = ((i.width, i.height) for i in report.items)
+        log.info(format_table(bucket_table(sizes, ds.resolution, ds.bucket_step)))
+    return items

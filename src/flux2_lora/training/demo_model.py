@@ -1,0 +1,128 @@
+"""The embedded demo model: FLUX.2 [klein] architecture at toy size, built from config in code.
+
+It is saved as an ordinary diffusers folder, so training loads it through exactly the same
+``from_pretrained`` path as a real model. Weights are random but deterministic (fixed seed), and the
+tokenizer is a small byte-level BPE trained locally on the demo vocabulary; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from flux2_lora.data.demo import _COLORS, _SHAPES, DEMO_VERSION, TRIGGER, demo_model_dir
+from flux2_lora.variants import VARIANTS
+
+_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+# Qwen3's chat template, reduced to what the FLUX.2 [klein] pipeline uses (no tools, thinking off).
+_CHAT_TEMPLATE = (
+    "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}{%- endif %}"
+)
+
+
+def _corpus() -> list[str]:
+    words = [f"a {c} {s} on stripes, {TRIGGER} style" for c in _COLORS for s in _SHAPES]
+    words += ["a photo of a dog", "a painting of a house", "user", "assistant", "a cat in the snow"]
+    return words * 20
+
+
+def build_tokenizer():  # type: ignore[no-untyped-def]
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2TokenizerFast
+
+    vocab_size = VARIANTS["demo"].text_encoder.vocab_size
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer)
+    wrapped = Qwen2TokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        bos_token=None,
+    )
+    wrapped.chat_template = _CHAT_TEMPLATE
+    return wrapped
+
+
+def build_demo_pipeline(**transformer_overrides: object):  # type: ignore[no-untyped-def]
+    """The demo pipeline in memory, every component from the variant table, seeded.
+
+    ``transformer_overrides`` change the transformer's config (e.g. a wider, deeper model for memory
+    benchmarks on CPU); the text encoder's output width follows ``joint_attention_dim``."""
+    import torch
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    v = VARIANTS["demo"]
+    te = v.text_encoder
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = Qwen3ForCausalLM(
+        Qwen3Config(**{**te.transformers_config(), "vocab_size": len(tokenizer)}, tie_word_embeddings=True)
+    )
+    vae = AutoencoderKLFlux2(
+        block_out_channels=v.vae.block_out_channels,
+        layers_per_block=1,
+        latent_channels=v.vae.latent_channels,
+        norm_num_groups=4,
+        sample_size=v.vae.sample_size,
+    )
+    transformer = Flux2Transformer2DModel(**{**v.transformer.diffusers_config(), **transformer_overrides})
+    # FLUX.2's scheduler settings (dynamic, resolution-dependent shift).
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+        time_shift_type="exponential",
+    )
+    return Flux2KleinPipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
+    )
+
+
+def ensure_demo_model(target: Path | None = None, **transformer_overrides: object) -> Path:
+    """Build and save the demo pipeline once; concurrent callers (multi-process runs) wait for the first."""
+    folder = target or demo_model_dir()
+    if (folder / "model_index.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = folder.parent / f".{folder.name}.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (folder / "model_index.json").is_file():
+            return folder
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            build_demo_pipeline(**transformer_overrides).save_pretrained(tmp)
+            (tmp / "DEMO_VERSION").write_text(DEMO_VERSION)
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)  # atomic: a half-built model is never seen
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return folder

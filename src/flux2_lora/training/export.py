@@ -1,0 +1,127 @@
+"""Writing the trained LoRA: diffusers' format, and optionally ComfyUI's FLUX.2 key names.
+
+The diffusers file is written by the pipeline's own ``save_lora_weights`` (keys ``transformer.…`` plus
+the PEFT adapter metadata with rank and alpha), so ``load_lora_weights`` reads it back exactly.
+
+ComfyUI names FLUX.2 layers as BFL's original checkpoint does (``diffusion_model.double_blocks.N.
+img_attn.qkv``…), where q, k and v are one fused layer. Separate q/k/v adapters are fused exactly:
+A = [A_q; A_k; A_v] and B = blockdiag(B_q, B_k, B_v), so B·A = [B_q·A_q; B_k·A_k; B_v·A_v]. The
+alpha/rank scale is folded into B, so the file needs no alpha keys (loaders then use scale 1).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from flux2_lora import runs
+
+COMFY_PREFIX = "diffusion_model."
+_DOUBLE_SIMPLE = {
+    "attn.to_out.0": "img_attn.proj",
+    "attn.to_add_out": "txt_attn.proj",
+    "ff.linear_in": "img_mlp.0",
+    "ff.linear_out": "img_mlp.2",
+    "ff_context.linear_in": "txt_mlp.0",
+    "ff_context.linear_out": "txt_mlp.2",
+}
+_DOUBLE_QKV = {
+    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+}
+_SINGLE = {"attn.to_qkv_mlp_proj": "linear1", "attn.to_out": "linear2"}
+_KEY = re.compile(r"^(?P<mod>.+)\.lora_(?P<ab>[AB])(?:\.default)?\.weight$")
+
+
+def save_diffusers_lora(
+    out_dir: Path,
+    variant_pipeline: Any,
+    state_dict: dict[str, torch.Tensor],
+    adapter_metadata: dict[str, Any],
+    dtype: torch.dtype,
+) -> Path:
+    """Write pytorch_lora_weights.safetensors atomically (the pipeline's writer, then a rename)."""
+    tmp_dir = out_dir / ".lora-tmp"
+    tmp_dir.mkdir(exist_ok=True)
+    variant_pipeline.save_lora_weights(
+        str(tmp_dir),
+        transformer_lora_layers={k: v.to(dtype) for k, v in state_dict.items()},
+        transformer_lora_adapter_metadata=adapter_metadata,
+    )
+    final = out_dir / runs.LORA_FILE
+    (tmp_dir / runs.LORA_FILE).replace(final)
+    tmp_dir.rmdir()
+    return final
+
+
+def _split(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """PEFT state dict ({module}.lora_A.weight …) → {module: {"A": …, "B": …}}."""
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        m = _KEY.match(key.removeprefix("transformer."))
+        if m is None:
+            raise ValueError(f"unexpected LoRA key {key!r}")
+        modules.setdefault(m["mod"], {})[m["ab"]] = value
+    return modules
+
+
+def to_comfyui(state_dict: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """diffusers/PEFT FLUX.2 LoRA → ComfyUI key names, with q/k/v fused exactly and scale folded in."""
+    modules = _split(state_dict)
+    out: dict[str, torch.Tensor] = {}
+    done: set[str] = set()
+    for name, ab in modules.items():
+        parts = name.split(".")
+        if name in done:
+            continue
+        if parts[0] == "single_transformer_blocks":
+            sub = ".".join(parts[2:])
+            base = f"{COMFY_PREFIX}single_blocks.{parts[1]}.{_SINGLE[sub]}"
+            out[f"{base}.lora_A.weight"] = ab["A"]
+            out[f"{base}.lora_B.weight"] = ab["B"] * scale
+            done.add(name)
+        elif parts[0] == "transformer_blocks":
+            block, sub = parts[1], ".".join(parts[2:])
+            prefix = f"transformer_blocks.{block}."
+            if sub in _DOUBLE_SIMPLE:
+                base = f"{COMFY_PREFIX}double_blocks.{block}.{_DOUBLE_SIMPLE[sub]}"
+                out[f"{base}.lora_A.weight"] = ab["A"]
+                out[f"{base}.lora_B.weight"] = ab["B"] * scale
+                done.add(name)
+                continue
+            fused = next((f for f, members in _DOUBLE_QKV.items() if sub in members), None)
+            if fused is None:
+                raise ValueError(f"no ComfyUI name for LoRA layer {name!r}")
+            members = [prefix + m for m in _DOUBLE_QKV[fused]]
+            present = [modules.get(m) for m in members]
+            ref = next(p for p in present if p is not None)
+            rank, in_f = ref["A"].shape
+            out_f = ref["B"].shape[0]
+            a_parts, b_parts = [], []
+            for p in present:  # a projection without an adapter contributes zeros
+                a_parts.append(p["A"] if p is not None else torch.zeros(rank, in_f, dtype=ref["A"].dtype))
+                b_parts.append(
+                    p["B"] * scale if p is not None else torch.zeros(out_f, rank, dtype=ref["B"].dtype)
+                )
+            base = f"{COMFY_PREFIX}double_blocks.{block}.{fused}"
+            out[f"{base}.lora_A.weight"] = torch.cat(a_parts, dim=0)
+            out[f"{base}.lora_B.weight"] = torch.block_diag(*b_parts)
+            done.update(members)
+        else:
+            raise ValueError(f"no ComfyUI name for LoRA layer {name!r}")
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def save_comfyui_lora(
+    out_dir: Path, state_dict: dict[str, torch.Tensor], scale: float, dtype: torch.dtype
+) -> Path:
+    converted = to_comfyui(state_dict, scale)
+    final = out_dir / runs.COMFYUI_LORA_FILE
+    tmp = out_dir / f".{runs.COMFYUI_LORA_FILE}.tmp"
+    save_file({k: v.to(dtype) for k, v in converted.items()}, str(tmp), metadata={"format": "pt"})
+    tmp.replace(final)
+    return final

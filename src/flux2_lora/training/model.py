@@ -1,0 +1,231 @@
+"""Loading FLUX.2 pipelines and components, placing them, quantizing, and adding the LoRA.
+
+Real models and the embedded demo take the same path: ``from_pretrained`` of a diffusers folder (the
+demo is built into one first) or a hub id, with the pipeline class of the variant.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flux2_lora.config import LoraSection, ModelSection
+from flux2_lora.targets import QUANTIZATION_SKIP_PREFIXES, is_quantized_linear, resolve_targets
+from flux2_lora.variants import TransformerArch, get_variant, resolve_model
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be found, reached or used; the message names the config field."""
+
+
+def resolve_device(spec: str, local_rank: int | None = None) -> torch.device:
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank or 0)
+        return torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"model.device: {spec!r} was asked for but no CUDA GPU is available; use 'cpu'"
+            )
+        idx = int(spec.split(":")[1]) if ":" in spec else (local_rank or 0)
+        if idx >= torch.cuda.device_count():
+            raise ModelLoadError(
+                f"model.device: {spec!r} does not exist ({torch.cuda.device_count()} GPU(s))"
+            )
+        return torch.device("cuda", idx)
+    return torch.device("cpu")
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on GPUs that support it, fp16 on older ones, fp32 on CPU (CPU bf16 matmuls are slow)."""
+    if spec != "auto":
+        return getattr(torch, spec)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+MIXED_PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "no"}
+
+
+def resolve_model_path(model: ModelSection) -> tuple[str, str, TransformerArch]:
+    """(loadable path or hub id, variant, transformer arch); builds the demo on first use."""
+    raw = model.path.strip()
+    if raw.lower() == "demo":
+        from flux2_lora.training.demo_model import ensure_demo_model
+
+        path = str(ensure_demo_model())
+        resolved = resolve_model(path, "demo")
+        return path, "demo", resolved.arch
+    expanded = os.path.expanduser(raw)
+    if Path(expanded).exists():
+        p = Path(expanded)
+        if not p.is_dir() or not (p / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"model.path: {raw} is not a diffusers pipeline folder (no model_index.json); give the folder "
+                "that holds transformer/, vae/, text_encoder/ and tokenizer/"
+            )
+        raw = expanded
+    elif raw.startswith((".", "/", "~")) or raw.count("/") != 1:
+        raise ModelLoadError(
+            f"model.path: {raw!r} is neither an existing local folder nor a Hugging Face hub id (owner/name)"
+        )
+    try:
+        resolved = resolve_model(raw, model.variant)
+    except ValueError as e:
+        raise ModelLoadError(str(e)) from None
+    return raw, resolved.variant, resolved.arch
+
+
+def _load_error(path: str, what: str, err: BaseException) -> ModelLoadError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    where = (
+        "local folder"
+        if Path(path).exists()
+        else "hub id (is it reachable, and are you logged in for gated models?)"
+    )
+    return ModelLoadError(f"model.path: cannot load the {what} from {path!r} as a {where}: {reason}")
+
+
+def pipeline_class(variant: str) -> Any:
+    import diffusers
+
+    return getattr(diffusers, get_variant(variant).pipeline_class)
+
+
+def load_pipeline_without_transformer(path: str, variant: str, dtype: torch.dtype) -> Any:
+    """Text encoder, tokenizer, VAE and scheduler: what caching and sampling need besides the transformer."""
+    try:
+        return pipeline_class(variant).from_pretrained(path, transformer=None, dtype=dtype)
+    except Exception as e:  # diffusers raises OSError, ValueError or hub errors depending on the cause
+        raise _load_error(path, "pipeline", e) from e
+
+
+def load_transformer(
+    path: str, dtype: torch.dtype, quantization: str, device: torch.device
+) -> torch.nn.Module:
+    from diffusers import Flux2Transformer2DModel
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if quantization == "nf4" and device.type == "cuda":
+        kwargs["quantization_config"] = _bnb_nf4_config(dtype)
+    try:
+        transformer = Flux2Transformer2DModel.from_pretrained(path, subfolder="transformer", **kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        raise _load_error(path, "transformer", e) from e
+    transformer.requires_grad_(False)
+    if quantization == "int8":
+        _quantize_int8(transformer)
+    elif quantization == "nf4" and device.type != "cuda":
+        _quantize_nf4_manual(transformer, dtype)
+    return transformer
+
+
+def _bnb_nf4_config(dtype: torch.dtype) -> Any:
+    try:
+        import bitsandbytes  # noqa: F401
+        from diffusers import BitsAndBytesConfig
+    except ImportError:
+        raise ModelLoadError(
+            "memory.quantization: nf4 needs bitsandbytes; install flux2-lora[quantization]"
+        ) from None
+    skip = [prefix.rstrip(".") for prefix in QUANTIZATION_SKIP_PREFIXES]  # the same layers as on CPU
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_use_double_quant=True,
+        llm_int8_skip_modules=skip,
+    )
+
+
+def _quantize_int8(transformer: torch.nn.Module) -> None:
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    except ImportError:
+        raise ModelLoadError(
+            "memory.quantization: int8 needs torchao; install flux2-lora[quantization]"
+        ) from None
+    quantize_(
+        transformer,
+        Int8WeightOnlyConfig(),
+        filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and is_quantized_linear(fqn),
+    )
+
+
+def nf4_linear(in_features: int, out_features: int, bias: bool, dtype: torch.dtype) -> torch.nn.Module:
+    """An NF4 layer (bitsandbytes Linear4bit, double-quantized absmax): the layout diffusers' loader
+    gives on CUDA; its weight is set, and quantized on the move to a device, by the caller."""
+    import bitsandbytes as bnb
+
+    return bnb.nn.Linear4bit(
+        in_features, out_features, bias=bias, compute_dtype=dtype, quant_type="nf4", compress_statistics=True
+    )
+
+
+def _quantize_nf4_manual(transformer: torch.nn.Module, dtype: torch.dtype) -> None:
+    """bitsandbytes NF4 without CUDA: diffusers' loader refuses, but bnb's CPU backend can run the layers."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise ModelLoadError(
+            "memory.quantization: nf4 needs bitsandbytes; install flux2-lora[quantization]"
+        ) from None
+    for name, module in list(transformer.named_modules()):
+        if not isinstance(module, torch.nn.Linear) or not is_quantized_linear(name):
+            continue
+        q = nf4_linear(module.in_features, module.out_features, module.bias is not None, dtype)
+        q.weight = bnb.nn.Params4bit(
+            module.weight.data.cpu(), requires_grad=False, quant_type="nf4", compress_statistics=True
+        )
+        if module.bias is not None:
+            q.bias = torch.nn.Parameter(module.bias.data, requires_grad=False)
+        q = q.to("cpu")  # Params4bit quantizes when moved to a device
+        parent_name, _, child = name.rpartition(".")
+        parent = transformer.get_submodule(parent_name) if parent_name else transformer
+        setattr(parent, child, q)
+
+
+def lora_target_names(lora: LoraSection, arch: TransformerArch) -> list[str]:
+    return [s.name for s in resolve_targets(lora.target_modules, arch)]
+
+
+def inject_lora(transformer: torch.nn.Module, lora: LoraSection, arch: TransformerArch) -> int:
+    """Add the PEFT adapter on the exact target layers; adapter weights in fp32. Returns trainable params."""
+    from peft import LoraConfig
+
+    config = LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        use_dora=lora.use_dora,
+        init_lora_weights="gaussian",
+        target_modules=lora_target_names(lora, arch),
+    )
+    transformer.add_adapter(config)
+    trainable = 0
+    for p in transformer.parameters():
+        if p.requires_grad:
+            # fp32 master copy: bf16 LoRA updates lose most of a small learning rate's effect.
+            p.data = p.data.float()
+            trainable += p.numel()
+    return trainable
+
+
+def place_component(module: torch.nn.Module | None, device: torch.device) -> None:
+    if module is not None:
+        module.to(device)
+
+
+def free_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

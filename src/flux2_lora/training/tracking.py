@@ -1,0 +1,193 @@
+"""What a run reports: status.json, metrics.jsonl and train.log always; TensorBoard and W&B on request.
+
+Only the main process writes. Every writer is best-effort except the run directory itself: a
+TensorBoard or W&B failure is logged and training goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from flux2_lora import runs
+from flux2_lora.config import TrainConfig
+
+log = logging.getLogger("flux2_lora")
+
+
+def setup_logging(run_dir: Path | None, is_main: bool) -> None:
+    """Console + train.log for the main process; other ranks only warn, so logs do not repeat N times."""
+    root = logging.getLogger("flux2_lora")
+    root.handlers.clear()
+    root.setLevel(logging.INFO if is_main else logging.WARNING)
+    root.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(fmt)
+    root.addHandler(console)
+    if run_dir is not None and is_main:
+        fh = logging.FileHandler(run_dir / runs.LOG_FILE, encoding="utf-8")
+        fh.setFormatter(fmt)
+        root.addHandler(fh)
+
+
+def peak_memory() -> tuple[float | None, float]:
+    """(peak CUDA memory allocated in GiB or None on CPU, current process RSS in GiB)."""
+    import psutil
+    import torch
+
+    gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    return gpu, psutil.Process().memory_info().rss / 2**30
+
+
+class RunReporter:
+    """Status, metrics, samples index, TensorBoard and W&B for one run (main process only)."""
+
+    def __init__(self, run_dir: Path, config: TrainConfig, total_steps: int):
+        self.run_dir = run_dir
+        self.config = config
+        self.status = runs.RunStatus(
+            state="starting", total_steps=total_steps, pid=os.getpid(), started_at=time.time()
+        )
+        self._tb: Any = None
+        self._wandb: Any = None
+        self._step_times: list[float] = []
+        self._overheads: dict[str, list[float]] = {}
+
+    # -- status -----------------------------------------------------------------------------
+    def set_state(self, state: str, message: str = "", **fields: Any) -> None:
+        self.status.state = state
+        self.status.message = message
+        for k, v in fields.items():
+            setattr(self.status, k, v)
+        self.status.updated_at = time.time()
+        runs.write_json_atomic(self.run_dir / runs.STATUS_FILE, self.status.to_dict())
+        if message:
+            log.info("[%s] %s", state, message)
+
+    # -- trackers ---------------------------------------------------------------------------
+    def open_trackers(self) -> None:
+        if self.config.logging.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run_dir / runs.TENSORBOARD_DIR))
+            except Exception as e:  # tensorboard missing or unwritable: the run matters more
+                log.warning("TensorBoard disabled: %s", e)
+        if self.config.logging.wandb:
+            try:
+                import wandb
+
+                mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+                self._wandb = wandb.init(
+                    project=self.config.logging.wandb_project,
+                    dir=str(self.run_dir),
+                    mode=mode,
+                    config=self.config.model_dump(mode="json"),
+                    name=self.run_dir.name,
+                )
+                log.info(
+                    "W&B logging %s (%s)", mode, "WANDB_API_KEY set" if mode == "online" else "no API key"
+                )
+            except ImportError:
+                log.warning("logging.wandb is on but wandb is not installed: pip install 'flux2-lora[wandb]'")
+            except Exception as e:
+                log.warning("W&B disabled: %s", e)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+    # -- metrics ----------------------------------------------------------------------------
+    def record_overhead(self, kind: str, seconds: float) -> None:
+        self._overheads.setdefault(kind, []).append(seconds)
+
+    def remaining_events(self, step: int) -> dict[str, int]:
+        """Validations and checkpoints still to come after ``step`` (the end adds one sampling pass)."""
+        total = self.status.total_steps
+        val, out = self.config.validation, self.config.output
+        samples = 0
+        if val.enabled:
+            samples = (total - 1) // val.every_n_steps - step // val.every_n_steps + 1
+        ckpts = total // out.checkpoint_every - step // out.checkpoint_every if out.checkpoint_every else 0
+        return {"sampling": max(samples, 0), "checkpoint": max(ckpts, 0)}
+
+    def step_done(self, step: int, seconds: float) -> None:
+        """Seconds per step (recent mean) and the ETA, including the sampling and checkpoints still due."""
+        self._step_times.append(seconds)
+        recent = self._step_times[-20:]
+        sps = sum(recent) / len(recent)
+        self.status.step = step
+        self.status.seconds_per_step = sps
+        eta = sps * (self.status.total_steps - step)
+        for kind, count in self.remaining_events(step).items():
+            times = self._overheads.get(kind)
+            if times:
+                eta += count * sum(times) / len(times)
+        self.status.eta_seconds = eta
+
+    def record_peaks(self) -> dict[str, float | None]:
+        """Peak GPU tensor memory and peak host RSS of this process, for the run's record."""
+        import resource
+
+        import torch
+
+        gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        reserved = torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None
+        host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        peaks = {"gpu_allocated_peak_gib": gpu, "gpu_reserved_peak_gib": reserved, "host_peak_rss_gib": host}
+        self.status.extra["measured"] = peaks
+        return peaks
+
+    def log_metrics(self, step: int, loss: float, lr: float) -> dict[str, Any]:
+        gpu, rss = peak_memory()
+        record = {
+            "step": step,
+            "loss": loss,
+            "lr": lr,
+            "sec_per_step": self.status.seconds_per_step,
+            "eta_s": self.status.eta_seconds,
+            "gpu_mem_gib": gpu,
+            "rss_gib": rss,
+            "time": time.time(),
+        }
+        runs.append_jsonl(self.run_dir / runs.METRICS_FILE, record)
+        if self._tb is not None:
+            self._tb.add_scalar("train/loss", loss, step)
+            self._tb.add_scalar("train/lr", lr, step)
+            if record["sec_per_step"]:
+                self._tb.add_scalar("train/sec_per_step", record["sec_per_step"], step)
+            if gpu is not None:
+                self._tb.add_scalar("memory/gpu_peak_gib", gpu, step)
+        if self._wandb is not None:
+            self._wandb.log({"loss": loss, "lr": lr, "gpu_mem_gib": gpu}, step=step)
+        return record
+
+    def log_sample(self, step: int, index: int, prompt: str, image: Any) -> Path:
+        """Save a validation image as PNG, index it, and send it to the trackers."""
+        folder = self.run_dir / runs.SAMPLES_DIR
+        folder.mkdir(exist_ok=True)
+        path = folder / f"step{step:06d}_{index:02d}.png"
+        tmp = path.with_name("." + path.name)
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+        runs.append_jsonl(
+            self.run_dir / runs.SAMPLES_INDEX,
+            {"step": step, "prompt": prompt, "file": str(path.relative_to(self.run_dir)), "index": index},
+        )
+        if self._tb is not None:
+            import numpy as np
+
+            self._tb.add_image(f"samples/{index}", np.asarray(image.convert("RGB")), step, dataformats="HWC")
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.log({f"samples/{index}": wandb.Image(image, caption=prompt)}, step=step)
+        return path

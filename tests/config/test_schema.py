@@ -1,0 +1,105 @@
+"""The one typed config: bounds, help, all errors at once by dotted path, overrides, presets."""
+
+from __future__ import annotations
+
+import pytest
+
+from flux2_lora.config import SECTIONS, TrainConfig
+from flux2_lora.config.io import ConfigError, load_config, to_yaml, validate_dict
+from flux2_lora.config.presets import list_presets, load_preset
+
+
+def test_every_field_has_help_text():  # type: ignore[no-untyped-def]
+    for section, model in SECTIONS.items():
+        for name, field in model.model_fields.items():
+            assert field.description and len(field.description) > 15, f"{section}.{name} lacks help"
+
+
+def test_all_errors_reported_at_once_by_dotted_path():  # type: ignore[no-untyped-def]
+    data = {
+        "training": {"learning_rate": -1, "max_steps": 0, "bogus": 1},
+        "lora": {"rank": 0},
+        "dataset": {"resolution": 1000},
+    }
+    config, issues = validate_dict(data)
+    assert config is None
+    paths = {i.path for i in issues if i.level == "error"}
+    assert {
+        "training.learning_rate",
+        "training.max_steps",
+        "training.bogus",
+        "lora.rank",
+        "dataset.resolution",
+    } <= paths
+    res = next(i for i in issues if i.path == "dataset.resolution")
+    assert "multiple of 16" in res.message and "992" in res.message
+
+
+def test_unknown_section_and_key_suggestions():  # type: ignore[no-untyped-def]
+    _, issues = validate_dict({"trainin": {}, "training": {"learning_rat": 1e-4}})
+    text = " ".join(i.message for i in issues)
+    assert "training" in text and "learning_rate" in text
+
+
+def test_mixed_precision_must_follow_dtype():  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match="training.mixed_precision"):
+        load_config(overrides=["model.dtype=bfloat16", "training.mixed_precision=fp16"])
+    config, _ = load_config(overrides=["model.dtype=bfloat16", "training.mixed_precision=bf16"])
+    assert config.training.mixed_precision == "bf16"
+
+
+def test_overrides_are_typed_and_checked():  # type: ignore[no-untyped-def]
+    config, _ = load_config(
+        overrides=[
+            "training.learning_rate=2e-4",
+            "lora.target_modules=[single, attn.to_q]",
+            "validation.prompts=[a cat, a dog]",
+        ]
+    )
+    assert config.training.learning_rate == 2e-4
+    assert config.lora.target_modules == ["single", "attn.to_q"]
+    with pytest.raises(ConfigError, match="lora.target_modules"):
+        load_config(overrides=["lora.target_modules=[attn.to_nothing]"])
+    with pytest.raises(ConfigError):
+        load_config(overrides=["training.nonsense=1"])
+
+
+def test_attention_slicing_is_disabled_with_a_reason():  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match="memory.attention_slicing: .*not available for FLUX.2"):
+        load_config(overrides=["memory.attention_slicing=true"])
+    assert TrainConfig.model_fields  # the field stays visible (the UI shows it disabled)
+    extra = SECTIONS["memory"].model_fields["attention_slicing"].json_schema_extra
+    assert extra["ui"]["disabled"] is True
+
+
+@pytest.mark.parametrize("name", [p.name for p in list_presets()])
+def test_every_preset_validates(name):  # type: ignore[no-untyped-def]
+    data, problems = load_preset(name)
+    assert not problems and data
+    config, issues = validate_dict(data)
+    assert config is not None, issues
+    assert not [i for i in issues if i.level == "error"]
+
+
+def test_expected_presets_ship():  # type: ignore[no-untyped-def]
+    names = {p.name for p in list_presets()}
+    assert {
+        "quickstart",
+        "fast",
+        "high-quality",
+        "low-vram",
+        "character",
+        "style",
+        "concept",
+        "dev",
+        "klein-4b",
+        "klein-9b",
+    } <= names
+
+
+def test_yaml_round_trip(tmp_path):  # type: ignore[no-untyped-def]
+    config, _ = load_config(presets=["style"], overrides=["training.seed=7"])
+    path = tmp_path / "c.yaml"
+    path.write_text(to_yaml(config))
+    again, _ = load_config(file=path)
+    assert again == config

@@ -1,0 +1,24 @@
+"""CUDA-only paths: bf16 autocast, bitsandbytes NF4 through diffusers' loader, 8-bit AdamW."""
+
+from __future__ import annotations
+
+import pytest
+
+from flux2_lora import runs
+from flux2_lora.training.trainer import Trainer
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("memory.quantization=nf4",), ("memory.quantization=int8",), ("training.optimizer=adamw8bit",)],
+)
+def test_demo_trains_on_cuda(make_config, extra):  # type: ignore[no-untyped-def]
+    import torch
+
+    config = make_config("model.device=cuda", "model.dtype=bfloat16", *extra)
+    assert Trainer(config).run() == 0
+    status = runs.read_status(config.output.dir)
+    assert status.state == "finished" and status.extra["measured"]["gpu_allocated_peak_gib"] > 0
+    assert torch.cuda.max_memory_allocated() > 0

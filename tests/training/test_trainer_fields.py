@@ -1,0 +1,476 @@
+"""Every config field changes what the trainer does (or is refused with its reason).
+
+Each test prepares a trainer on the demo (model, caches, adapter, optimizer; no training) or runs a
+few steps, and looks at the effect of one field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from flux2_lora import runs
+from flux2_lora.config.io import ConfigError
+from flux2_lora.training.trainer import Trainer
+
+
+def prepared(make_config, *overrides: str) -> Trainer:  # type: ignore[no-untyped-def]
+    t = Trainer(make_config(*overrides))
+    t.prepare()
+    return t
+
+
+def lora_modules(t: Trainer) -> list[str]:
+    return [
+        n[: -len(".lora_A.default")] for n, _ in t.transformer.named_modules() if n.endswith("lora_A.default")
+    ]
+
+
+def make_images(
+    folder: Path, sizes: list[tuple[int, int]], captions: dict[int, str] | None = None, ext: str = ".txt"
+) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (w, h) in enumerate(sizes):
+        img = Image.effect_noise((w, h), 80).convert("RGB")  # detail everywhere: any crop shift shows
+        img.save(folder / f"img{i}.png")
+        if captions and i in captions:
+            (folder / f"img{i}{ext}").write_text(captions[i], encoding="utf-8")
+    return folder
+
+
+# ----------------------------------------------------------------------------------------- model
+def test_model_dtype_sets_weights_and_mixed_precision(make_config):  # type: ignore[no-untyped-def]
+    t = prepared(make_config, "model.dtype=bfloat16")
+    assert t.accelerator.mixed_precision == "bf16"
+    base = t.transformer.transformer_blocks[0].attn.to_q.base_layer.weight
+    assert base.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in t.lora_params)  # fp32 adapter copy
+    t32 = prepared(make_config, "model.dtype=float32")
+    assert t32.accelerator.mixed_precision == "no"
+
+
+def test_model_device_cpu_and_missing_cuda(make_config):  # type: ignore[no-untyped-def]
+    from flux2_lora.training.model import ModelLoadError
+
+    assert prepared(make_config, "model.device=cpu").device.type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match=r"model\.device"):
+            Trainer(make_config("model.device=cuda:0")).prepare()
+
+
+def test_model_variant_must_match(make_config):  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match=r"model\.variant"):
+        make_config("model.variant=dev")
+
+
+# ----------------------------------------------------------------------------------------- dataset
+def test_dataset_path_resolution_and_captions(make_config, tmp_path):  # type: ignore[no-untyped-def]
+    folder = make_images(
+        tmp_path / "ds", [(96, 96), (96, 96), (96, 96)], {0: "one", 1: "two"}, ext=".caption"
+    )
+    t = prepared(
+        make_config,
+        f"dataset.path={folder}",
+        "dataset.resolution=128",
+        "dataset.caption_extension=.caption",
+        "dataset.default_caption=fallback sks",
+    )
+    assert [i.caption for i in t.items] == ["one", "two", "fallback sks"]
+    assert next(iter(t.latents.cache.values())).shape[-2:] == (8, 8)  # 128 px → 16 px per token
+    t64 = prepared(
+        make_config,
+        f"dataset.path={folder}",
+        "dataset.resolution=64",
+        "dataset.caption_extension=.caption",
+        "dataset.default_caption=''",
+    )
+    assert next(iter(t64.latents.cache.values())).shape[-2:] == (4, 4)
+    assert t64.items[2].caption == ""  # no default caption given
+
+
+def test_center_crop_and_random_flip_change_latents(make_config, tmp_path):  # type: ignore[no-untyped-def]
+    folder = make_images(tmp_path / "wide", [(256, 96)], {0: "wide"})
+    center = prepared(make_config, f"dataset.path={folder}", "dataset.center_crop=true")
+    rand = prepared(make_config, f"dataset.path={folder}", "dataset.center_crop=false", "training.seed=3")
+    assert not torch.allclose(center.latents.cache[(0, False)], rand.latents.cache[(0, False)])
+    assert (0, True) not in center.latents.cache
+    flip = prepared(make_config, f"dataset.path={folder}", "dataset.random_flip=true")
+    assert not torch.allclose(flip.latents.cache[(0, True)], flip.latents.cache[(0, False)])
+    flips = {bool(torch.rand(1, generator=torch.Generator().manual_seed(s)).item() < 0.5) for s in range(8)}
+    assert flips == {True, False}
+
+
+def test_repeats_lengthen_the_epoch(make_config):  # type: ignore[no-untyped-def]
+    assert prepared(make_config, "dataset.repeats=3").schedule.epoch_len == 3 * 12
+
+
+# ----------------------------------------------------------------------------------------- lora
+def test_lora_rank_alpha_dropout_dora_targets(make_config):  # type: ignore[no-untyped-def]
+    t = prepared(
+        make_config,
+        "lora.rank=4",
+        "lora.alpha=8",
+        "lora.dropout=0.25",
+        "lora.use_dora=true",
+        "lora.target_modules=[single]",
+    )
+    q = t.transformer.single_transformer_blocks[0].attn.to_qkv_mlp_proj
+    assert q.r["default"] == 4 and q.scaling["default"] == 2.0
+    assert isinstance(q.lora_dropout["default"], torch.nn.Dropout) and q.lora_dropout["default"].p == 0.25
+    assert "default" in q.lora_magnitude_vector  # DoRA
+    assert all(n.startswith("single_transformer_blocks") for n in lora_modules(t))
+    plain = prepared(make_config, "lora.target_modules=[double-attn, attn.to_qkv_mlp_proj]")
+    names = lora_modules(plain)
+    assert (
+        "transformer_blocks.0.attn.to_q" in names
+        and "single_transformer_blocks.1.attn.to_qkv_mlp_proj" in names
+    )
+    assert "single_transformer_blocks.0.attn.to_out" not in names
+
+
+# ----------------------------------------------------------------------------------------- training
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("adamw", "AdamW"),
+        ("adam", "Adam"),
+        ("sgd", "SGD"),
+        ("adafactor", "Adafactor"),
+        ("prodigy", "Prodigy"),
+    ],
+)
+def test_optimizer_choice(make_config, name, cls):  # type: ignore[no-untyped-def]
+    t = prepared(make_config, f"training.optimizer={name}", "training.learning_rate=1e-3")
+    assert type(t.optimizer.optimizer).__name__ == cls
+    t._train_step(1)  # each really steps
+
+
+def test_adamw8bit_needs_cuda(make_config):  # type: ignore[no-untyped-def]
+    from flux2_lora.training.optim import OptimizerUnavailable
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only behaviour")
+    with pytest.raises(OptimizerUnavailable, match=r"training\.optimizer: adamw8bit runs only on CUDA"):
+        prepared(make_config, "training.optimizer=adamw8bit")
+
+
+def test_optimizer_hyperparameters_reach_the_optimizer(make_config):  # type: ignore[no-untyped-def]
+    g = prepared(
+        make_config,
+        "training.learning_rate=3e-4",
+        "training.weight_decay=0.05",
+        "training.adam_beta1=0.8",
+        "training.adam_beta2=0.95",
+        "training.adam_epsilon=1e-6",
+    ).optimizer.param_groups[0]
+    assert (g["initial_lr"], g["weight_decay"], g["betas"], g["eps"]) == (3e-4, 0.05, (0.8, 0.95), 1e-6)
+    sgd = prepared(make_config, "training.optimizer=sgd", "training.momentum=0.9").optimizer.param_groups[0]
+    assert sgd["momentum"] == 0.9
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear", "polynomial"])
+def test_lr_schedule_and_warmup(schedule):  # type: ignore[no-untyped-def]
+    from flux2_lora.config import TrainingSection
+    from flux2_lora.training.optim import build_scheduler
+
+    t = TrainingSection(learning_rate=1.0, max_steps=10, warmup_steps=2, lr_scheduler=schedule)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(t, opt)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.0 and lrs[1] == 0.5 and lrs[2] == 1.0  # linear warmup
+    if schedule == "constant":
+        assert lrs[2:] == [1.0] * 8
+    else:
+        assert lrs[-1] < 0.5 and lrs == lrs[:2] + sorted(lrs[2:], reverse=True)
+    if schedule == "cosine":
+        assert abs(lrs[6] - 0.5) < 1e-6  # half way through the decay
+    if schedule == "linear":
+        assert abs(lrs[6] - 0.5) < 1e-6 and abs(lrs[4] - 0.75) < 1e-6
+
+
+def test_max_grad_norm_clips_the_update(make_config):  # type: ignore[no-untyped-def]
+    def update(norm: str) -> float:
+        t = prepared(
+            make_config,
+            "training.optimizer=sgd",
+            "training.learning_rate=1.0",
+            "training.weight_decay=0",
+            f"training.max_grad_norm={norm}",
+        )
+        before = [p.detach().clone() for p in t.lora_params]
+        t._train_step(1)
+        return torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(t.lora_params, before))).item()
+
+    assert update("1e-6") <= 1.01e-6
+    assert update("0") > 1e-3
+
+
+def test_batch_accumulation_seed_and_timesteps(make_config):  # type: ignore[no-untyped-def]
+    t = prepared(make_config, "training.batch_size=3", "training.gradient_accumulation_steps=2")
+    assert t.accelerator.gradient_accumulation_steps == 2
+    a, b = t._micro_batch(1, 0), t._micro_batch(1, 1)
+    assert a["latents"].shape[0] == 3 and not torch.equal(a["noise"], b["noise"])
+    other = prepared(make_config, "training.batch_size=3", "training.seed=7")
+    assert not torch.equal(other._micro_batch(1, 0)["noise"], a["noise"])
+    ln = prepared(
+        make_config,
+        "training.timestep_sampling=logit_normal",
+        "training.logit_mean=3",
+        "training.logit_std=0.5",
+    )
+    sig = torch.cat([ln._micro_batch(s, 0)["sigmas"] for s in range(1, 40)])
+    assert (sig > 0.8).float().mean() > 0.9
+    mode = prepared(make_config, "training.timestep_sampling=mode", "training.mode_scale=1.29")
+    uni = torch.cat([t._micro_batch(s, 0)["sigmas"] for s in range(1, 60)])
+    ms = torch.cat([mode._micro_batch(s, 0)["sigmas"] for s in range(1, 60)])
+    assert ms.std() < uni.std()
+
+
+def test_loss_weighting_changes_the_loss(make_config):  # type: ignore[no-untyped-def]
+    from flux2_lora.training.flow import flow_matching_loss
+
+    t = prepared(make_config)
+    batch = t._micro_batch(1, 0)
+    batch.pop("dropout_seed")
+    with torch.no_grad():
+        plain = flow_matching_loss(t.model, weighting="none", **batch)
+        weighted = flow_matching_loss(t.model, weighting="sigma_sqrt", **batch)
+    assert not torch.isclose(plain, weighted)
+
+
+def test_guidance_scale_feeds_dev_guidance_input(make_config):  # type: ignore[no-untyped-def]
+    t = prepared(make_config, "training.guidance_scale=3.5")
+    assert t._micro_batch(1, 0)["guidance"] is None  # [klein]-architecture demo: no guidance input
+    t.arch = dataclasses.replace(t.arch, guidance_embeds=True)  # as FLUX.2 [dev]
+    g = t._micro_batch(1, 0)["guidance"]
+    assert g is not None and torch.all(g == 3.5)
+
+
+# ----------------------------------------------------------------------------------------- memory
+def test_gradient_checkpointing_and_vae_options(make_config):  # type: ignore[no-untyped-def]
+    on = prepared(
+        make_config, "memory.gradient_checkpointing=true", "memory.vae_slicing=true", "memory.vae_tiling=true"
+    )
+    off = prepared(make_config, "memory.gradient_checkpointing=false")
+    assert on.transformer.is_gradient_checkpointing and not off.transformer.is_gradient_checkpointing
+    assert on.pipe_parts.vae.use_slicing and on.pipe_parts.vae.use_tiling
+    assert not off.pipe_parts.vae.use_slicing and not off.pipe_parts.vae.use_tiling
+
+
+def test_caching_switches(make_config):  # type: ignore[no-untyped-def]
+    cached = prepared(make_config)
+    assert cached.latents.cache and cached.pipe_parts.text_encoder is None
+    live = prepared(make_config, "memory.cache_latents=false", "memory.cache_text_embeddings=false")
+    assert not live.latents.cache and live.pipe_parts.text_encoder is not None
+    assert not any(i.caption in live.prompts.cache for i in live.items)
+    loss_live = live._train_step(1)
+    assert loss_live > 0
+
+
+def test_cpu_offload_moves_frozen_components_off_the_gpu(make_config, monkeypatch):  # type: ignore[no-untyped-def]
+    offloaded: list[str] = []
+    monkeypatch.setattr(Trainer, "_offload", lambda self, m: offloaded.append(type(m).__name__))
+    prepared(
+        make_config,
+        "memory.cpu_offload=true",
+        "memory.cache_text_embeddings=false",
+        "memory.cache_latents=false",
+    )
+    assert sorted(offloaded) == ["AutoencoderKLFlux2", "Qwen3ForCausalLM"]
+    offloaded.clear()
+    prepared(
+        make_config,
+        "memory.cpu_offload=false",
+        "memory.cache_text_embeddings=false",
+        "memory.cache_latents=false",
+    )
+    assert offloaded == []
+
+
+def test_int8_quantization_trains(make_config):  # type: ignore[no-untyped-def]
+    pytest.importorskip("torchao")
+    t = prepared(make_config, "memory.quantization=int8")
+    w = t.transformer.transformer_blocks[0].attn.to_q.base_layer.weight
+    assert type(w).__name__ != "Parameter" or "int8" in str(type(w.data)).lower()
+    assert t.transformer.x_embedder.weight.dtype == torch.float32  # kept in the training dtype
+    assert t._train_step(1) > 0
+
+
+def test_nf4_quantization_trains(make_config):  # type: ignore[no-untyped-def]
+    bnb = pytest.importorskip("bitsandbytes")
+    t = prepared(make_config, "memory.quantization=nf4")
+    assert isinstance(t.transformer.transformer_blocks[0].attn.to_q.base_layer, bnb.nn.Linear4bit)
+    assert t._train_step(1) > 0
+
+
+# ----------------------------------------------------------------------------------------- validation / output / logging
+def test_validation_fields(make_config, monkeypatch):  # type: ignore[no-untyped-def]
+    from diffusers import Flux2KleinPipeline
+
+    calls: list[dict] = []
+    original = Flux2KleinPipeline.__call__
+
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Flux2KleinPipeline, "__call__", spy)
+    config = make_config(
+        "validation.enabled=true",
+        "validation.every_n_steps=2",
+        "validation.num_samples=2",
+        "validation.prompts=[a red circle, a blue square]",
+        "validation.num_inference_steps=3",
+        "validation.guidance_scale=2.5",
+        "training.warmup_steps=0",
+    )
+    Trainer(config).run()
+    index = runs.read_jsonl(Path(config.output.dir) / runs.SAMPLES_INDEX)
+    assert [(r["step"], r["prompt"]) for r in index] == [
+        (s, p) for s in (2, 4) for p in ("a red circle", "a blue square") for _ in range(2)
+    ]
+    assert all(c["num_inference_steps"] == 3 and c["guidance_scale"] == 2.5 for c in calls)
+    assert all("negative_prompt_embeds" in c for c in calls)  # [klein] CFG above 1
+    calls.clear()
+    off = make_config("validation.enabled=false", out=Path(config.output.dir).parent / "off")
+    Trainer(off).run()
+    assert calls == [] and not (Path(off.output.dir) / runs.SAMPLES_DIR).exists()
+
+
+def test_output_and_logging_fields(make_config, tmp_path):  # type: ignore[no-untyped-def]
+    from safetensors import safe_open
+
+    out = tmp_path / "a"
+    Trainer(
+        make_config(
+            "output.save_optimizer_state=false",
+            "output.save_dtype=bfloat16",
+            "output.export_comfyui=true",
+            "output.checkpoint_every=2",
+            "logging.tensorboard=true",
+            "logging.log_every=2",
+            "training.warmup_steps=0",
+            out=out,
+        )
+    ).run()
+    ckpt = runs.latest_checkpoint(out)
+    assert ckpt is not None and not (ckpt / "optimizer.pt").exists()
+    with safe_open(str(out / runs.LORA_FILE), "pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.bfloat16
+    assert (out / runs.COMFYUI_LORA_FILE).is_file()
+    assert list((out / runs.TENSORBOARD_DIR).glob("events.*"))
+    assert [m["step"] for m in runs.read_jsonl(out / runs.METRICS_FILE)] == [2, 4]
+
+    out_b = tmp_path / "b"
+    Trainer(
+        make_config(
+            "output.save_optimizer_state=true",
+            "logging.tensorboard=false",
+            "training.warmup_steps=0",
+            "output.checkpoint_every=2",
+            out=out_b,
+        )
+    ).run()
+    assert (runs.latest_checkpoint(out_b) / "optimizer.pt").is_file()
+    assert not (out_b / runs.TENSORBOARD_DIR).exists() and not (out_b / runs.COMFYUI_LORA_FILE).exists()
+
+
+def test_wandb_logs_offline_without_a_key(make_config, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    pytest.importorskip("wandb")
+    import wandb
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    seen: list[dict] = []
+    original = wandb.init
+
+    def spy(**kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs)
+        return original(**kwargs)
+
+    monkeypatch.setattr(wandb, "init", spy)
+    out = tmp_path / "w"
+    Trainer(
+        make_config("logging.wandb=true", "logging.wandb_project=my-proj", "training.warmup_steps=0", out=out)
+    ).run()
+    assert seen and seen[0]["project"] == "my-proj" and seen[0]["mode"] == "offline"
+    assert list((out / "wandb").glob("offline-run-*")), "no offline W&B run written"
+
+
+# ----------------------------------------------------------------------------------------- issue 6: buckets and captions
+def test_bucketing_trains_mixed_shapes_without_mixing_or_cropping(make_config, tmp_path):  # type: ignore[no-untyped-def]
+    from flux2_lora.data.buckets import crop_after_scaling
+
+    sizes = [(96, 160), (160, 96), (128, 128), (100, 170), (170, 100), (120, 120)]
+    folder = make_images(tmp_path / "mixed", sizes, {i: f"image {i}" for i in range(6)})
+    t = prepared(
+        make_config,
+        f"dataset.path={folder}",
+        "dataset.bucketing=true",
+        "dataset.bucket_step=16",
+        "dataset.resolution=64",
+        "training.batch_size=2",
+    )
+    buckets = {i.bucket for i in t.items}
+    assert len(buckets) == 3  # portrait, landscape, square
+    for item, (w, h) in zip(t.items, sizes):
+        cx, cy = crop_after_scaling(w, h, item.bucket)
+        assert cx < 16 and cy < 16
+        lat = t.latents.cache[(t.items.index(item), False)]
+        assert lat.shape[-2:] == (item.bucket[1] // 16, item.bucket[0] // 16)
+    for step in range(1, 7):
+        pairs = t.schedule.micro_batch(step, 0, 0, 1, 1)
+        assert len({t.items[i].bucket for i, _ in pairs}) == 1
+        assert t._micro_batch(step, 0)["latents"].shape[0] == len(pairs)
+    assert t._train_step(1) > 0
+    square = prepared(make_config, f"dataset.path={folder}", "dataset.resolution=64")
+    assert {tuple(v.shape[-2:]) for v in square.latents.cache.values()} == {(4, 4)}
+
+
+def test_trigger_word_dropout_shuffle_and_folder_repeats(make_config, tmp_path):  # type: ignore[no-untyped-def]
+    root = tmp_path / "ds"
+    make_images(root / "3_faces", [(64, 64)], {0: "red, round, small, shiny"})
+    make_images(root / "plain", [(64, 64)], {0: "[trigger] blue, square"})
+    t = prepared(
+        make_config,
+        f"dataset.path={root}",
+        "dataset.trigger_word=sks",
+        "dataset.shuffle_tags=true",
+        "dataset.keep_tags=1",
+        "dataset.caption_dropout=0.5",
+        "dataset.resolution=64",
+    )
+    faces, plain = t.items
+    assert faces.caption == "sks, red, round, small, shiny" and plain.caption == "sks blue, square"
+    assert faces.repeats == 3 and plain.repeats == 1 and t.schedule.epoch_len == 4
+    assert len(set(faces.variants)) > 1 and all(v.startswith("sks, ") for v in faces.variants)
+    used = []
+    original = t.prompts.get
+    t.prompts.get = lambda caps: (used.extend(caps), original(caps))[1]  # type: ignore[method-assign]
+    for step in range(1, 41):
+        t._micro_batch(step, 0)
+    assert 0.3 < used.count("") / len(used) < 0.7  # caption dropout
+    assert len({c for c in used if c.startswith("sks, red")}) > 2  # shuffled orders
+    plain_t = prepared(make_config, f"dataset.path={root}", "dataset.resolution=64", "dataset.keep_tags=1")
+    assert plain_t.items[0].caption == "red, round, small, shiny" and plain_t.items[0].variants is None
+    used.clear()
+    plain_get = plain_t.prompts.get
+    plain_t.prompts.get = lambda caps: (used.extend(caps), plain_get(caps))[1]  # type: ignore[method-assign]
+    for step in range(1, 21):
+        plain_t._micro_batch(step, 0)
+    assert "" not in used
+
+
+def test_timestep_shift_reaches_the_trainer(make_config):  # type: ignore[no-untyped-def]
+    plain = prepared(make_config)
+    shifted = prepared(make_config, "training.timestep_shift=fixed", "training.shift=5")
+    a = torch.cat([plain._micro_batch(s, 0)["sigmas"] for s in range(1, 60)]).mean()
+    b = torch.cat([shifted._micro_batch(s, 0)["sigmas"] for s in range(1, 60)]).mean()
+    assert b > a + 0.15
