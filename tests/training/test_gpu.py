@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flux2_lora import runs
-from flux2_lora.training.trainer import Trainer
+from flux2_lora.training.trainer import run_training
 
 pytestmark = pytest.mark.gpu
 
@@ -18,7 +18,7 @@ def test_demo_trains_on_cuda(make_config, extra):  # type: ignore[no-untyped-def
     import torch
 
     config = make_config("model.device=cuda", "model.dtype=bfloat16", *extra)
-    assert Trainer(config).run() == 0
+    assert run_training(config) == 0
     status = runs.read_status(config.output.dir)
     assert status.state == "finished" and status.extra["measured"]["gpu_allocated_peak_gib"] > 0
     assert torch.cuda.max_memory_allocated() > 0

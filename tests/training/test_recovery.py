@@ -44,7 +44,7 @@ def start_held(out, point: str) -> subprocess.Popen:  # type: ignore[no-untyped-
 
 
 @pytest.mark.parametrize(
-    ("point", "intact"), [("loading", None), ("step", 2), ("checkpoint-write@2", 2), ("sampling", 4)]
+    ("point", "intact"), [("loading", None), ("step@3", 2), ("checkpoint-write@2", 2), ("sampling", 4)]
 )
 def test_sigkill_anywhere_reads_as_failed_and_resume_finishes(tmp_path, point, intact):  # type: ignore[no-untyped-def]
     out = tmp_path / "runs" / "r"
@@ -92,7 +92,7 @@ def test_two_concurrent_starts_one_runs(tmp_path):  # type: ignore[no-untyped-de
 
 def test_stop_falls_back_to_force_and_ends_in_a_final_state(tmp_path):  # type: ignore[no-untyped-def]
     out = tmp_path / "r"
-    proc = start_held(out, "step")  # holding: it cannot act on the graceful stop
+    proc = start_held(out, "step@3")  # holding: it cannot act on the graceful stop
     assert wait_for(lambda: (out / ".held-step").exists())
     assert runs.request_stop(out)
     assert proc.poll() is None
@@ -105,7 +105,7 @@ def test_stop_falls_back_to_force_and_ends_in_a_final_state(tmp_path):  # type: 
 
 def test_runs_lists_state_steps_and_failure_tail(tmp_path):  # type: ignore[no-untyped-def]
     out = tmp_path / "runs" / "r"
-    proc = start_held(out, "step")
+    proc = start_held(out, "step@3")
     assert wait_for(lambda: (out / ".held-step").exists())
     proc.send_signal(signal.SIGKILL)
     proc.wait()

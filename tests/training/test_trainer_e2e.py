@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from flux2_lora import runs
 from flux2_lora.config.io import load_config
-from flux2_lora.training.trainer import Trainer
+from flux2_lora.training.trainer import run_training
 from tests.helpers import cli, last_step, sets, start_cli, wait_for
 
 SHORT = (
@@ -111,7 +111,7 @@ RESUME = (
 def test_kill_9_then_resume_latest_gives_the_same_lora(tmp_path):  # type: ignore[no-untyped-def]
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     config, _ = load_config(presets=["quickstart"], overrides=[f"output.dir={ref}", *RESUME])
-    assert Trainer(config).run() == 0
+    assert run_training(config) == 0
 
     proc = start_cli("train", "--preset", "quickstart", *sets(f"output.dir={killed}", *RESUME))
     assert wait_for(lambda: (killed / "checkpoints" / "checkpoint-4" / "meta.json").is_file())

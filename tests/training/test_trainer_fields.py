@@ -15,12 +15,12 @@ from PIL import Image
 
 from flux2_lora import runs
 from flux2_lora.config.io import ConfigError
-from flux2_lora.training.trainer import Trainer
+from flux2_lora.training.trainer import Trainer, run_training
 
 
 def prepared(make_config, *overrides: str) -> Trainer:  # type: ignore[no-untyped-def]
     t = Trainer(make_config(*overrides))
-    t.prepare()
+    t.setup()
     return t
 
 
@@ -59,7 +59,7 @@ def test_model_device_cpu_and_missing_cuda(make_config):  # type: ignore[no-unty
     assert prepared(make_config, "model.device=cpu").device.type == "cpu"
     if not torch.cuda.is_available():
         with pytest.raises(ModelLoadError, match=r"model\.device"):
-            Trainer(make_config("model.device=cuda:0")).prepare()
+            Trainer(make_config("model.device=cuda:0")).setup()
 
 
 def test_model_variant_must_match(make_config):  # type: ignore[no-untyped-def]
@@ -146,7 +146,7 @@ def test_lora_rank_alpha_dropout_dora_targets(make_config):  # type: ignore[no-u
 def test_optimizer_choice(make_config, name, cls):  # type: ignore[no-untyped-def]
     t = prepared(make_config, f"training.optimizer={name}", "training.learning_rate=1e-3")
     assert type(t.optimizer.optimizer).__name__ == cls
-    t._train_step(1)  # each really steps
+    float(t.train_step(1))  # each really steps
 
 
 def test_adamw8bit_needs_cuda(make_config):  # type: ignore[no-untyped-def]
@@ -206,7 +206,7 @@ def test_max_grad_norm_clips_the_update(make_config):  # type: ignore[no-untyped
             f"training.max_grad_norm={norm}",
         )
         before = [p.detach().clone() for p in t.lora_params]
-        t._train_step(1)
+        float(t.train_step(1))
         return torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(t.lora_params, before))).item()
 
     assert update("1e-6") <= 1.01e-6
@@ -216,21 +216,21 @@ def test_max_grad_norm_clips_the_update(make_config):  # type: ignore[no-untyped
 def test_batch_accumulation_seed_and_timesteps(make_config):  # type: ignore[no-untyped-def]
     t = prepared(make_config, "training.batch_size=3", "training.gradient_accumulation_steps=2")
     assert t.accelerator.gradient_accumulation_steps == 2
-    a, b = t._micro_batch(1, 0), t._micro_batch(1, 1)
+    a, b = t.micro_batch(1, 0), t.micro_batch(1, 1)
     assert a["latents"].shape[0] == 3 and not torch.equal(a["noise"], b["noise"])
     other = prepared(make_config, "training.batch_size=3", "training.seed=7")
-    assert not torch.equal(other._micro_batch(1, 0)["noise"], a["noise"])
+    assert not torch.equal(other.micro_batch(1, 0)["noise"], a["noise"])
     ln = prepared(
         make_config,
         "training.timestep_sampling=logit_normal",
         "training.logit_mean=3",
         "training.logit_std=0.5",
     )
-    sig = torch.cat([ln._micro_batch(s, 0)["sigmas"] for s in range(1, 40)])
+    sig = torch.cat([ln.micro_batch(s, 0)["sigmas"] for s in range(1, 40)])
     assert (sig > 0.8).float().mean() > 0.9
     mode = prepared(make_config, "training.timestep_sampling=mode", "training.mode_scale=1.29")
-    uni = torch.cat([t._micro_batch(s, 0)["sigmas"] for s in range(1, 60)])
-    ms = torch.cat([mode._micro_batch(s, 0)["sigmas"] for s in range(1, 60)])
+    uni = torch.cat([t.micro_batch(s, 0)["sigmas"] for s in range(1, 60)])
+    ms = torch.cat([mode.micro_batch(s, 0)["sigmas"] for s in range(1, 60)])
     assert ms.std() < uni.std()
 
 
@@ -238,7 +238,7 @@ def test_loss_weighting_changes_the_loss(make_config):  # type: ignore[no-untype
     from flux2_lora.training.flow import flow_matching_loss
 
     t = prepared(make_config)
-    batch = t._micro_batch(1, 0)
+    batch = t.micro_batch(1, 0)
     batch.pop("dropout_seed")
     with torch.no_grad():
         plain = flow_matching_loss(t.model, weighting="none", **batch)
@@ -248,9 +248,9 @@ def test_loss_weighting_changes_the_loss(make_config):  # type: ignore[no-untype
 
 def test_guidance_scale_feeds_dev_guidance_input(make_config):  # type: ignore[no-untyped-def]
     t = prepared(make_config, "training.guidance_scale=3.5")
-    assert t._micro_batch(1, 0)["guidance"] is None  # [klein]-architecture demo: no guidance input
+    assert t.micro_batch(1, 0)["guidance"] is None  # [klein]-architecture demo: no guidance input
     t.arch = dataclasses.replace(t.arch, guidance_embeds=True)  # as FLUX.2 [dev]
-    g = t._micro_batch(1, 0)["guidance"]
+    g = t.micro_batch(1, 0)["guidance"]
     assert g is not None and torch.all(g == 3.5)
 
 
@@ -261,17 +261,17 @@ def test_gradient_checkpointing_and_vae_options(make_config):  # type: ignore[no
     )
     off = prepared(make_config, "memory.gradient_checkpointing=false")
     assert on.transformer.is_gradient_checkpointing and not off.transformer.is_gradient_checkpointing
-    assert on.pipe_parts.vae.use_slicing and on.pipe_parts.vae.use_tiling
-    assert not off.pipe_parts.vae.use_slicing and not off.pipe_parts.vae.use_tiling
+    assert on.pipe.vae.use_slicing and on.pipe.vae.use_tiling
+    assert not off.pipe.vae.use_slicing and not off.pipe.vae.use_tiling
 
 
 def test_caching_switches(make_config):  # type: ignore[no-untyped-def]
     cached = prepared(make_config)
-    assert cached.latents.cache and cached.pipe_parts.text_encoder is None
+    assert cached.latents.cache and cached.pipe.text_encoder is None
     live = prepared(make_config, "memory.cache_latents=false", "memory.cache_text_embeddings=false")
-    assert not live.latents.cache and live.pipe_parts.text_encoder is not None
+    assert not live.latents.cache and live.pipe.text_encoder is not None
     assert not any(i.caption in live.prompts.cache for i in live.items)
-    loss_live = live._train_step(1)
+    loss_live = float(live.train_step(1))
     assert loss_live > 0
 
 
@@ -301,14 +301,14 @@ def test_int8_quantization_trains(make_config):  # type: ignore[no-untyped-def]
     w = t.transformer.transformer_blocks[0].attn.to_q.base_layer.weight
     assert type(w).__name__ != "Parameter" or "int8" in str(type(w.data)).lower()
     assert t.transformer.x_embedder.weight.dtype == torch.float32  # kept in the training dtype
-    assert t._train_step(1) > 0
+    assert float(t.train_step(1)) > 0
 
 
 def test_nf4_quantization_trains(make_config):  # type: ignore[no-untyped-def]
     bnb = pytest.importorskip("bitsandbytes")
     t = prepared(make_config, "memory.quantization=nf4")
     assert isinstance(t.transformer.transformer_blocks[0].attn.to_q.base_layer, bnb.nn.Linear4bit)
-    assert t._train_step(1) > 0
+    assert float(t.train_step(1)) > 0
 
 
 # ----------------------------------------------------------------------------------------- validation / output / logging
@@ -332,7 +332,7 @@ def test_validation_fields(make_config, monkeypatch):  # type: ignore[no-untyped
         "validation.guidance_scale=2.5",
         "training.warmup_steps=0",
     )
-    Trainer(config).run()
+    run_training(config)
     index = runs.read_jsonl(Path(config.output.dir) / runs.SAMPLES_INDEX)
     assert [(r["step"], r["prompt"]) for r in index] == [
         (s, p) for s in (2, 4) for p in ("a red circle", "a blue square") for _ in range(2)
@@ -341,7 +341,7 @@ def test_validation_fields(make_config, monkeypatch):  # type: ignore[no-untyped
     assert all("negative_prompt_embeds" in c for c in calls)  # [klein] CFG above 1
     calls.clear()
     off = make_config("validation.enabled=false", out=Path(config.output.dir).parent / "off")
-    Trainer(off).run()
+    run_training(off)
     assert calls == [] and not (Path(off.output.dir) / runs.SAMPLES_DIR).exists()
 
 
@@ -349,7 +349,7 @@ def test_output_and_logging_fields(make_config, tmp_path):  # type: ignore[no-un
     from safetensors import safe_open
 
     out = tmp_path / "a"
-    Trainer(
+    run_training(
         make_config(
             "output.save_optimizer_state=false",
             "output.save_dtype=bfloat16",
@@ -360,7 +360,7 @@ def test_output_and_logging_fields(make_config, tmp_path):  # type: ignore[no-un
             "training.warmup_steps=0",
             out=out,
         )
-    ).run()
+    )
     ckpt = runs.latest_checkpoint(out)
     assert ckpt is not None and not (ckpt / "optimizer.pt").exists()
     with safe_open(str(out / runs.LORA_FILE), "pt") as f:
@@ -370,7 +370,7 @@ def test_output_and_logging_fields(make_config, tmp_path):  # type: ignore[no-un
     assert [m["step"] for m in runs.read_jsonl(out / runs.METRICS_FILE)] == [2, 4]
 
     out_b = tmp_path / "b"
-    Trainer(
+    run_training(
         make_config(
             "output.save_optimizer_state=true",
             "logging.tensorboard=false",
@@ -378,7 +378,7 @@ def test_output_and_logging_fields(make_config, tmp_path):  # type: ignore[no-un
             "output.checkpoint_every=2",
             out=out_b,
         )
-    ).run()
+    )
     assert (runs.latest_checkpoint(out_b) / "optimizer.pt").is_file()
     assert not (out_b / runs.TENSORBOARD_DIR).exists() and not (out_b / runs.COMFYUI_LORA_FILE).exists()
 
@@ -397,9 +397,9 @@ def test_wandb_logs_offline_without_a_key(make_config, tmp_path, monkeypatch):  
 
     monkeypatch.setattr(wandb, "init", spy)
     out = tmp_path / "w"
-    Trainer(
+    run_training(
         make_config("logging.wandb=true", "logging.wandb_project=my-proj", "training.warmup_steps=0", out=out)
-    ).run()
+    )
     assert seen and seen[0]["project"] == "my-proj" and seen[0]["mode"] == "offline"
     assert list((out / "wandb").glob("offline-run-*")), "no offline W&B run written"
 
@@ -428,8 +428,8 @@ def test_bucketing_trains_mixed_shapes_without_mixing_or_cropping(make_config, t
     for step in range(1, 7):
         pairs = t.schedule.micro_batch(step, 0, 0, 1, 1)
         assert len({t.items[i].bucket for i, _ in pairs}) == 1
-        assert t._micro_batch(step, 0)["latents"].shape[0] == len(pairs)
-    assert t._train_step(1) > 0
+        assert t.micro_batch(step, 0)["latents"].shape[0] == len(pairs)
+    assert float(t.train_step(1)) > 0
     square = prepared(make_config, f"dataset.path={folder}", "dataset.resolution=64")
     assert {tuple(v.shape[-2:]) for v in square.latents.cache.values()} == {(4, 4)}
 
@@ -452,25 +452,25 @@ def test_trigger_word_dropout_shuffle_and_folder_repeats(make_config, tmp_path):
     assert faces.repeats == 3 and plain.repeats == 1 and t.schedule.epoch_len == 4
     assert len(set(faces.variants)) > 1 and all(v.startswith("sks, ") for v in faces.variants)
     used = []
-    original = t.prompts.get
-    t.prompts.get = lambda caps: (used.extend(caps), original(caps))[1]  # type: ignore[method-assign]
+    original = t.prompts.batch
+    t.prompts.batch = lambda caps, *a: (used.extend(caps), original(caps, *a))[1]  # type: ignore[method-assign]
     for step in range(1, 41):
-        t._micro_batch(step, 0)
+        t.micro_batch(step, 0)
     assert 0.3 < used.count("") / len(used) < 0.7  # caption dropout
     assert len({c for c in used if c.startswith("sks, red")}) > 2  # shuffled orders
     plain_t = prepared(make_config, f"dataset.path={root}", "dataset.resolution=64", "dataset.keep_tags=1")
     assert plain_t.items[0].caption == "red, round, small, shiny" and plain_t.items[0].variants is None
     used.clear()
-    plain_get = plain_t.prompts.get
-    plain_t.prompts.get = lambda caps: (used.extend(caps), plain_get(caps))[1]  # type: ignore[method-assign]
+    plain_get = plain_t.prompts.batch
+    plain_t.prompts.batch = lambda caps, *a: (used.extend(caps), plain_get(caps, *a))[1]  # type: ignore[method-assign]
     for step in range(1, 21):
-        plain_t._micro_batch(step, 0)
+        plain_t.micro_batch(step, 0)
     assert "" not in used
 
 
 def test_timestep_shift_reaches_the_trainer(make_config):  # type: ignore[no-untyped-def]
     plain = prepared(make_config)
     shifted = prepared(make_config, "training.timestep_shift=fixed", "training.shift=5")
-    a = torch.cat([plain._micro_batch(s, 0)["sigmas"] for s in range(1, 60)]).mean()
-    b = torch.cat([shifted._micro_batch(s, 0)["sigmas"] for s in range(1, 60)]).mean()
+    a = torch.cat([plain.micro_batch(s, 0)["sigmas"] for s in range(1, 60)]).mean()
+    b = torch.cat([shifted.micro_batch(s, 0)["sigmas"] for s in range(1, 60)]).mean()
     assert b > a + 0.15

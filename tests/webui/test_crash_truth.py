@@ -35,7 +35,7 @@ def test_killed_trainer_shows_failed_in_the_ui_and_after_restart(tmp_path):  # t
             "quickstart",
             *sets(f"output.dir={out}", *args),
         ],
-        env={**os.environ, HOLD_ENV: "step"},
+        env={**os.environ, HOLD_ENV: "step@3"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

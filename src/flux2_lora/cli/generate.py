@@ -31,13 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_libraries()
     from flux2_lora.config import ModelSection
-    from flux2_lora.training.model import (
-        ModelLoadError,
-        pipeline_class,
-        resolve_device,
-        resolve_dtype,
-        resolve_model_path,
-    )
+    from flux2_lora.training.hardware import resolve_device, resolve_dtype
+    from flux2_lora.training.model import ModelLoadError, pipeline_class, resolve_model_path
     from flux2_lora.variants import get_variant
 
     if args.lora and not Path(args.lora).is_file():

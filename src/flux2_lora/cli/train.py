@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from flux2_lora.cli.common import add_config_args, config_from_args, fail
@@ -75,10 +76,10 @@ def train_here(config, resume: str | None) -> int:  # type: ignore[no-untyped-de
     from flux2_lora.training.checkpoint import CheckpointError
     from flux2_lora.training.model import ModelLoadError
     from flux2_lora.training.optim import OptimizerUnavailable
-    from flux2_lora.training.trainer import Trainer
+    from flux2_lora.training.trainer import run_training
 
     try:
-        return Trainer(config, resume).run()
+        return run_training(config, resume)
     except RunBusyError as e:
         return fail(str(e), EXIT_BUSY)
     except (ModelLoadError, DatasetError, CheckpointError, OptimizerUnavailable) as e:
@@ -92,7 +93,7 @@ def _launch_distributed(args: argparse.Namespace, config, run_dir: Path) -> int:
     """Hold the run lock here and start N workers; rank 0 writes the run directory."""
     from flux2_lora.config.io import save_config
     from flux2_lora.runs import RunBusyError, RunLock
-    from flux2_lora.training.trainer import LOCK_HELD_ENV
+    from flux2_lora.training.session import LAUNCHED_AT_ENV, LOCK_HELD_ENV
 
     lock = RunLock(run_dir)
     try:
@@ -119,7 +120,7 @@ def _launch_distributed(args: argparse.Namespace, config, run_dir: Path) -> int:
         cmd += ["-m", "flux2_lora.cli", "train", str(resolved)]
         if args.resume:
             cmd += ["--resume", args.resume]
-        env = {**os.environ, LOCK_HELD_ENV: "1"}
+        env = {**os.environ, LOCK_HELD_ENV: "1", LAUNCHED_AT_ENV: str(time.time())}
         if config.model.device == "cpu" or not _has_cuda():
             env["ACCELERATE_USE_CPU"] = "true"
         return subprocess.call(cmd, env=env)

@@ -147,6 +147,14 @@ def cross_check(c: TrainConfig) -> list[ConfigIssue]:
                 f"{c.training.warmup_steps} warmup steps exceed training.max_steps ({c.training.max_steps})",
             )
         )
+    if c.performance.float8 and c.memory.quantization != "none":
+        out.append(
+            ConfigIssue(
+                "performance.float8",
+                f"cannot run FP8 matrix products on {c.memory.quantization} weights; turn off one of "
+                "performance.float8 and memory.quantization",
+            )
+        )
     is_demo = c.model.path.strip().lower() == "demo"
     if is_demo and c.model.variant not in ("auto", "demo"):
         out.append(ConfigIssue("model.variant", f"{c.model.variant!r} does not match model.path 'demo'"))

@@ -367,6 +367,37 @@ class MemorySection(Section):
         return v
 
 
+class PerformanceSection(Section):
+    """Make each step faster without changing what is trained."""
+
+    compile: bool = F(
+        False,
+        "Compile the transformer's repeated blocks with torch.compile (regional compilation): faster GPU "
+        "steps after a one-time compile (about a minute; each new bucket shape compiles once more).",
+    )
+    attention_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = F(
+        "auto",
+        "Attention kernel. auto: PyTorch chooses (flash attention on recent GPUs); flash, cudnn, efficient: "
+        "that SDPA kernel only (CUDA GPUs); math: the slow reference kernel.",
+        ui={"advanced": True},
+    )
+    float8: bool = F(
+        False,
+        "Run the frozen base layers' matrix products in FP8 (torchao float8 training) on GPUs with FP8 "
+        "units (H100/H200, Ada, Blackwell). Weights stay in model.dtype. Best with compile. Not with "
+        "memory.quantization.",
+        ui={"advanced": True},
+    )
+    cpu_threads: int = F(
+        0,
+        "CPU training: threads per process. 0: OMP_NUM_THREADS when set, else the cores this process may "
+        "use divided among the training processes.",
+        ge=0,
+        le=1024,
+        ui={"advanced": True},
+    )
+
+
 class ValidationSection(Section):
     """Sample images during training to watch the LoRA learn."""
 
@@ -428,6 +459,7 @@ class TrainConfig(Section):
     lora: LoraSection = Field(default_factory=LoraSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
     memory: MemorySection = Field(default_factory=MemorySection)
+    performance: PerformanceSection = Field(default_factory=PerformanceSection)
     validation: ValidationSection = Field(default_factory=ValidationSection)
     output: OutputSection = Field(default_factory=OutputSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)

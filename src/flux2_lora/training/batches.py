@@ -131,7 +131,9 @@ class Item:
 class LatentSource:
     """Latents per (item, flip): encoded once up front (cache_latents) or on demand each step."""
 
-    def __init__(self, items: list[Item], config: TrainConfig, vae: Any, device: torch.device):
+    def __init__(
+        self, items: list[Item], config: TrainConfig, vae: Any, device: torch.device, *, pin: bool = False
+    ):
         from flux2_lora.training.images import load_training_image
 
         self._load = load_training_image
@@ -139,6 +141,7 @@ class LatentSource:
         self.config = config
         self.vae = vae
         self.device = device
+        self.pin = pin  # page-locked cache: each step's copy to the GPU runs asynchronously
         self.cache: dict[tuple[int, bool], torch.Tensor] = {}
         ds = config.dataset
         self.targets: list[int | tuple[int, int]] = [
@@ -171,7 +174,7 @@ class LatentSource:
             )
             latents = encode_images(self.vae, pixels).to("cpu")
             for key, lat in zip(chunk, latents):
-                self.cache[key] = lat.clone()
+                self.cache[key] = lat.clone().pin_memory() if self.pin else lat.clone()
 
     @torch.no_grad()
     def get(self, item: int, flip: bool, sample_seed: int) -> torch.Tensor:
@@ -189,10 +192,11 @@ class LatentSource:
 class PromptSource:
     """Prompt embeddings per caption: encoded once (cache_text_embeddings) or with the live encoder."""
 
-    def __init__(self, pipe: Any, device: torch.device, max_sequence_length: int):
+    def __init__(self, pipe: Any, device: torch.device, max_sequence_length: int, *, pin: bool = False):
         self.pipe = pipe
         self.device = device
         self.max_sequence_length = max_sequence_length
+        self.pin = pin  # page-locked cache: each step's copy to the GPU runs asynchronously
         self.cache: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -207,12 +211,24 @@ class PromptSource:
         for start in range(0, len(unique), batch):
             chunk = unique[start : start + batch]
             for p, e in zip(chunk, self.encode(chunk).to("cpu")):
-                self.cache[p] = e.clone()
+                self.cache[p] = e.clone().pin_memory() if self.pin else e.clone()
 
     def get(self, prompts: list[str]) -> torch.Tensor:
         if all(p in self.cache for p in prompts):
             return torch.stack([self.cache[p] for p in prompts])
         return self.encode(prompts)
+
+    def batch(self, prompts: list[str], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The embeddings of ``prompts`` on ``device``: cached ones copied without a host-side stack."""
+        if all(p in self.cache for p in prompts):
+            return to_device_stacked([self.cache[p] for p in prompts], device, dtype)
+        return self.encode(prompts).to(device, dtype)
+
+
+def to_device_stacked(tensors: list[torch.Tensor], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Stack on ``device``: each tensor's copy is asynchronous when it sits in page-locked memory."""
+    moved = [t.to(device, non_blocking=True) for t in tensors]
+    return torch.stack(moved).to(dtype)
 
 
 def build_items(report: Any, root: Path, config: TrainConfig) -> list[Item]:

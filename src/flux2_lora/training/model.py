@@ -21,37 +21,6 @@ class ModelLoadError(RuntimeError):
     """A model that cannot be found, reached or used; the message names the config field."""
 
 
-def resolve_device(spec: str, local_rank: int | None = None) -> torch.device:
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank or 0)
-        return torch.device("cpu")
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ModelLoadError(
-                f"model.device: {spec!r} was asked for but no CUDA GPU is available; use 'cpu'"
-            )
-        idx = int(spec.split(":")[1]) if ":" in spec else (local_rank or 0)
-        if idx >= torch.cuda.device_count():
-            raise ModelLoadError(
-                f"model.device: {spec!r} does not exist ({torch.cuda.device_count()} GPU(s))"
-            )
-        return torch.device("cuda", idx)
-    return torch.device("cpu")
-
-
-def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
-    """auto: bf16 on GPUs that support it, fp16 on older ones, fp32 on CPU (CPU bf16 matmuls are slow)."""
-    if spec != "auto":
-        return getattr(torch, spec)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-MIXED_PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "no"}
-
-
 def resolve_model_path(model: ModelSection) -> tuple[str, str, TransformerArch]:
     """(loadable path or hub id, variant, transformer arch); builds the demo on first use."""
     raw = model.path.strip()
@@ -216,11 +185,6 @@ def inject_lora(transformer: torch.nn.Module, lora: LoraSection, arch: Transform
             p.data = p.data.float()
             trainable += p.numel()
     return trainable
-
-
-def place_component(module: torch.nn.Module | None, device: torch.device) -> None:
-    if module is not None:
-        module.to(device)
 
 
 def free_memory() -> None:

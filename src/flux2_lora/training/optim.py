@@ -13,15 +13,24 @@ class OptimizerUnavailable(RuntimeError):
     pass
 
 
+def fused_optimizer_kwargs(params: list[torch.nn.Parameter]) -> dict[str, Any]:
+    """torch's fused Adam/AdamW kernel on CUDA: one launch per step, no per-tensor temporaries."""
+    if params and all(p.is_cuda for p in params):
+        return {"fused": True}
+    return {}
+
+
 def build_optimizer(t: TrainingSection, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     betas = (t.adam_beta1, t.adam_beta2)
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(
-            params, lr=t.learning_rate, betas=betas, eps=t.adam_epsilon, weight_decay=t.weight_decay
-        )
-    if t.optimizer == "adam":
-        return torch.optim.Adam(
-            params, lr=t.learning_rate, betas=betas, eps=t.adam_epsilon, weight_decay=t.weight_decay
+    if t.optimizer in ("adamw", "adam"):
+        cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+        return cls(
+            params,
+            lr=t.learning_rate,
+            betas=betas,
+            eps=t.adam_epsilon,
+            weight_decay=t.weight_decay,
+            **fused_optimizer_kwargs(params),
         )
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay)

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from flux2_lora.config import TrainConfig
-from flux2_lora.training.trainer import Trainer, _estimate_summary
+from flux2_lora.training.tracking import estimate_summary
+from flux2_lora.training.trainer import Trainer
 
 log = logging.getLogger("flux2_lora")
 PREFLIGHT_FILE = "preflight.json"
@@ -32,6 +33,7 @@ def _largest_first(t: Trainer) -> list[int]:
     if not t.config.dataset.bucketing:
         return steps
     acc = t.accelerator
+    assert t.schedule is not None
     area = {i: (it.bucket[0] * it.bucket[1] if it.bucket else 0) for i, it in enumerate(t.items)}
     biggest = max(area.values())
     for step in range(1, 10_000):
@@ -43,16 +45,15 @@ def _largest_first(t: Trainer) -> list[int]:
 
 def run_preflight(config: TrainConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
-    trainer = Trainer(config)
-    trainer._make_accelerator()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    trainer.prepare()
+    trainer = Trainer(config)
+    trainer.setup()
     load_s = time.perf_counter() - t0
     times = []
     for n, step in enumerate(_largest_first(trainer)):
         s0 = time.perf_counter()
-        trainer._train_step(step)
+        float(trainer.train_step(step))  # waits for the GPU, so the step's time is all in
         if n >= WARMUP_STEPS:
             times.append(time.perf_counter() - s0)
     sec_per_step = statistics.median(times)
@@ -60,7 +61,7 @@ def run_preflight(config: TrainConfig) -> dict[str, Any]:
     sample_s = 0.0
     if val.enabled:
         s0 = time.perf_counter()
-        trainer.sampler._sample_main(config.training.max_steps)  # no reporter: nothing is written
+        trainer.draw_samples(config.training.max_steps, record=False)
         sample_s = time.perf_counter() - s0
     with tempfile.TemporaryDirectory() as tmp:
         from flux2_lora.training.checkpoint import save_checkpoint
@@ -69,7 +70,7 @@ def run_preflight(config: TrainConfig) -> dict[str, Any]:
         save_checkpoint(
             Path(tmp),
             1,
-            trainer._adapter_state(),
+            trainer.adapter_state(),
             trainer.optimizer.state_dict() if config.output.save_optimizer_state else None,
             trainer.lr_scheduler.state_dict(),
             {},
@@ -97,7 +98,7 @@ def run_preflight(config: TrainConfig) -> dict[str, Any]:
             else None,
             "host_peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         },
-        "estimate": _estimate_summary(config, trainer.accelerator.num_processes),
+        "estimate": estimate_summary(config, trainer.accelerator.num_processes),
         "max_steps": total,
         "time": time.time(),
     }

@@ -2,80 +2,99 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from flux2_lora.config import ValidationSection
 from flux2_lora.hooks import hold_point
-
-if TYPE_CHECKING:
-    from flux2_lora.training.trainer import Trainer
+from flux2_lora.training.batches import PromptSource
 
 log = logging.getLogger("flux2_lora")
 
 
+@dataclass
+class SampleSettings:
+    """What a validation pass draws: prompts, size, seed and the pipeline's sampling settings."""
+
+    validation: ValidationSection
+    prompts: list[str]
+    resolution: int
+    seed: int
+    uses_cfg: bool  # [klein] base models take real classifier-free guidance (an empty-prompt pass)
+
+
 class Sampler:
-    def __init__(self, trainer: Trainer, model_path: str):
-        self.trainer = trainer
-        self.model_path = model_path
+    """Draws the validation images with ``pipe`` (text encoder, VAE, scheduler) and a given transformer."""
+
+    def __init__(
+        self,
+        pipe: Any,
+        prompts: PromptSource,
+        settings: SampleSettings,
+        device: torch.device,
+        dtype: torch.dtype,
+        autocast: Callable[[], Any] = contextlib.nullcontext,
+    ):
+        self.pipe = pipe
+        self.prompts = prompts
+        self.settings = settings
+        self.device = device
+        self.dtype = dtype
+        self.autocast = autocast
 
     @torch.no_grad()
-    def sample(self, step: int) -> None:
-        tr = self.trainer
-        acc = tr.accelerator
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            self._sample_main(step)
-        acc.wait_for_everyone()
-
-    def _sample_main(self, step: int) -> None:
-        tr = self.trainer
-        cfg = tr.config
-        val = cfg.validation
-        tr._status("sampling", f"validation samples at step {step}")
-        hold_point("sampling", tr.run_dir)
-        t0 = time.perf_counter()
-        pipe = tr.pipe_parts
-        transformer = tr.accelerator.unwrap_model(tr.model)
+    def sample(
+        self,
+        transformer: torch.nn.Module,
+        on_image: Callable[[int, str, Any], None] | None = None,
+        hold_dir: Any = None,
+    ) -> list[Any]:
+        """Every prompt × num_samples, seeded per sample index; ``on_image(index, prompt, image)`` is
+        called as each image is ready. Returns the images."""
+        if hold_dir is not None:
+            hold_point("sampling", hold_dir)
+        s = self.settings
+        val = s.validation
+        pipe = self.pipe
         pipe.register_modules(transformer=transformer)
         pipe.set_progress_bar_config(disable=True)
         vae_device = pipe.vae.device
-        pipe.vae.to(tr.device)
+        pipe.vae.to(self.device)
         was_training = transformer.training
         transformer.eval()
-        prompts = tr.validation_prompts()
-        cfg_pass = tr._uses_cfg(tr.variant)
-        index = 0
+        images = []
+        t0 = time.perf_counter()
         try:
-            for prompt in prompts:
-                embeds = tr.prompts.get([prompt]).to(tr.device, tr.dtype)
+            for prompt in s.prompts:
+                embeds = self.prompts.get([prompt]).to(self.device, self.dtype)
                 kwargs: dict[str, Any] = {}
-                if cfg_pass:
-                    kwargs["negative_prompt_embeds"] = tr.prompts.get([""]).to(tr.device, tr.dtype)
+                if s.uses_cfg:
+                    kwargs["negative_prompt_embeds"] = self.prompts.get([""]).to(self.device, self.dtype)
                 for k in range(val.num_samples):
-                    gen = torch.Generator("cpu").manual_seed(cfg.training.seed + k)
-                    with tr.accelerator.autocast():
+                    gen = torch.Generator("cpu").manual_seed(s.seed + k)
+                    with self.autocast():
                         image = pipe(
                             prompt_embeds=embeds,
-                            height=cfg.dataset.resolution,
-                            width=cfg.dataset.resolution,
+                            height=s.resolution,
+                            width=s.resolution,
                             num_inference_steps=val.num_inference_steps,
                             guidance_scale=val.guidance_scale,
                             generator=gen,
                             **kwargs,
                         ).images[0]
-                    if tr.reporter is not None:
-                        tr.reporter.log_sample(step, index, prompt, image)
-                    index += 1
+                    if on_image is not None:
+                        on_image(len(images), prompt, image)
+                    images.append(image)
         finally:
             if was_training:
                 transformer.train()
             pipe.vae.to(vae_device)
             pipe.register_modules(transformer=None)
-        elapsed = time.perf_counter() - t0
-        log.info("validation: %d image(s) at step %d in %.1fs", index, step, elapsed)
-        if tr.reporter is not None:
-            tr.reporter.record_overhead("sampling", elapsed)
-        tr._status("training", "")
+        log.info("validation: %d image(s) in %.1fs", len(images), time.perf_counter() - t0)
+        return images

@@ -191,3 +191,18 @@ class RunReporter:
 
             self._wandb.log({f"samples/{index}": wandb.Image(image, caption=prompt)}, step=step)
         return path
+
+
+def estimate_summary(config: TrainConfig, num_processes: int) -> dict[str, Any] | None:
+    """The memory model's figures for this config, stored beside the measured peaks."""
+    try:
+        from flux2_lora.memory import estimate_report
+    except ImportError:
+        return None
+    try:
+        report = estimate_report(config, num_processes=num_processes)
+    except Exception as e:  # the estimate must never fail a finished run
+        log.warning("memory estimate unavailable: %s", e)
+        return None
+    keys = ("allocated_peak_gib", "total_gib", "host_peak_gib", "host_gib")
+    return {k: report[k] for k in keys if k in report}

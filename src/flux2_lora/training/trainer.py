@@ -1,14 +1,15 @@
-"""The LoRA trainer: load → cache → train (checkpoints, samples, logs) → export.
+"""The LoRA trainer: ``setup()`` (named builders in dependency order), then ``train()``.
 
-Runs in its own process (the CLI, ``accelerate launch`` or the web UI's subprocess) and reports only
-through the run directory (:mod:`flux2_lora.runs`).
+Runs in its own process (the CLI, ``accelerate launch`` or the web UI's subprocess). The run directory's
+life cycle (lock, logging, config, status, signals) belongs to :class:`~.session.RunSession`; the trainer
+reports through the reporter and stop flag it is given. ``train_step``, ``adapter_state`` and ``sample``
+are public: the pre-flight and the benchmarks drive the trainer through them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,6 @@ import torch
 
 from flux2_lora import runs
 from flux2_lora.config import TrainConfig
-from flux2_lora.config.io import save_config
 from flux2_lora.hooks import hold_point
 from flux2_lora.timesteps import shift_sigma
 from flux2_lora.training import checkpoint as ckpt
@@ -30,76 +30,131 @@ from flux2_lora.training.batches import (
     derive_seed,
     pack,
     text_ids_for,
+    to_device_stacked,
 )
 from flux2_lora.training.flow import flow_matching_loss, sample_density, sigmas_from_density
-from flux2_lora.training.model import (
+from flux2_lora.training.hardware import (
     MIXED_PRECISION,
+    apply_cpu_threads,
+    apply_kernels,
+    resolve_device,
+    resolve_dtype,
+)
+from flux2_lora.training.model import (
     free_memory,
     inject_lora,
     load_pipeline_without_transformer,
     load_transformer,
-    resolve_device,
-    resolve_dtype,
+    pipeline_class,
     resolve_model_path,
 )
 from flux2_lora.training.optim import build_optimizer, build_scheduler
-from flux2_lora.training.tracking import RunReporter, setup_logging
-from flux2_lora.variants import get_variant
+from flux2_lora.training.sampling import Sampler, SampleSettings
+from flux2_lora.training.session import LOCK_HELD_ENV, RunSession, StopFlag
+from flux2_lora.training.tracking import RunReporter, estimate_summary
+from flux2_lora.variants import TransformerArch, get_variant
 
 log = logging.getLogger("flux2_lora")
-LOCK_HELD_ENV = "FLUX2_LORA_LOCK_HELD"  # set by a parent that holds the run lock for its workers
+__all__ = ["LOCK_HELD_ENV", "Trainer", "make_accelerator", "run_training"]
 
 
-class StopRequested(Exception):
-    pass
+def make_accelerator(config: TrainConfig) -> Any:
+    """The accelerate state for this process: its device, mixed precision from model.dtype, the seed."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import set_seed
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = resolve_device(config.model.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda" and not distributed:
+        torch.cuda.set_device(device)
+    dtype = resolve_dtype(config.model.dtype, device)
+    if not distributed:  # a second trainer in one process (tests, the pre-flight) may change precision
+        AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(
+        mixed_precision=MIXED_PRECISION[dtype],
+        gradient_accumulation_steps=config.training.gradient_accumulation_steps,
+        cpu=device.type == "cpu",
+    )
+    if accelerator.device.type == "cpu":
+        apply_cpu_threads(config.performance, accelerator.num_processes)
+    set_seed(config.training.seed)
+    return accelerator
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, resume: str | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        accelerator: Any = None,
+        *,
+        reporter: RunReporter | None = None,
+        stop: StopFlag | None = None,
+    ):
         self.config = config
-        self.resume = resume
+        self.accelerator = accelerator if accelerator is not None else make_accelerator(config)
+        self.device: torch.device = self.accelerator.device
+        self.dtype = resolve_dtype(config.model.dtype, self.device)
         self.run_dir = Path(config.output.dir).expanduser().resolve()
-        self._stop = False
-        self.reporter: RunReporter | None = None
-
-    # ----------------------------------------------------------------------------- setup
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        log.warning("received %s: saving a checkpoint, then stopping", signal.Signals(signum).name)
-        self._stop = True
-
-    def _stop_requested(self) -> bool:
-        if not self._stop and (self.run_dir / runs.STOP_FILE).is_file():
-            self._stop = True
-        return self._stop
+        self.reporter = reporter
+        self.stop = stop or StopFlag(None)
+        # Built by setup(), in this order.
+        self.model_path = ""
+        self.variant = ""
+        self.arch: TransformerArch | None = None
+        self.items: list[Item] = []
+        self.pipe: Any = None
+        self.prompts: PromptSource | None = None
+        self.latents: LatentSource | None = None
+        self.transformer: Any = None
+        self.lora_params: list[torch.nn.Parameter] = []
+        self.model: Any = None  # the transformer as accelerate prepared it
+        self.optimizer: Any = None
+        self.lr_scheduler: Any = None
+        self.schedule: SampleSchedule | None = None
+        self.sampler: Sampler | None = None
 
     def _status(self, state: str, message: str = "", **fields: Any) -> None:
         if self.reporter is not None:
             self.reporter.set_state(state, message, **fields)
 
-    def _make_accelerator(self) -> Any:
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
-
-        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        device = resolve_device(self.config.model.device, int(os.environ.get("LOCAL_RANK", "0")))
-        if device.type == "cuda" and not distributed:
-            torch.cuda.set_device(device)
-        self.dtype = resolve_dtype(self.config.model.dtype, device)
-        if not distributed:  # a second Trainer in one process (tests, the pre-flight) may change precision
-            from accelerate.state import AcceleratorState
-
-            AcceleratorState._reset_state(reset_partial_state=True)
-        self.accelerator = Accelerator(
-            mixed_precision=MIXED_PRECISION[self.dtype],
-            gradient_accumulation_steps=self.config.training.gradient_accumulation_steps,
-            cpu=device.type == "cpu",
+    # ----------------------------------------------------------------------------- setup
+    def setup(self, resume_path: Path | None = None) -> int:
+        """Model path, data, cached inputs, transformer + LoRA, optimizer, schedule; returns the start step."""
+        cfg = self.config
+        acc = self.accelerator
+        log.info("training on %s (%s) with %d processes", self.device, self.dtype, acc.num_processes)
+        self.model_path, self.variant, self.arch = resolve_model_path(cfg.model)
+        self.items = self._setup_data()
+        # Captions and images are encoded before the transformer is loaded: the text encoder (24B for
+        # [dev]) and the transformer never share the GPU.
+        self.pipe, self.prompts, self.latents = self._setup_inputs()
+        self.transformer, self.lora_params = self._setup_model()
+        self.optimizer, self.lr_scheduler = self._setup_optimizer()
+        self.model, self.optimizer = acc.prepare(self.transformer, self.optimizer)
+        self.schedule = SampleSchedule(
+            [i.repeats * cfg.dataset.repeats for i in self.items],
+            cfg.training.seed,
+            cfg.training.batch_size,
+            [i.bucket for i in self.items] if cfg.dataset.bucketing else None,
         )
-        self.device = self.accelerator.device
-        set_seed(self.config.training.seed)
-        return self.accelerator
+        self.sampler = self._setup_sampler()
+        start = self.restore(resume_path) if resume_path else 0
+        if self.reporter is not None:
+            self.reporter.status.extra.update(
+                {
+                    "trainable_params": sum(p.numel() for p in self.lora_params),
+                    "variant": self.variant,
+                    "device": str(self.device),
+                    "dtype": str(self.dtype),
+                    "num_processes": acc.num_processes,
+                }
+            )
+            self.reporter.status.step = start
+            self.reporter.open_trackers()
+        return start
 
-    # ----------------------------------------------------------------------------- phases
-    def _load_data(self) -> list[Item]:
+    def _setup_data(self) -> list[Item]:
         from flux2_lora.data.archive import prepare_dataset_source
         from flux2_lora.data.demo import ensure_demo_dataset, is_demo
         from flux2_lora.data.scan import require_usable, scan_dataset
@@ -122,6 +177,16 @@ class Trainer:
         log.info("dataset: %d images from %s", len(report.items), root)
         return build_items(report, root, self.config)
 
+    def validation_prompts(self) -> list[str]:
+        return self.config.validation.prompts or [self.items[0].caption or ""]
+
+    def uses_cfg(self) -> bool:
+        # [klein] base models take real classifier-free guidance (a second, empty-prompt pass).
+        return (
+            get_variant(self.variant).pipeline_class == "Flux2KleinPipeline"
+            and self.config.validation.guidance_scale > 1
+        )
+
     def _training_captions(self) -> list[str]:
         """Every caption text a step may use (what the cache must hold)."""
         out = [v for i in self.items for v in (i.variants or [i.caption])]
@@ -129,14 +194,11 @@ class Trainer:
             out.append("")
         return out
 
-    def validation_prompts(self) -> list[str]:
-        return self.config.validation.prompts or [self.items[0].caption or ""]
-
-    def _cache(self, model_path: str, variant: str, items: list[Item]) -> None:
-        mem = self.config.memory
+    def _setup_inputs(self) -> tuple[Any, PromptSource, LatentSource]:
+        """The pipeline's encoders, and the prompt / latent sources (filled now when cached)."""
+        mem, val = self.config.memory, self.config.validation
         self._status("caching", "encoding captions and images")
-        pipe = load_pipeline_without_transformer(model_path, variant, self.dtype)
-        self.pipe_parts = pipe
+        pipe = load_pipeline_without_transformer(self.model_path, self.variant, self.dtype)
         if mem.vae_slicing:
             pipe.vae.enable_slicing()
         if mem.vae_tiling:
@@ -145,62 +207,73 @@ class Trainer:
         te_device = torch.device("cpu") if mem.cpu_offload else self.device
         pipe.text_encoder.to(te_device)
         pipe.vae.to(self.device)
-        self.prompts = PromptSource(pipe, te_device, get_variant(variant).text_encoder.max_sequence_length)
-        self.latents = LatentSource(items, self.config, pipe.vae, self.device)
-        val = self.config.validation
+        pin = self.device.type == "cuda"
+        max_len = get_variant(self.variant).text_encoder.max_sequence_length
+        prompts = PromptSource(pipe, te_device, max_len, pin=pin)
+        latents = LatentSource(self.items, self.config, pipe.vae, self.device, pin=pin)
         extra = self.validation_prompts() if val.enabled else []
-        if val.enabled and self._uses_cfg(variant):
+        if val.enabled and self.uses_cfg():
             extra = [*extra, ""]
         if mem.cache_text_embeddings:
-            self.prompts.fill_cache(self._training_captions() + extra)
+            prompts.fill_cache(self._training_captions() + extra)
             pipe.text_encoder = None  # the largest component is not needed again
-            self.prompts.pipe = pipe
         else:
-            self.prompts.fill_cache(extra)
+            prompts.fill_cache(extra)
             if mem.cpu_offload:
                 self._offload(pipe.text_encoder)
         if mem.cache_latents:
-            self.latents.fill_cache()
+            latents.fill_cache()
             self._offload(pipe.vae)
         elif mem.cpu_offload:
             self._offload(pipe.vae)
         free_memory()
+        return pipe, prompts, latents
 
     def _offload(self, module: Any) -> None:
         """Move a frozen component off the GPU between uses (no-op when training on CPU)."""
         if module is not None and self.device.type != "cpu":
             module.to("cpu")
 
-    def _uses_cfg(self, variant: str) -> bool:
-        # [klein] base models take real classifier-free guidance (a second, empty-prompt pass).
-        return (
-            get_variant(variant).pipeline_class == "Flux2KleinPipeline"
-            and self.config.validation.guidance_scale > 1
-        )
-
-    def _build_model(self, model_path: str, variant: str, arch: Any) -> int:
+    def _setup_model(self) -> tuple[Any, list[torch.nn.Parameter]]:
+        cfg = self.config
+        assert self.arch is not None
         self._status("loading", "loading the transformer")
-        quant = self.config.memory.quantization
-        transformer = load_transformer(model_path, self.dtype, quant, self.device)
-        torch.manual_seed(derive_seed(self.config.training.seed, 3))  # LoRA init
-        trainable = inject_lora(transformer, self.config.lora, arch)
-        if self.config.memory.gradient_checkpointing:
+        quant = cfg.memory.quantization
+        transformer = load_transformer(self.model_path, self.dtype, quant, self.device)
+        torch.manual_seed(derive_seed(cfg.training.seed, 3))  # LoRA init
+        trainable = inject_lora(transformer, cfg.lora, self.arch)
+        if cfg.memory.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         if quant != "nf4" or self.device.type != "cuda":  # bnb models are placed by their loader
             transformer.to(self.device)
-        self.transformer = transformer
-        self.lora_params = [p for p in transformer.parameters() if p.requires_grad]
-        log.info("LoRA: %s trainable parameters on %d layers", f"{trainable:,}", self._num_lora_layers())
-        return trainable
+        apply_kernels(transformer, cfg.performance, self.device)
+        layers = sum(1 for n, _ in transformer.named_modules() if n.endswith("lora_A.default"))
+        log.info("LoRA: %s trainable parameters on %d layers", f"{trainable:,}", layers)
+        return transformer, [p for p in transformer.parameters() if p.requires_grad]
 
-    def _num_lora_layers(self) -> int:
-        return sum(1 for n, _ in self.transformer.named_modules() if n.endswith("lora_A.default"))
+    def _setup_optimizer(self) -> tuple[Any, Any]:
+        optimizer = build_optimizer(self.config.training, self.lora_params)
+        return optimizer, build_scheduler(self.config.training, optimizer)
+
+    def _setup_sampler(self) -> Sampler:
+        cfg = self.config
+        assert self.prompts is not None
+        settings = SampleSettings(
+            validation=cfg.validation,
+            prompts=self.validation_prompts(),
+            resolution=cfg.dataset.resolution,
+            seed=cfg.training.seed,
+            uses_cfg=self.uses_cfg(),
+        )
+        return Sampler(self.pipe, self.prompts, settings, self.device, self.dtype, self.accelerator.autocast)
 
     # ----------------------------------------------------------------------------- one step
-    def _micro_batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
-        t = self.config.training
+    def micro_batch(self, step: int, micro: int) -> dict[str, Any]:
+        """The inputs of one micro-batch: a pure function of (seed, step, micro-step, rank)."""
+        t, ds = self.config.training, self.config.dataset
         acc = self.accelerator
-        ds = self.config.dataset
+        assert self.schedule is not None and self.latents is not None and self.prompts is not None
+        assert self.arch is not None
         pairs = self.schedule.micro_batch(
             step, micro, acc.process_index, acc.num_processes, t.gradient_accumulation_steps
         )
@@ -214,10 +287,16 @@ class Trainer:
             variants = self.items[item].variants
             caption = variants[int(draws[1] * len(variants))] if variants else self.items[item].caption
             captions.append("" if draws[2] < ds.caption_dropout else caption)
-        x0 = torch.stack(latents).to(self.device, self.dtype)
+        x0 = to_device_stacked(latents, self.device, self.dtype)
         packed, ids = pack(x0)
         gen = torch.Generator().manual_seed(derive_seed(t.seed, 6, indices[0]))
-        noise = torch.randn(packed.shape, generator=gen, dtype=torch.float32).to(self.device)
+        if self.device.type == "cuda":
+            # Drawn where it is used: a CPU draw and copy of a 1024² batch's noise costs milliseconds a
+            # step. Seeded the same way, so a resumed run gets the same noise on the same kind of GPU.
+            device_gen = torch.Generator(self.device).manual_seed(derive_seed(t.seed, 6, indices[0]))
+            noise = torch.randn(packed.shape, generator=device_gen, dtype=torch.float32, device=self.device)
+        else:
+            noise = torch.randn(packed.shape, generator=gen, dtype=torch.float32)
         u = sample_density(
             t.timestep_sampling,
             len(indices),
@@ -228,7 +307,7 @@ class Trainer:
             sigmoid_scale=t.sigmoid_scale,
         )
         sigmas = shift_sigma(sigmas_from_density(u), t.timestep_shift, t.shift, packed.shape[1])
-        embeds = self.prompts.get(captions).to(self.device, self.dtype)
+        embeds = self.prompts.batch(captions, self.device, self.dtype)
         guidance = None
         if self.arch.guidance_embeds:
             guidance = torch.full((len(indices),), t.guidance_scale, device=self.device, dtype=torch.float32)
@@ -237,47 +316,53 @@ class Trainer:
             "latent_ids": ids,
             "prompt_embeds": embeds,
             "text_ids": text_ids_for(embeds),
-            "sigmas": sigmas.to(self.device),
+            "sigmas": sigmas.to(self.device, non_blocking=True),
             "noise": noise,
             "guidance": guidance,
-            "dropout_seed": torch.tensor(derive_seed(t.seed, 7, indices[0])),
+            "dropout_seed": derive_seed(t.seed, 7, indices[0]),
         }
 
-    def _train_step(self, step: int) -> float:
+    def train_step(self, step: int) -> torch.Tensor:
+        """One optimizer step (all micro-batches); the mean loss as a 0-d tensor on the device, so the
+        caller decides when to wait for the GPU (only when it logs)."""
         t = self.config.training
+        acc = self.accelerator
         losses = []
         for micro in range(t.gradient_accumulation_steps):
-            batch = self._micro_batch(step, micro)
-            torch.manual_seed(int(batch.pop("dropout_seed")))  # LoRA dropout, reproducible per step
-            with self.accelerator.accumulate(self.model):
-                with self.accelerator.autocast():
+            batch = self.micro_batch(step, micro)
+            torch.manual_seed(batch.pop("dropout_seed"))  # LoRA dropout, reproducible per step
+            with acc.accumulate(self.model):
+                with acc.autocast():
                     loss = flow_matching_loss(self.model, weighting=t.loss_weighting, **batch)
-                self.accelerator.backward(loss)
-                if self.accelerator.sync_gradients and t.max_grad_norm > 0:
-                    self.accelerator.clip_grad_norm_(self.lora_params, t.max_grad_norm)
+                acc.backward(loss)
+                if acc.sync_gradients and t.max_grad_norm > 0:
+                    acc.clip_grad_norm_(self.lora_params, t.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach().float())
         self.lr_scheduler.step()
         mean = torch.stack(losses).mean()
-        return float(self.accelerator.reduce(mean, reduction="mean"))
+        return acc.reduce(mean, reduction="mean") if acc.num_processes > 1 else mean
 
     # ----------------------------------------------------------------------------- state
-    def _adapter_state(self) -> dict[str, torch.Tensor]:
+    def adapter_state(self) -> dict[str, torch.Tensor]:
         from peft.utils import get_peft_model_state_dict
 
         return get_peft_model_state_dict(self.accelerator.unwrap_model(self.model))
 
-    def _save_checkpoint(self, step: int) -> None:
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
+    def save_checkpoint(self, step: int) -> Path | None:
+        """Every process waits; the main one writes. Returns the checkpoint (main process)."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        path = None
+        if acc.is_main_process:
             self._status("checkpointing", f"saving checkpoint at step {step}")
             t0 = time.perf_counter()
             out = self.config.output
             path = ckpt.save_checkpoint(
                 self.run_dir,
                 step,
-                self._adapter_state(),
+                self.adapter_state(),
                 self.optimizer.state_dict() if out.save_optimizer_state else None,
                 self.lr_scheduler.state_dict(),
                 {"total_steps": self.config.training.max_steps, "variant": self.variant},
@@ -286,9 +371,10 @@ class Trainer:
             if self.reporter is not None:
                 self.reporter.record_overhead("checkpoint", time.perf_counter() - t0)
             self._status("training", "", last_checkpoint=str(path))
-        self.accelerator.wait_for_everyone()
+        acc.wait_for_everyone()
+        return path
 
-    def _restore(self, path: Path) -> int:
+    def restore(self, path: Path) -> int:
         from peft.utils import set_peft_model_state_dict
 
         state = ckpt.load_checkpoint(path)
@@ -305,86 +391,42 @@ class Trainer:
         log.info("resumed from %s at step %d", path, step)
         return step
 
-    # ----------------------------------------------------------------------------- main
-    def run(self) -> int:
-        cfg = self.config
-        acc = self._make_accelerator()
-        is_main = acc.is_main_process
-        lock = None
-        archived = None
-        if is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if not os.environ.get(LOCK_HELD_ENV):
-                lock = runs.RunLock(self.run_dir)
-                lock.acquire()  # RunBusyError reaches the CLI, which explains it
-            (self.run_dir / runs.STOP_FILE).unlink(missing_ok=True)
-            archived = None if self.resume else runs.archive_previous(self.run_dir)
-        setup_logging(self.run_dir if is_main else None, is_main)
-        if is_main and archived is not None:
-            log.info("the earlier run in %s was moved to %s", self.run_dir, archived)
-        resume_path = ckpt.resolve_resume(self.run_dir, self.resume) if self.resume else None
-        if is_main:
-            save_config(cfg, self.run_dir / runs.CONFIG_FILE)
-            self.reporter = RunReporter(self.run_dir, cfg, cfg.training.max_steps)
-            self._status("loading", "resolving model and dataset")
-            hold_point("loading", self.run_dir)
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            start = self.prepare(resume_path)
-            return self._loop(start, self.sampler)
-        except BaseException as e:
-            if isinstance(e, KeyboardInterrupt):
-                self._status("stopped", "interrupted")
-            else:
-                self._status("failed", f"{type(e).__name__}: {e}", error=str(e))
-            raise
-        finally:
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
-            if self.reporter is not None:
-                self.reporter.close()
-            if lock is not None:
-                lock.release()
+    # ----------------------------------------------------------------------------- samples
+    def sample(self, step: int) -> None:
+        """Validation images at ``step``, drawn by the main process while the others wait."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.draw_samples(step)
+        self.accelerator.wait_for_everyone()
 
-    def prepare(self, resume_path: Path | None = None) -> int:
-        """Everything before the first step: model, data caches, adapter, optimizer. Returns the start step."""
-        from flux2_lora.training.sampling import Sampler
+    def draw_samples(self, step: int, record: bool = True) -> list[Any]:
+        """The validation images of this process; ``record`` saves them to the run (and trackers)."""
+        assert self.sampler is not None
+        reporter = self.reporter if record else None
+        self._status("sampling", f"validation samples at step {step}")
+        t0 = time.perf_counter()
 
-        cfg = self.config
-        if not hasattr(self, "accelerator"):
-            self._make_accelerator()
-        acc = self.accelerator
-        log.info("training on %s (%s) with %d processes", self.device, self.dtype, acc.num_processes)
-        model_path, self.variant, self.arch = resolve_model_path(cfg.model)
-        self.items = self._load_data()
-        self._cache(model_path, self.variant, self.items)
-        trainable = self._build_model(model_path, self.variant, self.arch)
-        self.optimizer = build_optimizer(cfg.training, self.lora_params)
-        self.lr_scheduler = build_scheduler(cfg.training, self.optimizer)
-        self.model, self.optimizer = acc.prepare(self.transformer, self.optimizer)
-        self.schedule = SampleSchedule(
-            [i.repeats * cfg.dataset.repeats for i in self.items],
-            cfg.training.seed,
-            cfg.training.batch_size,
-            [i.bucket for i in self.items] if cfg.dataset.bucketing else None,
-        )
-        start = self._restore(resume_path) if resume_path else 0
-        self.sampler = Sampler(self, model_path)
-        if self.reporter:
-            self.reporter.status.extra.update(
-                {
-                    "trainable_params": trainable,
-                    "variant": self.variant,
-                    "device": str(self.device),
-                    "dtype": str(self.dtype),
-                    "num_processes": acc.num_processes,
-                }
-            )
-            self.reporter.status.step = start
-            self.reporter.open_trackers()
-        return start
+        def on_image(index: int, prompt: str, image: Any) -> None:
+            if reporter is not None:
+                reporter.log_sample(step, index, prompt, image)
 
-    def _loop(self, start: int, sampler: Any) -> int:
+        model = self.accelerator.unwrap_model(self.model)
+        images = self.sampler.sample(model, on_image, self.run_dir if record else None)
+        if reporter is not None:
+            reporter.record_overhead("sampling", time.perf_counter() - t0)
+        self._status("training", "")
+        return images
+
+    # ----------------------------------------------------------------------------- the loop
+    def _stop_agreed(self) -> bool:
+        """Every process stops at the same step: one rank's signal or stop file stops them all."""
+        stop = self.stop.requested()
+        if self.accelerator.num_processes == 1:
+            return stop
+        flag = torch.tensor(float(stop), device=self.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def train(self, start: int) -> int:
         from tqdm.auto import tqdm
 
         cfg = self.config
@@ -394,67 +436,80 @@ class Trainer:
         bar = tqdm(
             total=total, initial=start, disable=not acc.is_main_process, dynamic_ncols=True, unit="step"
         )
-        window: list[float] = []
+        window: list[torch.Tensor] = []
         self.model.train()
         step = start
         for step in range(start + 1, total + 1):
             t0 = time.perf_counter()
-            loss = self._train_step(step)
-            window.append(loss)
-            lr = self.lr_scheduler.get_last_lr()[0]
-            if self.reporter:
-                self.reporter.step_done(step, time.perf_counter() - t0)
-                bar.set_postfix(
-                    loss=f"{loss:.4f}", lr=f"{lr:.2e}", eta=f"{self.reporter.status.eta_seconds:.0f}s"
-                )
+            window.append(self.train_step(step))
             bar.update(1)
-            if self.reporter and (step % cfg.logging.log_every == 0 or step == total):
-                self.reporter.log_metrics(step, sum(window) / len(window), lr)
-                self.reporter.set_state("training")
+            if self.reporter is not None:
+                self.reporter.step_done(step, time.perf_counter() - t0)
+            if step % cfg.logging.log_every == 0 or step == total:
+                loss = float(torch.stack(window).mean())  # the only wait for the GPU between logs
+                lr = self.lr_scheduler.get_last_lr()[0]
                 window = []
-            if step == 3:
-                hold_point("step", self.run_dir)
-            stop = self._stop_requested()
-            stop = bool(acc.reduce(torch.tensor(float(stop), device=self.device), reduction="sum").item() > 0)
+                if self.reporter is not None:
+                    self.reporter.log_metrics(step, loss, lr)
+                    self.reporter.set_state("training")
+                    eta = self.reporter.status.eta_seconds or 0
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", eta=f"{eta:.0f}s")
+            hold_point("step", self.run_dir)
+            stop = self._stop_agreed()
             every = cfg.output.checkpoint_every
             if (every and step % every == 0) or (stop and step < total):
-                self._save_checkpoint(step)
+                self.save_checkpoint(step)
             val = cfg.validation
             if val.enabled and step % val.every_n_steps == 0 and step < total and not stop:
-                sampler.sample(step)
+                self.sample(step)
             if stop:
                 bar.close()
-                self._status("stopped", f"stopped at step {step}; resume with --resume latest")
+                self.stop.acknowledge()
+                self._status("stopped", f"stopped at step {step}; press Resume (or --resume latest)")
                 return 0
         bar.close()
-        return self._finish(step, sampler)
+        return self.finish(step)
 
-    def _finish(self, step: int, sampler: Any) -> int:
+    def finish(self, step: int) -> int:
+        """A resumable checkpoint, then the LoRA files, the last samples and the measured peaks."""
         from flux2_lora.training.export import save_comfyui_lora, save_diffusers_lora
-        from flux2_lora.training.model import pipeline_class
 
         cfg = self.config
         acc = self.accelerator
+        last = runs.latest_checkpoint(self.run_dir)
+        if last is None or last.name != f"{runs.CHECKPOINT_PREFIX}{step}":
+            # Written before the LoRA, so a failed final write (a full disk) loses nothing.
+            self.save_checkpoint(step)
         acc.wait_for_everyone()
         if acc.is_main_process:
             self._status("checkpointing", "writing the final LoRA")
-            state = self._adapter_state()
+            state = self.adapter_state()
             out_dtype = (
-                torch.float32 if cfg.output.save_dtype == "auto" else getattr(torch, cfg.output.save_dtype)
+                self.dtype if cfg.output.save_dtype == "auto" else getattr(torch, cfg.output.save_dtype)
             )
-            peft_cfg = acc.unwrap_model(self.model).peft_config["default"]
-            meta = peft_cfg.to_dict()
-            final = save_diffusers_lora(self.run_dir, pipeline_class(self.variant), state, meta, out_dtype)
-            if cfg.output.export_comfyui:
-                if cfg.lora.use_dora:
-                    log.warning("output.export_comfyui: DoRA magnitudes have no ComfyUI FLUX.2 key; skipped")
-                else:
-                    save_comfyui_lora(self.run_dir, state, cfg.lora.alpha / cfg.lora.rank, out_dtype)
+            meta = acc.unwrap_model(self.model).peft_config["default"].to_dict()
+            resumable = runs.latest_checkpoint(self.run_dir)
+            try:
+                final = save_diffusers_lora(
+                    self.run_dir, pipeline_class(self.variant), state, meta, out_dtype
+                )
+                if cfg.output.export_comfyui:
+                    if cfg.lora.use_dora:
+                        log.warning(
+                            "output.export_comfyui: DoRA magnitudes have no ComfyUI FLUX.2 key; skipped"
+                        )
+                    else:
+                        save_comfyui_lora(self.run_dir, state, cfg.lora.alpha / cfg.lora.rank, out_dtype)
+            except OSError as e:
+                raise OSError(
+                    f"could not write the LoRA to {self.run_dir} ({e.strerror or e}); the trained state is "
+                    f"safe in {resumable}: free space, then resume the run"
+                ) from e
             if cfg.validation.enabled:
-                sampler._sample_main(step)  # main only; the barrier below holds the others
+                self.draw_samples(step)  # main only; the barrier below holds the others
             if self.reporter is not None:
                 self.reporter.record_peaks()
-                self.reporter.status.extra["estimate"] = _estimate_summary(cfg, acc.num_processes)
+                self.reporter.status.extra["estimate"] = estimate_summary(cfg, acc.num_processes)
             self._status(
                 "finished", f"finished {step} steps; LoRA at {final}", final_lora=str(final), step=step
             )
@@ -462,16 +517,10 @@ class Trainer:
         return 0
 
 
-def _estimate_summary(config: TrainConfig, num_processes: int) -> dict[str, Any] | None:
-    """The memory model's figures for this config, stored beside the measured peaks."""
-    try:
-        from flux2_lora.memory import estimate_report
-    except ImportError:
-        return None
-    try:
-        report = estimate_report(config, num_processes=num_processes)
-    except Exception as e:  # the estimate must never fail a finished run
-        log.warning("memory estimate unavailable: %s", e)
-        return None
-    keys = ("allocated_peak_gib", "total_gib", "host_peak_gib", "host_gib")
-    return {k: report[k] for k in keys if k in report}
+def run_training(config: TrainConfig, resume: str | None = None) -> int:
+    """Train in this process, inside the run directory's session (what ``flux2-lora train`` runs)."""
+    accelerator = make_accelerator(config)
+    with RunSession(config, resume, accelerator.is_main_process) as session:
+        trainer = Trainer(config, accelerator, reporter=session.reporter, stop=session.stop)
+        start = trainer.setup(session.resume_path)
+        return trainer.train(start)
