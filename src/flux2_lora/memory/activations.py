@@ -252,6 +252,33 @@ def training_activations(
     return peak + outside
 
 
+def end_of_backward_activations(
+    arch: TransformerArch,
+    specs: list[LinearSpec],
+    *,
+    dtype_bytes: int,
+    img: int,
+    txt: int,
+    batch: int,
+    checkpointing: bool,
+) -> float:
+    """Activation bytes alive while the first LoRA'd block runs backward, the moment every later
+    block's LoRA gradients already exist: at large ranks the gradients outweigh the activations that
+    backward has freed by then, and this is the step's peak."""
+    p = _precision(dtype_bytes)
+    tokens_d = (img + txt) * arch.inner_dim
+    blocks = [batch * b for b in block_activation_bytes(arch, specs, dtype_bytes, img, txt)]
+    first = next((i for i, b in enumerate(blocks) if b > 0), None)
+    if first is None:
+        return 0.0
+    single_lora = any(s.block == "single" for s in specs)
+    kept = blocks[first] - batch * first_block_discount(arch, specs, dtype_bytes, img, txt)
+    if checkpointing:
+        kept += dtype_bytes * tokens_d * batch  # its input, from which it is recomputed
+    transient = (_TRANSIENT_GC if checkpointing else _TRANSIENT)[p == 4][single_lora] * tokens_d * batch
+    return kept + transient + batch * _OUTSIDE * dtype_bytes * tokens_d
+
+
 def inference_transient(
     arch: TransformerArch, specs: list[LinearSpec], *, dtype_bytes: int, img: int, txt: int, dora: bool
 ) -> float:

@@ -18,7 +18,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from flux2_lora.config import TrainConfig
-from flux2_lora.memory.activations import inference_transient, training_activations
+from flux2_lora.memory.activations import (
+    end_of_backward_activations,
+    inference_transient,
+    training_activations,
+)
 from flux2_lora.memory.encoders import IMAGE_BATCH, PROMPT_BATCH, text_encoder_activation_bytes, vae_bytes
 from flux2_lora.targets import LinearSpec, enumerate_linears, is_quantized_linear, resolve_targets
 from flux2_lora.variants import (
@@ -167,20 +171,27 @@ def optimizer_bytes(config: TrainConfig, specs: list[LinearSpec]) -> float:
 
 
 def optimizer_step_bytes(config: TrainConfig, specs: list[LinearSpec]) -> float:
-    """Temporaries of one optimizer step. On CUDA torch's optimizers default to their foreach
-    implementations, which build one full-size fp32 list (AdamW/Adam: sqrt of the second moment; SGD:
-    the weight-decayed gradients; Adafactor: the variance estimate); Prodigy steps tensor by tensor
-    (about twice the largest tensor); bitsandbytes' 8-bit AdamW updates in place."""
+    """Temporaries of one optimizer step. The trainer runs Adam/AdamW with torch's fused kernels on
+    CUDA (in place); the others use their foreach implementations, which build one full-size fp32 list
+    (SGD: the weight-decayed gradients; Adafactor: the variance estimate); Prodigy steps tensor by
+    tensor (about twice the largest tensor); bitsandbytes' 8-bit AdamW updates in place."""
     t, lora = config.training, config.lora
     tensors = _lora_tensors(specs, lora.rank, lora.use_dora)
     n = sum(r * c for r, c in tensors)
-    if t.optimizer in ("adamw", "adam", "adafactor"):
+    if t.optimizer == "adafactor":
         return 4.0 * n
     if t.optimizer == "sgd":
         return 4.0 * n if t.weight_decay > 0 or t.momentum > 0 else 0.0
     if t.optimizer == "prodigy":
         return 8.0 * max(r * c for r, c in tensors)
     return 0.0
+
+
+def _first_block_params(specs: list[LinearSpec], rank: int, dora: bool) -> int:
+    """LoRA parameters of the first block with LoRA (their gradients come last in backward)."""
+    blocks = [".".join(s.name.split(".")[:2]) for s in specs if s.block != "other"]
+    first = blocks[0] if blocks else None
+    return sum(s.lora_params(rank, dora) for s in specs if ".".join(s.name.split(".")[:2]) == first)
 
 
 def _last_block_params(specs: list[LinearSpec], rank: int, dora: bool) -> int:
@@ -320,8 +331,19 @@ def estimate(config: TrainConfig, *, num_processes: int = 1) -> Estimate:
     # The step's peak is the larger of backward (activations, few gradients) and the optimizer step
     # (every gradient plus the step's temporaries).
     backward = _part(**static, gradients=grads_early + ddp, optimizer=optim, activations=max(act, encode))
+    # The end of backward: every gradient but the first LoRA'd block's, with that block's activations.
+    first_params = 4.0 * _first_block_params(specs, lora.rank, lora.use_dora)
+    end_act = end_of_backward_activations(
+        arch, specs, dtype_bytes=wb, img=img, txt=txt, batch=batch, checkpointing=mem.gradient_checkpointing
+    )
+    backward_end = _part(
+        **static,
+        gradients=(grads_all if accumulating else grads_all - first_params) + ddp,
+        optimizer=optim,
+        activations=end_act,
+    )
     optimizer_step = _part(**static, gradients=grads_all + ddp, optimizer=optim + step)
-    training = max(backward, optimizer_step, key=lambda p: sum(p.values()))
+    training = max(backward, backward_end, optimizer_step, key=lambda p: sum(p.values()))
 
     # Caching: text encoder (unless it encodes on the CPU) and VAE on the GPU, no transformer yet.
     te_gpu = 0.0 if mem.cpu_offload else te_w

@@ -156,9 +156,12 @@ def trace_training_step(
         emulated = config.training.optimizer in _STEP_NEEDS_VALUES
         optimizer = None if emulated else build_optimizer(config.training, params)
         if optimizer is not None:
-            # On CUDA torch's optimizers default to their foreach implementations (on CPU they do not).
+            # As on CUDA: the trainer asks for the fused Adam/AdamW kernels there (in place, tensor by
+            # tensor: the single-tensor loop allocates what they do); the other optimizers default to
+            # their foreach implementations (on CPU they do not).
+            fused = config.training.optimizer in ("adamw", "adam")
             for group in optimizer.param_groups:
-                group["foreach"] = True
+                group["foreach"] = not fused
         kept_state: list[torch.Tensor] = []  # emulated optimizer state, alive across steps
         lat = torch.randn(batch, img_tokens, arch.in_channels, dtype=dtype)
         ids = torch.zeros(batch, img_tokens, 4, dtype=torch.long)
