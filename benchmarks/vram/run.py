@@ -49,6 +49,8 @@ CONFIGS: list[tuple[str, list[str]]] = [
     ("klein-4b", ["dataset.resolution=1536", "lora.rank=32", "training.batch_size=2"]),
     ("klein-4b", ["dataset.resolution=1024", "lora.rank=128", "training.optimizer=adafactor"]),
     ("klein-4b", ["dataset.resolution=1024", "lora.rank=32", "lora.use_dora=true"]),
+    # A large rank on every linear layer: the end of backward (every gradient) is the peak.
+    ("klein-4b", ["dataset.resolution=512", "lora.rank=128", "lora.target_modules=[all-linear]"]),
     ("klein-9b", ["dataset.resolution=512", "lora.rank=16", "training.batch_size=4"]),
     ("klein-9b", ["dataset.resolution=1024", "lora.rank=32"]),
     ("klein-9b", ["dataset.resolution=1024", "lora.rank=16", "training.optimizer=adamw8bit"]),
@@ -175,49 +177,175 @@ def main() -> int:
         "--gpu-gib", type=float, help="cap this process's GPU memory (emulates a smaller card)"
     )
     parser.add_argument(
+        "--parallel-gib",
+        type=float,
+        default=0.0,
+        help="run configs side by side while their estimated totals fit in this many GiB (allocated and "
+        "reserved peaks are per process; only NVML readings then need each process's own entry)",
+    )
+    parser.add_argument("--timeout-s", type=float, default=300.0, help="per config")
+    parser.add_argument("--deadline-s", type=float, default=1e9, help="start no config after this")
+    parser.add_argument(
         "--out", type=Path, help="output JSON (default: measured.json / measured.dry.json here)"
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--context-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.context_probe:
+        print(json.dumps(context_probe()), flush=True)
+        return 0
     indices = args.only if args.only else list(range(len(CONFIGS)))
     if args.child:  # one CUDA config in this process, its row as JSON on the last line
         print(json.dumps(measure_one(indices[0], args.gpu_gib)), flush=True)
         return 0
-    rows = []
-    for i in indices:
-        row = dry_one(i) if args.dry else _in_child(i, args.gpu_gib)
-        row["index"] = i
-        rows.append(row)
-        err = row.get("error") or {}
-        print(
-            f"[{i:2}] {row['variant']:8} {' '.join(row['config']):70} "
-            + (
-                "OOM"
-                if row.get("oom")
-                else " ".join(f"{k} {v:+.1%}" for k, v in err.items() if v is not None)
-            ),
-            flush=True,
-        )
     out = args.out or HERE / ("measured.dry.json" if args.dry else "measured.json")
-    out.write_text(json.dumps(rows, indent=1))
+    if args.dry:
+        rows = []
+        for i in indices:
+            rows.append({**dry_one(i), "index": i})
+            _print_row(rows[-1])
+        out.write_text(json.dumps(rows, indent=1))
+        print(f"wrote {out}")
+        return 0
+    context = _run_child(["--context-probe"], 120)
+    rows = _schedule(indices, args, out, context)
+    _print_summary(rows, context)
     print(f"wrote {out}")
     return 0
 
 
-def _in_child(index: int, gpu_gib: float | None) -> dict[str, Any]:
-    """A fresh process per config: a clean CUDA context and caching allocator for each measurement."""
+def context_probe() -> dict[str, Any]:
+    """NVML memory of a fresh process's CUDA context and cuBLAS handle (nothing else allocated)."""
+    import torch
+    from measure import NvmlMeter
+
+    meter = NvmlMeter()
+    x = torch.ones(256, 256, device="cuda")
+    (x @ x).sum().item()  # context, cuBLAS handle and workspace
+    torch.cuda.synchronize()
+    used = meter.now_mib() - torch.cuda.memory_reserved() / 2**20
+    return {"context_gib": used / 1024, "source": meter.source, "device": torch.cuda.get_device_name(0)}
+
+
+def _save(rows: list[dict[str, Any]], out: Path, context: dict[str, Any] | None) -> None:
+    for row in rows:
+        row["context_probe"] = context
+    out.write_text(json.dumps(sorted(rows, key=lambda r: r["index"]), indent=1))
+
+
+def _schedule(
+    indices: list[int], args: argparse.Namespace, out: Path, context: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Run the configs, several at once while their estimated totals fit in --parallel-gib; the JSON
+    is rewritten after each one, so a run cut short keeps what it measured."""
+    pending = sorted(indices, key=lambda i: -_estimated(config_for(*CONFIGS[i]))["total_gib"])
+    running: dict[int, tuple[subprocess.Popen[str], float, float, Any]] = {}
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    budget = args.parallel_gib
+    while pending or running:
+        used = sum(g for _, _, g, _ in running.values())
+        while pending and time.perf_counter() - start < args.deadline_s:
+            i = next((j for j in pending if not running or used + _gib_of(j) <= budget), None)
+            if i is None:
+                break
+            pending.remove(i)
+            running[i] = (*_spawn(i, args.gpu_gib), _gib_of(i), time.perf_counter())  # type: ignore[assignment]
+            used += _gib_of(i)
+        if pending and time.perf_counter() - start >= args.deadline_s and not running:
+            for i in pending:
+                rows.append(
+                    {"index": i, "variant": CONFIGS[i][0], "config": CONFIGS[i][1], "skipped": "deadline"}
+                )
+            pending = []
+        for i, (proc, log, _, t0) in list(running.items()):
+            if proc.poll() is None and time.perf_counter() - t0 < args.timeout_s:
+                continue
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            row = _collect(i, proc, log)
+            row["index"], row["concurrent"] = i, len(running) > 1 or bool(pending)
+            row["wall_s"] = round(time.perf_counter() - t0, 1)
+            rows.append(row)
+            del running[i]
+            _print_row(row)
+            _save(rows, out, context)
+        time.sleep(0.5)
+    return rows
+
+
+def _gib_of(index: int) -> float:
+    return float(_estimated(config_for(*CONFIGS[index]))["total_gib"]) + 1.0
+
+
+def _spawn(index: int, gpu_gib: float | None) -> tuple[subprocess.Popen[str], Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--only", str(index)]
     if gpu_gib is not None:
         cmd += ["--gpu-gib", str(gpu_gib)]
-    with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ})
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-        if proc.returncode == 0 and lines:
-            return dict(json.loads(lines[-1]))
-        log.seek(0)
-        tail = log.read()[-2000:]
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by _collect once the child ends)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ})
+    return proc, log
+
+
+def _collect(index: int, proc: subprocess.Popen[str], log: Any) -> dict[str, Any]:
+    stdout = proc.stdout.read() if proc.stdout else ""
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if proc.returncode == 0 and lines:
+        log.close()
+        return dict(json.loads(lines[-1]))
+    log.seek(0)
     variant, overrides = CONFIGS[index]
-    return {"variant": variant, "config": overrides, "measured": None, "error": None, "failed": tail}
+    return {
+        "variant": variant,
+        "config": overrides,
+        "measured": None,
+        "error": None,
+        "failed": log.read()[-2000:],
+    }
+
+
+def _run_child(extra: list[str], timeout: float) -> dict[str, Any] | None:
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), *extra],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    return dict(json.loads(lines[-1])) if lines else {"failed": proc.stderr[-1000:]}
+
+
+def _print_row(row: dict[str, Any]) -> None:
+    err = row.get("error") or {}
+    state = (
+        "OOM"
+        if row.get("oom")
+        else "FAILED " + row["failed"].strip().splitlines()[-1][:120]
+        if row.get("failed")
+        else "skipped"
+        if row.get("skipped")
+        else " ".join(f"{k} {v:+.1%}" for k, v in err.items() if v is not None)
+    )
+    print(f"[{row.get('index', '?'):>2}] {row['variant']:8} {' '.join(row['config']):70} {state}", flush=True)
+
+
+def _print_summary(rows: list[dict[str, Any]], context: dict[str, Any] | None) -> None:
+    ok = [r for r in rows if r.get("measured")]
+    if not ok:
+        return
+    print(f"\n{ok[0]['device']}; CUDA context (probe): {context}")
+    print(
+        f"{'#':>2} {'variant':8} {'est GiB':>8} {'alloc GiB':>9} {'err':>7} {'reserved':>9} {'res/alloc':>9}"
+    )
+    for r in ok:
+        m, e = r["measured"], r["estimated"]
+        print(
+            f"{r['index']:2} {r['variant']:8} {e['training_allocated_gib']:8.2f} {m['allocated_gib']:9.2f} "
+            f"{r['error']['allocated']:+7.1%} {m['reserved_gib']:9.2f} {m['reserved_gib'] / m['allocated_gib']:9.3f}"
+        )
+    worst = max(ok, key=lambda r: abs(r["error"]["allocated"]))
+    print(f"worst allocated error: {worst['error']['allocated']:+.1%} (config {worst['index']})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""CUDA-only paths: bf16 autocast, bitsandbytes NF4 through diffusers' loader, 8-bit AdamW."""
+"""CUDA-only paths: bf16 autocast, bitsandbytes NF4 through diffusers' loader, 8-bit AdamW, the attention
+kernels and regional compilation."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ pytestmark = pytest.mark.gpu
 
 @pytest.mark.parametrize(
     "extra",
-    [(), ("memory.quantization=nf4",), ("memory.quantization=int8",), ("training.optimizer=adamw8bit",)],
+    [
+        (),
+        ("memory.quantization=nf4",),
+        ("memory.quantization=int8",),
+        ("training.optimizer=adamw8bit",),
+        ("performance.attention_backend=flash",),
+        ("performance.attention_backend=cudnn",),
+        ("performance.compile=true",),
+    ],
 )
 def test_demo_trains_on_cuda(make_config, extra):  # type: ignore[no-untyped-def]
     import torch
@@ -22,3 +31,11 @@ def test_demo_trains_on_cuda(make_config, extra):  # type: ignore[no-untyped-def
     status = runs.read_status(config.output.dir)
     assert status.state == "finished" and status.extra["measured"]["gpu_allocated_peak_gib"] > 0
     assert torch.cuda.max_memory_allocated() > 0
+
+
+def test_phase_peaks_are_recorded_apart(make_config):  # type: ignore[no-untyped-def]
+    config = make_config("model.device=cuda", "model.dtype=bfloat16")
+    assert run_training(config) == 0
+    phases = runs.read_status(config.output.dir).extra["measured"]["gpu_phases"]
+    assert set(phases) == {"setup", "training", "export"}
+    assert all(p["allocated_gib"] > 0 and p["reserved_gib"] >= p["allocated_gib"] for p in phases.values())

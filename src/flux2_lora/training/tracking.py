@@ -57,6 +57,7 @@ class RunReporter:
         self._wandb: Any = None
         self._step_times: list[float] = []
         self._overheads: dict[str, list[float]] = {}
+        self._gpu_phases: dict[str, dict[str, float]] = {}
 
     # -- status -----------------------------------------------------------------------------
     def set_state(self, state: str, message: str = "", **fields: Any) -> None:
@@ -133,16 +134,34 @@ class RunReporter:
                 eta += count * sum(times) / len(times)
         self.status.eta_seconds = eta
 
-    def record_peaks(self) -> dict[str, float | None]:
-        """Peak GPU tensor memory and peak host RSS of this process, for the run's record."""
+    def end_gpu_phase(self, phase: str) -> None:
+        """Close a phase of the run (loading and caching, then training): its GPU peaks are kept apart,
+        so each can be set beside the estimate's phase of the same name."""
+        import torch
+
+        if torch.cuda.is_available():
+            self._gpu_phases[phase] = {
+                "allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+                "reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+            }
+            torch.cuda.reset_peak_memory_stats()
+
+    def record_peaks(self, last_phase: str = "training") -> dict[str, Any]:
+        """Peak GPU tensor memory (overall and per phase, ``last_phase`` ending now) and peak host RSS."""
         import resource
 
         import torch
 
-        gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-        reserved = torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None
-        host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-        peaks = {"gpu_allocated_peak_gib": gpu, "gpu_reserved_peak_gib": reserved, "host_peak_rss_gib": host}
+        peaks: dict[str, Any] = {"gpu_allocated_peak_gib": None, "gpu_reserved_peak_gib": None}
+        if torch.cuda.is_available():
+            self.end_gpu_phase(last_phase)
+            phases = self._gpu_phases
+            peaks = {
+                "gpu_allocated_peak_gib": max(p["allocated_gib"] for p in phases.values()),
+                "gpu_reserved_peak_gib": max(p["reserved_gib"] for p in phases.values()),
+                "gpu_phases": dict(phases),
+            }
+        peaks["host_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB
         self.status.extra["measured"] = peaks
         return peaks
 

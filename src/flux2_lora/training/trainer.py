@@ -433,6 +433,8 @@ class Trainer:
         acc = self.accelerator
         total = cfg.training.max_steps
         self._status("training", f"training steps {start + 1}–{total}")
+        if self.reporter is not None:
+            self.reporter.end_gpu_phase("setup")  # loading and caching; training is measured from here
         bar = tqdm(
             total=total, initial=start, disable=not acc.is_main_process, dynamic_ncols=True, unit="step"
         )
@@ -482,6 +484,8 @@ class Trainer:
             self.save_checkpoint(step)
         acc.wait_for_everyone()
         if acc.is_main_process:
+            if self.reporter is not None:
+                self.reporter.end_gpu_phase("training")
             self._status("checkpointing", "writing the final LoRA")
             state = self.adapter_state()
             out_dtype = (
@@ -508,7 +512,7 @@ class Trainer:
             if cfg.validation.enabled:
                 self.draw_samples(step)  # main only; the barrier below holds the others
             if self.reporter is not None:
-                self.reporter.record_peaks()
+                self.reporter.record_peaks("sampling" if cfg.validation.enabled else "export")
                 self.reporter.status.extra["estimate"] = estimate_summary(cfg, acc.num_processes)
             self._status(
                 "finished", f"finished {step} steps; LoRA at {final}", final_lora=str(final), step=step
