@@ -74,4 +74,9 @@ for phase in "$@"; do
 done
 wait_all
 say "all phases done"
-for f in "$OUT"/*.log; do echo "=== $f"; grep -v -E "Warning|warn\(|_pytree|Loading|it/s\]" "$f" | tail -n 30; done
+# The device returns at most 8 files: logs go back as one archive; the tails below are the summary.
+for f in "$OUT"/*.log; do
+  echo "=== $(basename "$f")"
+  grep -v -E "Warning|warn\(|_pytree|Loading|it/s\]|kernels|torchao|register_constant" "$f" | tail -n 24
+done
+(cd "$OUT" && tar czf logs.tgz ./*.log && rm -f ./*.log)
