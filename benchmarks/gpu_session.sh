@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything a lent GPU is for, as one prepared script (the device tool runs it in the repo root):
-#   BUDGET=540 bash benchmarks/gpu_session.sh PHASE...     phases: vram tests build compare levers
+#   BUDGET=540 bash benchmarks/gpu_session.sh PHASE...     phases: vram tests probe build compare levers
 # vram, tests and build run side by side (memory-packed; allocated/reserved peaks are per process);
 # compare and levers then run alone (they time steps), each only while the budget (seconds) lasts.
 # Results and logs go to $OUT. Needs the carried wheels in .devbench/whl (the GPU image has torch,
@@ -46,6 +46,10 @@ for phase in "$@"; do
       timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/training/test_gpu.py \
         > "$OUT/gpu_tests.log" 2>&1 &
       pids+=($!) ;;
+    probe)
+      say "block probe: start"
+      timeout 200 python3 benchmarks/vram/block_probe.py --out "$OUT/block_probe.json" > "$OUT/block_probe.log" 2>&1 &
+      pids+=($!) ;;
     build)
       say "build klein-4b folder: start"
       timeout 240 python3 benchmarks/speed/build_pipeline.py --out "$WORK/klein-4b" --images "$WORK/images" \
@@ -57,8 +61,8 @@ for phase in "$@"; do
       if [ "$(left)" -gt 120 ]; then
         timeout $(( $(left) - 10 )) python3 benchmarks/speed/compare.py --work "$WORK" ${TINY:+--tiny} \
           --diffusers-script .devbench/ext/train_dreambooth_lora_flux2_klein.py \
-          --rounds 2 --steps 30 --warmup 10 --deadline-s $(( $(left) - 130 )) \
-          --variant performance.compile=true --variant performance.compile=true,performance.float8=true \
+          --deadline-s $(( $(left) - 70 )) \
+          ${COMPARE_ARGS:---rounds 2 --steps 30 --warmup 10 --variant performance.compile=true --variant performance.compile=true,performance.float8=true} \
           --out "$OUT/compare.json" > "$OUT/compare.log" 2>&1
         say "compare: done (exit $?)"
       fi ;;

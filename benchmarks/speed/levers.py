@@ -123,9 +123,18 @@ def main() -> int:
     extra = ["dataset.resolution=64"] if args.tiny else []
     rows: list[dict[str, Any]] = []
 
+    device = torch.cuda.get_device_name(0) if cuda else "cpu"
+
+    def save() -> None:  # after every segment: a kernel that crashes the process loses nothing measured
+        if args.out:
+            args.out.write_text(
+                json.dumps({"device": device, "torch": torch.__version__, "levers": rows}, indent=1)
+            )
+
     def record(name: str, result: dict[str, Any]) -> None:
         result = {"lever": name, **result}
         rows.append(result)
+        save()
         base = rows[0]["s_per_step"]
         print(
             f"{name:28} {result['s_per_step'] * 1000:9.1f} ms/step  x{base / result['s_per_step']:.3f} vs defaults"
@@ -151,7 +160,9 @@ def main() -> int:
         record("foreach AdamW", clock.measure(args.warmup, args.steps))
         for g in groups:
             g["fused"], g["foreach"] = True, False
-        for backend in ("flash", "cudnn", "efficient"):
+        # cudnn last: at [klein] 4B size it hit an illegal memory access on an H200 (torch 2.11), which
+        # leaves the CUDA context unusable for anything after it.
+        for backend in ("flash", "efficient", "cudnn"):
             from flux2_lora.training.hardware import ATTENTION_BACKENDS
 
             try:
@@ -159,7 +170,9 @@ def main() -> int:
                 record(f"attention {backend}", clock.measure(args.warmup, args.steps))
             except Exception as e:  # a kernel this GPU or build lacks
                 rows.append({"lever": f"attention {backend}", "error": f"{type(e).__name__}: {e}"[:300]})
+                save()
                 print(f"attention {backend}: {rows[-1]['error']}", flush=True)
+                break  # the context is unusable after an illegal memory access
         trainer.transformer.set_attention_backend("native")
         if args.compile and time_left():
             trainer.transformer.compile_repeated_blocks()
