@@ -85,8 +85,14 @@ class RunStatus:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write then rename, so a reader (or a crash) never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=1, default=str)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        # A full disk leaves an empty or partial temp file; the old status file stays as it was.
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
