@@ -129,7 +129,53 @@ def test_resume_without_checkpoint(tmp_path):  # type: ignore[no-untyped-def]
         "train", "--preset", "quickstart", *sets(f"output.dir={tmp_path}/r", *FAST), "--resume", "latest"
     )
     assert proc.returncode == 1 and "no complete checkpoint" in proc.stderr
+    assert "without --resume" in proc.stderr and "--resume auto" in proc.stderr
     _clean(proc)
+
+
+def test_resume_auto_starts_over_when_killed_before_the_first_checkpoint(tmp_path):  # type: ignore[no-untyped-def]
+    out = tmp_path / "r"
+    out.mkdir()
+    # What a trainer killed while loading leaves: a live-looking status, no checkpoint.
+    runs.write_json_atomic(out / runs.STATUS_FILE, runs.RunStatus(state="loading").to_dict())
+    proc = cli("train", "--preset", "quickstart", *sets(f"output.dir={out}", *FAST), "--resume", "auto")
+    assert proc.returncode == 0, proc.stderr
+    assert "no readable checkpoint" in proc.stderr and "starting the run over" in proc.stderr
+    assert runs.read_status(out).state == "finished" and (out / runs.LORA_FILE).is_file()
+    assert list((out / runs.PREVIOUS_DIR).glob(f"*/{runs.STATUS_FILE}"))  # the killed run is kept
+    help_text = cli("train", "--help").stdout
+    assert "auto" in help_text and "start the run over" in " ".join(help_text.split())
+
+
+def test_resume_auto_resumes_when_a_checkpoint_exists(tmp_path):  # type: ignore[no-untyped-def]
+    out = tmp_path / "r"
+    args = sets(f"output.dir={out}", "output.checkpoint_every=1", *FAST)
+    cli("train", "--preset", "quickstart", *args, check=True)
+    proc = cli("train", "--preset", "quickstart", *args, "--set", "training.max_steps=3", "--resume", "auto")
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed from" in (out / runs.LOG_FILE).read_text() and not (out / runs.PREVIOUS_DIR).exists()
+
+
+def _blocked_run(out):  # type: ignore[no-untyped-def]
+    """A run that fails at its first checkpoint: a file stands where the checkpoints folder goes."""
+    out.mkdir()
+    (out / runs.CHECKPOINTS_DIR).write_text("a file where the checkpoints folder goes")
+    return ("train", "--preset", "quickstart", *sets(f"output.dir={out}", "output.checkpoint_every=1", *FAST))
+
+
+def test_a_failure_mid_run_prints_one_line_and_the_log_path(tmp_path):  # type: ignore[no-untyped-def]
+    out = tmp_path / "r"
+    proc = cli(*_blocked_run(out))
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "training failed: FileExistsError" in errors[0]
+    assert f"(log: {out / runs.LOG_FILE})" in errors[0]
+    _clean(proc)
+    log = (out / runs.LOG_FILE).read_text()
+    assert "training failed" in log and "Traceback (most recent call last)" in log
+    assert "FileExistsError" in log and runs.read_status(out).state == "failed"
+    debug = cli(*_blocked_run(tmp_path / "r2"), "--debug")
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
 
 
 def test_dataset_check_counts_and_json(tmp_path):  # type: ignore[no-untyped-def]
