@@ -21,11 +21,20 @@ from flux2_lora.config import DTYPE_TO_MIXED, SECTIONS, TrainConfig
 Level = Literal["error", "warning"]
 
 
+MAX_PATH_CHARS = 200  # what an error shows of a key path or value: enough to recognise it
+MAX_MESSAGE_CHARS = 1000
+
+
 @dataclass(frozen=True)
 class ConfigIssue:
     path: str
     message: str
     level: Level = "error"
+
+    def __post_init__(self) -> None:
+        # A hostile key or value must not turn one error into megabytes of text.
+        object.__setattr__(self, "path", _clip(self.path, MAX_PATH_CHARS))
+        object.__setattr__(self, "message", _clip(self.message, MAX_MESSAGE_CHARS))
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
@@ -41,6 +50,19 @@ class ConfigError(Exception):
         super().__init__("\n".join([head, *(f"  {i}" for i in self.issues)]))
 
 
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 20]}… ({len(text)} characters)"
+
+
+def _quote(v: Any, limit: int = MAX_PATH_CHARS) -> str:
+    """``repr(v)``, cut to ``limit`` characters (a value can be a huge string or list)."""
+    if isinstance(v, (str, bytes)) and len(v) > limit:
+        return _clip(repr(v[:limit]), limit) + f" ({len(v)} characters)"
+    if isinstance(v, (list, tuple, dict)) and len(v) > 20:
+        return f"a {type(v).__name__} of {len(v)} items"
+    return _clip(repr(v), limit)
+
+
 def _fmt_number(v: Any) -> str:
     if isinstance(v, float) and (abs(v) >= 1e5 or (v != 0 and abs(v) < 1e-3)):
         return f"{v:g}"
@@ -51,7 +73,7 @@ def _friendly(err: Mapping[str, Any], known: Iterable[str]) -> str:
     kind = err.get("type", "")
     ctx = err.get("ctx") or {}
     if kind == "extra_forbidden":
-        key = str(err["loc"][-1])
+        key = str(err["loc"][-1])[:100]
         close = difflib.get_close_matches(key, list(known), n=1)
         return "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
     bounds = {
@@ -62,17 +84,21 @@ def _friendly(err: Mapping[str, Any], known: Iterable[str]) -> str:
     }
     if kind in bounds:
         sym, key = bounds[kind]
-        return f"must be {sym} {_fmt_number(ctx.get(key))} (got {_fmt_number(err.get('input'))})"
+        got = err.get("input")
+        shown = _fmt_number(got) if isinstance(got, (int, float)) else _quote(got)
+        return f"must be {sym} {_fmt_number(ctx.get(key))} (got {shown})"
     if kind == "literal_error":
-        return f"must be one of: {ctx.get('expected', '').replace(chr(39), '')} (got {err.get('input')!r})"
+        return (
+            f"must be one of: {ctx.get('expected', '').replace(chr(39), '')} (got {_quote(err.get('input'))})"
+        )
     if kind in ("int_parsing", "int_type", "int_from_float"):
-        return f"must be a whole number (got {err.get('input')!r})"
+        return f"must be a whole number (got {_quote(err.get('input'))})"
     if kind in ("float_parsing", "float_type"):
-        return f"must be a number (got {err.get('input')!r})"
+        return f"must be a number (got {_quote(err.get('input'))})"
     if kind in ("bool_parsing", "bool_type"):
-        return f"must be true or false (got {err.get('input')!r})"
+        return f"must be true or false (got {_quote(err.get('input'))})"
     if kind in ("string_type",):
-        return f"must be text (got {err.get('input')!r})"
+        return f"must be text (got {_quote(err.get('input'))})"
     if kind == "string_too_short":
         return "must not be empty"
     if kind == "string_too_long":
@@ -88,7 +114,7 @@ def _friendly(err: Mapping[str, Any], known: Iterable[str]) -> str:
     if kind in ("model_type", "dict_type"):
         return "must be a mapping of keys to values"
     msg = str(err.get("msg", "invalid"))
-    return msg.removeprefix("Value error, ")
+    return _clip(msg.removeprefix("Value error, "), MAX_MESSAGE_CHARS)
 
 
 def _section_fields(section: str) -> list[str]:
@@ -107,7 +133,7 @@ def validate_dict(data: Any) -> tuple[TrainConfig | None, list[ConfigIssue]]:
     parsed: dict[str, Any] = {}
     for key, value in data.items():
         if key not in SECTIONS:
-            close = difflib.get_close_matches(str(key), list(SECTIONS), n=1)
+            close = difflib.get_close_matches(str(key)[:100], list(SECTIONS), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (sections: {', '.join(SECTIONS)})"
             issues.append(ConfigIssue(str(key), "unknown section" + hint))
             continue
@@ -152,6 +178,7 @@ def cross_check(c: TrainConfig) -> list[ConfigIssue]:
         out.append(ConfigIssue("model.variant", f"{c.model.variant!r} does not match model.path 'demo'"))
     if not is_demo and c.model.variant == "demo":
         out.append(ConfigIssue("model.variant", "'demo' needs model.path 'demo'"))
+    out.extend(_output_outside_dataset(c))
     if c.training.optimizer == "prodigy" and c.training.learning_rate < 0.1:
         out.append(
             ConfigIssue(
@@ -180,24 +207,146 @@ def cross_check(c: TrainConfig) -> list[ConfigIssue]:
     return out
 
 
+def _output_outside_dataset(c: TrainConfig) -> list[ConfigIssue]:
+    """A run inside its own dataset folder would train on its samples the next time it starts."""
+    ds = c.dataset.path.strip()
+    if ds.lower() == "demo":
+        return []
+    try:
+        data = Path(ds).expanduser().resolve()
+        out = Path(c.output.dir.strip()).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return []
+    if data.is_file():  # a .zip: it is unpacked elsewhere
+        return []
+    if out == data or data in out.parents:
+        where = "is the dataset folder" if out == data else f"is inside dataset.path ({data})"
+        return [
+            ConfigIssue(
+                "output.dir",
+                f"{where}: the run's samples and checkpoints would become training images; "
+                "put the run directory outside the dataset folder",
+            )
+        ]
+    return []
+
+
 # --------------------------------------------------------------------------- YAML and composition
+
+
+# A config is a few kilobytes; these bounds keep hostile YAML (huge files, alias bombs, deep nesting)
+# to well under a second of parsing, with nothing expanded beyond them.
+MAX_YAML_BYTES = 64 * 1024
+MAX_YAML_NODES = 20_000  # values after aliases are expanded (a 376-byte alias bomb expands to 10^9)
+MAX_YAML_DEPTH = 20
+MAX_OVERRIDE_CHARS = 16 * 1024
+
+
+class _Refused(Exception):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys (the last one would silently win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<: *base' merges, and keys after it override on purpose
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a key must be a plain value", key_node.start_mark
+                ) from None
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {_quote(key)}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many values the document holds with every alias expanded, computed without expanding."""
+    memo: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        if depth > MAX_YAML_DEPTH:
+            raise _Refused(f"nested more than {MAX_YAML_DEPTH} levels deep")
+        key = id(node)
+        if key in memo:
+            return memo[key]
+        if key in active:
+            raise _Refused("an alias refers to the value that contains it")
+        active.add(key)
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        total = 1
+        for child in children:
+            total += size(child, depth + 1)
+            if total > MAX_YAML_NODES:
+                raise _Refused(f"expands to more than {MAX_YAML_NODES} values (through aliases?)")
+        active.discard(key)
+        memo[key] = total
+        return total
+
+    return size(root, 0)
+
+
+def load_yaml_text(text: str, source: str = "") -> tuple[Any, list[ConfigIssue]]:
+    """Parse YAML safely: plain values only, no duplicate keys, bounded size, aliases and nesting."""
+    where_from = f"{source}: " if source else ""
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_YAML_BYTES:
+        return None, [
+            ConfigIssue("", f"{where_from}{size} bytes is more than a config holds (limit {MAX_YAML_BYTES})")
+        ]
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, []
+        _expanded_size(node)
+        return loader.construct_document(node), []
+    except _Refused as e:
+        return None, [ConfigIssue("", f"{where_from}refused: the YAML {e}")]
+    except RecursionError:
+        return None, [ConfigIssue("", f"{where_from}refused: the YAML is nested too deeply")]
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        return None, [ConfigIssue("", f"{where_from}not valid YAML{where}: {problem}")]
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: str | Path) -> tuple[Any, list[ConfigIssue]]:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        return None, [ConfigIssue("", f"{p}: no such file")]
+        if not p.exists():
+            return None, [ConfigIssue("", f"{p}: no such file")]
+        if not p.is_file():  # a folder, a pipe or /dev/zero would never end
+            return None, [ConfigIssue("", f"{p}: not a regular file")]
+        with p.open("rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
+        if len(raw) > MAX_YAML_BYTES:
+            return None, [
+                ConfigIssue("", f"{p}: larger than a config holds (limit {MAX_YAML_BYTES} bytes); not read")
+            ]
+        text = raw.decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         return None, [ConfigIssue("", f"{p}: cannot read ({e.__class__.__name__}: {e})")]
-    try:
-        return yaml.safe_load(text) or {}, []
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        return None, [ConfigIssue("", f"{p}: not valid YAML{where}: {problem}")]
+    data, issues = load_yaml_text(text, str(p))
+    return (data if data is not None or issues else {}), issues
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -226,6 +375,10 @@ def _literal_choices(section: str, key: str) -> tuple[Any, ...]:
 
 def parse_override(text: str) -> tuple[tuple[str, str, Any] | None, ConfigIssue | None]:
     """``section.key=value`` → (section, key, value); the value is read as YAML (numbers, lists, …)."""
+    if len(text) > MAX_OVERRIDE_CHARS:
+        return None, ConfigIssue(
+            text.split("=", 1)[0], f"the override is {len(text)} characters long (limit {MAX_OVERRIDE_CHARS})"
+        )
     if "=" not in text:
         return None, ConfigIssue(text, "an override must look like section.key=value")
     dotted, raw = text.split("=", 1)
@@ -245,11 +398,19 @@ def parse_override(text: str) -> tuple[tuple[str, str, Any] | None, ConfigIssue 
     if _literal_choices(section, key) and all(isinstance(c, str) for c in _literal_choices(section, key)):
         value = raw.strip()  # keep 'no' / 'none' as text, not YAML booleans/null
     else:
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
         info = SECTIONS[section].model_fields[key]
+        value, problems = load_yaml_text(raw) if raw.strip() else ("", [])
+        if problems:
+            stripped = raw.strip()
+            # Free text may look like broken YAML ("[trigger] photo"); a list or a number may not.
+            free_text = info.annotation is str or (
+                _is_list_field(section, key) and not stripped.startswith(("[", "{"))
+            )
+            if not free_text or "refused" in problems[0].message:
+                return None, ConfigIssue(
+                    dotted, f"{_quote(stripped)} is not a valid value: {problems[0].message}"
+                )
+            value = stripped
         if info.annotation is str and value is not None and not isinstance(value, str):
             value = raw.strip()
     if _is_list_field(section, key) and isinstance(value, str):

@@ -8,9 +8,10 @@ sits in an "advanced" accordion) live next to the field they describe.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from flux2_lora.targets import TARGET_SETS, TargetError, resolve_targets
 from flux2_lora.variants import VARIANTS
@@ -24,6 +25,17 @@ def F(default: Any, help: str, *, ui: dict[str, Any] | None = None, **bounds: An
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1 for a number; 'rank: true' is a mistake, not a rank of 1.
+        if isinstance(v, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation in (int, float):
+                kind = "a whole number" if annotation is int else "a number"
+                raise ValueError(f"must be {kind} (got {str(v).lower()})")
+        return v
 
 
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -409,6 +421,26 @@ class OutputSection(Section):
     export_comfyui: bool = F(
         False, "Also write the LoRA with ComfyUI's key names (pytorch_lora_weights_comfyui.safetensors)."
     )
+
+    @field_validator("dir")
+    @classmethod
+    def _own_folder(cls, v: str) -> str:
+        # A run writes its files there and moves an earlier run's outputs to previous/: never a whole disk
+        # or a home folder.
+        try:
+            p = Path(v.strip()).expanduser().resolve()
+            home = Path.home().resolve()
+        except (OSError, RuntimeError):  # no home folder known, or a path that cannot be resolved
+            return v
+        if p == Path(p.anchor):
+            raise ValueError(
+                f"is the filesystem root ({p}); give the run a folder of its own, e.g. runs/my-lora"
+            )
+        if p == home:
+            raise ValueError(
+                f"is your home folder itself ({p}); give the run a folder of its own, e.g. ~/runs/my-lora"
+            )
+        return v
 
 
 class LoggingSection(Section):
