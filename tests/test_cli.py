@@ -261,3 +261,52 @@ def test_generate_with_a_lora_and_scale(tmp_path):  # type: ignore[no-untyped-de
     )
     assert missing.returncode == 1 and "--lora" in missing.stderr
     _clean(missing)
+
+
+def test_newline_and_undecodable_file_names_on_a_utf8_console(tmp_path):  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+    import sys
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(ds / "new\nline.png")
+    (ds / "new\nline.txt").write_text("a green square")  # no trigger word: the trigger report names it
+    raw = os.fsencode(ds) + b"/caf\xe9.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(os.fsdecode(raw))
+    with open(os.fsencode(ds) + b"/caf\xe9.txt", "wb") as f:
+        f.write(b"a red square")  # nor here
+    Image.new("RGB", (64, 64)).save(ds / "ok.png")
+    (ds / "ok.txt").write_text("sks, a black square")
+    (ds / "\x1b[2Jclear.png").write_bytes(b"not an image")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "flux2_lora.cli", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+
+    check = run("dataset", "check", str(ds), "--trigger-word", "sks", "--buckets", "--resolution", "64")
+    assert check.returncode == 0, check.stderr
+    _clean(check)
+    for name in ("new\\nline.png", "caf\\xe9.png", "\\x1b[2Jclear.png"):
+        assert name in check.stdout, check.stdout
+    assert "\x1b" not in check.stdout and "new\nline" not in check.stdout
+    json_out = run("dataset", "check", str(ds), "--json")
+    assert json.loads(json_out.stdout)["num_images_found"] == 4
+    out = tmp_path / "r"
+    train = run(
+        "train",
+        "--preset",
+        "quickstart",
+        *sets(f"output.dir={out}", f"dataset.path={ds}", "dataset.trigger_word=sks", *FAST),
+    )
+    assert train.returncode == 0, train.stderr
+    _clean(train)
+    assert "Logging error" not in train.stderr
+    log = (out / runs.LOG_FILE).read_text(encoding="utf-8")
+    assert "new\\nline.png" in log and "\\x1b[2Jclear.png" in log and "\x1b" not in log

@@ -223,11 +223,12 @@ def build_items(report: Any, root: Path, config: TrainConfig) -> list[Item]:
 
     from flux2_lora.data.buckets import bucket_for, bucket_table, format_table
     from flux2_lora.data.captions import apply_trigger, shuffle_tags, trigger_findings
+    from flux2_lora.display import escape
 
     log = logging.getLogger("flux2_lora")
     ds = config.dataset
     for file, _, message in trigger_findings(
-        [(str(i.path.relative_to(root)), i.caption) for i in report.items], ds.trigger_word
+        [(escape(i.path.relative_to(root)), i.caption) for i in report.items], ds.trigger_word
     ):
         log.warning("dataset: %s%s", f"{file}: " if file else "", message)
     items = []
