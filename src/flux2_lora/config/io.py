@@ -179,6 +179,7 @@ def cross_check(c: TrainConfig) -> list[ConfigIssue]:
     if not is_demo and c.model.variant == "demo":
         out.append(ConfigIssue("model.variant", "'demo' needs model.path 'demo'"))
     out.extend(_output_outside_dataset(c))
+    out.extend(_model_issues(c))
     if c.training.optimizer == "prodigy" and c.training.learning_rate < 0.1:
         out.append(
             ConfigIssue(
@@ -205,6 +206,28 @@ def cross_check(c: TrainConfig) -> list[ConfigIssue]:
             )
         )
     return out
+
+
+def _model_issues(c: TrainConfig) -> list[ConfigIssue]:
+    """A local model folder's own configs (a few kilobytes, bounded) and model.text_encoder_layers."""
+    from flux2_lora.variants import resolve_model, text_encoder_layers
+
+    m = c.model
+    path = m.path.strip()
+    local = path.lower() != "demo" and Path(path).expanduser().is_dir()
+    if not local and not m.text_encoder_layers:
+        return []  # a hub id is checked when it is loaded
+    try:
+        resolved = resolve_model(path, m.variant)
+    except ValueError as e:
+        field, _, message = str(e).partition(": ")
+        return [ConfigIssue(field, message)] if local else []
+    try:
+        text_encoder_layers(path, resolved.variant, m.text_encoder_layers)
+    except ValueError as e:
+        field, _, message = str(e).partition(": ")
+        return [ConfigIssue(field, message)]
+    return []
 
 
 def _output_outside_dataset(c: TrainConfig) -> list[ConfigIssue]:
@@ -413,8 +436,8 @@ def parse_override(text: str) -> tuple[tuple[str, str, Any] | None, ConfigIssue 
             value = stripped
         if info.annotation is str and value is not None and not isinstance(value, str):
             value = raw.strip()
-    if _is_list_field(section, key) and isinstance(value, str):
-        value = [value]
+    if _is_list_field(section, key) and isinstance(value, (str, int, float)):
+        value = [value]  # one item: 'validation.prompts=a cat', 'model.text_encoder_layers=1'
     return (section, key, value), None
 
 

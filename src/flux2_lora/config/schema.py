@@ -67,6 +67,22 @@ class ModelSection(Section):
         "float32 on CPU. Mixed precision follows it.",
     )
 
+    text_encoder_layers: list[int] = F(
+        [],
+        "Text-encoder hidden states stacked into each prompt embedding (diffusers' text_encoder_out_layers). "
+        "Empty: automatic, the pipeline's default ([dev] 10, 20, 30; [klein] 9, 18, 27), or, for a smaller "
+        "encoder (a custom model), as many layers as the transformer takes, spread over its depth.",
+        max_length=16,
+        ui={"advanced": True},
+    )
+
+    @field_validator("text_encoder_layers")
+    @classmethod
+    def _layers(cls, v: list[int]) -> list[int]:
+        if any(not 0 <= k <= 1024 for k in v):
+            raise ValueError("layer numbers must be between 0 (the embeddings) and the encoder's depth")
+        return v
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:

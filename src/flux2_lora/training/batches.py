@@ -189,16 +189,28 @@ class LatentSource:
 class PromptSource:
     """Prompt embeddings per caption: encoded once (cache_text_embeddings) or with the live encoder."""
 
-    def __init__(self, pipe: Any, device: torch.device, max_sequence_length: int):
+    def __init__(
+        self,
+        pipe: Any,
+        device: torch.device,
+        max_sequence_length: int,
+        text_encoder_out_layers: tuple[int, ...] | None = None,
+    ):
         self.pipe = pipe
         self.device = device
         self.max_sequence_length = max_sequence_length
         self.cache: dict[str, torch.Tensor] = {}
+        # None: worked out from the loaded encoder, so an encoder shallower than the pipeline's default
+        # layers (a small custom model) still encodes.
+        self.out_layers = text_encoder_out_layers or auto_out_layers(pipe)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
         embeds, _ = self.pipe.encode_prompt(
-            prompt=prompts, device=self.device, max_sequence_length=self.max_sequence_length
+            prompt=prompts,
+            device=self.device,
+            max_sequence_length=self.max_sequence_length,
+            text_encoder_out_layers=self.out_layers,
         )
         return embeds
 
@@ -213,6 +225,27 @@ class PromptSource:
         if all(p in self.cache for p in prompts):
             return torch.stack([self.cache[p] for p in prompts])
         return self.encode(prompts)
+
+
+def auto_out_layers(pipe: Any) -> tuple[int, ...]:
+    """The pipeline's default text-encoder layers when its encoder has them, else as many layers as the
+    transformer takes (read from the model folder, when local) spread over the encoder's depth."""
+    import inspect
+
+    from flux2_lora.variants import choose_text_encoder_layers, read_local_transformer_config
+
+    default = tuple(inspect.signature(pipe.encode_prompt).parameters["text_encoder_out_layers"].default)
+    cfg = pipe.text_encoder.config
+    text = getattr(cfg, "text_config", None) or cfg
+    depth, hidden = int(text.num_hidden_layers), int(text.hidden_size)
+    count = None
+    source = getattr(pipe, "name_or_path", None)
+    if source and Path(source).is_dir():
+        local = read_local_transformer_config(source)
+        joint = local.get("joint_attention_dim") if local else None
+        if isinstance(joint, int) and joint % hidden == 0:
+            count = joint // hidden
+    return choose_text_encoder_layers(default, depth, count)
 
 
 def build_items(report: Any, root: Path, config: TrainConfig) -> list[Item]:

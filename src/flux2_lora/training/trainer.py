@@ -41,6 +41,7 @@ from flux2_lora.training.model import (
     resolve_device,
     resolve_dtype,
     resolve_model_path,
+    resolve_text_encoder_layers,
 )
 from flux2_lora.training.optim import build_optimizer, build_scheduler
 from flux2_lora.training.tracking import RunReporter, setup_logging
@@ -145,7 +146,12 @@ class Trainer:
         te_device = torch.device("cpu") if mem.cpu_offload else self.device
         pipe.text_encoder.to(te_device)
         pipe.vae.to(self.device)
-        self.prompts = PromptSource(pipe, te_device, get_variant(variant).text_encoder.max_sequence_length)
+        self.prompts = PromptSource(
+            pipe,
+            te_device,
+            get_variant(variant).text_encoder.max_sequence_length,
+            text_encoder_out_layers=resolve_text_encoder_layers(self.config.model, model_path, variant),
+        )
         self.latents = LatentSource(items, self.config, pipe.vae, self.device)
         val = self.config.validation
         extra = self.validation_prompts() if val.enabled else []
