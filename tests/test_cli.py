@@ -310,3 +310,22 @@ def test_newline_and_undecodable_file_names_on_a_utf8_console(tmp_path):  # type
     assert "Logging error" not in train.stderr
     log = (out / runs.LOG_FILE).read_text(encoding="utf-8")
     assert "new\\nline.png" in log and "\\x1b[2Jclear.png" in log and "\x1b" not in log
+
+
+def test_resume_latest_skips_a_truncated_newest_checkpoint(tmp_path):  # type: ignore[no-untyped-def]
+    out = tmp_path / "r"
+    args = ("train", "--preset", "quickstart", *sets(f"output.dir={out}", "output.checkpoint_every=1", *FAST))
+    cli(*args, check=True)
+    newest = out / runs.CHECKPOINTS_DIR / "checkpoint-2"
+    adapter = newest / "adapter.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:-100])  # what a full disk or a copy cut short leaves
+    bad = cli(*args, "--resume", str(newest))
+    assert bad.returncode == 1 and f"cannot resume from {newest}" in bad.stderr
+    assert "adapter.safetensors" in bad.stderr
+    _clean(bad)
+    proc = cli(*args, "--set", "training.max_steps=3", "--resume", "latest")
+    assert proc.returncode == 0, proc.stderr
+    log = (out / runs.LOG_FILE).read_text()
+    assert "--resume latest: skipping checkpoint-2" in log and "adapter.safetensors" in log
+    assert f"resumed from {out / runs.CHECKPOINTS_DIR / 'checkpoint-1'} at step 1" in log
+    assert runs.read_status(out).state == "finished"
