@@ -210,6 +210,7 @@ def cross_check(c: TrainConfig) -> list[ConfigIssue]:
 
 def _model_issues(c: TrainConfig) -> list[ConfigIssue]:
     """A local model folder's own configs (a few kilobytes, bounded) and model.text_encoder_layers."""
+    from flux2_lora.local_model import ModelConfigError
     from flux2_lora.variants import resolve_model, text_encoder_layers
 
     m = c.model
@@ -219,9 +220,11 @@ def _model_issues(c: TrainConfig) -> list[ConfigIssue]:
         return []  # a hub id is checked when it is loaded
     try:
         resolved = resolve_model(path, m.variant)
-    except ValueError as e:
+    except ModelConfigError as e:  # a folder's config.json that cannot describe a FLUX.2 model
         field, _, message = str(e).partition(": ")
-        return [ConfigIssue(field, message)] if local else []
+        return [ConfigIssue(field, message)]
+    except ValueError:  # which model it is gets decided when it is loaded, with that step's message
+        return []
     try:
         text_encoder_layers(path, resolved.variant, m.text_encoder_layers)
     except ValueError as e:
