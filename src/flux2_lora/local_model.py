@@ -9,6 +9,8 @@ above every FLUX.2 model (the largest, [dev], has 8 + 48 blocks of 48 heads × 1
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +214,31 @@ def safetensors_params(folder: Path) -> int | None:
         except (OSError, ValueError, RecursionError):
             return None
     return total
+
+
+def choose_text_encoder_layers(
+    default: Sequence[int], depth: int, count: int | None, requested: Sequence[int] = ()
+) -> tuple[int, ...]:
+    """The encoder's hidden states stacked into a prompt embedding (diffusers' ``text_encoder_out_layers``).
+
+    ``depth``: the encoder's layers (hidden state 0 is the embedding output, N the last layer's);
+    ``count``: how many the transformer takes (its joint_attention_dim / the encoder's hidden_size),
+    None if unknown. Without ``requested``: the pipeline's ``default`` when the encoder has those
+    layers, else ``count`` layers spread evenly over its depth (for 36 layers that is 9, 18, 27)."""
+    n = count or len(default)
+    if requested:
+        missing = [k for k in requested if not 0 <= k <= depth]
+        if missing:
+            raise ValueError(
+                f"model.text_encoder_layers: {', '.join(map(str, missing))} not in the text encoder, which has "
+                f"{depth} layers (hidden states 0–{depth})"
+            )
+        if count is not None and len(requested) != count:
+            raise ValueError(
+                f"model.text_encoder_layers: {len(requested)} layer(s) given, but the transformer takes {count} "
+                "(its joint_attention_dim / the text encoder's hidden_size)"
+            )
+        return tuple(requested)
+    if len(default) == n and max(default) <= depth:
+        return tuple(default)
+    return tuple(min(depth, max(1, math.ceil(depth * (i + 1) / (n + 1)))) for i in range(n))

@@ -7,7 +7,6 @@ the embedded demo) reads it from here or from a model folder's own ``config.json
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from flux2_lora.local_model import (
     check_transformer_config,
     check_transformer_shape,
     check_vae_config,
+    choose_text_encoder_layers,
     read_config_json,
     safetensors_params,
 )
@@ -390,34 +390,6 @@ def local_vae_arch(path: str | Path, base: VaeArch) -> VaeArch:
     with _names_model_path():
         vae = replace(base, **check_vae_config(read_config_json(file), str(file)))
     return replace(vae, spatial_factor=2 ** (len(vae.block_out_channels) - 1))
-
-
-def choose_text_encoder_layers(
-    default: Sequence[int], depth: int, count: int | None, requested: Sequence[int] = ()
-) -> tuple[int, ...]:
-    """The encoder's hidden states stacked into a prompt embedding (diffusers' ``text_encoder_out_layers``).
-
-    ``depth``: the encoder's layers (hidden state 0 is the embedding output, N the last layer's);
-    ``count``: how many the transformer takes (its joint_attention_dim / the encoder's hidden_size),
-    None if unknown. Without ``requested``: the pipeline's ``default`` when the encoder has those
-    layers, else ``count`` layers spread evenly over its depth (for 36 layers that is 9, 18, 27)."""
-    n = count or len(default)
-    if requested:
-        missing = [k for k in requested if not 0 <= k <= depth]
-        if missing:
-            raise ValueError(
-                f"model.text_encoder_layers: {', '.join(map(str, missing))} not in the text encoder, which has "
-                f"{depth} layers (hidden states 0–{depth})"
-            )
-        if count is not None and len(requested) != count:
-            raise ValueError(
-                f"model.text_encoder_layers: {len(requested)} layer(s) given, but the transformer takes {count} "
-                "(its joint_attention_dim / the text encoder's hidden_size)"
-            )
-        return tuple(requested)
-    if len(default) == n and max(default) <= depth:
-        return tuple(default)
-    return tuple(min(depth, max(1, math.ceil(depth * (i + 1) / (n + 1)))) for i in range(n))
 
 
 def text_encoder_layers(path: str, variant: str, requested: Sequence[int] = ()) -> tuple[int, ...]:

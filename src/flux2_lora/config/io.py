@@ -17,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from flux2_lora.config import DTYPE_TO_MIXED, SECTIONS, TrainConfig
+from flux2_lora.config.safe_yaml import MAX_YAML_BYTES, YamlRefused, parse_yaml
 
 Level = Literal["error", "warning"]
 
@@ -260,99 +261,15 @@ def _output_outside_dataset(c: TrainConfig) -> list[ConfigIssue]:
 # --------------------------------------------------------------------------- YAML and composition
 
 
-# A config is a few kilobytes; these bounds keep hostile YAML (huge files, alias bombs, deep nesting)
-# to well under a second of parsing, with nothing expanded beyond them.
-MAX_YAML_BYTES = 64 * 1024
-MAX_YAML_NODES = 20_000  # values after aliases are expanded (a 376-byte alias bomb expands to 10^9)
-MAX_YAML_DEPTH = 20
 MAX_OVERRIDE_CHARS = 16 * 1024
 
 
-class _Refused(Exception):
-    pass
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing duplicate keys (the last one would silently win)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # '<<: *base' merges, and keys after it override on purpose
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-            except TypeError:
-                raise yaml.constructor.ConstructorError(
-                    None, None, "a key must be a plain value", key_node.start_mark
-                ) from None
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {_quote(key)}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def _expanded_size(root: yaml.Node) -> int:
-    """How many values the document holds with every alias expanded, computed without expanding."""
-    memo: dict[int, int] = {}
-    active: set[int] = set()
-
-    def size(node: yaml.Node, depth: int) -> int:
-        if depth > MAX_YAML_DEPTH:
-            raise _Refused(f"nested more than {MAX_YAML_DEPTH} levels deep")
-        key = id(node)
-        if key in memo:
-            return memo[key]
-        if key in active:
-            raise _Refused("an alias refers to the value that contains it")
-        active.add(key)
-        if isinstance(node, yaml.SequenceNode):
-            children = list(node.value)
-        elif isinstance(node, yaml.MappingNode):
-            children = [part for pair in node.value for part in pair]
-        else:
-            children = []
-        total = 1
-        for child in children:
-            total += size(child, depth + 1)
-            if total > MAX_YAML_NODES:
-                raise _Refused(f"expands to more than {MAX_YAML_NODES} values (through aliases?)")
-        active.discard(key)
-        memo[key] = total
-        return total
-
-    return size(root, 0)
-
-
 def load_yaml_text(text: str, source: str = "") -> tuple[Any, list[ConfigIssue]]:
-    """Parse YAML safely: plain values only, no duplicate keys, bounded size, aliases and nesting."""
-    where_from = f"{source}: " if source else ""
-    size = len(text.encode("utf-8", errors="surrogatepass"))
-    if size > MAX_YAML_BYTES:
-        return None, [
-            ConfigIssue("", f"{where_from}{size} bytes is more than a config holds (limit {MAX_YAML_BYTES})")
-        ]
-    loader = _StrictLoader(text)
+    """Parse YAML safely (see :mod:`flux2_lora.config.safe_yaml`); problems as one ConfigIssue."""
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None, []
-        _expanded_size(node)
-        return loader.construct_document(node), []
-    except _Refused as e:
-        return None, [ConfigIssue("", f"{where_from}refused: the YAML {e}")]
-    except RecursionError:
-        return None, [ConfigIssue("", f"{where_from}refused: the YAML is nested too deeply")]
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        return None, [ConfigIssue("", f"{where_from}not valid YAML{where}: {problem}")]
-    finally:
-        loader.dispose()
+        return parse_yaml(text), []
+    except YamlRefused as e:
+        return None, [ConfigIssue("", f"{source}: {e}" if source else str(e))]
 
 
 def read_yaml(path: str | Path) -> tuple[Any, list[ConfigIssue]]:
