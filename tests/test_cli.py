@@ -129,7 +129,53 @@ def test_resume_without_checkpoint(tmp_path):  # type: ignore[no-untyped-def]
         "train", "--preset", "quickstart", *sets(f"output.dir={tmp_path}/r", *FAST), "--resume", "latest"
     )
     assert proc.returncode == 1 and "no complete checkpoint" in proc.stderr
+    assert "without --resume" in proc.stderr and "--resume auto" in proc.stderr
     _clean(proc)
+
+
+def test_resume_auto_starts_over_when_killed_before_the_first_checkpoint(tmp_path):  # type: ignore[no-untyped-def]
+    out = tmp_path / "r"
+    out.mkdir()
+    # What a trainer killed while loading leaves: a live-looking status, no checkpoint.
+    runs.write_json_atomic(out / runs.STATUS_FILE, runs.RunStatus(state="loading").to_dict())
+    proc = cli("train", "--preset", "quickstart", *sets(f"output.dir={out}", *FAST), "--resume", "auto")
+    assert proc.returncode == 0, proc.stderr
+    assert "no readable checkpoint" in proc.stderr and "starting the run over" in proc.stderr
+    assert runs.read_status(out).state == "finished" and (out / runs.LORA_FILE).is_file()
+    assert list((out / runs.PREVIOUS_DIR).glob(f"*/{runs.STATUS_FILE}"))  # the killed run is kept
+    help_text = cli("train", "--help").stdout
+    assert "auto" in help_text and "start the run over" in " ".join(help_text.split())
+
+
+def test_resume_auto_resumes_when_a_checkpoint_exists(tmp_path):  # type: ignore[no-untyped-def]
+    out = tmp_path / "r"
+    args = sets(f"output.dir={out}", "output.checkpoint_every=1", *FAST)
+    cli("train", "--preset", "quickstart", *args, check=True)
+    proc = cli("train", "--preset", "quickstart", *args, "--set", "training.max_steps=3", "--resume", "auto")
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed from" in (out / runs.LOG_FILE).read_text() and not (out / runs.PREVIOUS_DIR).exists()
+
+
+def _blocked_run(out):  # type: ignore[no-untyped-def]
+    """A run that fails at its first checkpoint: a file stands where the checkpoints folder goes."""
+    out.mkdir()
+    (out / runs.CHECKPOINTS_DIR).write_text("a file where the checkpoints folder goes")
+    return ("train", "--preset", "quickstart", *sets(f"output.dir={out}", "output.checkpoint_every=1", *FAST))
+
+
+def test_a_failure_mid_run_prints_one_line_and_the_log_path(tmp_path):  # type: ignore[no-untyped-def]
+    out = tmp_path / "r"
+    proc = cli(*_blocked_run(out))
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "training failed: FileExistsError" in errors[0]
+    assert f"(log: {out / runs.LOG_FILE})" in errors[0]
+    _clean(proc)
+    log = (out / runs.LOG_FILE).read_text()
+    assert "training failed" in log and "Traceback (most recent call last)" in log
+    assert "FileExistsError" in log and runs.read_status(out).state == "failed"
+    debug = cli(*_blocked_run(tmp_path / "r2"), "--debug")
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
 
 
 def test_dataset_check_counts_and_json(tmp_path):  # type: ignore[no-untyped-def]
@@ -215,3 +261,71 @@ def test_generate_with_a_lora_and_scale(tmp_path):  # type: ignore[no-untyped-de
     )
     assert missing.returncode == 1 and "--lora" in missing.stderr
     _clean(missing)
+
+
+def test_newline_and_undecodable_file_names_on_a_utf8_console(tmp_path):  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+    import sys
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(ds / "new\nline.png")
+    (ds / "new\nline.txt").write_text("a green square")  # no trigger word: the trigger report names it
+    raw = os.fsencode(ds) + b"/caf\xe9.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(os.fsdecode(raw))
+    with open(os.fsencode(ds) + b"/caf\xe9.txt", "wb") as f:
+        f.write(b"a red square")  # nor here
+    Image.new("RGB", (64, 64)).save(ds / "ok.png")
+    (ds / "ok.txt").write_text("sks, a black square")
+    (ds / "\x1b[2Jclear.png").write_bytes(b"not an image")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "flux2_lora.cli", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+
+    check = run("dataset", "check", str(ds), "--trigger-word", "sks", "--buckets", "--resolution", "64")
+    assert check.returncode == 0, check.stderr
+    _clean(check)
+    for name in ("new\\nline.png", "caf\\xe9.png", "\\x1b[2Jclear.png"):
+        assert name in check.stdout, check.stdout
+    assert "\x1b" not in check.stdout and "new\nline" not in check.stdout
+    json_out = run("dataset", "check", str(ds), "--json")
+    assert json.loads(json_out.stdout)["num_images_found"] == 4
+    out = tmp_path / "r"
+    train = run(
+        "train",
+        "--preset",
+        "quickstart",
+        *sets(f"output.dir={out}", f"dataset.path={ds}", "dataset.trigger_word=sks", *FAST),
+    )
+    assert train.returncode == 0, train.stderr
+    _clean(train)
+    assert "Logging error" not in train.stderr
+    log = (out / runs.LOG_FILE).read_text(encoding="utf-8")
+    assert "new\\nline.png" in log and "\\x1b[2Jclear.png" in log and "\x1b" not in log
+
+
+def test_resume_latest_skips_a_truncated_newest_checkpoint(tmp_path):  # type: ignore[no-untyped-def]
+    out = tmp_path / "r"
+    args = ("train", "--preset", "quickstart", *sets(f"output.dir={out}", "output.checkpoint_every=1", *FAST))
+    cli(*args, check=True)
+    newest = out / runs.CHECKPOINTS_DIR / "checkpoint-2"
+    adapter = newest / "adapter.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:-100])  # what a full disk or a copy cut short leaves
+    bad = cli(*args, "--resume", str(newest))
+    assert bad.returncode == 1 and f"cannot resume from {newest}" in bad.stderr
+    assert "adapter.safetensors" in bad.stderr
+    _clean(bad)
+    proc = cli(*args, "--set", "training.max_steps=3", "--resume", "latest")
+    assert proc.returncode == 0, proc.stderr
+    log = (out / runs.LOG_FILE).read_text()
+    assert "--resume latest: skipping checkpoint-2" in log and "adapter.safetensors" in log
+    assert f"resumed from {out / runs.CHECKPOINTS_DIR / 'checkpoint-1'} at step 1" in log
+    assert runs.read_status(out).state == "finished"

@@ -90,3 +90,46 @@ def test_request_stop_writes_the_stop_file(tmp_path):  # type: ignore[no-untyped
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"\x00\xffgarbage", "unreadable"),
+        (b"[1, 2, 3]", "holds a JSON list"),
+        (b'"finished"', "holds a JSON str"),
+        (b'{"state": 5}', "field 'state' has a wrong type (int)"),
+        (b'{"state": "training", "step": "three"}', "field 'step' has a wrong type (str)"),
+        (b'{"state": "finished", "step": true}', "field 'step' has a wrong type (bool)"),
+        (b'{"state": "finished", "extra": [1]}', "field 'extra' has a wrong type (list)"),
+        (b"[" * 100_000 + b"]" * 100_000, "unreadable"),
+    ],
+)
+def test_a_malformed_status_is_listed_as_unreadable_beside_the_others(tmp_path, content, reason):  # type: ignore[no-untyped-def]
+    good = tmp_path / "a-good"
+    good.mkdir()
+    runs.write_json_atomic(
+        good / runs.STATUS_FILE,
+        runs.RunStatus(state="finished", step=4, total_steps=4, extra={"estimate": [1]}).to_dict(),
+    )
+    bad = tmp_path / "b-bad"
+    bad.mkdir()
+    (bad / runs.STATUS_FILE).write_bytes(content)
+    (bad / runs.LOG_FILE).write_text(
+        "line one\n\x1b[31mred\x1b[0m and a \udcff byte\n", errors="surrogateescape"
+    )
+    summaries = [runs.summarize(r) for r in runs.iter_runs(tmp_path)]
+    assert [s.path.name for s in summaries] == ["a-good", "b-bad"]
+    status = summaries[1].status
+    assert status.state == "unreadable" and status.is_final and reason in status.message
+    assert "status.json is unreadable" in status.message
+    from tests.helpers import cli
+
+    proc = cli("runs", str(tmp_path))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(ln.startswith("a-good") and "finished" in ln for ln in lines)
+    assert any(ln.startswith("b-bad") and "unreadable" in ln for ln in lines)
+    assert "\\x1b[31mred" in proc.stdout and "\x1b" not in proc.stdout
+    listed = json.loads(cli("runs", str(tmp_path), "--json").stdout)
+    assert [r["status"]["state"] for r in listed] == ["finished", "unreadable"]

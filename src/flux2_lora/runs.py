@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 STATES_LIVE = ("starting", "loading", "caching", "training", "sampling", "checkpointing", "stopping")
-STATES_FINAL = ("finished", "failed", "stopped")
+STATE_UNREADABLE = "unreadable"  # status.json is damaged or not ours; its message says why
+STATES_FINAL = ("finished", "failed", "stopped", STATE_UNREADABLE)
+MAX_STATUS_BYTES = 1 << 20  # a status file is a few hundred bytes
 
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.jsonl"
@@ -78,15 +80,46 @@ class RunStatus:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunStatus:
+        """The status a status.json holds; ValueError saying which field is wrong, for anything else."""
+        if not isinstance(d, dict):
+            raise ValueError(f"holds a JSON {type(d).__name__}, not an object")
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        for key, value in known.items():
+            allowed = _FIELD_TYPES[key]
+            if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+                raise ValueError(f"field {key!r} has a wrong type ({type(value).__name__})")
         return cls(**known)
+
+
+_NUM = (int, float)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "state": (str,),
+    "step": (int,),
+    "total_steps": (int,),
+    "pid": (int, type(None)),
+    "started_at": (*_NUM, type(None)),
+    "updated_at": (*_NUM, type(None)),
+    "seconds_per_step": (*_NUM, type(None)),
+    "eta_seconds": (*_NUM, type(None)),
+    "message": (str,),
+    "last_checkpoint": (str, type(None)),
+    "final_lora": (str, type(None)),
+    "error": (str, type(None)),
+    "extra": (dict,),
+}
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write then rename, so a reader (or a crash) never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=1, default=str)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        # A full disk leaves an empty or partial temp file; the old status file stays as it was.
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -105,7 +138,7 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
                 break
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 continue
             if isinstance(rec, dict):
                 out.append(rec)
@@ -232,9 +265,15 @@ def read_status(run_dir: str | Path) -> RunStatus | None:
     if not path.is_file():
         return None
     try:
+        if path.stat().st_size > MAX_STATUS_BYTES:
+            raise ValueError(f"{path.stat().st_size} bytes is far more than a status holds")
         status = RunStatus.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
-        return RunStatus(state="failed", message=f"{path} is unreadable")
+    except (OSError, ValueError, RecursionError) as e:
+        # One damaged run must not hide the others: it is listed, as unreadable, with the reason.
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        return RunStatus(
+            state=STATE_UNREADABLE, message=f"{STATUS_FILE} is unreadable: {reason}", error=reason
+        )
     if not status.is_final and not is_locked(run):
         status.state = "failed"
         status.error = (
@@ -321,14 +360,21 @@ class RunSummary:
 def iter_runs(root: str | Path) -> Iterator[Path]:
     """Run directories under root (any folder with a status.json, up to two levels deep)."""
     base = Path(root)
-    if not base.is_dir():
+    try:
+        if not base.is_dir():
+            return
+        if (base / STATUS_FILE).is_file():
+            yield base
+            return
+        children = sorted(base.iterdir())
+    except OSError:  # an unreadable folder holds no runs we can show
         return
-    if (base / STATUS_FILE).is_file():
-        yield base
-        return
-    for child in sorted(base.iterdir()):
-        if child.is_dir() and (child / STATUS_FILE).is_file():
-            yield child
+    for child in children:
+        try:
+            if child.is_dir() and (child / STATUS_FILE).is_file():
+                yield child
+        except OSError:
+            continue
 
 
 def summarize(run_dir: str | Path) -> RunSummary:

@@ -7,11 +7,23 @@ the embedded demo) reads it from here or from a model folder's own ``config.json
 
 from __future__ import annotations
 
-import json
 import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from flux2_lora.local_model import (
+    ModelConfigError,
+    check_text_encoder_config,
+    check_transformer_config,
+    check_transformer_shape,
+    check_vae_config,
+    choose_text_encoder_layers,
+    read_config_json,
+    safetensors_params,
+)
 
 VariantName = Literal["dev", "klein-4b", "klein-9b", "demo"]
 VARIANT_NAMES: tuple[str, ...] = ("dev", "klein-4b", "klein-9b", "demo")
@@ -252,8 +264,9 @@ def get_variant(name: str) -> Variant:
         raise KeyError(f"unknown variant {name!r}; known: {', '.join(VARIANT_NAMES)}") from None
 
 
-def transformer_arch_from_config(cfg: dict[str, Any]) -> TransformerArch:
-    """Build a :class:`TransformerArch` from a diffusers ``transformer/config.json`` dict."""
+def transformer_arch_from_config(cfg: dict[str, Any], where: str = "transformer config") -> TransformerArch:
+    """Build a :class:`TransformerArch` from a diffusers ``transformer/config.json`` dict; every number is
+    type- and range-checked (:class:`ModelConfigError` naming ``where`` and the key)."""
     defaults = TransformerArch(
         num_layers=8,
         num_single_layers=48,
@@ -261,11 +274,15 @@ def transformer_arch_from_config(cfg: dict[str, Any]) -> TransformerArch:
         attention_head_dim=128,
         joint_attention_dim=15360,
     )
-    known = {f for f in asdict(defaults)}
-    kwargs = {k: v for k, v in cfg.items() if k in known}
-    if "axes_dims_rope" in kwargs:
-        kwargs["axes_dims_rope"] = tuple(kwargs["axes_dims_rope"])
-    return replace(defaults, **kwargs)
+    arch = replace(defaults, **check_transformer_config(cfg, where))
+    check_transformer_shape(
+        arch.num_attention_heads,
+        arch.attention_head_dim,
+        arch.axes_dims_rope,
+        arch.num_layers + arch.num_single_layers,
+        where,
+    )
+    return arch
 
 
 def _same_shape(a: TransformerArch, b: TransformerArch) -> bool:
@@ -303,27 +320,125 @@ def variant_from_name(path: str) -> str | None:
     return None
 
 
-def read_local_transformer_config(path: str | Path) -> dict[str, Any] | None:
-    """The transformer's config.json of a local diffusers folder, or None if there is none."""
+def _transformer_config_file(path: str | Path) -> Path | None:
     p = Path(path).expanduser()
-    for candidate in (p / "transformer" / "config.json", p / "config.json"):
-        if candidate.is_file():
-            try:
-                data = json.loads(candidate.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                return None
-            if isinstance(data, dict) and "num_single_layers" in data:
-                return data
+    if (p / "transformer" / "config.json").exists():
+        return p / "transformer" / "config.json"
+    if (p / "config.json").is_file():  # the path may be a transformer folder itself
+        return p / "config.json"
     return None
+
+
+def read_local_transformer_config(path: str | Path) -> dict[str, Any] | None:
+    """The transformer's config.json of a local diffusers folder, or None if there is none.
+
+    A damaged or foreign ``transformer/config.json`` raises :class:`ModelConfigError` naming it."""
+    file = _transformer_config_file(path)
+    if file is None:
+        return None
+    data = read_config_json(file)
+    if "num_single_layers" not in data:
+        if file.parent.name == "transformer":
+            raise ModelConfigError(f"{file}: not a FLUX.2 transformer config (no num_single_layers)")
+        return None
+    return data
+
+
+@contextmanager
+def _names_model_path() -> Iterator[None]:
+    """ModelConfigError messages say which config field the folder came from."""
+    try:
+        yield
+    except ModelConfigError as e:
+        if str(e).startswith("model.path: "):
+            raise
+        raise ModelConfigError(f"model.path: {e}") from None
+
+
+def read_local_text_encoder(path: str | Path) -> dict[str, int] | None:
+    """Size numbers of a local folder's text encoder (``text_encoder/config.json``), or None."""
+    file = Path(path).expanduser() / "text_encoder" / "config.json"
+    if not file.exists():
+        return None
+    with _names_model_path():
+        return check_text_encoder_config(read_config_json(file), str(file))
+
+
+def local_text_encoder_arch(path: str | Path, base: TextEncoderArch) -> TextEncoderArch:
+    """``base`` with the sizes a local folder's own text encoder config gives (unchanged without one)."""
+    te = read_local_text_encoder(path)
+    if te is None:
+        return base
+    heads = te.get("num_attention_heads", base.num_attention_heads)
+    return replace(
+        base,
+        num_layers=te["num_hidden_layers"],
+        hidden_size=te["hidden_size"],
+        intermediate_size=te.get("intermediate_size", base.intermediate_size),
+        num_attention_heads=heads,
+        num_key_value_heads=te.get("num_key_value_heads", base.num_key_value_heads),
+        head_dim=te.get("head_dim", te["hidden_size"] // heads),
+        vocab_size=te.get("vocab_size", base.vocab_size),
+    )
+
+
+def local_vae_arch(path: str | Path, base: VaeArch) -> VaeArch:
+    """``base`` with a local folder's own VAE widths and downsampling (``vae/config.json``), if any."""
+    file = Path(path).expanduser() / "vae" / "config.json"
+    if not file.exists():
+        return base
+    with _names_model_path():
+        vae = replace(base, **check_vae_config(read_config_json(file), str(file)))
+    return replace(vae, spatial_factor=2 ** (len(vae.block_out_channels) - 1))
+
+
+def text_encoder_layers(path: str, variant: str, requested: Sequence[int] = ()) -> tuple[int, ...]:
+    """The hidden-state layers to encode prompts with, for a model path: checked against a local
+    folder's own text encoder and transformer configs, else the variant's table. ValueError if
+    ``requested`` cannot work or the folder's encoder and transformer do not fit together."""
+    v = get_variant(variant)
+    depth, hidden = v.text_encoder.num_layers, v.text_encoder.hidden_size
+    joint = v.transformer.joint_attention_dim
+    if path.strip().lower() != DEMO_MODEL_PATH and Path(path).expanduser().is_dir():
+        te = read_local_text_encoder(path)
+        if te is not None:
+            depth, hidden = te["num_hidden_layers"], te["hidden_size"]
+        with _names_model_path():
+            local = read_local_transformer_config(path)
+            if local is not None:
+                where = str(_transformer_config_file(path))
+                joint = transformer_arch_from_config(local, where).joint_attention_dim
+        if te is not None and local is not None and joint % hidden:
+            raise ModelConfigError(
+                f"model.path: {path}: the transformer's joint_attention_dim ({joint}) is not a multiple of the "
+                f"text encoder's hidden_size ({hidden}); the two do not belong together"
+            )
+    count = None if joint % hidden else joint // hidden  # unknown when only one side is the folder's own
+    return choose_text_encoder_layers(v.text_encoder.out_layers, depth, count, requested)
 
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """What a model path resolves to without loading any weights."""
+    """What a model path resolves to without loading any weights.
+
+    ``custom``: a local transformer of no known shape; ``variant`` then names only the pipeline family
+    it runs with, and every size comes from its own config."""
 
     variant: str
     arch: TransformerArch
     source: Literal["demo", "local", "hub-name", "given"]
+    custom: bool = False
+
+    @property
+    def title(self) -> str:
+        if not self.custom:
+            return VARIANTS[self.variant].title
+        a = self.arch
+        return (
+            f"custom FLUX.2 model ({a.num_layers} + {a.num_single_layers} blocks, {a.num_attention_heads} × "
+            f"{a.attention_head_dim} heads; sized from its own config, run with the "
+            f"{VARIANTS[self.variant].pipeline_class})"
+        )
 
 
 def resolve_model(path: str, variant: str = "auto") -> ResolvedModel:
@@ -336,19 +451,25 @@ def resolve_model(path: str, variant: str = "auto") -> ResolvedModel:
         if variant not in ("auto", "demo"):
             raise ValueError(f"model.variant: {variant!r} does not match the embedded demo model")
         return ResolvedModel("demo", VARIANTS["demo"].transformer, "demo")
-    local = read_local_transformer_config(path)
-    if local is not None:
-        arch = transformer_arch_from_config(local)
+    with _names_model_path():
+        local = read_local_transformer_config(path)
+        arch = (
+            None
+            if local is None
+            else transformer_arch_from_config(local, str(_transformer_config_file(path)))
+        )
+    if arch is not None:
         detected = variant_from_transformer_arch(arch)
         if variant != "auto":
             if detected is not None and detected != variant:
                 raise ValueError(
                     f"model.variant: {variant!r} was given but {path} has a {detected} transformer"
                 )
-            return ResolvedModel(variant, arch, "local")
+            return ResolvedModel(variant, arch, "local", custom=detected is None)
         if detected is None:
-            # An unknown shape still trains; size it as what it is and call it by its nearest pipeline.
-            detected = "dev" if arch.guidance_embeds else "klein-9b"
+            # An unknown shape still trains: sized as what it is, run with the pipeline of its family
+            # (guidance input: [dev]'s Flux2Pipeline; none: [klein]'s).
+            return ResolvedModel("dev" if arch.guidance_embeds else "klein-9b", arch, "local", custom=True)
         return ResolvedModel(detected, arch, "local")
     if variant != "auto":
         return ResolvedModel(variant, get_variant(variant).transformer, "given")
@@ -363,22 +484,4 @@ def resolve_model(path: str, variant: str = "auto") -> ResolvedModel:
 
 def local_component_params(path: str | Path, subfolder: str) -> int | None:
     """Exact parameter count of a local component, from its safetensors headers (no weights read)."""
-    folder = Path(path) / subfolder
-    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-    if not files:
-        return None
-    total = 0
-    for f in files:
-        try:
-            with f.open("rb") as fh:
-                size = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(size))
-        except (OSError, ValueError):
-            return None
-        for name, info in header.items():
-            if name != "__metadata__":
-                n = 1
-                for dim in info["shape"]:
-                    n *= dim
-                total += n
-    return total
+    return safetensors_params(Path(path).expanduser() / subfolder)

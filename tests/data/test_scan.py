@@ -342,3 +342,74 @@ def test_scan_and_archive_do_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------------------- hostile folders
+def test_symlinks_leaving_the_dataset_are_reported_and_never_read(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    secret = txt(outside / "secret.txt", "root:x:0:0 the password file")
+    foreign = img(outside / "foreign.png")
+    ds = tmp_path / "ds"
+    img(ds / "a.png")
+    (ds / "a.txt").symlink_to(secret)  # a caption that is another file of the machine
+    (ds / "b.png").symlink_to(foreign)
+    img(ds / "c.png")
+    (ds / "c.txt").symlink_to(txt(ds / "sub" / "real.txt", "a caption inside the dataset"))
+    (ds / "linked-folder").symlink_to(outside, target_is_directory=True)
+    report = scan_dataset(ds)
+    found = problems(report)
+    assert found["a.txt"] == [
+        ("error", "is a symbolic link that leads outside the dataset folder; not read; skipping a.png")
+    ]
+    assert found["b.png"][0] == (
+        "error",
+        "is a symbolic link that leads outside the dataset folder; not read",
+    )
+    assert [(i.path.name, i.caption) for i in report.items] == [("c.png", "a caption inside the dataset")]
+    assert "password" not in json.dumps(report.to_dict()) + report.format()
+    assert not any("foreign" in f or "secret" in f for f in found)  # the linked folder is not entered
+
+
+def test_a_pipe_named_like_an_image_is_not_opened(tmp_path: Path) -> None:
+    import os
+
+    img(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "b.png")  # opening it would block the scan for ever
+    os.mkfifo(tmp_path / "a.txt")
+    found = problems(scan_dataset(tmp_path))
+    assert found["b.png"][0] == ("error", "is not a regular file (a pipe, device or folder); not read")
+    assert found["a.txt"][0][1].startswith("is not a regular file")
+
+
+@pytest.mark.parametrize("marker", ["status.json", "config.yaml+train.log"])
+def test_the_outputs_of_a_run_inside_a_dataset_are_not_scanned(tmp_path: Path, marker: str) -> None:
+    img(tmp_path / "photo.png")
+    run = tmp_path / "runs" / "r1"
+    for name in marker.split("+"):
+        txt(run / name, "{}")
+    for folder in ("samples", "checkpoints/checkpoint-2", "previous/20250101", "tensorboard"):
+        img(run / folder / "x.png")
+    img(tmp_path / "samples" / "kept.png")  # not a run directory: an ordinary subfolder
+    report = scan_dataset(tmp_path, default_caption="x")
+    assert sorted(i.path.relative_to(tmp_path).as_posix() for i in report.items) == [
+        "photo.png",
+        "samples/kept.png",
+    ]
+    skipped = {f for f, ps in problems(report).items() if ps[0][1].startswith("output of a training run")}
+    assert skipped == {f"runs/r1/{d}/" for d in ("checkpoints", "previous", "samples", "tensorboard")}
+
+
+def test_newline_and_undecodable_file_names_are_escaped(tmp_path: Path) -> None:
+    import os
+
+    img(tmp_path / "new\nline.png")
+    raw = os.path.join(os.fsencode(tmp_path), b"caf\xe9.png")
+    with open(raw, "wb") as f:
+        f.write(b"not an image")
+    report = scan_dataset(tmp_path)
+    files = set(problems(report))
+    assert files == {"new\\nline.png", "caf\\xe9.png"}
+    text = report.format()
+    assert "new\\nline.png" in text and "\n  new\nline" not in text
+    text.encode("utf-8")  # printable on a strict UTF-8 console
+    json.dumps(report.to_dict(), ensure_ascii=False).encode("utf-8")

@@ -26,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Names shown are escaped where they are built; this is the net under that: a character the console
+    # cannot encode (PYTHONIOENCODING=utf-8 and a file name that is not UTF-8) prints escaped, never raises.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

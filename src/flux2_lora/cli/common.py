@@ -43,3 +43,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig | None:
 def fail(message: str, code: int = 1) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
+
+
+def show(path: object) -> str:
+    """A path or name for the console, with newlines, control characters and undecodable bytes escaped."""
+    from flux2_lora.display import escape
+
+    return escape(str(path))

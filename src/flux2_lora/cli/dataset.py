@@ -67,11 +67,12 @@ def _extras(args: argparse.Namespace, report, root: Path) -> dict:  # type: igno
     """Trigger-word findings and the bucket table, beside the scan's own report."""
     from flux2_lora.data.buckets import bucket_table, clamped, format_table
     from flux2_lora.data.captions import trigger_findings
+    from flux2_lora.display import escape
 
     text: list[str] = []
     out: dict = {}
     findings = trigger_findings(
-        [(str(i.path.relative_to(root)), i.caption) for i in report.items], args.trigger_word
+        [(escape(i.path.relative_to(root)), i.caption) for i in report.items], args.trigger_word
     )
     if findings:
         out["trigger"] = [{"file": f, "severity": s, "message": m} for f, s, m in findings]
@@ -88,7 +89,7 @@ def _extras(args: argparse.Namespace, report, root: Path) -> dict:  # type: igno
                 for (w, h), n in table.items()
             ]
             text.append(format_table(table))
-            extreme = [str(i.path.relative_to(root)) for i in report.items if clamped(i.width, i.height)]
+            extreme = [escape(i.path.relative_to(root)) for i in report.items if clamped(i.width, i.height)]
             if extreme:
                 out["cropped_beyond_rounding"] = extreme
                 text.append("  aspect beyond 4:1, cropped to 4:1: " + ", ".join(extreme))

@@ -47,7 +47,10 @@ def run(args: argparse.Namespace) -> int:
         return fail("--num-processes must be at least 1", 2)
     if args.gpu and find_gpu(args.gpu) is None:
         return fail(f"--gpu: unknown GPU {args.gpu!r}; give a class like 24, 48, 80 or a size in GiB", 2)
-    report = estimate_report(config, gpu=args.gpu, num_processes=args.num_processes)
+    try:
+        report = estimate_report(config, gpu=args.gpu, num_processes=args.num_processes)
+    except ValueError as e:  # a local model folder whose config.json cannot describe a FLUX.2 model
+        return fail(str(e), 2)
     if args.trace:
         from flux2_lora.training.trace import trace_report
 
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _print(report: dict[str, Any], *, auto: bool, to_yaml: Any) -> None:
     print(
-        f"{report['variant']}: {report['image_tokens']} image + {report['text_tokens']} text tokens, "
+        f"{report.get('model') or report['variant']}: {report['image_tokens']} image + "
+        f"{report['text_tokens']} text tokens, "
         f"{report['trainable_params']:,} trainable parameters"
     )
     print(f"peak while {report['peak_phase']} (GiB):")

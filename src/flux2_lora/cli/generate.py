@@ -32,7 +32,12 @@ def run(args: argparse.Namespace) -> int:
     quiet_libraries()
     from flux2_lora.config import ModelSection
     from flux2_lora.training.hardware import resolve_device, resolve_dtype
-    from flux2_lora.training.model import ModelLoadError, pipeline_class, resolve_model_path
+    from flux2_lora.training.model import (
+        ModelLoadError,
+        pipeline_class,
+        resolve_model_path,
+        resolve_text_encoder_layers,
+    )
     from flux2_lora.variants import get_variant
 
     if args.lora and not Path(args.lora).is_file():
@@ -40,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.steps <= 200:
         return fail("--steps: must be between 1 and 200")
     try:
-        path, variant, _ = resolve_model_path(ModelSection(path=args.model, variant=args.variant))
+        model = ModelSection(path=args.model, variant=args.variant)
+        path, variant, _ = resolve_model_path(model)
+        layers = resolve_text_encoder_layers(model, path, variant)
         device = resolve_device(args.device)
         dtype = resolve_dtype("auto", device)
         pipe = pipeline_class(variant).from_pretrained(path, dtype=dtype)
@@ -67,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
         generator=torch.Generator("cpu").manual_seed(args.seed),
+        text_encoder_out_layers=layers,
     ).images[0]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

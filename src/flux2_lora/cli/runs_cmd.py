@@ -6,7 +6,8 @@ import argparse
 import json
 import time
 
-from flux2_lora.runs import iter_runs, log_tail, summarize
+from flux2_lora.cli.common import show
+from flux2_lora.runs import STATE_UNREADABLE, iter_runs, log_tail, summarize
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps([r.to_dict() for r in rows], indent=1, default=str))
         return 0
     if not rows:
-        print(f"no runs under {args.root}")
+        print(f"no runs under {show(args.root)}")
         return 0
     print(
         f"{'RUN':30} {'STATE':12} {'STEP':>11} {'ELAPSED':>8} {'GPU EST/MEAS':>15} {'HOST EST/MEAS':>15}  LORA"
@@ -32,20 +33,21 @@ def run(args: argparse.Namespace) -> int:
         if s is None:
             continue
         elapsed = (s.updated_at or time.time()) - (s.started_at or time.time())
-        est = s.extra.get("estimate") or {}
-        meas = s.extra.get("measured") or {}
-        gpu = f"{_gib(est.get('allocated_peak_gib'))}/{_gib(meas.get('gpu_allocated_peak_gib'))}"
-        host = f"{_gib(est.get('host_peak_gib'))}/{_gib(meas.get('host_peak_rss_gib'))}"
+        est, meas = s.extra.get("estimate"), s.extra.get("measured")
+        gpu = f"{_gib(est, 'allocated_peak_gib')}/{_gib(meas, 'gpu_allocated_peak_gib')}"
+        host = f"{_gib(est, 'host_peak_gib')}/{_gib(meas, 'host_peak_rss_gib')}"
         print(
-            f"{r.path.name:30} {s.state:12} {s.step:>5}/{s.total_steps:<5} {elapsed:>7.0f}s {gpu:>15} {host:>15}  "
-            f"{r.lora or '-'}"
+            f"{show(r.path.name):30} {show(s.state):12} {s.step:>5}/{s.total_steps:<5} {elapsed:>7.0f}s "
+            f"{gpu:>15} {host:>15}  {show(r.lora or '-')}"
         )
-        if s.state == "failed" and s.message:
-            print(f"  {s.message}")
+        if s.state in ("failed", STATE_UNREADABLE) and s.message:
+            print(f"  {show(s.message)}")
             for line in log_tail(r.path, 3).splitlines():
-                print(f"  | {line}")
+                print(f"  | {show(line)}")
     return 0
 
 
-def _gib(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"
+def _gib(section: object, key: str) -> str:
+    """A GiB figure from the status's extra fields (written by the trainer, but read from disk)."""
+    v = section.get(key) if isinstance(section, dict) else None
+    return f"{v:.2f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"

@@ -8,9 +8,12 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
-from flux2_lora.cli.common import add_config_args, config_from_args, fail
+from flux2_lora.cli.common import add_config_args, config_from_args, fail, show
+from flux2_lora.runs import LOG_FILE
+from flux2_lora.training.tracking import DEBUG_ENV
 
 EXIT_CONFIG = 2
 EXIT_BUSY = 3
@@ -23,8 +26,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.add_argument(
         "--resume",
-        metavar="latest|PATH",
-        help="continue from the newest checkpoint of output.dir, or a checkpoint folder",
+        metavar="latest|auto|PATH",
+        help="latest: continue from the newest readable checkpoint of output.dir (an error if it has none); "
+        "auto: the same, or start the run over when it has no checkpoint yet (e.g. it was stopped before "
+        "its first one; earlier outputs move to previous/); PATH: continue from that checkpoint folder",
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="when training fails, also print the traceback here (it always goes to <output.dir>/train.log)",
     )
     p.add_argument(
         "--num-processes",
@@ -60,14 +70,33 @@ def run(args: argparse.Namespace) -> int:
     problem = check_output_dir(run_dir)
     if problem:
         return fail(problem)
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"  # the trainer's console log and accelerate's workers read it
     if args.preflight:
         return _preflight(config)
+    resume = _auto_resume(run_dir) if args.resume == "auto" else args.resume
     if args.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        args.resume = resume
         return _launch_distributed(args, config, run_dir)
-    return train_here(config, args.resume)
+    return train_here(config, resume, debug=args.debug)
 
 
-def train_here(config, resume: str | None) -> int:  # type: ignore[no-untyped-def]
+def _auto_resume(run_dir: Path) -> str | None:
+    """--resume auto: 'latest' when a readable checkpoint exists, else None (start over, said so)."""
+    from flux2_lora.runs import list_checkpoints
+    from flux2_lora.training.checkpoint import validate_checkpoint
+
+    if any(validate_checkpoint(p) is None for p in list_checkpoints(run_dir)):
+        return "latest"
+    print(
+        f"--resume auto: no readable checkpoint in {show(run_dir)}; starting the run over"
+        " (the earlier run's outputs move to previous/)",
+        file=sys.stderr,
+    )
+    return None
+
+
+def train_here(config, resume: str | None, debug: bool = False) -> int:  # type: ignore[no-untyped-def]
     from flux2_lora.training.quiet import quiet_libraries
 
     quiet_libraries()
@@ -78,15 +107,46 @@ def train_here(config, resume: str | None) -> int:  # type: ignore[no-untyped-de
     from flux2_lora.training.optim import OptimizerUnavailable
     from flux2_lora.training.trainer import run_training
 
+    run_dir = Path(config.output.dir).expanduser().resolve()
     try:
         return run_training(config, resume)
     except RunBusyError as e:
         return fail(str(e), EXIT_BUSY)
     except (ModelLoadError, DatasetError, CheckpointError, OptimizerUnavailable) as e:
-        return fail(str(e))
-    except Exception as e:  # the full traceback goes to train.log; the console gets one line
-        logging.getLogger("flux2_lora").exception("training failed")
-        return fail(f"training failed: {type(e).__name__}: {e} (details in {config.output.dir}/train.log)")
+        return fail(_with_log(str(e), run_dir))
+    except (
+        Exception
+    ) as e:  # the traceback goes to train.log (and here with --debug); the console gets one line
+        _log_traceback(run_dir, debug)
+        return fail(_with_log(f"training failed: {type(e).__name__}: {_first_line(e)}", run_dir))
+
+
+def _first_line(e: BaseException, limit: int = 500) -> str:
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else ""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _with_log(message: str, run_dir: Path) -> str:
+    log_file = run_dir / LOG_FILE
+    return f"{message} (log: {show(log_file)})" if log_file.is_file() else message
+
+
+def _log_traceback(run_dir: Path, debug: bool) -> None:
+    """The current exception with its traceback, into train.log, and onto the console only with --debug."""
+    logger = logging.getLogger("flux2_lora")
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "training failed", (), sys.exc_info())
+    files = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
+    for handler in files:
+        handler.handle(record)
+    if not files:  # it failed before the trainer opened its log
+        try:
+            with (run_dir / LOG_FILE).open("a", encoding="utf-8", errors="backslashreplace") as f:
+                f.write("training failed\n" + traceback.format_exc())
+        except OSError:
+            pass
+    if debug:
+        traceback.print_exc(file=sys.stderr)
 
 
 def _launch_distributed(args: argparse.Namespace, config, run_dir: Path) -> int:  # type: ignore[no-untyped-def]

@@ -17,8 +17,13 @@ import yaml
 from pydantic import ValidationError
 
 from flux2_lora.config import DTYPE_TO_MIXED, SECTIONS, TrainConfig
+from flux2_lora.config.safe_yaml import MAX_YAML_BYTES, YamlRefused, parse_yaml
 
 Level = Literal["error", "warning"]
+
+
+MAX_PATH_CHARS = 200  # what an error shows of a key path or value: enough to recognise it
+MAX_MESSAGE_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,11 @@ class ConfigIssue:
     path: str
     message: str
     level: Level = "error"
+
+    def __post_init__(self) -> None:
+        # A hostile key or value must not turn one error into megabytes of text.
+        object.__setattr__(self, "path", _clip(self.path, MAX_PATH_CHARS))
+        object.__setattr__(self, "message", _clip(self.message, MAX_MESSAGE_CHARS))
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
@@ -41,6 +51,19 @@ class ConfigError(Exception):
         super().__init__("\n".join([head, *(f"  {i}" for i in self.issues)]))
 
 
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 20]}… ({len(text)} characters)"
+
+
+def _quote(v: Any, limit: int = MAX_PATH_CHARS) -> str:
+    """``repr(v)``, cut to ``limit`` characters (a value can be a huge string or list)."""
+    if isinstance(v, (str, bytes)) and len(v) > limit:
+        return _clip(repr(v[:limit]), limit) + f" ({len(v)} characters)"
+    if isinstance(v, (list, tuple, dict)) and len(v) > 20:
+        return f"a {type(v).__name__} of {len(v)} items"
+    return _clip(repr(v), limit)
+
+
 def _fmt_number(v: Any) -> str:
     if isinstance(v, float) and (abs(v) >= 1e5 or (v != 0 and abs(v) < 1e-3)):
         return f"{v:g}"
@@ -51,7 +74,7 @@ def _friendly(err: Mapping[str, Any], known: Iterable[str]) -> str:
     kind = err.get("type", "")
     ctx = err.get("ctx") or {}
     if kind == "extra_forbidden":
-        key = str(err["loc"][-1])
+        key = str(err["loc"][-1])[:100]
         close = difflib.get_close_matches(key, list(known), n=1)
         return "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
     bounds = {
@@ -62,17 +85,21 @@ def _friendly(err: Mapping[str, Any], known: Iterable[str]) -> str:
     }
     if kind in bounds:
         sym, key = bounds[kind]
-        return f"must be {sym} {_fmt_number(ctx.get(key))} (got {_fmt_number(err.get('input'))})"
+        got = err.get("input")
+        shown = _fmt_number(got) if isinstance(got, (int, float)) else _quote(got)
+        return f"must be {sym} {_fmt_number(ctx.get(key))} (got {shown})"
     if kind == "literal_error":
-        return f"must be one of: {ctx.get('expected', '').replace(chr(39), '')} (got {err.get('input')!r})"
+        return (
+            f"must be one of: {ctx.get('expected', '').replace(chr(39), '')} (got {_quote(err.get('input'))})"
+        )
     if kind in ("int_parsing", "int_type", "int_from_float"):
-        return f"must be a whole number (got {err.get('input')!r})"
+        return f"must be a whole number (got {_quote(err.get('input'))})"
     if kind in ("float_parsing", "float_type"):
-        return f"must be a number (got {err.get('input')!r})"
+        return f"must be a number (got {_quote(err.get('input'))})"
     if kind in ("bool_parsing", "bool_type"):
-        return f"must be true or false (got {err.get('input')!r})"
+        return f"must be true or false (got {_quote(err.get('input'))})"
     if kind in ("string_type",):
-        return f"must be text (got {err.get('input')!r})"
+        return f"must be text (got {_quote(err.get('input'))})"
     if kind == "string_too_short":
         return "must not be empty"
     if kind == "string_too_long":
@@ -88,7 +115,7 @@ def _friendly(err: Mapping[str, Any], known: Iterable[str]) -> str:
     if kind in ("model_type", "dict_type"):
         return "must be a mapping of keys to values"
     msg = str(err.get("msg", "invalid"))
-    return msg.removeprefix("Value error, ")
+    return _clip(msg.removeprefix("Value error, "), MAX_MESSAGE_CHARS)
 
 
 def _section_fields(section: str) -> list[str]:
@@ -107,7 +134,7 @@ def validate_dict(data: Any) -> tuple[TrainConfig | None, list[ConfigIssue]]:
     parsed: dict[str, Any] = {}
     for key, value in data.items():
         if key not in SECTIONS:
-            close = difflib.get_close_matches(str(key), list(SECTIONS), n=1)
+            close = difflib.get_close_matches(str(key)[:100], list(SECTIONS), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (sections: {', '.join(SECTIONS)})"
             issues.append(ConfigIssue(str(key), "unknown section" + hint))
             continue
@@ -160,6 +187,8 @@ def cross_check(c: TrainConfig) -> list[ConfigIssue]:
         out.append(ConfigIssue("model.variant", f"{c.model.variant!r} does not match model.path 'demo'"))
     if not is_demo and c.model.variant == "demo":
         out.append(ConfigIssue("model.variant", "'demo' needs model.path 'demo'"))
+    out.extend(_output_outside_dataset(c))
+    out.extend(_model_issues(c))
     if c.training.optimizer == "prodigy" and c.training.learning_rate < 0.1:
         out.append(
             ConfigIssue(
@@ -188,24 +217,87 @@ def cross_check(c: TrainConfig) -> list[ConfigIssue]:
     return out
 
 
+def _model_issues(c: TrainConfig) -> list[ConfigIssue]:
+    """A local model folder's own configs (a few kilobytes, bounded) and model.text_encoder_layers."""
+    from flux2_lora.local_model import ModelConfigError
+    from flux2_lora.variants import resolve_model, text_encoder_layers
+
+    m = c.model
+    path = m.path.strip()
+    local = path.lower() != "demo" and Path(path).expanduser().is_dir()
+    if not local and not m.text_encoder_layers:
+        return []  # a hub id is checked when it is loaded
+    try:
+        resolved = resolve_model(path, m.variant)
+    except ModelConfigError as e:  # a folder's config.json that cannot describe a FLUX.2 model
+        field, _, message = str(e).partition(": ")
+        return [ConfigIssue(field, message)]
+    except ValueError:  # which model it is gets decided when it is loaded, with that step's message
+        return []
+    try:
+        text_encoder_layers(path, resolved.variant, m.text_encoder_layers)
+    except ValueError as e:
+        field, _, message = str(e).partition(": ")
+        return [ConfigIssue(field, message)]
+    return []
+
+
+def _output_outside_dataset(c: TrainConfig) -> list[ConfigIssue]:
+    """A run inside its own dataset folder would train on its samples the next time it starts."""
+    ds = c.dataset.path.strip()
+    if ds.lower() == "demo":
+        return []
+    try:
+        data = Path(ds).expanduser().resolve()
+        out = Path(c.output.dir.strip()).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return []
+    if data.is_file():  # a .zip: it is unpacked elsewhere
+        return []
+    if out == data or data in out.parents:
+        where = "is the dataset folder" if out == data else f"is inside dataset.path ({data})"
+        return [
+            ConfigIssue(
+                "output.dir",
+                f"{where}: the run's samples and checkpoints would become training images; "
+                "put the run directory outside the dataset folder",
+            )
+        ]
+    return []
+
+
 # --------------------------------------------------------------------------- YAML and composition
+
+
+MAX_OVERRIDE_CHARS = 16 * 1024
+
+
+def load_yaml_text(text: str, source: str = "") -> tuple[Any, list[ConfigIssue]]:
+    """Parse YAML safely (see :mod:`flux2_lora.config.safe_yaml`); problems as one ConfigIssue."""
+    try:
+        return parse_yaml(text), []
+    except YamlRefused as e:
+        return None, [ConfigIssue("", f"{source}: {e}" if source else str(e))]
 
 
 def read_yaml(path: str | Path) -> tuple[Any, list[ConfigIssue]]:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        return None, [ConfigIssue("", f"{p}: no such file")]
+        if not p.exists():
+            return None, [ConfigIssue("", f"{p}: no such file")]
+        if not p.is_file():  # a folder, a pipe or /dev/zero would never end
+            return None, [ConfigIssue("", f"{p}: not a regular file")]
+        with p.open("rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
+        if len(raw) > MAX_YAML_BYTES:
+            return None, [
+                ConfigIssue("", f"{p}: larger than a config holds (limit {MAX_YAML_BYTES} bytes); not read")
+            ]
+        text = raw.decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         return None, [ConfigIssue("", f"{p}: cannot read ({e.__class__.__name__}: {e})")]
-    try:
-        return yaml.safe_load(text) or {}, []
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        return None, [ConfigIssue("", f"{p}: not valid YAML{where}: {problem}")]
+    data, issues = load_yaml_text(text, str(p))
+    return (data if data is not None or issues else {}), issues
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -234,6 +326,10 @@ def _literal_choices(section: str, key: str) -> tuple[Any, ...]:
 
 def parse_override(text: str) -> tuple[tuple[str, str, Any] | None, ConfigIssue | None]:
     """``section.key=value`` → (section, key, value); the value is read as YAML (numbers, lists, …)."""
+    if len(text) > MAX_OVERRIDE_CHARS:
+        return None, ConfigIssue(
+            text.split("=", 1)[0], f"the override is {len(text)} characters long (limit {MAX_OVERRIDE_CHARS})"
+        )
     if "=" not in text:
         return None, ConfigIssue(text, "an override must look like section.key=value")
     dotted, raw = text.split("=", 1)
@@ -253,15 +349,23 @@ def parse_override(text: str) -> tuple[tuple[str, str, Any] | None, ConfigIssue 
     if _literal_choices(section, key) and all(isinstance(c, str) for c in _literal_choices(section, key)):
         value = raw.strip()  # keep 'no' / 'none' as text, not YAML booleans/null
     else:
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
         info = SECTIONS[section].model_fields[key]
+        value, problems = load_yaml_text(raw) if raw.strip() else ("", [])
+        if problems:
+            stripped = raw.strip()
+            # Free text may look like broken YAML ("[trigger] photo"); a list or a number may not.
+            free_text = info.annotation is str or (
+                _is_list_field(section, key) and not stripped.startswith(("[", "{"))
+            )
+            if not free_text or "refused" in problems[0].message:
+                return None, ConfigIssue(
+                    dotted, f"{_quote(stripped)} is not a valid value: {problems[0].message}"
+                )
+            value = stripped
         if info.annotation is str and value is not None and not isinstance(value, str):
             value = raw.strip()
-    if _is_list_field(section, key) and isinstance(value, str):
-        value = [value]
+    if _is_list_field(section, key) and isinstance(value, (str, int, float)):
+        value = [value]  # one item: 'validation.prompts=a cat', 'model.text_encoder_layers=1'
     return (section, key, value), None
 
 

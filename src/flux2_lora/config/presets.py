@@ -9,9 +9,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import yaml
-
-from flux2_lora.config.io import ConfigIssue
+from flux2_lora.config.io import ConfigIssue, load_yaml_text
 
 _DIR = "preset_files"
 
@@ -48,7 +46,10 @@ def load_preset(name: str) -> tuple[dict[str, Any] | None, list[ConfigIssue]]:
     if text is None:
         known = ", ".join(p.name for p in list_presets())
         return None, [ConfigIssue("", f"unknown preset {name!r} (known: {known})")]
-    data = yaml.safe_load(text) or {}
+    data, problems = load_yaml_text(text, f"preset {name}")
+    if problems:
+        return None, problems
+    data = data or {}
     if not isinstance(data, dict):
         return None, [ConfigIssue("", f"preset {name!r} is not a mapping")]
     return data, []

@@ -8,9 +8,10 @@ sits in an "advanced" accordion) live next to the field they describe.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from flux2_lora.targets import TARGET_SETS, TargetError, resolve_targets
 from flux2_lora.variants import VARIANTS
@@ -24,6 +25,17 @@ def F(default: Any, help: str, *, ui: dict[str, Any] | None = None, **bounds: An
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1 for a number; 'rank: true' is a mistake, not a rank of 1.
+        if isinstance(v, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation in (int, float):
+                kind = "a whole number" if annotation is int else "a number"
+                raise ValueError(f"must be {kind} (got {str(v).lower()})")
+        return v
 
 
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -54,6 +66,22 @@ class ModelSection(Section):
         "Precision of the frozen weights. auto: bfloat16 on GPUs that support it, float16 on older GPUs, "
         "float32 on CPU. Mixed precision follows it.",
     )
+
+    text_encoder_layers: list[int] = F(
+        [],
+        "Text-encoder hidden states stacked into each prompt embedding (diffusers' text_encoder_out_layers). "
+        "Empty: automatic, the pipeline's default ([dev] 10, 20, 30; [klein] 9, 18, 27), or, for a smaller "
+        "encoder (a custom model), as many layers as the transformer takes, spread over its depth.",
+        max_length=16,
+        ui={"advanced": True},
+    )
+
+    @field_validator("text_encoder_layers")
+    @classmethod
+    def _layers(cls, v: list[int]) -> list[int]:
+        if any(not 0 <= k <= 1024 for k in v):
+            raise ValueError("layer numbers must be between 0 (the embeddings) and the encoder's depth")
+        return v
 
     @field_validator("device")
     @classmethod
@@ -440,6 +468,26 @@ class OutputSection(Section):
     export_comfyui: bool = F(
         False, "Also write the LoRA with ComfyUI's key names (pytorch_lora_weights_comfyui.safetensors)."
     )
+
+    @field_validator("dir")
+    @classmethod
+    def _own_folder(cls, v: str) -> str:
+        # A run writes its files there and moves an earlier run's outputs to previous/: never a whole disk
+        # or a home folder.
+        try:
+            p = Path(v.strip()).expanduser().resolve()
+            home = Path.home().resolve()
+        except (OSError, RuntimeError):  # no home folder known, or a path that cannot be resolved
+            return v
+        if p == Path(p.anchor):
+            raise ValueError(
+                f"is the filesystem root ({p}); give the run a folder of its own, e.g. runs/my-lora"
+            )
+        if p == home:
+            raise ValueError(
+                f"is your home folder itself ({p}); give the run a folder of its own, e.g. ~/runs/my-lora"
+            )
+        return v
 
 
 class LoggingSection(Section):

@@ -19,6 +19,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from flux2_lora.data.scan import DatasetError
+from flux2_lora.display import escape
 
 MAX_TOTAL_BYTES = 4 << 30
 MAX_ENTRIES = 20_000
@@ -30,7 +31,7 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 def _fail(zip_path: Path, message: str) -> DatasetError:
-    return DatasetError(f"dataset.path: {zip_path}: {message}")
+    return DatasetError(f"dataset.path: {escape(zip_path)}: {message}")
 
 
 def _entry_parts(zip_path: Path, info: zipfile.ZipInfo) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ training.
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image, UnidentifiedImageError
+
+from flux2_lora import runs
+from flux2_lora.display import escape
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 IGNORED_NAMES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini"})
@@ -88,7 +92,7 @@ class DatasetReport:
 
     def format(self) -> str:
         lines = [
-            f"Dataset: {self.root}",
+            f"Dataset: {escape(self.root)}",
             f"  images found:      {self.num_images_found}",
             f"  usable images:     {len(self.items)}",
             f"  caption files:     {self.num_captions}",
@@ -110,11 +114,32 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name in IGNORED_NAMES  # also macOS "._x.jpg" resource forks
 
 
-def _walk(root: Path, caption_ext: str) -> tuple[list[Path], list[Path]]:
-    """Image and caption files under root (recursive, sorted, hidden entries skipped)."""
+# What a training run writes into its folder; never training data, even when a run sits inside a dataset.
+RUN_OUTPUT_DIRS = frozenset(
+    {runs.SAMPLES_DIR, runs.CHECKPOINTS_DIR, runs.PREVIOUS_DIR, runs.TENSORBOARD_DIR, "wandb"}
+)
+_RUN_MARKERS = frozenset({runs.LOG_FILE, runs.METRICS_FILE, runs.LOCK_FILE})
+
+
+def is_run_dir(names: set[str] | frozenset[str]) -> bool:
+    """Whether a folder with these entries is a training run's directory (see :mod:`flux2_lora.runs`)."""
+    return runs.STATUS_FILE in names or (
+        runs.CONFIG_FILE in names and bool(names & (_RUN_MARKERS | RUN_OUTPUT_DIRS))
+    )
+
+
+def _walk(root: Path, caption_ext: str, skipped: list[str] | None = None) -> tuple[list[Path], list[Path]]:
+    """Image and caption files under root (recursive, sorted, hidden entries skipped). The output folders
+    of a run directory found on the way are not entered; their paths go to ``skipped``."""
     images: list[Path] = []
     captions: list[Path] = []
+    # followlinks=False (the default): a symlinked folder is listed but never entered.
     for dirpath, dirnames, filenames in os.walk(root):
+        if is_run_dir(set(dirnames) | set(filenames)):
+            for d in sorted(set(dirnames) & RUN_OUTPUT_DIRS):
+                if skipped is not None:
+                    skipped.append(Path(dirpath, d).relative_to(root).as_posix())
+            dirnames[:] = [d for d in dirnames if d not in RUN_OUTPUT_DIRS]
         dirnames[:] = sorted(d for d in dirnames if not _hidden(d))  # in place: prunes the walk
         for name in sorted(filenames):
             if _hidden(name):
@@ -126,6 +151,21 @@ def _walk(root: Path, caption_ext: str) -> tuple[list[Path], list[Path]]:
                 captions.append(Path(dirpath, name))
     key = lambda p: p.relative_to(root).as_posix()  # noqa: E731
     return sorted(images, key=key), sorted(captions, key=key)
+
+
+def _refused(path: Path, real_root: Path) -> str | None:
+    """Why a file must not be opened at all: a symbolic link that leads out of the dataset folder (it
+    would read any file of the machine as training data), or not a regular file (a pipe would block)."""
+    real = Path(os.path.realpath(path))
+    if real != real_root and real_root not in real.parents:
+        return "is a symbolic link that leads outside the dataset folder; not read"
+    try:
+        mode = os.stat(real).st_mode
+    except OSError:
+        return None  # a dangling link: reading it reports the error
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a pipe, device or folder); not read"
+    return None
 
 
 def _inspect_image(path: Path, max_pixels: int) -> tuple[int, int, bool] | str:
@@ -200,23 +240,30 @@ def scan_dataset(
     """Find images and their captions under ``root`` and report every problem by file."""
     root = Path(root).expanduser()
     if not root.exists():
-        raise DatasetError(f"dataset.path: {root} does not exist")
+        raise DatasetError(f"dataset.path: {escape(root)} does not exist")
     if not root.is_dir():
-        raise DatasetError(f"dataset.path: {root} is not a folder")
+        raise DatasetError(f"dataset.path: {escape(root)} is not a folder")
     caption_ext = caption_extension.lower()
-    images, caption_files = _walk(root, caption_ext)
+    skipped: list[str] = []
+    images, caption_files = _walk(root, caption_ext, skipped)
     report = DatasetReport(root=root, num_images_found=len(images), num_captions=len(caption_files))
     by_stem = {p.with_suffix(""): p for p in caption_files}
     used_captions: set[Path] = set()
     source: Literal["file", "default"]
     default_caption = default_caption.strip()
+    real_root = Path(os.path.realpath(root))
 
     def problem(p: Path, message: str, severity: Severity) -> None:
-        report.problems.append(Problem(p.relative_to(root).as_posix(), message, severity))
+        report.problems.append(Problem(escape(p.relative_to(root).as_posix()), message, severity))
+
+    for folder in skipped:
+        report.problems.append(
+            Problem(f"{escape(folder)}/", "output of a training run in this folder; not scanned", "warning")
+        )
 
     for img in images:
         # Both the image and its caption are checked, so one scan reports every problem of a pair.
-        info = _inspect_image(img, max_image_pixels)
+        info = _refused(img, real_root) or _inspect_image(img, max_image_pixels)
         if isinstance(info, str):
             problem(img, info, "error")
         else:
@@ -235,7 +282,7 @@ def scan_dataset(
         cap_path = by_stem.get(img.with_suffix(""))
         if cap_path is None:
             report.num_missing_captions += 1
-            expected = img.with_suffix(caption_extension).name
+            expected = escape(img.with_suffix(caption_extension).name)
             if default_caption:
                 problem(
                     img, f"no caption file ({expected}); using default caption {default_caption!r}", "warning"
@@ -249,12 +296,15 @@ def scan_dataset(
         else:
             used_captions.add(cap_path)
             try:
+                refused = _refused(cap_path, real_root)
+                if refused:
+                    raise ValueError(refused)
                 text = read_caption(cap_path)
             except (ValueError, OSError) as e:
                 detail = (
                     f"cannot read the caption file ({e.strerror or e})" if isinstance(e, OSError) else str(e)
                 )
-                problem(cap_path, f"{detail}; skipping {img.name}", "error")
+                problem(cap_path, f"{detail}; skipping {escape(img.name)}", "error")
                 caption_ok = False
             else:
                 if text:
@@ -272,7 +322,7 @@ def scan_dataset(
     for cap in caption_files:
         if cap not in used_captions:
             report.num_unused_captions += 1
-            problem(cap, f"caption file without an image (no {cap.stem}{exts} next to it)", "warning")
+            problem(cap, f"caption file without an image (no {escape(cap.stem)}{exts} next to it)", "warning")
     report.problems.sort(key=lambda p: p.file)  # stable: keeps each file's messages in order
     return report
 
@@ -283,9 +333,9 @@ def require_usable(report: DatasetReport) -> None:
         return
     if report.num_images_found == 0:
         raise DatasetError(
-            f"dataset.path: no images found in {report.root} (looked for {', '.join(IMAGE_EXTENSIONS)})"
+            f"dataset.path: no images found in {escape(report.root)} (looked for {', '.join(IMAGE_EXTENSIONS)})"
         )
     errors = report.errors
     shown = "; ".join(f"{p.file}: {p.message}" for p in errors[:5])
     more = f"; and {len(errors) - 5} more" if len(errors) > 5 else ""
-    raise DatasetError(f"dataset.path: no usable images in {report.root}; problems: {shown}{more}")
+    raise DatasetError(f"dataset.path: no usable images in {escape(report.root)}; problems: {shown}{more}")

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from flux2_lora.config import TrainConfig
+from flux2_lora.local_model import ModelConfigError
 from flux2_lora.memory.activations import (
     end_of_backward_activations,
     inference_transient,
@@ -32,7 +33,10 @@ from flux2_lora.variants import (
     VaeArch,
     get_variant,
     local_component_params,
+    local_text_encoder_arch,
+    local_vae_arch,
     resolve_model,
+    text_encoder_layers,
 )
 
 GIB = 2**30
@@ -50,64 +54,76 @@ BNB_MIN_8BIT_SIZE = 4096
 
 @dataclass(frozen=True)
 class Shapes:
-    variant: str
+    variant: str  # "custom" for a local transformer of no known shape
     arch: TransformerArch
     text_encoder: TextEncoderArch
     vae: VaeArch
     weight_bytes: int
     image_tokens: int
     text_tokens: int
+    title: str = ""
 
 
 @functools.lru_cache(maxsize=64)
 def _model_shapes(
     path: str, variant: str, stamp: float
-) -> tuple[str, TransformerArch, TextEncoderArch, VaeArch]:
-    """Variant, transformer, text encoder and VAE of a model path (cached: a local folder's
-    config.json and safetensors headers are read once per modification time ``stamp``)."""
+) -> tuple[str, TransformerArch, TextEncoderArch, VaeArch, str]:
+    """Variant, transformer, text encoder, VAE and title of a model path (cached: a local folder's
+    config.json and safetensors headers are read once per modification time ``stamp``).
+
+    A local folder whose configs are broken raises :class:`ModelConfigError`: an estimate of some other
+    model would be a wrong answer, not a fallback."""
+    custom = False
     try:
         resolved = resolve_model(path, variant)
-        name, arch = resolved.variant, resolved.arch
-    except ValueError:
+        name, arch, custom, title = resolved.variant, resolved.arch, resolved.custom, resolved.title
+    except ModelConfigError:
+        raise
+    except ValueError:  # a hub id whose variant cannot be told: size it as the smallest real model
         name = "demo" if path.strip().lower() == DEMO_MODEL_PATH else "klein-4b"
-        arch = get_variant(name).transformer
+        arch, title = get_variant(name).transformer, get_variant(name).title
     v = get_variant(name)
     te, vae = v.text_encoder, v.vae
     if stamp:
         # A local folder may hold other components than the table's (a fine-tune, a custom small model).
+        te = local_text_encoder_arch(path, te)
+        vae = local_vae_arch(path, vae)
+        te = dataclasses.replace(te, out_layers=text_encoder_layers(path, name))
         te_params = local_component_params(path, "text_encoder")
         vae_params = local_component_params(path, "vae")
         if te_params is not None:
             te = dataclasses.replace(te, params=te_params)
         if vae_params is not None:
             vae = dataclasses.replace(vae, params=vae_params)
-    return name, arch, te, vae
+    return ("custom" if custom else name), arch, te, vae, title
 
 
 def _stamp(path: str) -> float:
-    """Modification time of a local model folder's transformer config (0 for hub ids and the demo)."""
+    """Newest modification time of a local model folder's configs (0 for hub ids and the demo)."""
     if path.strip().lower() == DEMO_MODEL_PATH:
         return 0.0
     p = os.path.expanduser(path)
-    for candidate in (os.path.join(p, "transformer", "config.json"), os.path.join(p, "config.json")):
+    stamp = 0.0
+    for parts in (("transformer", "config.json"), ("config.json",), ("text_encoder", "config.json")):
         try:
-            return os.stat(candidate).st_mtime
+            stamp = max(stamp, os.stat(os.path.join(p, *parts)).st_mtime)
         except OSError:
             continue
-    return 0.0
+    return stamp
 
 
 def resolve_shapes(config: TrainConfig) -> Shapes:
     m = config.model
-    variant, arch, te, vae = _model_shapes(m.path, m.variant, _stamp(m.path))
+    variant, arch, te, vae, title = _model_shapes(m.path, m.variant, _stamp(m.path))
     res = config.dataset.resolution
     return Shapes(
+        title=title,
         variant=variant,
         arch=arch,
         text_encoder=te,
         vae=vae,
         weight_bytes=DTYPE_BYTES[m.dtype],
-        image_tokens=(res // 16) ** 2,
+        image_tokens=(res // (2 * vae.spatial_factor)) ** 2,  # a token is 2×2 latent cells
         text_tokens=te.max_sequence_length,
     )
 
@@ -213,7 +229,7 @@ class Estimate:
     ``components`` break down the peak phase and add up to ``total_gib``; ``phase_components`` has the
     breakdown of every phase (tensor memory only)."""
 
-    variant: str
+    variant: str  # "custom" for a local transformer of no known shape (see ``model``)
     trainable_params: int
     components: dict[str, float]
     phases: dict[str, float]
@@ -224,6 +240,7 @@ class Estimate:
     text_tokens: int
     phase_components: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    model: str = ""  # the model's title
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -400,4 +417,5 @@ def estimate(config: TrainConfig, *, num_processes: int = 1) -> Estimate:
         text_tokens=txt,
         phase_components=phases_parts,
         notes=notes,
+        model=sh.title,
     )

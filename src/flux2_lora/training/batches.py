@@ -192,17 +192,31 @@ class LatentSource:
 class PromptSource:
     """Prompt embeddings per caption: encoded once (cache_text_embeddings) or with the live encoder."""
 
-    def __init__(self, pipe: Any, device: torch.device, max_sequence_length: int, *, pin: bool = False):
+    def __init__(
+        self,
+        pipe: Any,
+        device: torch.device,
+        max_sequence_length: int,
+        text_encoder_out_layers: tuple[int, ...] | None = None,
+        *,
+        pin: bool = False,
+    ):
         self.pipe = pipe
         self.device = device
         self.max_sequence_length = max_sequence_length
         self.pin = pin  # page-locked cache: each step's copy to the GPU runs asynchronously
         self.cache: dict[str, torch.Tensor] = {}
+        # None: worked out from the loaded encoder, so an encoder shallower than the pipeline's default
+        # layers (a small custom model) still encodes.
+        self.out_layers = text_encoder_out_layers or auto_out_layers(pipe)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
         embeds, _ = self.pipe.encode_prompt(
-            prompt=prompts, device=self.device, max_sequence_length=self.max_sequence_length
+            prompt=prompts,
+            device=self.device,
+            max_sequence_length=self.max_sequence_length,
+            text_encoder_out_layers=self.out_layers,
         )
         return embeds
 
@@ -231,6 +245,27 @@ def to_device_stacked(tensors: list[torch.Tensor], device: torch.device, dtype: 
     return torch.stack(moved).to(dtype)
 
 
+def auto_out_layers(pipe: Any) -> tuple[int, ...]:
+    """The pipeline's default text-encoder layers when its encoder has them, else as many layers as the
+    transformer takes (read from the model folder, when local) spread over the encoder's depth."""
+    import inspect
+
+    from flux2_lora.variants import choose_text_encoder_layers, read_local_transformer_config
+
+    default = tuple(inspect.signature(pipe.encode_prompt).parameters["text_encoder_out_layers"].default)
+    cfg = pipe.text_encoder.config
+    text = getattr(cfg, "text_config", None) or cfg
+    depth, hidden = int(text.num_hidden_layers), int(text.hidden_size)
+    count = None
+    source = getattr(pipe, "name_or_path", None)
+    if source and Path(source).is_dir():
+        local = read_local_transformer_config(source)
+        joint = local.get("joint_attention_dim") if local else None
+        if isinstance(joint, int) and joint % hidden == 0:
+            count = joint // hidden
+    return choose_text_encoder_layers(default, depth, count)
+
+
 def build_items(report: Any, root: Path, config: TrainConfig) -> list[Item]:
     """Training items from a dataset scan: trigger word applied, per-folder repeats ('10_name'), aspect
     bucket, and 8 fixed shuffled-tag orders per caption when dataset.shuffle_tags."""
@@ -239,11 +274,12 @@ def build_items(report: Any, root: Path, config: TrainConfig) -> list[Item]:
 
     from flux2_lora.data.buckets import bucket_for, bucket_table, format_table
     from flux2_lora.data.captions import apply_trigger, shuffle_tags, trigger_findings
+    from flux2_lora.display import escape
 
     log = logging.getLogger("flux2_lora")
     ds = config.dataset
     for file, _, message in trigger_findings(
-        [(str(i.path.relative_to(root)), i.caption) for i in report.items], ds.trigger_word
+        [(escape(i.path.relative_to(root)), i.caption) for i in report.items], ds.trigger_word
     ):
         log.warning("dataset: %s%s", f"{file}: " if file else "", message)
     items = []

@@ -10,6 +10,7 @@ import torch
 from PIL import Image, ImageOps
 
 from flux2_lora.data.scan import DatasetError
+from flux2_lora.display import escape
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
@@ -79,8 +80,8 @@ def load_training_image(
                 im = ImageOps.exif_transpose(raw)
                 im = to_rgb(im)
     except Image.DecompressionBombError as e:
-        raise DatasetError(f"{path}: image is too large to open safely ({e})") from None
+        raise DatasetError(f"{escape(path)}: image is too large to open safely ({e})") from None
     except Exception as e:  # PIL's plugins raise many types on bad files; the user needs the file name
-        raise DatasetError(f"{path}: cannot load the image ({e})") from None
+        raise DatasetError(f"{escape(path)}: cannot load the image ({e})") from None
     im = resize_and_crop(im, resolution, center_crop=center_crop, flip=flip, crop_rng=crop_rng)
     return pil_to_tensor(im)

@@ -14,7 +14,7 @@ import torch
 
 from flux2_lora.config import LoraSection, ModelSection
 from flux2_lora.targets import QUANTIZATION_SKIP_PREFIXES, is_quantized_linear, resolve_targets
-from flux2_lora.variants import TransformerArch, get_variant, resolve_model
+from flux2_lora.variants import TransformerArch, get_variant, resolve_model, text_encoder_layers
 
 
 class ModelLoadError(RuntimeError):
@@ -45,9 +45,18 @@ def resolve_model_path(model: ModelSection) -> tuple[str, str, TransformerArch]:
         )
     try:
         resolved = resolve_model(raw, model.variant)
+        text_encoder_layers(raw, resolved.variant, model.text_encoder_layers)  # fails here, not in caching
     except ValueError as e:
         raise ModelLoadError(str(e)) from None
     return raw, resolved.variant, resolved.arch
+
+
+def resolve_text_encoder_layers(model: ModelSection, path: str, variant: str) -> tuple[int, ...]:
+    """The text-encoder layers prompts are encoded with (model.text_encoder_layers, or automatic)."""
+    try:
+        return text_encoder_layers(path, variant, model.text_encoder_layers)
+    except ValueError as e:
+        raise ModelLoadError(str(e)) from None
 
 
 def _load_error(path: str, what: str, err: BaseException) -> ModelLoadError:

@@ -27,12 +27,28 @@ def setup_logging(run_dir: Path | None, is_main: bool) -> None:
     root.propagate = False
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(fmt)
+    debug = bool(os.environ.get(DEBUG_ENV))
+    console.setFormatter(fmt if debug else _NoTraceback("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     root.addHandler(console)
     if run_dir is not None and is_main:
-        fh = logging.FileHandler(run_dir / runs.LOG_FILE, encoding="utf-8")
+        # backslashreplace: a file name with undecodable bytes must not make logging itself fail.
+        fh = logging.FileHandler(run_dir / runs.LOG_FILE, encoding="utf-8", errors="backslashreplace")
         fh.setFormatter(fmt)
         root.addHandler(fh)
+
+
+DEBUG_ENV = "FLUX2_LORA_DEBUG"  # set by `flux2-lora train --debug`
+
+
+class _NoTraceback(logging.Formatter):
+    """The console gets one line per record; tracebacks go to train.log (and the console with --debug)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not (record.exc_info or record.exc_text or record.stack_info):
+            return super().format(record)
+        plain = logging.makeLogRecord(record.__dict__)
+        plain.exc_info = plain.exc_text = plain.stack_info = None
+        return super().format(plain) + " (traceback in train.log)"
 
 
 def peak_memory() -> tuple[float | None, float]:

@@ -47,6 +47,7 @@ from flux2_lora.training.model import (
     load_transformer,
     pipeline_class,
     resolve_model_path,
+    resolve_text_encoder_layers,
 )
 from flux2_lora.training.optim import build_optimizer, build_scheduler
 from flux2_lora.training.sampling import Sampler, SampleSettings
@@ -209,7 +210,8 @@ class Trainer:
         pipe.vae.to(self.device)
         pin = self.device.type == "cuda"
         max_len = get_variant(self.variant).text_encoder.max_sequence_length
-        prompts = PromptSource(pipe, te_device, max_len, pin=pin)
+        layers = resolve_text_encoder_layers(self.config.model, self.model_path, self.variant)
+        prompts = PromptSource(pipe, te_device, max_len, text_encoder_out_layers=layers, pin=pin)
         latents = LatentSource(self.items, self.config, pipe.vae, self.device, pin=pin)
         extra = self.validation_prompts() if val.enabled else []
         if val.enabled and self.uses_cfg():
