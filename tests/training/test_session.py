@@ -129,3 +129,21 @@ def test_math_attention_and_compile_switch_on_cpu(make_config, caplog):  # type:
         t.setup()
     assert float(t.train_step(1)) > 0
     assert "performance.compile: skipped on CPU" in caplog.text
+
+
+def test_resume_skips_a_checkpoint_of_another_rank(make_config):  # type: ignore[no-untyped-def]
+    from flux2_lora.training.checkpoint import CheckpointError
+
+    first = make_config("lora.rank=4", "lora.alpha=4", "training.max_steps=2", "output.checkpoint_every=1")
+    assert run_training(first) == 0
+    out = Path(first.output.dir)
+    other = make_config("lora.rank=8", "lora.alpha=8", "training.max_steps=4", out=out)
+    with pytest.raises(CheckpointError, match=r"no readable checkpoint.*(shape|rank)"):
+        run_training(other, "latest")
+    folder = runs.latest_checkpoint(out)
+    with pytest.raises(CheckpointError, match=rf"cannot resume from {folder}"):
+        run_training(other, str(folder))
+    assert (
+        run_training(make_config("lora.rank=4", "lora.alpha=4", "training.max_steps=4", out=out), "latest")
+        == 0
+    )

@@ -110,7 +110,7 @@ class RunSession:
         try:
             if archived is not None:
                 log.info("the earlier run in %s was moved to %s", self.run_dir, archived)
-            if self.resume:
+            if self.resume:  # fail before loading anything; the trainer checks shapes once it has the LoRA
                 self.resume_path = ckpt.resolve_resume(self.run_dir, self.resume)
             if self.is_main:
                 save_config(cfg, self.run_dir / runs.CONFIG_FILE)

@@ -120,8 +120,10 @@ class Trainer:
             self.reporter.set_state(state, message, **fields)
 
     # ----------------------------------------------------------------------------- setup
-    def setup(self, resume_path: Path | None = None) -> int:
-        """Model path, data, cached inputs, transformer + LoRA, optimizer, schedule; returns the start step."""
+    def setup(self, resume: str | None = None) -> int:
+        """Model path, data, cached inputs, transformer + LoRA, optimizer, schedule; returns the start
+        step. ``resume`` ('latest' or a checkpoint folder) is resolved once the adapter exists, so a
+        checkpoint of another rank or other target layers is skipped (latest) or refused (a folder)."""
         cfg = self.config
         acc = self.accelerator
         log.info("training on %s (%s) with %d processes", self.device, self.dtype, acc.num_processes)
@@ -140,7 +142,13 @@ class Trainer:
             [i.bucket for i in self.items] if cfg.dataset.bucketing else None,
         )
         self.sampler = self._setup_sampler()
-        start = self.restore(resume_path) if resume_path else 0
+        start = 0
+        if resume:
+            expected = ckpt.expected_shapes(self.adapter_state())
+            path = ckpt.resolve_resume(
+                self.run_dir, resume, validator=lambda p: ckpt.validate_checkpoint(p, expected)
+            )
+            start = self.restore(path)
         if self.reporter is not None:
             self.reporter.status.extra.update(
                 {
@@ -528,5 +536,5 @@ def run_training(config: TrainConfig, resume: str | None = None) -> int:
     accelerator = make_accelerator(config)
     with RunSession(config, resume, accelerator.is_main_process) as session:
         trainer = Trainer(config, accelerator, reporter=session.reporter, stop=session.stop)
-        start = trainer.setup(session.resume_path)
+        start = trainer.setup(resume)
         return trainer.train(start)
