@@ -21,6 +21,12 @@ from flux2_lora.webui.tabs.test_lora import create_test_tab
 from flux2_lora.webui.tabs.train import create_train_tab
 from flux2_lora.webui.widgets import CSS
 
+# Fonts installed on the machine: the page works offline (Gradio's default fetches web fonts).
+THEME = gr.themes.Default(
+    font=[gr.themes.Font(f) for f in ("Liberation Sans", "DejaVu Sans", "Arial", "sans-serif")],
+    font_mono=[gr.themes.Font(f) for f in ("DejaVu Sans Mono", "Liberation Mono", "monospace")],
+)
+
 # (id, title, builder): later tabs (Compare, Sweep) are one more entry here.
 TABS = (
     ("train", "Train", create_train_tab),
@@ -35,8 +41,9 @@ def build_app(paths: AppPaths | str = "runs") -> gr.Blocks:
     actions = Actions(paths)
     with gr.Blocks(title="FLUX.2 LoRA trainer") as demo:
         gr.Markdown("# FLUX.2 LoRA trainer", elem_id="title")
+        run_dir, runs_changed = gr.State(""), gr.State(0)  # not inside Tabs: Gradio 6 mislabels tabs then
         with gr.Tabs(selected="train", elem_id="tabs") as tabs:
-            shared = Shared(actions, demo, tabs, gr.State(""), gr.State(0))
+            shared = Shared(actions, demo, tabs, run_dir, runs_changed)
             for tab_id, title, create in TABS:
                 with gr.Tab(title, id=tab_id, elem_id=f"tab-{tab_id}"):
                     create(shared)
@@ -63,6 +70,7 @@ def launch(
         share=share,
         auth=auth,
         css=CSS,
+        theme=THEME,
         allowed_paths=[str(paths.runs)],
         max_file_size=paths.max_upload_bytes,
         **kwargs,

@@ -228,12 +228,16 @@ def estimate(
         errors.append({"field": "model.path", "message": model["message"]})
     out: dict[str, Any] = {"ok": not errors, "errors": errors, "warnings": v["warnings"], "model": model}
     if errors:
-        msg = (
-            f"unknown model — no estimate: {model['message']}"
-            if not model["ok"]
-            else "fix the fields marked as errors to see the estimate"
-        )
-        return {**out, "available": False, "message": msg, "can_start": False, "start_reason": msg}
+        from flux2_lora.webui.schema import form_fields
+
+        labels = {s.path: s.label for s in form_fields()}
+        named = ", ".join(dict.fromkeys(labels.get(e["field"], e["field"] or "config") for e in errors))
+        if not model["ok"]:
+            msg = f"unknown model, so no estimate: {model['message']}"
+        else:
+            msg = f"fix the fields marked in red to see the estimate ({named})"
+        reason = msg if not model["ok"] else f"fix the fields marked in red: {named}"
+        return {**out, "available": False, "message": msg, "can_start": False, "start_reason": reason}
     parsed, _ = validate_dict(config)
     assert parsed is not None
     card = _gpu(gpu)

@@ -50,7 +50,7 @@ def errors_markdown(errors: list[dict[str, str]]) -> str:
     if not errors:
         return ""
     lines = ["**Fix these fields:**"]
-    lines += [f"- ❌ **{field_name(e['field'])}**: {e['message']}" for e in errors]
+    lines += [f"- ✘ **{field_name(e['field'])}**: {e['message']}" for e in errors]
     return "\n".join(lines)
 
 
@@ -187,9 +187,9 @@ def preset_markdown(r: dict[str, Any], name: str) -> str:
 
 def dataset_markdown(r: dict[str, Any]) -> str:
     if "report" not in r:
-        return f"❌ {esc(r.get('message', 'dataset check failed'))}"
+        return f"✘ {esc(r.get('message', 'dataset check failed'))}"
     rep = r["report"]
-    head = "✅" if r["ok"] else "❌"
+    head = "✔" if r["ok"] else "✘"
     lines = [
         f"{head} **{rep['num_items']}** usable of {rep['num_images_found']} images · {rep['num_captions']} "
         f"captions · {rep['num_missing_captions']} missing · {rep['num_unused_captions']} unused"
@@ -236,7 +236,7 @@ def status_html(snap: dict[str, Any]) -> str:
     if snap.get("message"):
         lines.append(esc(ui_words(snap["message"])))
     if snap.get("error"):
-        lines.append("❌ " + esc(snap["error"]))
+        lines.append("✘ " + esc(snap["error"]))
     if total:
         lines.append(f'<progress max="{total}" value="{step}" style="width:100%"></progress>')
     return (

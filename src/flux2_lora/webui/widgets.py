@@ -90,7 +90,7 @@ class Form:
                 continue
             if path in errors:
                 out[self.widgets[path]] = gr.update(
-                    info=f"❌ {errors[path]} — {info_text(self.specs[path])}", elem_classes=["field-invalid"]
+                    info=f"✘ {errors[path]} — {info_text(self.specs[path])}", elem_classes=["field-invalid"]
                 )
             else:
                 out[self.widgets[path]] = gr.update(info=info_text(self.specs[path]), elem_classes=[])
@@ -116,8 +116,9 @@ CSS = """
 .field-invalid input, .field-invalid textarea { border-color: #dc2626 !important; }
 .field-invalid [data-testid="block-info"], .field-invalid .info { color: #b91c1c !important; }
 #start-reason { color: #b91c1c; }
-/* Small demo images are shown enlarged with their pixels, not blurred. */
+/* Small demo images are shown enlarged with their pixels, not blurred; thumbnails keep a sane size. */
 #samples img, #test-image img { image-rendering: pixelated; }
+#samples .grid-container { grid-template-columns: repeat(auto-fill, minmax(150px, 200px)) !important; }
 #test-image img { min-width: 384px; object-fit: contain; }
 #preflight-result table { margin-top: 6px; }
 #preflight-result td, #preflight-result th { padding: 2px 10px; }

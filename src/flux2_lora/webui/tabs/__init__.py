@@ -21,3 +21,8 @@ class Shared:
 
 
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
+
+
+def skip(outputs: list[Any]) -> dict[Any, Any]:
+    """No change to any of ``outputs`` (an empty dict would read as one output value)."""
+    return {o: gr.skip() for o in outputs}

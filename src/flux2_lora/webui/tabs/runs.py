@@ -12,8 +12,9 @@ import gradio as gr
 import pandas as pd
 
 from flux2_lora.webui import render
-from flux2_lora.webui.tabs import PRIVATE, Shared
+from flux2_lora.webui.tabs import PRIVATE, Shared, skip
 
+FINAL = ("finished", "failed", "stopped")
 METRIC_COLUMNS = ["step", "loss", "lr", "sec_per_step", "eta_s", "gpu_mem_gib", "rss_gib"]
 
 
@@ -24,8 +25,8 @@ def create_runs_tab(shared: Shared) -> dict[str, Any]:
         c["refresh"] = gr.Button("Refresh", size="sm", elem_id="runs-refresh", scale=0)
     c["status"] = gr.HTML(render.status_html({"state": "none"}), elem_id="run-status")
     with gr.Row():
-        c["stop"] = gr.Button("Stop", variant="stop", elem_id="stop-btn")
-        c["resume"] = gr.Button("Resume (latest checkpoint)", elem_id="resume-btn")
+        c["stop"] = gr.Button("Stop", variant="stop", elem_id="stop-btn", interactive=False)
+        c["resume"] = gr.Button("Resume (latest checkpoint)", elem_id="resume-btn", interactive=False)
         c["lora"] = gr.File(label="LoRA file", elem_id="lora-download", scale=2)
     c["msg"] = gr.Markdown(elem_id="runs-message")
     c["preflight"] = gr.HTML(render.preflight_html({}), elem_id="preflight-panel")
@@ -36,14 +37,14 @@ def create_runs_tab(shared: Shared) -> dict[str, Any]:
             x="step",
             y="GiB",
             color="series",
-            title="Memory: measured vs estimated",
+            title="Memory (GiB): measured vs estimate",
             height=240,
             elem_id="memory-plot",
         )
     c["gallery"] = gr.Gallery(
         label="Validation samples (click to enlarge)",
-        columns=4,
-        height="auto",
+        columns=6,
+        height=300,
         object_fit="contain",
         allow_preview=True,
         preview=False,
@@ -65,30 +66,32 @@ def memory_frame(metrics: list[dict[str, Any]], estimate: dict[str, Any]) -> pd.
     on_gpu = any(m.get("gpu_mem_gib") is not None for m in metrics)
     for m in metrics:
         if on_gpu and m.get("gpu_mem_gib") is not None:
-            rows.append(
-                {"step": m["step"], "GiB": m["gpu_mem_gib"], "series": "GPU peak allocated (measured)"}
-            )
+            rows.append({"step": m["step"], "GiB": m["gpu_mem_gib"], "series": "GPU allocated (measured)"})
             if estimate.get("allocated_peak_gib") is not None:
                 rows.append(
                     {
                         "step": m["step"],
                         "GiB": estimate["allocated_peak_gib"],
-                        "series": "GPU peak allocated (estimate)",
+                        "series": "GPU allocated (estimate)",
                     }
                 )
         if m.get("rss_gib") is not None:
-            rows.append(
-                {"step": m["step"], "GiB": m["rss_gib"], "series": "host RAM, process RSS (measured)"}
-            )
+            rows.append({"step": m["step"], "GiB": m["rss_gib"], "series": "host RSS (measured)"})
             if estimate.get("host_peak_gib") is not None:
                 rows.append(
                     {
                         "step": m["step"],
                         "GiB": estimate["host_peak_gib"],
-                        "series": "host RAM peak (estimate)",
+                        "series": "host peak (estimate)",
                     }
                 )
-    return pd.DataFrame(rows, columns=["step", "GiB", "series"])
+    frame = pd.DataFrame(rows, columns=["step", "GiB", "series"])
+    return frame.astype({"step": float, "GiB": float})
+
+
+def _plot(frame: pd.DataFrame) -> pd.DataFrame | None:
+    """None clears a plot; an empty frame would leave Vega with untyped, colourless series."""
+    return frame if len(frame) else None
 
 
 def run_estimate(snap: dict[str, Any], run_dir: str) -> dict[str, Any]:
@@ -159,6 +162,8 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
     c["pick"].input(lambda rd: (rd, None), c["pick"], [shared.run_dir, last_sig], **PRIVATE)
 
     outputs = [
+        c["stop"],
+        c["resume"],
         c["status"],
         c["loss"],
         c["lr"],
@@ -169,10 +174,12 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
         c["preflight"],
     ]
 
+    tick_outputs = [*outputs, last_sig, shared.runs_changed]
+
     def tick(data: dict[Any, Any]) -> dict[Any, Any]:
         run_dir, sig0 = data[shared.run_dir], data[last_sig]
         if not run_dir:
-            return {}
+            return skip(tick_outputs)
         snap = acts.run_status(run_dir)
         metrics = snap.get("metrics", [])
         pre = snap.get("preflight") or {}
@@ -188,19 +195,25 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
             (pre.get("output") or "")[-120:],
         ]
         if sig == sig0:
-            return {}
+            return skip(tick_outputs)
         out: dict[Any, Any] = {last_sig: sig}
         # A run that just ended (or began) changes what the lists show.
-        was_final = bool(sig0) and sig0[0] in ("finished", "failed", "stopped")
+        was_final = bool(sig0) and sig0[0] in FINAL
         if sig0 is not None and bool(snap.get("final")) != was_final:
             out[shared.runs_changed] = data[shared.runs_changed] + 1
-        mdf = pd.DataFrame(metrics, columns=METRIC_COLUMNS)
+        # Numbers as numbers: a column holding None would otherwise plot as categories.
+        mdf = (
+            pd.DataFrame(metrics, columns=METRIC_COLUMNS).apply(pd.to_numeric, errors="coerce").astype(float)
+        )
+        live = snap.get("state") not in ("none", *FINAL)
         out.update(
             {
+                c["stop"]: gr.update(interactive=live or bool(pre.get("running"))),
+                c["resume"]: gr.update(interactive=not live and bool(snap.get("checkpoints"))),
                 c["status"]: render.status_html(snap),
-                c["loss"]: mdf[["step", "loss"]].dropna(),
-                c["lr"]: mdf[["step", "lr"]].dropna(),
-                c["memory"]: memory_frame(metrics, run_estimate(snap, run_dir) if metrics else {}),
+                c["loss"]: _plot(mdf[["step", "loss"]].dropna()),
+                c["lr"]: _plot(mdf[["step", "lr"]].dropna()),
+                c["memory"]: _plot(memory_frame(metrics, run_estimate(snap, run_dir) if metrics else {})),
                 c["gallery"]: [
                     (s["file"], f"step {s['step']}: {s['prompt']}") for s in snap.get("samples", [])
                 ],
@@ -215,14 +228,14 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
     timer.tick(
         tick,
         {shared.run_dir, last_sig, shared.runs_changed},
-        [*outputs, last_sig, shared.runs_changed],
+        tick_outputs,
         show_progress="hidden",
         **PRIVATE,
     )
 
     def on_stop(rd: str) -> str:
         r = acts.stop_run(rd or "")
-        return ("⏹ " if r["ok"] else "") + render.esc(r["message"])
+        return ("" if r["ok"] else "") + render.esc(r["message"])
 
     c["stop"].click(on_stop, shared.run_dir, c["msg"], **PRIVATE)
 

@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from flux2_lora.webui import render
-from flux2_lora.webui.tabs import PRIVATE, Shared
+from flux2_lora.webui.tabs import PRIVATE, Shared, skip
 
 
 def create_test_tab(shared: Shared) -> dict[str, Any]:
@@ -52,9 +52,11 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
         **PRIVATE,
     )
 
+    pick_outputs = [c["prompt"], c["steps"], c["guidance"], c["resolution"], c["hint"]]
+
     def on_pick(lora: str | None) -> dict[Any, Any]:
         if not lora:
-            return {}
+            return skip(pick_outputs)
         d = acts.run_defaults(lora)
         return {
             c["prompt"]: d["prompt"],
@@ -67,9 +69,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
             ),
         }
 
-    c["lora"].change(
-        on_pick, c["lora"], [c["prompt"], c["steps"], c["guidance"], c["resolution"], c["hint"]], **PRIVATE
-    )
+    c["lora"].change(on_pick, c["lora"], pick_outputs, **PRIVATE)
 
     def on_generate(data: dict[Any, Any]) -> dict[Any, Any]:
         r = acts.generate(
@@ -82,7 +82,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
             float(data[c["guidance"]] if data[c["guidance"]] is not None else -1),
         )
         if not r["ok"]:
-            return {c["image"]: None, c["msg"]: f"❌ {render.esc(r['message'])}"}
+            return {c["image"]: None, c["msg"]: f"✘ {render.esc(r['message'])}"}
         return {
             c["image"]: r["image"],
             c[

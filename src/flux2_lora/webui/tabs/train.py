@@ -15,7 +15,7 @@ import pandas as pd
 from flux2_lora.config import DTYPE_TO_MIXED
 from flux2_lora.webui import configs, render
 from flux2_lora.webui.schema import SECTION_TITLES, form_fields, section_docs
-from flux2_lora.webui.tabs import PRIVATE, Shared
+from flux2_lora.webui.tabs import PRIVATE, Shared, skip
 from flux2_lora.webui.widgets import Form
 
 MAX_RECS = 4
@@ -71,7 +71,11 @@ def create_train_tab(shared: Shared) -> dict[str, Any]:
             docs = section_docs()
             for section in dict.fromkeys(s.section for s in form_fields()):
                 specs = [s for s in form_fields() if s.section == section]
-                with gr.Accordion(SECTION_TITLES.get(section, section), open=section in OPEN_SECTIONS):
+                with gr.Accordion(
+                    SECTION_TITLES.get(section, section),
+                    open=section in OPEN_SECTIONS,
+                    elem_id=f"section-{section}",
+                ):
                     gr.Markdown(docs.get(section, ""))
                     for s in specs:
                         if not s.advanced:
@@ -153,7 +157,7 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
             c["warnings"]: render.warnings_html(r["warnings"]),
             c["breakdown"]: render.breakdown_markdown(r),
             c["errors"]: render.errors_markdown(r["errors"]),
-            c["model_info"]: ("✅ " if model.get("ok") else "❌ ") + render.esc(model.get("message", "")),
+            c["model_info"]: ("✔ " if model.get("ok") else "✘ ") + render.esc(model.get("message", "")),
             c["start"]: gr.update(interactive=r["can_start"]),
             c["preflight"]: gr.update(interactive=r["can_start"]),
             c["start_reason"]: ""
@@ -257,10 +261,10 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
 
     def on_zip(file: str | None) -> dict[Any, Any]:
         if not file:
-            return {}
+            return skip([form["dataset.path"], c["dataset_info"]])
         r = acts.upload_dataset(file)
         if not r["ok"]:
-            return {c["dataset_info"]: f"❌ {render.esc(r['message'])}"}
+            return {c["dataset_info"]: f"✘ {render.esc(r['message'])}"}
         return {form["dataset.path"]: r["dataset_dir"]}
 
     c["zip"].upload(on_zip, c["zip"], [form["dataset.path"], c["dataset_info"]], **PRIVATE)
@@ -293,7 +297,7 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
 
     def on_lora_preset(data: dict[Any, Any]) -> dict[Any, Any]:
         name = data[c["lora_preset"]]
-        return preset(name, name.capitalize())(data) if name else {}
+        return preset(name, name.capitalize())(data) if name else skip(preset_out)
 
     c["lora_preset"].input(
         on_lora_preset, {*form.inputs, c["stack"], c["lora_preset"]}, preset_out, **PRIVATE
@@ -303,7 +307,7 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         def fn(data: dict[Any, Any]) -> dict[Any, Any]:
             items = data[state] or []
             if i >= len(items):
-                return {}
+                return skip(form.components)
             return form.updates(configs.apply_overrides(form.config(data), items[i]))
 
         return fn
