@@ -235,7 +235,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
 
     def on_stop(rd: str) -> str:
         r = acts.stop_run(rd or "")
-        return ("" if r["ok"] else "") + render.esc(r["message"])
+        return render.esc(r["message"])
 
     c["stop"].click(on_stop, shared.run_dir, c["msg"], **PRIVATE)
 
