@@ -186,12 +186,22 @@ def test_warnings_show_with_their_fix(browser, ui_url: str) -> None:  # type: ig
     page = open_page(browser, ui_url)
     set_field(page, "training.learning_rate", "0.0005")
     page.wait_for_selector("#estimate-warnings li[data-field='training.learning_rate']", timeout=30_000)
-    fix = page.locator("#fix-0")
-    assert "Learning rate" in fix.inner_text()
-    fix.click()
+    page.locator("#side-panel button", has_text="Fix Learning rate").click()
     page.wait_for_function(
         "Number(document.querySelector('#field-training-learning_rate input').value) === 0.0001",
         timeout=30_000,
     )
     page.wait_for_selector("#estimate-warnings li[data-field='training.learning_rate']", state="detached")
+    # float16 on a GPU that has bfloat16: mixed precision follows the dtype, and the fix moves both.
+    field(page, "training.mixed_precision")  # opens the Advanced fold it sits in
+    choose(page, "field-model-dtype", "float16")
+    page.wait_for_function(
+        "document.querySelector('#field-training-mixed_precision input').value === 'fp16'", timeout=30_000
+    )
+    page.wait_for_selector("#estimate-warnings li[data-field='model.dtype']", timeout=30_000)
+    page.locator("#side-panel button", has_text="Fix Weight precision").click()
+    page.wait_for_function(
+        "document.querySelector('#field-training-mixed_precision input').value === 'bf16'", timeout=30_000
+    )
+    assert field(page, "model.dtype").input_value() == "bfloat16"
     page.close()

@@ -19,7 +19,7 @@ from flux2_lora.webui.tabs import Shared
 from flux2_lora.webui.tabs.runs import create_runs_tab
 from flux2_lora.webui.tabs.test_lora import create_test_tab
 from flux2_lora.webui.tabs.train import create_train_tab
-from flux2_lora.webui.widgets import CSS
+from flux2_lora.webui.widgets import CSS, PAGE_JS
 
 # Fonts installed on the machine: the page works offline (Gradio's default fetches web fonts).
 THEME = gr.themes.Default(
@@ -45,8 +45,8 @@ def build_app(paths: AppPaths | str = "runs") -> gr.Blocks:
         with gr.Tabs(selected="train", elem_id="tabs") as tabs:
             shared = Shared(actions, demo, tabs, run_dir, runs_changed)
             for tab_id, title, create in TABS:
-                with gr.Tab(title, id=tab_id, elem_id=f"tab-{tab_id}"):
-                    create(shared)
+                with gr.Tab(title, id=tab_id, elem_id=f"tab-{tab_id}") as tab:
+                    create(shared, tab)
         register_api(actions)
     return demo
 
@@ -70,6 +70,7 @@ def launch(
         share=share,
         auth=auth,
         css=CSS,
+        js=PAGE_JS,
         theme=THEME,
         allowed_paths=[str(paths.runs)],
         max_file_size=paths.max_upload_bytes,

@@ -61,13 +61,15 @@ def _host_line(host: dict[str, Any], where: str) -> str:
     return f"{where}: host RAM peak {gib(host.get('peak_gib'))}{of} ({verdict})"
 
 
-def verdict_html(result: dict[str, Any], rev: str) -> str:
-    """The estimate panel head: verdict colour on the chosen GPU; data-rev lets tests see each update."""
+def verdict_html(result: dict[str, Any], rev: str, field_errors: dict[str, str] | None = None) -> str:
+    """The estimate panel head: verdict colour on the chosen GPU; data-rev lets tests see each update,
+    data-errors carries the field errors the page shows at their widgets (widgets.PAGE_JS)."""
+    attrs = f'data-rev="{rev}" data-errors="{esc(json.dumps(field_errors or {}))}"'
     if not result.get("available"):
         msg = esc(result.get("message", "estimate unavailable"))
         unknown = not (result.get("model") or {}).get("ok", True)
         cls = "unknown" if unknown else ("error" if result.get("errors") else "unavailable")
-        return f'<div id="estimate-verdict" class="verdict {cls}" data-rev="{rev}" data-verdict="{cls}">{msg}</div>'
+        return f'<div id="estimate-verdict" class="verdict {cls}" {attrs} data-verdict="{cls}">{msg}</div>'
     r = result["report"]
     host = r.get("host") or {}
     model = (result.get("model") or {}).get("title", "")
@@ -97,7 +99,7 @@ def verdict_html(result: dict[str, Any], rev: str) -> str:
             _host_line(here["host"], "Start on this machine trains on its CPU (no GPU found)")
         )
     return (
-        f'<div id="estimate-verdict" class="verdict {verdict}" data-rev="{rev}" data-verdict="{verdict}">'
+        f'<div id="estimate-verdict" class="verdict {verdict}" {attrs} data-verdict="{verdict}">'
         f'<div class="verdict-head">{head}</div><div class="verdict-sub">{sub}</div></div>'
     )
 

@@ -1,8 +1,8 @@
 """Gradio widgets built from :mod:`flux2_lora.webui.schema`, one per config field, found by field path.
 
 Numbers are plain number boxes with no range of their own: the schema's bounds are checked by the same
-validation the CLI uses, and a refused value shows its message at the widget (:meth:`Form.error_updates`),
-so what the widget displays is what runs.
+validation the CLI uses, and a refused value shows its message at the widget (:data:`PAGE_JS`), so what
+the widget displays is what runs.
 """
 
 from __future__ import annotations
@@ -79,22 +79,41 @@ class Form:
         values = values_from_config(config)
         return {w: values[p] for p, w in self.widgets.items()}
 
-    def error_updates(
-        self, errors: dict[str, str], shown: dict[str, str]
-    ) -> dict[gr.components.Component, Any]:
-        """Updates that show each field's error at its widget and clear the ones no longer wrong; only
-        widgets whose message changed are touched."""
-        out: dict[gr.components.Component, Any] = {}
-        for path in set(errors) | set(shown):
-            if path not in self.widgets or errors.get(path) == shown.get(path):
-                continue
-            if path in errors:
-                out[self.widgets[path]] = gr.update(
-                    info=f"✘ {errors[path]} — {info_text(self.specs[path])}", elem_classes=["field-invalid"]
-                )
-            else:
-                out[self.widgets[path]] = gr.update(info=info_text(self.specs[path]), elem_classes=[])
-        return out
+
+# Field errors are shown at their widgets by the page itself: the estimate panel carries them as JSON
+# (data-errors) and an observer marks the widgets whenever it changes. Sending the ~70 widgets as outputs
+# of every estimate instead would cost each refresh ~40 ms of rendering.
+PAGE_JS = """
+() => {
+  window.flux2ShowFieldErrors = () => {
+    const v = document.querySelector('#estimate-verdict');
+    let errs = {};
+    try { errs = JSON.parse((v && v.dataset.errors) || '{}'); } catch (e) {}
+    document.querySelectorAll('.field-error-msg').forEach(e => e.remove());
+    document.querySelectorAll('.field-invalid').forEach(e => e.classList.remove('field-invalid'));
+    for (const [path, msg] of Object.entries(errs)) {
+      const el = document.getElementById('field-' + path.replace('.', '-'));
+      if (!el) continue;
+      el.classList.add('field-invalid');
+      const d = document.createElement('div');
+      d.className = 'field-error-msg';
+      d.textContent = '\u2718 ' + msg;
+      el.appendChild(d);
+    }
+  };
+  const watch = () => {
+    const panel = document.querySelector('#estimate-panel');
+    if (!panel) { setTimeout(watch, 100); return; }
+    new MutationObserver(() => window.flux2ShowFieldErrors()).observe(
+      panel, {subtree: true, childList: true, attributes: true, attributeFilter: ['data-errors']});
+    window.flux2ShowFieldErrors();
+  };
+  watch();
+}
+"""
+SHOW_FIELD_ERRORS_SOON = (
+    "() => { setTimeout(() => window.flux2ShowFieldErrors && window.flux2ShowFieldErrors(), 50); }"
+)
 
 
 CSS = """
@@ -114,7 +133,7 @@ CSS = """
 .warning-fix { color: #92400e; font-size: 0.9em; }
 #form-errors { border-left: 4px solid #dc2626; padding-left: 8px; }
 .field-invalid input, .field-invalid textarea { border-color: #dc2626 !important; }
-.field-invalid [data-testid="block-info"], .field-invalid .info { color: #b91c1c !important; }
+.field-error-msg { color: #b91c1c; font-size: 0.9em; margin-top: 4px; }
 #start-reason { color: #b91c1c; }
 /* Small demo images are shown enlarged with their pixels, not blurred; thumbnails keep a sane size. */
 #samples img, #test-image img { image-rendering: pixelated; }

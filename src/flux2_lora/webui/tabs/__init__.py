@@ -1,4 +1,4 @@
-"""One module per tab: ``create_<tab>(shared)`` builds its components, wires its own events and returns
+"""One module per tab: ``create_<tab>(shared, tab)`` builds its components, wires its own events and returns
 the components other tabs need (LLaMA-Factory's layout). Cross-tab signals travel through :class:`Shared`."""
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ FINAL = ("finished", "failed", "stopped")
 METRIC_COLUMNS = ["step", "loss", "lr", "sec_per_step", "eta_s", "gpu_mem_gib", "rss_gib"]
 
 
-def create_runs_tab(shared: Shared) -> dict[str, Any]:
+def create_runs_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
     c: dict[str, Any] = {}
     with gr.Row():
         c["pick"] = gr.Dropdown([], value=None, label="Run", elem_id="run-pick", scale=3)
@@ -55,6 +55,7 @@ def create_runs_tab(shared: Shared) -> dict[str, Any]:
         c["table"] = gr.Dataframe(
             headers=["run", "state", "step", "of", "LoRA"], interactive=False, elem_id="runs-table"
         )
+    c["tab"] = tab
     _wire(shared, c)
     return c
 
@@ -87,6 +88,10 @@ def memory_frame(metrics: list[dict[str, Any]], estimate: dict[str, Any]) -> pd.
                 )
     frame = pd.DataFrame(rows, columns=["step", "GiB", "series"])
     return frame.astype({"step": float, "GiB": float})
+
+
+def _phase(state: Any) -> str:
+    return "final" if state in FINAL else "pending" if state in ("none", "starting", None) else "live"
 
 
 def _plot(frame: pd.DataFrame) -> pd.DataFrame | None:
@@ -151,7 +156,13 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
         return {c["table"]: table, c["pick"]: pick}
 
     gr.on(
-        [c["refresh"].click, shared.blocks.load, shared.runs_changed.change, c["pick"].focus],
+        [
+            c["refresh"].click,
+            shared.blocks.load,
+            shared.runs_changed.change,
+            c["pick"].focus,
+            c["tab"].select,
+        ],
         lambda rd: runs_lists(rd),
         shared.run_dir,
         [c["table"], c["pick"]],
@@ -197,11 +208,9 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
         if sig == sig0:
             return skip(tick_outputs)
         out: dict[Any, Any] = {last_sig: sig}
-        # A run that just ended (or began) changes what the lists show.
-        was_final = bool(sig0) and sig0[0] in FINAL
-        if sig0 is not None and bool(snap.get("final")) != was_final:
+        # A run that just got its status (so it is listed) or just ended changes what the lists show.
+        if sig0 is not None and _phase(sig0[0]) != _phase(snap.get("state")):
             out[shared.runs_changed] = data[shared.runs_changed] + 1
-        # Numbers as numbers: a column holding None would otherwise plot as categories.
         mdf = (
             pd.DataFrame(metrics, columns=METRIC_COLUMNS).apply(pd.to_numeric, errors="coerce").astype(float)
         )

@@ -10,7 +10,7 @@ from flux2_lora.webui import render
 from flux2_lora.webui.tabs import PRIVATE, Shared, skip
 
 
-def create_test_tab(shared: Shared) -> dict[str, Any]:
+def create_test_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
     c: dict[str, Any] = {}
     c["lora"] = gr.Dropdown([], value=None, label="LoRA (finished runs)", elem_id="test-lora")
     c["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="test-prompt")
@@ -30,6 +30,7 @@ def create_test_tab(shared: Shared) -> dict[str, Any]:
         label="Result", type="filepath", height=512, elem_id="test-image", buttons=["download", "fullscreen"]
     )
     c["msg"] = gr.Markdown(elem_id="test-message")
+    c["tab"] = tab
     _wire(shared, c)
     return c
 
@@ -44,7 +45,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
         return gr.update(choices=choices, value=keep)
 
     gr.on(
-        [shared.blocks.load, shared.runs_changed.change, c["lora"].focus],
+        [shared.blocks.load, shared.runs_changed.change, c["lora"].focus, c["tab"].select],
         loras,
         c["lora"],
         c["lora"],

@@ -7,6 +7,7 @@ in a second event, so the verdict never waits for it.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import gradio as gr
@@ -16,7 +17,7 @@ from flux2_lora.config import DTYPE_TO_MIXED
 from flux2_lora.webui import configs, render
 from flux2_lora.webui.schema import SECTION_TITLES, form_fields, section_docs
 from flux2_lora.webui.tabs import PRIVATE, Shared, skip
-from flux2_lora.webui.widgets import Form
+from flux2_lora.webui.widgets import SHOW_FIELD_ERRORS_SOON, Form
 
 MAX_RECS = 4
 MAX_FIXES = 4
@@ -32,7 +33,7 @@ DATASET_KEYS = (
 )
 
 
-def create_train_tab(shared: Shared) -> dict[str, Any]:
+def create_train_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
     acts = shared.actions
     initial = configs.initial_dict()
     values = {s.path: v for s, v in zip(form_fields(), _values(initial))}
@@ -88,7 +89,8 @@ def create_train_tab(shared: Shared) -> dict[str, Any]:
                         )
                         c["dataset_info"] = gr.Markdown(elem_id="dataset-check")
                     if any(s.advanced for s in specs):
-                        with gr.Accordion("Advanced", open=False):
+                        with gr.Accordion("Advanced", open=False) as adv:
+                            adv.expand(None, js=SHOW_FIELD_ERRORS_SOON, **PRIVATE)
                             for s in specs:
                                 if s.advanced:
                                     form.add(s, values[s.path])
@@ -139,9 +141,10 @@ def _values(config: dict[str, Any]) -> list[Any]:
 
 def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
     acts = shared.actions
-    fixes_state, recs_state, shown = gr.State([]), gr.State([]), gr.State({})
+    fixes_state, recs_state = gr.State([]), gr.State([])
     dataset_state = gr.State(None)
-    alpha_linked = gr.State(True)
+    # A hidden checkbox rather than a State: the page's own JS reads it (no round trip per keystroke).
+    alpha_linked = gr.Checkbox(True, visible=False, elem_id="alpha-linked")
 
     # ---- estimate on every change (fast), then the fixes that make it fit ------------------------------
     def on_estimate(data: dict[Any, Any]) -> dict[Any, Any]:
@@ -153,7 +156,7 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         fixes = [w for w in r["warnings"] if w.get("overrides")][:MAX_FIXES]
         model = r.get("model") or {}
         out: dict[Any, Any] = {
-            c["verdict"]: render.verdict_html(r, render.digest([config, data[c["gpu"]]])),
+            c["verdict"]: render.verdict_html(r, render.digest([config, data[c["gpu"]]]), errors),
             c["warnings"]: render.warnings_html(r["warnings"]),
             c["breakdown"]: render.breakdown_markdown(r),
             c["errors"]: render.errors_markdown(r["errors"]),
@@ -164,20 +167,18 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
             if r["can_start"]
             else f"Start is disabled: {render.esc(r['start_reason'])}",
             fixes_state: [w["overrides"] for w in fixes],
-            shown: errors,
             **{
                 b: gr.update(
                     visible=i < len(fixes), value=render.warning_fix_label(fixes[i]) if i < len(fixes) else ""
                 )
                 for i, b in enumerate(c["fix_btns"])
             },
-            **form.error_updates(errors, data[shown]),
         }
         return out
 
     def on_recommend(data: dict[Any, Any]) -> dict[Any, Any]:
         config = form.config(data)
-        recs = acts.recommend(config, data[c["gpu"]] or "")[:MAX_RECS] if not data[shown] else []
+        recs = acts.recommend(config, data[c["gpu"]] or "")[:MAX_RECS]
         return {
             recs_state: [r["overrides"] for r in recs],
             **{
@@ -190,12 +191,12 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
 
     est_outputs = [
         c["verdict"], c["warnings"], c["breakdown"], c["errors"], c["model_info"], c["start"], c["preflight"],
-        c["start_reason"], fixes_state, shown, *c["fix_btns"], *form.components,
+        c["start_reason"], fixes_state, *c["fix_btns"],
     ]  # fmt: skip
     gr.on(
         [w.change for w in form.components] + [c["gpu"].change, dataset_state.change, shared.blocks.load],
         on_estimate,
-        inputs={*form.inputs, c["gpu"], dataset_state, shown},
+        inputs={*form.inputs, c["gpu"], dataset_state},
         outputs=est_outputs,
         trigger_mode="always_last",
         show_progress="hidden",
@@ -203,7 +204,7 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         **PRIVATE,
     ).then(
         on_recommend,
-        inputs={*form.inputs, c["gpu"], shown},
+        inputs={*form.inputs, c["gpu"]},
         outputs=[recs_state, *c["rec_btns"]],
         trigger_mode="always_last",
         show_progress="hidden",
@@ -225,21 +226,21 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         **PRIVATE,
     )
 
-    # ---- derived fields: mixed precision follows the dtype; alpha follows the rank until edited -------
+    # ---- derived fields, in the page: mixed precision follows the dtype; alpha follows the rank until
+    # the user edits alpha (presets and templates relink it when they set alpha = rank).
+    to_mixed = json.dumps(DTYPE_TO_MIXED)
     form["model.dtype"].change(
-        lambda d: DTYPE_TO_MIXED.get(d, "auto"), form["model.dtype"], form["training.mixed_precision"],
-        show_progress="hidden", **PRIVATE,
+        None, form["model.dtype"], form["training.mixed_precision"],
+        js=f"(d) => ({to_mixed})[d] || 'auto'", **PRIVATE,
     )  # fmt: skip
     form["lora.rank"].change(
-        lambda rank, linked: rank if linked else gr.skip(),
-        [form["lora.rank"], alpha_linked],
-        form["lora.alpha"],
-        show_progress="hidden",
-        **PRIVATE,
-    )
+        None, [form["lora.rank"], alpha_linked, form["lora.alpha"]], form["lora.alpha"],
+        js="(rank, linked, alpha) => linked ? rank : alpha", **PRIVATE,
+    )  # fmt: skip
     form["lora.alpha"].input(
-        lambda alpha, rank: alpha == rank, [form["lora.alpha"], form["lora.rank"]], alpha_linked, **PRIVATE
-    )
+        None, [form["lora.alpha"], form["lora.rank"]], alpha_linked,
+        js="(alpha, rank) => alpha === rank", **PRIVATE,
+    )  # fmt: skip
 
     # ---- dataset check and upload -------------------------------------------------------------------
     ds_widgets = [form[f"dataset.{k}"] for k in DATASET_KEYS]
