@@ -19,7 +19,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from tests.webui.browser import MEASURE_JS, launch_browser, open_page, rev, wait_new_estimate  # noqa: E402
+from tests.webui.browser import (  # noqa: E402
+    MEASURE_JS,
+    launch_browser,
+    open_page,
+    rev,
+    set_field,
+    wait_new_estimate,
+)
 from tests.webui.conftest import free_port  # noqa: E402
 
 from flux2_lora.webui.app import launch  # noqa: E402
@@ -28,6 +35,11 @@ WARMUP = 3
 
 
 def measure(page, n: int) -> list[float]:  # type: ignore[no-untyped-def]
+    # Alpha follows rank until edited: edit it once, so each rank change is exactly one estimate.
+    before = rev(page)
+    alpha = float(page.locator("#field-lora-alpha input").input_value() or 0)
+    set_field(page, "lora.alpha", f"{alpha + 1:g}")
+    wait_new_estimate(page, before)
     sel = "#field-lora-rank input"
     times = []
     for i in range(n + WARMUP):

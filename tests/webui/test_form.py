@@ -128,3 +128,13 @@ def test_presets_from_defaults_keep_model_data_and_output(name: str) -> None:
         and c["output"]["dir"] == "runs/mine"
     )
     assert all(ch["old"] != ch["new"] for ch in r["changes"])
+
+
+def test_the_gpu_defaults_to_the_local_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from flux2_lora import memory
+
+    card = memory.Gpu("local: NVIDIA H200", 139.8)
+    monkeypatch.setattr(memory, "local_gpu", lambda: card)
+    assert configs.gpu_choices()[0] == card.name
+    r = configs.estimate(AppPaths.create(tmp_path / "runs", [tmp_path]), {}, None, with_recommendations=False)
+    assert r["report"]["gpu"]["name"] == card.name and "here" not in r["report"]

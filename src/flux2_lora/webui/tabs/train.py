@@ -20,6 +20,16 @@ from flux2_lora.webui.tabs import PRIVATE, Shared, skip
 from flux2_lora.webui.widgets import SHOW_FIELD_ERRORS_SOON, Form
 
 MAX_RECS = 4
+SETTLE_MS = 250
+# The estimate revision if it has not changed for SETTLE_MS, else "" (a newer estimate is on its way).
+SETTLED_REV = f"""
+async () => {{
+  const rev = () => document.querySelector('#estimate-verdict')?.dataset.rev || '';
+  const r0 = rev();
+  await new Promise(r => setTimeout(r, {SETTLE_MS}));
+  return rev() === r0 ? r0 : '';
+}}
+"""
 MAX_FIXES = 4
 OPEN_SECTIONS = ("model", "dataset", "lora", "training", "memory", "output")
 DATASET_KEYS = (
@@ -142,6 +152,7 @@ def _values(config: dict[str, Any]) -> list[Any]:
 def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
     acts = shared.actions
     fixes_state, recs_state = gr.State([]), gr.State([])
+    rec_token = gr.Textbox(visible=False, elem_id="rec-token")
     dataset_state = gr.State(None)
     # A hidden checkbox rather than a State: the page's own JS reads it (no round trip per keystroke).
     alpha_linked = gr.Checkbox(True, visible=False, elem_id="alpha-linked")
@@ -177,6 +188,8 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         return out
 
     def on_recommend(data: dict[Any, Any]) -> dict[Any, Any]:
+        if not data[rec_token]:
+            return skip([recs_state, *c["rec_btns"]])  # the user is still typing: a newer estimate follows
         config = form.config(data)
         recs = acts.recommend(config, data[c["gpu"]] or "")[:MAX_RECS]
         return {
@@ -203,8 +216,15 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         queue=False,
         **PRIVATE,
     ).then(
+        # The search for fixes costs tens of ms on a config that does not fit: it waits until the estimate
+        # has been still for a moment, so it never slows the verdict while the user types.
+        None,
+        outputs=rec_token,
+        js=SETTLED_REV,
+        **PRIVATE,
+    ).then(
         on_recommend,
-        inputs={*form.inputs, c["gpu"]},
+        inputs={*form.inputs, c["gpu"], rec_token},
         outputs=[recs_state, *c["rec_btns"]],
         trigger_mode="always_last",
         show_progress="hidden",
