@@ -15,6 +15,7 @@ Then σ ≈ u on the scheduler's 1000-step grid, and optionally shifted:
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from typing import Any
@@ -85,3 +86,69 @@ def draws_cached(t: Any, image_tokens: int, draws: int) -> list[float]:
 def image_tokens_for(resolution: int) -> int:
     """FLUX.2: VAE /8, then 2×2 patches → one token per 16×16 pixels."""
     return (resolution // 16) ** 2
+
+
+def _normal_pdf(x: float) -> float:
+    return math.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
+def _u_density(t: Any, u: float) -> float:
+    """Density of u (σ before any shift) at u, for the scheme of ``t``."""
+    scheme = t.timestep_sampling
+    if scheme in ("logit_normal", "sigmoid"):
+        mean, std = (t.logit_mean, t.logit_std) if scheme == "logit_normal" else (0.0, t.sigmoid_scale)
+        return _normal_pdf((math.log(u / (1 - u)) - mean) / std) / (std * u * (1 - u))
+    if scheme == "mode":
+        return _mode_density(t.mode_scale, u)
+    return 1.0
+
+
+def _mode_density(s: float, x: float) -> float:
+    """u = f(v) = 1 − v − s(cos²(πv/2) − 1 + v) with v ~ U(0, 1): the sum of 1/|f'(v)| over the v with
+    f(v) = x, found by bisection on f's monotone pieces (f' = 0 where sin(πv) = (1 + s)/(sπ/2))."""
+
+    def f(v: float) -> float:
+        return 1 - v - s * (math.cos(math.pi * v / 2) ** 2 - 1 + v)
+
+    def df(v: float) -> float:
+        return -1 - s + s * math.pi / 2 * math.sin(math.pi * v)
+
+    cuts = [0.0, 1.0]
+    if s:
+        c = (1 + s) / (s * math.pi / 2)
+        if 0 < c < 1:
+            a = math.asin(c) / math.pi
+            cuts = [0.0, a, 1 - a, 1.0]
+    total = 0.0
+    for lo, hi in itertools.pairwise(cuts):
+        flo, fhi = f(lo) - x, f(hi) - x
+        if flo * fhi > 0:
+            continue
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            fm = f(mid) - x
+            if (fm > 0) == (flo > 0):
+                lo, flo = mid, fm
+            else:
+                hi = mid
+        slope = abs(df((lo + hi) / 2))
+        total += 1 / slope if slope > 1e-12 else math.inf
+    return total
+
+
+def density_curve(t: Any, image_tokens: int, points: int = 120) -> list[tuple[float, float]]:
+    """The probability density of training σ at ``points`` evenly spaced σ in (0, 1), exact: the scheme's
+    density of u carried through the shift σ = s·u / (1 + (s − 1)·u) by a change of variables (the
+    resolution shift is that formula with s = e^μ). The 1000-step grid of :func:`quantize` is ignored."""
+    if t.timestep_shift == "fixed":
+        s = float(t.shift)
+    elif t.timestep_shift == "resolution":
+        s = math.exp(mu_for_tokens(image_tokens))
+    else:
+        s = 1.0
+    out = []
+    for i in range(points):
+        y = (i + 0.5) / points
+        d = s - (s - 1) * y
+        out.append((y, _u_density(t, y / d) * s / (d * d)))
+    return out

@@ -1,4 +1,7 @@
-"""Shared Playwright helpers: Chromium from the system (scripts/install_browser.sh), no playwright install."""
+"""Shared Playwright helpers: Chromium from the system (scripts/install_browser.sh), no playwright install.
+
+Tests wait on what the page shows (data-* attributes the UI renders, element states), never on time.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,9 @@ import shutil
 from typing import Any
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+VIEWPORT = {"width": 1440, "height": 1000}
 
-# Changes a slider in the page and resolves with the ms until the estimate panel shows a new revision.
+# Changes a number field in the page and resolves with the ms until the estimate panel shows a new revision.
 MEASURE_JS = """
 async ([sel, val]) => {
   const panel = () => document.querySelector('#estimate-verdict');
@@ -34,5 +38,56 @@ def launch_browser(p: Any) -> Any:
     return p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
 
 
-def field(page: Any, section: str, key: str, kind: str = "input") -> Any:
-    return page.locator(f"#field-{section}-{key} {kind}").first
+def field(page: Any, path: str) -> Any:
+    """The input of a config field's widget, by field path ("training.max_steps"); its section (or the
+    section's Advanced fold) is opened first when it starts closed."""
+    from flux2_lora.webui.schema import form_fields
+
+    section, key = path.split(".")
+    box = page.locator(f"#field-{section}-{key}").locator("input, textarea").first
+    if not box.is_visible():
+        spec = next(s for s in form_fields() if s.path == path)
+        heads = page.locator(f"#section-{section} .label-wrap")
+        if not heads.first.evaluate("e => e.classList.contains('open')"):
+            heads.first.click()
+        advanced = heads.filter(has_text="Advanced").first
+        if spec.advanced and not advanced.evaluate("e => e.classList.contains('open')"):
+            advanced.click()
+        box.wait_for(state="visible", timeout=10_000)
+    return box
+
+
+def rev(page: Any) -> str:
+    return str(page.locator("#estimate-verdict").get_attribute("data-rev"))
+
+
+def wait_new_estimate(page: Any, before: str, timeout: float = 30_000) -> None:
+    page.wait_for_function(
+        "b => document.querySelector('#estimate-verdict')?.dataset.rev !== b", arg=before, timeout=timeout
+    )
+
+
+def open_page(browser: Any, url: str) -> Any:
+    page = browser.new_page(viewport=VIEWPORT)
+    page.goto(url)
+    page.wait_for_function("document.querySelector('#estimate-verdict')?.dataset.rev", timeout=60_000)
+    return page
+
+
+def set_field(page: Any, path: str, value: str) -> None:
+    """Type a value as a user would (the estimate follows on its own)."""
+    box = field(page, path)
+    box.fill(value)
+    box.press("Tab")
+
+
+def choose(page: Any, elem_id: str, label: str) -> None:
+    """Pick an option of a dropdown by its label."""
+    page.click(f"#{elem_id} input")
+    page.locator(f'[role=option][aria-label="{label}"]').first.click()
+
+
+def in_viewport(page: Any, selector: str) -> bool:
+    box = page.locator(selector).bounding_box()
+    vp = page.viewport_size
+    return bool(box) and box["y"] >= 0 and box["y"] + min(box["height"], 60) <= vp["height"]

@@ -1,13 +1,23 @@
-"""The web UI on a free port in a background thread, with its runs folder in a temp dir."""
+"""The web UI on a free port in a background thread, with its runs and data folders in a temp dir.
+
+Every trainer, pre-flight or generation the UI starts during a test is stopped when the test ends
+(:func:`stop_ui_processes`), so no test leaves a process behind for the next one.
+"""
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
 import pytest
 
 gr = pytest.importorskip("gradio")
+
+# Trainers started by the UI inherit this: one intra-op thread each, so a demo run on a loaded 2-core
+# machine is not slowed down further by oversubscription (torch's default is one thread per core).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 def free_port() -> int:
@@ -22,12 +32,36 @@ def ui_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ui_url(ui_runs: Path, demo_home: Path):  # type: ignore[no-untyped-def]
+def ui_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The UI's one --data-dir."""
+    return tmp_path_factory.mktemp("ui-data")
+
+
+@pytest.fixture(scope="session")
+def ui_url(ui_runs: Path, ui_data: Path, demo_home: Path):  # type: ignore[no-untyped-def]
+    from flux2_lora.webui import monitor
     from flux2_lora.webui.app import launch
 
-    demo_app, url = launch(str(ui_runs), port=free_port(), prevent_thread_lock=True, quiet=True)
+    demo_app, url = launch(
+        str(ui_runs),
+        port=free_port(),
+        data_dirs=[str(ui_data)],
+        max_upload_bytes=1 << 20,
+        prevent_thread_lock=True,
+        quiet=True,
+    )
     yield url.rstrip("/")
+    monitor.stop_all()
     demo_app.close()
+
+
+@pytest.fixture(autouse=True)
+def stop_ui_processes():  # type: ignore[no-untyped-def]
+    """Stop every process a UI action of this test launched (trainers included)."""
+    yield
+    from flux2_lora.webui import monitor
+
+    monitor.stop_all()
 
 
 @pytest.fixture(scope="session")
@@ -40,13 +74,13 @@ def client(ui_url: str):  # type: ignore[no-untyped-def]
     return Client(ui_url, verbose=False, download_files=False)
 
 
-def tiny_run_config(name: str) -> dict:
-    """Quickstart shrunk to a few seconds, with samples so the gallery has something to show."""
-    from flux2_lora.webui import actions
+def tiny_run_config(name: str, steps: int = 6) -> dict:
+    """Quickstart shrunk to a few steps, with samples so the gallery has something to show."""
+    from flux2_lora.webui import configs
 
-    cfg = actions.apply_preset(actions.default_dict_copy(), "quickstart")["config"]
-    cfg["training"].update(max_steps=10, warmup_steps=0)
-    cfg["validation"].update(enabled=True, every_n_steps=5, num_inference_steps=2)
-    cfg["output"].update(dir=f"runs/{name}", checkpoint_every=5)
+    cfg = configs.apply_preset(configs.default_dict(), "quickstart")["config"]
+    cfg["training"].update(max_steps=steps, warmup_steps=0)
+    cfg["validation"].update(enabled=True, every_n_steps=3, num_inference_steps=2)
+    cfg["output"].update(dir=f"runs/{name}", checkpoint_every=3)
     cfg["logging"].update(tensorboard=False, log_every=1)
     return cfg

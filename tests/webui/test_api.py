@@ -2,68 +2,90 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from flux2_lora.config import DTYPE_TO_MIXED
+from flux2_lora.webui.actions import API
 from tests.helpers import wait_for
 from tests.webui.conftest import tiny_run_config
 
 pytest.importorskip("gradio_client")
 
 
-def test_endpoints_are_named(client) -> None:  # type: ignore[no-untyped-def]
+def test_every_action_is_a_named_endpoint(client) -> None:  # type: ignore[no-untyped-def]
     names = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    for name in (
-        "estimate",
-        "apply_preset",
-        "check_dataset",
-        "start_run",
-        "run_status",
-        "stop_run",
-        "list_runs",
-        "generate",
-        "download_lora",
-    ):
+    for name in (*API, "upload_dataset", "download_lora", "download_file"):
         assert f"/{name}" in names
 
 
 def test_estimate_and_gpu_verdict(client) -> None:  # type: ignore[no-untyped-def]
     r = client.predict({}, "", api_name="/estimate")
-    assert r["ok"] and r["available"], r
+    assert r["ok"] and r["available"] and r["can_start"], r
     rep = r["report"]
     assert rep["total_gib"] > 0 and rep["gpu"]["verdict"] in ("fits", "tight", "does_not_fit")
     bigger = client.predict({"lora": {"rank": 128}}, "", api_name="/estimate")["report"]
     assert bigger["trainable_params"] > rep["trainable_params"]
 
 
+def test_a_config_that_does_not_fit_gets_fixes(client) -> None:  # type: ignore[no-untyped-def]
+    dev = client.predict({}, "dev", api_name="/apply_preset")["config"]
+    r = client.predict(dev, "24", api_name="/estimate")
+    assert r["report"]["gpu"]["verdict"] == "does_not_fit"
+    recs = client.predict(dev, "24", api_name="/recommend")
+    assert recs and all(x["overrides"] for x in recs)
+
+
 def test_invalid_input_gets_field_errors(client) -> None:  # type: ignore[no-untyped-def]
     bad = {"lora": {"rank": 0}, "dataset": {"resolution": 100}, "training": {"optimizer": "nope"}}
     r = client.predict(bad, "", api_name="/estimate")
-    paths = {e["field"] for e in r["errors"]}
-    assert {"lora.rank", "dataset.resolution", "training.optimizer"} <= paths
+    assert {"lora.rank", "dataset.resolution", "training.optimizer"} <= {e["field"] for e in r["errors"]}
+    assert not r["can_start"]
     r = client.predict(bad, "", api_name="/start_run")
     assert not r["ok"] and {"lora.rank", "dataset.resolution"} <= {e["field"] for e in r["errors"]}
-    # a run folder outside the runs dir is refused (the UI serves only that folder)
     r = client.predict({"output": {"dir": "/etc/evil"}}, "", api_name="/start_run")
-    assert not r["ok"] and r["errors"][0]["field"] == "output.dir"
-
-
-def test_presets_merge_into_current_values(client) -> None:  # type: ignore[no-untyped-def]
-    r = client.predict({"lora": {"rank": 8}, "model": {"dtype": "float32"}}, "Fast", api_name="/apply_preset")
-    assert r["ok"]
-    cfg = r["config"]
-    assert cfg["model"]["dtype"] == "float32" and cfg["training"]["mixed_precision"] == "no"  # follows dtype
-    low = client.predict(cfg, "Low VRAM", api_name="/apply_preset")["config"]
-    assert low != cfg and low["training"]["mixed_precision"] == DTYPE_TO_MIXED.get(
-        low["model"]["dtype"], "auto"
+    assert (
+        not r["ok"] and r["errors"][0]["field"] == "output.dir" and "--runs-dir" in r["errors"][0]["message"]
     )
-    r2 = client.predict(cfg, "style", api_name="/apply_preset")
-    assert r2["ok"] and r2["config"] != cfg
-    assert client.predict({}, "no-such", api_name="/apply_preset")["ok"] is False
+
+
+def test_unknown_model_gets_no_estimate_and_no_start(client) -> None:  # type: ignore[no-untyped-def]
+    cfg = {"model": {"path": "someone/some-model"}}
+    r = client.predict(cfg, "", api_name="/estimate")
+    assert not r["available"] and not r["can_start"] and "unknown model" in r["message"]
+    assert r["errors"][0]["field"] == "model.path"
+    s = client.predict({**tiny_run_config("unknown-model"), **cfg}, "", api_name="/start_run")
+    assert not s["ok"] and s["errors"][0]["field"] == "model.path"
+
+
+def test_warnings_come_with_fixes(client) -> None:  # type: ignore[no-untyped-def]
+    cfg = client.predict({}, "klein-4b", api_name="/apply_preset")["config"]
+    cfg["training"]["learning_rate"] = 5e-4
+    r = client.predict(cfg, "", api_name="/estimate")
+    lr = [w for w in r["warnings"] if w["field"] == "training.learning_rate"]
+    assert lr and lr[0]["fix"] and lr[0]["overrides"] == {"training.learning_rate": 1e-4}
+
+
+def test_presets_show_what_they_change_and_do_not_stack_unasked(client) -> None:  # type: ignore[no-untyped-def]
+    low = client.predict({"model": {"dtype": "float32"}}, "Low VRAM", False, api_name="/apply_preset")
+    assert low["ok"] and low["config"]["memory"]["quantization"] == "nf4"
+    changed = {c["field"]: c for c in low["changes"]}
+    assert changed["memory.quantization"]["old"] == "none" and changed["memory.quantization"]["new"] == "nf4"
+    cfg = low["config"]
+    assert cfg["training"]["mixed_precision"] == DTYPE_TO_MIXED[cfg["model"]["dtype"]]  # follows dtype
+    # Character after Low VRAM starts from the defaults: no NF4, offload or accumulation 8 left behind ...
+    char = client.predict(cfg, "character", False, api_name="/apply_preset")
+    assert char["config"]["memory"]["quantization"] == "none"
+    assert char["config"]["training"]["gradient_accumulation_steps"] == 1
+    assert {"memory.quantization", "memory.cpu_offload", "lora.rank"} <= {c["field"] for c in char["changes"]}
+    # ... unless asked to stack; model presets always go on top of the current values.
+    stacked = client.predict(cfg, "character", True, api_name="/apply_preset")["config"]
+    assert stacked["memory"]["quantization"] == "nf4" and stacked["lora"]["rank"] == 32
+    dev = client.predict(stacked, "dev", False, api_name="/apply_preset")["config"]
+    assert dev["model"]["variant"] == "dev" and dev["memory"]["quantization"] == "nf4"
+    assert client.predict({}, "no-such", False, api_name="/apply_preset")["ok"] is False
 
 
 def test_dataset_check(client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -71,20 +93,25 @@ def test_dataset_check(client, tmp_path: Path) -> None:  # type: ignore[no-untyp
         {"dataset": {"path": "demo", "resolution": 64, "bucketing": True, "trigger_word": "zzz"}},
         api_name="/check_dataset",
     )
-    assert r["ok"] and r["report"]["num_items"] > 0
+    assert r["ok"] and r["num_images"] == r["report"]["num_items"] > 0 and r["upscaled"] == []
     assert r["buckets"] and r["trigger"]  # 'zzz' appears in no caption
+    big = client.predict({"dataset": {"path": "demo", "resolution": 512}}, api_name="/check_dataset")
+    assert len(big["upscaled"]) == big["num_images"]  # 128 px demo images at 512 px
     missing = client.predict({"dataset": {"path": str(tmp_path / "nope")}}, api_name="/check_dataset")
     assert not missing["ok"] and missing["message"]
 
 
-def test_templates_roundtrip(client) -> None:  # type: ignore[no-untyped-def]
+def test_templates_are_read_from_disk(client, ui_runs: Path) -> None:  # type: ignore[no-untyped-def]
     assert client.predict({"lora": {"rank": 24}}, "mine", api_name="/save_template")["ok"]
     r = client.predict("mine", api_name="/load_template")
     assert r["ok"] and r["config"]["lora"]["rank"] == 24
     assert not client.predict({}, "../x", api_name="/save_template")["ok"]
+    # A template written by someone else (the CLI, another tab) shows up without a restart.
+    (ui_runs / "templates" / "from-disk.yaml").write_text("lora:\n  rank: 12\n")
+    assert "from-disk" in client.predict(api_name="/list_templates")
 
 
-def test_demo_run_to_finished_and_download(client, ui_runs: Path) -> None:  # type: ignore[no-untyped-def]
+def test_demo_run_to_finished_download_and_generate(client, ui_runs: Path) -> None:  # type: ignore[no-untyped-def]
     r = client.predict(tiny_run_config("api-run"), "", api_name="/start_run")
     assert r["ok"], r
     run_dir = r["run_dir"]
@@ -97,9 +124,9 @@ def test_demo_run_to_finished_and_download(client, ui_runs: Path) -> None:  # ty
         last.update(client.predict(run_dir, api_name="/run_status"))
         return bool(last.get("final"))
 
-    assert wait_for(finished, timeout=240, interval=1.0), last
+    assert wait_for(finished, timeout=300, interval=0.5), last
     assert last["state"] == "finished", last
-    assert last["step"] == 10 and last["metrics"] and last["samples"]
+    assert last["step"] == 6 and last["metrics"] and last["samples"]
     runs = client.predict(api_name="/list_runs")
     assert any(x["run_dir"] == run_dir and x["lora"] for x in runs)
     filedata = client.predict(run_dir, api_name="/download_lora")
@@ -107,26 +134,29 @@ def test_demo_run_to_finished_and_download(client, ui_runs: Path) -> None:  # ty
     assert body.status_code == 200 and len(body.content) == Path(last["lora"]).stat().st_size
     # files outside the runs folder are not served
     assert client.predict("/etc/passwd", api_name="/download_file") is None
-    # the Test LoRA tab's endpoint
-    g = client.predict(last["lora"], "a red circle, sks style", 1.0, 2, 0, 64, 1.0, api_name="/generate")
+    # Test LoRA: the run's own settings by default, and a prompt starting with '-' is a prompt.
+    d = client.predict(last["lora"], api_name="/run_defaults")
+    assert (d["steps"], d["guidance"], d["resolution"]) == (2, 1.0, 64)
+    g = client.predict(last["lora"], "--help -a red circle", 1.0, 0, 0, 0, -1.0, api_name="/generate")
     assert g["ok"], g
-    assert Path(g["image"]).is_file()
+    assert Path(g["image"]).is_file() and (g["steps"], g["resolution"], g["guidance"]) == (2, 64, 1.0)
 
 
 def test_stop_run(client) -> None:  # type: ignore[no-untyped-def]
-    cfg = tiny_run_config("api-stop")
-    cfg["training"]["max_steps"] = 5000
+    cfg = tiny_run_config("api-stop", steps=5000)
     cfg["validation"]["enabled"] = False
+    cfg["output"]["checkpoint_every"] = 0
     r = client.predict(cfg, "", api_name="/start_run")
     assert r["ok"], r
     assert wait_for(
-        lambda: client.predict(r["run_dir"], api_name="/run_status")["state"] == "training", 120, 0.5
+        lambda: client.predict(r["run_dir"], api_name="/run_status")["state"] == "training", 180, 0.2
     )
-    assert client.predict(r["run_dir"], 20.0, api_name="/stop_run")["ok"]
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        s = client.predict(r["run_dir"], api_name="/run_status")
-        if s["final"]:
-            break
-        time.sleep(0.5)
-    assert s["state"] == "stopped", s
+    assert client.predict(r["run_dir"], 60.0, api_name="/stop_run")["ok"]
+    s: dict = {}
+
+    def final() -> bool:
+        s.update(client.predict(r["run_dir"], api_name="/run_status"))
+        return bool(s["final"])
+
+    assert wait_for(final, 120, 0.2), s
+    assert s["state"] == "stopped" and s["checkpoints"], s

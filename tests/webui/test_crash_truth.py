@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 from flux2_lora.hooks import HOLD_ENV
-from flux2_lora.webui import actions
+from flux2_lora.webui.actions import Actions
+from flux2_lora.webui.paths import AppPaths
 
 from ..helpers import sets, wait_for
 
@@ -17,6 +18,7 @@ from ..helpers import sets, wait_for
 def test_killed_trainer_shows_failed_in_the_ui_and_after_restart(tmp_path):  # type: ignore[no-untyped-def]
     runs_dir = tmp_path / "runs"
     out = runs_dir / "crash"
+    actions = Actions(AppPaths.create(runs_dir))
     args = (
         "training.max_steps=8",
         "training.warmup_steps=0",
@@ -39,23 +41,25 @@ def test_killed_trainer_shows_failed_in_the_ui_and_after_restart(tmp_path):  # t
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    assert wait_for((out / ".held-step").exists, timeout=120)
-    assert actions.run_status(str(out), str(runs_dir))["state"] == "training"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    snap = actions.run_status(str(out), str(runs_dir))  # the next poll
+    try:
+        assert wait_for((out / ".held-step").exists, timeout=120)
+        assert actions.run_status(str(out))["state"] == "training"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    snap = actions.run_status(str(out))  # the next poll
     assert snap["state"] == "failed" and "3/8" in snap["message"] and snap["final"]
     assert "training steps" in snap["log"]  # the log tail is shown with the failure
-    assert [r["state"] for r in actions.list_runs(str(runs_dir))] == ["failed"]
+    assert [r["state"] for r in actions.list_runs()] == ["failed"]
     # A UI restart is a new process reading the same run directory.
     code = (
-        "import json, sys; from flux2_lora.webui import actions; "
-        f"print(json.dumps(actions.list_runs({str(runs_dir)!r})))"
+        "import json; from flux2_lora.webui.actions import Actions; from flux2_lora.webui.paths import AppPaths; "
+        f"print(json.dumps(Actions(AppPaths.create({str(runs_dir)!r})).list_runs()))"
     )
     fresh = json.loads(
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     )
     assert fresh[0]["state"] == "failed" and fresh[0]["step"] == 3
-    resumed = actions.resume_run(str(out), str(runs_dir))
+    resumed = actions.resume_run(str(out))
     assert resumed.get("ok"), resumed
-    assert wait_for(lambda: actions.run_status(str(out), str(runs_dir))["state"] == "finished", timeout=180)
+    assert wait_for(lambda: actions.run_status(str(out))["state"] == "finished", timeout=180)

@@ -1,7 +1,7 @@
 """Form fields derived from the pydantic config schema (pure: no Gradio, no torch).
 
-Every widget of the Training tab comes from :data:`flux2_lora.config.SECTIONS`; adding a config field
-adds a widget. Values travel between the form (a flat list, one entry per field) and the config dict.
+Every widget of the Train tab comes from :data:`flux2_lora.config.SECTIONS`; adding a config field adds a
+widget. Widgets are found by field path ("lora.rank"); values travel between them and the config dict.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from annotated_types import Ge, Gt, Le, Lt, MaxLen
 
-from flux2_lora.config import SECTIONS, TrainConfig
+from flux2_lora.config import SECTIONS
 
 Kind = Literal["bool", "int", "float", "str", "choice", "lines"]
 
@@ -44,30 +44,97 @@ class FieldSpec:
     def path(self) -> str:
         return f"{self.section}.{self.key}"
 
-    @property
-    def slider(self) -> bool:
-        """A slider only where the range is closed and linear; log-scaled values read better typed."""
-        lo = self.ui_min if self.ui_min is not None else self.minimum
-        hi = self.ui_max if self.ui_max is not None else self.maximum
-        return (
-            self.kind in ("int", "float")
-            and not self.log
-            and lo is not None
-            and hi is not None
-            and (self.step is not None or self.ui_max is not None)
-        )
-
     def bounds_text(self) -> str:
+        """The schema's bounds for people: "1 – 1,024", "> 0, ≤ 10"."""
+        lo, hi = self.minimum, self.maximum
+        if lo is not None and hi is not None and not (self.exclusive_min or self.exclusive_max):
+            return f"{human_number(lo)} – {human_number(hi)}"
         parts = []
-        if self.minimum is not None:
-            parts.append(f"{'>' if self.exclusive_min else '≥'} {self.minimum:g}")
-        if self.maximum is not None:
-            parts.append(f"{'<' if self.exclusive_max else '≤'} {self.maximum:g}")
+        if lo is not None:
+            parts.append(f"{'>' if self.exclusive_min else '≥'} {human_number(lo)}")
+        if hi is not None:
+            parts.append(f"{'<' if self.exclusive_max else '≤'} {human_number(hi)}")
         return ", ".join(parts)
 
 
-def _label(key: str) -> str:
-    return key.replace("_", " ").capitalize()
+def human_number(v: float) -> str:
+    """4294967295.0 → '4,294,967,295'; 1e-06 → '1e-06'; 0.9 → '0.9'."""
+    if float(v).is_integer() and abs(v) < 1e15:
+        return f"{int(v):,}"
+    return f"{v:g}"
+
+
+SECTION_TITLES = {
+    "model": "Model",
+    "dataset": "Dataset",
+    "lora": "LoRA",
+    "training": "Training",
+    "memory": "Memory",
+    "validation": "Validation samples",
+    "output": "Output",
+    "logging": "Logging",
+}
+# Labels where the field name alone reads badly; the rest come from _label.
+LABELS = {
+    "model.path": "Model",
+    "model.variant": "Model family",
+    "model.dtype": "Weight precision",
+    "dataset.path": "Dataset",
+    "dataset.resolution": "Resolution (px)",
+    "dataset.caption_extension": "Caption file extension",
+    "dataset.repeats": "Repeats per epoch",
+    "dataset.bucketing": "Aspect-ratio buckets",
+    "dataset.bucket_step": "Bucket step (px)",
+    "dataset.keep_tags": "Keep first N tags",
+    "lora.use_dora": "DoRA",
+    "lora.target_modules": "Target layers",
+    "training.adam_beta1": "Adam β1",
+    "training.adam_beta2": "Adam β2",
+    "training.adam_epsilon": "Adam ε",
+    "training.momentum": "SGD momentum",
+    "training.lr_scheduler": "LR schedule",
+    "training.max_grad_norm": "Gradient clipping (max norm)",
+    "training.mixed_precision": "Mixed precision (follows weight precision)",
+    "training.logit_mean": "Logit-normal mean",
+    "training.logit_std": "Logit-normal std",
+    "training.guidance_scale": "Guidance while training ([dev])",
+    "memory.quantization": "Quantization (frozen transformer)",
+    "memory.cpu_offload": "CPU offload (text encoder)",
+    "validation.enabled": "Sample during training",
+    "validation.every_n_steps": "Sample every N steps",
+    "validation.num_samples": "Images per prompt",
+    "validation.num_inference_steps": "Denoising steps",
+    "output.dir": "Output folder",
+    "output.checkpoint_every": "Checkpoint every N steps",
+    "output.max_checkpoints": "Checkpoints kept",
+    "output.save_dtype": "LoRA file precision",
+    "output.export_comfyui": "Also export for ComfyUI",
+    "logging.tensorboard": "TensorBoard",
+    "logging.wandb": "Weights & Biases",
+    "logging.wandb_project": "W&B project",
+    "logging.log_every": "Log every N steps",
+}
+# Shown, not edited: derived from another field.
+READ_ONLY = ("training.mixed_precision",)
+_WORDS = {
+    "lora": "LoRA",
+    "dora": "DoRA",
+    "vae": "VAE",
+    "cpu": "CPU",
+    "gpu": "GPU",
+    "lr": "LR",
+    "wandb": "W&B",
+    "comfyui": "ComfyUI",
+    "ema": "EMA",
+    "id": "ID",
+}
+
+
+def _label(section: str, key: str) -> str:
+    if f"{section}.{key}" in LABELS:
+        return LABELS[f"{section}.{key}"]
+    words = [_WORDS.get(w, w) for w in key.split("_")]
+    return " ".join([words[0][:1].upper() + words[0][1:], *words[1:]])
 
 
 def _spec(section: str, key: str, info: Any) -> FieldSpec:
@@ -110,7 +177,7 @@ def _spec(section: str, key: str, info: Any) -> FieldSpec:
         section=section,
         key=key,
         kind=kind,
-        label=_label(key),
+        label=_label(section, key),
         help=info.description or "",
         default=default,
         choices=choices,
@@ -124,7 +191,7 @@ def _spec(section: str, key: str, info: Any) -> FieldSpec:
         step=ui.get("step"),
         log=bool(ui.get("log")),
         advanced=bool(ui.get("advanced")),
-        disabled=bool(ui.get("disabled")),
+        disabled=bool(ui.get("disabled")) or f"{section}.{key}" in READ_ONLY,
         extra={"int_choices": ann is int} if kind == "choice" else {},
     )
 
@@ -141,10 +208,6 @@ def form_fields() -> tuple[FieldSpec, ...]:
 
 def section_docs() -> dict[str, str]:
     return {name: (model.__doc__ or "").strip() for name, model in SECTIONS.items()}
-
-
-def default_dict() -> dict[str, dict[str, Any]]:
-    return TrainConfig().model_dump(mode="json")
 
 
 def to_widget(spec: FieldSpec, value: Any) -> Any:
@@ -176,23 +239,20 @@ def from_widget(spec: FieldSpec, value: Any) -> Any:
     return value
 
 
-def values_to_dict(values: list[Any] | tuple[Any, ...]) -> dict[str, dict[str, Any]]:
-    """The flat form values (in :func:`form_fields` order) as a config dict."""
+def config_from_values(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Widget values by field path ("lora.rank") as a config dict."""
+    specs = {s.path: s for s in form_fields()}
     out: dict[str, dict[str, Any]] = {}
-    for spec, value in zip(form_fields(), values, strict=True):
+    for path, value in values.items():
+        spec = specs[path]
         out.setdefault(spec.section, {})[spec.key] = from_widget(spec, value)
     return out
 
 
-def dict_to_values(data: dict[str, Any]) -> list[Any]:
-    """A (possibly partial) config dict as flat form values; missing keys take the schema default."""
-    out = []
+def values_from_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A (possibly partial) config dict as widget values by field path; missing keys take the default."""
+    out = {}
     for spec in form_fields():
         section = data.get(spec.section) or {}
-        out.append(to_widget(spec, section.get(spec.key, spec.default)))
+        out[spec.path] = to_widget(spec, section.get(spec.key, spec.default))
     return out
-
-
-def set_path(data: dict[str, Any], path: str, value: Any) -> None:
-    section, _, key = path.partition(".")
-    data.setdefault(section, {})[key] = value

@@ -1,0 +1,131 @@
+"""Dataset uploads and the dataset check (no Gradio, no torch).
+
+An uploaded ZIP is unpacked into a fresh folder of its own under the uploads folder (never over an
+existing one). A ZIP typed as dataset.path is unpacked once per content into a folder named after its
+fingerprint, so checking it again costs nothing and never replaces anything but that same extraction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from flux2_lora.config.warnings import upscaled_from_report
+from flux2_lora.webui.paths import AppPaths, PathRefused
+
+DATASET_DEFAULTS: dict[str, Any] = {
+    "caption_extension": ".txt",
+    "default_caption": "",
+    "resolution": 1024,
+    "bucketing": False,
+    "bucket_step": 64,
+    "trigger_word": "",
+}
+
+
+def upload_dataset(paths: AppPaths, file: str | None) -> dict[str, Any]:
+    """Unpack an uploaded ZIP into ``<uploads>/<name>-<random>/``: {ok, dataset_dir | message}."""
+    from flux2_lora.data.archive import extract_zip
+    from flux2_lora.data.scan import DatasetError
+
+    if not file:
+        return {"ok": False, "message": "no file was uploaded"}
+    src = Path(file)
+    try:
+        size = src.stat().st_size
+    except OSError:
+        return {"ok": False, "message": "the uploaded file is gone; upload it again"}
+    if size > paths.max_upload_bytes:
+        return {
+            "ok": False,
+            "message": f"the upload is {size / 2**30:.2f} GiB, over the limit of "
+            f"{paths.max_upload_bytes / 2**30:.2f} GiB (start the UI with --max-upload-size to change it)",
+        }
+    if src.suffix.lower() != ".zip":
+        return {"ok": False, "message": "upload a .zip of images and captions"}
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", src.stem)[:60].strip("._") or "dataset"
+    folder = Path(tempfile.mkdtemp(prefix=f"{stem}-", dir=paths.uploads))
+    try:
+        root = extract_zip(src, folder / "dataset")
+    except DatasetError as e:
+        _remove_empty(folder)
+        return {"ok": False, "message": str(e).replace(f"dataset.path: {src}: ", "the ZIP ")}
+    return {"ok": True, "dataset_dir": str(root)}
+
+
+def _remove_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()  # only ever our own, still empty, folder
+    except OSError:
+        pass
+
+
+def _zip_folder(paths: AppPaths, zip_path: Path) -> Path:
+    """Where a typed ZIP is unpacked for checking: one folder per (file, size, modification time)."""
+    st = zip_path.stat()
+    key = hashlib.sha256(f"{zip_path}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:20]
+    return paths.uploads / f".zip-{key}"
+
+
+def dataset_root(paths: AppPaths, path: str) -> Path:
+    """The folder to scan for dataset.path ('demo', an allowed folder, or an allowed ZIP); raises
+    PathRefused or DatasetError with a message naming the field."""
+    from flux2_lora.data.archive import prepare_dataset_source
+    from flux2_lora.data.demo import ensure_demo_dataset, is_demo
+    from flux2_lora.data.scan import DatasetError
+
+    if not path.strip():
+        raise DatasetError("dataset.path: is empty")
+    if is_demo(path):
+        return ensure_demo_dataset()
+    real = paths.readable("dataset.path", path)
+    if not real.exists():
+        raise DatasetError(f"dataset.path: {path} does not exist")
+    if real.is_file() and real.suffix.lower() == ".zip":
+        return prepare_dataset_source(real, _zip_folder(paths, real))
+    return prepare_dataset_source(real, paths.uploads)  # a folder is returned as it is
+
+
+def check_dataset(paths: AppPaths, config: dict[str, Any]) -> dict[str, Any]:
+    """Scan the form's dataset: counts, problems, trigger findings, bucket table (when bucketing), and
+    what the common-mistake warnings need (num_images, upscaled)."""
+    from flux2_lora.data.buckets import bucket_table, format_table
+    from flux2_lora.data.captions import trigger_findings
+    from flux2_lora.data.scan import DatasetError, scan_dataset
+
+    ds = {**DATASET_DEFAULTS, **((config or {}).get("dataset") or {})}
+    path = str(ds.get("path") or "")
+    try:
+        root = dataset_root(paths, path)
+        resolution = int(ds["resolution"])
+        report = scan_dataset(
+            root,
+            caption_extension=str(ds["caption_extension"]),
+            default_caption=str(ds["default_caption"]),
+            resolution=resolution,
+        )
+    except PathRefused as e:
+        return {"ok": False, "field": e.field, "message": e.message}
+    except (DatasetError, ValueError, TypeError, OSError) as e:
+        return {"ok": False, "field": "dataset.path", "message": str(e).removeprefix("dataset.path: ")}
+    out: dict[str, Any] = {
+        "ok": bool(report.items),
+        "root": str(root),
+        "report": report.to_dict(),
+        "text": report.format(),
+        "num_images": len(report.items),
+        "upscaled": [list(u) for u in upscaled_from_report(report, resolution)],
+    }
+    pairs = [(str(i.path.relative_to(root)), i.caption) for i in report.items]
+    out["trigger"] = [
+        {"file": f, "severity": s, "message": m}
+        for f, s, m in trigger_findings(pairs, str(ds["trigger_word"]))
+    ]
+    if ds.get("bucketing"):
+        table = bucket_table([(i.width, i.height) for i in report.items], resolution, int(ds["bucket_step"]))
+        out["buckets"] = [{"width": w, "height": h, "images": n} for (w, h), n in sorted(table.items())]
+        out["bucket_text"] = format_table(table)
+    return out

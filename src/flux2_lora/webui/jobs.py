@@ -1,0 +1,264 @@
+"""Runs started from the UI: launch, resume, pre-flight, stop, status, and Test LoRA generation.
+
+Every process is a ``python -m flux2_lora.cli`` subprocess with an argument list (no shell); every path
+a request names goes through :class:`~flux2_lora.webui.paths.AppPaths` first.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from flux2_lora import runs
+from flux2_lora.config import TrainConfig
+from flux2_lora.config.io import read_yaml, to_yaml, validate_dict
+from flux2_lora.webui import monitor
+from flux2_lora.webui.configs import check_model, issues_json, sync_precision
+from flux2_lora.webui.paths import AppPaths, PathRefused, resolve_inside
+
+PREFLIGHT_CONFIG = "preflight-config.yaml"
+
+
+def _err(field: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "errors": [{"field": field, "message": message}]}
+
+
+def launch_config(
+    paths: AppPaths, config: dict[str, Any]
+) -> tuple[TrainConfig | None, Path | None, list[dict[str, str]]]:
+    """The config a trainer would get: validated, its paths checked and written resolved (what was checked
+    is what runs), the model known. (config, run dir, []) or (None, None, errors)."""
+    parsed, issues = validate_dict(sync_precision(dict(config or {})))
+    errors, _ = issues_json(issues)
+    if parsed is None:
+        return None, None, errors
+    try:
+        run_dir = paths.run_dir(parsed.output.dir)
+    except PathRefused as e:
+        return None, None, [{"field": e.field, "message": e.message}]
+    model = check_model(paths, parsed.model.path, parsed.model.variant)
+    if not model["ok"]:
+        return None, None, [{"field": "model.path", "message": model["message"]}]
+    parsed.model.path = model["source"]
+    ds = parsed.dataset.path
+    if ds.strip().lower() != "demo":
+        try:
+            real = paths.readable("dataset.path", ds)
+        except PathRefused as e:
+            return None, None, [{"field": e.field, "message": e.message}]
+        if resolve_inside(run_dir, [real]) is not None:
+            return (
+                None,
+                None,
+                [
+                    {
+                        "field": "output.dir",
+                        "message": "is inside the dataset folder: the run would train on its own samples",
+                    }
+                ],
+            )
+        parsed.dataset.path = str(real)
+    parsed.output.dir = str(run_dir)
+    return parsed, run_dir, []
+
+
+def _busy(run_dir: Path) -> bool:
+    return runs.is_locked(run_dir) or monitor.is_running(run_dir)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "flux2_lora.cli", *args]
+
+
+def start_run(paths: AppPaths, config: dict[str, Any], resume: str | None = None) -> dict[str, Any]:
+    """Validate, write <run>/config.yaml, launch the trainer: {ok, run_dir | errors}."""
+    parsed, run_dir, errors = launch_config(paths, config)
+    if parsed is None or run_dir is None:
+        return {"ok": False, "errors": errors}
+    if _busy(run_dir):
+        return _err("output.dir", f"{run_dir} has a live run: stop it, or choose another output folder")
+    if resume and resume != "latest" and resolve_inside(resume, [run_dir]) in (None, run_dir):
+        return _err("", "the checkpoint to resume from must be in the run's folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # A stop file left by an earlier run would stop this one at its first step.
+    (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
+    cfg_file = run_dir / runs.CONFIG_FILE
+    cfg_file.write_text(to_yaml(parsed), encoding="utf-8")
+    argv = _cli("train", "--config", str(cfg_file))
+    if resume:
+        argv += ["--resume", resume]
+    monitor.launch(argv, run_dir, "train")
+    return {"ok": True, "run_dir": str(run_dir), "errors": []}
+
+
+def resume_run(paths: AppPaths, run_dir: str) -> dict[str, Any]:
+    """Continue a run from its latest checkpoint with the config it was started with."""
+    run = paths.existing_run(run_dir)
+    if run is None or not (run / runs.CONFIG_FILE).is_file():
+        return _err("", "choose a run of the runs folder to resume")
+    if runs.latest_checkpoint(run) is None:
+        return _err("", f"{run.name} has no checkpoint to resume from yet")
+    data, issues = read_yaml(run / runs.CONFIG_FILE)
+    if not isinstance(data, dict):
+        return {
+            "ok": False,
+            "errors": issues_json(issues)[0] or [{"field": "", "message": "unreadable config"}],
+        }
+    # The run's own folder, whatever its config says: resuming never writes anywhere else.
+    data.setdefault("output", {})["dir"] = str(run)
+    return start_run(paths, data, resume="latest")
+
+
+def preflight(paths: AppPaths, config: dict[str, Any]) -> dict[str, Any]:
+    """Start the trainer's pre-flight (a few measured steps); the monitor shows its progress and result."""
+    parsed, run_dir, errors = launch_config(paths, config)
+    if parsed is None or run_dir is None:
+        return {"ok": False, "errors": errors}
+    if _busy(run_dir):
+        return _err("output.dir", f"{run_dir} is busy: a trainer or pre-flight runs there")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_file = run_dir / PREFLIGHT_CONFIG
+    cfg_file.write_text(to_yaml(parsed), encoding="utf-8")
+    (run_dir / "preflight.json").unlink(missing_ok=True)
+    monitor.launch(_cli("train", "--config", str(cfg_file), "--preflight"), run_dir, "preflight")
+    return {"ok": True, "run_dir": str(run_dir), "errors": []}
+
+
+def preflight_result(paths: AppPaths, run_dir: str) -> dict[str, Any]:
+    run = paths.existing_run(run_dir)
+    if run is None:
+        return {"ok": False, "state": "none"}
+    info = monitor.process_info(run, "preflight")
+    result = monitor.read_json(run / "preflight.json")
+    if info.get("running"):
+        state = "running"
+    elif info.get("stop_requested"):
+        state = "stopped"
+    else:
+        state = "done" if result else ("failed" if info else "none")
+    return {"ok": result is not None, "state": state, "result": result, "output": info.get("output", "")}
+
+
+def run_status(paths: AppPaths, run_dir: str, max_points: int = 2000) -> dict[str, Any]:
+    """Everything the monitor shows: status, metrics, samples, log tail, pre-flight."""
+    run = paths.existing_run(run_dir)
+    if run is None:
+        return {"ok": False, "state": "none", "message": "no run selected"}
+    return {"ok": True, "run_dir": str(run), **monitor.snapshot(run, paths.served_file, max_points)}
+
+
+def stop_run(paths: AppPaths, run_dir: str, timeout_s: float = 30.0) -> dict[str, Any]:
+    """Graceful stop (also while the trainer is still starting); force-stopped after timeout_s."""
+    run = paths.existing_run(run_dir)
+    if run is None:
+        return {"ok": False, "message": "no run selected"}
+    return monitor.stop(run, max(1.0, min(float(timeout_s), 3600.0)))
+
+
+def list_runs(paths: AppPaths) -> list[dict[str, Any]]:
+    out = []
+    for run in runs.iter_runs(paths.runs):
+        if paths.existing_run(str(run)) is None:
+            continue  # uploads, templates, generated
+        s = runs.summarize(run).to_dict()
+        st = s["status"] or {}
+        out.append(
+            {
+                "run_dir": s["path"],
+                "name": run.name,
+                "state": st.get("state"),
+                "step": st.get("step"),
+                "total_steps": st.get("total_steps"),
+                "lora": s["lora"],
+                "checkpoints": len(s["checkpoints"]),
+                "updated_at": st.get("updated_at"),
+            }
+        )
+    out.sort(key=lambda r: r.get("updated_at") or 0, reverse=True)
+    return out
+
+
+def lora_file(paths: AppPaths, run_dir: str) -> str | None:
+    run = paths.existing_run(run_dir)
+    f = paths.served_file(str(run / runs.LORA_FILE)) if run else None
+    return str(f) if f else None
+
+
+def _lora(paths: AppPaths, lora: str) -> Path | None:
+    f = paths.served_file(lora) if lora else None
+    return f if f is not None and f.suffix == ".safetensors" and paths.existing_run(str(f.parent)) else None
+
+
+def run_defaults(paths: AppPaths, lora: str) -> dict[str, Any]:
+    """The sampling settings a run used (for Test LoRA): prompt, steps, guidance, resolution, model."""
+    f = _lora(paths, lora)
+    data, _ = read_yaml(f.parent / runs.CONFIG_FILE) if f else (None, [])
+    parsed, _ = validate_dict(data if isinstance(data, dict) else {})
+    c = parsed or TrainConfig()
+    return {
+        "ok": f is not None and parsed is not None,
+        "prompt": (c.validation.prompts or [c.dataset.default_caption or ""])[0],
+        "steps": c.validation.num_inference_steps,
+        "guidance": c.validation.guidance_scale,
+        "resolution": c.dataset.resolution,
+        "model": c.model.path,
+    }
+
+
+def generate(
+    paths: AppPaths,
+    lora: str,
+    prompt: str,
+    scale: float = 1.0,
+    steps: int = 0,
+    seed: int = 0,
+    resolution: int = 0,
+    guidance: float = -1.0,
+    timeout_s: float = 600,
+) -> dict[str, Any]:
+    """One image with a run's LoRA, in a subprocess: {ok, image | message}. steps 0, resolution 0 and a
+    negative guidance take the run's own sampling settings."""
+    f = _lora(paths, lora)
+    if f is None:
+        return {"ok": False, "message": "choose a LoRA of a run in the runs folder"}
+    if not (prompt or "").strip():
+        return {"ok": False, "message": "the prompt is empty"}
+    d = run_defaults(paths, str(f))
+    try:
+        model = paths.model_source(str(d["model"]))
+    except PathRefused as e:
+        return {"ok": False, "message": f"the run's model: {e.message}"}
+    steps = int(steps) if steps and int(steps) > 0 else int(d["steps"])
+    res = int(resolution) if resolution and int(resolution) > 0 else int(d["resolution"])
+    guidance = float(guidance) if guidance is not None and float(guidance) >= 0 else float(d["guidance"])
+    png = paths.generated / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.png"
+    # Values ride in --opt=VALUE form: a prompt starting with '-' is text, never another option.
+    argv = _cli(
+        "generate",
+        f"--model={model}",
+        f"--lora={f}",
+        f"--scale={float(scale)}",
+        f"--prompt={prompt}",
+        f"--steps={steps}",
+        f"--seed={int(seed or 0)}",
+        f"--resolution={res}",
+        f"--guidance={guidance}",
+        f"--out={png}",
+    )
+    try:
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "message": f"generation took longer than {timeout_s:.0f} s"}
+    if proc.returncode != 0 or not png.is_file():
+        err = (proc.stderr or proc.stdout or "").strip().splitlines()
+        return {
+            "ok": False,
+            "message": (err[-1] if err else f"generation failed (exit {proc.returncode})")[-2000:],
+        }
+    return {"ok": True, "image": str(png), "steps": steps, "resolution": res, "guidance": guidance}

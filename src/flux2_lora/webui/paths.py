@@ -1,0 +1,164 @@
+"""The folders the web UI may touch, and the one check every server-side path from a request goes through.
+
+A request can name paths (dataset, model folder, output dir, a run, a LoRA file, a sample). Each is
+resolved, symlinks followed, and accepted only inside allowed roots:
+
+- reading data (dataset, model folder): the runs folder, the uploads folder and every ``--data-dir``
+  (default: the folder the UI was started in);
+- writing a run (output dir): inside the runs folder, never in its uploads, templates or generated
+  folders, so nothing a client uploads can become a run a trainer resumes from;
+- serving files: the runs folder only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+GIB = 1 << 30
+DEFAULT_MAX_UPLOAD_BYTES = 2 * GIB
+# Folders of the runs folder that are not runs: uploads (client data), saved templates, Test LoRA images.
+RESERVED = ("uploads", "templates", "generated")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class PathRefused(ValueError):
+    """A path outside the allowed folders; the message names the field and the flag that allows it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+
+def resolve_inside(path: str | Path, roots: Iterable[Path], *, base: Path | None = None) -> Path | None:
+    """``path`` (relative ones against ``base``, default the working folder) with symlinks followed,
+    if it is one of ``roots`` or lies below one of them; else None. Roots are resolved too."""
+    text = str(path or "").strip()
+    if not text or "\x00" in text:
+        return None
+    p = Path(text).expanduser()
+    if not p.is_absolute():
+        p = (base or Path.cwd()) / p
+    try:
+        real = p.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return None
+    for root in roots:
+        r = Path(root).resolve()
+        if real == r or r in real.parents:
+            return real
+    return None
+
+
+@dataclass(frozen=True)
+class AppPaths:
+    """The UI's folders, resolved once at start."""
+
+    runs: Path
+    data_dirs: tuple[Path, ...]
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+
+    @classmethod
+    def create(
+        cls,
+        runs_dir: str | Path = "runs",
+        data_dirs: Iterable[str | Path] | None = None,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    ) -> AppPaths:
+        runs = Path(runs_dir).expanduser().resolve()
+        dirs = tuple(Path(d).expanduser().resolve() for d in (data_dirs if data_dirs else [Path.cwd()]))
+        paths = cls(runs, dirs, int(max_upload_bytes))
+        for p in (paths.runs, paths.uploads, paths.templates, paths.generated):
+            p.mkdir(parents=True, exist_ok=True)
+        return paths
+
+    @property
+    def uploads(self) -> Path:
+        return self.runs / "uploads"
+
+    @property
+    def templates(self) -> Path:
+        return self.runs / "templates"
+
+    @property
+    def generated(self) -> Path:
+        return self.runs / "generated"
+
+    @property
+    def read_roots(self) -> tuple[Path, ...]:
+        return (self.runs, self.uploads, *self.data_dirs)
+
+    def _flag_hint(self, real: Path | None, text: str) -> str:
+        folder = real if real is not None and real.is_dir() else Path(text).expanduser().parent
+        return f"start the UI with --data-dir {folder} to allow it"
+
+    def readable(self, field: str, value: str) -> Path:
+        """A dataset or model path typed into the UI, resolved; PathRefused outside the allowed roots."""
+        real = resolve_inside(value, self.read_roots)
+        if real is None:
+            roots = ", ".join(str(r) for r in (self.runs, *self.data_dirs))
+            try:
+                outside = Path(str(value)).expanduser().resolve()
+            except (OSError, RuntimeError, ValueError):
+                outside = None
+            raise PathRefused(
+                field,
+                f"{value} is outside the folders this UI may read ({roots}); "
+                + self._flag_hint(outside, str(value)),
+            )
+        return real
+
+    def model_source(self, value: str) -> str:
+        """model.path as the trainer should get it: 'demo', a hub id, or a resolved allowed folder."""
+        text = (value or "").strip()
+        if text.lower() == "demo":
+            return "demo"
+        local = Path(text).expanduser()
+        if _HUB_ID.match(text) and not local.exists():
+            return text  # a hub id: the trainer downloads it into the Hugging Face cache
+        return str(self.readable("model.path", text))
+
+    def run_dir(self, value: str, field: str = "output.dir") -> Path:
+        """A run directory for writing: inside the runs folder, not the runs folder itself and not one of
+        its reserved folders (uploads, templates, generated)."""
+        text = (value or "").strip()
+        p = Path(text).expanduser()
+        if text and not p.is_absolute():
+            # 'runs/x' and 'x' both mean <runs folder>/x (the CLI's default is runs/<name>).
+            parts = p.parts[1:] if p.parts[:1] == ("runs",) else p.parts
+            p = self.runs.joinpath(*parts) if parts else self.runs
+        real = resolve_inside(p, [self.runs])
+        reserved = [self.runs / r for r in RESERVED]
+        if real is None or real == self.runs or any(real == r or r in real.parents for r in reserved):
+            raise PathRefused(
+                field,
+                f"must be a new or existing run folder inside the runs folder {self.runs} (not its "
+                f"{', '.join(RESERVED)} folders); start the UI with --runs-dir to use another runs folder",
+            )
+        return real
+
+    def existing_run(self, value: str) -> Path | None:
+        """A run directory named by a request (monitor, stop, resume, download), or None."""
+        try:
+            return self.run_dir(value, "run")
+        except PathRefused:
+            return None
+
+    def served_file(self, value: str) -> Path | None:
+        """A file the UI may send to a client: inside the runs folder (runs, samples, LoRAs, images)."""
+        real = resolve_inside(value, [self.runs], base=self.runs)
+        return real if real is not None and real.is_file() else None
+
+
+def parse_size(text: str) -> int:
+    """'2GiB', '500MB', '2g', '1048576' → bytes (binary units; ValueError with the accepted forms)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(text).lower())
+    if not m:
+        raise ValueError(f"{text!r} is not a size; use e.g. 500MiB, 2GiB or a number of bytes")
+    n = float(m.group(1)) * (1 << (10 * " kmgt".index(m.group(2) or " ")))
+    if n < 1:
+        raise ValueError(f"{text!r}: the size must be at least 1 byte")
+    return int(n)

@@ -1,0 +1,267 @@
+"""The Runs tab: the runs of the runs folder, and the monitor of one (status, plots, samples, log).
+
+A timer polls the run directory once a second and sends only what changed. When a run starts or ends
+the shared ``runs_changed`` counter moves, and every list of runs or LoRAs reads the disk again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from flux2_lora.webui import render
+from flux2_lora.webui.tabs import PRIVATE, Shared, skip
+
+FINAL = ("finished", "failed", "stopped")
+METRIC_COLUMNS = ["step", "loss", "lr", "sec_per_step", "eta_s", "gpu_mem_gib", "rss_gib"]
+
+
+def create_runs_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    with gr.Row():
+        c["pick"] = gr.Dropdown([], value=None, label="Run", elem_id="run-pick", scale=3)
+        c["refresh"] = gr.Button("Refresh", size="sm", elem_id="runs-refresh", scale=0)
+    c["status"] = gr.HTML(render.status_html({"state": "none"}), elem_id="run-status")
+    with gr.Row():
+        c["stop"] = gr.Button("Stop", variant="stop", elem_id="stop-btn", interactive=False)
+        c["resume"] = gr.Button("Resume (latest checkpoint)", elem_id="resume-btn", interactive=False)
+        c["lora"] = gr.File(label="LoRA file", elem_id="lora-download", scale=2)
+    c["msg"] = gr.Markdown(elem_id="runs-message")
+    c["preflight"] = gr.HTML(render.preflight_html({}), elem_id="preflight-panel")
+    with gr.Row():
+        c["loss"] = gr.LinePlot(x="step", y="loss", title="Loss", height=240, elem_id="loss-plot")
+        c["lr"] = gr.LinePlot(x="step", y="lr", title="Learning rate", height=240, elem_id="lr-plot")
+        c["memory"] = gr.LinePlot(
+            x="step",
+            y="GiB",
+            color="series",
+            title="Memory (GiB): measured vs estimate",
+            height=240,
+            elem_id="memory-plot",
+        )
+    c["gallery"] = gr.Gallery(
+        label="Validation samples (click to enlarge)",
+        columns=6,
+        height=300,
+        object_fit="contain",
+        allow_preview=True,
+        preview=False,
+        elem_id="samples",
+    )
+    c["log"] = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, elem_id="log-tail")
+    with gr.Accordion("All runs", open=True):
+        c["table"] = gr.Dataframe(
+            headers=["run", "state", "step", "of", "LoRA"], interactive=False, elem_id="runs-table"
+        )
+    c["tab"] = tab
+    _wire(shared, c)
+    return c
+
+
+def memory_frame(metrics: list[dict[str, Any]], estimate: dict[str, Any]) -> pd.DataFrame:
+    """Measured memory next to the estimate of the same quantity: GPU peak allocated (when the run was on
+    a GPU) and host RSS against the host RAM estimate."""
+    rows = []
+    on_gpu = any(m.get("gpu_mem_gib") is not None for m in metrics)
+    for m in metrics:
+        if on_gpu and m.get("gpu_mem_gib") is not None:
+            rows.append({"step": m["step"], "GiB": m["gpu_mem_gib"], "series": "GPU allocated (measured)"})
+            if estimate.get("allocated_peak_gib") is not None:
+                rows.append(
+                    {
+                        "step": m["step"],
+                        "GiB": estimate["allocated_peak_gib"],
+                        "series": "GPU allocated (estimate)",
+                    }
+                )
+        if m.get("rss_gib") is not None:
+            rows.append({"step": m["step"], "GiB": m["rss_gib"], "series": "host RSS (measured)"})
+            if estimate.get("host_peak_gib") is not None:
+                rows.append(
+                    {
+                        "step": m["step"],
+                        "GiB": estimate["host_peak_gib"],
+                        "series": "host peak (estimate)",
+                    }
+                )
+    frame = pd.DataFrame(rows, columns=["step", "GiB", "series"])
+    return frame.astype({"step": float, "GiB": float})
+
+
+def _phase(state: Any) -> str:
+    return "final" if state in FINAL else "pending" if state in ("none", "starting", None) else "live"
+
+
+def _plot(frame: pd.DataFrame) -> pd.DataFrame | None:
+    """None clears a plot; an empty frame would leave Vega with untyped, colourless series."""
+    return frame if len(frame) else None
+
+
+def run_estimate(snap: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """The memory model's figures for the run's own config and device (torch-free, cached per config)."""
+    from pathlib import Path
+
+    from flux2_lora import runs
+
+    return _estimate_for(
+        str(Path(run_dir) / runs.CONFIG_FILE), str((snap.get("extra") or {}).get("device", ""))
+    )
+
+
+_CACHE: dict[tuple[str, str, float], dict[str, Any]] = {}
+
+
+def _estimate_for(config_file: str, device: str) -> dict[str, Any]:
+    import os
+
+    from flux2_lora.config.io import read_yaml, validate_dict
+
+    try:
+        stamp = os.stat(config_file).st_mtime
+    except OSError:
+        return {}
+    key = (config_file, device, stamp)
+    if key not in _CACHE:
+        data, _ = read_yaml(config_file)
+        parsed, _ = validate_dict(data if isinstance(data, dict) else {})
+        out: dict[str, Any] = {}
+        if parsed is not None:
+            try:
+                from flux2_lora.memory import estimate
+                from flux2_lora.memory.host import host_estimate
+
+                out["allocated_peak_gib"] = estimate(parsed).allocated_peak_gib
+                out["host_peak_gib"] = host_estimate(parsed, on_gpu=device.startswith("cuda"))["peak_gib"]
+            except Exception:  # an estimate that cannot be made leaves the measured lines alone
+                out = {}
+        _CACHE[key] = out
+    return _CACHE[key]
+
+
+def _wire(shared: Shared, c: dict[str, Any]) -> None:
+    acts = shared.actions
+    last_sig = gr.State(None)
+
+    def runs_lists(current: str | None = None) -> dict[Any, Any]:
+        rows = acts.list_runs()
+        table = [
+            [r["name"], r["state"], r["step"], r["total_steps"], "yes" if r["lora"] else ""] for r in rows
+        ]
+        choices = [(r["name"], r["run_dir"]) for r in rows]
+        if current and current not in [d for _, d in choices]:
+            choices.insert(0, (current.rstrip("/").rsplit("/", 1)[-1], current))  # started, no status yet
+        pick = gr.update(choices=choices, value=current) if current else gr.update(choices=choices)
+        return {c["table"]: table, c["pick"]: pick}
+
+    gr.on(
+        [
+            c["refresh"].click,
+            shared.blocks.load,
+            shared.runs_changed.change,
+            c["pick"].focus,
+            c["tab"].select,
+        ],
+        lambda rd: runs_lists(rd),
+        shared.run_dir,
+        [c["table"], c["pick"]],
+        show_progress="hidden",
+        **PRIVATE,
+    )
+    # Following a run: picking one, or a run started from the Train tab.
+    c["pick"].input(lambda rd: (rd, None), c["pick"], [shared.run_dir, last_sig], **PRIVATE)
+
+    outputs = [
+        c["stop"],
+        c["resume"],
+        c["status"],
+        c["loss"],
+        c["lr"],
+        c["memory"],
+        c["gallery"],
+        c["log"],
+        c["lora"],
+        c["preflight"],
+    ]
+
+    tick_outputs = [*outputs, last_sig, shared.runs_changed]
+
+    def tick(data: dict[Any, Any]) -> dict[Any, Any]:
+        run_dir, sig0 = data[shared.run_dir], data[last_sig]
+        if not run_dir:
+            return skip(tick_outputs)
+        snap = acts.run_status(run_dir)
+        metrics = snap.get("metrics", [])
+        pre = snap.get("preflight") or {}
+        sig = [
+            snap.get("state"),
+            snap.get("step"),
+            len(metrics),
+            len(snap.get("samples", [])),
+            snap.get("log", "")[-200:],
+            snap.get("lora"),
+            pre.get("running"),
+            bool(pre.get("result")),
+            (pre.get("output") or "")[-120:],
+        ]
+        if sig == sig0:
+            return skip(tick_outputs)
+        out: dict[Any, Any] = {last_sig: sig}
+        # A run that just got its status (so it is listed) or just ended changes what the lists show.
+        if sig0 is not None and _phase(sig0[0]) != _phase(snap.get("state")):
+            out[shared.runs_changed] = data[shared.runs_changed] + 1
+        mdf = (
+            pd.DataFrame(metrics, columns=METRIC_COLUMNS).apply(pd.to_numeric, errors="coerce").astype(float)
+        )
+        live = snap.get("state") not in ("none", *FINAL)
+        out.update(
+            {
+                c["stop"]: gr.update(interactive=live or bool(pre.get("running"))),
+                c["resume"]: gr.update(interactive=not live and bool(snap.get("checkpoints"))),
+                c["status"]: render.status_html(snap),
+                c["loss"]: _plot(mdf[["step", "loss"]].dropna()),
+                c["lr"]: _plot(mdf[["step", "lr"]].dropna()),
+                c["memory"]: _plot(memory_frame(metrics, run_estimate(snap, run_dir) if metrics else {})),
+                c["gallery"]: [
+                    (s["file"], f"step {s['step']}: {s['prompt']}") for s in snap.get("samples", [])
+                ],
+                c["log"]: snap.get("log", ""),
+                c["lora"]: snap.get("lora"),
+                c["preflight"]: render.preflight_html(pre),
+            }
+        )
+        return out
+
+    timer = gr.Timer(1.0)
+    timer.tick(
+        tick,
+        {shared.run_dir, last_sig, shared.runs_changed},
+        tick_outputs,
+        show_progress="hidden",
+        **PRIVATE,
+    )
+
+    def on_stop(rd: str) -> str:
+        r = acts.stop_run(rd or "")
+        return render.esc(r["message"])
+
+    c["stop"].click(on_stop, shared.run_dir, c["msg"], **PRIVATE)
+
+    def on_resume(data: dict[Any, Any]) -> dict[Any, Any]:
+        r = acts.resume_run(data[shared.run_dir] or "")
+        if not r["ok"]:
+            return {c["msg"]: render.errors_markdown(r["errors"])}
+        return {
+            c["msg"]: "Resumed from the latest checkpoint",
+            shared.run_dir: r["run_dir"],
+            last_sig: None,
+            shared.runs_changed: data[shared.runs_changed] + 1,
+        }
+
+    c["resume"].click(
+        on_resume,
+        {shared.run_dir, shared.runs_changed},
+        [c["msg"], shared.run_dir, last_sig, shared.runs_changed],
+        **PRIVATE,
+    )

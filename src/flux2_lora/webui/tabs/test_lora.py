@@ -1,0 +1,99 @@
+"""The Test LoRA tab: one image with a run's LoRA, at the run's own size and sampling settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from flux2_lora.webui import render
+from flux2_lora.webui.tabs import PRIVATE, Shared, skip
+
+
+def create_test_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    c["lora"] = gr.Dropdown([], value=None, label="LoRA (finished runs)", elem_id="test-lora")
+    c["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="test-prompt")
+    with gr.Row():
+        c["scale"] = gr.Number(1.0, label="LoRA scale", step=0.1, elem_id="test-scale")
+        c["steps"] = gr.Number(28, precision=0, label="Denoising steps", elem_id="test-steps")
+        c["guidance"] = gr.Number(4.0, label="Guidance", step=0.5, elem_id="test-guidance")
+        c["resolution"] = gr.Number(
+            1024, precision=0, label="Resolution (px)", step=16, elem_id="test-resolution"
+        )
+        c["seed"] = gr.Number(0, precision=0, label="Seed", elem_id="test-seed")
+    c["hint"] = gr.Markdown(
+        "Steps, guidance and size start at the run's own validation settings.", elem_id="test-hint"
+    )
+    c["go"] = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+    c["image"] = gr.Image(
+        label="Result", type="filepath", height=512, elem_id="test-image", buttons=["download", "fullscreen"]
+    )
+    c["msg"] = gr.Markdown(elem_id="test-message")
+    c["tab"] = tab
+    _wire(shared, c)
+    return c
+
+
+def _wire(shared: Shared, c: dict[str, Any]) -> None:
+    acts = shared.actions
+
+    def loras(current: str | None) -> Any:
+        rows = [r for r in acts.list_runs() if r["lora"]]
+        choices = [(r["name"], r["lora"]) for r in rows]
+        keep = current if current in [v for _, v in choices] else None
+        return gr.update(choices=choices, value=keep)
+
+    gr.on(
+        [shared.blocks.load, shared.runs_changed.change, c["lora"].focus, c["tab"].select],
+        loras,
+        c["lora"],
+        c["lora"],
+        show_progress="hidden",
+        **PRIVATE,
+    )
+
+    pick_outputs = [c["prompt"], c["steps"], c["guidance"], c["resolution"], c["hint"]]
+
+    def on_pick(lora: str | None) -> dict[Any, Any]:
+        if not lora:
+            return skip(pick_outputs)
+        d = acts.run_defaults(lora)
+        return {
+            c["prompt"]: d["prompt"],
+            c["steps"]: d["steps"],
+            c["guidance"]: d["guidance"],
+            c["resolution"]: d["resolution"],
+            c["hint"]: (
+                f"The run sampled at {d['resolution']} px with {d['steps']} steps and guidance "
+                f"{d['guidance']:g}; these are the defaults here."
+            ),
+        }
+
+    c["lora"].change(on_pick, c["lora"], pick_outputs, **PRIVATE)
+
+    def on_generate(data: dict[Any, Any]) -> dict[Any, Any]:
+        r = acts.generate(
+            data[c["lora"]] or "",
+            data[c["prompt"]] or "",
+            float(data[c["scale"]] or 0),
+            int(data[c["steps"]] or 0),
+            int(data[c["seed"]] or 0),
+            int(data[c["resolution"]] or 0),
+            float(data[c["guidance"]] if data[c["guidance"]] is not None else -1),
+        )
+        if not r["ok"]:
+            return {c["image"]: None, c["msg"]: f"✘ {render.esc(r['message'])}"}
+        return {
+            c["image"]: r["image"],
+            c[
+                "msg"
+            ]: f"{r['resolution']}×{r['resolution']} px · {r['steps']} steps · guidance {r['guidance']:g}",
+        }
+
+    c["go"].click(
+        on_generate,
+        {c["lora"], c["prompt"], c["scale"], c["steps"], c["seed"], c["resolution"], c["guidance"]},
+        [c["image"], c["msg"]],
+        **PRIVATE,
+    )

@@ -1,0 +1,386 @@
+"""The Train tab: every config field (from the schema) on the left, the live estimate on the right.
+
+The side panel (GPU, verdict, warnings with fixes, Start) is sticky, so the estimate stays in view while
+any field is edited. Estimates come back fast; the slower search for fixes that make a run fit follows
+in a second event, so the verdict never waits for it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from flux2_lora.config import DTYPE_TO_MIXED
+from flux2_lora.webui import configs, render
+from flux2_lora.webui.schema import SECTION_TITLES, form_fields, section_docs
+from flux2_lora.webui.tabs import PRIVATE, Shared, skip
+from flux2_lora.webui.widgets import SHOW_FIELD_ERRORS_SOON, Form
+
+MAX_RECS = 4
+SETTLE_MS = 250
+# The estimate revision if it has not changed for SETTLE_MS, else "" (a newer estimate is on its way).
+SETTLED_REV = f"""
+async () => {{
+  const rev = () => document.querySelector('#estimate-verdict')?.dataset.rev || '';
+  const r0 = rev();
+  await new Promise(r => setTimeout(r, {SETTLE_MS}));
+  return rev() === r0 ? r0 : '';
+}}
+"""
+MAX_FIXES = 4
+OPEN_SECTIONS = ("model", "dataset", "lora", "training", "memory", "output")
+DATASET_KEYS = (
+    "path",
+    "caption_extension",
+    "default_caption",
+    "resolution",
+    "bucketing",
+    "bucket_step",
+    "trigger_word",
+)
+
+
+def create_train_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
+    acts = shared.actions
+    initial = configs.initial_dict()
+    values = {s.path: v for s, v in zip(form_fields(), _values(initial))}
+    form = Form()
+    c: dict[str, Any] = {"form": form}
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, elem_id="train-form"):
+            with gr.Row():
+                c["quickstart"] = gr.Button("Demo (quickstart, CPU)", size="sm", elem_id="preset-quickstart")
+                c["model_presets"] = {
+                    name: gr.Button(label, size="sm", elem_id=f"preset-{name}")
+                    for label, name in configs.MODEL_PRESETS.items()
+                }
+            with gr.Row():
+                c["quick_presets"] = {
+                    name: gr.Button(label, size="sm", elem_id=f"preset-{name}")
+                    for label, name in configs.QUICK_PRESETS.items()
+                }
+                c["lora_preset"] = gr.Dropdown(
+                    [
+                        (p["name"].replace("-", " ").capitalize(), p["name"])
+                        for p in acts.presets()
+                        if p["kind"] == "lora"
+                    ],
+                    value=None,
+                    label="LoRA preset",
+                    elem_id="lora-preset",
+                )
+                c["stack"] = gr.Checkbox(
+                    False,
+                    label="Stack presets",
+                    info="Off: a quick or LoRA preset starts from the defaults (keeping model, data, output).",
+                    elem_id="preset-stack",
+                )
+            c["preset_msg"] = gr.Markdown(elem_id="preset-message")
+            docs = section_docs()
+            for section in dict.fromkeys(s.section for s in form_fields()):
+                specs = [s for s in form_fields() if s.section == section]
+                with gr.Accordion(
+                    SECTION_TITLES.get(section, section),
+                    open=section in OPEN_SECTIONS,
+                    elem_id=f"section-{section}",
+                ):
+                    gr.Markdown(docs.get(section, ""))
+                    for s in specs:
+                        if not s.advanced:
+                            form.add(s, values[s.path])
+                    if section == "model":
+                        c["model_info"] = gr.Markdown(elem_id="model-check")
+                    if section == "dataset":
+                        c["zip"] = gr.File(
+                            label="…or upload a dataset ZIP", file_types=[".zip"], elem_id="dataset-zip"
+                        )
+                        c["dataset_info"] = gr.Markdown(elem_id="dataset-check")
+                    if any(s.advanced for s in specs):
+                        with gr.Accordion("Advanced", open=False) as adv:
+                            adv.expand(None, js=SHOW_FIELD_ERRORS_SOON, **PRIVATE)
+                            for s in specs:
+                                if s.advanced:
+                                    form.add(s, values[s.path])
+            with gr.Accordion("Templates", open=False):
+                with gr.Row():
+                    c["tpl_name"] = gr.Textbox(label="Template name", elem_id="template-name", scale=2)
+                    c["tpl_save"] = gr.Button("Save template", size="sm", elem_id="template-save")
+                c["tpl_pick"] = gr.Dropdown(
+                    acts.list_templates(), value=None, label="Load template", elem_id="template-pick"
+                )
+                c["tpl_msg"] = gr.Markdown(elem_id="template-message")
+        with gr.Column(scale=2, elem_id="side-panel"):
+            gpus = configs.gpu_choices()
+            c["gpu"] = gr.Dropdown(gpus, value=gpus[0] if gpus else None, label="GPU", elem_id="gpu-choice")
+            c["verdict"] = gr.HTML(
+                render.verdict_html({"message": "estimating…"}, ""), elem_id="estimate-panel"
+            )
+            with gr.Row():
+                c["start"] = gr.Button("Start training", variant="primary", elem_id="start-btn")
+                c["preflight"] = gr.Button("Pre-flight", elem_id="preflight-btn")
+            c["start_reason"] = gr.Markdown(elem_id="start-reason")
+            c["action_msg"] = gr.Markdown(elem_id="action-message")
+            c["warnings"] = gr.HTML(render.warnings_html([]), elem_id="warnings-panel")
+            c["fix_btns"] = [
+                gr.Button(visible=False, size="sm", elem_id=f"fix-{i}") for i in range(MAX_FIXES)
+            ]
+            c["rec_btns"] = [gr.Button(visible=False, size="sm", elem_id=f"rec-{i}") for i in range(MAX_RECS)]
+            c["errors"] = gr.Markdown(elem_id="form-errors")
+            with gr.Accordion("Memory breakdown", open=False):
+                c["breakdown"] = gr.Markdown(elem_id="estimate-breakdown")
+            with gr.Accordion("Timestep density", open=False):
+                c["density"] = gr.LinePlot(
+                    x="sigma",
+                    y="density",
+                    title="Density of training noise levels σ",
+                    height=220,
+                    elem_id="density-plot",
+                )
+    _wire(shared, c, form)
+    return c
+
+
+def _values(config: dict[str, Any]) -> list[Any]:
+    from flux2_lora.webui.schema import values_from_config
+
+    return list(values_from_config(config).values())
+
+
+def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
+    acts = shared.actions
+    fixes_state, recs_state = gr.State([]), gr.State([])
+    rec_token = gr.Textbox(visible=False, elem_id="rec-token")
+    dataset_state = gr.State(None)
+    # A hidden checkbox rather than a State: the page's own JS reads it (no round trip per keystroke).
+    alpha_linked = gr.Checkbox(True, visible=False, elem_id="alpha-linked")
+
+    # ---- estimate on every change (fast), then the fixes that make it fit ------------------------------
+    def on_estimate(data: dict[Any, Any]) -> dict[Any, Any]:
+        config = form.config(data)
+        r = configs.estimate(
+            acts.paths, config, data[c["gpu"]] or None, data[dataset_state], with_recommendations=False
+        )
+        errors = {e["field"]: e["message"] for e in r["errors"] if e["field"]}
+        fixes = [w for w in r["warnings"] if w.get("overrides")][:MAX_FIXES]
+        model = r.get("model") or {}
+        out: dict[Any, Any] = {
+            c["verdict"]: render.verdict_html(r, render.digest([config, data[c["gpu"]]]), errors),
+            c["warnings"]: render.warnings_html(r["warnings"]),
+            c["breakdown"]: render.breakdown_markdown(r),
+            c["errors"]: render.errors_markdown(r["errors"]),
+            c["model_info"]: ("✔ " if model.get("ok") else "✘ ") + render.esc(model.get("message", "")),
+            c["start"]: gr.update(interactive=r["can_start"]),
+            c["preflight"]: gr.update(interactive=r["can_start"]),
+            c["start_reason"]: ""
+            if r["can_start"]
+            else f"Start is disabled: {render.esc(r['start_reason'])}",
+            fixes_state: [w["overrides"] for w in fixes],
+            **{
+                b: gr.update(
+                    visible=i < len(fixes), value=render.warning_fix_label(fixes[i]) if i < len(fixes) else ""
+                )
+                for i, b in enumerate(c["fix_btns"])
+            },
+        }
+        return out
+
+    def on_recommend(data: dict[Any, Any]) -> dict[Any, Any]:
+        if not data[rec_token]:
+            return skip([recs_state, *c["rec_btns"]])  # the user is still typing: a newer estimate follows
+        config = form.config(data)
+        recs = acts.recommend(config, data[c["gpu"]] or "")[:MAX_RECS]
+        return {
+            recs_state: [r["overrides"] for r in recs],
+            **{
+                b: gr.update(
+                    visible=i < len(recs), value=render.recommendation_label(recs[i]) if i < len(recs) else ""
+                )
+                for i, b in enumerate(c["rec_btns"])
+            },
+        }
+
+    est_outputs = [
+        c["verdict"], c["warnings"], c["breakdown"], c["errors"], c["model_info"], c["start"], c["preflight"],
+        c["start_reason"], fixes_state, *c["fix_btns"],
+    ]  # fmt: skip
+    gr.on(
+        [w.change for w in form.components] + [c["gpu"].change, dataset_state.change, shared.blocks.load],
+        on_estimate,
+        inputs={*form.inputs, c["gpu"], dataset_state},
+        outputs=est_outputs,
+        trigger_mode="always_last",
+        show_progress="hidden",
+        queue=False,
+        **PRIVATE,
+    ).then(
+        # The search for fixes costs tens of ms on a config that does not fit: it waits until the estimate
+        # has been still for a moment, so it never slows the verdict while the user types.
+        None,
+        outputs=rec_token,
+        js=SETTLED_REV,
+        **PRIVATE,
+    ).then(
+        on_recommend,
+        inputs={*form.inputs, c["gpu"], rec_token},
+        outputs=[recs_state, *c["rec_btns"]],
+        trigger_mode="always_last",
+        show_progress="hidden",
+        **PRIVATE,
+    )
+
+    # ---- timestep density: training fields and the resolution -----------------------------------------
+    def on_density(data: dict[Any, Any]) -> pd.DataFrame:
+        return pd.DataFrame(acts.timestep_density(form.config(data)), columns=["sigma", "density"])
+
+    density_in = [*form.in_section("training"), form["dataset.resolution"]]
+    gr.on(
+        [w.change for w in density_in] + [shared.blocks.load],
+        on_density,
+        inputs=set(density_in),
+        outputs=c["density"],
+        trigger_mode="always_last",
+        show_progress="hidden",
+        **PRIVATE,
+    )
+
+    # ---- derived fields, in the page: mixed precision follows the dtype; alpha follows the rank until
+    # the user edits alpha (presets and templates relink it when they set alpha = rank).
+    to_mixed = json.dumps(DTYPE_TO_MIXED)
+    form["model.dtype"].change(
+        None, form["model.dtype"], form["training.mixed_precision"],
+        js=f"(d) => ({to_mixed})[d] || 'auto'", **PRIVATE,
+    )  # fmt: skip
+    form["lora.rank"].change(
+        None, [form["lora.rank"], alpha_linked, form["lora.alpha"]], form["lora.alpha"],
+        js="(rank, linked, alpha) => linked ? rank : alpha", **PRIVATE,
+    )  # fmt: skip
+    form["lora.alpha"].input(
+        None, [form["lora.alpha"], form["lora.rank"]], alpha_linked,
+        js="(alpha, rank) => alpha === rank", **PRIVATE,
+    )  # fmt: skip
+
+    # ---- dataset check and upload -------------------------------------------------------------------
+    ds_widgets = [form[f"dataset.{k}"] for k in DATASET_KEYS]
+
+    def on_dataset(data: dict[Any, Any]) -> dict[Any, Any]:
+        r = acts.check_dataset(form.config(data))
+        info = {"num_images": r.get("num_images"), "upscaled": r.get("upscaled")} if "report" in r else None
+        return {c["dataset_info"]: render.dataset_markdown(r), dataset_state: info}
+
+    gr.on(
+        [w.change for w in ds_widgets] + [shared.blocks.load],
+        on_dataset,
+        inputs=set(ds_widgets),
+        outputs=[c["dataset_info"], dataset_state],
+        trigger_mode="always_last",
+        show_progress="minimal",
+        **PRIVATE,
+    )
+
+    def on_zip(file: str | None) -> dict[Any, Any]:
+        if not file:
+            return skip([form["dataset.path"], c["dataset_info"]])
+        r = acts.upload_dataset(file)
+        if not r["ok"]:
+            return {c["dataset_info"]: f"✘ {render.esc(r['message'])}"}
+        return {form["dataset.path"]: r["dataset_dir"]}
+
+    c["zip"].upload(on_zip, c["zip"], [form["dataset.path"], c["dataset_info"]], **PRIVATE)
+
+    # ---- presets, fixes, templates ------------------------------------------------------------------
+    def preset(name: str, title: str) -> Any:
+        def fn(data: dict[Any, Any]) -> dict[Any, Any]:
+            r = acts.apply_preset(form.config(data), name, bool(data[c["stack"]]))
+            out: dict[Any, Any] = {c["preset_msg"]: render.preset_markdown(r, title)}
+            if r["ok"]:
+                lora = r["config"].get("lora") or {}
+                out.update(form.updates(r["config"]))
+                out[alpha_linked] = lora.get("alpha") == lora.get("rank")
+            return out
+
+        return fn
+
+    preset_out = [*form.components, c["preset_msg"], alpha_linked]
+    buttons = {
+        **{
+            n: (b, label) for (label, n), b in zip(configs.MODEL_PRESETS.items(), c["model_presets"].values())
+        },
+        **{
+            n: (b, label) for (label, n), b in zip(configs.QUICK_PRESETS.items(), c["quick_presets"].values())
+        },
+        "quickstart": (c["quickstart"], "Demo (quickstart)"),
+    }
+    for name, (btn, label) in buttons.items():
+        btn.click(preset(name, label), {*form.inputs, c["stack"]}, preset_out, **PRIVATE)
+
+    def on_lora_preset(data: dict[Any, Any]) -> dict[Any, Any]:
+        name = data[c["lora_preset"]]
+        return preset(name, name.capitalize())(data) if name else skip(preset_out)
+
+    c["lora_preset"].input(
+        on_lora_preset, {*form.inputs, c["stack"], c["lora_preset"]}, preset_out, **PRIVATE
+    )
+
+    def apply_from(state: gr.State, i: int) -> Any:
+        def fn(data: dict[Any, Any]) -> dict[Any, Any]:
+            items = data[state] or []
+            if i >= len(items):
+                return skip(form.components)
+            return form.updates(configs.apply_overrides(form.config(data), items[i]))
+
+        return fn
+
+    for i, b in enumerate(c["fix_btns"]):
+        b.click(apply_from(fixes_state, i), {*form.inputs, fixes_state}, form.components, **PRIVATE)
+    for i, b in enumerate(c["rec_btns"]):
+        b.click(apply_from(recs_state, i), {*form.inputs, recs_state}, form.components, **PRIVATE)
+
+    def on_save(data: dict[Any, Any]) -> dict[Any, Any]:
+        r = acts.save_template(form.config(data), data[c["tpl_name"]] or "")
+        msg = (
+            f"Saved template **{render.esc(data[c['tpl_name']])}**"
+            if r["ok"]
+            else render.errors_markdown(r["errors"])
+        )
+        return {c["tpl_msg"]: msg, c["tpl_pick"]: gr.update(choices=acts.list_templates())}
+
+    c["tpl_save"].click(on_save, {*form.inputs, c["tpl_name"]}, [c["tpl_msg"], c["tpl_pick"]], **PRIVATE)
+    # The list is read from disk whenever it is opened (templates saved by another tab or the CLI).
+    c["tpl_pick"].focus(lambda: gr.update(choices=acts.list_templates()), None, c["tpl_pick"], **PRIVATE)
+
+    def on_load(name: str | None) -> dict[Any, Any]:
+        r = acts.load_template(name or "")
+        if not r["ok"]:
+            return {c["tpl_msg"]: render.errors_markdown(r["errors"])}
+        lora = r["config"].get("lora") or {}
+        return {
+            **form.updates(r["config"]),
+            c["tpl_msg"]: f"Loaded template **{render.esc(name)}**",
+            alpha_linked: lora.get("alpha") == lora.get("rank"),
+        }
+
+    c["tpl_pick"].input(on_load, c["tpl_pick"], [*form.components, c["tpl_msg"], alpha_linked], **PRIVATE)
+
+    # ---- start / pre-flight: the monitor (Runs tab) comes into view -----------------------------------
+    def launch(kind: str) -> Any:
+        def fn(data: dict[Any, Any]) -> dict[Any, Any]:
+            config = form.config(data)
+            r = acts.start_run(config) if kind == "train" else acts.preflight(config)
+            if not r["ok"]:
+                return {c["action_msg"]: render.errors_markdown(r["errors"])}
+            verb = "Started" if kind == "train" else "Pre-flight started in"
+            return {
+                c["action_msg"]: f"{verb} `{render.esc(r['run_dir'])}`",
+                shared.run_dir: r["run_dir"],
+                shared.runs_changed: data[shared.runs_changed] + 1,
+                shared.tabs: gr.Tabs(selected="runs"),
+            }
+
+        return fn
+
+    launch_out = [c["action_msg"], shared.run_dir, shared.runs_changed, shared.tabs]
+    c["start"].click(launch("train"), {*form.inputs, shared.runs_changed}, launch_out, **PRIVATE)
+    c["preflight"].click(launch("preflight"), {*form.inputs, shared.runs_changed}, launch_out, **PRIVATE)
