@@ -41,7 +41,7 @@ def main() -> int:
             for extra in ([], ["memory.gradient_checkpointing=false", "dataset.resolution=512"]):
                 c = config(*extra, variant=variant)
                 traced = trace_training_step(c)["peak_gib"]
-                est = estimate(c).phases["training"]
+                est = estimate(c, kernels="trace").phases["training"]
                 err = (est - traced) / traced
                 worst = max(worst, abs(err))
                 label = f"{variant} full depth {' '.join(extra) or 'defaults'}"

@@ -80,14 +80,14 @@ def config_for(variant: str, overrides: list[str]) -> Any:
 
 def _estimated(config: Any) -> dict[str, float]:
     from flux2_lora.memory import estimate
-    from flux2_lora.memory.estimate import ALLOCATOR_SLACK, CUDA_CONTEXT_GIB
+    from flux2_lora.memory.estimate import CUDA_CONTEXT_GIB, allocator_slack
 
     est = estimate(config)
     training = est.phases["training"]
     return {
         "training_allocated_gib": training,
         # The harness runs training steps only: the training phase plus context and allocator reserve.
-        "training_total_gib": training * (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT_GIB,
+        "training_total_gib": training * (1 + allocator_slack(config)) + CUDA_CONTEXT_GIB,
         "allocated_peak_gib": est.allocated_peak_gib,
         "total_gib": est.total_gib,
     }

@@ -79,7 +79,7 @@ def test_full_depth_models_within_3_percent_of_trace(variant, overrides):  # typ
 
     c = config(*overrides, variant=variant)
     traced = trace_training_step(c)["peak_gib"]
-    assert abs(estimate(c).phases["training"] - traced) / traced < 0.03
+    assert abs(estimate(c, kernels="trace").phases["training"] - traced) / traced < 0.03
 
 
 def _training(*overrides: str, variant: str = "klein-4b") -> dict[str, float]:

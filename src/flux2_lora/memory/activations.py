@@ -46,6 +46,46 @@ _TRANSIENT_GC = {False: {False: 35.9, True: 35.8}, True: {False: 71.9, True: 56.
 # Outside the blocks: embedders' outputs and the fp32 loss terms, per token per d per weight byte.
 _OUTSIDE = 0.225
 
+# The same quantities measured on a GPU (benchmarks/vram/block_probe.py: H200, torch 2.11, bf16
+# weights, 1024², the default LoRA targets), which the estimate uses for bf16 weights. CUDA's fused
+# kernels keep less per block than the CPU trace (whose RMSNorm and SwiGLU keep fp32 copies). NF4 and
+# int8 layers return their input's dtype, so after autocast's fp32 LayerNorm the residual stream runs in
+# fp32: each block keeps a 4-byte input under checkpointing, and more without. Transients exclude the
+# dequantized weight of quantized layers (counted with the weights). Read off 1+1, 2+1 and 1+2 block
+# models: every difference between depths agreed to 0.1 B per token per d.
+_CUDA = {
+    "none": {"double_base": 31.17, "single_base": 24.33, "input": 2.0, "gc": 42.2, "no_gc": 38.8},
+    "nf4": {"double_base": 52.96, "single_base": 50.14, "input": 4.0, "gc": 42.1, "no_gc": 43.2},
+    "int8": {"double_base": 87.70, "single_base": 67.46, "input": 4.0, "gc": 38.6, "no_gc": 29.9},
+}
+
+
+def _calibration(dtype_bytes: int, kernels: str, quantization: str) -> dict[str, float]:
+    """Per-block coefficients, input bytes and transients (bytes per token per d) for this run."""
+    p = _precision(dtype_bytes)
+    c = dict(_COEF[p])
+    single_lora_transients = {
+        "gc": _TRANSIENT_GC[p == 4][True],
+        "no_gc": _TRANSIENT[p == 4][True],
+        "gc_plain": _TRANSIENT_GC[p == 4][False],
+        "no_gc_plain": _TRANSIENT[p == 4][False],
+    }
+    c.update(input=float(dtype_bytes), **single_lora_transients)
+    if kernels == "cuda" and p == 2:
+        cuda = _CUDA.get(quantization, _CUDA["none"])
+        c.update(double_base=cuda["double_base"], single_base=cuda["single_base"], input=cuda["input"])
+        # Without single-block LoRA only the traced ratio is known: scale it by the measured one.
+        c["gc_plain"] *= cuda["gc"] / c["gc"]
+        c["no_gc_plain"] *= cuda["no_gc"] / c["no_gc"]
+        c["gc"], c["no_gc"] = cuda["gc"], cuda["no_gc"]
+    return c
+
+
+def _transient(c: dict[str, float], checkpointing: bool, single_lora: bool) -> float:
+    key = "gc" if checkpointing else "no_gc"
+    return c[key if single_lora else key + "_plain"]
+
+
 # DoRA (PEFT): each adapted Linear also keeps its base output and its scaled LoRA output for the
 # magnitude's gradient (bytes per token per output feature); its forward builds the dense weight
 # W + s·BA and its norm in fp32 (a·in·out + 4·in² bytes: PEFT multiplies an identity matrix through
@@ -98,12 +138,19 @@ def _fractions(arch: TransformerArch, targeted: set[str], prefix: str, names: tu
 
 
 def block_activation_bytes(
-    arch: TransformerArch, specs: list[LinearSpec], dtype_bytes: int, img: int, txt: int
+    arch: TransformerArch,
+    specs: list[LinearSpec],
+    dtype_bytes: int,
+    img: int,
+    txt: int,
+    kernels: str = "cuda",
+    quantization: str = "none",
 ) -> list[float]:
     """Bytes each block keeps for backward (batch 1, no checkpointing, no DoRA), in execution order.
 
-    Blocks before the first one with LoRA keep nothing: no gradient has to pass through them."""
-    c = _COEF[_precision(dtype_bytes)]
+    Blocks before the first one with LoRA keep nothing: no gradient has to pass through them.
+    ``kernels``: "cuda" (the GPU calibration) or "trace" (the CPU meta-tensor trace's own figures)."""
+    c = _calibration(dtype_bytes, kernels, quantization)
     d = arch.inner_dim
     targeted = {s.name for s in specs}
     out: list[float] = []
@@ -208,11 +255,14 @@ def training_activations(
     batch: int,
     checkpointing: bool,
     dora: bool,
+    kernels: str = "cuda",
+    quantization: str = "none",
 ) -> float:
     """Peak bytes above the static memory during forward and backward of one training step."""
-    p = _precision(dtype_bytes)
+    c = _calibration(dtype_bytes, kernels, quantization)
     tokens_d = (img + txt) * arch.inner_dim
-    blocks = [batch * b for b in block_activation_bytes(arch, specs, dtype_bytes, img, txt)]
+    per_block = block_activation_bytes(arch, specs, dtype_bytes, img, txt, kernels, quantization)
+    blocks = [batch * b for b in per_block]
     flowing = [b > 0 for b in blocks]
     single_lora = any(s.block == "single" for s in specs)
     n = len(blocks)
@@ -221,12 +271,12 @@ def training_activations(
     else:
         d_kept = d_dense = d_grads = [0.0] * n
     outside = batch * _OUTSIDE * dtype_bytes * tokens_d
+    transient = _transient(c, checkpointing, single_lora) * tokens_d * batch
     if checkpointing:
         # Each block keeps only its input; backward recomputes one block at a time while the inputs of
         # the blocks before it are alive, and holds that block's activations plus gradients.
-        inputs = [float(dtype_bytes * tokens_d * batch) if f else 0.0 for f in flowing]
+        inputs = [c["input"] * tokens_d * batch if f else 0.0 for f in flowing]
         last_single = blocks[-1] if arch.num_single_layers else 0.0
-        transient = _TRANSIENT_GC[p == 4][single_lora] * tokens_d * batch
         peak = sum(inputs) + last_single + d_kept[-1] + transient
         for i in range(n):
             # With DoRA, the recomputation of block i also builds the dense weight, then its gradients.
@@ -236,14 +286,13 @@ def training_activations(
                 peak = max(peak, recompute + extra)
     else:
         first = next((i for i, f in enumerate(flowing) if f), None)
-        per_block = [b + k for b, k in zip(blocks, d_kept)]
+        kept_by_block = [b + k for b, k in zip(blocks, d_kept)]
         if first is not None:
-            per_block[first] -= batch * first_block_discount(arch, specs, dtype_bytes, img, txt)
-        kept = sum(per_block)
-        peak = kept + _TRANSIENT[p == 4][single_lora] * tokens_d * batch
+            kept_by_block[first] -= batch * first_block_discount(arch, specs, dtype_bytes, img, txt)
+        peak = sum(kept_by_block) + transient
         prefix = 0.0
         for i in range(n):
-            prefix += per_block[i]
+            prefix += kept_by_block[i]
             # DoRA's dense weight (forward) and gradients (backward) come while the blocks up to i hold
             # their activations; the plain gradient transient is counted at the last block.
             extra = max(d_dense[i], d_grads[i])
@@ -261,21 +310,24 @@ def end_of_backward_activations(
     txt: int,
     batch: int,
     checkpointing: bool,
+    kernels: str = "cuda",
+    quantization: str = "none",
 ) -> float:
     """Activation bytes alive while the first LoRA'd block runs backward, the moment every later
     block's LoRA gradients already exist: at large ranks the gradients outweigh the activations that
     backward has freed by then, and this is the step's peak."""
-    p = _precision(dtype_bytes)
+    c = _calibration(dtype_bytes, kernels, quantization)
     tokens_d = (img + txt) * arch.inner_dim
-    blocks = [batch * b for b in block_activation_bytes(arch, specs, dtype_bytes, img, txt)]
+    per_block = block_activation_bytes(arch, specs, dtype_bytes, img, txt, kernels, quantization)
+    blocks = [batch * b for b in per_block]
     first = next((i for i, b in enumerate(blocks) if b > 0), None)
     if first is None:
         return 0.0
     single_lora = any(s.block == "single" for s in specs)
     kept = blocks[first] - batch * first_block_discount(arch, specs, dtype_bytes, img, txt)
     if checkpointing:
-        kept += dtype_bytes * tokens_d * batch  # its input, from which it is recomputed
-    transient = (_TRANSIENT_GC if checkpointing else _TRANSIENT)[p == 4][single_lora] * tokens_d * batch
+        kept += c["input"] * tokens_d * batch  # its input, from which it is recomputed
+    transient = _transient(c, checkpointing, single_lora) * tokens_d * batch
     return kept + transient + batch * _OUTSIDE * dtype_bytes * tokens_d
 
 

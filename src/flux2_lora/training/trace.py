@@ -376,7 +376,7 @@ def trace_report(config: TrainConfig) -> dict[str, Any]:
     pairs = {
         "training_peak": (
             trace_training_step(config)["peak_gib"] * GIB,
-            estimate(config).phases["training"] * GIB,
+            estimate(config, kernels="trace").phases["training"] * GIB,
         ),
         "text_encoder_activations": (
             trace_text_encoder(shapes.text_encoder, dtype, PROMPT_BATCH),
