@@ -163,10 +163,10 @@ def main() -> int:
         # cudnn last: at [klein] 4B size it hit an illegal memory access on an H200 (torch 2.11), which
         # leaves the CUDA context unusable for anything after it.
         for backend in ("flash", "efficient", "cudnn"):
-            from flux2_lora.training.hardware import ATTENTION_BACKENDS
-
+            # cudnn is not a config choice (see performance.attention_backend); measured here to recheck
+            names = {"flash": "_native_flash", "efficient": "_native_efficient", "cudnn": "_native_cudnn"}
             try:
-                trainer.transformer.set_attention_backend(ATTENTION_BACKENDS[backend])
+                trainer.transformer.set_attention_backend(names[backend])
                 record(f"attention {backend}", clock.measure(args.warmup, args.steps))
             except Exception as e:  # a kernel this GPU or build lacks
                 rows.append({"lever": f"attention {backend}", "error": f"{type(e).__name__}: {e}"[:300]})

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.gpu
         ("memory.quantization=int8",),
         ("training.optimizer=adamw8bit",),
         ("performance.attention_backend=flash",),
-        ("performance.attention_backend=cudnn",),
+        ("performance.attention_backend=efficient",),
         ("performance.compile=true",),
     ],
 )

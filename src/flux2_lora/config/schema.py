@@ -400,20 +400,22 @@ class PerformanceSection(Section):
 
     compile: bool = F(
         False,
-        "Compile the transformer's repeated blocks with torch.compile (regional compilation): faster GPU "
-        "steps after a one-time compile (about a minute; each new bucket shape compiles once more).",
+        "Compile the transformer's repeated blocks with torch.compile (regional compilation): 1.47× the "
+        "steps/s on an H200 ([klein] 4B, 1024², bf16; also with NF4) after a one-time compile of about "
+        "25 s; each new bucket shape compiles once more.",
     )
-    attention_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = F(
+    attention_backend: Literal["auto", "flash", "efficient", "math"] = F(
         "auto",
-        "Attention kernel. auto: PyTorch chooses (flash attention on recent GPUs); flash, cudnn, efficient: "
-        "that SDPA kernel only (CUDA GPUs); math: the slow reference kernel.",
+        "Attention kernel. auto: PyTorch chooses per call (the fastest on an H200); flash or efficient: "
+        "force that SDPA kernel (22% and 43% slower per step there); math: the slow reference kernel. "
+        "cuDNN attention is not offered: forced, it crashed at [klein] 4B size (torch 2.11).",
         ui={"advanced": True},
     )
     float8: bool = F(
         False,
         "Run the frozen base layers' matrix products in FP8 (torchao float8 training) on GPUs with FP8 "
-        "units (H100/H200, Ada, Blackwell). Weights stay in model.dtype. Best with compile. Not with "
-        "memory.quantization.",
+        "units (H100/H200, Ada, Blackwell): with compile, 1.65× the steps/s of diffusers' script on an "
+        "H200, at the same memory. Weights stay in model.dtype. Not with memory.quantization.",
         ui={"advanced": True},
     )
     cpu_threads: int = F(

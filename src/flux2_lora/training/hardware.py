@@ -17,7 +17,6 @@ MIXED_PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32:
 # performance.attention_backend → diffusers' attention dispatcher names (PyTorch SDPA kernels).
 ATTENTION_BACKENDS = {
     "flash": "_native_flash",
-    "cudnn": "_native_cudnn",
     "efficient": "_native_efficient",
     "math": "_native_math",
 }
