@@ -31,13 +31,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-STATES_LIVE = ("starting", "loading", "caching", "training", "sampling", "checkpointing", "stopping")
+STATES_LIVE = (
+    "starting",
+    "loading",
+    "caching",
+    "training",
+    "sampling",
+    "evaluating",
+    "checkpointing",
+    "stopping",
+)
 STATE_UNREADABLE = "unreadable"  # status.json is damaged or not ours; its message says why
 STATES_FINAL = ("finished", "failed", "stopped", STATE_UNREADABLE)
 MAX_STATUS_BYTES = 1 << 20  # a status file is a few hundred bytes
 
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.jsonl"  # one line per evaluation: {"step", "eval_loss", "time", "seconds"}
 LOG_FILE = "train.log"
 CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".lock"
@@ -226,6 +236,7 @@ PREVIOUS_DIR = "previous"
 _RUN_ARTIFACTS = (
     STATUS_FILE,
     METRICS_FILE,
+    EVAL_FILE,
     LOG_FILE,
     SAMPLES_DIR,
     CHECKPOINTS_DIR,
@@ -375,6 +386,11 @@ def iter_runs(root: str | Path) -> Iterator[Path]:
                 yield child
         except OSError:
             continue
+
+
+def read_eval(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The run's eval-loss records, oldest first (empty when eval was off)."""
+    return [r for r in read_jsonl(Path(run_dir) / EVAL_FILE) if isinstance(r.get("eval_loss"), _NUM)]
 
 
 def summarize(run_dir: str | Path) -> RunSummary:

@@ -112,7 +112,9 @@ def test_templates_are_read_from_disk(client, ui_runs: Path) -> None:  # type: i
 
 
 def test_demo_run_to_finished_download_and_generate(client, ui_runs: Path) -> None:  # type: ignore[no-untyped-def]
-    r = client.predict(tiny_run_config("api-run"), "", api_name="/start_run")
+    cfg = tiny_run_config("api-run")
+    cfg["validation"].update(eval_images=2, eval_every=3)
+    r = client.predict(cfg, "", api_name="/start_run")
     assert r["ok"], r
     run_dir = r["run_dir"]
     assert Path(run_dir).parent == ui_runs.resolve()
@@ -127,6 +129,7 @@ def test_demo_run_to_finished_download_and_generate(client, ui_runs: Path) -> No
     assert wait_for(finished, timeout=300, interval=0.5), last
     assert last["state"] == "finished", last
     assert last["step"] == 6 and last["metrics"] and last["samples"]
+    assert [e["step"] for e in last["evals"]] == [0, 3, 6]  # the eval loss the monitor plots
     runs = client.predict(api_name="/list_runs")
     assert any(x["run_dir"] == run_dir and x["lora"] for x in runs)
     filedata = client.predict(run_dir, api_name="/download_lora")

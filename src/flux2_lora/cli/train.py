@@ -103,6 +103,7 @@ def train_here(config, resume: str | None, debug: bool = False) -> int:  # type:
     from flux2_lora.data.scan import DatasetError
     from flux2_lora.runs import RunBusyError
     from flux2_lora.training.checkpoint import CheckpointError
+    from flux2_lora.training.evaluation import EvalError
     from flux2_lora.training.model import ModelLoadError
     from flux2_lora.training.optim import OptimizerUnavailable
     from flux2_lora.training.trainer import run_training
@@ -112,7 +113,7 @@ def train_here(config, resume: str | None, debug: bool = False) -> int:  # type:
         return run_training(config, resume)
     except RunBusyError as e:
         return fail(str(e), EXIT_BUSY)
-    except (ModelLoadError, DatasetError, CheckpointError, OptimizerUnavailable) as e:
+    except (ModelLoadError, DatasetError, CheckpointError, OptimizerUnavailable, EvalError) as e:
         return fail(_with_log(str(e), run_dir))
     except (
         Exception
@@ -199,13 +200,14 @@ def _preflight(config) -> int:  # type: ignore[no-untyped-def]
 
     quiet_libraries()
     from flux2_lora.data.scan import DatasetError
+    from flux2_lora.training.evaluation import EvalError
     from flux2_lora.training.model import ModelLoadError
     from flux2_lora.training.optim import OptimizerUnavailable
     from flux2_lora.training.preflight import format_result, run_preflight
 
     try:
         result = run_preflight(config)
-    except (ModelLoadError, DatasetError, OptimizerUnavailable) as e:
+    except (ModelLoadError, DatasetError, OptimizerUnavailable, EvalError) as e:
         return fail(str(e))
     except RuntimeError as e:
         if "out of memory" in str(e).lower():

@@ -441,11 +441,56 @@ class ValidationSection(Section):
     guidance_scale: float = F(
         4.0, "Guidance scale for samples ([dev]: distilled guidance; [klein]: CFG).", ge=0, le=30
     )
+    eval_images: int = F(
+        0,
+        "Held-out images for an eval loss (0: off): set aside from the dataset, never trained on, and "
+        "scored at fixed noise levels with fixed noise, so runs on the same dataset with the same eval "
+        "settings get comparable numbers.",
+        ge=0,
+        le=1000,
+    )
+    eval_folder: str = F(
+        "",
+        "A separate folder of captioned images to score instead of held-out ones (empty: eval_images).",
+        max_length=4096,
+        ui={"advanced": True},
+    )
+    eval_every: int = F(
+        100,
+        "Steps between eval-loss evaluations (also before the first step and at the end).",
+        ge=1,
+        le=1_000_000,
+    )
+    eval_sigmas: list[float] = F(
+        [0.1, 0.3, 0.5, 0.7, 0.9],
+        "Noise levels σ at which each eval image is scored, each with its own fixed noise.",
+        min_length=1,
+        max_length=32,
+        ui={"advanced": True},
+    )
+    eval_seed: int = F(
+        0,
+        "Seed of the held-out choice and of the eval noise: keep it when comparing runs.",
+        ge=0,
+        le=2**32 - 1,
+        ui={"advanced": True},
+    )
 
     @field_validator("prompts")
     @classmethod
     def _prompts(cls, v: list[str]) -> list[str]:
         return [p.strip() for p in v if p.strip()]
+
+    @field_validator("eval_sigmas")
+    @classmethod
+    def _sigmas(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 < s <= 1.0 for s in v):
+            raise ValueError("every σ must be in (0, 1]")
+        return v
+
+    @property
+    def eval_enabled(self) -> bool:
+        return self.eval_images > 0 or bool(self.eval_folder.strip())
 
 
 class OutputSection(Section):

@@ -74,6 +74,14 @@ class RunReporter:
         self._step_times: list[float] = []
         self._overheads: dict[str, list[float]] = {}
         self._gpu_phases: dict[str, dict[str, float]] = {}
+        evals = runs.read_eval(run_dir)  # a resumed run keeps its eval history (a fresh one has none)
+        if evals:
+            best = min(evals, key=lambda r: r["eval_loss"])
+            self.status.extra.update(
+                final_eval_loss=evals[-1]["eval_loss"],
+                best_eval_loss=best["eval_loss"],
+                best_eval_step=best["step"],
+            )
 
     # -- status -----------------------------------------------------------------------------
     def set_state(self, state: str, message: str = "", **fields: Any) -> None:
@@ -134,7 +142,8 @@ class RunReporter:
         if val.enabled:
             samples = (total - 1) // val.every_n_steps - step // val.every_n_steps + 1
         ckpts = total // out.checkpoint_every - step // out.checkpoint_every if out.checkpoint_every else 0
-        return {"sampling": max(samples, 0), "checkpoint": max(ckpts, 0)}
+        evals = total // val.eval_every - step // val.eval_every + 1 if val.eval_enabled else 0
+        return {"sampling": max(samples, 0), "checkpoint": max(ckpts, 0), "eval": max(evals, 0)}
 
     def step_done(self, step: int, seconds: float) -> None:
         """Seconds per step (recent mean) and the ETA, including the sampling and checkpoints still due."""
@@ -204,6 +213,22 @@ class RunReporter:
         if self._wandb is not None:
             self._wandb.log({"loss": loss, "lr": lr, "gpu_mem_gib": gpu}, step=step)
         return record
+
+    def log_eval(self, step: int, loss: float, seconds: float) -> None:
+        """eval.jsonl, the trackers, and the final and best eval loss in the run's status."""
+        self.record_overhead("eval", seconds)
+        runs.append_jsonl(
+            self.run_dir / runs.EVAL_FILE,
+            {"step": step, "eval_loss": loss, "time": time.time(), "seconds": seconds},
+        )
+        extra = self.status.extra
+        extra["final_eval_loss"] = loss
+        if extra.get("best_eval_loss") is None or loss < extra["best_eval_loss"]:
+            extra["best_eval_loss"], extra["best_eval_step"] = loss, step
+        if self._tb is not None:
+            self._tb.add_scalar("eval/loss", loss, step)
+        if self._wandb is not None:
+            self._wandb.log({"eval_loss": loss}, step=step)
 
     def log_sample(self, step: int, index: int, prompt: str, image: Any) -> Path:
         """Save a validation image as PNG, index it, and send it to the trackers."""

@@ -32,6 +32,7 @@ from flux2_lora.training.batches import (
     text_ids_for,
     to_device_stacked,
 )
+from flux2_lora.training.evaluation import EvalSet, split_held_out, timed
 from flux2_lora.training.flow import flow_matching_loss, sample_density, sigmas_from_density
 from flux2_lora.training.hardware import (
     MIXED_PRECISION,
@@ -114,6 +115,7 @@ class Trainer:
         self.lr_scheduler: Any = None
         self.schedule: SampleSchedule | None = None
         self.sampler: Sampler | None = None
+        self.eval_set: EvalSet | None = None
 
     def _status(self, state: str, message: str = "", **fields: Any) -> None:
         if self.reporter is not None:
@@ -128,10 +130,10 @@ class Trainer:
         acc = self.accelerator
         log.info("training on %s (%s) with %d processes", self.device, self.dtype, acc.num_processes)
         self.model_path, self.variant, self.arch = resolve_model_path(cfg.model)
-        self.items = self._setup_data()
+        self.items, eval_items = self._setup_data()
         # Captions and images are encoded before the transformer is loaded: the text encoder (24B for
         # [dev]) and the transformer never share the GPU.
-        self.pipe, self.prompts, self.latents = self._setup_inputs()
+        self.pipe, self.prompts, self.latents, self.eval_set = self._setup_inputs(eval_items)
         self.transformer, self.lora_params = self._setup_model()
         self.optimizer, self.lr_scheduler = self._setup_optimizer()
         self.model, self.optimizer = acc.prepare(self.transformer, self.optimizer)
@@ -163,28 +165,40 @@ class Trainer:
             self.reporter.open_trackers()
         return start
 
-    def _setup_data(self) -> list[Item]:
+    def _setup_data(self) -> tuple[list[Item], list[Item]]:
+        """(training items, eval items): held-out images never train; an eval folder is scanned apart."""
         from flux2_lora.data.archive import prepare_dataset_source
         from flux2_lora.data.demo import ensure_demo_dataset, is_demo
         from flux2_lora.data.scan import require_usable, scan_dataset
 
-        ds = self.config.dataset
-        root = (
-            ensure_demo_dataset()
-            if is_demo(ds.path)
-            else prepare_dataset_source(Path(ds.path).expanduser(), self.run_dir / ".work")
-        )
-        report = scan_dataset(
-            root,
-            caption_extension=ds.caption_extension,
-            default_caption=ds.default_caption,
-            resolution=ds.resolution,
-        )
-        for p in report.problems:
-            log.warning("dataset: %s: %s", p.file, p.message)
-        require_usable(report)
-        log.info("dataset: %d images from %s", len(report.items), root)
-        return build_items(report, root, self.config)
+        ds, val = self.config.dataset, self.config.validation
+
+        def scan(path: str, field: str) -> tuple[Any, Path]:
+            root = (
+                ensure_demo_dataset()
+                if is_demo(path)
+                else prepare_dataset_source(Path(path).expanduser(), self.run_dir / ".work" / field)
+            )
+            report = scan_dataset(
+                root,
+                caption_extension=ds.caption_extension,
+                default_caption=ds.default_caption,
+                resolution=ds.resolution,
+            )
+            for p in report.problems:
+                log.warning("%s: %s: %s", field, p.file, p.message)
+            require_usable(report)
+            log.info("%s: %d images from %s", field, len(report.items), root)
+            return report, root
+
+        report, root = scan(ds.path, "dataset")
+        items, held_out = split_held_out(build_items(report, root, self.config), root, self.config)
+        if val.eval_folder.strip():
+            eval_report, eval_root = scan(val.eval_folder, "validation.eval_folder")
+            held_out = build_items(eval_report, eval_root, self.config)
+        if held_out:
+            log.info("eval loss: %d image(s) at %d noise levels", len(held_out), len(val.eval_sigmas))
+        return items, held_out
 
     def validation_prompts(self) -> list[str]:
         return self.config.validation.prompts or [self.items[0].caption or ""]
@@ -203,8 +217,9 @@ class Trainer:
             out.append("")
         return out
 
-    def _setup_inputs(self) -> tuple[Any, PromptSource, LatentSource]:
-        """The pipeline's encoders, and the prompt / latent sources (filled now when cached)."""
+    def _setup_inputs(self, eval_items: list[Item]) -> tuple[Any, PromptSource, LatentSource, EvalSet | None]:
+        """The pipeline's encoders, the prompt / latent sources (filled now when cached) and the eval
+        set's latents (always encoded now: a few images)."""
         mem, val = self.config.memory, self.config.validation
         self._status("caching", "encoding captions and images")
         pipe = load_pipeline_without_transformer(self.model_path, self.variant, self.dtype)
@@ -221,7 +236,11 @@ class Trainer:
         layers = resolve_text_encoder_layers(self.config.model, self.model_path, self.variant)
         prompts = PromptSource(pipe, te_device, max_len, text_encoder_out_layers=layers, pin=pin)
         latents = LatentSource(self.items, self.config, pipe.vae, self.device, pin=pin)
+        eval_set = EvalSet(eval_items, self.config, pipe.vae, self.device, pin) if eval_items else None
         extra = self.validation_prompts() if val.enabled else []
+        if eval_set is not None:
+            extra = [*extra, *eval_set.captions]
+            eval_set.fill_cache()
         if val.enabled and self.uses_cfg():
             extra = [*extra, ""]
         if mem.cache_text_embeddings:
@@ -237,7 +256,7 @@ class Trainer:
         elif mem.cpu_offload:
             self._offload(pipe.vae)
         free_memory()
-        return pipe, prompts, latents
+        return pipe, prompts, latents, eval_set
 
     def _offload(self, module: Any) -> None:
         """Move a frozen component off the GPU between uses (no-op when training on CPU)."""
@@ -427,6 +446,30 @@ class Trainer:
         self._status("training", "")
         return images
 
+    def evaluate(self, step: int) -> float | None:
+        """The eval loss at ``step`` (main process; the others wait), logged to the run."""
+        acc = self.accelerator
+        if self.eval_set is None:
+            return None
+        acc.wait_for_everyone()
+        value = None
+        if acc.is_main_process:
+            assert self.prompts is not None and self.arch is not None
+            self._status("evaluating", f"eval loss at step {step}")
+            eval_set, prompts = self.eval_set, self.prompts
+            model = acc.unwrap_model(self.model)
+            value, seconds = timed(
+                lambda: eval_set.loss(
+                    model, prompts, self.device, self.dtype, self.arch.guidance_embeds, acc.autocast
+                )
+            )
+            log.info("eval loss at step %d: %.5f (%.1fs)", step, value, seconds)
+            if self.reporter is not None:
+                self.reporter.log_eval(step, value, seconds)
+            self._status("training", "")
+        acc.wait_for_everyone()
+        return value
+
     # ----------------------------------------------------------------------------- the loop
     def _stop_agreed(self) -> bool:
         """Every process stops at the same step: one rank's signal or stop file stops them all."""
@@ -450,6 +493,8 @@ class Trainer:
         )
         window: list[torch.Tensor] = []
         self.model.train()
+        if start == 0:
+            self.evaluate(0)  # the baseline: every run on the same eval set starts from the same value
         step = start
         for step in range(start + 1, total + 1):
             t0 = time.perf_counter()
@@ -474,6 +519,8 @@ class Trainer:
             val = cfg.validation
             if val.enabled and step % val.every_n_steps == 0 and step < total and not stop:
                 self.sample(step)
+            if step % val.eval_every == 0 and step < total and not stop:
+                self.evaluate(step)
             if stop:
                 bar.close()
                 self.stop.acknowledge()
@@ -488,6 +535,7 @@ class Trainer:
 
         cfg = self.config
         acc = self.accelerator
+        self.evaluate(step)
         last = runs.latest_checkpoint(self.run_dir)
         if last is None or last.name != f"{runs.CHECKPOINT_PREFIX}{step}":
             # Written before the LoRA, so a failed final write (a full disk) loses nothing.

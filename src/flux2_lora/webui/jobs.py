@@ -62,6 +62,13 @@ def launch_config(
                 ],
             )
         parsed.dataset.path = str(real)
+    if parsed.validation.eval_folder.strip():
+        try:
+            parsed.validation.eval_folder = str(
+                paths.readable("validation.eval_folder", parsed.validation.eval_folder)
+            )
+        except PathRefused as e:
+            return None, None, [{"field": e.field, "message": e.message}]
     parsed.output.dir = str(run_dir)
     return parsed, run_dir, []
 

@@ -298,6 +298,7 @@ def snapshot(run: Path, served: Any, max_points: int = 2000) -> dict[str, Any]:
         "lora": str(lora) if lora.is_file() else None,
         "checkpoints": [str(p) for p in runs.list_checkpoints(run)],
         "metrics": _thin(metrics, max_points),
+        "evals": [{"step": r["step"], "eval_loss": r["eval_loss"]} for r in runs.read_eval(run)],
         "samples": samples[-48:],
         "log": runs.log_tail(run, 40) or proc.get("output", ""),
         "preflight": preflight,

@@ -18,6 +18,13 @@ FINAL = ("finished", "failed", "stopped")
 METRIC_COLUMNS = ["step", "loss", "lr", "sec_per_step", "eta_s", "gpu_mem_gib", "rss_gib"]
 
 
+def loss_frame(metrics: pd.DataFrame, evals: list[dict[str, Any]]) -> pd.DataFrame:
+    """Training loss and eval loss as one long frame (step, loss, series) for a two-line plot."""
+    train = metrics[["step", "loss"]].dropna().assign(series="training")
+    held = pd.DataFrame(evals, columns=["step", "eval_loss"]).rename(columns={"eval_loss": "loss"})
+    return pd.concat([train, held.assign(series="eval")], ignore_index=True)
+
+
 def create_runs_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
     c: dict[str, Any] = {}
     with gr.Row():
@@ -31,7 +38,14 @@ def create_runs_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
     c["msg"] = gr.Markdown(elem_id="runs-message")
     c["preflight"] = gr.HTML(render.preflight_html({}), elem_id="preflight-panel")
     with gr.Row():
-        c["loss"] = gr.LinePlot(x="step", y="loss", title="Loss", height=240, elem_id="loss-plot")
+        c["loss"] = gr.LinePlot(
+            x="step",
+            y="loss",
+            color="series",
+            title="Loss: training, and eval when on",
+            height=240,
+            elem_id="loss-plot",
+        )
         c["lr"] = gr.LinePlot(x="step", y="lr", title="Learning rate", height=240, elem_id="lr-plot")
         c["memory"] = gr.LinePlot(
             x="step",
@@ -198,6 +212,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
             snap.get("state"),
             snap.get("step"),
             len(metrics),
+            len(snap.get("evals", [])),
             len(snap.get("samples", [])),
             snap.get("log", "")[-200:],
             snap.get("lora"),
@@ -220,7 +235,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
                 c["stop"]: gr.update(interactive=live or bool(pre.get("running"))),
                 c["resume"]: gr.update(interactive=not live and bool(snap.get("checkpoints"))),
                 c["status"]: render.status_html(snap),
-                c["loss"]: _plot(mdf[["step", "loss"]].dropna()),
+                c["loss"]: _plot(loss_frame(mdf, snap.get("evals", []))),
                 c["lr"]: _plot(mdf[["step", "lr"]].dropna()),
                 c["memory"]: _plot(memory_frame(metrics, run_estimate(snap, run_dir) if metrics else {})),
                 c["gallery"]: [
