@@ -263,7 +263,8 @@ COLUMNS = [
 ]
 
 
-def _cell(key: str, value: Any, fmt: str) -> str:
+def cell(key: str, value: Any, fmt: str) -> str:
+    """One figure as the table shows it (— when the run has none)."""
     if value is None:
         return "—"
     if key == "lora_bytes":
@@ -275,7 +276,7 @@ def table_text(result: dict[str, Any]) -> str:
     rows = [["run", "state", *[title for _, title, _ in COLUMNS]]]
     for s in result["runs"]:
         rows.append(
-            [escape(Path(s["run"]).name), str(s["state"]), *[_cell(k, s.get(k), f) for k, _, f in COLUMNS]]
+            [escape(Path(s["run"]).name), str(s["state"]), *[cell(k, s.get(k), f) for k, _, f in COLUMNS]]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
@@ -298,7 +299,7 @@ def html_report(result: dict[str, Any], curves: bytes, grid: bytes | None) -> st
     body = "".join(
         "<tr>"
         + f"<td>{html.escape(Path(s['run']).name)}</td><td>{html.escape(str(s['state']))}</td>"
-        + "".join(f"<td>{_cell(k, s.get(k), f)}</td>" for k, _, f in COLUMNS)
+        + "".join(f"<td>{cell(k, s.get(k), f)}</td>" for k, _, f in COLUMNS)
         + "</tr>"
         for s in result["runs"]
     )

@@ -30,6 +30,7 @@ API = (
     "stop_run",
     "resume_run",
     "list_runs",
+    "compare_runs",
     "save_template",
     "load_template",
     "list_templates",
@@ -111,6 +112,11 @@ class Actions:
 
     def lora_file(self, run_dir: str) -> str | None:
         return jobs.lora_file(self.paths, run_dir)
+
+    def compare_runs(self, run_dirs: list[str]) -> dict[str, Any]:
+        """The comparison of two or more runs (as ``flux2-lora compare --json``), with the loss curves
+        and the sample grid written as PNGs the page can show."""
+        return jobs.compare_runs(self.paths, run_dirs)
 
     def run_defaults(self, lora: str) -> dict[str, Any]:
         """The run's own sampling settings (prompt, steps, guidance, resolution) for Test LoRA."""

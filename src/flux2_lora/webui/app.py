@@ -16,6 +16,7 @@ from flux2_lora.webui.actions import Actions
 from flux2_lora.webui.api import register_api
 from flux2_lora.webui.paths import DEFAULT_MAX_UPLOAD_BYTES, AppPaths
 from flux2_lora.webui.tabs import Shared
+from flux2_lora.webui.tabs.compare import create_compare_tab
 from flux2_lora.webui.tabs.runs import create_runs_tab
 from flux2_lora.webui.tabs.test_lora import create_test_tab
 from flux2_lora.webui.tabs.train import create_train_tab
@@ -31,6 +32,7 @@ THEME = gr.themes.Default(
 TABS = (
     ("train", "Train", create_train_tab),
     ("runs", "Runs", create_runs_tab),
+    ("compare", "Compare", create_compare_tab),
     ("test", "Test LoRA", create_test_tab),
 )
 

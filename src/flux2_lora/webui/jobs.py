@@ -189,6 +189,25 @@ def list_runs(paths: AppPaths) -> list[dict[str, Any]]:
     return out
 
 
+def compare_runs(paths: AppPaths, run_dirs: list[str]) -> dict[str, Any]:
+    import hashlib
+
+    from flux2_lora.experiments.compare import CompareError, write_outputs
+
+    chosen = [paths.existing_run(r) for r in run_dirs or []]
+    if any(r is None for r in chosen):
+        bad = next(r for r, p in zip(run_dirs, chosen) if p is None)
+        return {"ok": False, "message": f"{bad}: not a run of this UI's runs folder"}
+    key = hashlib.sha1("\n".join(str(r) for r in chosen).encode()).hexdigest()[:12]
+    paths.generated.mkdir(parents=True, exist_ok=True)
+    grid, curves = paths.generated / f"compare-{key}-grid.png", paths.generated / f"compare-{key}-curves.png"
+    try:
+        result = write_outputs([r for r in chosen if r is not None], grid_file=grid, curves_file=curves)
+    except CompareError as e:
+        return {"ok": False, "message": str(e)}
+    return {"ok": True, **result, "grid_file": str(grid), "curves_file": str(curves)}
+
+
 def lora_file(paths: AppPaths, run_dir: str) -> str | None:
     run = paths.existing_run(run_dir)
     f = paths.served_file(str(run / runs.LORA_FILE)) if run else None
