@@ -7,7 +7,18 @@ import importlib
 import sys
 
 # Subcommand modules; each has add_parser(subparsers) and a run(args) -> int set as the default func.
-SUBCOMMANDS = ("train", "validate", "presets", "dataset", "estimate", "generate", "runs_cmd", "ui")
+SUBCOMMANDS = (
+    "train",
+    "validate",
+    "presets",
+    "dataset",
+    "estimate",
+    "generate",
+    "runs_cmd",
+    "sweep",
+    "autotune",
+    "ui",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
