@@ -80,6 +80,9 @@ def trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "reason": attrs.get("reason") or None,
         "run_dir": run_dir,
         "retry_of": attrs.get("retry_of"),
+        "retried_as": None,
+        "worker": attrs.get("worker"),
+        "host": attrs.get("host"),
         "memory_gib": (attrs.get("memory") or {}).get("need_gib")
         if isinstance(attrs.get("memory"), dict)
         else None,
