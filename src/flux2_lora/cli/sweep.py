@@ -106,7 +106,8 @@ def _sweep(spec_file: Path, args: argparse.Namespace) -> int:
     if _optuna_missing():
         return fail(EXTRA_HINT)
     from flux2_lora.experiments.spec import SpecError, build_plan, load_spec
-    from flux2_lora.experiments.sweep import SPEC_FILE, Options, Sweep, SweepError
+    from flux2_lora.experiments.store import SPEC_FILE
+    from flux2_lora.experiments.sweep import Options, Sweep, SweepError
     from flux2_lora.experiments.vet import Target, largest_trial
 
     gpus = _parse_gpus(args.gpus)
@@ -164,7 +165,7 @@ def _on_signals(sweep: Any) -> dict[int, Any]:
         )
         sweep.stop()
 
-    previous = {}
+    previous: dict[int, Any] = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, handler)
     return previous

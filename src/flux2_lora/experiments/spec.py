@@ -57,39 +57,39 @@ class _Closed(BaseModel):
 class Base(_Closed):
     """What every trial starts from: presets in order, then a YAML config file, then ``set`` values."""
 
-    presets: list[str] = Field([], max_length=16)
-    config: str | None = Field(None, min_length=1, max_length=4096)
-    set: dict[str, Any] = Field({}, max_length=256)
+    presets: list[str] = Field(default=[], max_length=16)
+    config: str | None = Field(default=None, min_length=1, max_length=4096)
+    set: dict[str, Any] = Field(default={}, max_length=256)
 
 
 class Parameter(_Closed):
     """``values`` (a categorical choice; what a grid walks) or a ``low``/``high`` range (random, TPE)."""
 
-    values: list[Scalar] | None = Field(None, min_length=1, max_length=MAX_VALUES)
+    values: list[Scalar] | None = Field(default=None, min_length=1, max_length=MAX_VALUES)
     low: float | None = None
     high: float | None = None
     log: bool = False
-    step: float | None = Field(None, gt=0)
+    step: float | None = Field(default=None, gt=0)
 
 
 class Pruning(_Closed):
     """Stop a trial early when its eval loss is worse than the median of earlier trials at that step."""
 
     enabled: bool = False
-    startup_trials: int = Field(2, ge=0, le=1000)
-    warmup_steps: int = Field(0, ge=0, le=1_000_000)
+    startup_trials: int = Field(default=2, ge=0, le=1000)
+    warmup_steps: int = Field(default=0, ge=0, le=1_000_000)
 
 
 class SweepSpec(_Closed):
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
     base: Base = Field(default_factory=Base)
     parameters: dict[str, Parameter] = Field(min_length=1, max_length=MAX_PARAMETERS)
     method: Literal["grid", "random", "tpe"] = "tpe"
-    trials: int | None = Field(None, ge=1, le=MAX_TRIALS)
+    trials: int | None = Field(default=None, ge=1, le=MAX_TRIALS)
     objective: Literal["eval_loss", "train_loss"] = "eval_loss"
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
     pruning: Pruning = Field(default_factory=Pruning)
-    max_failures: int = Field(3, ge=1, le=1000)
+    max_failures: int = Field(default=3, ge=1, le=1000)
 
 
 # ---------------------------------------------------------------------------------------------- fields
@@ -136,8 +136,8 @@ def sweepable_fields() -> list[dict[str, Any]]:
         for key, info in cls.model_fields.items():
             path = f"{section}.{key}"
             extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-            ui = extra.get("ui") if isinstance(extra.get("ui"), dict) else {}
-            if path in FIXED_BY_SWEEP or ui.get("disabled"):
+            ui = extra.get("ui")
+            if path in FIXED_BY_SWEEP or (isinstance(ui, dict) and ui.get("disabled")):
                 continue
             kind = field_kind(path)
             choices = list(get_args(info.annotation)) if kind == "choice" else []

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from flux2_lora import runs
 from flux2_lora.config.io import to_yaml, validate_dict
 from flux2_lora.experiments.spec import SpecError, load_spec
-from flux2_lora.experiments.sweep import (
+from flux2_lora.experiments.store import (
     BEST_FILE,
     OWNER_FILE,
     SPEC_FILE,
