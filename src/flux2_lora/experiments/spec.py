@@ -322,7 +322,7 @@ def _absolute_paths(data: dict[str, Any]) -> None:
             continue
 
 
-def _flat_set(values: Mapping[str, Any]) -> list[tuple[str, Any]]:
+def flat_set(values: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """``{dataset.path: x}`` and ``{dataset: {path: x}}`` both as ``("dataset.path", x)``."""
     out: list[tuple[str, Any]] = []
     for key, value in values.items():
@@ -345,7 +345,7 @@ def build_plan(spec: SweepSpec, spec_dir: Path | None = None, source: str = "") 
             config_file = spec_dir / config_file
     data, problems = compose(spec.base.presets, config_file, ())
     issues += [ConfigIssue(f"base: {i.path}" if i.path else "base", i.message, i.level) for i in problems]
-    for path, value in _flat_set(spec.base.set):
+    for path, value in flat_set(spec.base.set):
         info, why = _field_info(path)
         if info is None:
             issues.append(ConfigIssue(f"base.set.{path}", why or "unknown config field"))

@@ -17,6 +17,7 @@ from flux2_lora.webui.api import register_api
 from flux2_lora.webui.paths import DEFAULT_MAX_UPLOAD_BYTES, AppPaths
 from flux2_lora.webui.tabs import Shared
 from flux2_lora.webui.tabs.runs import create_runs_tab
+from flux2_lora.webui.tabs.sweep import create_sweep_tab
 from flux2_lora.webui.tabs.test_lora import create_test_tab
 from flux2_lora.webui.tabs.train import create_train_tab
 from flux2_lora.webui.widgets import CSS, PAGE_JS
@@ -32,6 +33,7 @@ TABS = (
     ("train", "Train", create_train_tab),
     ("runs", "Runs", create_runs_tab),
     ("test", "Test LoRA", create_test_tab),
+    ("sweep", "Sweep", create_sweep_tab),
 )
 
 
