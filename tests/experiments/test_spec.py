@@ -170,3 +170,14 @@ def test_spec_file_yaml_errors_are_clean(tmp_path: Path) -> None:
     assert str(bad) in str(e.value)
     with pytest.raises(SpecError, match="no such file"):
         load_spec(tmp_path / "missing.yaml")
+
+
+def test_yaml_exponents_without_a_dot_are_numbers(tmp_path: Path) -> None:
+    from flux2_lora.experiments.spec import load_spec
+
+    f = tmp_path / "spec.yaml"
+    f.write_text(
+        "parameters:\n  training.learning_rate: {values: [2e-5, 1e-4]}\n  lora.rank: {values: ['8']}\nmethod: grid\n"
+    )
+    plan = build_plan(load_spec(f))
+    assert plan.grid == {"training.learning_rate": [2e-5, 1e-4], "lora.rank": [8]}

@@ -367,6 +367,8 @@ def build_plan(spec: SweepSpec, spec_dir: Path | None = None, source: str = "") 
             issues += problems
             if not problems:
                 kinds[path] = field_kind(path)
+                if p.values is not None and kinds[path] in ("int", "float"):
+                    p.values = [_as_number(v, kinds[path]) for v in p.values]
     base, base_issues = validate_dict(deep_merge(data, {}))
     if base is None:
         issues += [ConfigIssue(f"base: {i.path}", i.message, i.level) for i in base_issues]
@@ -377,6 +379,17 @@ def build_plan(spec: SweepSpec, spec_dir: Path | None = None, source: str = "") 
     if any(i.level == "error" for i in issues):
         raise SpecError(issues, source)
     return plan
+
+
+def _as_number(v: Scalar, kind: str) -> Scalar:
+    """YAML 1.1 reads 2e-5 (no dot) as text; a number field's value is a number (Optuna keeps its type)."""
+    if isinstance(v, str):
+        try:
+            f = float(v)
+        except ValueError:
+            return v  # the schema names it
+        return int(f) if kind == "int" and f.is_integer() else f
+    return v
 
 
 def _parameter_issues(where: str, kind: str, p: Parameter, method: str) -> list[ConfigIssue]:

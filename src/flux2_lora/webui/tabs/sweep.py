@@ -15,7 +15,8 @@ from flux2_lora.webui.tabs import PRIVATE, Shared, skip
 
 MAX_PARAMS = 4
 MAX_VALUE_CHARS = 4000
-TABLE = ["trial", "state", "objective", "value", "parameters", "reason", "run"]
+TABLE = ["#", "state", "value", "parameters", "objective", "reason", "run"]
+SHORT_OBJECTIVE = {"train_loss (no eval loss in this run)": "train loss (no eval)", "eval_loss": "eval loss"}
 
 
 def parse_values(text: str) -> list[Any]:
@@ -26,6 +27,8 @@ def parse_values(text: str) -> list[Any]:
         if not item:
             continue
         value, problems = load_yaml_text(item)
+        if isinstance(value, str) and _number(value) is not None:
+            value = _number(value)  # YAML 1.1 reads 2e-5 (no dot) as text
         out.append(value if not problems and isinstance(value, (bool, int, float, str)) else item)
     return out
 
@@ -45,6 +48,14 @@ def parse_set(text: str) -> tuple[dict[str, Any], list[str]]:
         ok = not problems and isinstance(value, (bool, int, float, str, list))
         out[key.strip()] = value if ok else raw.strip()
     return out, bad
+
+
+def _number(v: Any) -> float | None:
+    try:
+        f = float(str(v).strip()[:64])
+    except (TypeError, ValueError):
+        return None
+    return f if f == f and abs(f) != float("inf") else None
 
 
 def spec_from_form(
@@ -68,10 +79,15 @@ def spec_from_form(
     for i, (path, text, low, high, log) in enumerate(rows, start=1):
         if not path:
             continue
+        lo, hi = _number(low), _number(high)
         if str(text or "").strip():
             params[path] = {"values": parse_values(text)}
-        elif low is not None and high is not None:
-            params[path] = {"low": low, "high": high, "log": bool(log)}
+        elif lo is not None and hi is not None:
+            params[path] = {"low": lo, "high": hi, "log": bool(log)}
+        elif str(low or "").strip() or str(high or "").strip():
+            errors.append(
+                {"field": f"parameter {i}", "message": f"{path}: low and high must both be numbers"}
+            )
         else:
             errors.append(
                 {"field": f"parameter {i}", "message": f"{path}: enter values, or a low and a high"}
@@ -145,17 +161,8 @@ def table_rows(status: dict[str, Any]) -> list[list[Any]]:
         value = f"{t['value']:.6g}" if t.get("value") is not None else ""
         run = (t.get("run_dir") or "").rsplit("/", 1)[-1]
         step = f" {t['step']}/{t['total_steps']}" if t["state"] == "running" and t.get("total_steps") else ""
-        rows.append(
-            [
-                t["number"],
-                t["state"] + step,
-                t.get("objective") or "",
-                value,
-                params,
-                t.get("reason") or "",
-                run,
-            ]
-        )
+        objective = SHORT_OBJECTIVE.get(t.get("objective") or "", t.get("objective") or "")
+        rows.append([t["number"], t["state"] + step, value, params, objective, t.get("reason") or "", run])
     return rows
 
 
@@ -215,8 +222,9 @@ def create_sweep_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
                     values = gr.Textbox(
                         label="Values (comma-separated)", scale=3, elem_id=f"sweep-values-{i}"
                     )
-                    low = gr.Number(None, label="…or low", scale=1, elem_id=f"sweep-low-{i}")
-                    high = gr.Number(None, label="high", scale=1, elem_id=f"sweep-high-{i}")
+                    # Text, not number boxes: empty means "no range", and 2e-5 stays as typed.
+                    low = gr.Textbox(label="…or low", placeholder="2e-5", scale=1, elem_id=f"sweep-low-{i}")
+                    high = gr.Textbox(label="high", placeholder="2e-4", scale=1, elem_id=f"sweep-high-{i}")
                     log = gr.Checkbox(False, label="log scale", scale=1, elem_id=f"sweep-log-{i}")
                 c["rows"].append((field, values, low, high, log))
             with gr.Row():
@@ -251,10 +259,15 @@ def create_sweep_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
             c["msg"] = gr.Markdown(
                 f"Launch is disabled: {missing}" if missing else "", elem_id="sweep-message"
             )
+            # The trials beside the form: what a launch does stays in view while it runs.
             c["best"] = gr.HTML(elem_id="sweep-best")
-    c["table"] = gr.Dataframe(headers=TABLE, interactive=False, wrap=True, elem_id="sweep-table")
-    with gr.Accordion("Sweep output", open=False):
-        c["log"] = gr.Textbox(lines=10, max_lines=10, autoscroll=True, show_label=False, elem_id="sweep-log")
+            c["table"] = gr.Dataframe(
+                headers=TABLE, interactive=False, wrap=True, label="Trials", elem_id="sweep-table"
+            )
+            with gr.Accordion("Sweep output", open=False):
+                c["log"] = gr.Textbox(
+                    lines=10, max_lines=10, autoscroll=True, show_label=False, elem_id="sweep-log"
+                )
     _wire(shared, c, kinds)
     return c
 
@@ -330,9 +343,12 @@ def _wire(shared: Shared, c: dict[str, Any], kinds: dict[str, dict[str, Any]]) -
     c["start"].click(
         on_start, {*form, c["name"], c["gpu"]}, [c["msg"], current, last_sig, c["pick"]], **PRIVATE
     )
-    c["pick"].input(
-        lambda name: (name or "", None, name or ""), c["pick"], [current, last_sig, c["name"]], **PRIVATE
-    )
+
+    def on_pick(name: str | None) -> Any:
+        # Gradio may send an empty value when the choices change under the open list: keep the sweep.
+        return (name, None, name) if name else (gr.skip(), gr.skip(), gr.skip())
+
+    c["pick"].input(on_pick, c["pick"], [current, last_sig, c["name"]], **PRIVATE)
     c["pick"].focus(lambda: gr.update(choices=acts.list_sweeps()), None, c["pick"], **PRIVATE)
     c["template"].focus(lambda: gr.update(choices=acts.list_templates()), None, c["template"], **PRIVATE)
 
