@@ -290,7 +290,7 @@ def _wire(shared: Shared, c: dict[str, Any], kinds: dict[str, dict[str, Any]]) -
     def spec_of(data: dict[Any, Any]) -> tuple[dict[str, Any], list[dict[str, str]]]:
         rows = [tuple(data[w] for w in row) for row in c["rows"]]
         return spec_from_form(
-            data[c["presets"]], data[c["template"]], data[c["set"]], rows,  # type: ignore[arg-type]
+            data[c["presets"]], data[c["template"]], data[c["set"]], rows,
             data[c["method"]], data[c["trials"]], data[c["objective"]], data[c["prune"]],
         )  # fmt: skip
 
