@@ -2,8 +2,10 @@
 does (status under the run lock, metrics.jsonl, eval.jsonl) with what a plan says for its trial number.
 
 Usage: python fake_trainer.py CONFIG.yaml PLAN_JSON. The plan maps a trial number ("0", "1", …) to
-{"loss": float, "evals": [float, ...], "then": "finish" | "crash" | "wait_stop"}; "wait_stop" writes
-``.waiting`` and waits for the stop file (or SIGTERM) as a real trainer would, then ends as stopped.
+{"loss": float, "evals": [float, ...], "then": "finish" | "crash" | "wait_stop" | "wait_peer"};
+"wait_stop" writes ``.waiting`` and waits for the stop file (or SIGTERM) as a real trainer would, then
+ends as stopped; "wait_peer" writes its CUDA_VISIBLE_DEVICES to ``.started`` and waits until another
+trial of the sweep has started too.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ def main() -> int:
         )
     runs.append_jsonl(run_dir / runs.METRICS_FILE, {"step": 10, "loss": todo.get("loss", 1.0)})
     then = todo.get("then", "finish")
+    if then == "wait_peer":  # both trials of a two-GPU sweep must be running at once
+        (run_dir / ".started").write_text(__import__("os").environ.get("CUDA_VISIBLE_DEVICES", "-"))
+        deadline = time.time() + 120
+        while len(list(run_dir.parent.glob("*/.started"))) < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        then = "finish"
     if then == "crash":
         write("failed", error="boom: the fake trainer crashed")
         return 1

@@ -167,3 +167,30 @@ def test_budget_extends_with_more_trials(tmp_path: Path) -> None:
     t = trials(make_sweep(tmp_path, spec, {}))
     assert len(t) == 3 and all(x.params["lora.rank"] in (4, 8, 12, 16) for x in t)
     assert len({x.number for x in t}) == 3
+
+
+def test_gpus_run_one_trial_each_in_parallel(tmp_path: Path) -> None:
+    spec = {
+        "base": {"presets": ["quickstart"], "set": {**TINY, "model.device": "cuda:1"}},
+        "parameters": {"lora.rank": {"values": [4, 8]}},
+        "method": "grid",
+    }
+    plan = {"0": {"then": "wait_peer"}, "1": {"then": "wait_peer"}}
+    sweep = Sweep(
+        build_plan(parse_spec(spec)),
+        Options(
+            tmp_path / "sweep",
+            gpus=["0", "1"],
+            trainer=lambda cfg: [sys.executable, str(FAKE), str(cfg), json.dumps(plan)],
+            poll_s=0.02,
+            log=lambda line: None,
+        ),
+    )
+    assert sweep.run() == 0, sweep.error
+    t = trials(sweep)
+    assert [x.state.name for x in t] == ["COMPLETE", "COMPLETE"]  # each waited for the other: in parallel
+    seen = {(Path(x.user_attrs["run_dir"]) / ".started").read_text() for x in t}
+    assert seen == {"0", "1"} and {x.user_attrs["gpu"] for x in t} == {"0", "1"}
+    for x in t:  # each trial sees one GPU, as cuda
+        config = (Path(x.user_attrs["run_dir"]) / runs.CONFIG_FILE).read_text()
+        assert "device: cuda\n" in config
