@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
                 root = ensure_demo_dataset()
                 variant = args.variant or "demo"
             else:
-                root = prepare_dataset_source(source, tmp)  # a .zip is unpacked here to be read
                 source = str(Path(source).expanduser().resolve())
+                root = prepare_dataset_source(source, tmp)  # a .zip is unpacked here to be read
                 variant = args.variant
             proposal = propose(
                 root,

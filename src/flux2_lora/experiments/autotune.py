@@ -29,6 +29,7 @@ STEPS_PER_IMAGE = {"character": 100, "concept": 80, "style": 50}
 MIN_STEPS, MAX_STEPS = 500, 3000
 SMALL_DATASET = 10  # below this, a smaller adapter memorises less
 RESOLUTIONS = (512, 768, 1024)
+UPSCALE_TOLERANCE = 0.05
 BUCKET_SHARE = 0.2  # bucketing pays off when at least this share of images is not square
 
 
@@ -84,7 +85,8 @@ def _resolution(typical: int, demo: bool) -> tuple[int, str]:
     if demo:  # the demo model is tiny; its images are 128 px
         res = max(32, min(128, typical // 16 * 16))
         return res, f"the demo model trains at small sizes; typical image side {typical} px"
-    fitting = [r for r in RESOLUTIONS if r <= typical]
+    # Within UPSCALE_TOLERANCE of the images' own size counts as their size (1010 px images train at 1024).
+    fitting = [r for r in RESOLUTIONS if r <= typical * (1 + UPSCALE_TOLERANCE)]
     if fitting:
         res = fitting[-1]
         more = (
@@ -92,7 +94,10 @@ def _resolution(typical: int, demo: bool) -> tuple[int, str]:
             if typical > 1024
             else ""
         )
-        return res, f"typical image side {typical} px: {res} keeps images from being upscaled{more}"
+        return (
+            res,
+            f"typical image side {typical} px: {res}, not above the images' own size (within 5%){more}",
+        )
     res = typical // 64 * 64 if typical >= 256 else max(16, typical // 16 * 16)
     return res, (
         f"typical image side {typical} px is below 512: {res}, so images are not upscaled (larger originals "
