@@ -2,7 +2,9 @@
 
 Inert unless ``FLUX2_LORA_TEST_HOLD`` names the point (``name`` or ``name@N`` for its N-th visit);
 the crash-recovery tests use it to kill the trainer while loading, mid-step, halfway through writing
-a checkpoint, and while sampling.
+a checkpoint, and while sampling. The held process writes ``<run>/.held-<name>`` and waits until it is
+killed, or until a test writes ``<run>/.release-<name>`` (the sweep tests hold one worker's trial while
+another worker runs).
 """
 
 from __future__ import annotations
@@ -27,5 +29,6 @@ def hold_point(name: str, run_dir: Path) -> None:
     if _visits[name] != int(nth or 1):
         return
     (run_dir / f".held-{name}").write_text(str(os.getpid()))
-    while True:  # until killed
-        time.sleep(1)
+    release = run_dir / f".release-{name}"
+    while not release.exists():  # until killed or released
+        time.sleep(0.1)

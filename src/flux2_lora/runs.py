@@ -7,6 +7,7 @@ Layout of a run directory::
     config.yaml                      resolved config of the run
     status.json                      current state (written atomically by the trainer)
     metrics.jsonl                    one JSON line per logged step
+    eval.jsonl                       one JSON line per held-out evaluation (when validation.eval_images > 0)
     train.log                        the trainer's log
     samples/index.jsonl              one JSON line per validation image (+ the PNGs beside it)
     checkpoints/checkpoint-<step>/   resumable state, newest K kept
@@ -153,6 +154,32 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
             if isinstance(rec, dict):
                 out.append(rec)
     return out[-limit:] if limit else out
+
+
+def read_eval(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The run's held-out evaluations, oldest first: ``{"step", "eval_loss", "time", "seconds"}`` each.
+
+    A line whose step or loss is missing or of the wrong type is skipped (the file is read from disk)."""
+    out: list[dict[str, Any]] = []
+    for rec in read_jsonl(Path(run_dir) / EVAL_FILE):
+        step, loss = rec.get("step"), rec.get("eval_loss")
+        if not isinstance(step, int) or isinstance(step, bool):
+            continue
+        if not isinstance(loss, (int, float)) or isinstance(loss, bool):
+            continue
+        out.append(
+            {
+                "step": step,
+                "eval_loss": float(loss),
+                "time": _number(rec.get("time")),
+                "seconds": _number(rec.get("seconds")),
+            }
+        )
+    return out
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 class RunLock:
@@ -386,11 +413,6 @@ def iter_runs(root: str | Path) -> Iterator[Path]:
                 yield child
         except OSError:
             continue
-
-
-def read_eval(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The run's eval-loss records, oldest first (empty when eval was off)."""
-    return [r for r in read_jsonl(Path(run_dir) / EVAL_FILE) if isinstance(r.get("eval_loss"), _NUM)]
 
 
 def summarize(run_dir: str | Path) -> RunSummary:

@@ -16,6 +16,8 @@ SUBCOMMANDS = (
     "generate",
     "runs_cmd",
     "compare",
+    "sweep",
+    "autotune",
     "ui",
 )
 

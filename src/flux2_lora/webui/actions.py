@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flux2_lora.webui import configs, datasets, jobs
+from flux2_lora.webui import configs, datasets, jobs, sweeps
 from flux2_lora.webui.paths import AppPaths
 
 # The methods exposed as JSON API endpoints, in the order the API page lists them (upload_dataset and the
@@ -36,6 +36,13 @@ API = (
     "list_templates",
     "run_defaults",
     "generate",
+    "autotune",
+    "sweep_fields",
+    "sweep_plan",
+    "start_sweep",
+    "sweep_status",
+    "stop_sweep",
+    "list_sweeps",
 )
 
 
@@ -134,3 +141,30 @@ class Actions:
     ) -> dict[str, Any]:
         """One image with a run's LoRA (steps 0, resolution 0, guidance < 0: the run's own settings)."""
         return jobs.generate(self.paths, lora, prompt, scale, steps, seed, resolution, guidance)
+
+    # ---- experiments: auto-tune and sweeps ------------------------------------------------------------
+    def autotune(self, config: dict[str, Any], gpu: str = "") -> dict[str, Any]:
+        """A config proposed from the form's dataset, each value with its reason, fitted to the GPU."""
+        return sweeps.autotune(self.paths, config, gpu)
+
+    def sweep_fields(self) -> list[Any]:
+        """The config fields a sweep may vary (path, kind, default, choices, help)."""
+        return sweeps.fields()
+
+    def sweep_plan(self, spec: dict[str, Any], gpu: str = "") -> dict[str, Any]:
+        """A sweep spec checked: errors by field, the trial count and the largest trial's memory."""
+        return sweeps.plan(self.paths, spec, gpu)
+
+    def start_sweep(self, spec: dict[str, Any], name: str, gpu: str = "") -> dict[str, Any]:
+        """Launch (or continue) the sweep in <runs>/<name> as a `flux2-lora sweep` subprocess."""
+        return sweeps.start(self.paths, spec, name, gpu)
+
+    def sweep_status(self, name: str) -> dict[str, Any]:
+        """The sweep's trials (state, parameters, objective, reason, run) and the best so far."""
+        return sweeps.status(self.paths, name)
+
+    def stop_sweep(self, name: str) -> dict[str, Any]:
+        return sweeps.stop(self.paths, name)
+
+    def list_sweeps(self) -> list[Any]:
+        return sweeps.list_sweeps(self.paths)

@@ -17,6 +17,7 @@ from flux2_lora.config import DTYPE_TO_MIXED
 from flux2_lora.webui import configs, render
 from flux2_lora.webui.schema import SECTION_TITLES, form_fields, section_docs
 from flux2_lora.webui.tabs import PRIVATE, Shared, skip
+from flux2_lora.webui.tabs.autotune import add_autotune, wire_autotune
 from flux2_lora.webui.widgets import SHOW_FIELD_ERRORS_SOON, Form
 
 MAX_RECS = 4
@@ -98,6 +99,7 @@ def create_train_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
                             label="…or upload a dataset ZIP", file_types=[".zip"], elem_id="dataset-zip"
                         )
                         c["dataset_info"] = gr.Markdown(elem_id="dataset-check")
+                        c.update(add_autotune())
                     if any(s.advanced for s in specs):
                         with gr.Accordion("Advanced", open=False) as adv:
                             adv.expand(None, js=SHOW_FIELD_ERRORS_SOON, **PRIVATE)
@@ -289,6 +291,7 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         return {form["dataset.path"]: r["dataset_dir"]}
 
     c["zip"].upload(on_zip, c["zip"], [form["dataset.path"], c["dataset_info"]], **PRIVATE)
+    wire_autotune(shared, c, form, alpha_linked)
 
     # ---- presets, fixes, templates ------------------------------------------------------------------
     def preset(name: str, title: str) -> Any:
