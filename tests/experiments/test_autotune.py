@@ -78,9 +78,10 @@ def test_three_datasets_get_three_different_explained_configs(datasets: dict[str
 
 
 def test_a_config_that_does_not_fit_is_fitted_and_the_changes_say_why(datasets: dict[str, Path]) -> None:
-    p = propose(datasets["forty"], variant="dev", gpu="24")
+    # [dev] cannot fit 24 GB at all (measured on an H200: NF4 at 512 px already peaks at 23.8 GiB); 48 GB can.
+    p = propose(datasets["forty"], variant="dev", gpu="48")
     fitted = [c for c in p.choices if c.source == "gpu fit"]
-    assert fitted and all(c.reason.startswith("to fit 24 GB") for c in fitted)
+    assert fitted and all(c.reason.startswith("to fit 48 GB") for c in fitted)
     assert p.fit["total_gib"] < p.fit["total_gib_before"] and p.fit["verdict"] in ("fits", "tight")
     assert p.config.memory.quantization in ("int8", "nf4") or p.config.memory.cpu_offload
 
