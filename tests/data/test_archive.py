@@ -14,6 +14,7 @@ from PIL import Image
 from flux2_lora.data import archive
 from flux2_lora.data.archive import MARKER, extract_zip, prepare_dataset_source, validate_zip
 from flux2_lora.data.scan import DatasetError, scan_dataset
+from flux2_lora.units import GIB
 
 
 def png_bytes() -> bytes:
@@ -144,7 +145,7 @@ def test_encrypted_entries_are_refused(tmp_path: Path) -> None:
 
 
 def test_default_limits() -> None:
-    assert archive.MAX_TOTAL_BYTES == 4 * 2**30
+    assert archive.MAX_TOTAL_BYTES == 4 * GIB
     assert archive.MAX_ENTRIES == 20_000
     assert archive.MAX_RATIO == 200
 

@@ -8,11 +8,10 @@ from flux2_lora.memory import estimate
 from flux2_lora.memory.activations import inference_transient
 from flux2_lora.memory.encoders import IMAGE_BATCH, PROMPT_BATCH, text_encoder_activation_bytes, vae_bytes
 from flux2_lora.targets import resolve_targets
+from flux2_lora.units import GIB
 from flux2_lora.variants import VARIANTS
 
 from .matrix import config
-
-GIB = 2**30
 
 
 @pytest.mark.parametrize("variant", ["dev", "klein-9b", "klein-4b"])

@@ -26,6 +26,7 @@ from flux2_lora.memory.activations import (
 )
 from flux2_lora.memory.encoders import IMAGE_BATCH, PROMPT_BATCH, text_encoder_activation_bytes, vae_bytes
 from flux2_lora.targets import LinearSpec, enumerate_linears, is_quantized_linear, resolve_targets
+from flux2_lora.units import GIB
 from flux2_lora.variants import (
     DEMO_MODEL_PATH,
     TextEncoderArch,
@@ -39,7 +40,6 @@ from flux2_lora.variants import (
     text_encoder_layers,
 )
 
-GIB = 2**30
 DTYPE_BYTES = {"auto": 2, "bfloat16": 2, "float16": 2, "float32": 4}
 # bytes per weight of a quantized Linear: int8 + one bf16 scale per row; NF4 4 bits + double-quantized
 # absmax (one 8-bit scale per 64 weights, one fp32 per 256 scales) — bitsandbytes' layout.

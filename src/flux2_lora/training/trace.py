@@ -21,9 +21,8 @@ from torch.utils._pytree import tree_map_only
 from flux2_lora.config import TrainConfig
 from flux2_lora.memory.estimate import BNB_MIN_8BIT_SIZE, NF4_BYTES_PER_WEIGHT, resolve_shapes
 from flux2_lora.targets import is_quantized_linear
+from flux2_lora.units import GIB
 from flux2_lora.variants import TextEncoderArch, TransformerArch, VaeArch
-
-GIB = 2**30
 
 
 class StorageTracker(TorchDispatchMode):

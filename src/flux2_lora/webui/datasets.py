@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flux2_lora.config.warnings import upscaled_from_report
+from flux2_lora.units import GIB
 from flux2_lora.webui.paths import AppPaths, PathRefused
 
 DATASET_DEFAULTS: dict[str, Any] = {
@@ -41,8 +42,8 @@ def upload_dataset(paths: AppPaths, file: str | None) -> dict[str, Any]:
     if size > paths.max_upload_bytes:
         return {
             "ok": False,
-            "message": f"the upload is {size / 2**30:.2f} GiB, over the limit of "
-            f"{paths.max_upload_bytes / 2**30:.2f} GiB (start the UI with --max-upload-size to change it)",
+            "message": f"the upload is {size / GIB:.2f} GiB, over the limit of "
+            f"{paths.max_upload_bytes / GIB:.2f} GiB (start the UI with --max-upload-size to change it)",
         }
     if src.suffix.lower() != ".zip":
         return {"ok": False, "message": "upload a .zip of images and captions"}

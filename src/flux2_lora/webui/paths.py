@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-GIB = 1 << 30
+from flux2_lora.units import GIB
+
 DEFAULT_MAX_UPLOAD_BYTES = 2 * GIB
 # Folders of the runs folder that are not runs: uploads (client data), saved templates, Test LoRA images.
 RESERVED = ("uploads", "templates", "generated")
