@@ -32,17 +32,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from flux2_lora.data.archive import prepare_dataset_source
-    from flux2_lora.data.demo import ensure_demo_dataset, is_demo
-    from flux2_lora.data.scan import DatasetError, scan_dataset
+    from flux2_lora.data import DatasetError, open_dataset
 
     with tempfile.TemporaryDirectory(prefix="flux2-lora-check-") as work:
         try:
-            root = (
-                ensure_demo_dataset() if is_demo(args.path) else prepare_dataset_source(Path(args.path), work)
-            )
-            report = scan_dataset(
-                root,
+            root, report = open_dataset(
+                args.path,
+                work,
                 caption_extension=args.caption_extension,
                 default_caption=args.default_caption,
                 resolution=args.resolution,

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from flux2_lora.config import DTYPE_TO_MIXED, SECTIONS, TrainConfig
 from flux2_lora.config.safe_yaml import MAX_YAML_BYTES, YamlRefused, parse_yaml
+from flux2_lora.variants import is_demo
 
 Level = Literal["error", "warning"]
 
@@ -182,10 +183,10 @@ def cross_check(c: TrainConfig) -> list[ConfigIssue]:
                 "performance.float8 and memory.quantization",
             )
         )
-    is_demo = c.model.path.strip().lower() == "demo"
-    if is_demo and c.model.variant not in ("auto", "demo"):
+    demo = is_demo(c.model.path)
+    if demo and c.model.variant not in ("auto", "demo"):
         out.append(ConfigIssue("model.variant", f"{c.model.variant!r} does not match model.path 'demo'"))
-    if not is_demo and c.model.variant == "demo":
+    if not demo and c.model.variant == "demo":
         out.append(ConfigIssue("model.variant", "'demo' needs model.path 'demo'"))
     out.extend(_output_outside_dataset(c))
     out.extend(_model_issues(c))
@@ -224,7 +225,7 @@ def _model_issues(c: TrainConfig) -> list[ConfigIssue]:
 
     m = c.model
     path = m.path.strip()
-    local = path.lower() != "demo" and Path(path).expanduser().is_dir()
+    local = not is_demo(path) and Path(path).expanduser().is_dir()
     if not local and not m.text_encoder_layers:
         return []  # a hub id is checked when it is loaded
     try:
@@ -245,7 +246,7 @@ def _model_issues(c: TrainConfig) -> list[ConfigIssue]:
 def _output_outside_dataset(c: TrainConfig) -> list[ConfigIssue]:
     """A run inside its own dataset folder would train on its samples the next time it starts."""
     ds = c.dataset.path.strip()
-    if ds.lower() == "demo":
+    if is_demo(ds):
         return []
     try:
         data = Path(ds).expanduser().resolve()

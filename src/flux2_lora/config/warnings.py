@@ -18,6 +18,7 @@ from dataclasses import field as dataclass_field
 from typing import Any
 
 from flux2_lora.config.schema import TrainConfig
+from flux2_lora.variants import is_demo
 
 MAX_ADAMW_LR = 2e-4
 MIN_IMAGES = 10
@@ -86,7 +87,7 @@ def common_mistakes(
 ) -> list[ConfigWarning]:
     """Every common mistake in ``config``, in field order."""
     out: list[ConfigWarning] = []
-    t, demo = config.training, config.model.path.strip().lower() == "demo"
+    t, demo = config.training, is_demo(config.model.path)
     # The demo's random-weight toy model needs a large step on purpose; the advice is for real models.
     if not demo and t.optimizer in ADAM_LIKE and t.learning_rate > MAX_ADAMW_LR:
         out.append(

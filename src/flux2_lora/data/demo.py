@@ -11,6 +11,8 @@ import os
 import random
 from pathlib import Path
 
+from flux2_lora.variants import is_demo as is_demo  # re-exported: the test for the demo dataset
+
 DEMO_VERSION = "v1"  # bump when the generated model or dataset changes, so caches regenerate
 TRIGGER = "sks"
 _COLORS = {
@@ -90,7 +92,3 @@ def ensure_demo_dataset(target: Path | None = None) -> Path:
         (folder / f"demo_{i:02d}.txt").write_text(caption + "\n", encoding="utf-8")
     marker.write_text(DEMO_VERSION)
     return folder
-
-
-def is_demo(path: str) -> bool:
-    return path.strip().lower() == "demo"

@@ -14,7 +14,7 @@ import torch
 
 from flux2_lora.config import LoraSection, ModelSection
 from flux2_lora.targets import QUANTIZATION_SKIP_PREFIXES, is_quantized_linear, resolve_targets
-from flux2_lora.variants import TransformerArch, get_variant, resolve_model, text_encoder_layers
+from flux2_lora.variants import TransformerArch, get_variant, is_demo, resolve_model, text_encoder_layers
 
 
 class ModelLoadError(RuntimeError):
@@ -24,7 +24,7 @@ class ModelLoadError(RuntimeError):
 def resolve_model_path(model: ModelSection) -> tuple[str, str, TransformerArch]:
     """(loadable path or hub id, variant, transformer arch); builds the demo on first use."""
     raw = model.path.strip()
-    if raw.lower() == "demo":
+    if is_demo(raw):
         from flux2_lora.training.demo_model import ensure_demo_model
 
         path = str(ensure_demo_model())

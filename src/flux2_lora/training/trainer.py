@@ -164,18 +164,12 @@ class Trainer:
         return start
 
     def _setup_data(self) -> list[Item]:
-        from flux2_lora.data.archive import prepare_dataset_source
-        from flux2_lora.data.demo import ensure_demo_dataset, is_demo
-        from flux2_lora.data.scan import require_usable, scan_dataset
+        from flux2_lora.data import open_dataset, require_usable
 
         ds = self.config.dataset
-        root = (
-            ensure_demo_dataset()
-            if is_demo(ds.path)
-            else prepare_dataset_source(Path(ds.path).expanduser(), self.run_dir / ".work")
-        )
-        report = scan_dataset(
-            root,
+        root, report = open_dataset(
+            ds.path,
+            self.run_dir / ".work",
             caption_extension=ds.caption_extension,
             default_caption=ds.default_caption,
             resolution=ds.resolution,

@@ -16,6 +16,7 @@ from typing import Any
 from flux2_lora import runs
 from flux2_lora.config import TrainConfig
 from flux2_lora.config.io import read_yaml, to_yaml, validate_dict
+from flux2_lora.variants import is_demo
 from flux2_lora.webui import monitor
 from flux2_lora.webui.configs import check_model, issues_json, sync_precision
 from flux2_lora.webui.paths import AppPaths, PathRefused, resolve_inside
@@ -45,7 +46,7 @@ def launch_config(
         return None, None, [{"field": "model.path", "message": model["message"]}]
     parsed.model.path = model["source"]
     ds = parsed.dataset.path
-    if ds.strip().lower() != "demo":
+    if not is_demo(ds):
         try:
             real = paths.readable("dataset.path", ds)
         except PathRefused as e:
