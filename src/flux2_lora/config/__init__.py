@@ -1,9 +1,11 @@
-"""The configuration: the typed schema (:mod:`.schema`), YAML and ``--set`` composition (:mod:`.io`) and
-the shipped presets (:mod:`.presets`). No torch.
+"""The configuration: the typed schema (:mod:`.schema`), YAML and ``--set`` composition (:mod:`.io`),
+the shipped presets (:mod:`.presets`) and the settings of one generated image (:mod:`.generation`).
+No torch.
 """
 
 from __future__ import annotations
 
+from flux2_lora.config.generation import GenerationSettings
 from flux2_lora.config.schema import (
     DTYPE_TO_MIXED,
     SECTIONS,
@@ -24,6 +26,7 @@ __all__ = [
     "DTYPE_TO_MIXED",
     "SECTIONS",
     "DatasetSection",
+    "GenerationSettings",
     "LoggingSection",
     "LoraSection",
     "MemorySection",

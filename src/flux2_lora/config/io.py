@@ -11,16 +11,17 @@ import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from flux2_lora.config import DTYPE_TO_MIXED, SECTIONS, TrainConfig
 from flux2_lora.config.safe_yaml import MAX_YAML_BYTES, YamlRefused, parse_yaml
 from flux2_lora.variants import is_demo
 
 Level = Literal["error", "warning"]
+M = TypeVar("M", bound=BaseModel)
 
 
 MAX_PATH_CHARS = 200  # what an error shows of a key path or value: enough to recognise it
@@ -123,6 +124,20 @@ def _section_fields(section: str) -> list[str]:
     return list(SECTIONS[section].model_fields)
 
 
+def validate_section(model: type[M], data: Any, name: str = "") -> tuple[M | None, list[ConfigIssue]]:
+    """One section of the config, or a small model built the same way (``GenerationSettings``), from a
+    mapping (None: all defaults); every problem as an issue by dotted path (``name.key``, or ``key``)."""
+    try:
+        return model.model_validate({} if data is None else data), []
+    except ValidationError as e:
+        known = list(model.model_fields)
+        prefix = (name,) if name else ()
+        return None, [
+            ConfigIssue(".".join(str(p) for p in (*prefix, *err["loc"])), _friendly(err, known))
+            for err in e.errors()
+        ]
+
+
 def validate_dict(data: Any) -> tuple[TrainConfig | None, list[ConfigIssue]]:
     """Validate a (possibly partial) config mapping; return the config and every issue found."""
     issues: list[ConfigIssue] = []
@@ -139,14 +154,10 @@ def validate_dict(data: Any) -> tuple[TrainConfig | None, list[ConfigIssue]]:
             hint = f" (did you mean '{close[0]}'?)" if close else f" (sections: {', '.join(SECTIONS)})"
             issues.append(ConfigIssue(str(key), "unknown section" + hint))
             continue
-        if value is None:
-            value = {}
-        try:
-            parsed[key] = SECTIONS[key].model_validate(value)
-        except ValidationError as e:
-            for err in e.errors():
-                loc = ".".join(str(p) for p in (key, *err["loc"]))
-                issues.append(ConfigIssue(loc, _friendly(err, _section_fields(key))))
+        section, problems = validate_section(SECTIONS[key], value, key)
+        issues.extend(problems)
+        if section is not None:
+            parsed[key] = section
     if any(i.level == "error" for i in issues):
         return None, issues
     config = TrainConfig(**parsed)

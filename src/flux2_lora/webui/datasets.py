@@ -20,7 +20,6 @@ from flux2_lora.variants import is_demo
 from flux2_lora.webui.paths import AppPaths, PathRefused
 
 
-
 def upload_dataset(paths: AppPaths, file: str | None) -> dict[str, Any]:
     """Unpack an uploaded ZIP into ``<uploads>/<name>-<random>/``: {ok, dataset_dir | message}."""
     from flux2_lora.data.archive import extract_zip
