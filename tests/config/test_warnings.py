@@ -27,7 +27,7 @@ CASES = [
         (*KLEIN, "model.dtype=float16"),
         {"gpu_name": "80 GB (A100/H100 80GB)"},
         "model.dtype",
-        {"model.dtype": "bfloat16", "training.mixed_precision": "bf16"},
+        {"model.dtype": "bfloat16"},
     ),
     (
         (*DEV, "training.batch_size=2", "training.gradient_accumulation_steps=3"),

@@ -17,7 +17,6 @@ VARIATIONS = [
     ["memory.cache_text_embeddings=false", "memory.cache_latents=false", "training.optimizer=prodigy"],
     [
         "model.dtype=float32",
-        "training.mixed_precision=no",
         "dataset.resolution=2048",
         "training.learning_rate=1.0",
         "training.optimizer=prodigy",

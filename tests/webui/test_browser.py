@@ -192,16 +192,17 @@ def test_warnings_show_with_their_fix(browser, ui_url: str) -> None:  # type: ig
         timeout=30_000,
     )
     page.wait_for_selector("#estimate-warnings li[data-field='training.learning_rate']", state="detached")
-    # float16 on a GPU that has bfloat16: mixed precision follows the dtype, and the fix moves both.
-    field(page, "training.mixed_precision")  # opens the Advanced fold it sits in
+    # float16 on a GPU that has bfloat16: the mixed precision shown beside the dtype follows it, and so
+    # does the fix.
     choose(page, "field-model-dtype", "float16")
     page.wait_for_function(
-        "document.querySelector('#field-training-mixed_precision input').value === 'fp16'", timeout=30_000
+        "document.querySelector('#mixed-precision input').value === 'fp16'", timeout=30_000
     )
+    assert page.locator("#mixed-precision input").is_disabled()  # shown, never set
     page.wait_for_selector("#estimate-warnings li[data-field='model.dtype']", timeout=30_000)
     page.locator("#side-panel button", has_text="Fix Weight precision").click()
     page.wait_for_function(
-        "document.querySelector('#field-training-mixed_precision input').value === 'bf16'", timeout=30_000
+        "document.querySelector('#mixed-precision input').value === 'bf16'", timeout=30_000
     )
     assert field(page, "model.dtype").input_value() == "bfloat16"
     page.close()

@@ -20,6 +20,7 @@ from flux2_lora.config.schema import (
     TrainConfig,
     TrainingSection,
     ValidationSection,
+    mixed_precision,
 )
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "TrainConfig",
     "TrainingSection",
     "ValidationSection",
+    "mixed_precision",
 ]

@@ -138,15 +138,52 @@ def validate_section(model: type[M], data: Any, name: str = "") -> tuple[M | Non
         ]
 
 
+# Fields of earlier versions that configs on disk (runs, templates, YAML files) may still hold.
+LEGACY_KEYS = ("training.mixed_precision",)
+
+
+def _without_legacy_keys(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[ConfigIssue]]:
+    """``data`` without training.mixed_precision, which now follows model.dtype: a value that agrees
+    with it (or 'auto') is dropped with a warning, one that contradicts it is an error."""
+    training = data.get("training")
+    if not isinstance(training, Mapping) or "mixed_precision" not in training:
+        return dict(data), []
+    out = {**data, "training": {k: v for k, v in training.items() if k != "mixed_precision"}}
+    mp = training["mixed_precision"]
+    model = data.get("model")
+    dtype = model.get("dtype", "auto") if isinstance(model, Mapping) else "auto"
+    implied = DTYPE_TO_MIXED.get(dtype) if isinstance(dtype, str) else None
+    removed = "is no longer a setting: mixed precision follows model.dtype"
+    if mp == "auto" or (implied is not None and mp == implied):
+        return out, [ConfigIssue("training.mixed_precision", f"{removed}; remove this line", "warning")]
+    if dtype == "auto" and mp in DTYPE_TO_MIXED.values():  # the device decides, as it always did
+        wanted = next(d for d, m in DTYPE_TO_MIXED.items() if m == mp)
+        return out, [
+            ConfigIssue(
+                "training.mixed_precision",
+                f"{removed} (here 'auto', which decides by device); remove this line, or set model.dtype: "
+                f"{wanted} for {mp!r}",
+                "warning",
+            )
+        ]
+    if implied is None and dtype != "auto":
+        return out, []  # model.dtype's own error says what is wrong
+    if mp in DTYPE_TO_MIXED.values():
+        message = f"{_quote(mp)} contradicts model.dtype {dtype!r}, which implies {implied!r}"
+    else:
+        message = f"{_quote(mp)} is not one of auto, bf16, fp16, no"
+    return out, [ConfigIssue("training.mixed_precision", f"{message}; {removed}: remove this line")]
+
+
 def validate_dict(data: Any) -> tuple[TrainConfig | None, list[ConfigIssue]]:
     """Validate a (possibly partial) config mapping; return the config and every issue found."""
-    issues: list[ConfigIssue] = []
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         return None, [
             ConfigIssue("", "the configuration must be a mapping of sections (model:, dataset:, …)")
         ]
+    data, issues = _without_legacy_keys(data)
     parsed: dict[str, Any] = {}
     for key, value in data.items():
         if key not in SECTIONS:
@@ -170,15 +207,6 @@ def validate_dict(data: Any) -> tuple[TrainConfig | None, list[ConfigIssue]]:
 def cross_check(c: TrainConfig) -> list[ConfigIssue]:
     """Rules that involve more than one field."""
     out: list[ConfigIssue] = []
-    mp, dtype = c.training.mixed_precision, c.model.dtype
-    if mp != "auto" and dtype != "auto" and DTYPE_TO_MIXED[dtype] != mp:
-        out.append(
-            ConfigIssue(
-                "training.mixed_precision",
-                f"{mp!r} contradicts model.dtype {dtype!r} (which implies {DTYPE_TO_MIXED[dtype]!r}); "
-                "set one of them, or make them agree",
-            )
-        )
     if c.training.warmup_steps > c.training.max_steps:
         out.append(
             ConfigIssue(
@@ -217,7 +245,7 @@ def cross_check(c: TrainConfig) -> list[ConfigIssue]:
                 "warning",
             )
         )
-    if dtype == "float16" or mp == "fp16":
+    if c.model.dtype == "float16":
         out.append(
             ConfigIssue(
                 "model.dtype",
@@ -354,6 +382,8 @@ def parse_override(text: str) -> tuple[tuple[str, str, Any] | None, ConfigIssue 
         return None, ConfigIssue(
             dotted, "unknown section" + (f" (did you mean '{close[0]}'?)" if close else "")
         )
+    if f"{section}.{key}" in LEGACY_KEYS:
+        return (section, key, raw.strip()), None  # validate_dict says what became of it
     if key not in SECTIONS[section].model_fields:
         close = difflib.get_close_matches(key, _section_fields(section), n=1)
         return None, ConfigIssue(dotted, "unknown key" + (f" (did you mean '{close[0]}'?)" if close else ""))

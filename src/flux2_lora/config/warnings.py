@@ -121,14 +121,14 @@ def common_mistakes(
                 {"dataset.resolution": target} if target else {},
             )
         )
-    if (config.model.dtype == "float16" or t.mixed_precision == "fp16") and has_bf16(gpu_name):
+    if config.model.dtype == "float16" and has_bf16(gpu_name):
         out.append(
             ConfigWarning(
                 "model.dtype",
                 f"float16 on {gpu_name}, which has bfloat16: same memory, but float16's narrow range "
                 "can overflow in FLUX.2's activations",
                 "use bfloat16",
-                {"model.dtype": "bfloat16", "training.mixed_precision": "bf16"},
+                {"model.dtype": "bfloat16"},
             )
         )
     if t.batch_size > 1 and _is_dev(config):

@@ -8,12 +8,13 @@ import os
 
 import torch
 
-from flux2_lora.config import PerformanceSection
+from flux2_lora.config import DTYPE_TO_MIXED, PerformanceSection
 from flux2_lora.training.model import ModelLoadError
 
 log = logging.getLogger("flux2_lora")
 
-MIXED_PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "no"}
+# The resolved weight dtype → accelerate's mixed precision (the schema's one table, keyed by torch dtype).
+MIXED_PRECISION = {getattr(torch, name): mixed for name, mixed in DTYPE_TO_MIXED.items()}
 # performance.attention_backend → diffusers' attention dispatcher names (PyTorch SDPA kernels).
 ATTENTION_BACKENDS = {
     "flash": "_native_flash",

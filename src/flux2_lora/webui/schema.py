@@ -96,7 +96,6 @@ LABELS = {
     "training.momentum": "SGD momentum",
     "training.lr_scheduler": "LR schedule",
     "training.max_grad_norm": "Gradient clipping (max norm)",
-    "training.mixed_precision": "Mixed precision (follows weight precision)",
     "training.logit_mean": "Logit-normal mean",
     "training.logit_std": "Logit-normal std",
     "training.guidance_scale": "Guidance while training ([dev])",
@@ -121,8 +120,6 @@ LABELS = {
     "generate.guidance": "Guidance",
     "generate.resolution": "Resolution (px)",
 }
-# Shown, not edited: derived from another field.
-READ_ONLY = ("training.mixed_precision",)
 _WORDS = {
     "lora": "LoRA",
     "dora": "DoRA",
@@ -199,7 +196,7 @@ def _spec(section: str, key: str, info: Any) -> FieldSpec:
         log=bool(ui.get("log")),
         lines=int(ui.get("lines", 1)),
         advanced=bool(ui.get("advanced")),
-        disabled=bool(ui.get("disabled")) or f"{section}.{key}" in READ_ONLY,
+        disabled=bool(ui.get("disabled")),
         extra={"int_choices": ann is int} if kind == "choice" else {},
     )
 
