@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -508,8 +508,7 @@ class TrainConfig(Section):
 
 
 SECTIONS: dict[str, type[Section]] = {
-    name: info.annotation  # type: ignore[misc]
-    for name, info in TrainConfig.model_fields.items()
+    name: cast("type[Section]", info.annotation) for name, info in TrainConfig.model_fields.items()
 }
 
 # Mixed precision (accelerate's autocast setting) is not a field: it follows model.dtype, here only.

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from flux2_lora.data.demo import _COLORS, _SHAPES, DEMO_VERSION, TRIGGER, demo_model_dir
 from flux2_lora.variants import VARIANTS
@@ -33,9 +34,9 @@ def _corpus() -> list[str]:
     return words * 20
 
 
-def build_tokenizer():  # type: ignore[no-untyped-def]
+def build_tokenizer() -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2TokenizerFast
+    from transformers import Qwen2Tokenizer  # the fast (tokenizers) one in transformers 5
 
     vocab_size = VARIANTS["demo"].text_encoder.vocab_size
     tok = Tokenizer(models.BPE(unk_token=None))
@@ -48,18 +49,19 @@ def build_tokenizer():  # type: ignore[no-untyped-def]
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(), trainer)
-    wrapped = Qwen2TokenizerFast(
+    none: Any = None  # a byte-level BPE has no unknown or begin token; transformers types them as str
+    wrapped = Qwen2Tokenizer(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        unk_token=None,
-        bos_token=None,
+        unk_token=none,
+        bos_token=none,
     )
     wrapped.chat_template = _CHAT_TEMPLATE
     return wrapped
 
 
-def build_demo_pipeline(**transformer_overrides: object):  # type: ignore[no-untyped-def]
+def build_demo_pipeline(**transformer_overrides: object) -> Any:
     """The demo pipeline in memory, every component from the variant table, seeded.
 
     ``transformer_overrides`` change the transformer's config (e.g. a wider, deeper model for memory

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import torch
 
 from flux2_lora.config import DTYPE_TO_MIXED, PerformanceSection
 from flux2_lora.training.model import ModelLoadError
+
+if TYPE_CHECKING:
+    from diffusers import ModelMixin  # Any to mypy (see pyproject), named for the reader
 
 log = logging.getLogger("flux2_lora")
 
@@ -73,7 +77,7 @@ def apply_cpu_threads(perf: PerformanceSection, num_processes: int) -> None:
     log.info("CPU threads: %d per process (%s)", threads, why)
 
 
-def apply_kernels(transformer: torch.nn.Module, perf: PerformanceSection, device: torch.device) -> None:
+def apply_kernels(transformer: ModelMixin, perf: PerformanceSection, device: torch.device) -> None:
     """Attention backend, FP8 base layers and regional compilation, in that order (compile last: it
     traces what the other two installed). Call after the LoRA is added."""
     cuda = device.type == "cuda"
@@ -82,14 +86,14 @@ def apply_kernels(transformer: torch.nn.Module, perf: PerformanceSection, device
             raise ModelLoadError(
                 f"performance.attention_backend: {perf.attention_backend!r} needs a CUDA GPU; use auto"
             )
-        transformer.set_attention_backend(ATTENTION_BACKENDS[perf.attention_backend])  # type: ignore[operator]
+        transformer.set_attention_backend(ATTENTION_BACKENDS[perf.attention_backend])
     if perf.float8:
         enable_float8(transformer, device)
     if perf.compile:
         if not cuda:
             log.warning("performance.compile: skipped on CPU (it pays off on GPUs only)")
         else:
-            transformer.compile_repeated_blocks()  # type: ignore[operator]
+            transformer.compile_repeated_blocks()
             log.info("performance.compile: the transformer blocks compile on the first steps")
 
 

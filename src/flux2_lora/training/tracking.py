@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from flux2_lora import runs
 from flux2_lora.config import TrainConfig
@@ -124,7 +124,9 @@ class RunReporter:
             try:
                 import wandb
 
-                mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+                mode: Literal["online", "offline"] = (
+                    "online" if os.environ.get("WANDB_API_KEY") else "offline"
+                )
                 self._wandb = wandb.init(
                     project=self.config.logging.wandb_project,
                     dir=str(self.run_dir),

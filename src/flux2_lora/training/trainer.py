@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -139,7 +139,8 @@ class Trainer:
             [i.repeats * cfg.dataset.repeats for i in self.items],
             cfg.training.seed,
             cfg.training.batch_size,
-            [i.bucket for i in self.items] if cfg.dataset.bucketing else None,
+            # build_items gives every item its bucket when bucketing
+            cast("list[tuple[int, int]]", [i.bucket for i in self.items]) if cfg.dataset.bucketing else None,
         )
         self.sampler = self._setup_sampler()
         start = 0

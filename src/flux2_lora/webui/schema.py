@@ -141,6 +141,13 @@ def _label(section: str, key: str) -> str:
     return " ".join([words[0][:1].upper() + words[0][1:], *words[1:]])
 
 
+def _number(bound: object) -> float:
+    """A schema bound (annotated_types types it as merely comparable; the schema's are numbers)."""
+    if not isinstance(bound, (int, float)):
+        raise TypeError(f"a non-numeric bound in the schema: {bound!r}")
+    return float(bound)
+
+
 def _spec(section: str, key: str, info: Any) -> FieldSpec:
     ann = info.annotation
     ui: dict[str, Any] = dict((info.json_schema_extra or {}).get("ui", {}))
@@ -148,13 +155,13 @@ def _spec(section: str, key: str, info: Any) -> FieldSpec:
     ex_lo = ex_hi = False
     for m in info.metadata:
         if isinstance(m, Ge):
-            lo = float(m.ge)  # type: ignore[arg-type]
+            lo = _number(m.ge)
         elif isinstance(m, Gt):
-            lo, ex_lo = float(m.gt), True  # type: ignore[arg-type]
+            lo, ex_lo = _number(m.gt), True
         elif isinstance(m, Le):
-            hi = float(m.le)  # type: ignore[arg-type]
+            hi = _number(m.le)
         elif isinstance(m, Lt):
-            hi, ex_hi = float(m.lt), True  # type: ignore[arg-type]
+            hi, ex_hi = _number(m.lt), True
         elif isinstance(m, MaxLen):
             pass
     choices: tuple[Any, ...] = ()
