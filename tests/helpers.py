@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -35,7 +36,7 @@ def start_cli(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def wait_for(predicate, timeout: float = 120, interval: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], object], timeout: float = 120, interval: float = 0.02) -> bool:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():

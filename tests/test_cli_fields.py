@@ -14,8 +14,8 @@ from flux2_lora.config import DatasetSection
 def _options(*path: str) -> dict[str, str]:
     parser = build_parser()
     for name in path:
-        sub = next(a for a in parser._actions if a.choices and name in a.choices)  # type: ignore[operator]
-        parser = sub.choices[name]  # type: ignore[index]
+        sub = next(a for a in parser._actions if a.choices and name in a.choices)
+        parser = sub.choices[name]
     return {o: a.help or "" for a in parser._actions for o in a.option_strings}
 
 

@@ -52,7 +52,7 @@ def test_a_runs_own_settings() -> None:
 
 def test_generate_options_are_the_settings_fields() -> None:
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    generate = sub.choices["generate"]  # type: ignore[index]
+    generate = sub.choices["generate"]
     options = {o for a in generate._actions for o in a.option_strings}
     assert {f"--{name}" for name in GenerationSettings.model_fields} <= options
     assert {"--model", "--variant", "--device", "--lora", "--out"} <= options

@@ -11,13 +11,13 @@ from flux2_lora.config.io import ConfigError, load_config, to_yaml, validate_dic
 from flux2_lora.config.presets import list_presets, load_preset
 
 
-def test_every_field_has_help_text():  # type: ignore[no-untyped-def]
+def test_every_field_has_help_text() -> None:
     for section, model in SECTIONS.items():
         for name, field in model.model_fields.items():
             assert field.description and len(field.description) > 15, f"{section}.{name} lacks help"
 
 
-def test_all_errors_reported_at_once_by_dotted_path():  # type: ignore[no-untyped-def]
+def test_all_errors_reported_at_once_by_dotted_path() -> None:
     data = {
         "training": {"learning_rate": -1, "max_steps": 0, "bogus": 1},
         "lora": {"rank": 0},
@@ -37,7 +37,7 @@ def test_all_errors_reported_at_once_by_dotted_path():  # type: ignore[no-untype
     assert "multiple of 16" in res.message and "992" in res.message
 
 
-def test_unknown_section_and_key_suggestions():  # type: ignore[no-untyped-def]
+def test_unknown_section_and_key_suggestions() -> None:
     _, issues = validate_dict({"trainin": {}, "training": {"learning_rat": 1e-4}})
     text = " ".join(i.message for i in issues)
     assert "training" in text and "learning_rate" in text
@@ -84,7 +84,7 @@ def test_a_contradicting_mixed_precision_is_refused(dtype: str, mixed: str, mess
     assert f"training.mixed_precision: {message}; " in str(e.value)
 
 
-def test_overrides_are_typed_and_checked():  # type: ignore[no-untyped-def]
+def test_overrides_are_typed_and_checked() -> None:
     config, _ = load_config(
         overrides=[
             "training.learning_rate=2e-4",
@@ -100,7 +100,7 @@ def test_overrides_are_typed_and_checked():  # type: ignore[no-untyped-def]
         load_config(overrides=["training.nonsense=1"])
 
 
-def test_attention_slicing_is_disabled_with_a_reason():  # type: ignore[no-untyped-def]
+def test_attention_slicing_is_disabled_with_a_reason() -> None:
     with pytest.raises(ConfigError, match="memory.attention_slicing: .*not available for FLUX.2"):
         load_config(overrides=["memory.attention_slicing=true"])
     assert TrainConfig.model_fields  # the field stays visible (the UI shows it disabled)
@@ -109,7 +109,7 @@ def test_attention_slicing_is_disabled_with_a_reason():  # type: ignore[no-untyp
 
 
 @pytest.mark.parametrize("name", [p.name for p in list_presets()])
-def test_every_preset_validates(name):  # type: ignore[no-untyped-def]
+def test_every_preset_validates(name: str) -> None:
     data, problems = load_preset(name)
     assert not problems and data
     config, issues = validate_dict(data)
@@ -117,7 +117,7 @@ def test_every_preset_validates(name):  # type: ignore[no-untyped-def]
     assert not [i for i in issues if i.level == "error"]
 
 
-def test_expected_presets_ship():  # type: ignore[no-untyped-def]
+def test_expected_presets_ship() -> None:
     names = {p.name for p in list_presets()}
     assert {
         "quickstart",
@@ -133,7 +133,7 @@ def test_expected_presets_ship():  # type: ignore[no-untyped-def]
     } <= names
 
 
-def test_yaml_round_trip(tmp_path):  # type: ignore[no-untyped-def]
+def test_yaml_round_trip(tmp_path: Path) -> None:
     config, _ = load_config(presets=["style"], overrides=["training.seed=7"])
     path = tmp_path / "c.yaml"
     path.write_text(to_yaml(config))

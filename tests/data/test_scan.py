@@ -6,6 +6,7 @@ import json
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -20,8 +21,12 @@ from flux2_lora.data.scan import (
 
 
 def img(
-    path: Path, size: tuple[int, int] = (32, 32), mode: str = "RGB", color: object = None, **save
-) -> Path:  # type: ignore[no-untyped-def]
+    path: Path,
+    size: tuple[int, int] = (32, 32),
+    mode: str = "RGB",
+    color: float | tuple[int, ...] | str | None = None,
+    **save: Any,
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, size, color if color is not None else 128).save(path, **save)
     return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ SHORT = (
 )
 
 
-def test_quickstart_trains_and_writes_everything(tmp_path):  # type: ignore[no-untyped-def]
+def test_quickstart_trains_and_writes_everything(tmp_path: Path) -> None:
     out = tmp_path / "qs"
     cli("train", "--preset", "quickstart", *sets(f"output.dir={out}"), check=True)
     status = runs.read_status(out)
@@ -49,7 +50,7 @@ def test_quickstart_trains_and_writes_everything(tmp_path):  # type: ignore[no-u
     assert "HOST EST/MEAS" in listing and "finished" in listing
 
 
-def test_final_lora_loads_in_diffusers_and_changes_the_output(tmp_path):  # type: ignore[no-untyped-def]
+def test_final_lora_loads_in_diffusers_and_changes_the_output(tmp_path: Path) -> None:
     from flux2_lora.config import ModelSection
     from flux2_lora.training.model import pipeline_class, resolve_model_path
 
@@ -64,7 +65,7 @@ def test_final_lora_loads_in_diffusers_and_changes_the_output(tmp_path):  # type
     path, variant, _ = resolve_model_path(ModelSection())
     pipe = pipeline_class(variant).from_pretrained(path)
 
-    def generate():  # type: ignore[no-untyped-def]
+    def generate() -> torch.Tensor:
         return pipe(
             prompt="a red circle on stripes, sks style",
             height=64,
@@ -80,7 +81,7 @@ def test_final_lora_loads_in_diffusers_and_changes_the_output(tmp_path):  # type
     assert (generate() - base).abs().max() > 1e-3
 
 
-def test_checkpoints_keep_the_newest_k(tmp_path):  # type: ignore[no-untyped-def]
+def test_checkpoints_keep_the_newest_k(tmp_path: Path) -> None:
     out = tmp_path / "run"
     cli(
         "train",
@@ -108,7 +109,7 @@ RESUME = (
 )
 
 
-def test_kill_9_then_resume_latest_gives_the_same_lora(tmp_path):  # type: ignore[no-untyped-def]
+def test_kill_9_then_resume_latest_gives_the_same_lora(tmp_path: Path) -> None:
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     config, _ = load_config(presets=["quickstart"], overrides=[f"output.dir={ref}", *RESUME])
     assert run_training(config) == 0
@@ -134,7 +135,7 @@ def test_kill_9_then_resume_latest_gives_the_same_lora(tmp_path):  # type: ignor
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
 
 
-def test_sigterm_saves_a_checkpoint_and_stops_cleanly_then_resumes(tmp_path):  # type: ignore[no-untyped-def]
+def test_sigterm_saves_a_checkpoint_and_stops_cleanly_then_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = sets(f"output.dir={out}", "training.max_steps=60", "output.checkpoint_every=0", *SHORT)
     proc = start_cli("train", "--preset", "quickstart", *args)
@@ -149,7 +150,7 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly_then_resumes(tmp_path):  #
     assert runs.read_status(out).state == "finished"
 
 
-def test_second_run_into_a_busy_directory_is_refused(tmp_path):  # type: ignore[no-untyped-def]
+def test_second_run_into_a_busy_directory_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "run"
     with runs.RunLock(out):
         proc = cli("train", "--preset", "quickstart", *sets(f"output.dir={out}", *SHORT))
@@ -158,7 +159,7 @@ def test_second_run_into_a_busy_directory_is_refused(tmp_path):  # type: ignore[
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_through_accelerate_write_one_lora(tmp_path):  # type: ignore[no-untyped-def]
+def test_two_cpu_processes_through_accelerate_write_one_lora(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     proc = cli(
         "train",
@@ -183,7 +184,7 @@ def test_two_cpu_processes_through_accelerate_write_one_lora(tmp_path):  # type:
     assert json.loads((out / runs.STATUS_FILE).read_text())["extra"]["num_processes"] == 2
 
 
-def test_a_fresh_run_into_a_used_directory_keeps_the_earlier_run(tmp_path):  # type: ignore[no-untyped-def]
+def test_a_fresh_run_into_a_used_directory_keeps_the_earlier_run(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = sets(f"output.dir={out}", "training.max_steps=3", "output.checkpoint_every=3", *SHORT)
     cli("train", "--preset", "quickstart", *args, check=True)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from flux2_lora.hooks import HOLD_ENV
 from flux2_lora.webui.actions import Actions
@@ -15,7 +16,7 @@ from flux2_lora.webui.paths import AppPaths
 from ..helpers import sets, wait_for
 
 
-def test_killed_trainer_shows_failed_in_the_ui_and_after_restart(tmp_path):  # type: ignore[no-untyped-def]
+def test_killed_trainer_shows_failed_in_the_ui_and_after_restart(tmp_path: Path) -> None:
     runs_dir = tmp_path / "runs"
     out = runs_dir / "crash"
     actions = Actions(AppPaths.create(runs_dir))
