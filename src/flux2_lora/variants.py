@@ -25,7 +25,6 @@ from flux2_lora.local_model import (
     safetensors_params,
 )
 
-VariantName = Literal["dev", "klein-4b", "klein-9b", "demo"]
 VARIANT_NAMES: tuple[str, ...] = ("dev", "klein-4b", "klein-9b", "demo")
 DEMO_MODEL_PATH = "demo"
 
