@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from flux2_lora.config import TrainingSection
-from flux2_lora.timesteps import density, draw_sigmas, image_tokens_for, mu_for_tokens, shift_sigma
+from flux2_lora.timesteps import draw_sigmas, image_tokens_for, mu_for_tokens, shift_sigma
 from flux2_lora.training.flow import sample_density, sigmas_from_density
 
 N = 20000
@@ -76,8 +76,3 @@ def test_pure_sampler_matches_the_trainers_torch_sampler(scheme: str) -> None:
     torch_sig = sorted(sigmas_from_density(u).tolist())
     ks = max(abs(a - b) for a, b in zip(pure[:: N // 200], torch_sig[:: N // 200]))
     assert ks < 0.03  # quantiles agree
-
-
-def test_density_is_normalised() -> None:
-    d = density(TrainingSection(timestep_sampling="logit_normal"), 1024, bins=40, draws=4000)
-    assert len(d) == 40 and sum(p for _, p in d) / 40 == pytest.approx(1.0)
