@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from flux2_lora import runs
-from flux2_lora.hooks import HOLD_ENV
-from tests.helpers import cli, sets, wait_for
+from tests.helpers import cli, held_trainer, sets
 
 ARGS = (
     "training.max_steps=8",
@@ -26,24 +24,6 @@ ARGS = (
 )
 
 
-def start_held(out: Path, point: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, HOLD_ENV: point}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flux2_lora.cli",
-            "train",
-            "--preset",
-            "quickstart",
-            *sets(f"output.dir={out}", *ARGS),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 @pytest.mark.parametrize(
     ("point", "intact"), [("loading", None), ("step@3", 2), ("checkpoint-write@2", 2), ("sampling", 4)]
 )
@@ -51,11 +31,9 @@ def test_sigkill_anywhere_reads_as_failed_and_resume_finishes(
     tmp_path: Path, point: str, intact: int | None
 ) -> None:
     out = tmp_path / "runs" / "r"
-    proc = start_held(out, point)
-    marker = out / f".held-{point.split('@')[0]}"
-    assert wait_for(marker.exists, timeout=120)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    with held_trainer(out, point, *ARGS) as proc:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     status = runs.read_status(out)  # one poll
     assert status.state == "failed" and "trainer died" in status.message
     listed = json.loads(cli("runs", str(tmp_path / "runs"), "--json", check=True).stdout)
@@ -104,12 +82,11 @@ def test_two_concurrent_starts_one_runs(tmp_path: Path) -> None:
 
 def test_stop_falls_back_to_force_and_ends_in_a_final_state(tmp_path: Path) -> None:
     out = tmp_path / "r"
-    proc = start_held(out, "step@3")  # holding: it cannot act on the graceful stop
-    assert wait_for(lambda: (out / ".held-step").exists())
-    assert runs.request_stop(out)
-    assert proc.poll() is None
-    assert runs.force_stop(out)
-    proc.wait(timeout=30)
+    with held_trainer(out, "step@3", *ARGS) as proc:  # holding: it cannot act on the graceful stop
+        assert runs.request_stop(out)
+        assert proc.poll() is None
+        assert runs.force_stop(out)
+        proc.wait(timeout=30)
     status = runs.read_status(out)
     assert status.state == "stopped" and "force-stopped" in status.message
     assert not runs.is_locked(out)
@@ -117,10 +94,9 @@ def test_stop_falls_back_to_force_and_ends_in_a_final_state(tmp_path: Path) -> N
 
 def test_runs_lists_state_steps_and_failure_tail(tmp_path: Path) -> None:
     out = tmp_path / "runs" / "r"
-    proc = start_held(out, "step@3")
-    assert wait_for(lambda: (out / ".held-step").exists())
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    with held_trainer(out, "step@3", *ARGS) as proc:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     text = cli("runs", str(tmp_path / "runs"), check=True).stdout
     assert "failed" in text and "3/8" in text and "trainer died" in text
 

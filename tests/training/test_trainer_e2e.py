@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from flux2_lora import runs
 from flux2_lora.config.io import load_config
 from flux2_lora.training.trainer import run_training
-from tests.helpers import cli, last_step, sets, start_cli, wait_for
+from tests.helpers import cli, held_trainer, last_step, sets, start_cli, wait_for
 
 SHORT = (
     "validation.enabled=false",
@@ -114,11 +114,11 @@ def test_kill_9_then_resume_latest_gives_the_same_lora(tmp_path: Path) -> None:
     config, _ = load_config(presets=["quickstart"], overrides=[f"output.dir={ref}", *RESUME])
     assert run_training(config) == 0
 
-    proc = start_cli("train", "--preset", "quickstart", *sets(f"output.dir={killed}", *RESUME))
-    assert wait_for(lambda: (killed / "checkpoints" / "checkpoint-4" / "meta.json").is_file())
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / runs.LORA_FILE).exists(), "the run finished before it was killed"
+    # Held after step 5, past checkpoint-4: killed there, never racing the end of the run.
+    with held_trainer(killed, "step@5", *RESUME) as proc:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert [p.name for p in runs.list_checkpoints(killed)] == ["checkpoint-2", "checkpoint-4"]
     assert runs.read_status(killed).state == "failed"
 
     cli(
@@ -139,9 +139,14 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly_then_resumes(tmp_path: Pat
     out = tmp_path / "run"
     args = sets(f"output.dir={out}", "training.max_steps=60", "output.checkpoint_every=0", *SHORT)
     proc = start_cli("train", "--preset", "quickstart", *args)
-    assert wait_for(lambda: last_step(out) >= 3)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
+    try:
+        assert wait_for(lambda: last_step(out) >= 3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
     status = runs.read_status(out)
     assert status.state == "stopped", status
     ckpt = runs.latest_checkpoint(out)

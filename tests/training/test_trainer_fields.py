@@ -491,3 +491,21 @@ def test_timestep_shift_reaches_the_trainer(make_config: MakeConfig) -> None:
     a = torch.cat([plain.micro_batch(s, 0)["sigmas"] for s in range(1, 60)]).mean()
     b = torch.cat([shifted.micro_batch(s, 0)["sigmas"] for s in range(1, 60)]).mean()
     assert b > a + 0.15
+
+
+def test_a_runs_first_steps_are_pinned(make_config: MakeConfig) -> None:
+    """The quickstart's images, σ and noise at steps 1, 2 and 7 for seed 42: what a resumed run must replay
+    (see tests/training/test_batches.py for why these are pinned)."""
+    t = prepared(make_config, "training.timestep_sampling=logit_normal")
+    assert (t.config.training.seed, t.config.training.batch_size) == (42, 2)
+    assert t.schedule is not None
+    expected = {
+        1: ([(9, 0), (0, 1)], [0.582, 0.401], [-0.05458, 0.74304, -0.24103]),
+        2: ([(7, 2), (1, 3)], [0.623, 0.305], [-0.38802, 0.98565, 0.59754]),
+        7: ([(0, 12), (10, 13)], [0.801, 0.4], [-0.1358, -0.13847, -0.16564]),
+    }
+    for step, (pairs, sigmas, noise) in expected.items():
+        assert t.schedule.micro_batch(step, 0, 0, 1, 1) == pairs
+        batch = t.micro_batch(step, 0)
+        assert batch["sigmas"].tolist() == pytest.approx(sigmas, abs=1e-6)
+        assert batch["noise"].flatten()[:3].tolist() == pytest.approx(noise, abs=1e-5)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from flux2_lora.hooks import HOLD_ENV
 from flux2_lora.webui.actions import Actions
 from flux2_lora.webui.paths import AppPaths
 
-from ..helpers import sets, wait_for
+from ..helpers import held_trainer, wait_for
 
 
 def test_killed_trainer_shows_failed_in_the_ui_and_after_restart(tmp_path: Path) -> None:
@@ -28,24 +26,8 @@ def test_killed_trainer_shows_failed_in_the_ui_and_after_restart(tmp_path: Path)
         "logging.tensorboard=false",
         "logging.log_every=1",
     )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flux2_lora.cli",
-            "train",
-            "--preset",
-            "quickstart",
-            *sets(f"output.dir={out}", *args),
-        ],
-        env={**os.environ, HOLD_ENV: "step@3"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert wait_for((out / ".held-step").exists, timeout=120)
+    with held_trainer(out, "step@3", *args) as proc:
         assert actions.run_status(str(out))["state"] == "training"
-    finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     snap = actions.run_status(str(out))  # the next poll
