@@ -66,6 +66,7 @@ def test_out_of_range_override_is_refused_before_loading(tmp_path: Path) -> None
     _clean(proc)
 
 
+@pytest.mark.slow
 def test_missing_local_model(tmp_path: Path) -> None:
     proc = cli(
         "train", "--preset", "quickstart", *sets(f"output.dir={tmp_path}/r", f"model.path={tmp_path}/nowhere")
@@ -81,6 +82,7 @@ def test_missing_local_model(tmp_path: Path) -> None:
     _clean(proc)
 
 
+@pytest.mark.slow
 def test_unreachable_hub_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     proc = cli(
@@ -96,6 +98,7 @@ def test_unreachable_hub_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert status.state == "failed" and "model.path" in status.message
 
 
+@pytest.mark.slow
 def test_empty_dataset(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -106,6 +109,7 @@ def test_empty_dataset(tmp_path: Path) -> None:
     _clean(proc)
 
 
+@pytest.mark.slow
 def test_corrupt_image_is_skipped_and_named(tmp_path: Path) -> None:
     ds = tmp_path / "ds"
     ds.mkdir()
@@ -136,6 +140,7 @@ def test_resume_without_checkpoint(tmp_path: Path) -> None:
     _clean(proc)
 
 
+@pytest.mark.slow
 def test_resume_auto_starts_over_when_killed_before_the_first_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "r"
     out.mkdir()
@@ -150,6 +155,7 @@ def test_resume_auto_starts_over_when_killed_before_the_first_checkpoint(tmp_pat
     assert "auto" in help_text and "start the run over" in " ".join(help_text.split())
 
 
+@pytest.mark.slow
 def test_resume_auto_resumes_when_a_checkpoint_exists(tmp_path: Path) -> None:
     out = tmp_path / "r"
     args = sets(f"output.dir={out}", "output.checkpoint_every=1", *FAST)
@@ -166,6 +172,7 @@ def _blocked_run(out: Path) -> tuple[str, ...]:
     return ("train", "--preset", "quickstart", *sets(f"output.dir={out}", "output.checkpoint_every=1", *FAST))
 
 
+@pytest.mark.slow
 def test_a_failure_mid_run_prints_one_line_and_the_log_path(tmp_path: Path) -> None:
     out = tmp_path / "r"
     proc = cli(*_blocked_run(out))
@@ -234,6 +241,7 @@ def test_dataset_check_bucket_table_and_trigger_report(tmp_path: Path) -> None:
     assert "aspect buckets" in text and "lacks the trigger word" in text
 
 
+@pytest.mark.slow
 def test_generate_with_a_lora_and_scale(tmp_path: Path) -> None:
     import numpy as np
 
@@ -266,6 +274,7 @@ def test_generate_with_a_lora_and_scale(tmp_path: Path) -> None:
     _clean(missing)
 
 
+@pytest.mark.slow
 def test_newline_and_undecodable_file_names_on_a_utf8_console(tmp_path: Path) -> None:
     import os
     import subprocess
@@ -315,6 +324,7 @@ def test_newline_and_undecodable_file_names_on_a_utf8_console(tmp_path: Path) ->
     assert "new\\nline.png" in log and "\\x1b[2Jclear.png" in log and "\x1b" not in log
 
 
+@pytest.mark.slow
 def test_resume_latest_skips_a_truncated_newest_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "r"
     args = ("train", "--preset", "quickstart", *sets(f"output.dir={out}", "output.checkpoint_every=1", *FAST))

@@ -28,6 +28,7 @@ def _hold_lock_in_child(run_dir: Path, seconds: float = 60) -> subprocess.Popen[
     return proc
 
 
+@pytest.mark.timeout(120)  # it waits on a child process: never longer than this
 def test_second_lock_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     proc = _hold_lock_in_child(tmp_path)
     try:
@@ -40,6 +41,7 @@ def test_second_lock_is_refused_with_a_clear_message(tmp_path: Path) -> None:
         proc.wait()
 
 
+@pytest.mark.timeout(120)  # it waits on a child process: never longer than this
 def test_killed_owner_reads_as_failed_and_frees_the_directory(tmp_path: Path) -> None:
     proc = _hold_lock_in_child(tmp_path)
     proc.kill()  # SIGKILL: the trainer never gets to write "failed"
@@ -74,6 +76,7 @@ def test_checkpoints_without_meta_are_incomplete(tmp_path: Path) -> None:
     assert runs.latest_checkpoint(tmp_path).name == "checkpoint-4"
 
 
+@pytest.mark.timeout(120)  # it waits on a child process: never longer than this
 def test_request_stop_writes_the_stop_file(tmp_path: Path) -> None:
     proc = _hold_lock_in_child(tmp_path)
     try:

@@ -46,6 +46,7 @@ def test_config_errors_exit_2_without_a_traceback(capsys: pytest.CaptureFixture[
     assert main(["estimate", "--gpu", "a-card-nobody-makes"]) == 2
 
 
+@pytest.mark.slow
 def test_trace_reports_the_traced_peak_beside_the_estimate(capsys: pytest.CaptureFixture[str]) -> None:
     r = _json(capsys, "--preset", "klein-4b", "--trace", "--set", "dataset.resolution=512")
     t = r["trace"]["training_peak"]

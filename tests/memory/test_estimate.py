@@ -63,6 +63,7 @@ def test_identical_blocks_compose_linearly() -> None:
     assert abs(training_phase_on(c, reduced(base, 3, 3)) - t[3]) / t[3] < 0.03
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("variant", "overrides"),
     [

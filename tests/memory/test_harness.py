@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "benchmarks" / "vram" / "run.py"
 
@@ -37,6 +39,7 @@ def test_configs_cover_variants_sizes_ranks_and_optimizers() -> None:
     assert len(dev) >= 3 and all(e.phases["training"] < 72 for e in dev)
 
 
+@pytest.mark.slow
 def test_dry_mode_traces_full_size_and_runs_the_code_path_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "dry.json"
     cmd = [sys.executable, str(RUN), "--dry", "--only", "0", "--only", "9", "--out", str(out)]

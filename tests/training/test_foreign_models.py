@@ -118,6 +118,7 @@ def build_foreign_pipeline(kind: str, folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "pipeline"), [("klein", "Flux2KleinPipeline"), ("dev", "Flux2Pipeline")])
 def test_a_foreign_small_flux2_folder_trains_two_steps(tmp_path: Path, kind: str, pipeline: str) -> None:
     model = build_foreign_pipeline(kind, tmp_path / f"tiny-{kind}")

@@ -13,6 +13,9 @@ import pytest
 from flux2_lora import runs
 from tests.helpers import cli, held_trainer, sets
 
+# Each trains real runs in subprocesses: seconds each on 2 CPU cores.
+pytestmark = pytest.mark.slow
+
 ARGS = (
     "training.max_steps=8",
     "training.warmup_steps=0",

@@ -23,6 +23,7 @@ SHORT = (
 )
 
 
+@pytest.mark.slow
 def test_quickstart_trains_and_writes_everything(tmp_path: Path) -> None:
     out = tmp_path / "qs"
     cli("train", "--preset", "quickstart", *sets(f"output.dir={out}"), check=True)
@@ -50,6 +51,7 @@ def test_quickstart_trains_and_writes_everything(tmp_path: Path) -> None:
     assert "HOST EST/MEAS" in listing and "finished" in listing
 
 
+@pytest.mark.slow
 def test_final_lora_loads_in_diffusers_and_changes_the_output(tmp_path: Path) -> None:
     from flux2_lora.config import ModelSection
     from flux2_lora.training.model import pipeline_class, resolve_model_path
@@ -81,6 +83,7 @@ def test_final_lora_loads_in_diffusers_and_changes_the_output(tmp_path: Path) ->
     assert (generate() - base).abs().max() > 1e-3
 
 
+@pytest.mark.slow
 def test_checkpoints_keep_the_newest_k(tmp_path: Path) -> None:
     out = tmp_path / "run"
     cli(
@@ -109,6 +112,7 @@ RESUME = (
 )
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_latest_gives_the_same_lora(tmp_path: Path) -> None:
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     config, _ = load_config(presets=["quickstart"], overrides=[f"output.dir={ref}", *RESUME])
@@ -135,6 +139,7 @@ def test_kill_9_then_resume_latest_gives_the_same_lora(tmp_path: Path) -> None:
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_stops_cleanly_then_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = sets(f"output.dir={out}", "training.max_steps=60", "output.checkpoint_every=0", *SHORT)
@@ -189,6 +194,7 @@ def test_two_cpu_processes_through_accelerate_write_one_lora(tmp_path: Path) -> 
     assert json.loads((out / runs.STATUS_FILE).read_text())["extra"]["num_processes"] == 2
 
 
+@pytest.mark.slow
 def test_a_fresh_run_into_a_used_directory_keeps_the_earlier_run(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = sets(f"output.dir={out}", "training.max_steps=3", "output.checkpoint_every=3", *SHORT)

@@ -317,6 +317,7 @@ def test_nf4_quantization_trains(make_config: MakeConfig) -> None:
 
 
 # ----------------------------------------------------------------------------------------- validation / output / logging
+@pytest.mark.slow
 def test_validation_fields(make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     from diffusers import Flux2KleinPipeline
 

@@ -115,6 +115,7 @@ def test_templates_are_read_from_disk(client: Client, ui_runs: Path) -> None:
     assert "from-disk" in client.predict(api_name="/list_templates")
 
 
+@pytest.mark.slow
 def test_demo_run_to_finished_download_and_generate(client: Client, ui_runs: Path) -> None:
     r = client.predict(tiny_run_config("api-run"), "", api_name="/start_run")
     assert r["ok"], r
@@ -146,6 +147,7 @@ def test_demo_run_to_finished_download_and_generate(client: Client, ui_runs: Pat
     assert Path(g["image"]).is_file() and (g["steps"], g["resolution"], g["guidance"]) == (2, 64, 1.0)
 
 
+@pytest.mark.slow
 def test_stop_run(client: Client) -> None:
     cfg = tiny_run_config("api-stop", steps=5000)
     cfg["validation"]["enabled"] = False

@@ -38,6 +38,7 @@ def test_loopback_addresses() -> None:
     assert not is_local("0.0.0.0") and not is_local("10.0.0.1") and not is_local("example.com")
 
 
+@pytest.mark.timeout(120)  # it waits on a child process: never longer than this
 @pytest.mark.parametrize(
     ("extra", "mode"),
     [

@@ -8,10 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from flux2_lora.webui.actions import Actions
 from flux2_lora.webui.paths import AppPaths
 
 from ..helpers import held_trainer, wait_for
+
+# Each trains real runs in subprocesses: seconds each on 2 CPU cores.
+pytestmark = pytest.mark.slow
 
 
 def test_killed_trainer_shows_failed_in_the_ui_and_after_restart(tmp_path: Path) -> None:
