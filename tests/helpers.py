@@ -40,20 +40,25 @@ def start_cli(*args: str) -> subprocess.Popen[str]:
     )
 
 
+def train_argv(out: Path, *overrides: str) -> list[str]:
+    """The command line of ``flux2-lora train --preset quickstart`` into ``out``, with ``--set`` overrides."""
+    return [
+        sys.executable,
+        "-m",
+        "flux2_lora.cli",
+        "train",
+        "--preset",
+        "quickstart",
+        *sets(f"output.dir={out}", *overrides),
+    ]
+
+
 @contextmanager
 def held_trainer(out: Path, point: str, *overrides: str) -> Iterator[subprocess.Popen[bytes]]:
     """``flux2-lora train --preset quickstart`` into ``out``, held at ``point`` (``name`` or ``name@N``):
     yields the process once it is there, and kills it on the way out unless the test ended it."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flux2_lora.cli",
-            "train",
-            "--preset",
-            "quickstart",
-            *sets(f"output.dir={out}", *overrides),
-        ],
+        train_argv(out, *overrides),
         env={**os.environ, HOLD_ENV: point},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from flux2_lora import runs
-from tests.helpers import cli, held_trainer, sets
+from tests.helpers import cli, held_trainer, sets, train_argv
 
 # Each trains real runs in subprocesses: seconds each on 2 CPU cores.
 pytestmark = pytest.mark.slow
@@ -54,15 +53,7 @@ def test_sigkill_anywhere_reads_as_failed_and_resume_finishes(
 
 def test_two_concurrent_starts_one_runs(tmp_path: Path) -> None:
     out = tmp_path / "r"
-    cmd = [
-        sys.executable,
-        "-m",
-        "flux2_lora.cli",
-        "train",
-        "--preset",
-        "quickstart",
-        *sets(f"output.dir={out}", *ARGS),
-    ]
+    cmd = train_argv(out, *ARGS)
     procs = [
         subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)
     ]

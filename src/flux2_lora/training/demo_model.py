@@ -61,6 +61,24 @@ def build_tokenizer() -> Any:
     return wrapped
 
 
+def flux2_scheduler() -> Any:
+    """FLUX.2's sampling scheduler as its pipelines ship it (dynamic, resolution-dependent shift)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from flux2_lora.timesteps import NUM_TRAIN_TIMESTEPS
+
+    return FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+        time_shift_type="exponential",
+    )
+
+
 def build_demo_pipeline(**transformer_overrides: object) -> Any:
     """The demo pipeline in memory, every component from the variant table, seeded.
 
@@ -69,7 +87,6 @@ def build_demo_pipeline(**transformer_overrides: object) -> Any:
     import torch
     from diffusers import (
         AutoencoderKLFlux2,
-        FlowMatchEulerDiscreteScheduler,
         Flux2KleinPipeline,
         Flux2Transformer2DModel,
     )
@@ -90,17 +107,7 @@ def build_demo_pipeline(**transformer_overrides: object) -> Any:
         sample_size=v.vae.sample_size,
     )
     transformer = Flux2Transformer2DModel(**{**v.transformer.diffusers_config(), **transformer_overrides})
-    # FLUX.2's scheduler settings (dynamic, resolution-dependent shift).
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-        time_shift_type="exponential",
-    )
+    scheduler = flux2_scheduler()
     return Flux2KleinPipeline(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
     )
