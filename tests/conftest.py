@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,8 +35,11 @@ def tiny_config(out: Path, *overrides: str) -> TrainConfig:
     return config
 
 
+MakeConfig = Callable[..., TrainConfig]  # make_config(*overrides, out=None)
+
+
 @pytest.fixture
-def make_config(tmp_path: Path):  # type: ignore[no-untyped-def]
+def make_config(tmp_path: Path) -> MakeConfig:
     def make(*overrides: str, out: Path | None = None) -> TrainConfig:
         return tiny_config(out or tmp_path / "run", *overrides)
 

@@ -1,4 +1,5 @@
-"""Running the CLI as a user would, in a subprocess with the test session's demo cache."""
+"""Running the CLI as a user would, in a subprocess with the test session's demo cache; a trainer held at a
+named point (:mod:`flux2_lora.hooks`), so a test acts on it there instead of racing it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from flux2_lora.hooks import HOLD_ENV
 
 
 def cli(*args: str, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -35,7 +40,41 @@ def start_cli(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def wait_for(predicate, timeout: float = 120, interval: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
+def train_argv(out: Path, *overrides: str) -> list[str]:
+    """The command line of ``flux2-lora train --preset quickstart`` into ``out``, with ``--set`` overrides."""
+    return [
+        sys.executable,
+        "-m",
+        "flux2_lora.cli",
+        "train",
+        "--preset",
+        "quickstart",
+        *sets(f"output.dir={out}", *overrides),
+    ]
+
+
+@contextmanager
+def held_trainer(out: Path, point: str, *overrides: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``flux2-lora train --preset quickstart`` into ``out``, held at ``point`` (``name`` or ``name@N``):
+    yields the process once it is there, and kills it on the way out unless the test ended it."""
+    proc = subprocess.Popen(
+        train_argv(out, *overrides),
+        env={**os.environ, HOLD_ENV: point},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        marker = out / f".held-{point.split('@')[0]}"
+        assert wait_for(lambda: marker.exists() or proc.poll() is not None, timeout=300)
+        assert proc.poll() is None, f"the trainer exited ({proc.returncode}) before reaching {point}"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 120, interval: float = 0.02) -> bool:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import zipfile
+from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from flux2_lora import runs
@@ -19,29 +22,22 @@ FAST = (
 )
 
 
-def _clean(proc) -> None:  # type: ignore[no-untyped-def]
+def _clean(proc: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in proc.stderr, proc.stderr
 
 
-def test_presets_list_and_print():  # type: ignore[no-untyped-def]
+def test_presets_list_and_print() -> None:
+    from flux2_lora.config.presets import list_presets
+
     listing = cli("presets", check=True).stdout
-    for name in (
-        "quickstart",
-        "fast",
-        "high-quality",
-        "low-vram",
-        "character",
-        "style",
-        "concept",
-        "klein-4b",
-    ):
-        assert name in listing
+    for preset in list_presets():  # which ones ship: tests/config/test_schema.py
+        assert preset.name in listing
     assert "max_steps" in cli("presets", "quickstart", check=True).stdout
     missing = cli("presets", "nope")
     assert missing.returncode == 1 and "no preset 'nope'" in missing.stderr
 
 
-def test_validate_reports_every_error_by_field(tmp_path):  # type: ignore[no-untyped-def]
+def test_validate_reports_every_error_by_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("training:\n  learning_rate: -1\n  bogus: 3\nlora:\n  rank: 0\n")
     proc = cli("validate", str(bad))
@@ -57,13 +53,14 @@ def test_validate_reports_every_error_by_field(tmp_path):  # type: ignore[no-unt
     _clean(proc)
 
 
-def test_out_of_range_override_is_refused_before_loading(tmp_path):  # type: ignore[no-untyped-def]
+def test_out_of_range_override_is_refused_before_loading(tmp_path: Path) -> None:
     proc = cli("train", "--preset", "quickstart", *sets(f"output.dir={tmp_path}/r", "lora.rank=0"))
     assert proc.returncode == 2 and "lora.rank" in proc.stderr
     _clean(proc)
 
 
-def test_missing_local_model(tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_missing_local_model(tmp_path: Path) -> None:
     proc = cli(
         "train", "--preset", "quickstart", *sets(f"output.dir={tmp_path}/r", f"model.path={tmp_path}/nowhere")
     )
@@ -78,7 +75,8 @@ def test_missing_local_model(tmp_path):  # type: ignore[no-untyped-def]
     _clean(proc)
 
 
-def test_unreachable_hub_model(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_unreachable_hub_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     proc = cli(
         "train",
@@ -93,7 +91,8 @@ def test_unreachable_hub_model(tmp_path, monkeypatch):  # type: ignore[no-untype
     assert status.state == "failed" and "model.path" in status.message
 
 
-def test_empty_dataset(tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_empty_dataset(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = cli(
@@ -103,7 +102,8 @@ def test_empty_dataset(tmp_path):  # type: ignore[no-untyped-def]
     _clean(proc)
 
 
-def test_corrupt_image_is_skipped_and_named(tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_corrupt_image_is_skipped_and_named(tmp_path: Path) -> None:
     ds = tmp_path / "ds"
     ds.mkdir()
     Image.new("RGB", (96, 96), (200, 30, 30)).save(ds / "good.png")
@@ -116,7 +116,7 @@ def test_corrupt_image_is_skipped_and_named(tmp_path):  # type: ignore[no-untype
     assert (out / runs.LORA_FILE).is_file()
 
 
-def test_output_dir_not_writable(tmp_path):  # type: ignore[no-untyped-def]
+def test_output_dir_not_writable(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("I am a file")
     proc = cli("train", "--preset", "quickstart", *sets(f"output.dir={blocker}/run", *FAST))
@@ -124,7 +124,7 @@ def test_output_dir_not_writable(tmp_path):  # type: ignore[no-untyped-def]
     _clean(proc)
 
 
-def test_resume_without_checkpoint(tmp_path):  # type: ignore[no-untyped-def]
+def test_resume_without_checkpoint(tmp_path: Path) -> None:
     proc = cli(
         "train", "--preset", "quickstart", *sets(f"output.dir={tmp_path}/r", *FAST), "--resume", "latest"
     )
@@ -133,7 +133,8 @@ def test_resume_without_checkpoint(tmp_path):  # type: ignore[no-untyped-def]
     _clean(proc)
 
 
-def test_resume_auto_starts_over_when_killed_before_the_first_checkpoint(tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_resume_auto_starts_over_when_killed_before_the_first_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "r"
     out.mkdir()
     # What a trainer killed while loading leaves: a live-looking status, no checkpoint.
@@ -147,7 +148,8 @@ def test_resume_auto_starts_over_when_killed_before_the_first_checkpoint(tmp_pat
     assert "auto" in help_text and "start the run over" in " ".join(help_text.split())
 
 
-def test_resume_auto_resumes_when_a_checkpoint_exists(tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_resume_auto_resumes_when_a_checkpoint_exists(tmp_path: Path) -> None:
     out = tmp_path / "r"
     args = sets(f"output.dir={out}", "output.checkpoint_every=1", *FAST)
     cli("train", "--preset", "quickstart", *args, check=True)
@@ -156,14 +158,15 @@ def test_resume_auto_resumes_when_a_checkpoint_exists(tmp_path):  # type: ignore
     assert "resumed from" in (out / runs.LOG_FILE).read_text() and not (out / runs.PREVIOUS_DIR).exists()
 
 
-def _blocked_run(out):  # type: ignore[no-untyped-def]
+def _blocked_run(out: Path) -> tuple[str, ...]:
     """A run that fails at its first checkpoint: a file stands where the checkpoints folder goes."""
     out.mkdir()
     (out / runs.CHECKPOINTS_DIR).write_text("a file where the checkpoints folder goes")
     return ("train", "--preset", "quickstart", *sets(f"output.dir={out}", "output.checkpoint_every=1", *FAST))
 
 
-def test_a_failure_mid_run_prints_one_line_and_the_log_path(tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_a_failure_mid_run_prints_one_line_and_the_log_path(tmp_path: Path) -> None:
     out = tmp_path / "r"
     proc = cli(*_blocked_run(out))
     assert proc.returncode == 1
@@ -178,7 +181,7 @@ def test_a_failure_mid_run_prints_one_line_and_the_log_path(tmp_path):  # type: 
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
 
 
-def test_dataset_check_counts_and_json(tmp_path):  # type: ignore[no-untyped-def]
+def test_dataset_check_counts_and_json(tmp_path: Path) -> None:
     ds = tmp_path / "ds"
     ds.mkdir()
     for i in range(3):
@@ -193,7 +196,7 @@ def test_dataset_check_counts_and_json(tmp_path):  # type: ignore[no-untyped-def
     assert "bad.jpg" in human
 
 
-def test_dataset_check_refuses_a_zip_with_path_traversal(tmp_path):  # type: ignore[no-untyped-def]
+def test_dataset_check_refuses_a_zip_with_path_traversal(tmp_path: Path) -> None:
     bad = tmp_path / "evil.zip"
     with zipfile.ZipFile(bad, "w") as z:
         z.writestr("../escape.txt", "x")
@@ -203,7 +206,7 @@ def test_dataset_check_refuses_a_zip_with_path_traversal(tmp_path):  # type: ign
     assert not (tmp_path.parent / "escape.txt").exists()
 
 
-def test_dataset_check_bucket_table_and_trigger_report(tmp_path):  # type: ignore[no-untyped-def]
+def test_dataset_check_bucket_table_and_trigger_report(tmp_path: Path) -> None:
     ds = tmp_path / "ds"
     ds.mkdir()
     for i, size in enumerate([(768, 1344), (1344, 768), (1024, 1024), (4000, 500)]):
@@ -231,7 +234,8 @@ def test_dataset_check_bucket_table_and_trigger_report(tmp_path):  # type: ignor
     assert "aspect buckets" in text and "lacks the trigger word" in text
 
 
-def test_generate_with_a_lora_and_scale(tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_generate_with_a_lora_and_scale(tmp_path: Path) -> None:
     import numpy as np
 
     out = tmp_path / "r"
@@ -263,7 +267,8 @@ def test_generate_with_a_lora_and_scale(tmp_path):  # type: ignore[no-untyped-de
     _clean(missing)
 
 
-def test_newline_and_undecodable_file_names_on_a_utf8_console(tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_newline_and_undecodable_file_names_on_a_utf8_console(tmp_path: Path) -> None:
     import os
     import subprocess
     import sys
@@ -312,7 +317,8 @@ def test_newline_and_undecodable_file_names_on_a_utf8_console(tmp_path):  # type
     assert "new\\nline.png" in log and "\\x1b[2Jclear.png" in log and "\x1b" not in log
 
 
-def test_resume_latest_skips_a_truncated_newest_checkpoint(tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_resume_latest_skips_a_truncated_newest_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "r"
     args = ("train", "--preset", "quickstart", *sets(f"output.dir={out}", "output.checkpoint_every=1", *FAST))
     cli(*args, check=True)

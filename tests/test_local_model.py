@@ -130,7 +130,9 @@ def test_a_lying_safetensors_header_is_not_read(tmp_path: Path) -> None:
         ((9, 18, 27), 28, None, (9, 18, 27)),  # the demo
     ],
 )
-def test_automatic_layers_fit_the_encoder(default, depth, count, expected) -> None:  # type: ignore[no-untyped-def]
+def test_automatic_layers_fit_the_encoder(
+    default: tuple[int, ...], depth: int, count: int | None, expected: tuple[int, ...]
+) -> None:
     assert choose_text_encoder_layers(default, depth, count) == expected
 
 

@@ -6,14 +6,14 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
+from pathlib import Path
 
 import pytest
 
 from flux2_lora import runs
 
 
-def _hold_lock_in_child(run_dir, seconds: float = 60) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+def _hold_lock_in_child(run_dir: Path, seconds: float = 60) -> subprocess.Popen[str]:
     code = textwrap.dedent(f"""
         import time
         from flux2_lora.runs import RunLock, RunStatus, write_json_atomic
@@ -28,7 +28,8 @@ def _hold_lock_in_child(run_dir, seconds: float = 60) -> subprocess.Popen:  # ty
     return proc
 
 
-def test_second_lock_is_refused_with_a_clear_message(tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.timeout(120)  # it waits on a child process: never longer than this
+def test_second_lock_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     proc = _hold_lock_in_child(tmp_path)
     try:
         assert runs.is_locked(tmp_path)
@@ -40,7 +41,8 @@ def test_second_lock_is_refused_with_a_clear_message(tmp_path):  # type: ignore[
         proc.wait()
 
 
-def test_killed_owner_reads_as_failed_and_frees_the_directory(tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.timeout(120)  # it waits on a child process: never longer than this
+def test_killed_owner_reads_as_failed_and_frees_the_directory(tmp_path: Path) -> None:
     proc = _hold_lock_in_child(tmp_path)
     proc.kill()  # SIGKILL: the trainer never gets to write "failed"
     proc.wait()
@@ -51,12 +53,12 @@ def test_killed_owner_reads_as_failed_and_frees_the_directory(tmp_path):  # type
         pass
 
 
-def test_final_state_is_kept_without_a_lock(tmp_path):  # type: ignore[no-untyped-def]
+def test_final_state_is_kept_without_a_lock(tmp_path: Path) -> None:
     runs.write_json_atomic(tmp_path / runs.STATUS_FILE, runs.RunStatus(state="finished", step=5).to_dict())
     assert runs.read_status(tmp_path).state == "finished"
 
 
-def test_jsonl_reader_skips_a_partial_last_line(tmp_path):  # type: ignore[no-untyped-def]
+def test_jsonl_reader_skips_a_partial_last_line(tmp_path: Path) -> None:
     path = tmp_path / "m.jsonl"
     runs.append_jsonl(path, {"step": 1})
     with path.open("a") as f:
@@ -64,7 +66,7 @@ def test_jsonl_reader_skips_a_partial_last_line(tmp_path):  # type: ignore[no-un
     assert runs.read_jsonl(path) == [{"step": 1}]
 
 
-def test_checkpoints_without_meta_are_incomplete(tmp_path):  # type: ignore[no-untyped-def]
+def test_checkpoints_without_meta_are_incomplete(tmp_path: Path) -> None:
     for step, complete in ((2, True), (4, True), (6, False)):
         d = tmp_path / runs.CHECKPOINTS_DIR / f"checkpoint-{step}"
         d.mkdir(parents=True)
@@ -74,7 +76,8 @@ def test_checkpoints_without_meta_are_incomplete(tmp_path):  # type: ignore[no-u
     assert runs.latest_checkpoint(tmp_path).name == "checkpoint-4"
 
 
-def test_request_stop_writes_the_stop_file(tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.timeout(120)  # it waits on a child process: never longer than this
+def test_request_stop_writes_the_stop_file(tmp_path: Path) -> None:
     proc = _hold_lock_in_child(tmp_path)
     try:
         runs.write_json_atomic(
@@ -83,10 +86,7 @@ def test_request_stop_writes_the_stop_file(tmp_path):  # type: ignore[no-untyped
         )
         assert runs.request_stop(tmp_path)
         assert (tmp_path / runs.STOP_FILE).is_file()
-        deadline = time.time() + 10
-        while proc.poll() is None and time.time() < deadline:  # the child has no handler: SIGTERM ends it
-            time.sleep(0.05)
-        assert proc.poll() is not None
+        proc.wait(timeout=60)  # the child has no handler: SIGTERM ends it
     finally:
         proc.kill()
         proc.wait()
@@ -105,7 +105,9 @@ def test_request_stop_writes_the_stop_file(tmp_path):  # type: ignore[no-untyped
         (b"[" * 100_000 + b"]" * 100_000, "unreadable"),
     ],
 )
-def test_a_malformed_status_is_listed_as_unreadable_beside_the_others(tmp_path, content, reason):  # type: ignore[no-untyped-def]
+def test_a_malformed_status_is_listed_as_unreadable_beside_the_others(
+    tmp_path: Path, content: bytes, reason: str
+) -> None:
     good = tmp_path / "a-good"
     good.mkdir()
     runs.write_json_atomic(

@@ -24,13 +24,12 @@ def build(out: Path, tiny: bool) -> dict:
     import torch
     from diffusers import (
         AutoencoderKLFlux2,
-        FlowMatchEulerDiscreteScheduler,
         Flux2KleinPipeline,
         Flux2Transformer2DModel,
     )
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from flux2_lora.training.demo_model import build_tokenizer
+    from flux2_lora.training.demo_model import build_tokenizer, flux2_scheduler
     from flux2_lora.variants import VARIANTS
 
     device = torch.device("cuda" if torch.cuda.is_available() and not tiny else "cpu")
@@ -68,16 +67,7 @@ def build(out: Path, tiny: bool) -> dict:
             if isinstance(module, torch.nn.Linear | torch.nn.Embedding):
                 module.weight.normal_(0.0, 0.02)
     vae = AutoencoderKLFlux2() if not tiny else AutoencoderKLFlux2(block_out_channels=(32, 32, 32, 32))
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-        time_shift_type="exponential",
-    )
+    scheduler = flux2_scheduler()
     pipe = Flux2KleinPipeline(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
     )

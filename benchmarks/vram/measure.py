@@ -9,30 +9,16 @@ tracker gives the tensor peak of the same code path.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from typing import Any
 
-GIB = 2**30
-
-
-def _smi(query: str) -> list[list[str]]:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", f"--query-{query}", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [[p.strip() for p in line.split(",")] for line in out.splitlines() if line.strip()]
+from flux2_lora.memory.gpus import nvidia_smi
+from flux2_lora.units import GIB
 
 
 def gpu_used_mib() -> float | None:
     """Memory used on GPU 0 by every process, as nvidia-smi reports it."""
-    rows = _smi("gpu=memory.used")
+    rows = nvidia_smi("gpu=memory.used", timeout=10)
     try:
         return float(rows[0][0]) if rows else None
     except ValueError:
@@ -42,7 +28,7 @@ def gpu_used_mib() -> float | None:
 def process_mib() -> float | None:
     """This process's GPU memory as nvidia-smi reports it, or None where its pid is not visible
     (a container's own pid namespace): callers then use the device total minus a baseline."""
-    for row in _smi("compute-apps=pid,used_memory"):
+    for row in nvidia_smi("compute-apps=pid,used_memory", timeout=10):
         if len(row) == 2 and row[0] == str(os.getpid()):
             try:
                 return float(row[1])

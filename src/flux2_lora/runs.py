@@ -32,16 +32,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-STATES_LIVE = (
-    "starting",
-    "loading",
-    "caching",
-    "training",
-    "sampling",
-    "evaluating",
-    "checkpointing",
-    "stopping",
-)
 STATE_UNREADABLE = "unreadable"  # status.json is damaged or not ours; its message says why
 STATES_FINAL = ("finished", "failed", "stopped", STATE_UNREADABLE)
 MAX_STATUS_BYTES = 1 << 20  # a status file is a few hundred bytes

@@ -9,7 +9,7 @@ resolve to exact module names, so PEFT never relies on suffix matching: in doubl
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flux2_lora.variants import TransformerArch
@@ -152,15 +152,6 @@ def resolve_targets(tokens: Sequence[str], arch: TransformerArch) -> list[Linear
     if not chosen:
         raise TargetError("no target modules given")
     return [s for s in linears if s.name in chosen]
-
-
-def lora_param_count(specs: Iterable[LinearSpec], rank: int, dora: bool = False) -> int:
-    return sum(s.lora_params(rank, dora) for s in specs)
-
-
-def explicit_names() -> list[str]:
-    """Short module names users may list, for help text and the UI's choices."""
-    return list(dict.fromkeys(DOUBLE_ATTN + DOUBLE_ATTN_CONTEXT + DOUBLE_FF + SINGLE))
 
 
 # Quantization (int8 / nf4) replaces the Linear layers of the transformer's blocks and modulation,

@@ -71,18 +71,6 @@ def draw_sigmas(t: Any, image_tokens: int, n: int, seed: int = 0) -> list[float]
     ]
 
 
-def density(t: Any, image_tokens: int, bins: int = 40, draws: int = 20000) -> list[tuple[float, float]]:
-    """Histogram of σ as (bin centre, probability density) for plotting."""
-    counts = [0] * bins
-    for s in draws_cached(t, image_tokens, draws):
-        counts[min(int(s * bins), bins - 1)] += 1
-    return [((i + 0.5) / bins, c * bins / draws) for i, c in enumerate(counts)]
-
-
-def draws_cached(t: Any, image_tokens: int, draws: int) -> list[float]:
-    return draw_sigmas(t, image_tokens, draws, seed=12345)
-
-
 def image_tokens_for(resolution: int) -> int:
     """FLUX.2: VAE /8, then 2×2 patches → one token per 16×16 pixels."""
     return (resolution // 16) ** 2

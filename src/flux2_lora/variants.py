@@ -25,9 +25,13 @@ from flux2_lora.local_model import (
     safetensors_params,
 )
 
-VariantName = Literal["dev", "klein-4b", "klein-9b", "demo"]
 VARIANT_NAMES: tuple[str, ...] = ("dev", "klein-4b", "klein-9b", "demo")
 DEMO_MODEL_PATH = "demo"
+
+
+def is_demo(path: str) -> bool:
+    """Whether a model.path or dataset.path names the embedded demo ('demo', in any case)."""
+    return path.strip().lower() == DEMO_MODEL_PATH
 
 
 @dataclass(frozen=True)
@@ -312,7 +316,7 @@ _HUB_PATTERNS = (
 
 def variant_from_name(path: str) -> str | None:
     """Guess the variant from a hub id or folder name (used when no config.json can be read)."""
-    if path.strip().lower() == DEMO_MODEL_PATH:
+    if is_demo(path):
         return "demo"
     for pattern, name in _HUB_PATTERNS:
         if pattern.search(path):
@@ -399,7 +403,7 @@ def text_encoder_layers(path: str, variant: str, requested: Sequence[int] = ()) 
     v = get_variant(variant)
     depth, hidden = v.text_encoder.num_layers, v.text_encoder.hidden_size
     joint = v.transformer.joint_attention_dim
-    if path.strip().lower() != DEMO_MODEL_PATH and Path(path).expanduser().is_dir():
+    if not is_demo(path) and Path(path).expanduser().is_dir():
         te = read_local_text_encoder(path)
         if te is not None:
             depth, hidden = te["num_hidden_layers"], te["hidden_size"]
@@ -447,7 +451,7 @@ def resolve_model(path: str, variant: str = "auto") -> ResolvedModel:
     A local folder's own config.json wins (a fine-tune or a future release may differ from the
     table); an explicit variant that contradicts it raises ValueError.
     """
-    if path.strip().lower() == DEMO_MODEL_PATH:
+    if is_demo(path):
         if variant not in ("auto", "demo"):
             raise ValueError(f"model.variant: {variant!r} does not match the embedded demo model")
         return ResolvedModel("demo", VARIANTS["demo"].transformer, "demo")

@@ -6,6 +6,7 @@ import io
 import os
 import stat
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from PIL import Image
 from flux2_lora.data import archive
 from flux2_lora.data.archive import MARKER, extract_zip, prepare_dataset_source, validate_zip
 from flux2_lora.data.scan import DatasetError, scan_dataset
+from flux2_lora.units import GIB
 
 
 def png_bytes() -> bytes:
@@ -22,7 +24,9 @@ def png_bytes() -> bytes:
     return buf.getvalue()
 
 
-def make_zip(path: Path, entries: list[tuple[str | zipfile.ZipInfo, bytes]], *, deflate: bool = True) -> Path:
+def make_zip(
+    path: Path, entries: Sequence[tuple[str | zipfile.ZipInfo, bytes]], *, deflate: bool = True
+) -> Path:
     method = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
     with zipfile.ZipFile(path, "w", method) as zf:
         for name, data in entries:
@@ -38,7 +42,9 @@ def leftovers(work: Path) -> list[str]:
     return sorted(p.name for p in work.iterdir()) if work.exists() else []
 
 
-def refused(tmp_path: Path, entries: list[tuple[str | zipfile.ZipInfo, bytes]], match: str, **kw) -> str:  # type: ignore[no-untyped-def]
+def refused(
+    tmp_path: Path, entries: Sequence[tuple[str | zipfile.ZipInfo, bytes]], match: str, **kw: bool
+) -> str:
     """Assert the zip is refused with a message naming it, and that nothing was extracted anywhere."""
     zp = make_zip(tmp_path / "data.zip", entries, **kw)
     work = tmp_path / "work"
@@ -144,7 +150,7 @@ def test_encrypted_entries_are_refused(tmp_path: Path) -> None:
 
 
 def test_default_limits() -> None:
-    assert archive.MAX_TOTAL_BYTES == 4 * 2**30
+    assert archive.MAX_TOTAL_BYTES == 4 * GIB
     assert archive.MAX_ENTRIES == 20_000
     assert archive.MAX_RATIO == 200
 
@@ -185,7 +191,9 @@ def test_lying_size_header_is_caught_while_extracting(tmp_path: Path) -> None:
     assert leftovers(work) == []  # a.txt, already written, went with the temporary folder
 
 
-def test_bytes_written_are_capped_even_if_the_reader_overflows(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_bytes_written_are_capped_even_if_the_reader_overflows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     zp = make_zip(tmp_path / "data.zip", [("a.txt", b"small")])
     monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, info, *a, **k: io.BytesIO(b"x" * 10_000))
     with pytest.raises(DatasetError, match="entry 'a.txt' unpacks to more than its declared 5 bytes"):

@@ -7,7 +7,7 @@ import random
 from flux2_lora.data.captions import apply_trigger, shuffle_tags, trigger_findings
 
 
-def test_trigger_placeholder_prefix_and_present():  # type: ignore[no-untyped-def]
+def test_trigger_placeholder_prefix_and_present() -> None:
     assert apply_trigger("a photo of [trigger] dog", "sks") == "a photo of sks dog"
     assert apply_trigger("a dog on grass", "sks") == "sks, a dog on grass"
     assert apply_trigger("sks dog", "sks") == "sks dog"
@@ -16,7 +16,7 @@ def test_trigger_placeholder_prefix_and_present():  # type: ignore[no-untyped-de
     assert apply_trigger("a dog", "") == "a dog"
 
 
-def test_shuffle_keeps_the_first_tags():  # type: ignore[no-untyped-def]
+def test_shuffle_keeps_the_first_tags() -> None:
     caption = "sks, red, blue, green, yellow, purple"
     orders = {shuffle_tags(caption, 1, random.Random(i)) for i in range(20)}
     assert len(orders) > 5 and all(o.startswith("sks, ") for o in orders)
@@ -24,7 +24,7 @@ def test_shuffle_keeps_the_first_tags():  # type: ignore[no-untyped-def]
     assert shuffle_tags(caption, 6, random.Random(0)) == caption
 
 
-def test_trigger_findings():  # type: ignore[no-untyped-def]
+def test_trigger_findings() -> None:
     none = trigger_findings([("a.txt", "a dog"), ("b.txt", "a cat")], "sks")
     assert len(none) == 1 and "in no caption" in none[0][2]
     some = trigger_findings([("a.txt", "sks dog"), ("b.txt", "a cat")], "sks")

@@ -14,7 +14,7 @@ from typing import Any
 from flux2_lora.config import TrainConfig
 from flux2_lora.config.io import load_config
 
-E = importlib.import_module("flux2_lora.memory.estimate")  # the module (the package exports a function)
+E: Any = importlib.import_module("flux2_lora.memory.estimate")  # the module (the package exports a function)
 
 HUB = {
     "dev": "black-forest-labs/FLUX.2-dev",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -11,12 +12,12 @@ from flux2_lora.cli import main
 COMPONENTS = {"weights", "lora", "gradients", "optimizer", "activations", "text_encoder", "vae", "overhead"}
 
 
-def _json(capsys, *argv: str):  # type: ignore[no-untyped-def]
+def _json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
     assert main(["estimate", *argv, "--json"]) == 0
     return json.loads(capsys.readouterr().out)
 
 
-def test_json_report_has_phases_components_verdicts_and_fixes(capsys):  # type: ignore[no-untyped-def]
+def test_json_report_has_phases_components_verdicts_and_fixes(capsys: pytest.CaptureFixture[str]) -> None:
     r = _json(capsys, "--preset", "dev", "--gpu", "24")
     assert set(r["phases"]) == {"caching", "training", "sampling"}
     assert set(r["components"]) == COMPONENTS
@@ -30,7 +31,7 @@ def test_json_report_has_phases_components_verdicts_and_fixes(capsys):  # type: 
         assert {"title", "overrides", "saves_gib", "total_gib_after", "fits_after"} <= set(rec)
 
 
-def test_a_fix_applied_with_set_fits(capsys):  # type: ignore[no-untyped-def]
+def test_a_fix_applied_with_set_fits(capsys: pytest.CaptureFixture[str]) -> None:
     r = _json(capsys, "--preset", "klein-9b", "--gpu", "24", "--set", "training.batch_size=2")
     fix = r["recommendations"][0]
     sets = [a for k, v in fix["overrides"].items() for a in ("--set", f"{k}={v}")]
@@ -38,14 +39,15 @@ def test_a_fix_applied_with_set_fits(capsys):  # type: ignore[no-untyped-def]
     assert after["gpu"]["verdict"] == "fits" and after["recommendations"] == []
 
 
-def test_config_errors_exit_2_without_a_traceback(capsys):  # type: ignore[no-untyped-def]
+def test_config_errors_exit_2_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["estimate", "--set", "lora.rank=0"]) == 2
     err = capsys.readouterr().err
     assert "lora.rank" in err and "Traceback" not in err
     assert main(["estimate", "--gpu", "a-card-nobody-makes"]) == 2
 
 
-def test_trace_reports_the_traced_peak_beside_the_estimate(capsys):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_trace_reports_the_traced_peak_beside_the_estimate(capsys: pytest.CaptureFixture[str]) -> None:
     r = _json(capsys, "--preset", "klein-4b", "--trace", "--set", "dataset.resolution=512")
     t = r["trace"]["training_peak"]
     assert abs(t["error"]) < 0.03 and t["traced_gib"] > 7  # full size: 7.2 GiB of bf16 weights alone
@@ -56,7 +58,7 @@ def test_trace_reports_the_traced_peak_beside_the_estimate(capsys):  # type: ign
     }
 
 
-def test_text_output_and_auto_fit(capsys):  # type: ignore[no-untyped-def]
+def test_text_output_and_auto_fit(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["estimate", "--preset", "dev", "--gpu", "48", "--auto-fit"]) == 0
     out = capsys.readouterr().out
     assert (

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
+from pathlib import Path
 
 import pytest
 
 from flux2_lora.memory import estimate
-from flux2_lora.memory.estimate import clear_caches
 from flux2_lora.targets import TARGET_SETS
 from flux2_lora.variants import VARIANTS
 
@@ -18,7 +15,7 @@ from .matrix import HUB, MATRIX, config, row_id, training_phase_on
 
 @pytest.mark.parametrize("variant", ["dev", "klein-4b", "klein-9b", "demo"])
 @pytest.mark.parametrize("targets", [*TARGET_SETS, "attn.to_q,ff.linear_out", "single_transformer_blocks.1*"])
-def test_lora_counts_equal_peft_on_a_meta_model(variant, targets):  # type: ignore[no-untyped-def]
+def test_lora_counts_equal_peft_on_a_meta_model(variant: str, targets: str) -> None:
     import torch
     from diffusers import Flux2Transformer2DModel
 
@@ -46,7 +43,7 @@ def test_lora_counts_equal_peft_on_a_meta_model(variant, targets):  # type: igno
 
 
 @pytest.mark.parametrize("row", MATRIX, ids=[row_id(r) for r in MATRIX])
-def test_analytic_training_peak_within_3_percent_of_trace(row):  # type: ignore[no-untyped-def]
+def test_analytic_training_peak_within_3_percent_of_trace(row: list[str]) -> None:
     from flux2_lora.training.trace import reduced, trace_training_step
 
     c = config(*row)
@@ -55,7 +52,7 @@ def test_analytic_training_peak_within_3_percent_of_trace(row):  # type: ignore[
     assert abs(training_phase_on(c, arch) - traced) / traced < 0.03
 
 
-def test_identical_blocks_compose_linearly():  # type: ignore[no-untyped-def]
+def test_identical_blocks_compose_linearly() -> None:
     """The trace of a deeper model is the shallow trace plus per-block increments (what the estimate sums)."""
     from flux2_lora.training.trace import reduced, trace_training_step
 
@@ -66,6 +63,7 @@ def test_identical_blocks_compose_linearly():  # type: ignore[no-untyped-def]
     assert abs(training_phase_on(c, reduced(base, 3, 3)) - t[3]) / t[3] < 0.03
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("variant", "overrides"),
     [
@@ -74,7 +72,7 @@ def test_identical_blocks_compose_linearly():  # type: ignore[no-untyped-def]
         ("dev", ["lora.use_dora=true", "memory.quantization=nf4"]),
     ],
 )
-def test_full_depth_models_within_3_percent_of_trace(variant, overrides):  # type: ignore[no-untyped-def]
+def test_full_depth_models_within_3_percent_of_trace(variant: str, overrides: list[str]) -> None:
     from flux2_lora.training.trace import trace_training_step
 
     c = config(*overrides, variant=variant)
@@ -86,7 +84,7 @@ def _training(*overrides: str, variant: str = "klein-4b") -> dict[str, float]:
     return estimate(config(*overrides, variant=variant)).phase_components["training"]
 
 
-def test_settings_move_the_estimate_the_right_way():  # type: ignore[no-untyped-def]
+def test_settings_move_the_estimate_the_right_way() -> None:
     base = _training("memory.gradient_checkpointing=false")
     assert _training("memory.gradient_checkpointing=true")["activations"] < base["activations"] / 3
     nf4, int8 = _training("memory.quantization=nf4"), _training("memory.quantization=int8")
@@ -109,7 +107,7 @@ def test_settings_move_the_estimate_the_right_way():  # type: ignore[no-untyped-
     assert _training("model.dtype=float32")["weights"] == pytest.approx(2 * _training()["weights"], rel=1e-3)
 
 
-def test_data_parallel_processes_hold_gradient_buckets():  # type: ignore[no-untyped-def]
+def test_data_parallel_processes_hold_gradient_buckets() -> None:
     c = config()
     one, four = estimate(c), estimate(c, num_processes=4)
     lora = one.phase_components["training"]["lora"]  # fp32 adapter: the buckets are the same size
@@ -119,7 +117,7 @@ def test_data_parallel_processes_hold_gradient_buckets():  # type: ignore[no-unt
     assert four.total_gib > one.total_gib and any("4 GPUs" in n for n in four.notes)
 
 
-def test_components_add_up_to_the_total_and_name_the_peak_phase():  # type: ignore[no-untyped-def]
+def test_components_add_up_to_the_total_and_name_the_peak_phase() -> None:
     for c in (config(), config("memory.quantization=nf4"), config(variant="dev")):
         e = estimate(c)
         assert sum(e.components.values()) == pytest.approx(e.total_gib)
@@ -128,7 +126,7 @@ def test_components_add_up_to_the_total_and_name_the_peak_phase():  # type: igno
     assert estimate(config("memory.quantization=nf4")).peak_phase == "caching"
 
 
-def test_a_local_folder_is_sized_from_its_own_config(tmp_path):  # type: ignore[no-untyped-def]
+def test_a_local_folder_is_sized_from_its_own_config(tmp_path: Path) -> None:
     import json
 
     arch = VARIANTS["klein-4b"].transformer
@@ -141,26 +139,3 @@ def test_a_local_folder_is_sized_from_its_own_config(tmp_path):  # type: ignore[
     table = estimate(config())
     assert local.trainable_params < table.trainable_params  # 10 single blocks instead of 20
     assert local.phase_components["training"]["weights"] < table.phase_components["training"]["weights"]
-
-
-def test_a_cold_estimate_takes_under_a_millisecond():  # type: ignore[no-untyped-def]
-    """The issue's target (benchmarks/estimate_speed.py measures it); generous here for a busy CI box."""
-    c = config(variant="dev")
-    times = []
-    for _ in range(50):
-        clear_caches()
-        t0 = time.perf_counter()
-        estimate(c)
-        times.append(time.perf_counter() - t0)
-    assert sorted(times)[len(times) // 2] < 3e-3
-
-
-def test_memory_package_imports_no_torch():  # type: ignore[no-untyped-def]
-    code = (
-        "import sys, flux2_lora.memory as m; from flux2_lora.config import TrainConfig; "
-        "m.estimate_report(TrainConfig()); print('torch' in sys.modules)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    assert out == "False"

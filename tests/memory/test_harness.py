@@ -7,12 +7,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "benchmarks" / "vram" / "run.py"
 
 
-def _harness():  # type: ignore[no-untyped-def]
+def _harness() -> ModuleType:
     spec = importlib.util.spec_from_file_location("vram_run", RUN)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -20,7 +23,7 @@ def _harness():  # type: ignore[no-untyped-def]
     return module
 
 
-def test_configs_cover_variants_sizes_ranks_and_optimizers():  # type: ignore[no-untyped-def]
+def test_configs_cover_variants_sizes_ranks_and_optimizers() -> None:
     configs = [_harness().config_for(v, o) for v, o in _harness().CONFIGS]
     assert len(configs) >= 12
     assert {v for v, _ in _harness().CONFIGS} == {"klein-4b", "klein-9b", "dev"}
@@ -36,7 +39,8 @@ def test_configs_cover_variants_sizes_ranks_and_optimizers():  # type: ignore[no
     assert len(dev) >= 3 and all(e.phases["training"] < 72 for e in dev)
 
 
-def test_dry_mode_traces_full_size_and_runs_the_code_path_on_cpu(tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_dry_mode_traces_full_size_and_runs_the_code_path_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "dry.json"
     cmd = [sys.executable, str(RUN), "--dry", "--only", "0", "--only", "9", "--out", str(out)]
     subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)

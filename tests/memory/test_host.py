@@ -7,7 +7,7 @@ from flux2_lora.memory import estimate_report
 from flux2_lora.memory.host import PROCESS_BASELINE_GIB, host_estimate
 
 
-def test_cpu_run_phases_and_machine_verdict():  # type: ignore[no-untyped-def]
+def test_cpu_run_phases_and_machine_verdict() -> None:
     c, _ = load_config(presets=["quickstart"])
     h = host_estimate(c, on_gpu=False)
     assert set(h["phases"]) == {"loading", "caching", "training"}
@@ -15,7 +15,7 @@ def test_cpu_run_phases_and_machine_verdict():  # type: ignore[no-untyped-def]
     assert h["total_gib"] and h["available_gib"] and h["verdict"] == "fits"
 
 
-def test_training_without_checkpointing_needs_more_host_ram_on_cpu():  # type: ignore[no-untyped-def]
+def test_training_without_checkpointing_needs_more_host_ram_on_cpu() -> None:
     on, _ = load_config(
         presets=["klein-4b"], overrides=["memory.gradient_checkpointing=true", "model.device=cpu"]
     )
@@ -28,7 +28,7 @@ def test_training_without_checkpointing_needs_more_host_ram_on_cpu():  # type: i
     )
 
 
-def test_gpu_run_offload_keeps_the_text_encoder_in_host_ram():  # type: ignore[no-untyped-def]
+def test_gpu_run_offload_keeps_the_text_encoder_in_host_ram() -> None:
     plain, _ = load_config(presets=["dev"])
     offload, _ = load_config(presets=["dev"], overrides=["memory.cpu_offload=true"])
     assert host_estimate(offload, on_gpu=True)["phases"]["caching"] > 40  # Mistral 24B in bf16
@@ -36,7 +36,7 @@ def test_gpu_run_offload_keeps_the_text_encoder_in_host_ram():  # type: ignore[n
     assert "host" in estimate_report(plain)
 
 
-def test_gpu_lookup_by_class_and_name():  # type: ignore[no-untyped-def]
+def test_gpu_lookup_by_class_and_name() -> None:
     from flux2_lora.memory import find_gpu
 
     assert find_gpu("40").name.startswith("40 GB")

@@ -8,16 +8,15 @@ from flux2_lora.memory import estimate
 from flux2_lora.memory.activations import inference_transient
 from flux2_lora.memory.encoders import IMAGE_BATCH, PROMPT_BATCH, text_encoder_activation_bytes, vae_bytes
 from flux2_lora.targets import resolve_targets
+from flux2_lora.units import GIB
 from flux2_lora.variants import VARIANTS
 
 from .matrix import config
 
-GIB = 2**30
-
 
 @pytest.mark.parametrize("variant", ["dev", "klein-9b", "klein-4b"])
 @pytest.mark.parametrize("prompts", [1, PROMPT_BATCH])
-def test_text_encoder_activations_match_the_trace(variant, prompts):  # type: ignore[no-untyped-def]
+def test_text_encoder_activations_match_the_trace(variant: str, prompts: int) -> None:
     import torch
 
     from flux2_lora.training.trace import trace_text_encoder
@@ -39,7 +38,9 @@ def test_text_encoder_activations_match_the_trace(variant, prompts):  # type: ig
         (2048, 1, True, False, True),
     ],
 )
-def test_vae_activations_match_the_trace(resolution, batch, decode, slicing, tiling):  # type: ignore[no-untyped-def]
+def test_vae_activations_match_the_trace(
+    resolution: int, batch: int, decode: bool, slicing: bool, tiling: bool
+) -> None:
     import torch
 
     from flux2_lora.training.trace import trace_vae
@@ -55,7 +56,7 @@ def test_vae_activations_match_the_trace(resolution, batch, decode, slicing, til
 @pytest.mark.parametrize("targets", ["default", "double-attn", "double-ff", "all-linear"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("dora", [False, True])
-def test_sampling_forward_matches_the_trace(targets, dtype, dora):  # type: ignore[no-untyped-def]
+def test_sampling_forward_matches_the_trace(targets: str, dtype: str, dora: bool) -> None:
     """Within 3%, except DoRA on the narrow d×d attention layers, which is estimated high (≤ 40%):
     there training needs far more than sampling, so the phase peak does not move."""
     from flux2_lora.training.trace import reduced, trace_sampling_forward
@@ -80,7 +81,7 @@ def _phase(name: str, *overrides: str, variant: str = "klein-4b") -> dict[str, f
     return estimate(config(*overrides, variant=variant)).phase_components[name]
 
 
-def test_caching_follows_the_trainers_order():  # type: ignore[no-untyped-def]
+def test_caching_follows_the_trainers_order() -> None:
     te = VARIANTS["klein-4b"].text_encoder.params * 2 / GIB
     # Captions first: the encoder and the VAE on the GPU together, eight prompts at a time.
     assert _phase("caching")["text_encoder"] == pytest.approx(te)
@@ -103,7 +104,7 @@ def test_caching_follows_the_trainers_order():  # type: ignore[no-untyped-def]
     assert _phase("training", "memory.cache_text_embeddings=false")["text_encoder"] == pytest.approx(te)
 
 
-def test_sampling_holds_the_optimizer_state_and_the_vae_but_no_gradients():  # type: ignore[no-untyped-def]
+def test_sampling_holds_the_optimizer_state_and_the_vae_but_no_gradients() -> None:
     sampling, training = _phase("sampling"), _phase("training")
     assert sampling["optimizer"] == training["optimizer"] > 0
     assert sampling["gradients"] == 0 and sampling["vae"] > 0

@@ -17,7 +17,6 @@ VARIATIONS = [
     ["memory.cache_text_embeddings=false", "memory.cache_latents=false", "training.optimizer=prodigy"],
     [
         "model.dtype=float32",
-        "training.mixed_precision=no",
         "dataset.resolution=2048",
         "training.learning_rate=1.0",
         "training.optimizer=prodigy",
@@ -37,7 +36,7 @@ def _apply(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
 @pytest.mark.parametrize(
     "variation", VARIATIONS, ids=["preset", "batch2-nogc", "dora-r128-1536", "uncached-prodigy", "fp32-2048"]
 )
-def test_every_recommendation_fits_and_is_minimal(preset, variation):  # type: ignore[no-untyped-def]
+def test_every_recommendation_fits_and_is_minimal(preset: str, variation: list[str]) -> None:
     c, _ = load_config(presets=[preset], overrides=variation)
     for gpu in GPUS[:6]:
         report = estimate_report(c, gpu=gpu.name)
@@ -67,7 +66,7 @@ def test_every_recommendation_fits_and_is_minimal(preset, variation):  # type: i
             assert verdict(estimate(fitted).total_gib, gpu.gib) == "fits"
 
 
-def test_auto_fit_prefers_quality():  # type: ignore[no-untyped-def]
+def test_auto_fit_prefers_quality() -> None:
     # klein-9b in bf16 is tight on a 24 GB card: 8-bit AdamW state is enough, so neither a quantized
     # base nor a lower resolution is used.
     c, _ = load_config(presets=["klein-9b"])
@@ -94,7 +93,7 @@ def test_auto_fit_prefers_quality():  # type: ignore[no-untyped-def]
     assert [r["fits_after"] for r in recommendations(c, 16.0)] == [False]
 
 
-def test_recommendations_list_the_cheapest_first_and_no_dominated_ones():  # type: ignore[no-untyped-def]
+def test_recommendations_list_the_cheapest_first_and_no_dominated_ones() -> None:
     c, _ = load_config(presets=["klein-9b"])
     recs = recommendations(c, 23.99)
     titles = [r["title"] for r in recs]

@@ -5,16 +5,19 @@ from __future__ import annotations
 import errno
 import json
 import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from flux2_lora import runs
+from flux2_lora.config import TrainingSection
 from flux2_lora.training import checkpoint as ckpt
 
 
-def _save(run_dir, step: int, keep: int = 2):  # type: ignore[no-untyped-def]
+def _save(run_dir: Path, step: int, keep: int = 2) -> Path:
     adapter = {"a.lora_A.weight": torch.full((2, 2), float(step))}
     return ckpt.save_checkpoint(
         run_dir,
@@ -27,11 +30,13 @@ def _save(run_dir, step: int, keep: int = 2):  # type: ignore[no-untyped-def]
     )
 
 
-def test_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def test_crash_while_saving_leaves_the_previous_checkpoint_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _save(tmp_path, 2)
     real_save = torch.save
 
-    def dying_save(obj, path, *a, **k):  # type: ignore[no-untyped-def]
+    def dying_save(obj: object, path: Path, *a: Any, **k: Any) -> None:
         if "scheduler" in str(path):
             raise OSError("disk full")
         return real_save(obj, path, *a, **k)
@@ -46,13 +51,13 @@ def test_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, monk
     assert not (tmp_path / "checkpoints" / "checkpoint-4").exists()
 
 
-def test_keep_last_k(tmp_path):  # type: ignore[no-untyped-def]
+def test_keep_last_k(tmp_path: Path) -> None:
     for step in (2, 4, 6):
         _save(tmp_path, step, keep=2)
     assert [p.name for p in runs.list_checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-6"]
 
 
-def test_resume_path_must_be_complete(tmp_path):  # type: ignore[no-untyped-def]
+def test_resume_path_must_be_complete(tmp_path: Path) -> None:
     with pytest.raises(ckpt.CheckpointError, match="not a complete checkpoint"):
         ckpt.resolve_resume(tmp_path, str(tmp_path / "nope"))
     with pytest.raises(ckpt.CheckpointError, match="no complete checkpoint"):
@@ -63,16 +68,16 @@ def test_resume_path_must_be_complete(tmp_path):  # type: ignore[no-untyped-def]
 class _Payload:
     """Unpickling this would create ``marker``: the proof that code ran."""
 
-    def __init__(self, marker):  # type: ignore[no-untyped-def]
+    def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Callable[[Path], None], tuple[Path]]:
         return (Path.touch, (self.marker,))
 
 
 @pytest.mark.parametrize("victim", [ckpt.SCHEDULER_FILE, ckpt.OPTIMIZER_FILE])
 @pytest.mark.parametrize("fmt", ["torch", "plain-pickle"])
-def test_a_pickle_payload_is_refused_by_file_and_never_runs(tmp_path, victim, fmt):  # type: ignore[no-untyped-def]
+def test_a_pickle_payload_is_refused_by_file_and_never_runs(tmp_path: Path, victim: str, fmt: str) -> None:
     path = _save(tmp_path, 2)
     marker = tmp_path / "payload-ran"
     state = {"last_epoch": 2, "evil": _Payload(marker)}
@@ -90,8 +95,9 @@ def test_a_pickle_payload_is_refused_by_file_and_never_runs(tmp_path, victim, fm
     assert not marker.exists()
 
 
-def _trained(optimizer: str, scheduler: str, momentum: float = 0.0):  # type: ignore[no-untyped-def]
-    from flux2_lora.config import TrainingSection
+def _trained(
+    optimizer: str, scheduler: str, momentum: float = 0.0
+) -> tuple[TrainingSection, list[torch.nn.Parameter], torch.optim.Optimizer, Any]:
     from flux2_lora.training.optim import build_optimizer, build_scheduler
 
     t = TrainingSection(
@@ -109,7 +115,7 @@ def _trained(optimizer: str, scheduler: str, momentum: float = 0.0):  # type: ig
     return t, params, opt, sched
 
 
-def _same(a, b) -> bool:  # type: ignore[no-untyped-def]
+def _same(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and torch.equal(a, b)
     if isinstance(a, dict):
@@ -124,7 +130,9 @@ def _same(a, b) -> bool:  # type: ignore[no-untyped-def]
     [("adamw", 0.0), ("adam", 0.0), ("sgd", 0.0), ("sgd", 0.9), ("adafactor", 0.0), ("prodigy", 0.0)],
 )
 @pytest.mark.parametrize("scheduler", ["constant", "cosine", "linear", "polynomial"])
-def test_every_optimizer_and_schedule_resumes_from_safe_files(tmp_path, optimizer, momentum, scheduler):  # type: ignore[no-untyped-def]
+def test_every_optimizer_and_schedule_resumes_from_safe_files(
+    tmp_path: Path, optimizer: str, momentum: float, scheduler: str
+) -> None:
     from flux2_lora.training.optim import build_optimizer, build_scheduler
 
     t, params, opt, sched = _trained(optimizer, scheduler, momentum)
@@ -144,7 +152,7 @@ def test_every_optimizer_and_schedule_resumes_from_safe_files(tmp_path, optimize
     assert sched2.get_last_lr() == sched.get_last_lr() and sched2.last_epoch == sched.last_epoch
 
 
-def test_numpy_values_are_stored_as_plain_numbers_and_unknown_objects_refused(tmp_path):  # type: ignore[no-untyped-def]
+def test_numpy_values_are_stored_as_plain_numbers_and_unknown_objects_refused(tmp_path: Path) -> None:
     import numpy as np
 
     adapter = {"a": torch.zeros(2, 2)}
@@ -163,20 +171,20 @@ def test_numpy_values_are_stored_as_plain_numbers_and_unknown_objects_refused(tm
 
 
 # --------------------------------------------------------------------------- broken checkpoints
-def _truncate_adapter(path):  # type: ignore[no-untyped-def]
+def _truncate_adapter(path: Path) -> None:
     f = path / ckpt.ADAPTER_FILE
     f.write_bytes(f.read_bytes()[:-5])
 
 
-def _bad_meta(path):  # type: ignore[no-untyped-def]
+def _bad_meta(path: Path) -> None:
     (path / ckpt.META_FILE).write_text("{not json")
 
 
-def _meta_not_a_dict(path):  # type: ignore[no-untyped-def]
+def _meta_not_a_dict(path: Path) -> None:
     (path / ckpt.META_FILE).write_text("[1, 2]")
 
 
-def _truncated_optimizer(path):  # type: ignore[no-untyped-def]
+def _truncated_optimizer(path: Path) -> None:
     f = path / ckpt.OPTIMIZER_FILE
     f.write_bytes(f.read_bytes()[:40])
 
@@ -190,7 +198,9 @@ def _truncated_optimizer(path):  # type: ignore[no-untyped-def]
         (_truncated_optimizer, ckpt.OPTIMIZER_FILE),
     ],
 )
-def test_latest_skips_a_broken_newest_checkpoint_and_a_path_to_it_is_named(tmp_path, caplog, damage, file):  # type: ignore[no-untyped-def]
+def test_latest_skips_a_broken_newest_checkpoint_and_a_path_to_it_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: Callable[[Path], None], file: str
+) -> None:
     _save(tmp_path, 2)
     newest = _save(tmp_path, 4)
     damage(newest)
@@ -201,14 +211,16 @@ def test_latest_skips_a_broken_newest_checkpoint_and_a_path_to_it_is_named(tmp_p
         ckpt.resolve_resume(tmp_path, str(newest))
 
 
-def test_a_validator_rejects_another_rank_and_latest_falls_back(tmp_path, caplog):  # type: ignore[no-untyped-def]
+def test_a_validator_rejects_another_rank_and_latest_falls_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     _save(tmp_path, 2)
     other = ckpt.save_checkpoint(
         tmp_path, 4, {"a.lora_A.weight": torch.zeros(4, 2)}, None, {"last_epoch": 4}, {}, keep=3
     )
     expected = {"a.lora_A.weight": (2, 2)}
 
-    def validator(path):  # type: ignore[no-untyped-def]
+    def validator(path: Path) -> str | None:
         return ckpt.validate_checkpoint(path, expected)
 
     with caplog.at_level("WARNING", logger="flux2_lora"):
@@ -221,24 +233,26 @@ def test_a_validator_rejects_another_rank_and_latest_falls_back(tmp_path, caplog
     assert "lacks 1 adapter tensor" in ckpt.validate_checkpoint(other, {**expected, "b": (1,)})
 
 
-def test_latest_with_only_broken_checkpoints_names_them(tmp_path):  # type: ignore[no-untyped-def]
+def test_latest_with_only_broken_checkpoints_names_them(tmp_path: Path) -> None:
     _bad_meta(_save(tmp_path, 2))
     with pytest.raises(ckpt.CheckpointError, match="no readable checkpoint.*meta.json"):
         ckpt.resolve_resume(tmp_path, "latest")
 
 
-def test_no_checkpoint_message_says_what_to_do(tmp_path):  # type: ignore[no-untyped-def]
+def test_no_checkpoint_message_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ckpt.CheckpointError) as e:
         ckpt.resolve_resume(tmp_path, "latest")
     assert "without --resume" in str(e.value) and "--resume auto" in str(e.value)
 
 
-def test_status_write_leaves_no_temp_file_when_the_disk_is_full(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def test_status_write_leaves_no_temp_file_when_the_disk_is_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     status = tmp_path / runs.STATUS_FILE
     runs.write_json_atomic(status, {"state": "training"})
     real = Path.write_text
 
-    def disk_full(self, *a, **k):  # type: ignore[no-untyped-def]
+    def disk_full(self: Path, *a: object, **k: object) -> None:
         real(self, "")  # the file is created, then the write fails
         raise OSError(errno.ENOSPC, "No space left on device")
 

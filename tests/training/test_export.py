@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from safetensors import safe_open
 
@@ -10,7 +13,9 @@ from flux2_lora.training.export import save_comfyui_lora, save_diffusers_lora, t
 from flux2_lora.training.model import inject_lora, pipeline_class, resolve_model_path
 
 
-def _trained_like_state(rank: int = 4, targets: list[str] | None = None):  # type: ignore[no-untyped-def]
+def _trained_like_state(
+    rank: int = 4, targets: list[str] | None = None
+) -> tuple[str, str, Any, dict[str, torch.Tensor], LoraSection]:
     from peft.utils import get_peft_model_state_dict
 
     from flux2_lora.training.model import load_transformer
@@ -26,7 +31,7 @@ def _trained_like_state(rank: int = 4, targets: list[str] | None = None):  # typ
     return path, variant, tr, get_peft_model_state_dict(tr), lora
 
 
-def _generate(pipe, seed: int = 0):  # type: ignore[no-untyped-def]
+def _generate(pipe: Any, seed: int = 0) -> torch.Tensor:
     out = pipe(
         prompt="a red circle on stripes, sks style",
         height=64,
@@ -39,7 +44,7 @@ def _generate(pipe, seed: int = 0):  # type: ignore[no-untyped-def]
     return out.images
 
 
-def test_diffusers_file_has_transformer_keys_and_metadata(tmp_path):  # type: ignore[no-untyped-def]
+def test_diffusers_file_has_transformer_keys_and_metadata(tmp_path: Path) -> None:
     path, variant, tr, state, lora = _trained_like_state()
     file = save_diffusers_lora(
         tmp_path, pipeline_class(variant), state, tr.peft_config["default"].to_dict(), torch.float32
@@ -55,7 +60,7 @@ def test_diffusers_file_has_transformer_keys_and_metadata(tmp_path):  # type: ig
     assert adapter_meta["transformer.r"] == 4 and adapter_meta["transformer.lora_alpha"] == 8
 
 
-def test_diffusers_and_comfyui_files_load_and_match(tmp_path):  # type: ignore[no-untyped-def]
+def test_diffusers_and_comfyui_files_load_and_match(tmp_path: Path) -> None:
     path, variant, tr, state, lora = _trained_like_state()
     cls = pipeline_class(variant)
     diff_file = save_diffusers_lora(tmp_path, cls, state, tr.peft_config["default"].to_dict(), torch.float32)
@@ -71,7 +76,7 @@ def test_diffusers_and_comfyui_files_load_and_match(tmp_path):  # type: ignore[n
     torch.testing.assert_close(with_comfy, with_diffusers, atol=1e-4, rtol=1e-4)
 
 
-def test_comfyui_names_follow_bfl_layout():  # type: ignore[no-untyped-def]
+def test_comfyui_names_follow_bfl_layout() -> None:
     *_, state, lora = _trained_like_state(targets=["attn.to_q", "attn.to_qkv_mlp_proj", "ff.linear_in"])
     out = to_comfyui(state, 1.0)
     assert all(k.startswith("diffusion_model.") for k in out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -19,7 +20,7 @@ def _draw(scheme: str, n: int = 20000, **kw: float) -> torch.Tensor:
     return sample_density(scheme, n, generator=torch.Generator().manual_seed(0), **kw)
 
 
-def test_uniform_logit_normal_and_mode_differ_as_specified():  # type: ignore[no-untyped-def]
+def test_uniform_logit_normal_and_mode_differ_as_specified() -> None:
     uni = _draw("uniform")
     assert abs(uni.mean().item() - 0.5) < 0.01 and abs(uni.std().item() - math.sqrt(1 / 12)) < 0.01
     ln = _draw("logit_normal", logit_mean=0.0, logit_std=1.0)
@@ -30,7 +31,7 @@ def test_uniform_logit_normal_and_mode_differ_as_specified():  # type: ignore[no
     assert abs(mode.mean().item() - 0.5) < 0.02 and mode.std() < uni.std()
 
 
-def test_sigmas_are_the_schedulers_training_sigmas():  # type: ignore[no-untyped-def]
+def test_sigmas_are_the_schedulers_training_sigmas() -> None:
     s = training_sigmas()
     assert s[0] == 1.0 and abs(s[-1].item() - 1e-3) < 1e-9 and len(s) == 1000
     got = sigmas_from_density(torch.tensor([0.0, 0.5, 0.9999]))
@@ -39,7 +40,7 @@ def test_sigmas_are_the_schedulers_training_sigmas():  # type: ignore[no-untyped
     assert abs(sigmas_from_density(u).mean().item() - u.mean().item()) < 0.002
 
 
-def test_loss_weights():  # type: ignore[no-untyped-def]
+def test_loss_weights() -> None:
     s = torch.tensor([0.5, 0.25])
     torch.testing.assert_close(loss_weights("sigma_sqrt", s), torch.tensor([4.0, 16.0]))
     torch.testing.assert_close(loss_weights("none", s), torch.ones(2))
@@ -49,12 +50,12 @@ def test_loss_weights():  # type: ignore[no-untyped-def]
 class _Echo(torch.nn.Module):
     """Predicts its input: the loss then has a closed form to check against."""
 
-    def forward(self, hidden_states, **kwargs):  # type: ignore[no-untyped-def]
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor]:
         self.seen = kwargs
         return (hidden_states,)
 
 
-def test_loss_is_velocity_mse_with_sigma_as_timestep():  # type: ignore[no-untyped-def]
+def test_loss_is_velocity_mse_with_sigma_as_timestep() -> None:
     x0 = torch.randn(2, 5, 3)
     noise = torch.randn(2, 5, 3)
     sig = torch.tensor([0.2, 0.7])
@@ -75,7 +76,7 @@ def test_loss_is_velocity_mse_with_sigma_as_timestep():  # type: ignore[no-untyp
     torch.testing.assert_close(model.seen["timestep"], sig)
 
 
-def test_mode_scale_controls_the_concentration():  # type: ignore[no-untyped-def]
+def test_mode_scale_controls_the_concentration() -> None:
     flat = _draw("mode", mode_scale=0.0)
     peaked = _draw("mode", mode_scale=1.29)
     assert abs(flat.std().item() - math.sqrt(1 / 12)) < 0.01  # scale 0 is uniform

@@ -5,6 +5,7 @@ pipelines' default hidden-state layers (10, 20, 30) / (9, 18, 27)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ _LIST_CONTENT_TEMPLATE = (
 )
 
 
-def _small_vae():  # type: ignore[no-untyped-def]
+def _small_vae() -> Any:
     from diffusers import AutoencoderKLFlux2
 
     # One block: no downsampling at all, one latent channel (4 after FLUX.2's 2×2 patchify).
@@ -36,7 +37,7 @@ def _small_vae():  # type: ignore[no-untyped-def]
     )
 
 
-def _small_transformer(guidance: bool):  # type: ignore[no-untyped-def]
+def _small_transformer(guidance: bool) -> Any:
     from diffusers import Flux2Transformer2DModel
 
     return Flux2Transformer2DModel(
@@ -60,6 +61,7 @@ def build_foreign_pipeline(kind: str, folder: Path) -> Path:
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
+    encoder: torch.nn.Module
     if kind == "klein":
         from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -116,8 +118,9 @@ def build_foreign_pipeline(kind: str, folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "pipeline"), [("klein", "Flux2KleinPipeline"), ("dev", "Flux2Pipeline")])
-def test_a_foreign_small_flux2_folder_trains_two_steps(tmp_path, kind, pipeline):  # type: ignore[no-untyped-def]
+def test_a_foreign_small_flux2_folder_trains_two_steps(tmp_path: Path, kind: str, pipeline: str) -> None:
     model = build_foreign_pipeline(kind, tmp_path / f"tiny-{kind}")
     out = tmp_path / "run"
     args = sets(

@@ -7,6 +7,7 @@ import pytest
 
 from flux2_lora import runs
 from flux2_lora.training.trainer import run_training
+from tests.conftest import MakeConfig
 
 pytestmark = pytest.mark.gpu
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.gpu
         ("performance.compile=true",),
     ],
 )
-def test_demo_trains_on_cuda(make_config, extra):  # type: ignore[no-untyped-def]
+def test_demo_trains_on_cuda(make_config: MakeConfig, extra: tuple[str, ...]) -> None:
     import torch
 
     config = make_config("model.device=cuda", "model.dtype=bfloat16", *extra)
@@ -33,7 +34,7 @@ def test_demo_trains_on_cuda(make_config, extra):  # type: ignore[no-untyped-def
     assert torch.cuda.max_memory_allocated() > 0
 
 
-def test_phase_peaks_are_recorded_apart(make_config):  # type: ignore[no-untyped-def]
+def test_phase_peaks_are_recorded_apart(make_config: MakeConfig) -> None:
     config = make_config("model.device=cuda", "model.dtype=bfloat16")
     assert run_training(config) == 0
     phases = runs.read_status(config.output.dir).extra["measured"]["gpu_phases"]

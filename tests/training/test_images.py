@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -31,7 +32,7 @@ def close(a: tuple[float, ...], b: tuple[float, ...], tol: float = 0.1) -> bool:
     return all(abs(x - y) <= tol for x, y in zip(a, b, strict=True))
 
 
-def halves(path: Path, size: tuple[int, int] = (40, 20), **save) -> Path:  # type: ignore[no-untyped-def]
+def halves(path: Path, size: tuple[int, int] = (40, 20), **save: Any) -> Path:
     """Left half red, right half blue."""
     im = Image.new("RGB", size, (255, 0, 0))
     im.paste((0, 0, 255), (size[0] // 2, 0, size[0], size[1]))

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 
 from flux2_lora import runs
-from flux2_lora.hooks import HOLD_ENV
-from tests.helpers import cli, sets, wait_for
+from tests.helpers import cli, held_trainer, sets, train_argv
+
+# Each trains real runs in subprocesses: seconds each on 2 CPU cores.
+pytestmark = pytest.mark.slow
 
 ARGS = (
     "training.max_steps=8",
@@ -25,34 +26,16 @@ ARGS = (
 )
 
 
-def start_held(out, point: str) -> subprocess.Popen:  # type: ignore[no-untyped-def]
-    env = {**os.environ, HOLD_ENV: point}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flux2_lora.cli",
-            "train",
-            "--preset",
-            "quickstart",
-            *sets(f"output.dir={out}", *ARGS),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 @pytest.mark.parametrize(
     ("point", "intact"), [("loading", None), ("step@3", 2), ("checkpoint-write@2", 2), ("sampling", 4)]
 )
-def test_sigkill_anywhere_reads_as_failed_and_resume_finishes(tmp_path, point, intact):  # type: ignore[no-untyped-def]
+def test_sigkill_anywhere_reads_as_failed_and_resume_finishes(
+    tmp_path: Path, point: str, intact: int | None
+) -> None:
     out = tmp_path / "runs" / "r"
-    proc = start_held(out, point)
-    marker = out / f".held-{point.split('@')[0]}"
-    assert wait_for(marker.exists, timeout=120)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    with held_trainer(out, point, *ARGS) as proc:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     status = runs.read_status(out)  # one poll
     assert status.state == "failed" and "trainer died" in status.message
     listed = json.loads(cli("runs", str(tmp_path / "runs"), "--json", check=True).stdout)
@@ -68,21 +51,22 @@ def test_sigkill_anywhere_reads_as_failed_and_resume_finishes(tmp_path, point, i
     assert runs.read_status(out).state == "finished" and (out / runs.LORA_FILE).is_file()
 
 
-def test_two_concurrent_starts_one_runs(tmp_path):  # type: ignore[no-untyped-def]
+def test_two_concurrent_starts_one_runs(tmp_path: Path) -> None:
     out = tmp_path / "r"
-    cmd = [
-        sys.executable,
-        "-m",
-        "flux2_lora.cli",
-        "train",
-        "--preset",
-        "quickstart",
-        *sets(f"output.dir={out}", *ARGS),
-    ]
+    cmd = train_argv(out, *ARGS)
     procs = [
         subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)
     ]
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    results = []
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=300)  # reads stderr while waiting: a full pipe cannot stall it
+            results.append((p.returncode, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     codes = sorted(code for code, _ in results)
     assert codes == [0, 3], results
     loser = next(err for code, err in results if code == 3)
@@ -90,30 +74,28 @@ def test_two_concurrent_starts_one_runs(tmp_path):  # type: ignore[no-untyped-de
     assert runs.read_status(out).state == "finished"
 
 
-def test_stop_falls_back_to_force_and_ends_in_a_final_state(tmp_path):  # type: ignore[no-untyped-def]
+def test_stop_falls_back_to_force_and_ends_in_a_final_state(tmp_path: Path) -> None:
     out = tmp_path / "r"
-    proc = start_held(out, "step@3")  # holding: it cannot act on the graceful stop
-    assert wait_for(lambda: (out / ".held-step").exists())
-    assert runs.request_stop(out)
-    assert proc.poll() is None
-    assert runs.force_stop(out)
-    proc.wait(timeout=30)
+    with held_trainer(out, "step@3", *ARGS) as proc:  # holding: it cannot act on the graceful stop
+        assert runs.request_stop(out)
+        assert proc.poll() is None
+        assert runs.force_stop(out)
+        proc.wait(timeout=30)
     status = runs.read_status(out)
     assert status.state == "stopped" and "force-stopped" in status.message
     assert not runs.is_locked(out)
 
 
-def test_runs_lists_state_steps_and_failure_tail(tmp_path):  # type: ignore[no-untyped-def]
+def test_runs_lists_state_steps_and_failure_tail(tmp_path: Path) -> None:
     out = tmp_path / "runs" / "r"
-    proc = start_held(out, "step@3")
-    assert wait_for(lambda: (out / ".held-step").exists())
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    with held_trainer(out, "step@3", *ARGS) as proc:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     text = cli("runs", str(tmp_path / "runs"), check=True).stdout
     assert "failed" in text and "3/8" in text and "trainer died" in text
 
 
-def test_preflight_reports_measured_and_eta(tmp_path):  # type: ignore[no-untyped-def]
+def test_preflight_reports_measured_and_eta(tmp_path: Path) -> None:
     out = tmp_path / "pf"
     proc = cli("train", "--preset", "quickstart", *sets(f"output.dir={out}"), "--preflight", check=True)
     assert "seconds per step" in proc.stdout and "ETA for 200 steps" in proc.stdout

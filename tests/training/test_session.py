@@ -17,9 +17,12 @@ from flux2_lora.config.io import load_config
 from flux2_lora.training.hardware import cpu_threads
 from flux2_lora.training.session import LAUNCHED_AT_ENV, StopFlag
 from flux2_lora.training.trainer import Trainer, run_training
+from tests.conftest import MakeConfig
 
 
-def test_a_stale_stop_file_is_removed_but_a_fresh_one_stops_the_run(make_config, monkeypatch):  # type: ignore[no-untyped-def]
+def test_a_stale_stop_file_is_removed_but_a_fresh_one_stops_the_run(
+    make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = make_config("training.max_steps=3")
     out = Path(config.output.dir)
     out.mkdir(parents=True)
@@ -44,7 +47,7 @@ def test_a_stale_stop_file_is_removed_but_a_fresh_one_stops_the_run(make_config,
     assert runs.latest_checkpoint(again.output.dir) is not None
 
 
-def test_stop_flag_keeps_a_file_newer_than_the_launch(tmp_path):  # type: ignore[no-untyped-def]
+def test_stop_flag_keeps_a_file_newer_than_the_launch(tmp_path: Path) -> None:
     flag = StopFlag(tmp_path)
     (tmp_path / runs.STOP_FILE).write_text("")
     flag.clear_stale(launched_at=time.time() - 10)
@@ -53,15 +56,17 @@ def test_stop_flag_keeps_a_file_newer_than_the_launch(tmp_path):  # type: ignore
     assert not (tmp_path / runs.STOP_FILE).exists()
 
 
-def test_checkpoint_every_zero_still_leaves_a_resumable_checkpoint(make_config):  # type: ignore[no-untyped-def]
+def test_checkpoint_every_zero_still_leaves_a_resumable_checkpoint(make_config: MakeConfig) -> None:
     config = make_config("output.checkpoint_every=0", "training.max_steps=3")
     assert run_training(config) == 0
     last = runs.latest_checkpoint(config.output.dir)
     assert last is not None and last.name == "checkpoint-3"
 
 
-def test_a_failed_final_write_names_the_resumable_checkpoint(make_config, monkeypatch):  # type: ignore[no-untyped-def]
-    def disk_full(*_a, **_k):  # type: ignore[no-untyped-def]
+def test_a_failed_final_write_names_the_resumable_checkpoint(
+    make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(*_a: object, **_k: object) -> None:
         raise OSError(28, "No space left on device")
 
     import flux2_lora.training.export as export
@@ -75,7 +80,7 @@ def test_a_failed_final_write_names_the_resumable_checkpoint(make_config, monkey
     assert (runs.latest_checkpoint(config.output.dir) / "adapter.safetensors").is_file()
 
 
-def test_save_dtype_auto_follows_the_training_precision(make_config, tmp_path):  # type: ignore[no-untyped-def]
+def test_save_dtype_auto_follows_the_training_precision(make_config: MakeConfig, tmp_path: Path) -> None:
     for dtype, expected in (("bfloat16", torch.bfloat16), ("float32", torch.float32)):
         config = make_config(f"model.dtype={dtype}", "training.max_steps=1", out=tmp_path / dtype)
         assert run_training(config) == 0
@@ -83,7 +88,9 @@ def test_save_dtype_auto_follows_the_training_precision(make_config, tmp_path): 
             assert {f.get_tensor(k).dtype for k in f.keys()} == {expected}  # noqa: SIM118 (safe_open is no dict)
 
 
-def test_cpu_threads_are_chosen_and_logged(make_config, monkeypatch, caplog):  # type: ignore[no-untyped-def]
+def test_cpu_threads_are_chosen_and_logged(
+    make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cores = len(os.sched_getaffinity(0))
     assert cpu_threads(0, 1) == (cores, f"{cores} usable cores / 1 process(es)")
@@ -101,7 +108,7 @@ def test_cpu_threads_are_chosen_and_logged(make_config, monkeypatch, caplog):  #
         torch.set_num_threads(before)
 
 
-def test_float8_with_quantization_is_refused():  # type: ignore[no-untyped-def]
+def test_float8_with_quantization_is_refused() -> None:
     from flux2_lora.config.io import ConfigError
 
     with pytest.raises(ConfigError, match=r"performance\.float8"):
@@ -116,14 +123,18 @@ def test_float8_with_quantization_is_refused():  # type: ignore[no-untyped-def]
         ("performance.float8=true", r"performance\.float8: needs a CUDA GPU with FP8 units"),
     ],
 )
-def test_gpu_only_kernels_refuse_on_cpu_with_the_field(make_config, setting, message):  # type: ignore[no-untyped-def]
+def test_gpu_only_kernels_refuse_on_cpu_with_the_field(
+    make_config: MakeConfig, setting: str, message: str
+) -> None:
     from flux2_lora.training.model import ModelLoadError
 
     with pytest.raises(ModelLoadError, match=message):
         Trainer(make_config(setting)).setup()
 
 
-def test_math_attention_and_compile_switch_on_cpu(make_config, caplog):  # type: ignore[no-untyped-def]
+def test_math_attention_and_compile_switch_on_cpu(
+    make_config: MakeConfig, caplog: pytest.LogCaptureFixture
+) -> None:
     t = Trainer(make_config("performance.attention_backend=math", "performance.compile=true"))
     with caplog.at_level(logging.WARNING, logger="flux2_lora"):
         t.setup()
@@ -131,7 +142,7 @@ def test_math_attention_and_compile_switch_on_cpu(make_config, caplog):  # type:
     assert "performance.compile: skipped on CPU" in caplog.text
 
 
-def test_resume_skips_a_checkpoint_of_another_rank(make_config):  # type: ignore[no-untyped-def]
+def test_resume_skips_a_checkpoint_of_another_rank(make_config: MakeConfig) -> None:
     from flux2_lora.training.checkpoint import CheckpointError
 
     first = make_config("lora.rank=4", "lora.alpha=4", "training.max_steps=2", "output.checkpoint_every=1")

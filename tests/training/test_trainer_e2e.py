@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from safetensors.torch import load_file
 from flux2_lora import runs
 from flux2_lora.config.io import load_config
 from flux2_lora.training.trainer import run_training
-from tests.helpers import cli, last_step, sets, start_cli, wait_for
+from tests.helpers import cli, held_trainer, last_step, sets, start_cli, wait_for
 
 SHORT = (
     "validation.enabled=false",
@@ -22,7 +23,8 @@ SHORT = (
 )
 
 
-def test_quickstart_trains_and_writes_everything(tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_quickstart_trains_and_writes_everything(tmp_path: Path) -> None:
     out = tmp_path / "qs"
     cli("train", "--preset", "quickstart", *sets(f"output.dir={out}"), check=True)
     status = runs.read_status(out)
@@ -49,7 +51,8 @@ def test_quickstart_trains_and_writes_everything(tmp_path):  # type: ignore[no-u
     assert "HOST EST/MEAS" in listing and "finished" in listing
 
 
-def test_final_lora_loads_in_diffusers_and_changes_the_output(tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_final_lora_loads_in_diffusers_and_changes_the_output(tmp_path: Path) -> None:
     from flux2_lora.config import ModelSection
     from flux2_lora.training.model import pipeline_class, resolve_model_path
 
@@ -64,7 +67,7 @@ def test_final_lora_loads_in_diffusers_and_changes_the_output(tmp_path):  # type
     path, variant, _ = resolve_model_path(ModelSection())
     pipe = pipeline_class(variant).from_pretrained(path)
 
-    def generate():  # type: ignore[no-untyped-def]
+    def generate() -> torch.Tensor:
         return pipe(
             prompt="a red circle on stripes, sks style",
             height=64,
@@ -80,7 +83,8 @@ def test_final_lora_loads_in_diffusers_and_changes_the_output(tmp_path):  # type
     assert (generate() - base).abs().max() > 1e-3
 
 
-def test_checkpoints_keep_the_newest_k(tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_checkpoints_keep_the_newest_k(tmp_path: Path) -> None:
     out = tmp_path / "run"
     cli(
         "train",
@@ -108,16 +112,17 @@ RESUME = (
 )
 
 
-def test_kill_9_then_resume_latest_gives_the_same_lora(tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_kill_9_then_resume_latest_gives_the_same_lora(tmp_path: Path) -> None:
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     config, _ = load_config(presets=["quickstart"], overrides=[f"output.dir={ref}", *RESUME])
     assert run_training(config) == 0
 
-    proc = start_cli("train", "--preset", "quickstart", *sets(f"output.dir={killed}", *RESUME))
-    assert wait_for(lambda: (killed / "checkpoints" / "checkpoint-4" / "meta.json").is_file())
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / runs.LORA_FILE).exists(), "the run finished before it was killed"
+    # Held after step 5, past checkpoint-4: killed there, never racing the end of the run.
+    with held_trainer(killed, "step@5", *RESUME) as proc:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert [p.name for p in runs.list_checkpoints(killed)] == ["checkpoint-2", "checkpoint-4"]
     assert runs.read_status(killed).state == "failed"
 
     cli(
@@ -134,13 +139,19 @@ def test_kill_9_then_resume_latest_gives_the_same_lora(tmp_path):  # type: ignor
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
 
 
-def test_sigterm_saves_a_checkpoint_and_stops_cleanly_then_resumes(tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_stops_cleanly_then_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = sets(f"output.dir={out}", "training.max_steps=60", "output.checkpoint_every=0", *SHORT)
     proc = start_cli("train", "--preset", "quickstart", *args)
-    assert wait_for(lambda: last_step(out) >= 3)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
+    try:
+        assert wait_for(lambda: last_step(out) >= 3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
     status = runs.read_status(out)
     assert status.state == "stopped", status
     ckpt = runs.latest_checkpoint(out)
@@ -149,7 +160,7 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly_then_resumes(tmp_path):  #
     assert runs.read_status(out).state == "finished"
 
 
-def test_second_run_into_a_busy_directory_is_refused(tmp_path):  # type: ignore[no-untyped-def]
+def test_second_run_into_a_busy_directory_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "run"
     with runs.RunLock(out):
         proc = cli("train", "--preset", "quickstart", *sets(f"output.dir={out}", *SHORT))
@@ -158,7 +169,7 @@ def test_second_run_into_a_busy_directory_is_refused(tmp_path):  # type: ignore[
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_through_accelerate_write_one_lora(tmp_path):  # type: ignore[no-untyped-def]
+def test_two_cpu_processes_through_accelerate_write_one_lora(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     proc = cli(
         "train",
@@ -183,7 +194,8 @@ def test_two_cpu_processes_through_accelerate_write_one_lora(tmp_path):  # type:
     assert json.loads((out / runs.STATUS_FILE).read_text())["extra"]["num_processes"] == 2
 
 
-def test_a_fresh_run_into_a_used_directory_keeps_the_earlier_run(tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_a_fresh_run_into_a_used_directory_keeps_the_earlier_run(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = sets(f"output.dir={out}", "training.max_steps=3", "output.checkpoint_every=3", *SHORT)
     cli("train", "--preset", "quickstart", *args, check=True)

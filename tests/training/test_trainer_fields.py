@@ -7,7 +7,9 @@ few steps, and looks at the effect of one field.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,9 +18,10 @@ from PIL import Image
 from flux2_lora import runs
 from flux2_lora.config.io import ConfigError
 from flux2_lora.training.trainer import Trainer, run_training
+from tests.conftest import MakeConfig
 
 
-def prepared(make_config, *overrides: str) -> Trainer:  # type: ignore[no-untyped-def]
+def prepared(make_config: MakeConfig, *overrides: str) -> Trainer:
     t = Trainer(make_config(*overrides))
     t.setup()
     return t
@@ -43,7 +46,7 @@ def make_images(
 
 
 # ----------------------------------------------------------------------------------------- model
-def test_model_dtype_sets_weights_and_mixed_precision(make_config):  # type: ignore[no-untyped-def]
+def test_model_dtype_sets_weights_and_mixed_precision(make_config: MakeConfig) -> None:
     t = prepared(make_config, "model.dtype=bfloat16")
     assert t.accelerator.mixed_precision == "bf16"
     base = t.transformer.transformer_blocks[0].attn.to_q.base_layer.weight
@@ -53,7 +56,7 @@ def test_model_dtype_sets_weights_and_mixed_precision(make_config):  # type: ign
     assert t32.accelerator.mixed_precision == "no"
 
 
-def test_model_device_cpu_and_missing_cuda(make_config):  # type: ignore[no-untyped-def]
+def test_model_device_cpu_and_missing_cuda(make_config: MakeConfig) -> None:
     from flux2_lora.training.model import ModelLoadError
 
     assert prepared(make_config, "model.device=cpu").device.type == "cpu"
@@ -62,13 +65,13 @@ def test_model_device_cpu_and_missing_cuda(make_config):  # type: ignore[no-unty
             Trainer(make_config("model.device=cuda:0")).setup()
 
 
-def test_model_variant_must_match(make_config):  # type: ignore[no-untyped-def]
+def test_model_variant_must_match(make_config: MakeConfig) -> None:
     with pytest.raises(ConfigError, match=r"model\.variant"):
         make_config("model.variant=dev")
 
 
 # ----------------------------------------------------------------------------------------- dataset
-def test_dataset_path_resolution_and_captions(make_config, tmp_path):  # type: ignore[no-untyped-def]
+def test_dataset_path_resolution_and_captions(make_config: MakeConfig, tmp_path: Path) -> None:
     folder = make_images(
         tmp_path / "ds", [(96, 96), (96, 96), (96, 96)], {0: "one", 1: "two"}, ext=".caption"
     )
@@ -92,7 +95,7 @@ def test_dataset_path_resolution_and_captions(make_config, tmp_path):  # type: i
     assert t64.items[2].caption == ""  # no default caption given
 
 
-def test_center_crop_and_random_flip_change_latents(make_config, tmp_path):  # type: ignore[no-untyped-def]
+def test_center_crop_and_random_flip_change_latents(make_config: MakeConfig, tmp_path: Path) -> None:
     folder = make_images(tmp_path / "wide", [(256, 96)], {0: "wide"})
     center = prepared(make_config, f"dataset.path={folder}", "dataset.center_crop=true")
     rand = prepared(make_config, f"dataset.path={folder}", "dataset.center_crop=false", "training.seed=3")
@@ -104,12 +107,12 @@ def test_center_crop_and_random_flip_change_latents(make_config, tmp_path):  # t
     assert flips == {True, False}
 
 
-def test_repeats_lengthen_the_epoch(make_config):  # type: ignore[no-untyped-def]
+def test_repeats_lengthen_the_epoch(make_config: MakeConfig) -> None:
     assert prepared(make_config, "dataset.repeats=3").schedule.epoch_len == 3 * 12
 
 
 # ----------------------------------------------------------------------------------------- lora
-def test_lora_rank_alpha_dropout_dora_targets(make_config):  # type: ignore[no-untyped-def]
+def test_lora_rank_alpha_dropout_dora_targets(make_config: MakeConfig) -> None:
     t = prepared(
         make_config,
         "lora.rank=4",
@@ -143,13 +146,13 @@ def test_lora_rank_alpha_dropout_dora_targets(make_config):  # type: ignore[no-u
         ("prodigy", "Prodigy"),
     ],
 )
-def test_optimizer_choice(make_config, name, cls):  # type: ignore[no-untyped-def]
+def test_optimizer_choice(make_config: MakeConfig, name: str, cls: str) -> None:
     t = prepared(make_config, f"training.optimizer={name}", "training.learning_rate=1e-3")
     assert type(t.optimizer.optimizer).__name__ == cls
     float(t.train_step(1))  # each really steps
 
 
-def test_adamw8bit_needs_cuda(make_config):  # type: ignore[no-untyped-def]
+def test_adamw8bit_needs_cuda(make_config: MakeConfig) -> None:
     from flux2_lora.training.optim import OptimizerUnavailable
 
     if torch.cuda.is_available():
@@ -158,7 +161,7 @@ def test_adamw8bit_needs_cuda(make_config):  # type: ignore[no-untyped-def]
         prepared(make_config, "training.optimizer=adamw8bit")
 
 
-def test_optimizer_hyperparameters_reach_the_optimizer(make_config):  # type: ignore[no-untyped-def]
+def test_optimizer_hyperparameters_reach_the_optimizer(make_config: MakeConfig) -> None:
     g = prepared(
         make_config,
         "training.learning_rate=3e-4",
@@ -173,7 +176,7 @@ def test_optimizer_hyperparameters_reach_the_optimizer(make_config):  # type: ig
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "linear", "polynomial"])
-def test_lr_schedule_and_warmup(schedule):  # type: ignore[no-untyped-def]
+def test_lr_schedule_and_warmup(schedule: str) -> None:
     from flux2_lora.config import TrainingSection
     from flux2_lora.training.optim import build_scheduler
 
@@ -196,7 +199,7 @@ def test_lr_schedule_and_warmup(schedule):  # type: ignore[no-untyped-def]
         assert abs(lrs[6] - 0.5) < 1e-6 and abs(lrs[4] - 0.75) < 1e-6
 
 
-def test_max_grad_norm_clips_the_update(make_config):  # type: ignore[no-untyped-def]
+def test_max_grad_norm_clips_the_update(make_config: MakeConfig) -> None:
     def update(norm: str) -> float:
         t = prepared(
             make_config,
@@ -213,7 +216,7 @@ def test_max_grad_norm_clips_the_update(make_config):  # type: ignore[no-untyped
     assert update("0") > 1e-3
 
 
-def test_batch_accumulation_seed_and_timesteps(make_config):  # type: ignore[no-untyped-def]
+def test_batch_accumulation_seed_and_timesteps(make_config: MakeConfig) -> None:
     t = prepared(make_config, "training.batch_size=3", "training.gradient_accumulation_steps=2")
     assert t.accelerator.gradient_accumulation_steps == 2
     a, b = t.micro_batch(1, 0), t.micro_batch(1, 1)
@@ -234,7 +237,7 @@ def test_batch_accumulation_seed_and_timesteps(make_config):  # type: ignore[no-
     assert ms.std() < uni.std()
 
 
-def test_loss_weighting_changes_the_loss(make_config):  # type: ignore[no-untyped-def]
+def test_loss_weighting_changes_the_loss(make_config: MakeConfig) -> None:
     from flux2_lora.training.flow import flow_matching_loss
 
     t = prepared(make_config)
@@ -246,7 +249,7 @@ def test_loss_weighting_changes_the_loss(make_config):  # type: ignore[no-untype
     assert not torch.isclose(plain, weighted)
 
 
-def test_guidance_scale_feeds_dev_guidance_input(make_config):  # type: ignore[no-untyped-def]
+def test_guidance_scale_feeds_dev_guidance_input(make_config: MakeConfig) -> None:
     t = prepared(make_config, "training.guidance_scale=3.5")
     assert t.micro_batch(1, 0)["guidance"] is None  # [klein]-architecture demo: no guidance input
     t.arch = dataclasses.replace(t.arch, guidance_embeds=True)  # as FLUX.2 [dev]
@@ -255,7 +258,7 @@ def test_guidance_scale_feeds_dev_guidance_input(make_config):  # type: ignore[n
 
 
 # ----------------------------------------------------------------------------------------- memory
-def test_gradient_checkpointing_and_vae_options(make_config):  # type: ignore[no-untyped-def]
+def test_gradient_checkpointing_and_vae_options(make_config: MakeConfig) -> None:
     on = prepared(
         make_config, "memory.gradient_checkpointing=true", "memory.vae_slicing=true", "memory.vae_tiling=true"
     )
@@ -265,7 +268,7 @@ def test_gradient_checkpointing_and_vae_options(make_config):  # type: ignore[no
     assert not off.pipe.vae.use_slicing and not off.pipe.vae.use_tiling
 
 
-def test_caching_switches(make_config):  # type: ignore[no-untyped-def]
+def test_caching_switches(make_config: MakeConfig) -> None:
     cached = prepared(make_config)
     assert cached.latents.cache and cached.pipe.text_encoder is None
     live = prepared(make_config, "memory.cache_latents=false", "memory.cache_text_embeddings=false")
@@ -275,7 +278,9 @@ def test_caching_switches(make_config):  # type: ignore[no-untyped-def]
     assert loss_live > 0
 
 
-def test_cpu_offload_moves_frozen_components_off_the_gpu(make_config, monkeypatch):  # type: ignore[no-untyped-def]
+def test_cpu_offload_moves_frozen_components_off_the_gpu(
+    make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
     offloaded: list[str] = []
     monkeypatch.setattr(Trainer, "_offload", lambda self, m: offloaded.append(type(m).__name__))
     prepared(
@@ -295,7 +300,7 @@ def test_cpu_offload_moves_frozen_components_off_the_gpu(make_config, monkeypatc
     assert offloaded == []
 
 
-def test_int8_quantization_trains(make_config):  # type: ignore[no-untyped-def]
+def test_int8_quantization_trains(make_config: MakeConfig) -> None:
     pytest.importorskip("torchao")
     t = prepared(make_config, "memory.quantization=int8")
     w = t.transformer.transformer_blocks[0].attn.to_q.base_layer.weight
@@ -304,7 +309,7 @@ def test_int8_quantization_trains(make_config):  # type: ignore[no-untyped-def]
     assert float(t.train_step(1)) > 0
 
 
-def test_nf4_quantization_trains(make_config):  # type: ignore[no-untyped-def]
+def test_nf4_quantization_trains(make_config: MakeConfig) -> None:
     bnb = pytest.importorskip("bitsandbytes")
     t = prepared(make_config, "memory.quantization=nf4")
     assert isinstance(t.transformer.transformer_blocks[0].attn.to_q.base_layer, bnb.nn.Linear4bit)
@@ -312,13 +317,14 @@ def test_nf4_quantization_trains(make_config):  # type: ignore[no-untyped-def]
 
 
 # ----------------------------------------------------------------------------------------- validation / output / logging
-def test_validation_fields(make_config, monkeypatch):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_validation_fields(make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     from diffusers import Flux2KleinPipeline
 
-    calls: list[dict] = []
+    calls: list[dict[str, Any]] = []
     original = Flux2KleinPipeline.__call__
 
-    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
         calls.append(kwargs)
         return original(self, *args, **kwargs)
 
@@ -345,7 +351,7 @@ def test_validation_fields(make_config, monkeypatch):  # type: ignore[no-untyped
     assert calls == [] and not (Path(off.output.dir) / runs.SAMPLES_DIR).exists()
 
 
-def test_output_and_logging_fields(make_config, tmp_path):  # type: ignore[no-untyped-def]
+def test_output_and_logging_fields(make_config: MakeConfig, tmp_path: Path) -> None:
     from safetensors import safe_open
 
     out = tmp_path / "a"
@@ -383,15 +389,17 @@ def test_output_and_logging_fields(make_config, tmp_path):  # type: ignore[no-un
     assert not (out_b / runs.TENSORBOARD_DIR).exists() and not (out_b / runs.COMFYUI_LORA_FILE).exists()
 
 
-def test_wandb_logs_offline_without_a_key(make_config, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def test_wandb_logs_offline_without_a_key(
+    make_config: MakeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("wandb")
     import wandb
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    seen: list[dict] = []
+    seen: list[dict[str, Any]] = []
     original = wandb.init
 
-    def spy(**kwargs):  # type: ignore[no-untyped-def]
+    def spy(**kwargs: Any) -> Any:
         seen.append(kwargs)
         return original(**kwargs)
 
@@ -405,7 +413,9 @@ def test_wandb_logs_offline_without_a_key(make_config, tmp_path, monkeypatch):  
 
 
 # ----------------------------------------------------------------------------------------- issue 6: buckets and captions
-def test_bucketing_trains_mixed_shapes_without_mixing_or_cropping(make_config, tmp_path):  # type: ignore[no-untyped-def]
+def test_bucketing_trains_mixed_shapes_without_mixing_or_cropping(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
     from flux2_lora.data.buckets import crop_after_scaling
 
     sizes = [(96, 160), (160, 96), (128, 128), (100, 170), (170, 100), (120, 120)]
@@ -434,7 +444,9 @@ def test_bucketing_trains_mixed_shapes_without_mixing_or_cropping(make_config, t
     assert {tuple(v.shape[-2:]) for v in square.latents.cache.values()} == {(4, 4)}
 
 
-def test_trigger_word_dropout_shuffle_and_folder_repeats(make_config, tmp_path):  # type: ignore[no-untyped-def]
+def test_trigger_word_dropout_shuffle_and_folder_repeats(
+    make_config: MakeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = tmp_path / "ds"
     make_images(root / "3_faces", [(64, 64)], {0: "red, round, small, shiny"})
     make_images(root / "plain", [(64, 64)], {0: "[trigger] blue, square"})
@@ -451,9 +463,16 @@ def test_trigger_word_dropout_shuffle_and_folder_repeats(make_config, tmp_path):
     assert faces.caption == "sks, red, round, small, shiny" and plain.caption == "sks blue, square"
     assert faces.repeats == 3 and plain.repeats == 1 and t.schedule.epoch_len == 4
     assert len(set(faces.variants)) > 1 and all(v.startswith("sks, ") for v in faces.variants)
-    used = []
-    original = t.prompts.batch
-    t.prompts.batch = lambda caps, *a: (used.extend(caps), original(caps, *a))[1]  # type: ignore[method-assign]
+    used: list[str] = []
+
+    def recording(batch: Callable[..., Any]) -> Callable[..., Any]:
+        def record(caps: list[str], *a: Any) -> Any:
+            used.extend(caps)
+            return batch(caps, *a)
+
+        return record
+
+    monkeypatch.setattr(t.prompts, "batch", recording(t.prompts.batch))
     for step in range(1, 41):
         t.micro_batch(step, 0)
     assert 0.3 < used.count("") / len(used) < 0.7  # caption dropout
@@ -461,16 +480,33 @@ def test_trigger_word_dropout_shuffle_and_folder_repeats(make_config, tmp_path):
     plain_t = prepared(make_config, f"dataset.path={root}", "dataset.resolution=64", "dataset.keep_tags=1")
     assert plain_t.items[0].caption == "red, round, small, shiny" and plain_t.items[0].variants is None
     used.clear()
-    plain_get = plain_t.prompts.batch
-    plain_t.prompts.batch = lambda caps, *a: (used.extend(caps), plain_get(caps, *a))[1]  # type: ignore[method-assign]
+    monkeypatch.setattr(plain_t.prompts, "batch", recording(plain_t.prompts.batch))
     for step in range(1, 21):
         plain_t.micro_batch(step, 0)
     assert "" not in used
 
 
-def test_timestep_shift_reaches_the_trainer(make_config):  # type: ignore[no-untyped-def]
+def test_timestep_shift_reaches_the_trainer(make_config: MakeConfig) -> None:
     plain = prepared(make_config)
     shifted = prepared(make_config, "training.timestep_shift=fixed", "training.shift=5")
     a = torch.cat([plain.micro_batch(s, 0)["sigmas"] for s in range(1, 60)]).mean()
     b = torch.cat([shifted.micro_batch(s, 0)["sigmas"] for s in range(1, 60)]).mean()
     assert b > a + 0.15
+
+
+def test_a_runs_first_steps_are_pinned(make_config: MakeConfig) -> None:
+    """The quickstart's images, σ and noise at steps 1, 2 and 7 for seed 42: what a resumed run must replay
+    (see tests/training/test_batches.py for why these are pinned)."""
+    t = prepared(make_config, "training.timestep_sampling=logit_normal")
+    assert (t.config.training.seed, t.config.training.batch_size) == (42, 2)
+    assert t.schedule is not None
+    expected = {
+        1: ([(9, 0), (0, 1)], [0.582, 0.401], [-0.05458, 0.74304, -0.24103]),
+        2: ([(7, 2), (1, 3)], [0.623, 0.305], [-0.38802, 0.98565, 0.59754]),
+        7: ([(0, 12), (10, 13)], [0.801, 0.4], [-0.1358, -0.13847, -0.16564]),
+    }
+    for step, (pairs, sigmas, noise) in expected.items():
+        assert t.schedule.micro_batch(step, 0, 0, 1, 1) == pairs
+        batch = t.micro_batch(step, 0)
+        assert batch["sigmas"].tolist() == pytest.approx(sigmas, abs=1e-6)
+        assert batch["noise"].flatten()[:3].tolist() == pytest.approx(noise, abs=1e-5)

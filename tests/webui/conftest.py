@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 gr = pytest.importorskip("gradio")
+
+if TYPE_CHECKING:
+    from gradio_client import Client
 
 # Trainers started by the UI inherit this: one intra-op thread each, so a demo run on a loaded 2-core
 # machine is not slowed down further by oversubscription (torch's default is one thread per core).
@@ -38,7 +43,7 @@ def ui_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ui_url(ui_runs: Path, ui_data: Path, demo_home: Path):  # type: ignore[no-untyped-def]
+def ui_url(ui_runs: Path, ui_data: Path, demo_home: Path) -> Iterator[str]:
     from flux2_lora.webui import monitor
     from flux2_lora.webui.app import launch
 
@@ -56,7 +61,7 @@ def ui_url(ui_runs: Path, ui_data: Path, demo_home: Path):  # type: ignore[no-un
 
 
 @pytest.fixture(autouse=True)
-def stop_ui_processes():  # type: ignore[no-untyped-def]
+def stop_ui_processes() -> Iterator[None]:
     """Stop every process a UI action of this test launched (trainers included)."""
     yield
     from flux2_lora.webui import monitor
@@ -65,7 +70,7 @@ def stop_ui_processes():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def client(ui_url: str):  # type: ignore[no-untyped-def]
+def client(ui_url: str) -> Client:
     from gradio_client import Client
 
     # download_files=False: gradio_client 2.7 (protocol sse_v3) takes any dict with a "path" key for a file
@@ -74,7 +79,7 @@ def client(ui_url: str):  # type: ignore[no-untyped-def]
     return Client(ui_url, verbose=False, download_files=False)
 
 
-def tiny_run_config(name: str, steps: int = 6) -> dict:
+def tiny_run_config(name: str, steps: int = 6) -> dict[str, Any]:
     """Quickstart shrunk to a few steps, with samples so the gallery has something to show."""
     from flux2_lora.webui import configs
 

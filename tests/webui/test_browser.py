@@ -6,7 +6,9 @@ what the page shows (estimate revision, run state, element states), never on tim
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -22,6 +24,10 @@ from tests.webui.browser import (
     wait_new_estimate,
 )
 
+if TYPE_CHECKING:  # the test skips where these are not installed
+    from playwright.sync_api import Browser, Page
+
+
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -29,21 +35,21 @@ MAX_SHOT_BYTES = 300_000
 
 
 @pytest.fixture(scope="module")
-def browser():  # type: ignore[no-untyped-def]
+def browser() -> Iterator[Browser]:
     with playwright.sync_playwright() as p:
         b = launch_browser(p)
         yield b
         b.close()
 
 
-def _shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+def _shot(page: Page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / name
     page.screenshot(path=str(path))
     assert path.stat().st_size < MAX_SHOT_BYTES, f"{name} is {path.stat().st_size} bytes"
 
 
-def test_estimate_stays_in_view_while_the_last_field_is_edited(browser, ui_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_estimate_stays_in_view_while_the_last_field_is_edited(browser: Browser, ui_url: str) -> None:
     page = open_page(browser, ui_url)
     last = field(page, "logging.log_every")  # its section starts closed: field() opens it
     last.scroll_into_view_if_needed()
@@ -55,7 +61,7 @@ def test_estimate_stays_in_view_while_the_last_field_is_edited(browser, ui_url: 
     page.close()
 
 
-def test_a_config_that_does_not_fit_shows_fixes_in_one_click(browser, ui_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_config_that_does_not_fit_shows_fixes_in_one_click(browser: Browser, ui_url: str) -> None:
     page = open_page(browser, ui_url)
     before = rev(page)
     page.click("#preset-dev")
@@ -76,7 +82,9 @@ def test_a_config_that_does_not_fit_shows_fixes_in_one_click(browser, ui_url: st
     page.close()
 
 
-def test_a_typed_value_is_what_runs_and_the_monitor_follows(browser, ui_url: str, ui_runs: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_typed_value_is_what_runs_and_the_monitor_follows(
+    browser: Browser, ui_url: str, ui_runs: Path
+) -> None:
     page = open_page(browser, ui_url)
     page.click("#preset-quickstart")
     page.wait_for_function(
@@ -127,11 +135,11 @@ def test_a_typed_value_is_what_runs_and_the_monitor_follows(browser, ui_url: str
     page.close()
 
 
-def field_value(page, selector: str) -> str:  # type: ignore[no-untyped-def]
+def field_value(page: Page, selector: str) -> str:
     return str(page.locator(selector).locator("input, textarea").first.input_value())
 
 
-def test_templates_survive_a_reload(browser, ui_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_templates_survive_a_reload(browser: Browser, ui_url: str) -> None:
     page = open_page(browser, ui_url)
     page.get_by_text("Templates", exact=True).click()
     set_field(page, "lora.rank", "40")
@@ -147,7 +155,7 @@ def test_templates_survive_a_reload(browser, ui_url: str) -> None:  # type: igno
     page.close()
 
 
-def test_unknown_model_disables_start(browser, ui_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_model_disables_start(browser: Browser, ui_url: str) -> None:
     page = open_page(browser, ui_url)
     choose(page, "field-model-variant", "auto")  # an explicit family would make any hub id a known shape
     set_field(page, "model.path", "nobody/unknown-model")
@@ -159,7 +167,7 @@ def test_unknown_model_disables_start(browser, ui_url: str) -> None:  # type: ig
     page.close()
 
 
-def test_presets_say_what_they_change_and_alpha_follows_rank(browser, ui_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_presets_say_what_they_change_and_alpha_follows_rank(browser: Browser, ui_url: str) -> None:
     page = open_page(browser, ui_url)
     page.click("#preset-low-vram")
     page.wait_for_function(
@@ -182,7 +190,7 @@ def test_presets_say_what_they_change_and_alpha_follows_rank(browser, ui_url: st
     page.close()
 
 
-def test_warnings_show_with_their_fix(browser, ui_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_warnings_show_with_their_fix(browser: Browser, ui_url: str) -> None:
     page = open_page(browser, ui_url)
     set_field(page, "training.learning_rate", "0.0005")
     page.wait_for_selector("#estimate-warnings li[data-field='training.learning_rate']", timeout=30_000)
@@ -192,16 +200,17 @@ def test_warnings_show_with_their_fix(browser, ui_url: str) -> None:  # type: ig
         timeout=30_000,
     )
     page.wait_for_selector("#estimate-warnings li[data-field='training.learning_rate']", state="detached")
-    # float16 on a GPU that has bfloat16: mixed precision follows the dtype, and the fix moves both.
-    field(page, "training.mixed_precision")  # opens the Advanced fold it sits in
+    # float16 on a GPU that has bfloat16: the mixed precision shown beside the dtype follows it, and so
+    # does the fix.
     choose(page, "field-model-dtype", "float16")
     page.wait_for_function(
-        "document.querySelector('#field-training-mixed_precision input').value === 'fp16'", timeout=30_000
+        "document.querySelector('#mixed-precision input').value === 'fp16'", timeout=30_000
     )
+    assert page.locator("#mixed-precision input").is_disabled()  # shown, never set
     page.wait_for_selector("#estimate-warnings li[data-field='model.dtype']", timeout=30_000)
     page.locator("#side-panel button", has_text="Fix Weight precision").click()
     page.wait_for_function(
-        "document.querySelector('#field-training-mixed_precision input').value === 'bf16'", timeout=30_000
+        "document.querySelector('#mixed-precision input').value === 'bf16'", timeout=30_000
     )
     assert field(page, "model.dtype").input_value() == "bfloat16"
     page.close()

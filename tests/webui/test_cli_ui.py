@@ -19,14 +19,14 @@ APP = Path(__file__).resolve().parents[2] / "app.py"
     "args",
     [("--host", "0.0.0.0"), ("--host", "192.168.1.10"), ("--host", "::"), ("--share",)],
 )
-def test_exposed_without_auth_is_refused(args: tuple[str, ...], tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_exposed_without_auth_is_refused(args: tuple[str, ...], tmp_path: Path) -> None:
     proc = cli("ui", *args, "--runs-dir", str(tmp_path / "runs"), timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "--auth USER:PASS" in proc.stderr and "--insecure-no-auth" in proc.stderr
     assert not (tmp_path / "runs").exists()  # refused before anything was created
 
 
-def test_bad_flags_are_clear_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_flags_are_clear_errors(tmp_path: Path) -> None:
     bad_auth = cli("ui", "--auth", "nopassword", "--runs-dir", str(tmp_path), timeout=120)
     assert bad_auth.returncode != 0 and "USER:PASS" in bad_auth.stderr
     bad_size = cli("ui", "--max-upload-size", "huge", "--runs-dir", str(tmp_path), timeout=120)
@@ -38,6 +38,7 @@ def test_loopback_addresses() -> None:
     assert not is_local("0.0.0.0") and not is_local("10.0.0.1") and not is_local("example.com")
 
 
+@pytest.mark.timeout(120)  # it waits on a child process: never longer than this
 @pytest.mark.parametrize(
     ("extra", "mode"),
     [
@@ -45,7 +46,7 @@ def test_loopback_addresses() -> None:
         (("--insecure-no-auth",), "NO LOGIN"),
     ],
 )
-def test_exposed_ui_prints_its_url_and_auth_mode(extra: tuple[str, ...], mode: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_exposed_ui_prints_its_url_and_auth_mode(extra: tuple[str, ...], mode: str, tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
         [

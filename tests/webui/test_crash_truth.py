@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
-from flux2_lora.hooks import HOLD_ENV
+import pytest
+
 from flux2_lora.webui.actions import Actions
 from flux2_lora.webui.paths import AppPaths
 
-from ..helpers import sets, wait_for
+from ..helpers import held_trainer, wait_for
+
+# Each trains real runs in subprocesses: seconds each on 2 CPU cores.
+pytestmark = pytest.mark.slow
 
 
-def test_killed_trainer_shows_failed_in_the_ui_and_after_restart(tmp_path):  # type: ignore[no-untyped-def]
+def test_killed_trainer_shows_failed_in_the_ui_and_after_restart(tmp_path: Path) -> None:
     runs_dir = tmp_path / "runs"
     out = runs_dir / "crash"
     actions = Actions(AppPaths.create(runs_dir))
@@ -27,24 +31,8 @@ def test_killed_trainer_shows_failed_in_the_ui_and_after_restart(tmp_path):  # t
         "logging.tensorboard=false",
         "logging.log_every=1",
     )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flux2_lora.cli",
-            "train",
-            "--preset",
-            "quickstart",
-            *sets(f"output.dir={out}", *args),
-        ],
-        env={**os.environ, HOLD_ENV: "step@3"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert wait_for((out / ".held-step").exists, timeout=120)
+    with held_trainer(out, "step@3", *args) as proc:
         assert actions.run_status(str(out))["state"] == "training"
-    finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     snap = actions.run_status(str(out))  # the next poll

@@ -12,7 +12,7 @@ def test_app_imports_no_torch() -> None:
     pytest.importorskip("gradio")
     code = (
         "import sys, flux2_lora.webui.app, flux2_lora.cli.ui\n"
-        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'peft') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'peft', 'accelerate', 'safetensors') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from flux2_lora.webui import monitor, render
 from flux2_lora.webui.actions import Actions
 from flux2_lora.webui.paths import AppPaths
@@ -16,6 +18,7 @@ def _zombie_or_alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
+@pytest.mark.slow
 def test_preflight_progress_result_and_reaping(tmp_path: Path) -> None:
     acts = Actions(AppPaths.create(tmp_path / "runs", [tmp_path]))
     r = acts.preflight(tiny_run_config("pf", steps=50))

@@ -8,7 +8,9 @@ import os
 import pickle
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from PIL import Image
@@ -16,6 +18,10 @@ from PIL import Image
 from flux2_lora.webui import monitor
 from flux2_lora.webui.actions import Actions
 from flux2_lora.webui.paths import AppPaths, PathRefused, parse_size, resolve_inside
+
+if TYPE_CHECKING:  # the test skips where these are not installed
+    from gradio_client import Client
+
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -26,7 +32,7 @@ class _Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Callable[[str], int], tuple[str]]:
         return (os.system, (f"touch {self.marker}",))
 
 
@@ -50,7 +56,7 @@ def _evil_zip(path: Path, marker: Path) -> Path:
     return path
 
 
-def test_uploaded_checkpoint_never_runs(client, ui_runs: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_uploaded_checkpoint_never_runs(client: Client, ui_runs: Path, tmp_path: Path) -> None:
     """Issue 10's code execution: upload → check → start with resume. The upload folder can never be a run's
     output folder, so no trainer ever sees the pickle; the marker file proves nothing ran."""
     marker = tmp_path / "pwned"
@@ -81,7 +87,7 @@ def test_uploaded_checkpoint_never_runs(client, ui_runs: Path, tmp_path: Path) -
     assert all("uploads" not in r["run_dir"] for r in client.predict(api_name="/list_runs"))
 
 
-def test_paths_outside_the_allowed_folders_are_refused(client, ui_data: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_paths_outside_the_allowed_folders_are_refused(client: Client, ui_data: Path, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.png").write_bytes(_png())
@@ -103,7 +109,7 @@ def test_paths_outside_the_allowed_folders_are_refused(client, ui_data: Path, tm
     assert r["ok"] and r["num_images"] == 1
 
 
-def test_uploads_get_a_fresh_folder_and_delete_nothing(client, ui_runs: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_uploads_get_a_fresh_folder_and_delete_nothing(client: Client, ui_runs: Path, tmp_path: Path) -> None:
     keep = ui_runs / "uploads" / "dataset"  # where the old UI unpacked every upload (deleting what was there)
     keep.mkdir(parents=True, exist_ok=True)
     (keep / "precious.txt").write_text("mine")
@@ -131,7 +137,7 @@ def test_upload_size_limit(tmp_path: Path) -> None:
         parse_size("lots")
 
 
-def test_upload_over_the_server_limit_is_refused(client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_upload_over_the_server_limit_is_refused(client: Client, tmp_path: Path) -> None:
     z = tmp_path / "big.zip"  # the test UI allows 1 MiB
     with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr("a.bin", os.urandom(2 << 20))

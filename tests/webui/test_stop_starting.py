@@ -43,6 +43,7 @@ def _long_run(name: str) -> dict:
     return cfg
 
 
+@pytest.mark.timeout(120)  # it waits on a child process: never longer than this
 def test_stop_while_starting_stops_the_trainer_once_it_is_up(tmp_path: Path, gated: Path) -> None:
     acts = Actions(AppPaths.create(tmp_path / "runs", [tmp_path]))
     r = acts.start_run(_long_run("starting"))
@@ -63,6 +64,7 @@ def test_stop_while_starting_stops_the_trainer_once_it_is_up(tmp_path: Path, gat
     assert 0 < snap["step"] < 100_000 and snap["checkpoints"]
 
 
+@pytest.mark.timeout(120)  # it waits on a child process: never longer than this
 def test_stop_while_starting_ends_a_trainer_that_never_comes_up(tmp_path: Path, gated: Path) -> None:
     acts = Actions(AppPaths.create(tmp_path / "runs", [tmp_path]))
     r = acts.start_run(_long_run("never-up"))

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from pydantic import BaseModel
 
 from flux2_lora.config import TrainConfig
-from flux2_lora.config.io import ConfigError, load_config
+from flux2_lora.config.io import ConfigError, load_config, validate_section
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -25,6 +31,62 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
         metavar="SECTION.KEY=VALUE",
         help="override one field, e.g. --set training.learning_rate=2e-4 (repeatable)",
     )
+
+
+def field_flags(name: str, flags: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """The options of a field: ``flags[name]`` where given, else ``--the-name``."""
+    return list((flags or {}).get(name) or [f"--{name.replace('_', '-')}"])
+
+
+def add_field_args(
+    p: argparse.ArgumentParser,
+    model: type[BaseModel],
+    names: Sequence[str],
+    *,
+    flags: Mapping[str, Sequence[str]] | None = None,
+    notes: Mapping[str, str] | None = None,
+    helps: Mapping[str, str] | None = None,
+    required: Collection[str] = (),
+) -> None:
+    """One option per field of ``model`` (a config section or GenerationSettings): the schema's help,
+    choices and default (``helps`` replaces a help text that speaks of training, ``notes`` adds to one).
+    The option itself defaults to None ("not given"): :func:`fields_from_args`
+    validates what was given with the schema, so bounds and messages are the config's own."""
+    for name in names:
+        info = model.model_fields[name]
+        ann, default = info.annotation, info.get_default(call_default_factory=True)
+        own = (helps or {}).get(name, info.description)
+        text = " ".join(filter(None, [own, (notes or {}).get(name)]))
+        if default not in (None, "", []) and ann is not bool:
+            text += f" (default: {default})"
+        kw: dict[str, Any] = {"dest": name, "default": None, "help": text.replace("%", "%%")}
+        if ann is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif get_origin(ann) is Literal:
+            kw["choices"] = get_args(ann)
+        else:
+            # Numbers arrive as numbers, so a bound's message shows the value as it was typed.
+            kw["type"] = ann if ann in (int, float) else str
+            kw["metavar"] = "N" if ann is int else "X" if ann is float else "TEXT"
+        p.add_argument(*field_flags(name, flags), required=name in required, **kw)
+
+
+def fields_from_args(
+    args: argparse.Namespace,
+    model: type[M],
+    names: Sequence[str],
+    *,
+    flags: Mapping[str, Sequence[str]] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> M | None:
+    """``model`` from the options given (``defaults``, then the schema's, for the rest); prints every
+    problem by option name and returns None."""
+    given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    parsed, issues = validate_section(model, {**(defaults or {}), **given})
+    for issue in issues:
+        flag = field_flags(issue.path.split(".")[0], flags)[0] if issue.path else ""
+        print(f"error: {flag}: {issue.message}" if flag else f"error: {issue.message}", file=sys.stderr)
+    return parsed
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig | None:

@@ -6,8 +6,30 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from flux2_lora.cli.common import fail
+from flux2_lora.cli.common import add_field_args, fail, fields_from_args
+from flux2_lora.config import DatasetSection
+
+if TYPE_CHECKING:
+    from flux2_lora.data.scan import DatasetReport
+
+
+# The options are dataset fields: their help, bounds and defaults come from DatasetSection.
+CHECK_FIELDS = (
+    "caption_extension",
+    "default_caption",
+    "resolution",
+    "trigger_word",
+    "bucketing",
+    "bucket_step",
+)
+FLAGS = {"bucketing": ["--bucketing", "--buckets"]}
+NOTES = {
+    "resolution": "The check reports images smaller than it when given.",
+    "trigger_word": "The check reports captions without it, or [trigger] placeholders without one.",
+    "bucketing": "The check shows the bucket table (at --resolution).",
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,44 +37,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     dsub = p.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
     c = dsub.add_parser("check", help="count images and captions and list problems by file")
     c.add_argument("path", help="folder, .zip, or 'demo'")
-    c.add_argument("--caption-extension", default=".txt")
-    c.add_argument("--default-caption", default="")
-    c.add_argument("--resolution", type=int, default=None, help="warn about images smaller than this")
-    c.add_argument(
-        "--trigger-word", default="", help="report captions without it, or [trigger] placeholders without one"
-    )
-    c.add_argument(
-        "--buckets", action="store_true", help="show the aspect-ratio bucket table (at --resolution)"
-    )
-    c.add_argument(
-        "--bucket-step", type=int, default=64, help="bucket side granularity in pixels (multiple of 16)"
-    )
+    add_field_args(c, DatasetSection, CHECK_FIELDS, flags=FLAGS, notes=NOTES)
     c.add_argument("--json", action="store_true", help="machine-readable report")
     c.set_defaults(func=run_check)
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from flux2_lora.data.archive import prepare_dataset_source
-    from flux2_lora.data.demo import ensure_demo_dataset, is_demo
-    from flux2_lora.data.scan import DatasetError, scan_dataset
+    from flux2_lora.data import DatasetError, open_dataset
 
+    ds = fields_from_args(args, DatasetSection, CHECK_FIELDS, flags=FLAGS)
+    if ds is None:
+        return 2
     with tempfile.TemporaryDirectory(prefix="flux2-lora-check-") as work:
         try:
-            root = (
-                ensure_demo_dataset() if is_demo(args.path) else prepare_dataset_source(Path(args.path), work)
-            )
-            report = scan_dataset(
-                root,
-                caption_extension=args.caption_extension,
-                default_caption=args.default_caption,
-                resolution=args.resolution,
+            root, report = open_dataset(
+                args.path,
+                work,
+                caption_extension=ds.caption_extension,
+                default_caption=ds.default_caption,
+                # Small images are worth a word only against a resolution the user is training at.
+                resolution=ds.resolution if args.resolution is not None else None,
             )
         except DatasetError as e:
             if args.json:
                 print(json.dumps({"error": str(e)}))
                 return 1
             return fail(str(e))
-        extra = _extras(args, report, root)
+        extra = _extras(ds, report, root)
         if args.json:
             print(json.dumps({**report.to_dict(), **extra["json"]}, indent=1, default=str))
         else:
@@ -63,34 +74,30 @@ def run_check(args: argparse.Namespace) -> int:
     return 0 if report.items else 1
 
 
-def _extras(args: argparse.Namespace, report, root: Path) -> dict:  # type: ignore[no-untyped-def]
+def _extras(ds: DatasetSection, report: DatasetReport, root: Path) -> dict[str, Any]:
     """Trigger-word findings and the bucket table, beside the scan's own report."""
     from flux2_lora.data.buckets import bucket_table, clamped, format_table
     from flux2_lora.data.captions import trigger_findings
     from flux2_lora.display import escape
 
     text: list[str] = []
-    out: dict = {}
+    out: dict[str, Any] = {}
     findings = trigger_findings(
-        [(escape(i.path.relative_to(root)), i.caption) for i in report.items], args.trigger_word
+        [(escape(i.path.relative_to(root)), i.caption) for i in report.items], ds.trigger_word
     )
     if findings:
         out["trigger"] = [{"file": f, "severity": s, "message": m} for f, s, m in findings]
         text.append("trigger word:")
         text += [f"  {s}: {f + ': ' if f else ''}{m}" for f, s, m in findings]
-    if args.buckets:
-        if args.bucket_step % 16:
-            text.append("--bucket-step must be a multiple of 16")
-        else:
-            res = args.resolution or 1024
-            table = bucket_table(((i.width, i.height) for i in report.items), res, args.bucket_step)
-            out["buckets"] = [
-                {"width": w, "height": h, "tokens": (w // 16) * (h // 16), "images": n}
-                for (w, h), n in table.items()
-            ]
-            text.append(format_table(table))
-            extreme = [escape(i.path.relative_to(root)) for i in report.items if clamped(i.width, i.height)]
-            if extreme:
-                out["cropped_beyond_rounding"] = extreme
-                text.append("  aspect beyond 4:1, cropped to 4:1: " + ", ".join(extreme))
+    if ds.bucketing:
+        table = bucket_table(((i.width, i.height) for i in report.items), ds.resolution, ds.bucket_step)
+        out["buckets"] = [
+            {"width": w, "height": h, "tokens": (w // 16) * (h // 16), "images": n}
+            for (w, h), n in table.items()
+        ]
+        text.append(format_table(table))
+        extreme = [escape(i.path.relative_to(root)) for i in report.items if clamped(i.width, i.height)]
+        if extreme:
+            out["cropped_beyond_rounding"] = extreme
+            text.append("  aspect beyond 4:1, cropped to 4:1: " + ", ".join(extreme))
     return {"json": out, "text": text}

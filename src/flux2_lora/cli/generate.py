@@ -5,32 +5,44 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flux2_lora.cli.common import fail
+from flux2_lora.cli.common import add_field_args, fail, fields_from_args
+from flux2_lora.config import GenerationSettings, ModelSection
+
+# The options are the fields of GenerationSettings (shared with the UI's Test LoRA tab and the API) and
+# of the config's model section: help, bounds and defaults come from there.
+SETTINGS = tuple(GenerationSettings.model_fields)
+MODEL_FIELDS = ("path", "variant", "device")
+FLAGS = {"path": ["--model"]}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate an image with a trained LoRA")
-    p.add_argument("--model", default="demo", help="hub id, local diffusers folder, or 'demo'")
-    p.add_argument("--variant", default="auto")
-    p.add_argument("--lora", help="a .safetensors LoRA (diffusers or ComfyUI keys); omit for the base model")
-    p.add_argument("--scale", type=float, default=1.0, help="LoRA strength")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--steps", type=int, default=28)
-    p.add_argument("--guidance", type=float, default=4.0)
-    p.add_argument(
-        "--resolution", type=int, default=None, help="square side in pixels (default: the variant's)"
+    add_field_args(
+        p,
+        ModelSection,
+        MODEL_FIELDS,
+        flags=FLAGS,
+        helps={"device": "Where to generate: auto (CUDA when present, else CPU), cpu, cuda or cuda:N."},
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--lora", help="a .safetensors LoRA (diffusers or ComfyUI keys); omit for the base model")
+    add_field_args(p, GenerationSettings, SETTINGS, required=("prompt",))
     p.add_argument("--out", required=True, help="PNG file to write")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    model = fields_from_args(args, ModelSection, MODEL_FIELDS, flags=FLAGS)
+    settings = fields_from_args(args, GenerationSettings, SETTINGS)
+    if model is None or settings is None:
+        return 2
+    if not settings.prompt.strip():
+        return fail("--prompt: is empty")
+    if args.lora and not Path(args.lora).is_file():
+        return fail(f"--lora: {args.lora} does not exist")
+
     from flux2_lora.training.quiet import quiet_libraries
 
     quiet_libraries()
-    from flux2_lora.config import ModelSection
     from flux2_lora.training.hardware import resolve_device, resolve_dtype
     from flux2_lora.training.model import (
         ModelLoadError,
@@ -40,40 +52,33 @@ def run(args: argparse.Namespace) -> int:
     )
     from flux2_lora.variants import get_variant
 
-    if args.lora and not Path(args.lora).is_file():
-        return fail(f"--lora: {args.lora} does not exist")
-    if not 1 <= args.steps <= 200:
-        return fail("--steps: must be between 1 and 200")
     try:
-        model = ModelSection(path=args.model, variant=args.variant)
         path, variant, _ = resolve_model_path(model)
         layers = resolve_text_encoder_layers(model, path, variant)
-        device = resolve_device(args.device)
+        device = resolve_device(model.device)
         dtype = resolve_dtype("auto", device)
         pipe = pipeline_class(variant).from_pretrained(path, dtype=dtype)
     except ModelLoadError as e:
         return fail(str(e))
     except Exception as e:
-        return fail(f"--model: cannot load {args.model}: {e}")
+        return fail(f"--model: cannot load {model.path}: {e}")
     pipe.to(device)
     if args.lora:
         try:
             pipe.load_lora_weights(args.lora, adapter_name="lora")
         except Exception as e:
             return fail(f"--lora: {args.lora} is not a FLUX.2 LoRA this model can load: {e}")
-        pipe.set_adapters(["lora"], adapter_weights=[args.scale])
+        pipe.set_adapters(["lora"], adapter_weights=[settings.scale])
     import torch
 
-    res = args.resolution or get_variant(variant).default_resolution
-    if res % 16:
-        return fail("--resolution: must be a multiple of 16")
+    res = settings.resolution or get_variant(variant).default_resolution
     image = pipe(
-        prompt=args.prompt,
+        prompt=settings.prompt,
         height=res,
         width=res,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
-        generator=torch.Generator("cpu").manual_seed(args.seed),
+        num_inference_steps=settings.steps,
+        guidance_scale=settings.guidance,
+        generator=torch.Generator("cpu").manual_seed(settings.seed),
         text_encoder_out_layers=layers,
     ).images[0]
     out = Path(args.out)

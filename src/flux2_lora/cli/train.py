@@ -12,6 +12,7 @@ import traceback
 from pathlib import Path
 
 from flux2_lora.cli.common import add_config_args, config_from_args, fail, show
+from flux2_lora.config import TrainConfig
 from flux2_lora.runs import LOG_FILE
 from flux2_lora.training.tracking import DEBUG_ENV
 
@@ -96,7 +97,7 @@ def _auto_resume(run_dir: Path) -> str | None:
     return None
 
 
-def train_here(config, resume: str | None, debug: bool = False) -> int:  # type: ignore[no-untyped-def]
+def train_here(config: TrainConfig, resume: str | None, debug: bool = False) -> int:
     from flux2_lora.training.quiet import quiet_libraries
 
     quiet_libraries()
@@ -150,7 +151,7 @@ def _log_traceback(run_dir: Path, debug: bool) -> None:
         traceback.print_exc(file=sys.stderr)
 
 
-def _launch_distributed(args: argparse.Namespace, config, run_dir: Path) -> int:  # type: ignore[no-untyped-def]
+def _launch_distributed(args: argparse.Namespace, config: TrainConfig, run_dir: Path) -> int:
     """Hold the run lock here and start N workers; rank 0 writes the run directory."""
     from flux2_lora.config.io import save_config
     from flux2_lora.runs import RunBusyError, RunLock
@@ -195,7 +196,7 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _preflight(config) -> int:  # type: ignore[no-untyped-def]
+def _preflight(config: TrainConfig) -> int:
     from flux2_lora.training.quiet import quiet_libraries
 
     quiet_libraries()

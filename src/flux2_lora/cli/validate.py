@@ -10,6 +10,7 @@ from flux2_lora.cli.common import add_config_args, config_from_args, fail
 from flux2_lora.config import TrainConfig
 from flux2_lora.config.io import to_yaml
 from flux2_lora.config.warnings import ConfigWarning, common_mistakes, upscaled_from_report
+from flux2_lora.variants import is_demo
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +37,7 @@ def mistakes(config: TrainConfig, gpu: str | None) -> list[ConfigWarning]:
         verdict_on = None
     num = upscaled = None
     path = Path(config.dataset.path).expanduser()
-    if config.dataset.path.strip().lower() != "demo" and path.is_dir():
+    if not is_demo(config.dataset.path) and path.is_dir():
         from flux2_lora.data.scan import DatasetError, scan_dataset
 
         try:

@@ -1,9 +1,11 @@
-"""The configuration: the typed schema (:mod:`.schema`), YAML and ``--set`` composition (:mod:`.io`) and
-the shipped presets (:mod:`.presets`). No torch.
+"""The configuration: the typed schema (:mod:`.schema`), YAML and ``--set`` composition (:mod:`.io`),
+the shipped presets (:mod:`.presets`) and the settings of one generated image (:mod:`.generation`).
+No torch.
 """
 
 from __future__ import annotations
 
+from flux2_lora.config.generation import GenerationSettings
 from flux2_lora.config.schema import (
     DTYPE_TO_MIXED,
     SECTIONS,
@@ -18,12 +20,14 @@ from flux2_lora.config.schema import (
     TrainConfig,
     TrainingSection,
     ValidationSection,
+    mixed_precision,
 )
 
 __all__ = [
     "DTYPE_TO_MIXED",
     "SECTIONS",
     "DatasetSection",
+    "GenerationSettings",
     "LoggingSection",
     "LoraSection",
     "MemorySection",
@@ -34,4 +38,5 @@ __all__ = [
     "TrainConfig",
     "TrainingSection",
     "ValidationSection",
+    "mixed_precision",
 ]

@@ -11,15 +11,17 @@ import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from flux2_lora.config import DTYPE_TO_MIXED, SECTIONS, TrainConfig
 from flux2_lora.config.safe_yaml import MAX_YAML_BYTES, YamlRefused, parse_yaml
+from flux2_lora.variants import is_demo
 
 Level = Literal["error", "warning"]
+M = TypeVar("M", bound=BaseModel)
 
 
 MAX_PATH_CHARS = 200  # what an error shows of a key path or value: enough to recognise it
@@ -122,15 +124,66 @@ def _section_fields(section: str) -> list[str]:
     return list(SECTIONS[section].model_fields)
 
 
+def validate_section(model: type[M], data: Any, name: str = "") -> tuple[M | None, list[ConfigIssue]]:
+    """One section of the config, or a small model built the same way (``GenerationSettings``), from a
+    mapping (None: all defaults); every problem as an issue by dotted path (``name.key``, or ``key``)."""
+    try:
+        return model.model_validate({} if data is None else data), []
+    except ValidationError as e:
+        known = list(model.model_fields)
+        prefix = (name,) if name else ()
+        return None, [
+            ConfigIssue(".".join(str(p) for p in (*prefix, *err["loc"])), _friendly(err, known))
+            for err in e.errors()
+        ]
+
+
+# Fields of earlier versions that configs on disk (runs, templates, YAML files) may still hold.
+LEGACY_KEYS = ("training.mixed_precision",)
+
+
+def _without_legacy_keys(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[ConfigIssue]]:
+    """``data`` without training.mixed_precision, which now follows model.dtype: a value that agrees
+    with it (or 'auto') is dropped with a warning, one that contradicts it is an error."""
+    training = data.get("training")
+    if not isinstance(training, Mapping) or "mixed_precision" not in training:
+        return dict(data), []
+    out = {**data, "training": {k: v for k, v in training.items() if k != "mixed_precision"}}
+    mp = training["mixed_precision"]
+    model = data.get("model")
+    dtype = model.get("dtype", "auto") if isinstance(model, Mapping) else "auto"
+    implied = DTYPE_TO_MIXED.get(dtype) if isinstance(dtype, str) else None
+    removed = "is no longer a setting: mixed precision follows model.dtype"
+    if mp == "auto" or (implied is not None and mp == implied):
+        return out, [ConfigIssue("training.mixed_precision", f"{removed}; remove this line", "warning")]
+    if dtype == "auto" and mp in DTYPE_TO_MIXED.values():  # the device decides, as it always did
+        wanted = next(d for d, m in DTYPE_TO_MIXED.items() if m == mp)
+        return out, [
+            ConfigIssue(
+                "training.mixed_precision",
+                f"{removed} (here 'auto', which decides by device); remove this line, or set model.dtype: "
+                f"{wanted} for {mp!r}",
+                "warning",
+            )
+        ]
+    if implied is None and dtype != "auto":
+        return out, []  # model.dtype's own error says what is wrong
+    if mp in DTYPE_TO_MIXED.values():
+        message = f"{_quote(mp)} contradicts model.dtype {dtype!r}, which implies {implied!r}"
+    else:
+        message = f"{_quote(mp)} is not one of auto, bf16, fp16, no"
+    return out, [ConfigIssue("training.mixed_precision", f"{message}; {removed}: remove this line")]
+
+
 def validate_dict(data: Any) -> tuple[TrainConfig | None, list[ConfigIssue]]:
     """Validate a (possibly partial) config mapping; return the config and every issue found."""
-    issues: list[ConfigIssue] = []
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         return None, [
             ConfigIssue("", "the configuration must be a mapping of sections (model:, dataset:, …)")
         ]
+    data, issues = _without_legacy_keys(data)
     parsed: dict[str, Any] = {}
     for key, value in data.items():
         if key not in SECTIONS:
@@ -138,14 +191,10 @@ def validate_dict(data: Any) -> tuple[TrainConfig | None, list[ConfigIssue]]:
             hint = f" (did you mean '{close[0]}'?)" if close else f" (sections: {', '.join(SECTIONS)})"
             issues.append(ConfigIssue(str(key), "unknown section" + hint))
             continue
-        if value is None:
-            value = {}
-        try:
-            parsed[key] = SECTIONS[key].model_validate(value)
-        except ValidationError as e:
-            for err in e.errors():
-                loc = ".".join(str(p) for p in (key, *err["loc"]))
-                issues.append(ConfigIssue(loc, _friendly(err, _section_fields(key))))
+        section, problems = validate_section(SECTIONS[key], value, key)
+        issues.extend(problems)
+        if section is not None:
+            parsed[key] = section
     if any(i.level == "error" for i in issues):
         return None, issues
     config = TrainConfig(**parsed)
@@ -158,15 +207,6 @@ def validate_dict(data: Any) -> tuple[TrainConfig | None, list[ConfigIssue]]:
 def cross_check(c: TrainConfig) -> list[ConfigIssue]:
     """Rules that involve more than one field."""
     out: list[ConfigIssue] = []
-    mp, dtype = c.training.mixed_precision, c.model.dtype
-    if mp != "auto" and dtype != "auto" and DTYPE_TO_MIXED[dtype] != mp:
-        out.append(
-            ConfigIssue(
-                "training.mixed_precision",
-                f"{mp!r} contradicts model.dtype {dtype!r} (which implies {DTYPE_TO_MIXED[dtype]!r}); "
-                "set one of them, or make them agree",
-            )
-        )
     if c.training.warmup_steps > c.training.max_steps:
         out.append(
             ConfigIssue(
@@ -182,10 +222,10 @@ def cross_check(c: TrainConfig) -> list[ConfigIssue]:
                 "performance.float8 and memory.quantization",
             )
         )
-    is_demo = c.model.path.strip().lower() == "demo"
-    if is_demo and c.model.variant not in ("auto", "demo"):
+    demo = is_demo(c.model.path)
+    if demo and c.model.variant not in ("auto", "demo"):
         out.append(ConfigIssue("model.variant", f"{c.model.variant!r} does not match model.path 'demo'"))
-    if not is_demo and c.model.variant == "demo":
+    if not demo and c.model.variant == "demo":
         out.append(ConfigIssue("model.variant", "'demo' needs model.path 'demo'"))
     out.extend(_output_outside_dataset(c))
     out.extend(_model_issues(c))
@@ -205,7 +245,7 @@ def cross_check(c: TrainConfig) -> list[ConfigIssue]:
                 "warning",
             )
         )
-    if dtype == "float16" or mp == "fp16":
+    if c.model.dtype == "float16":
         out.append(
             ConfigIssue(
                 "model.dtype",
@@ -224,7 +264,7 @@ def _model_issues(c: TrainConfig) -> list[ConfigIssue]:
 
     m = c.model
     path = m.path.strip()
-    local = path.lower() != "demo" and Path(path).expanduser().is_dir()
+    local = not is_demo(path) and Path(path).expanduser().is_dir()
     if not local and not m.text_encoder_layers:
         return []  # a hub id is checked when it is loaded
     try:
@@ -245,7 +285,7 @@ def _model_issues(c: TrainConfig) -> list[ConfigIssue]:
 def _output_outside_dataset(c: TrainConfig) -> list[ConfigIssue]:
     """A run inside its own dataset folder would train on its samples the next time it starts."""
     ds = c.dataset.path.strip()
-    if ds.lower() == "demo":
+    if is_demo(ds):
         return []
     try:
         data = Path(ds).expanduser().resolve()
@@ -342,6 +382,8 @@ def parse_override(text: str) -> tuple[tuple[str, str, Any] | None, ConfigIssue 
         return None, ConfigIssue(
             dotted, "unknown section" + (f" (did you mean '{close[0]}'?)" if close else "")
         )
+    if f"{section}.{key}" in LEGACY_KEYS:
+        return (section, key, raw.strip()), None  # validate_dict says what became of it
     if key not in SECTIONS[section].model_fields:
         close = difflib.get_close_matches(key, _section_fields(section), n=1)
         return None, ConfigIssue(dotted, "unknown key" + (f" (did you mean '{close[0]}'?)" if close else ""))

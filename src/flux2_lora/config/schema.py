@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -297,12 +297,6 @@ class TrainingSection(Section):
     max_grad_norm: float = F(
         1.0, "Clip the gradient norm to this (0 disables clipping).", ge=0, le=1e4, ui={"advanced": True}
     )
-    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = F(
-        "auto",
-        "Autocast precision. Follows model.dtype (bfloat16→bf16, float16→fp16, float32→no); setting a "
-        "different value by hand is an error.",
-        ui={"advanced": True},
-    )
     seed: int = F(
         42,
         "Seed for data order, noise and timesteps: same config + seed gives the same LoRA.",
@@ -561,9 +555,15 @@ class TrainConfig(Section):
 
 
 SECTIONS: dict[str, type[Section]] = {
-    name: info.annotation  # type: ignore[misc]
-    for name, info in TrainConfig.model_fields.items()
+    name: cast("type[Section]", info.annotation) for name, info in TrainConfig.model_fields.items()
 }
 
+# Mixed precision (accelerate's autocast setting) is not a field: it follows model.dtype, here only.
 DTYPE_TO_MIXED = {"bfloat16": "bf16", "float16": "fp16", "float32": "no"}
-MIXED_TO_DTYPE = {v: k for k, v in DTYPE_TO_MIXED.items()}
+
+
+def mixed_precision(dtype: str) -> str:
+    """The mixed precision a model.dtype implies; for 'auto', how the device will decide it."""
+    if dtype in DTYPE_TO_MIXED:
+        return DTYPE_TO_MIXED[dtype]
+    return "auto: bf16 on GPUs with bfloat16, fp16 on older GPUs, no on CPU"

@@ -18,6 +18,7 @@ from dataclasses import field as dataclass_field
 from typing import Any
 
 from flux2_lora.config.schema import TrainConfig
+from flux2_lora.variants import is_demo
 
 MAX_ADAMW_LR = 2e-4
 MIN_IMAGES = 10
@@ -86,7 +87,7 @@ def common_mistakes(
 ) -> list[ConfigWarning]:
     """Every common mistake in ``config``, in field order."""
     out: list[ConfigWarning] = []
-    t, demo = config.training, config.model.path.strip().lower() == "demo"
+    t, demo = config.training, is_demo(config.model.path)
     # The demo's random-weight toy model needs a large step on purpose; the advice is for real models.
     if not demo and t.optimizer in ADAM_LIKE and t.learning_rate > MAX_ADAMW_LR:
         out.append(
@@ -120,14 +121,14 @@ def common_mistakes(
                 {"dataset.resolution": target} if target else {},
             )
         )
-    if (config.model.dtype == "float16" or t.mixed_precision == "fp16") and has_bf16(gpu_name):
+    if config.model.dtype == "float16" and has_bf16(gpu_name):
         out.append(
             ConfigWarning(
                 "model.dtype",
                 f"float16 on {gpu_name}, which has bfloat16: same memory, but float16's narrow range "
                 "can overflow in FLUX.2's activations",
                 "use bfloat16",
-                {"model.dtype": "bfloat16", "training.mixed_precision": "bf16"},
+                {"model.dtype": "bfloat16"},
             )
         )
     if t.batch_size > 1 and _is_dev(config):

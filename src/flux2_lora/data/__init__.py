@@ -1,5 +1,6 @@
-"""The dataset: scanning a folder (:mod:`.scan`), unpacking a .zip (:mod:`.archive`), loading images
-(:mod:`.images`, the only part that needs torch, so it is not imported here).
+"""The dataset: scanning a folder (:mod:`.scan`), unpacking a .zip (:mod:`.archive`), both behind
+:func:`open_dataset` (:mod:`.source`); loading images is the trainer's (torch), in
+:mod:`flux2_lora.training.images`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from flux2_lora.data.scan import (
     require_usable,
     scan_dataset,
 )
+from flux2_lora.data.source import open_dataset
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -22,6 +24,7 @@ __all__ = [
     "ImageItem",
     "Problem",
     "extract_zip",
+    "open_dataset",
     "prepare_dataset_source",
     "require_usable",
     "scan_dataset",

@@ -20,8 +20,9 @@ from pathlib import Path, PurePosixPath
 
 from flux2_lora.data.scan import DatasetError
 from flux2_lora.display import escape
+from flux2_lora.units import GIB
 
-MAX_TOTAL_BYTES = 4 << 30
+MAX_TOTAL_BYTES = 4 * GIB
 MAX_ENTRIES = 20_000
 MAX_RATIO = 200  # images are already compressed (ratio ~1); text and BMPs rarely exceed ~20
 RATIO_MIN_BYTES = 1 << 20  # tiny files compress absurdly well and cannot hurt anyone
@@ -91,7 +92,7 @@ def validate_zip(
     if total > max_total_bytes:
         raise _fail(
             zip_path,
-            f"unpacks to {total / 2**30:.2f} GiB, more than the limit of {max_total_bytes / 2**30:.2f} GiB",
+            f"unpacks to {total / GIB:.2f} GiB, more than the limit of {max_total_bytes / GIB:.2f} GiB",
         )
     if total > RATIO_MIN_BYTES and total > max_ratio * max(packed, 1):
         raise _fail(

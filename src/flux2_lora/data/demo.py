@@ -10,6 +10,12 @@ import math
 import os
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flux2_lora.variants import is_demo as is_demo  # re-exported: the test for the demo dataset
+
+if TYPE_CHECKING:
+    from PIL import Image, ImageDraw
 
 DEMO_VERSION = "v1"  # bump when the generated model or dataset changes, so caches regenerate
 TRIGGER = "sks"
@@ -40,7 +46,9 @@ def demo_dataset_dir() -> Path:
     return cache_root() / f"demo-dataset-{DEMO_VERSION}"
 
 
-def _draw_shape(draw, shape: str, box: tuple[int, int, int, int], fill: tuple[int, int, int]) -> None:  # type: ignore[no-untyped-def]
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill: tuple[int, int, int]
+) -> None:
     x0, y0, x1, y1 = box
     if shape == "circle":
         draw.ellipse(box, fill=fill)
@@ -50,7 +58,7 @@ def _draw_shape(draw, shape: str, box: tuple[int, int, int, int], fill: tuple[in
         draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=fill)
 
 
-def _demo_image(i: int):  # type: ignore[no-untyped-def]
+def _demo_image(i: int) -> tuple[Image.Image, str]:
     """A 'sks style' picture: a striped warm background with one coloured shape (the concept to learn)."""
     from PIL import Image, ImageDraw
 
@@ -90,7 +98,3 @@ def ensure_demo_dataset(target: Path | None = None) -> Path:
         (folder / f"demo_{i:02d}.txt").write_text(caption + "\n", encoding="utf-8")
     marker.write_text(DEMO_VERSION)
     return folder
-
-
-def is_demo(path: str) -> bool:
-    return path.strip().lower() == "demo"

@@ -26,12 +26,13 @@ from flux2_lora.memory.activations import (
 )
 from flux2_lora.memory.encoders import IMAGE_BATCH, PROMPT_BATCH, text_encoder_activation_bytes, vae_bytes
 from flux2_lora.targets import LinearSpec, enumerate_linears, is_quantized_linear, resolve_targets
+from flux2_lora.units import GIB
 from flux2_lora.variants import (
-    DEMO_MODEL_PATH,
     TextEncoderArch,
     TransformerArch,
     VaeArch,
     get_variant,
+    is_demo,
     local_component_params,
     local_text_encoder_arch,
     local_vae_arch,
@@ -39,7 +40,6 @@ from flux2_lora.variants import (
     text_encoder_layers,
 )
 
-GIB = 2**30
 DTYPE_BYTES = {"auto": 2, "bfloat16": 2, "float16": 2, "float32": 4}
 # bytes per weight of a quantized Linear: int8 + one bf16 scale per row; NF4 4 bits + double-quantized
 # absmax (one 8-bit scale per 64 weights, one fp32 per 256 scales) — bitsandbytes' layout.
@@ -94,7 +94,7 @@ def _model_shapes(
     except ModelConfigError:
         raise
     except ValueError:  # a hub id whose variant cannot be told: size it as the smallest real model
-        name = "demo" if path.strip().lower() == DEMO_MODEL_PATH else "klein-4b"
+        name = "demo" if is_demo(path) else "klein-4b"
         arch, title = get_variant(name).transformer, get_variant(name).title
     v = get_variant(name)
     te, vae = v.text_encoder, v.vae
@@ -114,7 +114,7 @@ def _model_shapes(
 
 def _stamp(path: str) -> float:
     """Newest modification time of a local model folder's configs (0 for hub ids and the demo)."""
-    if path.strip().lower() == DEMO_MODEL_PATH:
+    if is_demo(path):
         return 0.0
     p = os.path.expanduser(path)
     stamp = 0.0

@@ -38,30 +38,37 @@ def verdict(total_gib: float, gpu_gib: float) -> Verdict:
     return "does_not_fit"
 
 
+def nvidia_smi(query: str, timeout: float = 5) -> list[list[str]]:
+    """The rows nvidia-smi gives for ``--query-<query>`` (e.g. ``gpu=name,memory.total``), each split into
+    its stripped fields; [] where nvidia-smi is missing, fails or times out. Reads the GPU without
+    importing torch or creating a CUDA context."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-{query}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [[p.strip() for p in line.split(",")] for line in out.splitlines() if line.strip()]
+
+
 @functools.lru_cache(maxsize=1)
 def local_gpu() -> Gpu | None:
-    """The first local NVIDIA GPU, read with nvidia-smi (no torch import); asked once per process
-    because every estimate refresh in the UI needs it."""
-    if shutil.which("nvidia-smi") is None:
+    """The first local NVIDIA GPU (via :func:`nvidia_smi`); asked once per process because every estimate
+    refresh in the UI needs it."""
+    rows = nvidia_smi("gpu=name,memory.total")
+    if not rows or len(rows[0]) < 2:
         return None
+    *name, mib = rows[0]  # the memory is the last field; a name may itself hold a comma
     try:
-        out = (
-            subprocess.run(
-                ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=True,
-            )
-            .stdout.strip()
-            .splitlines()
-        )
-    except (OSError, subprocess.SubprocessError):
+        return Gpu(f"local: {', '.join(name)}", float(mib) / 1024)
+    except ValueError:  # "[N/A]" on some virtual GPUs
         return None
-    if not out:
-        return None
-    name, mib = out[0].rsplit(",", 1)
-    return Gpu(f"local: {name.strip()}", float(mib) / 1024)
 
 
 def find_gpu(name: str | None) -> Gpu | None:

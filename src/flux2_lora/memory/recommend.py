@@ -68,11 +68,7 @@ def moves(c: TrainConfig) -> list[Move]:
     if not m.vae_tiling and d.resolution > 1024:
         out.append(_move("VAE tiling (encode and decode in tiles)", 0, memory__vae_tiling=True))
     if c.model.dtype == "float32":
-        # Mixed precision must agree with the dtype (config_io.cross_check): 'auto' follows it.
-        mixed = {"training__mixed_precision": "auto"} if t.mixed_precision != "auto" else {}
-        out.append(
-            _move("bfloat16 weights (the usual training precision)", 1, model__dtype="bfloat16", **mixed)
-        )
+        out.append(_move("bfloat16 weights (the usual training precision)", 1, model__dtype="bfloat16"))
     if not m.cpu_offload:
         out.append(
             _move("text encoder on the CPU (cpu_offload; slow caption encoding)", 1, memory__cpu_offload=True)

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from flux2_lora.data.demo import _COLORS, _SHAPES, DEMO_VERSION, TRIGGER, demo_model_dir
 from flux2_lora.variants import VARIANTS
@@ -33,9 +34,9 @@ def _corpus() -> list[str]:
     return words * 20
 
 
-def build_tokenizer():  # type: ignore[no-untyped-def]
+def build_tokenizer() -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2TokenizerFast
+    from transformers import Qwen2Tokenizer  # the fast (tokenizers) one in transformers 5
 
     vocab_size = VARIANTS["demo"].text_encoder.vocab_size
     tok = Tokenizer(models.BPE(unk_token=None))
@@ -48,18 +49,37 @@ def build_tokenizer():  # type: ignore[no-untyped-def]
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(), trainer)
-    wrapped = Qwen2TokenizerFast(
+    none: Any = None  # a byte-level BPE has no unknown or begin token; transformers types them as str
+    wrapped = Qwen2Tokenizer(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        unk_token=None,
-        bos_token=None,
+        unk_token=none,
+        bos_token=none,
     )
     wrapped.chat_template = _CHAT_TEMPLATE
     return wrapped
 
 
-def build_demo_pipeline(**transformer_overrides: object):  # type: ignore[no-untyped-def]
+def flux2_scheduler() -> Any:
+    """FLUX.2's sampling scheduler as its pipelines ship it (dynamic, resolution-dependent shift)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from flux2_lora.timesteps import NUM_TRAIN_TIMESTEPS
+
+    return FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+        time_shift_type="exponential",
+    )
+
+
+def build_demo_pipeline(**transformer_overrides: object) -> Any:
     """The demo pipeline in memory, every component from the variant table, seeded.
 
     ``transformer_overrides`` change the transformer's config (e.g. a wider, deeper model for memory
@@ -67,7 +87,6 @@ def build_demo_pipeline(**transformer_overrides: object):  # type: ignore[no-unt
     import torch
     from diffusers import (
         AutoencoderKLFlux2,
-        FlowMatchEulerDiscreteScheduler,
         Flux2KleinPipeline,
         Flux2Transformer2DModel,
     )
@@ -88,17 +107,7 @@ def build_demo_pipeline(**transformer_overrides: object):  # type: ignore[no-unt
         sample_size=v.vae.sample_size,
     )
     transformer = Flux2Transformer2DModel(**{**v.transformer.diffusers_config(), **transformer_overrides})
-    # FLUX.2's scheduler settings (dynamic, resolution-dependent shift).
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-        time_shift_type="exponential",
-    )
+    scheduler = flux2_scheduler()
     return Flux2KleinPipeline(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
     )

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-NUM_TRAIN_TIMESTEPS = 1000
+from flux2_lora.timesteps import NUM_TRAIN_TIMESTEPS
 
 
 def sample_density(

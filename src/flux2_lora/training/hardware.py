@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import torch
 
-from flux2_lora.config import PerformanceSection
+from flux2_lora.config import DTYPE_TO_MIXED, PerformanceSection
 from flux2_lora.training.model import ModelLoadError
+
+if TYPE_CHECKING:
+    from diffusers import ModelMixin  # Any to mypy (see pyproject), named for the reader
 
 log = logging.getLogger("flux2_lora")
 
-MIXED_PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "no"}
+# The resolved weight dtype → accelerate's mixed precision (the schema's one table, keyed by torch dtype).
+MIXED_PRECISION = {getattr(torch, name): mixed for name, mixed in DTYPE_TO_MIXED.items()}
 # performance.attention_backend → diffusers' attention dispatcher names (PyTorch SDPA kernels).
 ATTENTION_BACKENDS = {
     "flash": "_native_flash",
@@ -71,7 +76,7 @@ def apply_cpu_threads(perf: PerformanceSection, num_processes: int) -> None:
     log.info("CPU threads: %d per process (%s)", threads, why)
 
 
-def apply_kernels(transformer: torch.nn.Module, perf: PerformanceSection, device: torch.device) -> None:
+def apply_kernels(transformer: ModelMixin, perf: PerformanceSection, device: torch.device) -> None:
     """Attention backend, FP8 base layers and regional compilation, in that order (compile last: it
     traces what the other two installed). Call after the LoRA is added."""
     cuda = device.type == "cuda"
@@ -80,14 +85,14 @@ def apply_kernels(transformer: torch.nn.Module, perf: PerformanceSection, device
             raise ModelLoadError(
                 f"performance.attention_backend: {perf.attention_backend!r} needs a CUDA GPU; use auto"
             )
-        transformer.set_attention_backend(ATTENTION_BACKENDS[perf.attention_backend])  # type: ignore[operator]
+        transformer.set_attention_backend(ATTENTION_BACKENDS[perf.attention_backend])
     if perf.float8:
         enable_float8(transformer, device)
     if perf.compile:
         if not cuda:
             log.warning("performance.compile: skipped on CPU (it pays off on GPUs only)")
         else:
-            transformer.compile_repeated_blocks()  # type: ignore[operator]
+            transformer.compile_repeated_blocks()
             log.info("performance.compile: the transformer blocks compile on the first steps")
 
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from flux2_lora.config import LoraSection, ModelSection
 from flux2_lora.targets import QUANTIZATION_SKIP_PREFIXES, is_quantized_linear, resolve_targets
-from flux2_lora.variants import TransformerArch, get_variant, resolve_model, text_encoder_layers
+from flux2_lora.variants import TransformerArch, get_variant, is_demo, resolve_model, text_encoder_layers
+
+if TYPE_CHECKING:
+    from diffusers import ModelMixin  # Any to mypy (see pyproject), named for the reader
 
 
 class ModelLoadError(RuntimeError):
@@ -24,7 +27,7 @@ class ModelLoadError(RuntimeError):
 def resolve_model_path(model: ModelSection) -> tuple[str, str, TransformerArch]:
     """(loadable path or hub id, variant, transformer arch); builds the demo on first use."""
     raw = model.path.strip()
-    if raw.lower() == "demo":
+    if is_demo(raw):
         from flux2_lora.training.demo_model import ensure_demo_model
 
         path = str(ensure_demo_model())
@@ -83,9 +86,7 @@ def load_pipeline_without_transformer(path: str, variant: str, dtype: torch.dtyp
         raise _load_error(path, "pipeline", e) from e
 
 
-def load_transformer(
-    path: str, dtype: torch.dtype, quantization: str, device: torch.device
-) -> torch.nn.Module:
+def load_transformer(path: str, dtype: torch.dtype, quantization: str, device: torch.device) -> ModelMixin:
     from diffusers import Flux2Transformer2DModel
 
     kwargs: dict[str, Any] = {"dtype": dtype}
@@ -174,13 +175,13 @@ def lora_target_names(lora: LoraSection, arch: TransformerArch) -> list[str]:
     return [s.name for s in resolve_targets(lora.target_modules, arch)]
 
 
-def inject_lora(transformer: torch.nn.Module, lora: LoraSection, arch: TransformerArch) -> int:
+def inject_lora(transformer: ModelMixin, lora: LoraSection, arch: TransformerArch) -> int:
     """Add the PEFT adapter on the exact target layers; adapter weights in fp32. Returns trainable params."""
     from peft import LoraConfig
 
     config = LoraConfig(
         r=lora.rank,
-        lora_alpha=lora.alpha,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # typed int by PEFT; scaling = alpha / r takes a float
         lora_dropout=lora.dropout,
         use_dora=lora.use_dora,
         init_lora_weights="gaussian",

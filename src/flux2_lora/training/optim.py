@@ -68,7 +68,7 @@ def build_optimizer(t: TrainingSection, params: list[torch.nn.Parameter]) -> tor
 def build_scheduler(t: TrainingSection, optimizer: torch.optim.Optimizer) -> Any:
     from diffusers.optimization import get_scheduler
 
-    name = t.lr_scheduler
+    name: str = t.lr_scheduler
     if name == "constant":
         name = "constant_with_warmup"  # plain 'constant' in diffusers ignores warmup
     return get_scheduler(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import resource
 import statistics
 import tempfile
 import time
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 
 from flux2_lora.config import TrainConfig
-from flux2_lora.training.tracking import estimate_summary
+from flux2_lora.training.tracking import estimate_summary, measured_peaks
 from flux2_lora.training.trainer import Trainer
 
 log = logging.getLogger("flux2_lora")
@@ -81,7 +80,6 @@ def run_preflight(config: TrainConfig) -> dict[str, Any]:
     n_samples = ((total - 1) // val.every_n_steps + 1) if val.enabled else 0
     n_ckpts = total // config.output.checkpoint_every if config.output.checkpoint_every else 0
     eta = load_s + total * sec_per_step + n_samples * sample_s + (n_ckpts + 1) * ckpt_s
-    gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     result = {
         "device": str(trainer.device),
         "dtype": str(trainer.dtype),
@@ -91,13 +89,7 @@ def run_preflight(config: TrainConfig) -> dict[str, Any]:
         "sampling_s": sample_s,
         "checkpoint_s": ckpt_s,
         "eta_s": eta,
-        "measured": {
-            "gpu_allocated_peak_gib": gpu,
-            "gpu_reserved_peak_gib": torch.cuda.max_memory_reserved() / 2**30
-            if torch.cuda.is_available()
-            else None,
-            "host_peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        },
+        "measured": measured_peaks(),
         "estimate": estimate_summary(config, trainer.accelerator.num_processes),
         "max_steps": total,
         "time": time.time(),

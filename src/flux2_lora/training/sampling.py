@@ -68,7 +68,7 @@ class Sampler:
         pipe.vae.to(self.device)
         was_training = transformer.training
         transformer.eval()
-        images = []
+        images: list[Any] = []
         t0 = time.perf_counter()
         try:
             for prompt in s.prompts:

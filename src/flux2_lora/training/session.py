@@ -140,7 +140,7 @@ class RunSession:
                     self.status("stopped", "interrupted")
                 else:
                     # The traceback goes to train.log; the console gets one line from the CLI.
-                    log.error("training failed", exc_info=(exc_type, exc, tb))  # type: ignore[arg-type]
+                    log.error("training failed", exc_info=(type(exc), exc, tb))
                     self.status("failed", f"{type(exc).__name__}: {exc}", error=str(exc))
         finally:
             for s, h in self._old_handlers.items():

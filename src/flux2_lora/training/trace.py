@@ -21,9 +21,8 @@ from torch.utils._pytree import tree_map_only
 from flux2_lora.config import TrainConfig
 from flux2_lora.memory.estimate import BNB_MIN_8BIT_SIZE, NF4_BYTES_PER_WEIGHT, resolve_shapes
 from flux2_lora.targets import is_quantized_linear
+from flux2_lora.units import GIB
 from flux2_lora.variants import TextEncoderArch, TransformerArch, VaeArch
-
-GIB = 2**30
 
 
 class StorageTracker(TorchDispatchMode):
@@ -53,7 +52,9 @@ class StorageTracker(TorchDispatchMode):
 
         self.live[key] = weakref.finalize(st, release)
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         out = func(*args, **(kwargs or {}))
         tree_map_only(torch.Tensor, self.track, out)
         return out
@@ -63,8 +64,15 @@ _ORIGINAL_SDPA = torch.nn.functional.scaled_dot_product_attention
 
 
 def _flash_sdpa(
-    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
-):  # type: ignore[no-untyped-def]
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
     """SDPA as a flash kernel saves it (q, k, v, out, logsumexp): what CUDA training uses. On meta
     tensors the stock dispatcher would take the math path and store the full attention matrix."""
     if attn_mask is not None:
@@ -191,13 +199,13 @@ def trace_training_step(
                 continue  # gradients accumulate until the last micro-batch of the step
             if config.training.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.training.max_grad_norm)  # scalars, in place
-            if emulated:
+            if optimizer is None:  # emulated
                 if not kept_state:
                     kept_state[:] = _emulated_state(config, params)
                 temporary = _emulated_step_temporary(config, params)
                 del temporary
             else:
-                optimizer.step()  # type: ignore[union-attr]
+                optimizer.step()
             for p in params:
                 p.grad = None
         weights_now = tracker.current
@@ -272,14 +280,12 @@ def trace_text_encoder(te: TextEncoderArch, dtype: torch.dtype, prompts: int) ->
     from transformers import MistralConfig, MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     kwargs = te.transformers_config()
-    cls, cfg = (
-        (Qwen3ForCausalLM, Qwen3Config(**kwargs))
-        if te.kind == "qwen3"
-        else (MistralForCausalLM, MistralConfig(**kwargs))
-    )
+    cfg = Qwen3Config(**kwargs) if te.kind == "qwen3" else MistralConfig(**kwargs)
     cfg._attn_implementation = "sdpa"
     with torch.device("meta"):
-        model = cls(cfg).to(dtype).eval()
+        # Any: transformers types .to() through a decorator that mypy reads as taking a model.
+        model: Any = Qwen3ForCausalLM(cfg) if isinstance(cfg, Qwen3Config) else MistralForCausalLM(cfg)
+        model = model.to(dtype).eval()
     # Mask construction inspects values (.item()), which meta tensors lack; without a padding mask the
     # attention is causal and the same size (a real run's mask is one small boolean tensor more).
     original = masking.find_packed_sequence_indices

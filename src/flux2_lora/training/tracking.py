@@ -11,10 +11,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from flux2_lora import runs
 from flux2_lora.config import TrainConfig
+from flux2_lora.units import GIB, KIB_PER_GIB
 
 log = logging.getLogger("flux2_lora")
 
@@ -56,8 +57,32 @@ def peak_memory() -> tuple[float | None, float]:
     import psutil
     import torch
 
-    gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    return gpu, psutil.Process().memory_info().rss / 2**30
+    gpu = torch.cuda.max_memory_allocated() / GIB if torch.cuda.is_available() else None
+    return gpu, psutil.Process().memory_info().rss / GIB
+
+
+def measured_peaks(gpu_phases: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+    """The measured peaks a run's status and the pre-flight report, in GiB: GPU memory allocated and
+    reserved (the largest of ``gpu_phases`` when given, else torch's peaks since their last reset; None
+    on CPU) and the process's peak host RSS."""
+    import resource
+
+    import torch
+
+    peaks: dict[str, Any] = {"gpu_allocated_peak_gib": None, "gpu_reserved_peak_gib": None}
+    if torch.cuda.is_available() and gpu_phases:
+        peaks = {
+            "gpu_allocated_peak_gib": max(p["allocated_gib"] for p in gpu_phases.values()),
+            "gpu_reserved_peak_gib": max(p["reserved_gib"] for p in gpu_phases.values()),
+            "gpu_phases": dict(gpu_phases),
+        }
+    elif torch.cuda.is_available():
+        peaks = {
+            "gpu_allocated_peak_gib": torch.cuda.max_memory_allocated() / GIB,
+            "gpu_reserved_peak_gib": torch.cuda.max_memory_reserved() / GIB,
+        }
+    peaks["host_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_GIB
+    return peaks
 
 
 class RunReporter:
@@ -107,7 +132,9 @@ class RunReporter:
             try:
                 import wandb
 
-                mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+                mode: Literal["online", "offline"] = (
+                    "online" if os.environ.get("WANDB_API_KEY") else "offline"
+                )
                 self._wandb = wandb.init(
                     project=self.config.logging.wandb_project,
                     dir=str(self.run_dir),
@@ -166,27 +193,15 @@ class RunReporter:
 
         if torch.cuda.is_available():
             self._gpu_phases[phase] = {
-                "allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
-                "reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+                "allocated_gib": torch.cuda.max_memory_allocated() / GIB,
+                "reserved_gib": torch.cuda.max_memory_reserved() / GIB,
             }
             torch.cuda.reset_peak_memory_stats()
 
     def record_peaks(self, last_phase: str = "training") -> dict[str, Any]:
         """Peak GPU tensor memory (overall and per phase, ``last_phase`` ending now) and peak host RSS."""
-        import resource
-
-        import torch
-
-        peaks: dict[str, Any] = {"gpu_allocated_peak_gib": None, "gpu_reserved_peak_gib": None}
-        if torch.cuda.is_available():
-            self.end_gpu_phase(last_phase)
-            phases = self._gpu_phases
-            peaks = {
-                "gpu_allocated_peak_gib": max(p["allocated_gib"] for p in phases.values()),
-                "gpu_reserved_peak_gib": max(p["reserved_gib"] for p in phases.values()),
-                "gpu_phases": dict(phases),
-            }
-        peaks["host_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB
+        self.end_gpu_phase(last_phase)
+        peaks = measured_peaks(self._gpu_phases)
         self.status.extra["measured"] = peaks
         return peaks
 

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -141,7 +141,8 @@ class Trainer:
             [i.repeats * cfg.dataset.repeats for i in self.items],
             cfg.training.seed,
             cfg.training.batch_size,
-            [i.bucket for i in self.items] if cfg.dataset.bucketing else None,
+            # build_items gives every item its bucket when bucketing
+            cast("list[tuple[int, int]]", [i.bucket for i in self.items]) if cfg.dataset.bucketing else None,
         )
         self.sampler = self._setup_sampler()
         start = 0
@@ -167,23 +168,18 @@ class Trainer:
 
     def _setup_data(self) -> tuple[list[Item], list[Item]]:
         """(training items, eval items): held-out images never train; an eval folder is scanned apart."""
-        from flux2_lora.data.archive import prepare_dataset_source
-        from flux2_lora.data.demo import ensure_demo_dataset, is_demo
-        from flux2_lora.data.scan import require_usable, scan_dataset
+        from flux2_lora.data import open_dataset, require_usable
 
         ds, val = self.config.dataset, self.config.validation
 
         def scan(path: str, field: str) -> tuple[Any, Path]:
-            root = (
-                ensure_demo_dataset()
-                if is_demo(path)
-                else prepare_dataset_source(Path(path).expanduser(), self.run_dir / ".work" / field)
-            )
-            report = scan_dataset(
-                root,
+            root, report = open_dataset(
+                path,
+                self.run_dir / ".work" / field,
                 caption_extension=ds.caption_extension,
                 default_caption=ds.default_caption,
                 resolution=ds.resolution,
+                field=field,
             )
             for p in report.problems:
                 log.warning("%s: %s: %s", field, p.file, p.message)
@@ -191,7 +187,7 @@ class Trainer:
             log.info("%s: %d images from %s", field, len(report.items), root)
             return report, root
 
-        report, root = scan(ds.path, "dataset")
+        report, root = scan(ds.path, "dataset.path")
         items, held_out = split_held_out(build_items(report, root, self.config), root, self.config)
         if val.eval_folder.strip():
             eval_report, eval_root = scan(val.eval_folder, "validation.eval_folder")
@@ -456,12 +452,10 @@ class Trainer:
         if acc.is_main_process:
             assert self.prompts is not None and self.arch is not None
             self._status("evaluating", f"eval loss at step {step}")
-            eval_set, prompts = self.eval_set, self.prompts
+            eval_set, prompts, guided = self.eval_set, self.prompts, self.arch.guidance_embeds
             model = acc.unwrap_model(self.model)
             value, seconds = timed(
-                lambda: eval_set.loss(
-                    model, prompts, self.device, self.dtype, self.arch.guidance_embeds, acc.autocast
-                )
+                lambda: eval_set.loss(model, prompts, self.device, self.dtype, guided, acc.autocast)
             )
             log.info("eval loss at step %d: %.5f (%.1fs)", step, value, seconds)
             if self.reporter is not None:

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from flux2_lora.config import DTYPE_TO_MIXED, TrainConfig
+from flux2_lora.config import TrainConfig
 from flux2_lora.config.io import deep_merge, read_yaml, to_dict, to_yaml, validate_dict
 from flux2_lora.config.presets import list_presets, load_preset
 from flux2_lora.config.warnings import common_mistakes
@@ -42,9 +42,11 @@ def initial_dict() -> dict[str, Any]:
 
 
 def sync_precision(config: dict[str, Any]) -> dict[str, Any]:
-    """Mixed precision follows model.dtype (the schema makes a mismatch an error)."""
-    dtype = (config.get("model") or {}).get("dtype", "auto")
-    config.setdefault("training", {})["mixed_precision"] = DTYPE_TO_MIXED.get(dtype, "auto")
+    """``config`` without the training.mixed_precision of an earlier version (a saved template, an API
+    client): mixed precision follows model.dtype, which the form shows beside it."""
+    training = config.get("training")
+    if isinstance(training, dict):
+        training.pop("mixed_precision", None)
     return config
 
 

@@ -13,17 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from flux2_lora.config import DatasetSection
 from flux2_lora.config.warnings import upscaled_from_report
+from flux2_lora.units import GIB
+from flux2_lora.variants import is_demo
 from flux2_lora.webui.paths import AppPaths, PathRefused
-
-DATASET_DEFAULTS: dict[str, Any] = {
-    "caption_extension": ".txt",
-    "default_caption": "",
-    "resolution": 1024,
-    "bucketing": False,
-    "bucket_step": 64,
-    "trigger_word": "",
-}
 
 
 def upload_dataset(paths: AppPaths, file: str | None) -> dict[str, Any]:
@@ -41,8 +35,8 @@ def upload_dataset(paths: AppPaths, file: str | None) -> dict[str, Any]:
     if size > paths.max_upload_bytes:
         return {
             "ok": False,
-            "message": f"the upload is {size / 2**30:.2f} GiB, over the limit of "
-            f"{paths.max_upload_bytes / 2**30:.2f} GiB (start the UI with --max-upload-size to change it)",
+            "message": f"the upload is {size / GIB:.2f} GiB, over the limit of "
+            f"{paths.max_upload_bytes / GIB:.2f} GiB (start the UI with --max-upload-size to change it)",
         }
     if src.suffix.lower() != ".zip":
         return {"ok": False, "message": "upload a .zip of images and captions"}
@@ -70,39 +64,46 @@ def _zip_folder(paths: AppPaths, zip_path: Path) -> Path:
     return paths.uploads / f".zip-{key}"
 
 
-def dataset_root(paths: AppPaths, path: str) -> Path:
-    """The folder to scan for dataset.path ('demo', an allowed folder, or an allowed ZIP); raises
-    PathRefused or DatasetError with a message naming the field."""
-    from flux2_lora.data.archive import prepare_dataset_source
-    from flux2_lora.data.demo import ensure_demo_dataset, is_demo
+def dataset_source(paths: AppPaths, path: str) -> tuple[str, Path]:
+    """dataset.path as this UI may open it ('demo', an allowed folder, or an allowed ZIP) and the folder a
+    ZIP unpacks into; raises PathRefused or DatasetError with a message naming the field."""
     from flux2_lora.data.scan import DatasetError
 
     if not path.strip():
         raise DatasetError("dataset.path: is empty")
     if is_demo(path):
-        return ensure_demo_dataset()
+        return path, paths.uploads
     real = paths.readable("dataset.path", path)
     if not real.exists():
         raise DatasetError(f"dataset.path: {path} does not exist")
-    if real.is_file() and real.suffix.lower() == ".zip":
-        return prepare_dataset_source(real, _zip_folder(paths, real))
-    return prepare_dataset_source(real, paths.uploads)  # a folder is returned as it is
+    # A folder is used where it is; a ZIP gets a folder of its own per (file, size, modification time).
+    return str(real), _zip_folder(paths, real) if real.is_file() else paths.uploads
+
+
+def dataset_root(paths: AppPaths, path: str) -> Path:
+    """The folder to read for dataset.path (a ZIP unpacked); raises PathRefused or DatasetError."""
+    from flux2_lora.data.archive import prepare_dataset_source
+    from flux2_lora.data.demo import ensure_demo_dataset
+
+    source, work = dataset_source(paths, path)
+    return ensure_demo_dataset() if is_demo(source) else prepare_dataset_source(Path(source), work)
 
 
 def check_dataset(paths: AppPaths, config: dict[str, Any]) -> dict[str, Any]:
     """Scan the form's dataset: counts, problems, trigger findings, bucket table (when bucketing), and
     what the common-mistake warnings need (num_images, upscaled)."""
+    from flux2_lora.data import DatasetError, open_dataset
     from flux2_lora.data.buckets import bucket_table, format_table
     from flux2_lora.data.captions import trigger_findings
-    from flux2_lora.data.scan import DatasetError, scan_dataset
 
-    ds = {**DATASET_DEFAULTS, **((config or {}).get("dataset") or {})}
+    ds = {**DatasetSection().model_dump(exclude={"path"}), **((config or {}).get("dataset") or {})}
     path = str(ds.get("path") or "")
     try:
-        root = dataset_root(paths, path)
+        source, work = dataset_source(paths, path)
         resolution = int(ds["resolution"])
-        report = scan_dataset(
-            root,
+        root, report = open_dataset(
+            source,
+            work,
             caption_extension=str(ds["caption_extension"]),
             default_caption=str(ds["default_caption"]),
             resolution=resolution,

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from flux2_lora import runs
-from flux2_lora.config import TrainConfig
-from flux2_lora.config.io import read_yaml, to_yaml, validate_dict
+from flux2_lora.config import GenerationSettings, TrainConfig
+from flux2_lora.config.io import read_yaml, to_yaml, validate_dict, validate_section
+from flux2_lora.variants import is_demo
 from flux2_lora.webui import monitor
 from flux2_lora.webui.configs import check_model, issues_json, sync_precision
 from flux2_lora.webui.paths import AppPaths, PathRefused, resolve_inside
@@ -45,7 +46,7 @@ def launch_config(
         return None, None, [{"field": "model.path", "message": model["message"]}]
     parsed.model.path = model["source"]
     ds = parsed.dataset.path
-    if ds.strip().lower() != "demo":
+    if not is_demo(ds):
         try:
             real = paths.readable("dataset.path", ds)
         except PathRefused as e:
@@ -220,19 +221,21 @@ def _lora(paths: AppPaths, lora: str) -> Path | None:
 
 
 def run_defaults(paths: AppPaths, lora: str) -> dict[str, Any]:
-    """The sampling settings a run used (for Test LoRA): prompt, steps, guidance, resolution, model."""
+    """The sampling settings a run used (for Test LoRA): GenerationSettings' prompt, steps, guidance and
+    resolution, the run's model, and whether the run's config could be read (ok)."""
     f = _lora(paths, lora)
     data, _ = read_yaml(f.parent / runs.CONFIG_FILE) if f else (None, [])
     parsed, _ = validate_dict(data if isinstance(data, dict) else {})
     c = parsed or TrainConfig()
-    return {
-        "ok": f is not None and parsed is not None,
-        "prompt": (c.validation.prompts or [c.dataset.default_caption or ""])[0],
-        "steps": c.validation.num_inference_steps,
-        "guidance": c.validation.guidance_scale,
-        "resolution": c.dataset.resolution,
-        "model": c.model.path,
-    }
+    own = GenerationSettings.for_run(c).model_dump(include={"prompt", "steps", "guidance", "resolution"})
+    return {"ok": f is not None and parsed is not None, **own, "model": c.model.path}
+
+
+def _or_own(value: Any, own: Any, lowest: float) -> Any:
+    """``value``, or the run's own where it is missing or below ``lowest`` (how the API asks for it)."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value < lowest):
+        return own
+    return value
 
 
 def generate(
@@ -247,7 +250,8 @@ def generate(
     timeout_s: float = 600,
 ) -> dict[str, Any]:
     """One image with a run's LoRA, in a subprocess: {ok, image | message}. steps 0, resolution 0 and a
-    negative guidance take the run's own sampling settings."""
+    negative guidance (or none given) take the run's own sampling settings; the rest are checked as
+    GenerationSettings."""
     f = _lora(paths, lora)
     if f is None:
         return {"ok": False, "message": "choose a LoRA of a run in the runs folder"}
@@ -258,21 +262,24 @@ def generate(
         model = paths.model_source(str(d["model"]))
     except PathRefused as e:
         return {"ok": False, "message": f"the run's model: {e.message}"}
-    steps = int(steps) if steps and int(steps) > 0 else int(d["steps"])
-    res = int(resolution) if resolution and int(resolution) > 0 else int(d["resolution"])
-    guidance = float(guidance) if guidance is not None and float(guidance) >= 0 else float(d["guidance"])
+    given = {
+        "prompt": prompt,
+        "scale": scale,
+        "steps": _or_own(steps, d["steps"], lowest=1),
+        "guidance": _or_own(guidance, d["guidance"], lowest=0),
+        "resolution": _or_own(resolution, d["resolution"], lowest=1),
+        "seed": seed or 0,
+    }
+    settings, issues = validate_section(GenerationSettings, given)
+    if settings is None:
+        return {"ok": False, "message": "; ".join(str(i) for i in issues)}
     png = paths.generated / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.png"
     # Values ride in --opt=VALUE form: a prompt starting with '-' is text, never another option.
     argv = _cli(
         "generate",
         f"--model={model}",
         f"--lora={f}",
-        f"--scale={float(scale)}",
-        f"--prompt={prompt}",
-        f"--steps={steps}",
-        f"--seed={int(seed or 0)}",
-        f"--resolution={res}",
-        f"--guidance={guidance}",
+        *(f"--{name}={value}" for name, value in settings.model_dump().items()),
         f"--out={png}",
     )
     try:
@@ -287,4 +294,10 @@ def generate(
             "ok": False,
             "message": (err[-1] if err else f"generation failed (exit {proc.returncode})")[-2000:],
         }
-    return {"ok": True, "image": str(png), "steps": steps, "resolution": res, "guidance": guidance}
+    return {
+        "ok": True,
+        "image": str(png),
+        "steps": settings.steps,
+        "resolution": settings.resolution,
+        "guidance": settings.guidance,
+    }

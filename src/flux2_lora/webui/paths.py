@@ -17,7 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-GIB = 1 << 30
+from flux2_lora.units import GIB
+from flux2_lora.variants import is_demo
+
 DEFAULT_MAX_UPLOAD_BYTES = 2 * GIB
 # Folders of the runs folder that are not runs: uploads (client data), saved templates, Test LoRA images.
 RESERVED = ("uploads", "templates", "generated")
@@ -114,7 +116,7 @@ class AppPaths:
     def model_source(self, value: str) -> str:
         """model.path as the trainer should get it: 'demo', a hub id, or a resolved allowed folder."""
         text = (value or "").strip()
-        if text.lower() == "demo":
+        if is_demo(text):
             return "demo"
         local = Path(text).expanduser()
         if _HUB_ID.match(text) and not local.exists():

@@ -12,8 +12,9 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from annotated_types import Ge, Gt, Le, Lt, MaxLen
+from pydantic import BaseModel
 
-from flux2_lora.config import SECTIONS
+from flux2_lora.config import SECTIONS, GenerationSettings
 
 Kind = Literal["bool", "int", "float", "str", "choice", "lines"]
 
@@ -36,6 +37,7 @@ class FieldSpec:
     ui_max: float | None = None
     step: float | None = None
     log: bool = False
+    lines: int = 1  # text boxes: rows shown
     advanced: bool = False
     disabled: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -94,7 +96,6 @@ LABELS = {
     "training.momentum": "SGD momentum",
     "training.lr_scheduler": "LR schedule",
     "training.max_grad_norm": "Gradient clipping (max norm)",
-    "training.mixed_precision": "Mixed precision (follows weight precision)",
     "training.logit_mean": "Logit-normal mean",
     "training.logit_std": "Logit-normal std",
     "training.guidance_scale": "Guidance while training ([dev])",
@@ -113,9 +114,12 @@ LABELS = {
     "logging.wandb": "Weights & Biases",
     "logging.wandb_project": "W&B project",
     "logging.log_every": "Log every N steps",
+    # GenerationSettings, the Test LoRA tab's fields
+    "generate.scale": "LoRA scale",
+    "generate.steps": "Denoising steps",
+    "generate.guidance": "Guidance",
+    "generate.resolution": "Resolution (px)",
 }
-# Shown, not edited: derived from another field.
-READ_ONLY = ("training.mixed_precision",)
 _WORDS = {
     "lora": "LoRA",
     "dora": "DoRA",
@@ -137,6 +141,13 @@ def _label(section: str, key: str) -> str:
     return " ".join([words[0][:1].upper() + words[0][1:], *words[1:]])
 
 
+def _number(bound: object) -> float:
+    """A schema bound (annotated_types types it as merely comparable; the schema's are numbers)."""
+    if not isinstance(bound, (int, float)):
+        raise TypeError(f"a non-numeric bound in the schema: {bound!r}")
+    return float(bound)
+
+
 def _spec(section: str, key: str, info: Any) -> FieldSpec:
     ann = info.annotation
     ui: dict[str, Any] = dict((info.json_schema_extra or {}).get("ui", {}))
@@ -144,13 +155,13 @@ def _spec(section: str, key: str, info: Any) -> FieldSpec:
     ex_lo = ex_hi = False
     for m in info.metadata:
         if isinstance(m, Ge):
-            lo = float(m.ge)  # type: ignore[arg-type]
+            lo = _number(m.ge)
         elif isinstance(m, Gt):
-            lo, ex_lo = float(m.gt), True  # type: ignore[arg-type]
+            lo, ex_lo = _number(m.gt), True
         elif isinstance(m, Le):
-            hi = float(m.le)  # type: ignore[arg-type]
+            hi = _number(m.le)
         elif isinstance(m, Lt):
-            hi, ex_hi = float(m.lt), True  # type: ignore[arg-type]
+            hi, ex_hi = _number(m.lt), True
         elif isinstance(m, MaxLen):
             pass
     choices: tuple[Any, ...] = ()
@@ -190,20 +201,28 @@ def _spec(section: str, key: str, info: Any) -> FieldSpec:
         ui_max=ui.get("max"),
         step=ui.get("step"),
         log=bool(ui.get("log")),
+        lines=int(ui.get("lines", 1)),
         advanced=bool(ui.get("advanced")),
-        disabled=bool(ui.get("disabled")) or f"{section}.{key}" in READ_ONLY,
+        disabled=bool(ui.get("disabled")),
         extra={"int_choices": ann is int} if kind == "choice" else {},
     )
+
+
+def model_fields(model: type[BaseModel], section: str) -> tuple[FieldSpec, ...]:
+    """The fields of one section (or of a model built like one, e.g. GenerationSettings), in order."""
+    return tuple(_spec(section, key, info) for key, info in model.model_fields.items())
 
 
 @lru_cache(maxsize=1)
 def form_fields() -> tuple[FieldSpec, ...]:
     """All config fields, section by section, in schema order."""
-    return tuple(
-        _spec(section, key, info)
-        for section, model in SECTIONS.items()
-        for key, info in model.model_fields.items()
-    )
+    return tuple(spec for section, model in SECTIONS.items() for spec in model_fields(model, section))
+
+
+@lru_cache(maxsize=1)
+def generation_fields() -> dict[str, FieldSpec]:
+    """The Test LoRA tab's fields (GenerationSettings) by name."""
+    return {s.key: s for s in model_fields(GenerationSettings, "generate")}
 
 
 def section_docs() -> dict[str, str]:

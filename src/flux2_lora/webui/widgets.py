@@ -19,12 +19,12 @@ def info_text(spec: FieldSpec) -> str:
     return spec.help + (f" ({bounds})" if bounds and spec.kind in ("int", "float") else "")
 
 
-def make_widget(spec: FieldSpec, value: Any) -> Any:
+def make_widget(spec: FieldSpec, value: Any, elem_id: str | None = None) -> Any:
     """The widget for one field: Literal → dropdown, bool → checkbox, number → number box, list → lines."""
     common: dict[str, Any] = {
         "label": spec.label,
         "info": info_text(spec),
-        "elem_id": f"field-{spec.section}-{spec.key}",
+        "elem_id": elem_id or f"field-{spec.section}-{spec.key}",
         "interactive": not spec.disabled,
     }
     if spec.kind == "bool":
@@ -41,7 +41,9 @@ def make_widget(spec: FieldSpec, value: Any) -> Any:
         # The arrows step by the schema's hint (1e-6 for the learning rate, never +1 on 1e-4).
         step = spec.step or (spec.ui_min if spec.log and spec.ui_min else (1 if spec.kind == "int" else 0.01))
         return gr.Number(value=value, precision=0 if spec.kind == "int" else None, step=step, **common)
-    return gr.Textbox(value=value, lines=1, max_lines=1, **common)
+    return gr.Textbox(
+        value=value, lines=spec.lines, max_lines=1 if spec.lines == 1 else 4 * spec.lines, **common
+    )
 
 
 class Form:

@@ -74,32 +74,24 @@ def create_runs_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
     return c
 
 
+# (metrics.jsonl key, estimate key, series shown, its estimate's series)
+MEMORY_SERIES = (
+    ("gpu_mem_gib", "allocated_peak_gib", "GPU allocated (measured)", "GPU allocated (estimate)"),
+    ("rss_gib", "host_peak_gib", "host RSS (measured)", "host peak (estimate)"),
+)
+
+
 def memory_frame(metrics: list[dict[str, Any]], estimate: dict[str, Any]) -> pd.DataFrame:
     """Measured memory next to the estimate of the same quantity: GPU peak allocated (when the run was on
     a GPU) and host RSS against the host RAM estimate."""
     rows = []
-    on_gpu = any(m.get("gpu_mem_gib") is not None for m in metrics)
     for m in metrics:
-        if on_gpu and m.get("gpu_mem_gib") is not None:
-            rows.append({"step": m["step"], "GiB": m["gpu_mem_gib"], "series": "GPU allocated (measured)"})
-            if estimate.get("allocated_peak_gib") is not None:
-                rows.append(
-                    {
-                        "step": m["step"],
-                        "GiB": estimate["allocated_peak_gib"],
-                        "series": "GPU allocated (estimate)",
-                    }
-                )
-        if m.get("rss_gib") is not None:
-            rows.append({"step": m["step"], "GiB": m["rss_gib"], "series": "host RSS (measured)"})
-            if estimate.get("host_peak_gib") is not None:
-                rows.append(
-                    {
-                        "step": m["step"],
-                        "GiB": estimate["host_peak_gib"],
-                        "series": "host peak (estimate)",
-                    }
-                )
+        for measured, estimated, label, estimate_label in MEMORY_SERIES:
+            if m.get(measured) is None:  # a CPU run has no GPU figure
+                continue
+            rows.append({"step": m["step"], "GiB": m[measured], "series": label})
+            if estimate.get(estimated) is not None:
+                rows.append({"step": m["step"], "GiB": estimate[estimated], "series": estimate_label})
     frame = pd.DataFrame(rows, columns=["step", "GiB", "series"])
     return frame.astype({"step": float, "GiB": float})
 

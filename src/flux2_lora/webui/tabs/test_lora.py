@@ -6,22 +6,25 @@ from typing import Any
 
 import gradio as gr
 
+from flux2_lora.config import GenerationSettings
 from flux2_lora.webui import render
+from flux2_lora.webui.schema import generation_fields
 from flux2_lora.webui.tabs import PRIVATE, Shared, skip
+from flux2_lora.webui.widgets import make_widget
+
+SETTINGS = tuple(GenerationSettings.model_fields)  # prompt first
 
 
 def create_test_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
+    # The fields are GenerationSettings' (as `flux2-lora generate` and the /generate API take them).
+    specs = generation_fields()
+    defaults = GenerationSettings()
     c: dict[str, Any] = {}
     c["lora"] = gr.Dropdown([], value=None, label="LoRA (finished runs)", elem_id="test-lora")
-    c["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="test-prompt")
+    c["prompt"] = make_widget(specs["prompt"], defaults.prompt, elem_id="test-prompt")
     with gr.Row():
-        c["scale"] = gr.Number(1.0, label="LoRA scale", step=0.1, elem_id="test-scale")
-        c["steps"] = gr.Number(28, precision=0, label="Denoising steps", elem_id="test-steps")
-        c["guidance"] = gr.Number(4.0, label="Guidance", step=0.5, elem_id="test-guidance")
-        c["resolution"] = gr.Number(
-            1024, precision=0, label="Resolution (px)", step=16, elem_id="test-resolution"
-        )
-        c["seed"] = gr.Number(0, precision=0, label="Seed", elem_id="test-seed")
+        for name in SETTINGS[1:]:
+            c[name] = make_widget(specs[name], getattr(defaults, name), elem_id=f"test-{name}")
     c["hint"] = gr.Markdown(
         "Steps, guidance and size start at the run's own validation settings.", elem_id="test-hint"
     )
@@ -73,15 +76,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
     c["lora"].change(on_pick, c["lora"], pick_outputs, **PRIVATE)
 
     def on_generate(data: dict[Any, Any]) -> dict[Any, Any]:
-        r = acts.generate(
-            data[c["lora"]] or "",
-            data[c["prompt"]] or "",
-            float(data[c["scale"]] or 0),
-            int(data[c["steps"]] or 0),
-            int(data[c["seed"]] or 0),
-            int(data[c["resolution"]] or 0),
-            float(data[c["guidance"]] if data[c["guidance"]] is not None else -1),
-        )
+        r = acts.generate(data[c["lora"]] or "", **{name: data[c[name]] for name in SETTINGS})
         if not r["ok"]:
             return {c["image"]: None, c["msg"]: f"✘ {render.esc(r['message'])}"}
         return {
@@ -93,7 +88,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
 
     c["go"].click(
         on_generate,
-        {c["lora"], c["prompt"], c["scale"], c["steps"], c["seed"], c["resolution"], c["guidance"]},
+        {c["lora"], *(c[name] for name in SETTINGS)},
         [c["image"], c["msg"]],
         **PRIVATE,
     )

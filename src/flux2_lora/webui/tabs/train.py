@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from flux2_lora.config import DTYPE_TO_MIXED
+from flux2_lora.config import mixed_precision
 from flux2_lora.webui import configs, render
 from flux2_lora.webui.schema import SECTION_TITLES, form_fields, section_docs
 from flux2_lora.webui.tabs import PRIVATE, Shared, skip
@@ -92,6 +92,14 @@ def create_train_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
                     for s in specs:
                         if not s.advanced:
                             form.add(s, values[s.path])
+                        if s.path == "model.dtype":  # shown, not set: it follows the dtype
+                            c["mixed_precision"] = gr.Textbox(
+                                mixed_precision(values[s.path]),
+                                label="Mixed precision (follows weight precision)",
+                                interactive=False,
+                                max_lines=1,
+                                elem_id="mixed-precision",
+                            )
                     if section == "model":
                         c["model_info"] = gr.Markdown(elem_id="model-check")
                     if section == "dataset":
@@ -250,10 +258,9 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
 
     # ---- derived fields, in the page: mixed precision follows the dtype; alpha follows the rank until
     # the user edits alpha (presets and templates relink it when they set alpha = rank).
-    to_mixed = json.dumps(DTYPE_TO_MIXED)
+    to_mixed = json.dumps({d: mixed_precision(d) for d in form.specs["model.dtype"].choices})
     form["model.dtype"].change(
-        None, form["model.dtype"], form["training.mixed_precision"],
-        js=f"(d) => ({to_mixed})[d] || 'auto'", **PRIVATE,
+        None, form["model.dtype"], c["mixed_precision"], js=f"(d) => ({to_mixed})[d] || ''", **PRIVATE,
     )  # fmt: skip
     form["lora.rank"].change(
         None, [form["lora.rank"], alpha_linked, form["lora.alpha"]], form["lora.alpha"],

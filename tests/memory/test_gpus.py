@@ -1,0 +1,59 @@
+"""The local GPU as nvidia-smi reports it: one reader for the UI, the CLI and the VRAM benchmark."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flux2_lora.memory import gpus
+
+
+def fake_smi(folder: Path, output: str, status: int = 0) -> None:
+    """An nvidia-smi on PATH that prints ``output`` and exits with ``status``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{output}\nEOF\nexit {status}\n")
+    script.chmod(0o755)
+
+
+@pytest.fixture
+def smi_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    gpus.local_gpu.cache_clear()
+    yield tmp_path / "bin"
+    gpus.local_gpu.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("output", "status", "expected"),
+    [
+        ("NVIDIA H200, 143771\nNVIDIA H200, 143771", 0, gpus.Gpu("local: NVIDIA H200", 143771 / 1024)),
+        ("Acme, Inc. GPU, 8192", 0, gpus.Gpu("local: Acme, Inc. GPU", 8.0)),  # a comma in the name
+        ("NVIDIA vGPU, [N/A]", 0, None),
+        ("", 0, None),
+        ("NVIDIA H200, 143771", 9, None),  # nvidia-smi failing (no driver loaded)
+    ],
+)
+def test_local_gpu_from_nvidia_smi(
+    smi_path: Path, output: str, status: int, expected: gpus.Gpu | None
+) -> None:
+    fake_smi(smi_path, output, status)
+    assert gpus.local_gpu() == expected
+
+
+def test_nvidia_smi_rows_are_split_fields(smi_path: Path) -> None:
+    fake_smi(smi_path, "1234, 500\n\n5678, 700")
+    assert gpus.nvidia_smi("compute-apps=pid,used_memory") == [["1234", "500"], ["5678", "700"]]
+
+
+def test_no_nvidia_smi_means_no_local_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gpus.shutil, "which", lambda name: None)
+    gpus.local_gpu.cache_clear()
+    try:
+        assert gpus.nvidia_smi("gpu=name") == []
+        assert gpus.local_gpu() is None
+    finally:
+        gpus.local_gpu.cache_clear()
