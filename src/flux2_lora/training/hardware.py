@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from flux2_lora.config import DTYPE_TO_MIXED, PerformanceSection
+from flux2_lora.config import DTYPE_TO_MIXED, PerformanceSection, TrainConfig
 from flux2_lora.training.model import ModelLoadError
 
 if TYPE_CHECKING:
@@ -119,3 +119,27 @@ def enable_float8(transformer: torch.nn.Module, device: torch.device) -> None:
     convert_to_float8_training(
         transformer, module_filter_fn=_float8_ok, config=Float8LinearConfig(pad_inner_dim=True)
     )
+
+
+def make_accelerator(config: TrainConfig) -> Any:
+    """The accelerate state for this process: its device, mixed precision from model.dtype, the seed."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import set_seed
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = resolve_device(config.model.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda" and not distributed:
+        torch.cuda.set_device(device)
+    dtype = resolve_dtype(config.model.dtype, device)
+    if not distributed:  # a second trainer in one process (tests, the pre-flight) may change precision
+        AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(
+        mixed_precision=MIXED_PRECISION[dtype],
+        gradient_accumulation_steps=config.training.gradient_accumulation_steps,
+        cpu=device.type == "cpu",
+    )
+    if accelerator.device.type == "cpu":
+        apply_cpu_threads(config.performance, accelerator.num_processes)
+    set_seed(config.training.seed)
+    return accelerator

@@ -9,7 +9,6 @@ are public: the pre-flight and the benchmarks drive the trainer through them.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -26,21 +25,19 @@ from flux2_lora.training.batches import (
     LatentSource,
     PromptSource,
     SampleSchedule,
-    build_items,
     derive_seed,
     pack,
     text_ids_for,
     to_device_stacked,
 )
-from flux2_lora.training.evaluation import EvalSet, split_held_out, timed
+from flux2_lora.training.evaluation import EvalSet, timed
 from flux2_lora.training.flow import flow_matching_loss, sample_density, sigmas_from_density
 from flux2_lora.training.hardware import (
-    MIXED_PRECISION,
-    apply_cpu_threads,
     apply_kernels,
-    resolve_device,
+    make_accelerator,
     resolve_dtype,
 )
+from flux2_lora.training.inputs import load_items, training_captions
 from flux2_lora.training.model import (
     free_memory,
     inject_lora,
@@ -58,30 +55,6 @@ from flux2_lora.variants import TransformerArch, get_variant
 
 log = logging.getLogger("flux2_lora")
 __all__ = ["LOCK_HELD_ENV", "Trainer", "make_accelerator", "run_training"]
-
-
-def make_accelerator(config: TrainConfig) -> Any:
-    """The accelerate state for this process: its device, mixed precision from model.dtype, the seed."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import set_seed
-
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    device = resolve_device(config.model.device, int(os.environ.get("LOCAL_RANK", "0")))
-    if device.type == "cuda" and not distributed:
-        torch.cuda.set_device(device)
-    dtype = resolve_dtype(config.model.dtype, device)
-    if not distributed:  # a second trainer in one process (tests, the pre-flight) may change precision
-        AcceleratorState._reset_state(reset_partial_state=True)
-    accelerator = Accelerator(
-        mixed_precision=MIXED_PRECISION[dtype],
-        gradient_accumulation_steps=config.training.gradient_accumulation_steps,
-        cpu=device.type == "cpu",
-    )
-    if accelerator.device.type == "cpu":
-        apply_cpu_threads(config.performance, accelerator.num_processes)
-    set_seed(config.training.seed)
-    return accelerator
 
 
 class Trainer:
@@ -130,7 +103,7 @@ class Trainer:
         acc = self.accelerator
         log.info("training on %s (%s) with %d processes", self.device, self.dtype, acc.num_processes)
         self.model_path, self.variant, self.arch = resolve_model_path(cfg.model)
-        self.items, eval_items = self._setup_data()
+        self.items, eval_items = load_items(self.config, self.run_dir)
         # Captions and images are encoded before the transformer is loaded: the text encoder (24B for
         # [dev]) and the transformer never share the GPU.
         self.pipe, self.prompts, self.latents, self.eval_set = self._setup_inputs(eval_items)
@@ -166,36 +139,6 @@ class Trainer:
             self.reporter.open_trackers()
         return start
 
-    def _setup_data(self) -> tuple[list[Item], list[Item]]:
-        """(training items, eval items): held-out images never train; an eval folder is scanned apart."""
-        from flux2_lora.data import open_dataset, require_usable
-
-        ds, val = self.config.dataset, self.config.validation
-
-        def scan(path: str, field: str) -> tuple[Any, Path]:
-            root, report = open_dataset(
-                path,
-                self.run_dir / ".work" / field,
-                caption_extension=ds.caption_extension,
-                default_caption=ds.default_caption,
-                resolution=ds.resolution,
-                field=field,
-            )
-            for p in report.problems:
-                log.warning("%s: %s: %s", field, p.file, p.message)
-            require_usable(report)
-            log.info("%s: %d images from %s", field, len(report.items), root)
-            return report, root
-
-        report, root = scan(ds.path, "dataset.path")
-        items, held_out = split_held_out(build_items(report, root, self.config), root, self.config)
-        if val.eval_folder.strip():
-            eval_report, eval_root = scan(val.eval_folder, "validation.eval_folder")
-            held_out = build_items(eval_report, eval_root, self.config)
-        if held_out:
-            log.info("eval loss: %d image(s) at %d noise levels", len(held_out), len(val.eval_sigmas))
-        return items, held_out
-
     def validation_prompts(self) -> list[str]:
         return self.config.validation.prompts or [self.items[0].caption or ""]
 
@@ -205,13 +148,6 @@ class Trainer:
             get_variant(self.variant).pipeline_class == "Flux2KleinPipeline"
             and self.config.validation.guidance_scale > 1
         )
-
-    def _training_captions(self) -> list[str]:
-        """Every caption text a step may use (what the cache must hold)."""
-        out = [v for i in self.items for v in (i.variants or [i.caption])]
-        if self.config.dataset.caption_dropout > 0:
-            out.append("")
-        return out
 
     def _setup_inputs(self, eval_items: list[Item]) -> tuple[Any, PromptSource, LatentSource, EvalSet | None]:
         """The pipeline's encoders, the prompt / latent sources (filled now when cached) and the eval
@@ -240,7 +176,7 @@ class Trainer:
         if val.enabled and self.uses_cfg():
             extra = [*extra, ""]
         if mem.cache_text_embeddings:
-            prompts.fill_cache(self._training_captions() + extra)
+            prompts.fill_cache(training_captions(self.items, self.config) + extra)
             pipe.text_encoder = None  # the largest component is not needed again
         else:
             prompts.fill_cache(extra)

@@ -204,7 +204,13 @@ def _spec(section: str, key: str, info: Any) -> FieldSpec:
         lines=int(ui.get("lines", 1)),
         advanced=bool(ui.get("advanced")),
         disabled=bool(ui.get("disabled")),
-        extra={"int_choices": ann is int} if kind == "choice" else {},
+        extra=(
+            {"int_choices": ann is int}
+            if kind == "choice"
+            else {"float_items": typing.get_args(ann) == (float,)}
+            if kind == "lines"
+            else {}
+        ),
     )
 
 
@@ -241,7 +247,10 @@ def to_widget(spec: FieldSpec, value: Any) -> Any:
 def from_widget(spec: FieldSpec, value: Any) -> Any:
     """A widget value as the config wants it; unparseable input is passed on for validation to name."""
     if spec.kind == "lines":
-        return [ln.strip() for ln in str(value or "").splitlines() if ln.strip()]
+        items = [ln.strip() for ln in str(value or "").splitlines() if ln.strip()]
+        if spec.extra.get("float_items"):  # numbers, one per line; a non-number is left for validation
+            return [_float_or_text(x) for x in items]
+        return items
     if spec.kind == "int" or (spec.kind == "choice" and spec.extra.get("int_choices")):
         if isinstance(value, float) and value.is_integer():
             return int(value)
@@ -275,3 +284,10 @@ def values_from_config(data: dict[str, Any]) -> dict[str, Any]:
         section = data.get(spec.section) or {}
         out[spec.path] = to_widget(spec, section.get(spec.key, spec.default))
     return out
+
+
+def _float_or_text(text: str) -> Any:
+    try:
+        return float(text)
+    except ValueError:
+        return text
