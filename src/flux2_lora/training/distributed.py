@@ -49,7 +49,11 @@ def fsdp_units(transformer: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def shard_transformer(
-    transformer: torch.nn.Module, config: TrainConfig, device: torch.device, dtype: torch.dtype
+    transformer: torch.nn.Module,
+    config: TrainConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    mesh: Any = None,
 ) -> None:
     """FSDP2 over all processes: one unit per block, then the root. The transformer may sit on the CPU:
     each unit is moved to ``device`` and sharded in turn, so a GPU never holds more than one whole block.
@@ -61,7 +65,7 @@ def shard_transformer(
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     d = config.distributed
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    mesh = mesh or init_device_mesh(device.type, (dist.get_world_size(),))
     mp = MixedPrecisionPolicy(
         param_dtype=None if dtype == torch.float32 else dtype, reduce_dtype=torch.float32
     )
