@@ -17,6 +17,7 @@ SUBCOMMANDS = (
     "runs_cmd",
     "compare",
     "ui",
+    "cloud",
 )
 
 
