@@ -143,6 +143,9 @@ def test_two_machines_on_localhost_write_one_lora(tmp_path):  # type: ignore[no-
     )  # fmt: skip
     base = [sys.executable, "-m", "flux2_lora.cli", "train", "--preset", "quickstart"]
     args = sets(f"output.dir={out}", *SHORT, "output.checkpoint_every=3")
+    # A fresh cache: the launchers build the demo before their workers start (a worker, as a non-main
+    # process, would save the text encoder without its weights).
+    env = {**os.environ, "FLUX2_LORA_HOME": str(tmp_path / "home")}
     procs = [
         subprocess.Popen(
             [*base, *machine, "--machine-rank", str(rank), *args],
@@ -150,6 +153,7 @@ def test_two_machines_on_localhost_write_one_lora(tmp_path):  # type: ignore[no-
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            env=env,
         )
         for rank in (0, 1)
     ]

@@ -170,6 +170,7 @@ def _launch_distributed(args: argparse.Namespace, config, run_dir: Path) -> int:
         return fail(str(e), EXIT_BUSY)
     scratch = None
     try:
+        _prepare_demo(config)
         if main_machine:
             resolved = run_dir / "config.launch.yaml"
         else:
@@ -185,6 +186,20 @@ def _launch_distributed(args: argparse.Namespace, config, run_dir: Path) -> int:
             lock.release()
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _prepare_demo(config) -> None:  # type: ignore[no-untyped-def]
+    """Build the embedded demo model and dataset here, once, before the workers start: a worker that built
+    them would do so as a non-main process of a process group, and transformers' save_pretrained then
+    skips the text encoder's weights (a first run with a fresh cache failed so)."""
+    from flux2_lora.data.demo import ensure_demo_dataset, is_demo
+
+    if is_demo(config.model.path):
+        from flux2_lora.training.demo_model import ensure_demo_model
+
+        ensure_demo_model()
+    if is_demo(config.dataset.path):
+        ensure_demo_dataset()
 
 
 def launch_command(config, resolved: Path, resume: str | None) -> list[str]:  # type: ignore[no-untyped-def]
