@@ -145,4 +145,3 @@ def test_estimate_trace_traces_one_fsdp_rank():  # type: ignore[no-untyped-def]
     single = estimate(_config("klein-9b", 1), kernels="trace").phases["training"]
     assert traced["traced_gib"] < single / 2  # a quarter of the weights, plus the gathered blocks
     assert abs(traced["error"]) < 0.03
-

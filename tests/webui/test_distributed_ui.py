@@ -60,7 +60,10 @@ def test_start_runs_two_processes_and_the_monitor_shows_every_rank(client, ui_ru
         return bool(last.get("final"))
 
     assert wait_for(finished, timeout=300, interval=0.5), last
-    assert last["state"] == "finished" and last["extra"]["num_processes"] == 2, (last.get("message"), last.get("log"))
+    assert last["state"] == "finished" and last["extra"]["num_processes"] == 2, (
+        last.get("message"),
+        last.get("log"),
+    )
     assert [x["rank"] for x in last["ranks"]] == [0, 1] and all(x["step"] == 4 for x in last["ranks"])
     frame = ranks_frame(last["ranks"])
     assert list(frame["rank"]) == [0, 1] and frame["GPU peak allocated (GiB)"].tolist() == ["–", "–"]

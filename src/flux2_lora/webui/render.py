@@ -58,7 +58,9 @@ def _host_line(host: dict[str, Any], where: str) -> str:
     avail = host.get("available_gib")
     verdict = VERDICT_TEXT.get(host.get("verdict"), "?")
     of = f" of {avail:.1f} GiB available" if avail else ""
-    return f"{where}: host RAM peak {gib(host.get('peak_gib'))}{of} ({verdict})"
+    n = int(host.get("processes") or 1)
+    each = f" per process × {n} = {gib(host.get('machine_peak_gib'))}" if n > 1 else ""
+    return f"{where}: host RAM peak {gib(host.get('peak_gib'))}{each}{of} ({verdict})"
 
 
 def verdict_html(result: dict[str, Any], rev: str, field_errors: dict[str, str] | None = None) -> str:
