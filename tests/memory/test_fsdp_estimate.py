@@ -145,3 +145,11 @@ def test_estimate_trace_traces_one_fsdp_rank():  # type: ignore[no-untyped-def]
     single = estimate(_config("klein-9b", 1), kernels="trace").phases["training"]
     assert traced["traced_gib"] < single / 2  # a quarter of the weights, plus the gathered blocks
     assert abs(traced["error"]) < 0.03
+
+
+def test_host_ram_counts_every_process_of_the_machine():  # type: ignore[no-untyped-def]
+    from flux2_lora.memory.host import host_estimate
+
+    one = host_estimate(_config("klein-9b", 1), on_gpu=True)
+    four = host_estimate(_config("klein-9b", 4), on_gpu=True)
+    assert four["processes"] == 4 and four["machine_peak_gib"] == pytest.approx(4 * one["peak_gib"])
