@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,ui,quantization,optimizers,wandb,experiments
+EXTRAS ?= dev,ui,quantization,optimizers,wandb,experiments,cloud
 
 .PHONY: demo test lint install clean-demo
 

@@ -50,6 +50,8 @@ TENSORBOARD_DIR = "tensorboard"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 COMFYUI_LORA_FILE = "pytorch_lora_weights_comfyui.safetensors"
 CHECKPOINT_PREFIX = "checkpoint-"
+RANKS_DIR = "ranks"  # ranks/rank-<i>.json: each process's memory, written by rank 0 (several processes)
+MAX_RANKS = 1024
 
 
 class RunBusyError(RuntimeError):
@@ -258,6 +260,7 @@ _RUN_ARTIFACTS = (
     SAMPLES_DIR,
     CHECKPOINTS_DIR,
     TENSORBOARD_DIR,
+    RANKS_DIR,
     "wandb",
     LORA_FILE,
     COMFYUI_LORA_FILE,
@@ -403,6 +406,50 @@ def iter_runs(root: str | Path) -> Iterator[Path]:
                 yield child
         except OSError:
             continue
+
+
+_RANK_FIELDS = (
+    "rank",
+    "local_rank",
+    "host",
+    "step",
+    "time",
+    "gpu_allocated_peak_gib",
+    "gpu_reserved_peak_gib",
+    "rss_gib",
+    "rss_peak_gib",
+)
+
+
+def read_ranks(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Each process's memory of a multi-process run (empty for one process), by rank. Files that are not
+    a rank record (damaged, foreign, oversized) are skipped; only the known fields are kept."""
+    folder = Path(run_dir) / RANKS_DIR
+    out: dict[int, dict[str, Any]] = {}
+    try:
+        files = sorted(folder.glob("rank-*.json"))[:MAX_RANKS] if folder.is_dir() else []
+    except OSError:
+        return []
+    for file in files:
+        try:
+            if file.stat().st_size > 64 * 1024:
+                continue
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        rank = data.get("rank")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < MAX_RANKS * 64:
+            continue
+        record = {k: data.get(k) for k in _RANK_FIELDS}
+        for k in _RANK_FIELDS[3:]:
+            if not isinstance(record[k], _NUM) or isinstance(record[k], bool):
+                record[k] = None
+        record["host"] = str(record["host"])[:100] if isinstance(record["host"], str) else ""
+        record["local_rank"] = record["local_rank"] if isinstance(record["local_rank"], int) else None
+        out[rank] = record
+    return [out[k] for k in sorted(out)]
 
 
 def summarize(run_dir: str | Path) -> RunSummary:

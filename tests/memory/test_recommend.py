@@ -60,8 +60,12 @@ def test_every_recommendation_fits_and_is_minimal(preset: str, variation: list[s
                     dropped,
                 )
         fitted = auto_fit(c, gpu.gib)
-        fits_at_all = any(r["fits_after"] for r in recs)
-        assert (fitted is not None) == fits_at_all
+        # auto_fit keeps the GPU count: fixes that add GPUs (FSDP over more of them) are only listed.
+        same_gpus = [r for r in recs if "distributed.num_processes" not in r["overrides"]]
+        if any(r["fits_after"] for r in same_gpus):
+            assert fitted is not None
+        if not any(r["fits_after"] for r in recs):
+            assert fitted is None
         if fitted is not None:
             assert verdict(estimate(fitted).total_gib, gpu.gib) == "fits"
 

@@ -19,6 +19,7 @@ SUBCOMMANDS = (
     "sweep",
     "autotune",
     "ui",
+    "cloud",
 )
 
 

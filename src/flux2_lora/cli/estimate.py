@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from flux2_lora.cli.common import add_config_args, config_from_args, fail
+from flux2_lora.cli.schema_flags import add_section_flags, section_overrides
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,9 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--gpu", help="GPU class for the verdict and fixes (24, 48, 'H100', or GiB); default: the local GPU"
     )
-    p.add_argument(
-        "--num-processes", type=int, default=1, metavar="N", help="data-parallel processes (one per GPU)"
-    )
+    # --strategy, --num-processes, --num-machines: the distributed section's fields (figures are per GPU).
+    add_section_flags(p, "distributed", ["strategy", "num_processes", "num_machines"])
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.add_argument(
         "--trace",
@@ -40,15 +40,14 @@ def run(args: argparse.Namespace) -> int:
     from flux2_lora.config.io import diff_from_defaults, to_yaml
     from flux2_lora.memory import auto_fit, estimate_report, find_gpu
 
+    args.overrides = [*args.overrides, *section_overrides(args)]
     config = config_from_args(args)
     if config is None:
         return 2
-    if args.num_processes < 1:
-        return fail("--num-processes must be at least 1", 2)
     if args.gpu and find_gpu(args.gpu) is None:
         return fail(f"--gpu: unknown GPU {args.gpu!r}; give a class like 24, 48, 80 or a size in GiB", 2)
     try:
-        report = estimate_report(config, gpu=args.gpu, num_processes=args.num_processes)
+        report = estimate_report(config, gpu=args.gpu)
     except ValueError as e:  # a local model folder whose config.json cannot describe a FLUX.2 model
         return fail(str(e), 2)
     if args.trace:
@@ -56,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
         report["trace"] = trace_report(config)
     if args.auto_fit:
-        fitted = auto_fit(config, report["gpu"]["gib"], num_processes=args.num_processes)
+        fitted = auto_fit(config, report["gpu"]["gib"])
         report["auto_fit"] = diff_from_defaults(fitted) if fitted else None
     if args.json:
         print(json.dumps(report, indent=1, default=str))
@@ -71,7 +70,11 @@ def _print(report: dict[str, Any], *, auto: bool, to_yaml: Any) -> None:
         f"{report['text_tokens']} text tokens, "
         f"{report['trainable_params']:,} trainable parameters"
     )
-    print(f"peak while {report['peak_phase']} (GiB):")
+    n = report.get("num_gpus", 1)
+    if n > 1:
+        how = "FSDP: sharded" if report.get("strategy") == "fsdp" else "DDP: a whole copy each"
+        print(f"per GPU, on each of {n} GPUs ({how})")
+    print(f"peak while {report['peak_phase']} (GiB{', per GPU' if n > 1 else ''}):")
     for k, v in report["components"].items():
         print(f"  {k:13} {v:7.2f}")
     print(
@@ -89,9 +92,9 @@ def _print(report: dict[str, Any], *, auto: bool, to_yaml: Any) -> None:
             f"traced {name.replace('_', ' ')}: {t['traced_gib']:.2f} GiB (estimate {t['estimated_gib']:.2f}, {err})"
         )
     for g in report["gpus"]:
-        print(f"  {g['verdict']:13} {g['name']}")
+        print(f"  {g['verdict']:13} {g.get('label', g['name'])}")
     gpu = report["gpu"]
-    print(f"on {gpu['name']}: {gpu['verdict'].replace('_', ' ')}")
+    print(f"on {gpu.get('label', gpu['name'])}: {gpu['verdict'].replace('_', ' ')}")
     for r in report["recommendations"]:
         sets = " ".join(f"--set {k}={v}" for k, v in r["overrides"].items())
         fits = "fits" if r["fits_after"] else "still too large"

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
 
 from flux2_lora.cli.common import add_config_args, config_from_args, fail, show
+from flux2_lora.cli.schema_flags import add_section_flags, section_overrides
 from flux2_lora.config import TrainConfig
 from flux2_lora.runs import LOG_FILE
 from flux2_lora.training.tracking import DEBUG_ENV
@@ -37,13 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="when training fails, also print the traceback here (it always goes to <output.dir>/train.log)",
     )
-    p.add_argument(
-        "--num-processes",
-        type=int,
-        default=1,
-        metavar="N",
-        help="data-parallel processes (GPUs, or CPU processes) via accelerate",
-    )
+    # --strategy, --num-processes, --num-machines, --machine-rank, --main-process-ip, --main-process-port,
+    # --[no-]fsdp-reshard-after-forward, --[no-]fsdp-cpu-offload: the distributed section's fields.
+    add_section_flags(p, "distributed")
     p.add_argument(
         "--preflight",
         action="store_true",
@@ -64,19 +63,25 @@ def check_output_dir(path: Path) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.overrides = [*args.overrides, *section_overrides(args)]
     config = config_from_args(args)
     if config is None:
         return EXIT_CONFIG
     run_dir = Path(config.output.dir).expanduser().resolve()
-    problem = check_output_dir(run_dir)
-    if problem:
-        return fail(problem)
+    in_worker = int(os.environ.get("WORLD_SIZE", "1")) > 1  # started by accelerate's launcher
+    # Only the main process of machine 0 writes the run directory; another machine may not even see it,
+    # so its launcher and workers leave --resume auto to the main process (the trainer broadcasts it).
+    writes_run_dir = os.environ.get("RANK", "0") == "0" if in_worker else config.distributed.machine_rank == 0
+    if writes_run_dir:
+        problem = check_output_dir(run_dir)
+        if problem:
+            return fail(problem)
     if args.debug:
         os.environ[DEBUG_ENV] = "1"  # the trainer's console log and accelerate's workers read it
     if args.preflight:
         return _preflight(config)
-    resume = _auto_resume(run_dir) if args.resume == "auto" else args.resume
-    if args.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    resume = _auto_resume(run_dir) if args.resume == "auto" and writes_run_dir else args.resume
+    if config.distributed.world_size > 1 and not in_worker:
         args.resume = resume
         return _launch_distributed(args, config, run_dir)
     return train_here(config, resume, debug=args.debug)
@@ -152,42 +157,86 @@ def _log_traceback(run_dir: Path, debug: bool) -> None:
 
 
 def _launch_distributed(args: argparse.Namespace, config: TrainConfig, run_dir: Path) -> int:
-    """Hold the run lock here and start N workers; rank 0 writes the run directory."""
-    from flux2_lora.config.io import save_config
+    """Start this machine's workers through accelerate's launcher. Machine 0 holds the run lock for them
+    (rank 0 writes the run directory); another machine's launcher touches nothing there."""
     from flux2_lora.runs import RunBusyError, RunLock
     from flux2_lora.training.session import LAUNCHED_AT_ENV, LOCK_HELD_ENV
 
-    lock = RunLock(run_dir)
+    main_machine = config.distributed.machine_rank == 0
+    lock = RunLock(run_dir) if main_machine else None
     try:
-        lock.acquire()
+        if lock is not None:
+            lock.acquire()
     except RunBusyError as e:
         return fail(str(e), EXIT_BUSY)
+    scratch = None
     try:
-        resolved = run_dir / "config.launch.yaml"
-        save_config(config, resolved)
-        cmd = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--num_processes",
-            str(args.num_processes),
-            "--num_machines",
-            "1",
-            "--dynamo_backend",
-            "no",
-        ]
-        # accelerate's multi-process launcher (torch.distributed.run); on CPU the workers' Accelerator(cpu=True)
-        # joins a gloo process group (accelerate's MULTI_CPU), on GPUs an NCCL one.
-        cmd.append("--multi_gpu")
-        cmd += ["-m", "flux2_lora.cli", "train", str(resolved)]
-        if args.resume:
-            cmd += ["--resume", args.resume]
+        _prepare_demo(config)
+        if main_machine:
+            resolved = run_dir / "config.launch.yaml"
+        else:
+            scratch = tempfile.mkdtemp(prefix="flux2-lora-launch-")
+            resolved = Path(scratch) / "config.launch.yaml"
+        cmd = launch_command(config, resolved, args.resume)
         env = {**os.environ, LOCK_HELD_ENV: "1", LAUNCHED_AT_ENV: str(time.time())}
         if config.model.device == "cpu" or not _has_cuda():
             env["ACCELERATE_USE_CPU"] = "true"
         return subprocess.call(cmd, env=env)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _prepare_demo(config) -> None:  # type: ignore[no-untyped-def]
+    """Build the embedded demo model and dataset here, once, before the workers start: a worker that built
+    them would do so as a non-main process of a process group, and transformers' save_pretrained then
+    skips the text encoder's weights (a first run with a fresh cache failed so)."""
+    from flux2_lora.data.demo import ensure_demo_dataset, is_demo
+
+    if is_demo(config.model.path):
+        from flux2_lora.training.demo_model import ensure_demo_model
+
+        ensure_demo_model()
+    if is_demo(config.dataset.path):
+        ensure_demo_dataset()
+
+
+def launch_command(config, resolved: Path, resume: str | None) -> list[str]:  # type: ignore[no-untyped-def]
+    """accelerate's launcher for this machine's share of ``config.distributed``; the workers read the
+    resolved config saved to ``resolved``.
+
+    On GPUs the workers join an NCCL process group, on CPU (ACCELERATE_USE_CPU) a gloo one; FSDP is
+    applied by the trainer itself (torch's fully_shard), the same way on both, because accelerate
+    offers FSDP only on GPUs."""
+    from flux2_lora.config.io import save_config
+
+    d = config.distributed
+    save_config(config, resolved)
+    port = d.main_process_port or (29500 if d.num_machines > 1 else 0)  # 0: accelerate picks a free one
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(d.world_size),  # accelerate counts processes over all machines
+        "--num_machines",
+        str(d.num_machines),
+        "--machine_rank",
+        str(d.machine_rank),
+        "--main_process_port",
+        str(port),
+        "--dynamo_backend",
+        "no",
+    ]
+    if d.num_machines > 1:
+        cmd += ["--main_process_ip", d.main_process_ip]
+    cmd += ["-m", "flux2_lora.cli", "train", str(resolved)]
+    if resume:
+        cmd += ["--resume", resume]
+    return cmd
 
 
 def _has_cuda() -> bool:

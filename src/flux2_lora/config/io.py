@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from flux2_lora.config import DTYPE_TO_MIXED, SECTIONS, TrainConfig
+from flux2_lora.config.distributed import distributed_issues
 from flux2_lora.config.safe_yaml import MAX_YAML_BYTES, YamlRefused, parse_yaml
 from flux2_lora.variants import is_demo
 
@@ -228,6 +229,7 @@ def cross_check(c: TrainConfig) -> list[ConfigIssue]:
     if not demo and c.model.variant == "demo":
         out.append(ConfigIssue("model.variant", "'demo' needs model.path 'demo'"))
     out.extend(_output_outside_dataset(c))
+    out.extend(ConfigIssue(path, message, level) for path, message, level in distributed_issues(c))
     out.extend(_model_issues(c))
     if c.training.optimizer == "prodigy" and c.training.learning_rate < 0.1:
         out.append(

@@ -422,6 +422,90 @@ class PerformanceSection(Section):
     )
 
 
+HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:]{2,45}\]?$")
+
+
+class DistributedSection(Section):
+    """Several GPUs or machines, launched through accelerate: every GPU runs one training process."""
+
+    strategy: Literal["ddp", "fsdp"] = F(
+        "ddp",
+        "ddp: every GPU holds the whole model and the gradients are averaged (fastest when the model fits "
+        "one GPU). fsdp: PyTorch FSDP2 shards the frozen weights, the LoRA, its gradients and optimizer "
+        "state over all GPUs and gathers one transformer block at a time: FLUX.2 [dev] in bf16 then fits "
+        "GPUs smaller than its 60 GiB of weights.",
+    )
+    num_processes: int = F(
+        1,
+        "Training processes on each machine, one per GPU (on CPU: processes). More than 1 launches them "
+        "through accelerate; the GPU count is this × num_machines.",
+        ge=1,
+        le=64,
+        ui={"max": 8},
+    )
+    num_machines: int = F(
+        1,
+        "Machines taking part. Start the same command on each with its own machine_rank; all of them "
+        "need the dataset, only machine 0 writes the run directory.",
+        ge=1,
+        le=1024,
+        ui={"advanced": True, "max": 16},
+    )
+    machine_rank: int = F(
+        0,
+        "This machine's number, 0 to num_machines − 1. Machine 0 writes the run directory.",
+        ge=0,
+        le=1023,
+        ui={"advanced": True, "max": 16},
+    )
+    main_process_ip: str = F(
+        "",
+        "Address of machine 0 that the others connect to (a host name or an IP). Needed with more than "
+        "one machine; empty on one machine.",
+        max_length=253,
+        ui={"advanced": True},
+    )
+    main_process_port: int = F(
+        0,
+        "TCP port on machine 0 for the rendezvous. 0: a free port on one machine, 29500 across machines.",
+        ge=0,
+        le=65535,
+        ui={"advanced": True},
+    )
+    fsdp_reshard_after_forward: bool = F(
+        True,
+        "FSDP: free each block's gathered weights after its forward pass and gather them again for "
+        "backward (least memory). Off keeps them until backward: fewer transfers, about the whole "
+        "model's weights per GPU again.",
+        ui={"advanced": True},
+    )
+    fsdp_cpu_offload: bool = F(
+        False,
+        "FSDP: keep the sharded weights, the LoRA, its gradients and optimizer state in host RAM; each "
+        "block is copied to the GPU only while it runs (least GPU memory, slower steps, and the optimizer "
+        "steps on the CPU).",
+        ui={"advanced": True},
+    )
+
+    @field_validator("main_process_ip")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        v = v.strip()
+        if v and not HOST_RE.match(v):
+            raise ValueError("must be a host name or an IP address (e.g. 10.0.0.1)")
+        return v
+
+    @property
+    def world_size(self) -> int:
+        """Training processes over all machines (GPUs, or CPU processes)."""
+        return self.num_processes * self.num_machines
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP over more than one process (with one, nothing is sharded)."""
+        return self.strategy == "fsdp" and self.world_size > 1
+
+
 class ValidationSection(Section):
     """Sample images during training to watch the LoRA learn."""
 
@@ -549,6 +633,7 @@ class TrainConfig(Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     memory: MemorySection = Field(default_factory=MemorySection)
     performance: PerformanceSection = Field(default_factory=PerformanceSection)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
     validation: ValidationSection = Field(default_factory=ValidationSection)
     output: OutputSection = Field(default_factory=OutputSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)

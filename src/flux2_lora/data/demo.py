@@ -6,6 +6,7 @@ dataset, so they live here.
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import random
@@ -86,15 +87,21 @@ def _demo_image(i: int) -> tuple[Image.Image, str]:
 
 
 def ensure_demo_dataset(target: Path | None = None) -> Path:
-    """Generate the sample dataset once (deterministic), return its folder."""
+    """Generate the sample dataset once (deterministic), return its folder. Concurrent callers (the
+    processes of a multi-process run) wait for the first: none ever reads a half-written image."""
     folder = target or demo_dataset_dir()
     marker = folder / ".complete"
     if marker.is_file():
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(DEMO_NUM_IMAGES):
-        img, caption = _demo_image(i)
-        img.save(folder / f"demo_{i:02d}.png")
-        (folder / f"demo_{i:02d}.txt").write_text(caption + "\n", encoding="utf-8")
-    marker.write_text(DEMO_VERSION)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.is_file():
+            return folder
+        folder.mkdir(exist_ok=True)
+        for i in range(DEMO_NUM_IMAGES):
+            img, caption = _demo_image(i)
+            img.save(folder / f"demo_{i:02d}.png")
+            (folder / f"demo_{i:02d}.txt").write_text(caption + "\n", encoding="utf-8")
+        marker.write_text(DEMO_VERSION)
     return folder

@@ -227,7 +227,13 @@ def first_block_discount(
 
 
 def _dora_by_block(
-    arch: TransformerArch, specs: list[LinearSpec], dtype_bytes: int, img: int, txt: int, batch: int
+    arch: TransformerArch,
+    specs: list[LinearSpec],
+    dtype_bytes: int,
+    img: int,
+    txt: int,
+    batch: int,
+    dense_per_weight: float | None = None,
 ) -> tuple[list[float], list[float], list[float]]:
     """Per block, in execution order: DoRA's kept bytes, forward dense transient, backward gradients."""
     p = _precision(dtype_bytes)
@@ -240,7 +246,8 @@ def _dora_by_block(
             continue
         t = batch * stream_tokens(s, img, txt)
         kept[i] += _DORA_KEPT[p] * t * s.out_features
-        dense[i] = max(dense[i], _DORA_DENSE[p] * s.weight_numel + 4.0 * s.in_features**2)
+        per_weight = _DORA_DENSE[p] if dense_per_weight is None else dense_per_weight
+        dense[i] = max(dense[i], per_weight * s.weight_numel + 4.0 * s.in_features**2)
         grads[i] = max(grads[i], _DORA_GRAD[p] * t * s.out_features)
     return kept, dense, grads
 
@@ -351,3 +358,88 @@ def inference_transient(
             wide = stream_tokens(s, img, txt) * max(0, s.out_features - arch.inner_dim)
             extra = max(extra, _INFER_LORA[p][s.block] * wide)
     return base + extra
+
+
+# The gradient transient while a double block runs backward, which only FSDP's per-block gathering
+# exposes (without it, the step peaks at the last single block): bytes per token per d by
+# [fp32?][checkpointing?], read off fully_shard traces of [klein] blocks with the default LoRA targets
+# (more targets in the double blocks lower it, so these err high there).
+_DOUBLE_TRANSIENT = {False: {True: 17.7, False: 21.1}, True: {True: 18.6, False: 13.2}}
+# Under FSDP with bf16 weights the LoRA is gathered in bf16, so PEFT makes no fp32 copy of a LoRA layer's
+# input: each LoRA'd layer keeps 2 bytes per input element less, and backward a constant less besides
+# (bytes per token per d by checkpointing), read off the same traces ([klein] 4B and 9B, 512–1024 px).
+_FSDP_BF16_LESS = {True: 5.0, False: 15.0}
+# DoRA's dense weight W + s·BA and its norm, built in bf16 there (bytes per weight; fp32: 14.5).
+_FSDP_BF16_DORA_DENSE = 5.4
+
+
+def activation_profile(
+    arch: TransformerArch,
+    specs: list[LinearSpec],
+    *,
+    dtype_bytes: int,
+    img: int,
+    txt: int,
+    batch: int,
+    checkpointing: bool,
+    dora: bool,
+    kernels: str = "cuda",
+    quantization: str = "none",
+    bf16_lora: bool = False,
+) -> tuple[list[float], list[float]]:
+    """Per block, in execution order: the activation bytes alive when its forward starts (what the blocks
+    before it keep, and its input), and while its backward runs (with checkpointing: the inputs up to it
+    and its recomputed activations; without: everything kept up to it), each with the step's gradient
+    transient in backward, and the bytes outside the blocks. What FSDP's per-block gathering is
+    paired with (:mod:`flux2_lora.memory.sharded`). ``bf16_lora``: FSDP's bf16 LoRA (see _FSDP_BF16_LESS)."""
+    c = _calibration(dtype_bytes, kernels, quantization)
+    tokens_d = (img + txt) * arch.inner_dim
+    blocks = [
+        batch * b for b in block_activation_bytes(arch, specs, dtype_bytes, img, txt, kernels, quantization)
+    ]
+    n = len(blocks)
+    fsdp_bf16 = bf16_lora and _precision(dtype_bytes) == 2
+    if dora:
+        dense = _FSDP_BF16_DORA_DENSE if fsdp_bf16 else None
+        d_kept, d_dense, d_grads = _dora_by_block(arch, specs, dtype_bytes, img, txt, batch, dense)
+    else:
+        d_kept = d_dense = d_grads = [0.0] * n
+    transient = _transient(c, checkpointing, any(s.block == "single" for s in specs)) * tokens_d * batch
+    # Scaled like the single blocks' transient when the GPU calibration replaces the trace's.
+    traced = _transient(_calibration(dtype_bytes, "trace", "none"), checkpointing, True)
+    double = _DOUBLE_TRANSIENT[_precision(dtype_bytes) == 4][checkpointing]
+    double *= _transient(c, checkpointing, True) / traced * tokens_d * batch
+    outside = batch * _OUTSIDE * dtype_bytes * tokens_d
+    flowing = [b > 0 for b in blocks]
+    block_input = c["input"] * tokens_d * batch
+    if checkpointing:
+        kept = [block_input if f else 0.0 for f in flowing]
+    else:
+        kept = [b + k for b, k in zip(blocks, d_kept, strict=True)]
+        first = next((i for i, f in enumerate(flowing) if f), None)
+        if first is not None:
+            kept[first] -= batch * first_block_discount(arch, specs, dtype_bytes, img, txt)
+    less = [0.0] * n  # FSDP's bf16 LoRA: no fp32 input copies
+    base_less = 0.0
+    if fsdp_bf16:
+        index = {name: i for i, name in enumerate(_block_names(arch))}
+        for s in specs:
+            i = index.get(".".join(s.name.split(".")[:2]))
+            if i is not None:
+                less[i] += 2.0 * batch * stream_tokens(s, img, txt) * s.in_features
+        base_less = _FSDP_BF16_LESS[checkpointing] * tokens_d * batch
+        # With checkpointing only the recomputed block's activations hold the copies.
+        kept_less = [0.0] * n if checkpointing else less
+        kept = [k - x for k, x in zip(kept, kept_less, strict=True)]
+        blocks = [b - x if checkpointing else b for b, x in zip(blocks, less, strict=True)]
+    forward, backward, before = [], [], outside
+    for i in range(n):
+        forward.append(before + block_input)
+        before += kept[i]
+        extra = max(d_dense[i], d_grads[i])
+        grad = double if i < arch.num_layers else transient
+        if checkpointing:
+            backward.append(before + blocks[i] + d_kept[i] + max(grad, extra) - base_less)
+        else:
+            backward.append(before + max(grad, extra) - base_less)
+    return forward, backward

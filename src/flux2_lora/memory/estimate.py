@@ -20,11 +20,13 @@ from typing import Any
 from flux2_lora.config import TrainConfig
 from flux2_lora.local_model import ModelConfigError
 from flux2_lora.memory.activations import (
+    activation_profile,
     end_of_backward_activations,
     inference_transient,
     training_activations,
 )
 from flux2_lora.memory.encoders import IMAGE_BATCH, PROMPT_BATCH, text_encoder_activation_bytes, vae_bytes
+from flux2_lora.memory.sharded import fsdp_layout, fsdp_training, gathered_forward
 from flux2_lora.targets import LinearSpec, enumerate_linears, is_quantized_linear, resolve_targets
 from flux2_lora.units import GIB
 from flux2_lora.variants import (
@@ -261,7 +263,17 @@ class Estimate:
 
 
 def _part(**parts: float) -> dict[str, float]:
-    keys = ("weights", "lora", "gradients", "optimizer", "activations", "text_encoder", "vae")
+    keys: tuple[str, ...] = (
+        "weights",
+        "lora",
+        "gradients",
+        "optimizer",
+        "activations",
+        "text_encoder",
+        "vae",
+    )
+    if "gathered" in parts:  # FSDP: the units all-gathered at that moment
+        keys = (*keys, "gathered")
     return {k: parts.get(k, 0.0) / GIB for k in keys}
 
 
@@ -316,17 +328,47 @@ def _inference(
     return inference_transient(arch, specs, dtype_bytes=dtype_bytes, img=img, txt=txt, dora=dora)
 
 
+@functools.lru_cache(maxsize=256)
+def _profile(
+    tokens: tuple[str, ...],
+    arch: TransformerArch,
+    dtype_bytes: int,
+    img: int,
+    txt: int,
+    batch: int,
+    checkpointing: bool,
+    dora: bool,
+    kernels: str,
+) -> tuple[list[float], list[float]]:
+    return activation_profile(
+        arch,
+        list(_specs(tokens, arch)),
+        dtype_bytes=dtype_bytes,
+        img=img,
+        txt=txt,
+        batch=batch,
+        checkpointing=checkpointing,
+        dora=dora,
+        kernels=kernels,
+        bf16_lora=True,  # FSDP gathers the LoRA in the weights' dtype
+    )
+
+
 def clear_caches() -> None:
     """Forget cached shapes (for benchmarks of a cold estimate, and after a model folder changes)."""
-    for f in (_model_shapes, _linears, _specs, _weights, _training_activations, _inference):
+    for f in (_model_shapes, _linears, _specs, _weights, _training_activations, _inference, _profile):
         f.cache_clear()
+    fsdp_layout.cache_clear()
 
 
-def estimate(config: TrainConfig, *, num_processes: int = 1, kernels: str = "cuda") -> Estimate:
-    """Peak GPU memory of one training process (data parallel: every process holds the same).
+def estimate(config: TrainConfig, *, num_processes: int | None = None, kernels: str = "cuda") -> Estimate:
+    """Peak GPU memory of one training process: per GPU. Data parallel (DDP): every process holds the
+    whole model; FSDP (``distributed.strategy``): a 1/N shard of it and the units it gathers.
 
+    ``num_processes``: the processes over all machines (default: the config's ``distributed``).
     ``kernels="cuda"`` uses the activation figures measured on a GPU; ``"trace"`` the CPU meta-tensor
     trace's own (what tests/memory compares against a fresh trace)."""
+    num_processes = num_processes or config.distributed.world_size
     sh = resolve_shapes(config)
     arch, mem, lora, t = sh.arch, config.memory, config.lora, config.training
     wb = sh.weight_bytes
@@ -346,7 +388,13 @@ def estimate(config: TrainConfig, *, num_processes: int = 1, kernels: str = "cud
     accumulating = t.gradient_accumulation_steps > 1
     grads_early = grads_all if accumulating else 4.0 * _last_block_params(specs, lora.rank, lora.use_dora)
     ddp = 0.0
-    if num_processes > 1:
+    fsdp = config.distributed.strategy == "fsdp" and num_processes > 1
+    if fsdp:
+        notes.append(
+            f"per GPU, on each of {num_processes} GPUs: FSDP shards the weights, LoRA, gradients and optimizer "
+            "state; one block at a time is gathered whole"
+        )
+    elif num_processes > 1:
         ddp = 4.0 * n_lora  # DDP's gradient buckets, allocated with the model: an fp32 copy for all-reduce
         notes.append(f"per process, on each of {num_processes} GPUs (DDP gradient buckets included)")
     optim = optimizer_bytes(config, specs)
@@ -401,6 +449,28 @@ def estimate(config: TrainConfig, *, num_processes: int = 1, kernels: str = "cud
     )
     optimizer_step = _part(**static, gradients=grads_all + ddp, optimizer=optim + step)
     training = max(backward, backward_end, optimizer_step, key=lambda p: sum(p.values()))
+    layout = None
+    if fsdp:
+        layout = fsdp_layout(arch, _linears(arch), tuple(specs), lora.rank, lora.use_dora, wb, num_processes)
+        profile = _profile(
+            tokens, arch, wb, img, txt, batch, mem.gradient_checkpointing, lora.use_dora, kernels
+        )
+        training = _part(
+            **fsdp_training(
+                layout,
+                profile,
+                n_lora,
+                optim,
+                step,
+                wb,
+                accumulating,
+                encode,
+                te_train,
+                vae_train,
+                config.distributed.fsdp_reshard_after_forward,
+                config.distributed.fsdp_cpu_offload,
+            )
+        )
 
     # Caching: text encoder (unless it encodes on the CPU) and VAE on the GPU, no transformer yet.
     te_gpu = 0.0 if mem.cpu_offload else te_w
@@ -428,15 +498,29 @@ def estimate(config: TrainConfig, *, num_processes: int = 1, kernels: str = "cud
     if config.validation.enabled:
         infer = _inference(tokens, arch, wb, img, txt, lora.use_dora)
         decode = vae_bytes(vae, wb, res, batch=1, decode=True, slicing=mem.vae_slicing, tiling=mem.vae_tiling)
-        phases_parts["sampling"] = _part(
-            weights=weights,
-            lora=lora_b,
-            optimizer=optim,
-            gradients=ddp,
-            activations=max(infer, decode),
-            text_encoder=te_train,
-            vae=vae_w,
-        )
+        if layout is not None:  # every process runs the sharded forward, gathering unit by unit
+            share = layout.sharded_lora / max(n_lora, 1)
+            phases_parts["sampling"] = _part(
+                weights=layout.sharded_weights,
+                lora=4.0 * layout.sharded_lora,
+                optimizer=optim * share,
+                activations=max(infer, decode),
+                text_encoder=te_train,
+                vae=vae_w,
+                gathered=gathered_forward(
+                    layout, [0.0] * len(layout.units), config.distributed.fsdp_reshard_after_forward
+                )[0],
+            )
+        else:
+            phases_parts["sampling"] = _part(
+                weights=weights,
+                lora=lora_b,
+                optimizer=optim,
+                gradients=ddp,
+                activations=max(infer, decode),
+                text_encoder=te_train,
+                vae=vae_w,
+            )
 
     phases = {k: sum(v.values()) for k, v in phases_parts.items()}
     peak_phase = max(phases, key=lambda k: phases[k])

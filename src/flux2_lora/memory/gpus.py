@@ -30,6 +30,11 @@ GPUS: list[Gpu] = [
 ]
 
 
+def gpu_label(name: str, count: int) -> str:
+    """ "24 GB (RTX 3090/4090, A10)" or, for a run over several, "4 × 24 GB (RTX 3090/4090, A10)"."""
+    return f"{count} × {name}" if count > 1 else name
+
+
 def verdict(total_gib: float, gpu_gib: float) -> Verdict:
     if total_gib <= gpu_gib * (1 - TIGHT_HEADROOM):
         return "fits"

@@ -64,11 +64,16 @@ def host_estimate(config: TrainConfig, *, on_gpu: bool) -> dict[str, Any]:
         }
     peak = max(phases.values())
     total, available = _machine()
+    # Every training process of a machine loads the whole transformer into its own RAM first (FSDP too:
+    # it shards after loading), so the machine needs the peak once per process.
+    processes = config.distributed.num_processes
     return {
         "phases": phases,
         "peak_gib": peak,
+        "processes": processes,
+        "machine_peak_gib": peak * processes,
         "total_gib": total,
         "available_gib": available,
-        "verdict": verdict(peak, available) if available else None,
+        "verdict": verdict(peak * processes, available) if available else None,
         "tight_headroom": TIGHT_HEADROOM,
     }

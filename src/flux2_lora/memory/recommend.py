@@ -1,9 +1,11 @@
 """Changes that make a configuration fit a GPU, each computed by re-estimating (pure).
 
 Moves are ordered by what they cost: first those that change nothing in the trained LoRA (caching,
-checkpointing, accumulation instead of batch), then slower ones (CPU offload), then those that touch
-quality in increasing measure (8-bit optimizer state, int8, NF4, another optimizer, no DoRA, lower rank,
-lower resolution). A recommendation is a minimal set of moves: dropping any one of them no longer fits.
+checkpointing, accumulation instead of batch), then slower ones (CPU offload), then those that touch quality in
+increasing measure (8-bit optimizer state, int8, NF4, another optimizer, no DoRA, lower rank,
+lower resolution). Sharding with FSDP costs nothing in quality: over the GPUs the run already has it is a
+cheap move; more GPUs than that (hardware to have, and a larger effective batch) come after 8-bit optimizer
+state, before quantization, and :func:`auto_fit` never adds GPUs. A recommendation is a minimal set of moves: dropping any one of them no longer fits.
 """
 
 from __future__ import annotations
@@ -73,13 +75,30 @@ def moves(c: TrainConfig) -> list[Move]:
         out.append(
             _move("text encoder on the CPU (cpu_offload; slow caption encoding)", 1, memory__cpu_offload=True)
         )
+    dp = c.distributed
+    if m.quantization == "none" and not c.performance.float8 and not c.performance.compile:
+        for n in (2, 4, 8):
+            if n > dp.num_processes or (n == dp.num_processes and dp.strategy != "fsdp"):
+                more = n > dp.num_processes
+                cost = (1.5 if dp.num_processes > 1 else 2.5) if more else 0.5
+                batch = f"; effective batch × {n * dp.num_machines}" if more else ""
+                out.append(
+                    _move(
+                        f"{n} GPUs{' per machine' if dp.num_machines > 1 else ''} with FSDP (the model sharded "
+                        f"{n * dp.num_machines} ways{batch})",
+                        cost + n / 100,
+                        distributed__strategy="fsdp",
+                        distributed__num_processes=n,
+                    )
+                )
     if c.validation.enabled:
         out.append(_move("no validation samples during training", 2, validation__enabled=False))
-    if t.optimizer in ("adamw", "adam"):
+    sharded = dp.strategy == "fsdp" and dp.world_size > 1
+    if t.optimizer in ("adamw", "adam") and not sharded:
         out.append(_move("8-bit AdamW state (bitsandbytes)", 2, training__optimizer="adamw8bit"))
-    if m.quantization == "none":
+    if m.quantization == "none" and not sharded:
         out.append(_move("int8 weights (torchao)", 3, memory__quantization="int8"))
-    if m.quantization != "nf4":
+    if m.quantization != "nf4" and not sharded:
         out.append(_move("NF4 weights (QLoRA, bitsandbytes)", 4, memory__quantization="nf4"))
     if t.optimizer not in ("adafactor", "sgd"):
         lr = {"training.learning_rate": 1e-4} if t.optimizer == "prodigy" else {}
@@ -122,11 +141,16 @@ def _validated(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig | 
     return new if new is not None and not [p for p in problems if p.level == "error"] else None
 
 
-def _total(config: TrainConfig, chosen: list[Move], num_processes: int) -> float:
+def _total(config: TrainConfig, chosen: list[Move], num_processes: int | None) -> float:
+    # A move that sets the process count wins over the count the caller measured or assumed.
+    if any(k.startswith("distributed.") for mv in chosen for k in mv.family):
+        num_processes = None
     return estimate(_with(config, chosen), num_processes=num_processes).total_gib
 
 
-def _minimal(config: TrainConfig, chosen: list[Move], gpu_gib: float, num_processes: int) -> list[Move]:
+def _minimal(
+    config: TrainConfig, chosen: list[Move], gpu_gib: float, num_processes: int | None
+) -> list[Move]:
     """Drop moves that are not needed, the most costly first."""
     kept = list(chosen)
     for mv in sorted(chosen, key=lambda m: -m.cost):
@@ -136,11 +160,27 @@ def _minimal(config: TrainConfig, chosen: list[Move], gpu_gib: float, num_proces
     return kept
 
 
+def _sets_fsdp(mv: Move) -> bool:
+    return dict(mv.overrides).get("distributed.strategy") == "fsdp"
+
+
+def _unshardable(mv: Move) -> bool:
+    """Quantized weights and bitsandbytes' 8-bit state, which FSDP cannot shard (config/distributed.py)."""
+    o = dict(mv.overrides)
+    return o.get("memory.quantization", "none") != "none" or o.get("training.optimizer") == "adamw8bit"
+
+
+def _conflict(a: Move, b: Move) -> bool:
+    return (_sets_fsdp(a) and _unshardable(b)) or (_sets_fsdp(b) and _unshardable(a))
+
+
 def _greedy(
-    config: TrainConfig, order: list[Move], gpu_gib: float, num_processes: int
+    config: TrainConfig, order: list[Move], gpu_gib: float, num_processes: int | None
 ) -> tuple[list[Move], bool]:
     chosen: list[Move] = []
     for mv in order:
+        if any(_conflict(mv, other) for other in chosen):
+            continue
         chosen.append(mv)
         if verdict(_total(config, chosen, num_processes), gpu_gib) == "fits":
             return _minimal(config, chosen, gpu_gib, num_processes), True
@@ -155,7 +195,7 @@ def _overrides(chosen: list[Move]) -> dict[str, Any]:
 
 
 def recommendations(
-    config: TrainConfig, gpu_gib: float, *, num_processes: int = 1, limit: int = 4
+    config: TrainConfig, gpu_gib: float, *, num_processes: int | None = None, limit: int = 4
 ) -> list[dict[str, Any]]:
     """Up to ``limit`` minimal change sets that each make the run fit, the least costly first.
 
@@ -198,11 +238,13 @@ def recommendations(
     return out
 
 
-def auto_fit(config: TrainConfig, gpu_gib: float, *, num_processes: int = 1) -> TrainConfig | None:
+def auto_fit(config: TrainConfig, gpu_gib: float, *, num_processes: int | None = None) -> TrainConfig | None:
     """The best-quality configuration that fits: the cheapest moves first, then unneeded ones dropped.
 
     None when even every move together does not fit."""
     if verdict(estimate(config, num_processes=num_processes).total_gib, gpu_gib) == "fits":
         return config
-    chosen, fits = _greedy(config, moves(config), gpu_gib, num_processes)
+    have = config.distributed.num_processes
+    usable = [m for m in moves(config) if dict(m.overrides).get("distributed.num_processes", have) <= have]
+    chosen, fits = _greedy(config, usable, gpu_gib, num_processes)
     return _validated(config, _overrides(chosen)) if fits else None

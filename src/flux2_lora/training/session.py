@@ -110,7 +110,9 @@ class RunSession:
         try:
             if archived is not None:
                 log.info("the earlier run in %s was moved to %s", self.run_dir, archived)
-            if self.resume:  # fail before loading anything; the trainer checks shapes once it has the LoRA
+            # Fail before loading anything; the trainer checks shapes once it has the LoRA. Only the main
+            # process: another machine may not see the run directory (the trainer broadcasts its choice).
+            if self.resume and self.is_main:
                 self.resume_path = ckpt.resolve_resume(self.run_dir, self.resume)
             if self.is_main:
                 save_config(cfg, self.run_dir / runs.CONFIG_FILE)

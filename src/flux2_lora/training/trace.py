@@ -31,31 +31,71 @@ class StorageTracker(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.live: dict[int, Any] = {}
+        self.sizes: dict[int, int] = {}  # bytes of each live storage (FSDP resizes them in place)
         self.current = 0
         self.peak = 0
         # Storages counted elsewhere (quantized weights stood in for by dense meta ones): never counted,
         # not even when a view of them (a transpose in a matmul) comes out of an op.
         self.ignored: set[int] = set()
+        self._to_meta = False
 
     def track(self, t: torch.Tensor) -> None:
-        st = t.untyped_storage()
+        from flux2_lora.training.trace_fsdp import local
+
+        st = local(t).untyped_storage()  # a sharded tensor's storage is its local shard
         key = st._cdata
         if key in self.live or key in self.ignored:
             return
-        n = st.nbytes()
+        self.sizes[key] = st.nbytes()
+        self._add(self.sizes[key])
+
+        def release(k: int = key) -> None:
+            if self.live.pop(k, None) is not None:
+                self.current -= self.sizes.pop(k, 0)
+
+        self.live[key] = weakref.finalize(st, release)
+
+    def _add(self, n: int) -> None:
         self.current += n
         self.peak = max(self.peak, self.current)
 
-        def release(k: int = key, n: int = n) -> None:
-            if self.live.pop(k, None) is not None:
-                self.current -= n
+    @contextlib.contextmanager
+    def resizes(self) -> Iterator[None]:
+        """Follow in-place storage resizes (FSDP frees and re-allocates unsharded parameters so)."""
+        original = torch.UntypedStorage.resize_
 
-        self.live[key] = weakref.finalize(st, release)
+        def resize_(st: Any, n: int) -> Any:
+            key = st._cdata
+            if key in self.live:
+                self._add(n - self.sizes[key])
+                self.sizes[key] = n
+            return original(st, n)
+
+        torch.UntypedStorage.resize_ = resize_  # type: ignore[method-assign,assignment]
+        try:
+            yield
+        finally:
+            torch.UntypedStorage.resize_ = original  # type: ignore[method-assign]
+
+    @contextlib.contextmanager
+    def meta_factories(self) -> Iterator[None]:
+        """Tensors created on the CPU by name (FSDP allocates its buffers on the mesh's device) are made
+        on meta instead, so nothing is allocated and meta tensors never meet CPU ones. Takes effect while
+        the tracker is active."""
+        self._to_meta = True
+        try:
+            yield
+        finally:
+            self._to_meta = False
 
     def __torch_dispatch__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        device = kwargs.get("device")
+        if self._to_meta and isinstance(device, torch.device) and device.type == "cpu":
+            kwargs = {**kwargs, "device": torch.device("meta")}
+        out = func(*args, **kwargs)
         tree_map_only(torch.Tensor, self.track, out)
         return out
 
@@ -112,10 +152,25 @@ def trace_training_step(
     config: TrainConfig,
     arch: TransformerArch | None = None,
     text_tokens: int | None = None,
+    num_processes: int | None = None,
 ) -> dict[str, float]:
-    """Tensor peak (GiB) of training steps (forward, backward, optimizer step) on meta tensors.
+    """Tensor peak (GiB) of training steps (forward, backward, optimizer step) on meta tensors, of one
+    process: under FSDP (``distributed.strategy`` fsdp over ``num_processes``, default the config's
+    process count) rank 0 of them, sharded by torch's fully_shard under a fake process group.
 
     ``arch`` may be a reduced-depth copy of the real one (identical blocks compose linearly)."""
+    n = num_processes or config.distributed.world_size
+    if config.distributed.strategy == "fsdp" and n > 1:
+        from flux2_lora.training.trace_fsdp import fake_process_group, meta_fsdp
+
+        with fake_process_group(n), meta_fsdp():
+            return _trace_step(config, arch, text_tokens, fsdp=True)
+    return _trace_step(config, arch, text_tokens, fsdp=False)
+
+
+def _trace_step(
+    config: TrainConfig, arch: TransformerArch | None, text_tokens: int | None, fsdp: bool
+) -> dict[str, float]:
     from diffusers import Flux2Transformer2DModel
 
     from flux2_lora.training.flow import flow_matching_loss
@@ -156,7 +211,16 @@ def trace_training_step(
             for name, m in model.named_modules()
             if isinstance(m, torch.nn.Linear) and "lora_" not in name
         )
-    with torch.device("meta"), tracker, _cuda_like_attention():
+    if fsdp:
+        from flux2_lora.training.trace_fsdp import shard_on_meta
+
+        shard_on_meta(model, config, dtype)
+    with contextlib.ExitStack() as stack:
+        for ctx in (torch.device("meta"), tracker, _cuda_like_attention()):
+            stack.enter_context(ctx)
+        if fsdp:  # FSDP's buffers on meta; its unsharded parameters are freed by resizing their storage
+            stack.enter_context(tracker.meta_factories())
+            stack.enter_context(tracker.resizes())
         tracker.ignored = quantized
         for t in [*model.parameters(), *model.buffers()]:
             tracker.track(t)

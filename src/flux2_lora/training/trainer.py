@@ -20,6 +20,7 @@ from flux2_lora.config import TrainConfig
 from flux2_lora.hooks import hold_point
 from flux2_lora.timesteps import shift_sigma
 from flux2_lora.training import checkpoint as ckpt
+from flux2_lora.training import distributed as dist_util
 from flux2_lora.training.batches import (
     Item,
     LatentSource,
@@ -89,6 +90,9 @@ class Trainer:
         self.schedule: SampleSchedule | None = None
         self.sampler: Sampler | None = None
         self.eval_set: EvalSet | None = None
+        # FSDP shards the transformer over the processes: its forward passes (samples, the eval loss) and
+        # its state (checkpoints, the LoRA) then need every process.
+        self.fsdp = dist_util.uses_fsdp(config, self.accelerator.num_processes)
 
     def _status(self, state: str, message: str = "", **fields: Any) -> None:
         if self.reporter is not None:
@@ -109,7 +113,10 @@ class Trainer:
         self.pipe, self.prompts, self.latents, self.eval_set = self._setup_inputs(eval_items)
         self.transformer, self.lora_params = self._setup_model()
         self.optimizer, self.lr_scheduler = self._setup_optimizer()
-        self.model, self.optimizer = acc.prepare(self.transformer, self.optimizer)
+        if self.fsdp:  # sharded already: accelerate would wrap it in DDP
+            self.model, self.optimizer = self.transformer, acc.prepare(self.optimizer)
+        else:
+            self.model, self.optimizer = acc.prepare(self.transformer, self.optimizer)
         self.schedule = SampleSchedule(
             [i.repeats * cfg.dataset.repeats for i in self.items],
             cfg.training.seed,
@@ -119,12 +126,10 @@ class Trainer:
         )
         self.sampler = self._setup_sampler()
         start = 0
+        # The main process decides (another machine may not see the run directory, nor resolve 'auto').
+        resume = dist_util.broadcast_object(resume)
         if resume:
-            expected = ckpt.expected_shapes(self.adapter_state())
-            path = ckpt.resolve_resume(
-                self.run_dir, resume, validator=lambda p: ckpt.validate_checkpoint(p, expected)
-            )
-            start = self.restore(path)
+            start = self._resume(resume)
         if self.reporter is not None:
             self.reporter.status.extra.update(
                 {
@@ -200,12 +205,16 @@ class Trainer:
         assert self.arch is not None
         self._status("loading", "loading the transformer")
         quant = cfg.memory.quantization
-        transformer = load_transformer(self.model_path, self.dtype, quant, self.device)
-        torch.manual_seed(derive_seed(cfg.training.seed, 3))  # LoRA init
+        # FSDP: loaded on the CPU, then moved to the GPU block by block as it is sharded.
+        load_device = torch.device("cpu") if self.fsdp else self.device
+        transformer = load_transformer(self.model_path, self.dtype, quant, load_device)
+        torch.manual_seed(derive_seed(cfg.training.seed, 3))  # LoRA init (the same on every process)
         trainable = inject_lora(transformer, cfg.lora, self.arch)
         if cfg.memory.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
-        if quant != "nf4" or self.device.type != "cuda":  # bnb models are placed by their loader
+        if self.fsdp:
+            dist_util.shard_transformer(transformer, cfg, self.device, self.dtype)
+        elif quant != "nf4" or self.device.type != "cuda":  # bnb models are placed by their loader
             transformer.to(self.device)
         apply_kernels(transformer, cfg.performance, self.device)
         layers = sum(1 for n, _ in transformer.named_modules() if n.endswith("lora_A.default"))
@@ -307,24 +316,34 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- state
     def adapter_state(self) -> dict[str, torch.Tensor]:
-        from peft.utils import get_peft_model_state_dict
+        """The whole adapter by PEFT key. Under FSDP a collective (every process calls it) that leaves the
+        tensors on the main process and an empty dict elsewhere."""
+        model = self.accelerator.unwrap_model(self.model)
+        return dist_util.full_adapter_state(model, self.accelerator.num_processes)
 
-        return get_peft_model_state_dict(self.accelerator.unwrap_model(self.model))
+    def optimizer_state(self) -> dict[str, Any]:
+        """The optimizer state keyed by parameter name (so any process count can load it); with several
+        processes a collective, whose result is on the main process."""
+        model = self.accelerator.unwrap_model(self.model)
+        return dist_util.optimizer_state(model, self.optimizer, self.accelerator.num_processes)
 
     def save_checkpoint(self, step: int) -> Path | None:
-        """Every process waits; the main one writes. Returns the checkpoint (main process)."""
+        """Every process gathers its share; the main one writes. Returns the checkpoint (main process)."""
         acc = self.accelerator
         acc.wait_for_everyone()
-        path = None
+        out = self.config.output
         if acc.is_main_process:
             self._status("checkpointing", f"saving checkpoint at step {step}")
-            t0 = time.perf_counter()
-            out = self.config.output
+        t0 = time.perf_counter()
+        adapter = self.adapter_state()
+        optimizer = self.optimizer_state() if out.save_optimizer_state else None
+        path = None
+        if acc.is_main_process:
             path = ckpt.save_checkpoint(
                 self.run_dir,
                 step,
-                self.adapter_state(),
-                self.optimizer.state_dict() if out.save_optimizer_state else None,
+                adapter,
+                optimizer,
                 self.lr_scheduler.state_dict(),
                 {"total_steps": self.config.training.max_steps, "variant": self.variant},
                 keep=out.max_checkpoints,
@@ -335,30 +354,79 @@ class Trainer:
         acc.wait_for_everyone()
         return path
 
-    def restore(self, path: Path) -> int:
-        from peft.utils import set_peft_model_state_dict
+    def _resume(self, resume: str) -> int:
+        """Resolve ``resume`` on the main process (a checkpoint of another rank or other target layers is
+        skipped for 'latest', refused for a folder), load it there and hand it to every process."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            expected = dist_util.adapter_shapes(acc.unwrap_model(self.model))
+            path = ckpt.resolve_resume(
+                self.run_dir, resume, validator=lambda p: ckpt.validate_checkpoint(p, expected)
+            )
+            return self.restore(path)
+        state, problem = None, None
+        if acc.is_main_process:
+            try:
+                expected = dist_util.adapter_shapes(acc.unwrap_model(self.model))
+                path = ckpt.resolve_resume(
+                    self.run_dir, resume, validator=lambda p: ckpt.validate_checkpoint(p, expected)
+                )
+                state = self._read_checkpoint(path)
+            except ckpt.CheckpointError as e:
+                problem = str(e)
+        problem = dist_util.broadcast_object(problem)
+        if problem:  # every process stops with the main one's reason
+            raise ckpt.CheckpointError(problem)
+        return self._load_state(state)
 
+    def _read_checkpoint(self, path: Path) -> dict[str, Any]:
+        """A checkpoint's state with its optimizer state keyed by parameter name (older checkpoints keyed
+        it by position); a state that does not match this run's optimizer is a CheckpointError."""
         state = ckpt.load_checkpoint(path)
-        set_peft_model_state_dict(self.accelerator.unwrap_model(self.model), state["adapter"])
+        state["path"] = str(path)
         if state["optimizer"] is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-        else:
+            try:
+                state["optimizer"] = dist_util.by_name(
+                    state["optimizer"], self.accelerator.unwrap_model(self.model), self.optimizer
+                )
+            except ValueError as e:
+                raise ckpt.CheckpointError(f"--resume: {path / ckpt.OPTIMIZER_FILE}: {e}") from None
+        return state
+
+    def _load_state(self, state: dict[str, Any] | None) -> int:
+        """Load the main process's checkpoint state into every process; returns its step."""
+        acc = self.accelerator
+        model = acc.unwrap_model(self.model)
+        main = state or {}
+        dist_util.load_states(
+            model, self.optimizer, main.get("adapter"), main.get("optimizer"), acc.num_processes
+        )
+        rest = None
+        if state is not None:
+            rest = (state["scheduler"], int(state["meta"]["step"]), state["path"], state["optimizer"] is None)
+        scheduler, step, path, no_optimizer = dist_util.broadcast_object(rest)
+        if no_optimizer:
             log.warning(
                 "checkpoint %s has no optimizer state: the optimizer restarts (output.save_optimizer_state)",
                 path,
             )
-        self.lr_scheduler.load_state_dict(state["scheduler"])
-        step = int(state["meta"]["step"])
+        self.lr_scheduler.load_state_dict(scheduler)
         log.info("resumed from %s at step %d", path, step)
         return step
 
+    def restore(self, path: Path) -> int:
+        """Resume this (single) process from the checkpoint folder ``path``; returns its step."""
+        return self._load_state(self._read_checkpoint(path))
+
     # ----------------------------------------------------------------------------- samples
     def sample(self, step: int) -> None:
-        """Validation images at ``step``, drawn by the main process while the others wait."""
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            self.draw_samples(step)
-        self.accelerator.wait_for_everyone()
+        """Validation images at ``step``, drawn by the main process while the others wait (under FSDP
+        every process runs the sharded transformer with it; only the main one keeps the images)."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process or self.fsdp:
+            self.draw_samples(step, record=acc.is_main_process)
+        acc.wait_for_everyone()
 
     def draw_samples(self, step: int, record: bool = True) -> list[Any]:
         """The validation images of this process; ``record`` saves them to the run (and trackers)."""
@@ -379,13 +447,14 @@ class Trainer:
         return images
 
     def evaluate(self, step: int) -> float | None:
-        """The eval loss at ``step`` (main process; the others wait), logged to the run."""
+        """The eval loss at ``step`` (main process; the others wait, or compute along under FSDP), logged
+        to the run."""
         acc = self.accelerator
         if self.eval_set is None:
             return None
         acc.wait_for_everyone()
         value = None
-        if acc.is_main_process:
+        if acc.is_main_process or self.fsdp:
             assert self.prompts is not None and self.arch is not None
             self._status("evaluating", f"eval loss at step {step}")
             eval_set, prompts, guided = self.eval_set, self.prompts, self.arch.guidance_embeds
@@ -401,6 +470,11 @@ class Trainer:
         return value
 
     # ----------------------------------------------------------------------------- the loop
+    def record_ranks(self, step: int) -> None:
+        """Every process's memory into ``ranks/`` (several processes only; a collective there)."""
+        if self.accelerator.num_processes > 1:
+            dist_util.record_ranks(self.run_dir, step, self.accelerator.is_main_process)
+
     def _stop_agreed(self) -> bool:
         """Every process stops at the same step: one rank's signal or stop file stops them all."""
         stop = self.stop.requested()
@@ -436,6 +510,7 @@ class Trainer:
                 loss = float(torch.stack(window).mean())  # the only wait for the GPU between logs
                 lr = self.lr_scheduler.get_last_lr()[0]
                 window = []
+                self.record_ranks(step)
                 if self.reporter is not None:
                     self.reporter.log_metrics(step, loss, lr)
                     self.reporter.set_state("training")
@@ -467,15 +542,17 @@ class Trainer:
         acc = self.accelerator
         self.evaluate(step)
         last = runs.latest_checkpoint(self.run_dir)
-        if last is None or last.name != f"{runs.CHECKPOINT_PREFIX}{step}":
+        # Decided by the main process: the others may not see the run directory.
+        if dist_util.broadcast_object(last is None or last.name != f"{runs.CHECKPOINT_PREFIX}{step}"):
             # Written before the LoRA, so a failed final write (a full disk) loses nothing.
             self.save_checkpoint(step)
         acc.wait_for_everyone()
+        if acc.is_main_process and self.reporter is not None:
+            self.reporter.end_gpu_phase("training")
+        state = self.adapter_state()  # under FSDP every process takes part in gathering it
+        final = None
         if acc.is_main_process:
-            if self.reporter is not None:
-                self.reporter.end_gpu_phase("training")
             self._status("checkpointing", "writing the final LoRA")
-            state = self.adapter_state()
             out_dtype = (
                 self.dtype if cfg.output.save_dtype == "auto" else getattr(torch, cfg.output.save_dtype)
             )
@@ -497,8 +574,10 @@ class Trainer:
                     f"could not write the LoRA to {self.run_dir} ({e.strerror or e}); the trained state is "
                     f"safe in {resumable}: free space, then resume the run"
                 ) from e
-            if cfg.validation.enabled:
-                self.draw_samples(step)  # main only; the barrier below holds the others
+        if cfg.validation.enabled and (acc.is_main_process or self.fsdp):
+            self.draw_samples(step, record=acc.is_main_process)  # the barrier below holds the others
+        self.record_ranks(step)
+        if acc.is_main_process:
             if self.reporter is not None:
                 self.reporter.record_peaks("sampling" if cfg.validation.enabled else "export")
                 self.reporter.status.extra["estimate"] = estimate_summary(cfg, acc.num_processes)

@@ -244,15 +244,24 @@ def estimate(
     assert parsed is not None
     card = _gpu(gpu)
     try:
-        est = memory.estimate(parsed)
+        est = memory.estimate(parsed)  # per GPU: the figures of one of distributed's processes
         report = est.to_dict()
+        n = parsed.distributed.world_size
+        report["num_gpus"] = n
+        report["strategy"] = parsed.distributed.strategy if n > 1 else "single"
         report["gpu"] = {
             "name": card.name,
             "gib": card.gib,
             "verdict": memory.verdict(est.total_gib, card.gib),
+            "label": memory.gpu_label(card.name, n),
         }
         report["gpus"] = [
-            {"name": g.name, "gib": g.gib, "verdict": memory.verdict(est.total_gib, g.gib)}
+            {
+                "name": g.name,
+                "gib": g.gib,
+                "verdict": memory.verdict(est.total_gib, g.gib),
+                "label": memory.gpu_label(g.name, n),
+            }
             for g in memory.GPUS
         ]
         device = parsed.model.device

@@ -234,6 +234,7 @@ _EMPTY: dict[str, Any] = {
     "checkpoints": [],
     "metrics": [],
     "samples": [],
+    "ranks": [],
 }
 
 
@@ -299,6 +300,7 @@ def snapshot(run: Path, served: Any, max_points: int = 2000) -> dict[str, Any]:
         "checkpoints": [str(p) for p in runs.list_checkpoints(run)],
         "metrics": _thin(metrics, max_points),
         "evals": [{"step": r["step"], "eval_loss": r["eval_loss"]} for r in runs.read_eval(run)],
+        "ranks": runs.read_ranks(run),  # every process's memory (multi-process runs)
         "samples": samples[-48:],
         "log": runs.log_tail(run, 40) or proc.get("output", ""),
         "preflight": preflight,

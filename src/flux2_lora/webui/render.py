@@ -58,7 +58,9 @@ def _host_line(host: dict[str, Any], where: str) -> str:
     avail = host.get("available_gib")
     verdict = VERDICT_TEXT.get(host.get("verdict"), "?")
     of = f" of {avail:.1f} GiB available" if avail else ""
-    return f"{where}: host RAM peak {gib(host.get('peak_gib'))}{of} ({verdict})"
+    n = int(host.get("processes") or 1)
+    each = f" per process × {n} = {gib(host.get('machine_peak_gib'))}" if n > 1 else ""
+    return f"{where}: host RAM peak {gib(host.get('peak_gib'))}{each}{of} ({verdict})"
 
 
 def verdict_html(result: dict[str, Any], rev: str, field_errors: dict[str, str] | None = None) -> str:
@@ -84,10 +86,25 @@ def verdict_html(result: dict[str, Any], rev: str, field_errors: dict[str, str] 
     else:
         gpu = r.get("gpu") or {}
         verdict = gpu.get("verdict", "unknown")
+        n = int(r.get("num_gpus") or 1)
+        # Several processes: every figure is one GPU's, and the verdict is for n of them.
+        where = (
+            f"per GPU, {esc(gpu.get('label') or gpu.get('name', 'GPU'))}"
+            if n > 1
+            else esc(gpu.get("name", "GPU"))
+        )
         head = (
-            f"{esc(gpu.get('name', 'GPU'))}: {VERDICT_TEXT.get(verdict, verdict)} — "
+            f"{where}: {VERDICT_TEXT.get(verdict, verdict)} — "
             f"{gib(r.get('total_gib'))} of {gpu.get('gib', 0):.0f} GiB"
         )
+        if n > 1:
+            how = (
+                "FSDP shards the model over them"
+                if r.get("strategy") == "fsdp"
+                else "DDP: a whole copy on each"
+            )
+            head += f' <span class="verdict-gpus" data-gpus="{n}">({n} GPUs; {how})</span>'
+
         sub = (
             f"{esc(model)} · peak allocated {gib(r.get('allocated_peak_gib'))} while {esc(r.get('peak_phase', '?'))}"
             f" · trainable {r.get('trainable_params', 0):,} parameters<br>"
@@ -139,9 +156,11 @@ def breakdown_markdown(result: dict[str, Any]) -> str:
         lines += [f"| {k} | {v:.2f} |" for k, v in host["phases"].items()]
     gpus = r.get("gpus") or []
     if gpus:
-        lines += ["", "| GPU | GiB | verdict |", "|---|---:|---|"]
+        per = " (per GPU)" if int(r.get("num_gpus") or 1) > 1 else ""
+        lines += ["", f"| GPUs | GiB{per} | verdict |", "|---|---:|---|"]
         lines += [
-            f"| {g['name']} | {g['gib']:.0f} | {VERDICT_TEXT.get(g['verdict'], g['verdict'])} |" for g in gpus
+            f"| {g.get('label') or g['name']} | {g['gib']:.0f} | {VERDICT_TEXT.get(g['verdict'], g['verdict'])} |"
+            for g in gpus
         ]
     notes = r.get("notes") or []
     if notes:

@@ -16,6 +16,36 @@ from flux2_lora.webui.tabs import PRIVATE, Shared, skip
 
 FINAL = ("finished", "failed", "stopped")
 METRIC_COLUMNS = ["step", "loss", "lr", "sec_per_step", "eta_s", "gpu_mem_gib", "rss_gib"]
+RANK_COLUMNS = [
+    "rank",
+    "host",
+    "step",
+    "GPU peak allocated (GiB)",
+    "GPU peak reserved (GiB)",
+    "RSS (GiB)",
+    "RSS peak (GiB)",
+]
+
+
+def ranks_frame(ranks: list[dict[str, Any]]) -> pd.DataFrame:
+    """Every process of a multi-process run with its memory (rank 0 reports the progress above)."""
+
+    def num(v: Any) -> Any:
+        return round(float(v), 2) if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
+
+    rows = [
+        [
+            r.get("rank"),
+            r.get("host") or "",
+            r.get("step"),
+            num(r.get("gpu_allocated_peak_gib")),
+            num(r.get("gpu_reserved_peak_gib")),
+            num(r.get("rss_gib")),
+            num(r.get("rss_peak_gib")),
+        ]
+        for r in ranks
+    ]
+    return pd.DataFrame(rows, columns=RANK_COLUMNS)
 
 
 def loss_frame(metrics: pd.DataFrame, evals: list[dict[str, Any]]) -> pd.DataFrame:
@@ -55,6 +85,13 @@ def create_runs_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
             height=240,
             elem_id="memory-plot",
         )
+    c["ranks"] = gr.Dataframe(
+        value=ranks_frame([]),
+        label="Processes (multi-GPU runs): memory of every rank",
+        interactive=False,
+        visible=False,
+        elem_id="ranks-table",
+    )
     c["gallery"] = gr.Gallery(
         label="Validation samples (click to enlarge)",
         columns=6,
@@ -186,6 +223,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
         c["lr"],
         c["memory"],
         c["gallery"],
+        c["ranks"],
         c["log"],
         c["lora"],
         c["preflight"],
@@ -208,6 +246,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
             len(snap.get("samples", [])),
             snap.get("log", "")[-200:],
             snap.get("lora"),
+            [(r.get("rank"), r.get("step")) for r in snap.get("ranks", [])],
             pre.get("running"),
             bool(pre.get("result")),
             (pre.get("output") or "")[-120:],
@@ -235,6 +274,9 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
                 ],
                 c["log"]: snap.get("log", ""),
                 c["lora"]: snap.get("lora"),
+                c["ranks"]: gr.update(
+                    value=ranks_frame(snap.get("ranks", [])), visible=len(snap.get("ranks", [])) > 1
+                ),
                 c["preflight"]: render.preflight_html(pre),
             }
         )

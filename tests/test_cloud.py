@@ -1,0 +1,121 @@
+"""``flux2-lora cloud skypilot``: the task file parses with SkyPilot's own parser, offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flux2_lora.config.io import load_config
+from tests.helpers import cli
+
+PARSE = """
+import json, sys
+import sky
+task = sky.Task.from_yaml(sys.argv[1])
+(res,) = task.resources
+print(json.dumps({
+    "num_nodes": task.num_nodes,
+    "accelerators": res.accelerators,
+    "spot": res.use_spot,
+    "file_mounts": task.file_mounts,
+    "storage": {k: [s.name, s.mode.value] for k, s in task.storage_mounts.items()},
+    "run": task.run,
+    "setup": task.setup,
+    "workdir": task.workdir,
+    # A secret without a value is a reference, given at launch (sky launch --secret HF_TOKEN).
+    "secrets": sorted(r.name for r in task._managed_secret_refs),
+}))
+"""
+
+
+def _sky_parse(task: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    """SkyPilot's parser (schema validation included) in a process whose home has no cloud credentials
+    and no SkyPilot state."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GOOGLE_", "AZURE_", "SKYPILOT_"))
+    }
+    env["HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-c", PARSE, str(task)], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_the_task_parses_with_skypilots_parser(tmp_path):  # type: ignore[no-untyped-def]
+    pytest.importorskip("sky", reason="SkyPilot is the 'cloud' extra")
+    data = tmp_path / "photos"
+    data.mkdir()
+    out = tmp_path / "task.yaml"
+    proc = cli(
+        "cloud", "skypilot", "--preset", "dev", "--set", f"dataset.path={data}", "--set", "output.dir=runs/style",
+        "--strategy", "fsdp", "--gpus", "H100:8", "--nodes", "2", "--spot", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "sky jobs launch" in proc.stdout and "--secret HF_TOKEN" in proc.stdout
+    parsed = _sky_parse(out, tmp_path / "home")
+    assert parsed.returncode == 0, parsed.stderr[-2000:]
+    task = json.loads(parsed.stdout.strip().splitlines()[-1])
+    assert task["num_nodes"] == 2 and task["accelerators"] == {"H100": 8} and task["spot"]
+    assert task["file_mounts"]["/flux2-lora/dataset"] == str(data)
+    assert task["storage"] == {"/flux2-lora/runs": ["flux2-lora-style", "MOUNT_CACHED"]}
+    assert task["secrets"] == ["HF_TOKEN"]
+    for piece in (
+        "--resume auto",
+        "$SKYPILOT_NODE_RANK",
+        "$SKYPILOT_NODE_IPS",
+        "$SKYPILOT_NUM_GPUS_PER_NODE",
+    ):
+        assert piece in task["run"]
+    assert "--index-url" in task["setup"] and Path(task["workdir"], "pyproject.toml").is_file()
+    # The config the nodes train with: the mounts' paths, one process per GPU, FSDP; the run passes the
+    # node count, rank and machine 0's address.
+    config_file = Path(task["file_mounts"]["/flux2-lora/config.yaml"])
+    config, _ = load_config(
+        config_file,
+        overrides=[
+            "distributed.num_machines=2",
+            "distributed.machine_rank=1",
+            "distributed.main_process_ip=10.0.0.1",
+        ],
+    )
+    assert config.dataset.path == "/flux2-lora/dataset" and config.output.dir == "/flux2-lora/runs/style"
+    assert config.distributed.strategy == "fsdp" and config.distributed.world_size == 16
+
+
+def test_skypilots_parser_is_a_real_check(tmp_path):  # type: ignore[no-untyped-def]
+    """A task SkyPilot would refuse fails the same parse (so the test above means something)."""
+    pytest.importorskip("sky", reason="SkyPilot is the 'cloud' extra")
+    out = tmp_path / "task.yaml"
+    assert cli("cloud", "skypilot", "--preset", "quickstart", "--out", str(out)).returncode == 0
+    task = yaml.safe_load(out.read_text())
+    task["num_node"] = task.pop("num_nodes")  # a typo
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(task))
+    assert _sky_parse(bad, tmp_path / "home").returncode != 0
+    # The demo needs no uploads, no token: only the config and the run directory are mounted.
+    assert set(yaml.safe_load(out.read_text())["file_mounts"]) == {
+        "/flux2-lora/runs",
+        "/flux2-lora/config.yaml",
+    }
+    assert "secrets" not in yaml.safe_load(out.read_text())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--gpus", "H100:x"], "--gpus: 'H100:x' is not TYPE or TYPE:COUNT"),
+        (["--gpus", "H100:64"], "--gpus: 64 GPUs per node"),
+        (["--set", "dataset.path=/no/such/folder"], "dataset.path: /no/such/folder does not exist here"),
+        (["--bucket", "Bad_Bucket"], "--bucket: 'Bad_Bucket' is not a bucket name"),
+        (["--nodes", "0"], "--nodes: 0"),
+    ],
+)
+def test_bad_settings_are_named(tmp_path, args, message):  # type: ignore[no-untyped-def]
+    proc = cli("cloud", "skypilot", "--preset", "quickstart", *args, "--out", str(tmp_path / "t.yaml"))
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "t.yaml").exists()
