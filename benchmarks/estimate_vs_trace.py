@@ -1,9 +1,11 @@
 """Analytic training-phase peak vs the meta-tensor trace of the trainer's step, over the test matrix.
 
-    python benchmarks/estimate_vs_trace.py [--double 2 --single 3] [--variant klein-4b] [--full]
+    python benchmarks/estimate_vs_trace.py [--double 2 --single 3] [--variant klein-4b] [--full] [--fsdp]
 
 Reduced depth keeps each trace under a second; tests/memory checks that blocks compose linearly.
-``--full`` also traces each shipped variant's default preset at full depth.
+``--full`` also traces each shipped variant's default preset at full depth; ``--fsdp`` traces one rank of
+[dev] and [klein] 9B under torch's fully_shard on 2, 4 and 8 GPUs (full depth, the preset's settings) against
+the per-GPU estimate.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the matrix lives with the tests
 from tests.memory.matrix import MATRIX, config, row_id, training_phase_on
 
+from flux2_lora.config.io import load_config
 from flux2_lora.memory import estimate
 from flux2_lora.training.trace import reduced, trace_training_step
 from flux2_lora.variants import VARIANTS
@@ -26,10 +29,11 @@ def main() -> int:
     parser.add_argument("--single", type=int, default=3)
     parser.add_argument("--variant", default="klein-4b")
     parser.add_argument("--full", action="store_true", help="also the full-depth models")
+    parser.add_argument("--fsdp", action="store_true", help="only one FSDP rank per GPU count, full depth")
     args = parser.parse_args()
     arch = reduced(VARIANTS[args.variant].transformer, args.double, args.single)
     worst = 0.0
-    for row in MATRIX:
+    for row in [] if args.fsdp else MATRIX:
         c = config(*row, variant=args.variant)
         traced = trace_training_step(c, arch)["peak_gib"]
         est = training_phase_on(c, arch)
@@ -45,6 +49,19 @@ def main() -> int:
                 err = (est - traced) / traced
                 worst = max(worst, abs(err))
                 label = f"{variant} full depth {' '.join(extra) or 'defaults'}"
+                print(f"{label:62} trace {traced:7.3f} GiB  estimate {est:7.3f} GiB  {err:+.2%}", flush=True)
+    if args.fsdp:
+        for variant in ("dev", "klein-9b"):
+            for n in (2, 4, 8):
+                c, _ = load_config(
+                    presets=[variant],
+                    overrides=["distributed.strategy=fsdp", f"distributed.num_processes={n}"],
+                )
+                traced = trace_training_step(c)["peak_gib"]
+                est = estimate(c, kernels="trace").phases["training"]
+                err = (est - traced) / traced
+                worst = max(worst, abs(err))
+                label = f"{variant} FSDP rank of {n} GPUs"
                 print(f"{label:62} trace {traced:7.3f} GiB  estimate {est:7.3f} GiB  {err:+.2%}", flush=True)
     print(f"worst |error| {worst:.2%} (target < 3%)")
     return 0 if worst < 0.03 else 1
