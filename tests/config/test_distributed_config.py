@@ -93,5 +93,7 @@ def test_train_with_a_bad_flag_names_the_field():  # type: ignore[no-untyped-def
     from tests.helpers import cli
 
     proc = cli("train", "--preset", "quickstart", "--num-processes", "two")
-    assert proc.returncode == 2 and "distributed.num_processes: must be a whole number" in proc.stderr
+    assert proc.returncode == 2 and "--num-processes: invalid int value: 'two'" in proc.stderr
+    proc = cli("train", "--preset", "quickstart", "--num-processes", "0")
+    assert proc.returncode == 2 and "distributed.num_processes: must be ≥ 1 (got 0)" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -47,6 +47,7 @@ def add_field_args(
     notes: Mapping[str, str] | None = None,
     helps: Mapping[str, str] | None = None,
     required: Collection[str] = (),
+    dests: Mapping[str, str] | None = None,
 ) -> None:
     """One option per field of ``model`` (a config section or GenerationSettings): the schema's help,
     choices and default (``helps`` replaces a help text that speaks of training, ``notes`` adds to one).
@@ -59,7 +60,11 @@ def add_field_args(
         text = " ".join(filter(None, [own, (notes or {}).get(name)]))
         if default not in (None, "", []) and ann is not bool:
             text += f" (default: {default})"
-        kw: dict[str, Any] = {"dest": name, "default": None, "help": text.replace("%", "%%")}
+        kw: dict[str, Any] = {
+            "dest": (dests or {}).get(name, name),
+            "default": None,
+            "help": text.replace("%", "%%"),
+        }
         if ann is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif get_origin(ann) is Literal:
