@@ -57,3 +57,14 @@ def test_no_nvidia_smi_means_no_local_gpu(monkeypatch: pytest.MonkeyPatch) -> No
         assert gpus.local_gpu() is None
     finally:
         gpus.local_gpu.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("given", "gib"),
+    [("1", 1.0), ("4090", 23.99), ("40", 39.5), ("H100", 79.65), ("A10", 23.99), ("22.5", 22.5)],
+)
+def test_a_gpu_is_found_by_whole_model_number_or_size(given: str, gib: float) -> None:
+    from flux2_lora.memory.gpus import find_gpu
+
+    found = find_gpu(given)
+    assert found is not None and found.gib == gib  # "1" is a 1 GiB card, not the A10 holding a "1"

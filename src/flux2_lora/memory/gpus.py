@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -81,8 +82,15 @@ def find_gpu(name: str | None) -> Gpu | None:
         return local_gpu()
     key = name.lower().strip()
     cards = [*GPUS, *([lg] if (lg := local_gpu()) else [])]
+
     # "40" must mean the 40 GB class, not the RTX 4090 in the 24 GB class' name: prefixes first.
-    for match in (lambda g: g.name.lower().startswith(key + " "), lambda g: key in g.name.lower()):
+    # A number matches a whole model number ("4090"), never part of one ("1" is not the A10): else GiB.
+    def contains(g: Gpu) -> bool:
+        if key.replace(".", "", 1).isdigit():
+            return key in re.split(r"[^a-z0-9.]+", g.name.lower())
+        return key in g.name.lower()
+
+    for match in (lambda g: g.name.lower().startswith(key + " "), contains):
         for g in cards:
             if match(g):
                 return g
