@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(VENV)/bin/flux2-lora train --preset quickstart
 
 test: $(STAMP) $(SKY_STAMP)
-	FLUX2_SKY_PYTHON=$(SKY_VENV)/bin/python $(PY) -m pytest -q
+	FLUX2_SKY_PYTHON=$(abspath $(SKY_VENV))/bin/python $(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -41,7 +41,7 @@ def _sky_python() -> str:
         Path(__file__).resolve().parents[1] / ".venv-sky/bin/python"
     )
     if Path(own).is_file():
-        return own
+        return str(Path(own).absolute())
     try:
         import sky  # noqa: F401
     except ImportError:
