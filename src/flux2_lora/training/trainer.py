@@ -2,7 +2,8 @@
 
 Runs in its own process (the CLI, ``accelerate launch`` or the web UI's subprocess). The run directory's
 life cycle (lock, logging, config, status, signals) belongs to :class:`~.session.RunSession`; the trainer
-reports through the reporter and stop flag it is given. ``train_step``, ``adapter_state`` and ``sample``
+reports through the reporter and stop flag it is given; checkpoints and resume are
+:class:`~.run_state.TrainingState`'s. ``train_step``, ``adapter_state`` and ``sample``
 are public: the pre-flight and the benchmarks drive the trainer through them.
 """
 
@@ -19,7 +20,6 @@ from flux2_lora import runs
 from flux2_lora.config import TrainConfig
 from flux2_lora.hooks import hold_point
 from flux2_lora.timesteps import shift_sigma
-from flux2_lora.training import checkpoint as ckpt
 from flux2_lora.training import distributed as dist_util
 from flux2_lora.training.batches import (
     Item,
@@ -49,6 +49,7 @@ from flux2_lora.training.model import (
     resolve_text_encoder_layers,
 )
 from flux2_lora.training.optim import build_optimizer, build_scheduler
+from flux2_lora.training.run_state import TrainingState
 from flux2_lora.training.sampling import Sampler, SampleSettings
 from flux2_lora.training.session import LOCK_HELD_ENV, RunSession, StopFlag
 from flux2_lora.training.tracking import RunReporter, estimate_summary
@@ -90,6 +91,7 @@ class Trainer:
         self.schedule: SampleSchedule | None = None
         self.sampler: Sampler | None = None
         self.eval_set: EvalSet | None = None
+        self.state: TrainingState | None = None  # checkpoints and resume, once the model is prepared
         # FSDP shards the transformer over the processes: its forward passes (samples, the eval loss) and
         # its state (checkpoints, the LoRA) then need every process.
         self.fsdp = dist_util.uses_fsdp(config, self.accelerator.num_processes)
@@ -117,6 +119,9 @@ class Trainer:
             self.model, self.optimizer = self.transformer, acc.prepare(self.optimizer)
         else:
             self.model, self.optimizer = acc.prepare(self.transformer, self.optimizer)
+        self.state = TrainingState(
+            acc, self.model, self.optimizer, self.lr_scheduler, self.run_dir, cfg, self.variant, self.reporter
+        )
         self.schedule = SampleSchedule(
             [i.repeats * cfg.dataset.repeats for i in self.items],
             cfg.training.seed,
@@ -129,7 +134,7 @@ class Trainer:
         # The main process decides (another machine may not see the run directory, nor resolve 'auto').
         resume = dist_util.broadcast_object(resume)
         if resume:
-            start = self._resume(resume)
+            start = self.state.resume(resume)
         if self.reporter is not None:
             self.reporter.status.extra.update(
                 {
@@ -316,107 +321,14 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- state
     def adapter_state(self) -> dict[str, torch.Tensor]:
-        """The whole adapter by PEFT key. Under FSDP a collective (every process calls it) that leaves the
-        tensors on the main process and an empty dict elsewhere."""
-        model = self.accelerator.unwrap_model(self.model)
-        return dist_util.full_adapter_state(model, self.accelerator.num_processes)
-
-    def optimizer_state(self) -> dict[str, Any]:
-        """The optimizer state keyed by parameter name (so any process count can load it); with several
-        processes a collective, whose result is on the main process."""
-        model = self.accelerator.unwrap_model(self.model)
-        return dist_util.optimizer_state(model, self.optimizer, self.accelerator.num_processes)
+        """The whole adapter by PEFT key (under FSDP a collective; the tensors land on the main process)."""
+        assert self.state is not None, "setup() first"
+        return self.state.adapter()
 
     def save_checkpoint(self, step: int) -> Path | None:
         """Every process gathers its share; the main one writes. Returns the checkpoint (main process)."""
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        out = self.config.output
-        if acc.is_main_process:
-            self._status("checkpointing", f"saving checkpoint at step {step}")
-        t0 = time.perf_counter()
-        adapter = self.adapter_state()
-        optimizer = self.optimizer_state() if out.save_optimizer_state else None
-        path = None
-        if acc.is_main_process:
-            path = ckpt.save_checkpoint(
-                self.run_dir,
-                step,
-                adapter,
-                optimizer,
-                self.lr_scheduler.state_dict(),
-                {"total_steps": self.config.training.max_steps, "variant": self.variant},
-                keep=out.max_checkpoints,
-            )
-            if self.reporter is not None:
-                self.reporter.record_overhead("checkpoint", time.perf_counter() - t0)
-            self._status("training", "", last_checkpoint=str(path))
-        acc.wait_for_everyone()
-        return path
-
-    def _resume(self, resume: str) -> int:
-        """Resolve ``resume`` on the main process (a checkpoint of another rank or other target layers is
-        skipped for 'latest', refused for a folder), load it there and hand it to every process."""
-        acc = self.accelerator
-        if acc.num_processes == 1:
-            expected = dist_util.adapter_shapes(acc.unwrap_model(self.model))
-            path = ckpt.resolve_resume(
-                self.run_dir, resume, validator=lambda p: ckpt.validate_checkpoint(p, expected)
-            )
-            return self.restore(path)
-        state, problem = None, None
-        if acc.is_main_process:
-            try:
-                expected = dist_util.adapter_shapes(acc.unwrap_model(self.model))
-                path = ckpt.resolve_resume(
-                    self.run_dir, resume, validator=lambda p: ckpt.validate_checkpoint(p, expected)
-                )
-                state = self._read_checkpoint(path)
-            except ckpt.CheckpointError as e:
-                problem = str(e)
-        problem = dist_util.broadcast_object(problem)
-        if problem:  # every process stops with the main one's reason
-            raise ckpt.CheckpointError(problem)
-        return self._load_state(state)
-
-    def _read_checkpoint(self, path: Path) -> dict[str, Any]:
-        """A checkpoint's state with its optimizer state keyed by parameter name (older checkpoints keyed
-        it by position); a state that does not match this run's optimizer is a CheckpointError."""
-        state = ckpt.load_checkpoint(path)
-        state["path"] = str(path)
-        if state["optimizer"] is not None:
-            try:
-                state["optimizer"] = dist_util.by_name(
-                    state["optimizer"], self.accelerator.unwrap_model(self.model), self.optimizer
-                )
-            except ValueError as e:
-                raise ckpt.CheckpointError(f"--resume: {path / ckpt.OPTIMIZER_FILE}: {e}") from None
-        return state
-
-    def _load_state(self, state: dict[str, Any] | None) -> int:
-        """Load the main process's checkpoint state into every process; returns its step."""
-        acc = self.accelerator
-        model = acc.unwrap_model(self.model)
-        main = state or {}
-        dist_util.load_states(
-            model, self.optimizer, main.get("adapter"), main.get("optimizer"), acc.num_processes
-        )
-        rest = None
-        if state is not None:
-            rest = (state["scheduler"], int(state["meta"]["step"]), state["path"], state["optimizer"] is None)
-        scheduler, step, path, no_optimizer = dist_util.broadcast_object(rest)
-        if no_optimizer:
-            log.warning(
-                "checkpoint %s has no optimizer state: the optimizer restarts (output.save_optimizer_state)",
-                path,
-            )
-        self.lr_scheduler.load_state_dict(scheduler)
-        log.info("resumed from %s at step %d", path, step)
-        return step
-
-    def restore(self, path: Path) -> int:
-        """Resume this (single) process from the checkpoint folder ``path``; returns its step."""
-        return self._load_state(self._read_checkpoint(path))
+        assert self.state is not None, "setup() first"
+        return self.state.save(step)
 
     # ----------------------------------------------------------------------------- samples
     def sample(self, step: int) -> None:
