@@ -135,3 +135,12 @@ def test_a_malformed_status_is_listed_as_unreadable_beside_the_others(
     assert "\\x1b[31mred" in proc.stdout and "\x1b" not in proc.stdout
     listed = json.loads(cli("runs", str(tmp_path), "--json").stdout)
     assert [r["status"]["state"] for r in listed] == ["finished", "unreadable"]
+
+
+def test_a_sweeps_trials_are_listed_by_their_path_below_the_root(tmp_path: Path) -> None:
+    """Runs one and two levels down (a sweep's trials); never a run's own folders, nor deeper."""
+    for rel in ("style", "sweep/trial-000", "sweep/trial-001", "a/b/too-deep", "style/previous/old"):
+        (tmp_path / rel).mkdir(parents=True)
+        runs.write_json_atomic(tmp_path / rel / runs.STATUS_FILE, runs.RunStatus(state="finished").to_dict())
+    found = [runs.run_name(r, tmp_path) for r in runs.iter_runs(tmp_path)]
+    assert found == ["style", "sweep/trial-000", "sweep/trial-001"]

@@ -388,8 +388,9 @@ class RunSummary:
         }
 
 
-def iter_runs(root: str | Path) -> Iterator[Path]:
-    """Run directories under root (any folder with a status.json, up to two levels deep)."""
+def iter_runs(root: str | Path, depth: int = 2) -> Iterator[Path]:
+    """Run directories under root: any folder with a status.json, up to ``depth`` levels deep (a sweep's
+    trials sit one level below the sweep). A run's own folders are never searched."""
     base = Path(root)
     try:
         if not base.is_dir():
@@ -397,15 +398,26 @@ def iter_runs(root: str | Path) -> Iterator[Path]:
         if (base / STATUS_FILE).is_file():
             yield base
             return
+        if depth <= 0:
+            return
         children = sorted(base.iterdir())
     except OSError:  # an unreadable folder holds no runs we can show
         return
     for child in children:
         try:
-            if child.is_dir() and (child / STATUS_FILE).is_file():
-                yield child
+            if not child.is_dir() or child.is_symlink():
+                continue
         except OSError:
             continue
+        yield from iter_runs(child, depth - 1)
+
+
+def run_name(run: Path, root: str | Path) -> str:
+    """A run as listed under ``root``: 'style', or for a sweep's trial 'my-sweep/trial-003'."""
+    try:
+        return run.resolve().relative_to(Path(root).resolve()).as_posix().strip(".") or run.name
+    except (ValueError, OSError):
+        return run.name
 
 
 _RANK_FIELDS = (

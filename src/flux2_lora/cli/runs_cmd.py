@@ -7,7 +7,7 @@ import json
 import time
 
 from flux2_lora.cli.common import show
-from flux2_lora.runs import STATE_UNREADABLE, iter_runs, log_tail, summarize
+from flux2_lora.runs import STATE_UNREADABLE, iter_runs, log_tail, run_name, summarize
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         gpu = f"{_gib(est, 'allocated_peak_gib')}/{_gib(meas, 'gpu_allocated_peak_gib')}"
         host = f"{_gib(est, 'host_peak_gib')}/{_gib(meas, 'host_peak_rss_gib')}"
         print(
-            f"{show(r.path.name):30} {show(s.state):12} {s.step:>5}/{s.total_steps:<5} {elapsed:>7.0f}s "
+            f"{show(run_name(r.path, args.root)):30} {show(s.state):12} {s.step:>5}/{s.total_steps:<5} {elapsed:>7.0f}s "
             f"{gpu:>15} {host:>15}  {show(r.lora or '-')}"
         )
         if s.state in ("failed", STATE_UNREADABLE) and s.message:

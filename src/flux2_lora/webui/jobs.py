@@ -177,7 +177,7 @@ def list_runs(paths: AppPaths) -> list[dict[str, Any]]:
         out.append(
             {
                 "run_dir": s["path"],
-                "name": run.name,
+                "name": runs.run_name(run, paths.runs),
                 "state": st.get("state"),
                 "step": st.get("step"),
                 "total_steps": st.get("total_steps"),
