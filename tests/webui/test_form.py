@@ -23,6 +23,10 @@ def test_labels_read_as_words_people_use() -> None:
     for path, label in labels.items():
         for raw in ("Lora", "Vae", "Cpu", "Gpu", "Dir", "Wandb", "Comfyui"):
             assert raw not in label.split(), (path, label)
+    from flux2_lora.config import SECTIONS
+    from flux2_lora.webui.schema import SECTION_TITLES
+
+    assert set(SECTION_TITLES) == set(SECTIONS)  # every section of the form has a title in words
     seed = next(s for s in form_fields() if s.path == "training.seed")
     assert seed.bounds_text() == "0 – 4,294,967,295"
     assert human_number(1e-6) == "1e-06" and human_number(1_000_000.0) == "1,000,000"

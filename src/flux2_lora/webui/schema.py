@@ -72,6 +72,7 @@ SECTION_TITLES = {
     "lora": "LoRA",
     "training": "Training",
     "memory": "Memory",
+    "performance": "Speed (compile, FP8, attention)",
     "distributed": "GPUs and machines",
     "validation": "Validation samples",
     "output": "Output",
