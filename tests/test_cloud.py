@@ -61,7 +61,7 @@ def _sky_parse(task: Path, home: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_task_parses_with_skypilots_parser(tmp_path):  # type: ignore[no-untyped-def]
+def test_the_task_parses_with_skypilots_parser(tmp_path: Path) -> None:
     _sky_python()
     data = tmp_path / "photos"
     data.mkdir()
@@ -102,7 +102,7 @@ def test_the_task_parses_with_skypilots_parser(tmp_path):  # type: ignore[no-unt
     assert config.distributed.strategy == "fsdp" and config.distributed.world_size == 16
 
 
-def test_skypilots_parser_is_a_real_check(tmp_path):  # type: ignore[no-untyped-def]
+def test_skypilots_parser_is_a_real_check(tmp_path: Path) -> None:
     """A task SkyPilot would refuse fails the same parse (so the test above means something)."""
     _sky_python()
     out = tmp_path / "task.yaml"
@@ -130,7 +130,7 @@ def test_skypilots_parser_is_a_real_check(tmp_path):  # type: ignore[no-untyped-
         (["--nodes", "0"], "--nodes: 0"),
     ],
 )
-def test_bad_settings_are_named(tmp_path, args, message):  # type: ignore[no-untyped-def]
+def test_bad_settings_are_named(tmp_path: Path, args: list[str], message: str) -> None:
     proc = cli("cloud", "skypilot", "--preset", "quickstart", *args, "--out", str(tmp_path / "t.yaml"))
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "t.yaml").exists()

@@ -52,12 +52,12 @@ def _issues(*overrides: str) -> dict[str, str]:
         (["distributed.main_process_port=70000"], "distributed.main_process_port", "≤ 65535"),
     ],
 )
-def test_bad_combinations_are_field_errors(overrides, field, words):  # type: ignore[no-untyped-def]
+def test_bad_combinations_are_field_errors(overrides: tuple[str, ...], field: str, words: str) -> None:
     issues = _issues(*overrides)
     assert field in issues and words in issues[field], issues
 
 
-def test_fsdp_on_one_process_is_a_warning_and_the_defaults_are_one_process():  # type: ignore[no-untyped-def]
+def test_fsdp_on_one_process_is_a_warning_and_the_defaults_are_one_process() -> None:
     issues = _issues("distributed.strategy=fsdp")
     assert "shards nothing" in issues["warning:distributed.strategy"]
     config, warnings = load_config(overrides=["distributed.num_processes=4", "distributed.num_machines=2",
@@ -66,7 +66,7 @@ def test_fsdp_on_one_process_is_a_warning_and_the_defaults_are_one_process():  #
     assert load_config()[0].distributed.world_size == 1
 
 
-def test_train_flags_come_from_the_schema():  # type: ignore[no-untyped-def]
+def test_train_flags_come_from_the_schema() -> None:
     from flux2_lora.cli.schema_flags import add_section_flags, section_overrides
     from flux2_lora.config import DistributedSection
 
@@ -89,7 +89,7 @@ def test_train_flags_come_from_the_schema():  # type: ignore[no-untyped-def]
         p.parse_args(["--strategy", "zero3"])
 
 
-def test_train_with_a_bad_flag_names_the_field():  # type: ignore[no-untyped-def]
+def test_train_with_a_bad_flag_names_the_field() -> None:
     from tests.helpers import cli
 
     proc = cli("train", "--preset", "quickstart", "--num-processes", "two")

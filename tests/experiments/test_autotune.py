@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -41,7 +42,7 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def choices(p) -> dict[str, tuple[object, str]]:  # type: ignore[no-untyped-def]
+def choices(p: Any) -> dict[str, tuple[Any, str]]:
     return {c.field: (c.value, c.reason) for c in p.choices}
 
 

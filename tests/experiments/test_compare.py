@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -34,7 +35,7 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return out
 
 
-def test_compare_json_lists_what_differs_and_the_figures(two_runs, tmp_path):  # type: ignore[no-untyped-def]
+def test_compare_json_lists_what_differs_and_the_figures(two_runs: Any, tmp_path: Path) -> None:
     grid = tmp_path / "grid.png"
     report = tmp_path / "report.html"
     proc = cli(
@@ -60,7 +61,7 @@ def test_compare_json_lists_what_differs_and_the_figures(two_runs, tmp_path):  #
     assert "lora.rank" in text and text.count("data:image/png;base64") == 2
 
 
-def test_compare_table_and_bad_input(two_runs, tmp_path):  # type: ignore[no-untyped-def]
+def test_compare_table_and_bad_input(two_runs: Any, tmp_path: Path) -> None:
     text = cli("compare", *map(str, two_runs), check=True).stdout
     assert "final eval loss" in text and "lora.rank: 4 | 8" in text
     bad = cli("compare", str(two_runs[0]), str(tmp_path))

@@ -4,9 +4,11 @@ process group, meta tensors), the estimate CLI's per-GPU figures, and the "N GPU
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
+from flux2_lora.config import TrainConfig
 from flux2_lora.config.io import load_config
 from flux2_lora.memory import estimate, estimate_report, recommendations
 from flux2_lora.variants import VARIANTS
@@ -15,7 +17,7 @@ from tests.helpers import cli
 from .matrix import training_phase_on
 
 
-def _config(preset: str, n: int, *overrides: str):  # type: ignore[no-untyped-def]
+def _config(preset: str, n: int, *overrides: str) -> TrainConfig:
     config, _ = load_config(
         presets=[preset],
         overrides=["distributed.strategy=fsdp", f"distributed.num_processes={n}", *overrides],
@@ -25,7 +27,7 @@ def _config(preset: str, n: int, *overrides: str):  # type: ignore[no-untyped-de
 
 @pytest.mark.parametrize("n", [2, 4, 8])
 @pytest.mark.parametrize("variant", ["dev", "klein-9b"])
-def test_fsdp_estimate_within_3_percent_of_a_traced_rank(variant, n):  # type: ignore[no-untyped-def]
+def test_fsdp_estimate_within_3_percent_of_a_traced_rank(variant: str, n: int) -> None:
     """Reduced depth (2 double + 3 single blocks of the real width; the estimate walks the blocks one by
     one, so depth enters it exactly): the preset's own settings, 1024 px, checkpointing."""
     from flux2_lora.training.trace import reduced, trace_training_step
@@ -47,7 +49,7 @@ def test_fsdp_estimate_within_3_percent_of_a_traced_rank(variant, n):  # type: i
     ],
     ids=["no-checkpointing", "fp32", "no-reshard", "all-linear-r64", "accumulation"],
 )
-def test_fsdp_settings_within_3_percent_of_the_trace(overrides):  # type: ignore[no-untyped-def]
+def test_fsdp_settings_within_3_percent_of_the_trace(overrides: tuple[str, ...]) -> None:
     from flux2_lora.training.trace import reduced, trace_training_step
 
     c = _config("klein-9b", 4, *overrides)
@@ -56,7 +58,7 @@ def test_fsdp_settings_within_3_percent_of_the_trace(overrides):  # type: ignore
     assert abs(training_phase_on(c, arch) - traced) / traced < 0.03
 
 
-def test_dora_under_fsdp_errs_high_not_low():  # type: ignore[no-untyped-def]
+def test_dora_under_fsdp_errs_high_not_low() -> None:
     """DoRA's dense-weight terms under FSDP's bf16 LoRA are only roughly known: the estimate may be high
     (it is 10–25% so here), never low."""
     from flux2_lora.training.trace import reduced, trace_training_step
@@ -69,7 +71,7 @@ def test_dora_under_fsdp_errs_high_not_low():  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("n", [2, 4, 8])
 @pytest.mark.parametrize("variant", ["dev", "klein-9b"])
-def test_full_size_fsdp_ranks_within_3_percent_of_the_trace(variant, n):  # type: ignore[no-untyped-def]
+def test_full_size_fsdp_ranks_within_3_percent_of_the_trace(variant: str, n: int) -> None:
     from flux2_lora.training.trace import trace_training_step
 
     c = _config(variant, n)
@@ -77,7 +79,7 @@ def test_full_size_fsdp_ranks_within_3_percent_of_the_trace(variant, n):  # type
     assert abs(estimate(c, kernels="trace").phases["training"] - traced) / traced < 0.03
 
 
-def test_shards_shrink_with_the_gpu_count_and_ddp_keeps_a_whole_copy():  # type: ignore[no-untyped-def]
+def test_shards_shrink_with_the_gpu_count_and_ddp_keeps_a_whole_copy() -> None:
     ddp = estimate(_config("dev", 4, "distributed.strategy=ddp")).phase_components["training"]
     parts = {n: estimate(_config("dev", n)).phase_components["training"] for n in (2, 4, 8)}
     assert parts[2]["weights"] == pytest.approx(2 * parts[4]["weights"], rel=1e-3)
@@ -94,7 +96,7 @@ def test_shards_shrink_with_the_gpu_count_and_ddp_keeps_a_whole_copy():  # type:
     )
 
 
-def test_report_gives_verdicts_for_n_gpus_and_fsdp_as_a_fix():  # type: ignore[no-untyped-def]
+def test_report_gives_verdicts_for_n_gpus_and_fsdp_as_a_fix() -> None:
     report = estimate_report(_config("dev", 4), gpu="24")
     assert report["num_gpus"] == 4 and report["strategy"] == "fsdp"
     assert report["gpu"]["label"] == "4 × 24 GB (RTX 3090/4090, A10)"
@@ -109,7 +111,7 @@ def test_report_gives_verdicts_for_n_gpus_and_fsdp_as_a_fix():  # type: ignore[n
     assert estimate(_with(config, fsdp["overrides"])).total_gib <= 23.99 * 0.9
 
 
-def _with(config, overrides):  # type: ignore[no-untyped-def]
+def _with(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     from flux2_lora.config.io import apply_overrides, to_dict, validate_dict
 
     data, _ = apply_overrides(to_dict(config), [f"{k}={v}" for k, v in overrides.items()])
@@ -117,7 +119,7 @@ def _with(config, overrides):  # type: ignore[no-untyped-def]
     return new
 
 
-def test_estimate_cli_shows_the_per_gpu_figure_and_verdicts():  # type: ignore[no-untyped-def]
+def test_estimate_cli_shows_the_per_gpu_figure_and_verdicts() -> None:
     args = [
         "estimate",
         "--preset",
@@ -138,7 +140,7 @@ def test_estimate_cli_shows_the_per_gpu_figure_and_verdicts():  # type: ignore[n
     assert json.loads(flags.stdout)["total_gib"] == report["total_gib"]
 
 
-def test_estimate_trace_traces_one_fsdp_rank():  # type: ignore[no-untyped-def]
+def test_estimate_trace_traces_one_fsdp_rank() -> None:
     from flux2_lora.training.trace import trace_report
 
     traced = trace_report(_config("klein-9b", 4))["training_peak"]
@@ -147,7 +149,7 @@ def test_estimate_trace_traces_one_fsdp_rank():  # type: ignore[no-untyped-def]
     assert abs(traced["error"]) < 0.03
 
 
-def test_host_ram_counts_every_process_of_the_machine():  # type: ignore[no-untyped-def]
+def test_host_ram_counts_every_process_of_the_machine() -> None:
     from flux2_lora.memory.host import host_estimate
 
     one = host_estimate(_config("klein-9b", 1), on_gpu=True)

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from safetensors.torch import load_file
 
 from flux2_lora import runs
 from flux2_lora.hooks import HOLD_ENV
-from tests.helpers import cli, sets, wait_for
+from tests.helpers import cli, sets, train_argv, wait_for
 
 SHORT = (
     "training.max_steps=6",
@@ -45,13 +46,13 @@ def _lora(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / runs.LORA_FILE))
 
 
-def _train(out: Path, *flags: str, extra: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+def _train(out: Path, *flags: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     return cli(
         "train", "--preset", "quickstart", *flags, *sets(f"output.dir={out}", *SHORT, *extra), timeout=600
     )
 
 
-def test_fsdp_on_two_processes_matches_ddp(tmp_path):  # type: ignore[no-untyped-def]
+def test_fsdp_on_two_processes_matches_ddp(tmp_path: Path) -> None:
     """The same seed and data order: sharded training computes the same LoRA as data parallel."""
     accumulate = ("training.gradient_accumulation_steps=2", "output.checkpoint_every=0")
     fsdp, ddp = tmp_path / "fsdp", tmp_path / "ddp"
@@ -73,16 +74,7 @@ def test_fsdp_on_two_processes_matches_ddp(tmp_path):  # type: ignore[no-untyped
 def _start_held(out: Path, point: str, *flags: str) -> subprocess.Popen[bytes]:
     """The launcher in its own process group (its workers with it), held at ``point`` on every rank."""
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flux2_lora.cli",
-            "train",
-            "--preset",
-            "quickstart",
-            *flags,
-            *sets(f"output.dir={out}", *SHORT, "output.checkpoint_every=2"),
-        ],
+        [*train_argv(out, *SHORT, "output.checkpoint_every=2"), *flags],
         env={**os.environ, HOLD_ENV: point},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -90,7 +82,7 @@ def _start_held(out: Path, point: str, *flags: str) -> subprocess.Popen[bytes]:
     )
 
 
-def test_fsdp_run_killed_after_a_checkpoint_resumes_on_one_process_and_back(tmp_path):  # type: ignore[no-untyped-def]
+def test_fsdp_run_killed_after_a_checkpoint_resumes_on_one_process_and_back(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = _start_held(out, "step@3", "--num-processes", "2", "--strategy", "fsdp")
     try:
@@ -132,7 +124,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_two_machines_on_localhost_write_one_lora(tmp_path):  # type: ignore[no-untyped-def]
+def test_two_machines_on_localhost_write_one_lora(tmp_path: Path) -> None:
     """Two launches as machine 0 and 1 (one process each, gloo over 127.0.0.1): one run, one LoRA, written
     by machine 0; machine 1 neither takes the run lock nor writes its own run directory."""
     out = tmp_path / "run"
@@ -173,7 +165,7 @@ def test_two_machines_on_localhost_write_one_lora(tmp_path):  # type: ignore[no-
     assert [r["rank"] for r in runs.read_ranks(out)] == [0, 1]
 
 
-def test_a_second_machine_touches_no_run_directory(tmp_path):  # type: ignore[no-untyped-def]
+def test_a_second_machine_touches_no_run_directory(tmp_path: Path) -> None:
     """Machine 1's launcher: no run directory, no lock; its command joins machine 0's rendezvous."""
     from flux2_lora.cli.train import launch_command
     from flux2_lora.config.io import load_config
@@ -196,7 +188,7 @@ def test_a_second_machine_touches_no_run_directory(tmp_path):  # type: ignore[no
     assert not out.exists()
 
 
-def test_an_optimizer_state_keyed_by_position_still_resumes(tmp_path, make_config):  # type: ignore[no-untyped-def]
+def test_an_optimizer_state_keyed_by_position_still_resumes(tmp_path: Path, make_config: Any) -> None:
     """Checkpoints written before parameter names were stored key the optimizer state by position."""
     from flux2_lora.training.checkpoint import OPTIMIZER_FILE
     from flux2_lora.training.trainer import run_training

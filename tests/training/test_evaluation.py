@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,7 @@ from flux2_lora.training.evaluation import EvalError
 from flux2_lora.training.trainer import Trainer, run_training
 
 
-def test_same_eval_set_same_start_then_training_moves_it(make_config, tmp_path):  # type: ignore[no-untyped-def]
+def test_same_eval_set_same_start_then_training_moves_it(make_config: Any, tmp_path: Path) -> None:
     common = ("validation.eval_images=2", "validation.eval_every=2", "training.max_steps=4")
     a = make_config(*common, "training.learning_rate=1e-3", "training.seed=1", out=tmp_path / "a")
     b = make_config(
@@ -30,7 +31,7 @@ def test_same_eval_set_same_start_then_training_moves_it(make_config, tmp_path):
     assert all(r["seconds"] > 0 for r in ea)
 
 
-def test_held_out_images_are_never_trained_on(make_config):  # type: ignore[no-untyped-def]
+def test_held_out_images_are_never_trained_on(make_config: Any) -> None:
     t = Trainer(make_config("validation.eval_images=3"))
     t.setup()
     assert t.eval_set is not None and len(t.eval_set.items) == 3
@@ -43,7 +44,7 @@ def test_held_out_images_are_never_trained_on(make_config):  # type: ignore[no-u
     assert [i.path for i in other.eval_set.items] == [i.path for i in t.eval_set.items]
 
 
-def test_an_eval_folder_is_scored_instead(make_config, tmp_path):  # type: ignore[no-untyped-def]
+def test_an_eval_folder_is_scored_instead(make_config: Any, tmp_path: Path) -> None:
     from tests.training.test_trainer_fields import make_images
 
     folder = make_images(tmp_path / "eval", [(64, 64), (64, 64)], {0: "a red circle", 1: "a blue square"})
@@ -54,12 +55,12 @@ def test_an_eval_folder_is_scored_instead(make_config, tmp_path):  # type: ignor
     assert [r["step"] for r in runs.read_eval(config.output.dir)] == [0, 1, 2]
 
 
-def test_too_many_held_out_images_is_refused(make_config):  # type: ignore[no-untyped-def]
+def test_too_many_held_out_images_is_refused(make_config: Any) -> None:
     with pytest.raises(EvalError, match=r"validation\.eval_images: 12 held-out images would leave none"):
         Trainer(make_config("validation.eval_images=12")).setup()
 
 
-def test_resume_keeps_the_eval_history(make_config):  # type: ignore[no-untyped-def]
+def test_resume_keeps_the_eval_history(make_config: Any) -> None:
     config = make_config(
         "validation.eval_images=2",
         "validation.eval_every=2",

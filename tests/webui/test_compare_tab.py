@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,7 +31,7 @@ def compared_runs(ui_runs: Path) -> list[str]:
     return out
 
 
-def test_compare_runs_endpoint(client, compared_runs) -> None:  # type: ignore[no-untyped-def]
+def test_compare_runs_endpoint(client: Any, compared_runs: Any) -> None:
     r = client.predict(compared_runs, api_name="/compare_runs")
     assert r["ok"], r
     assert r["differing_fields"]["lora.rank"] == [4, 8]
@@ -42,7 +43,7 @@ def test_compare_runs_endpoint(client, compared_runs) -> None:  # type: ignore[n
 
 
 @pytest.mark.browser
-def test_compare_view_in_the_browser(ui_url: str, compared_runs) -> None:  # type: ignore[no-untyped-def]
+def test_compare_view_in_the_browser(ui_url: str, compared_runs: Any) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
     from tests.webui.browser import launch_browser, open_page
 

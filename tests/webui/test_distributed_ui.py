@@ -4,6 +4,7 @@ multi-process run, and every rank's memory in the monitor (through the API, as a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ def test_the_form_has_the_distributed_fields() -> None:
     assert SECTION_TITLES["distributed"] == "GPUs and machines"
 
 
-def test_the_estimate_is_per_gpu_for_n_gpus(client) -> None:  # type: ignore[no-untyped-def]
+def test_the_estimate_is_per_gpu_for_n_gpus(client: Any) -> None:
     from flux2_lora.webui import render
 
     dev = client.predict({}, "dev", api_name="/apply_preset")["config"]
@@ -45,7 +46,7 @@ def test_the_estimate_is_per_gpu_for_n_gpus(client) -> None:  # type: ignore[no-
     assert not bad["can_start"] and bad["errors"][0]["field"] == "distributed.main_process_ip"
 
 
-def test_start_runs_two_processes_and_the_monitor_shows_every_rank(client, ui_runs: Path) -> None:  # type: ignore[no-untyped-def]
+def test_start_runs_two_processes_and_the_monitor_shows_every_rank(client: Any, ui_runs: Path) -> None:
     from flux2_lora.webui.tabs.runs import ranks_frame
 
     cfg = tiny_run_config("two-ranks", steps=4)

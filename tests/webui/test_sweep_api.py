@@ -29,12 +29,12 @@ def spec(**parameters: Any) -> dict[str, Any]:
     }
 
 
-def test_sweep_fields_come_from_the_schema(client) -> None:  # type: ignore[no-untyped-def]
+def test_sweep_fields_come_from_the_schema(client: Any) -> None:
     fields = {f["path"]: f for f in client.predict(api_name="/sweep_fields")}
     assert fields["lora.rank"]["kind"] == "int" and "output.dir" not in fields
 
 
-def test_the_plan_counts_trials_and_vets_the_largest(client) -> None:  # type: ignore[no-untyped-def]
+def test_the_plan_counts_trials_and_vets_the_largest(client: Any) -> None:
     r = client.predict(
         spec(**{"lora.rank": {"values": [4, 8]}, "dataset.resolution": {"values": [64, 2048]}}),
         "1.5",
@@ -56,7 +56,7 @@ def test_the_plan_counts_trials_and_vets_the_largest(client) -> None:  # type: i
         ({"base": {"set": {"output.dir": "/tmp/elsewhere"}}}, "base.set.output.dir"),
     ],
 )
-def test_hostile_specs_are_refused_by_field(client, change: dict[str, Any], field: str) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_specs_are_refused_by_field(client: Any, change: dict[str, Any], field: str) -> None:
     s = {**spec(), **change}
     r = client.predict(s, "", api_name="/sweep_plan")
     assert not r["ok"] and r["errors"][0]["field"] == field, r
@@ -64,14 +64,14 @@ def test_hostile_specs_are_refused_by_field(client, change: dict[str, Any], fiel
     assert not r["ok"] and r["errors"][0]["field"] == field
 
 
-def test_a_sweep_folder_stays_in_the_runs_folder(client) -> None:  # type: ignore[no-untyped-def]
+def test_a_sweep_folder_stays_in_the_runs_folder(client: Any) -> None:
     for name in ("../outside", "/tmp/outside", "uploads", ""):
         r = client.predict(spec(), name, "", api_name="/start_sweep")
         assert not r["ok"] and r["errors"][0]["field"] == "name", (name, r)
 
 
 @pytest.mark.slow
-def test_a_sweep_started_through_the_api_runs_its_trials(client, ui_runs: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_sweep_started_through_the_api_runs_its_trials(client: Any, ui_runs: Path) -> None:
     r = client.predict(spec(), "api-sweep", "", api_name="/start_sweep")
     assert r["ok"] and r["trials"] == 2 and Path(r["sweep_dir"]) == ui_runs / "api-sweep"
     again = client.predict(spec(), "api-sweep", "", api_name="/start_sweep")
@@ -90,7 +90,7 @@ def test_a_sweep_started_through_the_api_runs_its_trials(client, ui_runs: Path) 
     assert not other["ok"] and "another spec" in other["errors"][0]["message"]
 
 
-def test_autotune_proposes_from_the_forms_dataset(client) -> None:  # type: ignore[no-untyped-def]
+def test_autotune_proposes_from_the_forms_dataset(client: Any) -> None:
     form = {"model": {"path": "demo"}, "dataset": {"path": "demo"}, "output": {"dir": "runs/tuned"}}
     r = client.predict(form, "24", api_name="/autotune")
     assert r["ok"] and r["kind"] == "style", r

@@ -6,7 +6,9 @@ docs/screenshots/sweep.png is taken here.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,21 +22,21 @@ TINY = "training.max_steps=3\ntraining.warmup_steps=0\nvalidation.enabled=false\
 
 
 @pytest.fixture(scope="module")
-def browser():  # type: ignore[no-untyped-def]
+def browser() -> Iterator[Any]:
     with playwright.sync_playwright() as p:
         b = launch_browser(p)
         yield b
         b.close()
 
 
-def box(page, elem_id: str):  # type: ignore[no-untyped-def]
+def box(page: Any, elem_id: str) -> Any:
     return page.locator(f"#{elem_id}").locator("input, textarea").first
 
 
 @pytest.mark.slow
 def test_the_sweep_view_plans_launches_and_shows_trials_and_the_best(
-    browser, ui_url: str, ui_runs: Path
-) -> None:  # type: ignore[no-untyped-def]
+    browser: Any, ui_url: str, ui_runs: Path
+) -> None:
     page = open_page(browser, ui_url)
     page.click("#tab-sweep-button")
     box(page, "sweep-set").fill(TINY)
@@ -79,7 +81,7 @@ def test_the_sweep_view_plans_launches_and_shows_trials_and_the_best(
     page.close()
 
 
-def test_autotune_applies_a_proposal_to_the_form_and_shows_why(browser, ui_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_autotune_applies_a_proposal_to_the_form_and_shows_why(browser: Any, ui_url: str) -> None:
     page = open_page(browser, ui_url)
     page.click("#preset-quickstart")  # the demo model and its dataset
     page.wait_for_function(
