@@ -82,14 +82,29 @@ def _start_held(out: Path, point: str, *flags: str) -> subprocess.Popen[bytes]:
     )
 
 
+def _run_processes(out: Path) -> list[str]:
+    """The live processes (launcher, workers) training into ``out``, by their command lines."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(p.info["cmdline"] or [])
+        if str(out) in cmdline and p.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(f"{p.pid}: {cmdline}")
+    return found
+
+
 def test_fsdp_run_killed_after_a_checkpoint_resumes_on_one_process_and_back(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = _start_held(out, "step@3", "--num-processes", "2", "--strategy", "fsdp")
     try:
         assert wait_for((out / ".held-step").exists, timeout=300)
+        assert len(_run_processes(out)) >= 3  # accelerate's launcher and two workers
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    # The workers live in sessions of their own, held: they go with the CLI all the same.
+    assert wait_for(lambda: not _run_processes(out), timeout=60), _run_processes(out)
     assert [p.name for p in runs.list_checkpoints(out)] == ["checkpoint-2"]
     assert not (out / runs.LORA_FILE).exists()
     (out / ".held-step").unlink()

@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 from flux2_lora.cli.common import add_config_args, config_from_args, fail, show
 from flux2_lora.cli.schema_flags import add_section_flags, section_overrides
 from flux2_lora.config import TrainConfig
+from flux2_lora.process_tree import exit_with_parent, run_child
 from flux2_lora.runs import LOG_FILE
 from flux2_lora.training.tracking import DEBUG_ENV
 
@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     if config.distributed.world_size > 1 and not in_worker:
         args.resume = resume
         return _launch_distributed(args, config, run_dir)
+    if in_worker:
+        exit_with_parent()  # the elastic agent's workers do not get its group's signals
     return train_here(config, resume, debug=args.debug)
 
 
@@ -181,7 +183,7 @@ def _launch_distributed(args: argparse.Namespace, config: TrainConfig, run_dir: 
         env = {**os.environ, LOCK_HELD_ENV: "1", LAUNCHED_AT_ENV: str(time.time())}
         if config.model.device == "cpu" or not _has_cuda():
             env["ACCELERATE_USE_CPU"] = "true"
-        return subprocess.call(cmd, env=env)
+        return run_child(cmd, env)
     finally:
         if lock is not None:
             lock.release()
@@ -189,7 +191,7 @@ def _launch_distributed(args: argparse.Namespace, config: TrainConfig, run_dir: 
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _prepare_demo(config) -> None:  # type: ignore[no-untyped-def]
+def _prepare_demo(config: TrainConfig) -> None:
     """Build the embedded demo model and dataset here, once, before the workers start: a worker that built
     them would do so as a non-main process of a process group, and transformers' save_pretrained then
     skips the text encoder's weights (a first run with a fresh cache failed so)."""
