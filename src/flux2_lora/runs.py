@@ -221,12 +221,14 @@ def _read_lock_owner(path: Path) -> int | None:
 
 def is_locked(run_dir: str | Path) -> bool:
     """Whether a live process holds the run's lock (probing never blocks and releases at once)."""
-    path = Path(run_dir) / LOCK_FILE
-    if not path.exists():
-        return False
+    return is_held(Path(run_dir) / LOCK_FILE)
+
+
+def is_held(path: Path) -> bool:
+    """Whether some live process holds the flock on ``path`` (probing never blocks)."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
+    except OSError:  # a missing file is held by no one
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -19,11 +19,11 @@ from flux2_lora.experiments.store import (
     STUDY_FILE,
     SweepError,
     counts_toward_budget,
-    is_held,
     open_storage,
     storage_url,
     trial_config_dict,
 )
+from flux2_lora.runs import is_held
 
 if TYPE_CHECKING:
     import optuna

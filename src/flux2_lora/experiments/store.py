@@ -114,23 +114,6 @@ class FileLock:
         return self._fd is not None
 
 
-def is_held(path: Path) -> bool:
-    """Whether some live process holds the flock on ``path`` (probing never blocks)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
 def objective_value(run_dir: Path, objective: str) -> tuple[float, str, int | None]:
     """(value, which one, its step): the final eval loss, else the final training loss."""
     if objective == "eval_loss":

@@ -44,13 +44,13 @@ from flux2_lora.experiments.store import (
     SweepError,
     TrialFailed,
     counts_toward_budget,
-    is_held,
     objective_value,
     open_storage,
     storage_url,
     trial_dir_name,
 )
 from flux2_lora.experiments.vet import Target, vet
+from flux2_lora.runs import is_held
 
 if TYPE_CHECKING:
     import optuna
