@@ -69,6 +69,18 @@ def stop_ui_processes() -> Iterator[None]:
     monitor.stop_all()
 
 
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One Chromium per test module (skips where Playwright is not installed)."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    from tests.webui.browser import launch_browser
+
+    with playwright.sync_playwright() as p:
+        b = launch_browser(p)
+        yield b
+        b.close()
+
+
 @pytest.fixture(scope="session")
 def client(ui_url: str) -> Client:
     from gradio_client import Client

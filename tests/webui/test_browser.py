@@ -6,7 +6,6 @@ what the page shows (estimate revision, run state, element states), never on tim
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +16,6 @@ from tests.webui.browser import (
     choose,
     field,
     in_viewport,
-    launch_browser,
     open_page,
     rev,
     set_field,
@@ -32,14 +30,6 @@ pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 MAX_SHOT_BYTES = 300_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with playwright.sync_playwright() as p:
-        b = launch_browser(p)
-        yield b
-        b.close()
 
 
 def _shot(page: Page, name: str) -> None:

@@ -43,30 +43,24 @@ def test_compare_runs_endpoint(client: Any, compared_runs: Any) -> None:
 
 
 @pytest.mark.browser
-def test_compare_view_in_the_browser(ui_url: str, compared_runs: Any) -> None:
-    playwright = pytest.importorskip("playwright.sync_api")
-    from tests.webui.browser import launch_browser, open_page
+def test_compare_view_in_the_browser(browser: Any, ui_url: str, compared_runs: Any) -> None:
+    from tests.webui.browser import open_page
 
-    with playwright.sync_playwright() as p:
-        browser = launch_browser(p)
-        try:
-            page = open_page(browser, ui_url)
-            page.get_by_role("tab", name="Compare").click()
-            pick = page.locator("#compare-pick input").first
-            for name in ("cmp-rank4", "cmp-rank8"):
-                pick.click()
-                page.get_by_role("option", name=name, exact=False).first.click()
-            page.locator("#compare-btn").click()
-            page.wait_for_function(
-                "() => document.querySelector('#compare-message')?.innerText.includes('2 runs compared')",
-                timeout=60_000,
-            )
-            table = page.locator("#compare-table")
-            assert "cmp-rank4" in table.inner_text() and "cmp-rank8" in table.inner_text()
-            assert "lora.rank" in page.locator("#compare-diff").inner_text()
-            page.locator("#compare-grid img").wait_for(state="visible", timeout=30_000)
-            shots = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-            shots.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(shots / "compare.png"), full_page=True)
-        finally:
-            browser.close()
+    page = open_page(browser, ui_url)
+    page.get_by_role("tab", name="Compare").click()
+    pick = page.locator("#compare-pick input").first
+    for name in ("cmp-rank4", "cmp-rank8"):
+        pick.click()
+        page.get_by_role("option", name=name, exact=False).first.click()
+    page.locator("#compare-btn").click()
+    page.wait_for_function(
+        "() => document.querySelector('#compare-message')?.innerText.includes('2 runs compared')",
+        timeout=60_000,
+    )
+    table = page.locator("#compare-table")
+    assert "cmp-rank4" in table.inner_text() and "cmp-rank8" in table.inner_text()
+    assert "lora.rank" in page.locator("#compare-diff").inner_text()
+    page.locator("#compare-grid img").wait_for(state="visible", timeout=30_000)
+    shots = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / "compare.png"), full_page=True)

@@ -6,27 +6,18 @@ docs/screenshots/sweep.png is taken here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.webui.browser import choose, field, launch_browser, open_page
+from tests.webui.browser import choose, field, open_page
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("optuna")
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 TINY = "training.max_steps=3\ntraining.warmup_steps=0\nvalidation.enabled=false\noutput.checkpoint_every=0\nlogging.tensorboard=false"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright.sync_playwright() as p:
-        b = launch_browser(p)
-        yield b
-        b.close()
 
 
 def box(page: Any, elem_id: str) -> Any:
