@@ -64,7 +64,14 @@ def open_storage(url: str, on_stale: Callable[..., None] | None = None) -> optun
 
     quiet_optuna()
     kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    # Opening a new SQLite study creates its tables; two processes doing it at once (the sweep driver and
+    # the UI reading its status, or two workers) collide ("table alembic_version already exists"), so
+    # openers of one file take turns.
+    db = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
+    lock = FileLock(Path(db + ".lock")) if db and db != ":memory:" else None
     try:
+        if lock is not None:
+            lock.acquire()
         return optuna.storages.RDBStorage(
             url,
             engine_kwargs=kwargs,
@@ -72,11 +79,16 @@ def open_storage(url: str, on_stale: Callable[..., None] | None = None) -> optun
             grace_period=GRACE_S,
             heartbeat_stale_trial_callback=on_stale,
         )
+    except OSError as e:
+        raise SweepError(f"--storage: cannot lock {db}.lock: {e.strerror or e}") from None
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as e:
         shown = url if "@" not in url else url.split("://", 1)[0] + "://…"  # no password on the console
         raise SweepError(
             f"--storage: cannot open {shown}: {type(e).__name__}: {str(e).splitlines()[0]}"
         ) from None
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 class FileLock:
