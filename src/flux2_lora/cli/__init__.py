@@ -82,7 +82,7 @@ def build_parser(debug: bool = False) -> argparse.ArgumentParser:
     for name in SUBCOMMANDS:
         try:
             module: Any = importlib.import_module(f"{__name__}.{name}")
-        except Exception as e:  # noqa: BLE001 - shown when the command is asked for, with its cause
+        except Exception as e:  # shown when the command is asked for, with its cause
             _unavailable(sub, name, e)
             continue
         module.add_parser(sub)
