@@ -83,7 +83,9 @@ def _status(sweep_dir: Path, storage: str | None, as_json: bool) -> int:
     except SweepError as e:
         return fail(str(e), 2)
     if as_json:
-        print(json.dumps(report, indent=1, default=str))
+        from flux2_lora.experiments.compare import jsonable
+
+        print(json.dumps(jsonable(report), indent=1, default=str))
     else:
         print("\n".join(show(line) for line in format_status(report).splitlines()))
     return 0
