@@ -230,3 +230,15 @@ def test_the_uis_compare_path_takes_hostile_runs(hostile: dict[str, Path], tmp_p
     notes = dict(zip(table["run"], table["notes"]))
     assert "10 damaged or malformed log lines skipped" in notes["types"]
     assert curves["loss"].notna().all() and len(curves) > 0
+
+
+def test_the_compare_tab_offers_a_non_utf8_run_and_compares_it(hostile: dict[str, Path]) -> None:
+    """The page's choices travel as JSON (no lone surrogates): such a run is offered by its bytes."""
+    pytest.importorskip("gradio")
+    from flux2_lora.webui.tabs.compare import choice_value, run_dir
+
+    odd, plain = str(hostile["undecodable"]), str(hostile["good"])
+    assert choice_value(plain) == plain and run_dir(plain) == plain
+    value = choice_value(odd)
+    value.encode("utf-8")
+    assert run_dir(value) == odd and run_dir("hex:zz") == "hex:zz"

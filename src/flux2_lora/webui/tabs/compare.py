@@ -3,6 +3,7 @@ the loss curves (training and eval) and a grid of their samples (rows: runs, col
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import gradio as gr
@@ -83,14 +84,38 @@ def frames(result: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
     return table, diff, pd.DataFrame(rows, columns=["step", "loss", "series"])
 
 
+HEX = "hex:"  # a run folder's path is absolute, so no real one starts with this
+
+
+def choice_value(path: str) -> str:
+    """A run folder as the page can hold it: the path, or, for a name that is not UTF-8 (which no JSON
+    reply can carry), its bytes in hex."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return HEX + os.fsencode(path).hex()
+    return path
+
+
+def run_dir(value: str) -> str:
+    """The path a choice value stands for (the inverse of :func:`choice_value`)."""
+    if isinstance(value, str) and value.startswith(HEX):
+        try:
+            return os.fsdecode(bytes.fromhex(value[len(HEX) :]))
+        except ValueError:
+            return value
+    return str(value)
+
+
 def _wire(shared: Shared, c: dict[str, Any]) -> None:
     acts = shared.actions
 
     def choices(current: list[str] | None) -> Any:
         rows = acts.list_runs()
-        values = [r["run_dir"] for r in rows]
+        values = [choice_value(r["run_dir"]) for r in rows]
         keep = [v for v in (current or []) if v in values]
-        return gr.update(choices=[(f"{r['name']} ({r['state']})", r["run_dir"]) for r in rows], value=keep)
+        labels = [escape(f"{r['name']} ({r['state']})") for r in rows]
+        return gr.update(choices=list(zip(labels, values)), value=keep)
 
     gr.on(
         [shared.blocks.load, shared.runs_changed.change, c["pick"].focus, c["tab"].select],
@@ -102,9 +127,9 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
     )
 
     def on_compare(picked: list[str] | None) -> dict[Any, Any]:
-        r = acts.compare_runs(list(picked or []))
+        r = acts.compare_runs([run_dir(v) for v in picked or []])
         if not r["ok"]:
-            return {c["msg"]: render.esc(r["message"])}
+            return {c["msg"]: render.esc(escape(r["message"]))}
         table, diff, curves = frames(r)
         skipped = sum(bool(notes(s)) for s in r["runs"])
         return {
