@@ -8,7 +8,7 @@ SKY_VENV ?= .venv-sky
 SKY_STAMP := $(SKY_VENV)/.installed
 EXTRAS ?= dev,ui,quantization,optimizers,wandb,experiments
 
-.PHONY: demo test lint install clean-demo
+.PHONY: demo test lint install clean-demo browser screenshots
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,8 +29,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/flux2-lora train --preset quickstart
 
-test: $(STAMP) $(SKY_STAMP)
+# Chromium for the browser tests (the same script CI runs; it does nothing when Chromium is there).
+browser:
+	sh scripts/install_browser.sh
+
+test: $(STAMP) $(SKY_STAMP) browser
 	FLUX2_SKY_PYTHON=$(abspath $(SKY_VENV))/bin/python $(PY) -m pytest -q
+
+# The README's pictures: the browser tests, writing their screenshots into docs/screenshots (tests
+# alone write them to the ignored .screenshots/, so `make test` leaves the tree as it was).
+screenshots: $(STAMP) browser
+	FLUX2_SCREENSHOTS=$(abspath docs/screenshots) $(PY) -m pytest -q -m browser tests/webui
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

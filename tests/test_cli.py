@@ -335,3 +335,69 @@ def test_resume_latest_skips_a_truncated_newest_checkpoint(tmp_path: Path) -> No
     assert "--resume latest: skipping checkpoint-2" in log and "adapter.safetensors" in log
     assert f"resumed from {out / runs.CHECKPOINTS_DIR / 'checkpoint-1'} at step 1" in log
     assert runs.read_status(out).state == "finished"
+
+
+def _failing_import(monkeypatch: pytest.MonkeyPatch, module: str, error: BaseException) -> None:
+    import importlib
+
+    import flux2_lora.cli as entry
+
+    real = importlib.import_module
+
+    def fake(name: str, package: str | None = None) -> object:
+        if name == f"flux2_lora.cli.{module}":
+            raise error
+        return real(name, package)
+
+    monkeypatch.setattr(entry.importlib, "import_module", fake)
+
+
+def test_a_subcommand_missing_an_optional_package_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flux2_lora.cli import main
+
+    _failing_import(monkeypatch, "ui", ModuleNotFoundError("No module named 'gradio'", name="gradio"))
+    assert main(["ui", "--port", "7860"]) == 1  # not argparse's "invalid choice" (exit 2)
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "error: flux2-lora ui: it needs gradio, from the `ui` extra: pip install 'flux2-lora[ui]'"
+    ]
+    assert main(["presets"]) == 0  # the other commands still work
+    assert "(unavailable: it needs gradio" in _help(main, capsys)
+
+
+def _help(main: object, capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit):
+        main(["--help"])  # type: ignore[operator]
+    return capsys.readouterr().out
+
+
+def test_a_broken_subcommand_shows_as_a_bug_with_its_traceback_under_debug(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flux2_lora.cli import main
+
+    bug = ImportError("cannot import name 'tabel_text' from 'flux2_lora.experiments.compare'")
+    _failing_import(monkeypatch, "compare", bug)
+    assert main(["compare", "a", "b", "--json"]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        "error: flux2-lora compare: it cannot be loaded (ImportError: cannot import name 'tabel_text' from "
+        "'flux2_lora.experiments.compare'); a bug or a broken install (--debug shows the traceback)"
+    )
+    assert main(["compare", "a", "b", "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "tabel_text" in err.splitlines()[-1]
+    # A bug that is not an ImportError (a SyntaxError, a NameError at import) is not hidden either.
+    _failing_import(monkeypatch, "sweep", NameError("name 'Pathh' is not defined"))
+    assert main(["sweep", "spec.yaml", "--dir", "x"]) == 1
+    assert "NameError: name 'Pathh' is not defined" in capsys.readouterr().err
+
+
+def test_unknown_arguments_of_a_working_command_are_still_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from flux2_lora.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["presets", "--bogus"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -134,3 +134,105 @@ def test_bad_settings_are_named(tmp_path: Path, args: list[str], message: str) -
     proc = cli("cloud", "skypilot", "--preset", "quickstart", *args, "--out", str(tmp_path / "t.yaml"))
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "t.yaml").exists()
+
+
+# A stub of each program the task's scripts call: it records its name and argv (NUL-separated, one call a
+# line) and does nothing else, so the scripts run here as bash runs them on a node.
+STUB = """#!/bin/sh
+{ printf '%s' "$(basename "$0")"; for a in "$@"; do printf '\\0%s' "$a"; done; printf '\\n'; } >> "$STUB_LOG"
+"""
+HOSTILE = [
+    "x$(touch pwned)",
+    "x`touch pwned`",
+    "x; touch pwned",
+    "x' && touch pwned '",
+    'x" && touch pwned "',
+    "flux2-lora[ui] @ file:///a b",
+    "$HOME*",
+]
+
+
+def _run_script(script: str, tmp_path: Path, env: dict[str, str]) -> list[list[str]]:
+    """Run ``script`` with bash among stubs of python, pip, accelerate and flux2-lora; their calls."""
+    bin_dir, work, log = tmp_path / "bin", tmp_path / "work", tmp_path / "calls"
+    bin_dir.mkdir(exist_ok=True)
+    work.mkdir(exist_ok=True)
+    for name in ("python", "python3", "pip", "accelerate", "flux2-lora"):
+        (bin_dir / name).write_text(STUB)
+        (bin_dir / name).chmod(0o755)
+    log.write_text("")
+    proc = subprocess.run(
+        ["bash", "-c", script],
+        cwd=work,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(work), "STUB_LOG": str(log), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not list(tmp_path.rglob("pwned")), "a value of the task ran as a command"
+    return [line.split("\0") for line in log.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("package", HOSTILE)
+def test_values_reach_the_scripts_as_literal_words(tmp_path: Path, package: str) -> None:
+    out = tmp_path / "task.yaml"
+    cli("cloud", "skypilot", "--preset", "quickstart", "--package", package, "--out", str(out), check=True)
+    task = yaml.safe_load(out.read_text())
+    calls = _run_script(task["setup"], tmp_path, {"TORCH_INDEX": task["envs"]["TORCH_INDEX"]})
+    assert calls[-1] == ["python", "-m", "pip", "install", package]
+    assert calls[1][:4] == ["python", "-m", "pip", "install"] and calls[1][4].startswith("torch==")
+    assert calls[1][5:] == ["--index-url", task["envs"]["TORCH_INDEX"]]
+    # The run script's values come from SkyPilot's environment: each reaches the trainer as one word.
+    nodes = "2 $(touch pwned)"
+    env = {
+        "SKYPILOT_NODE_IPS": "10.0.0.1\n10.0.0.2",
+        "SKYPILOT_NUM_GPUS_PER_NODE": "8",
+        "SKYPILOT_NUM_NODES": nodes,
+        "SKYPILOT_NODE_RANK": "1;touch pwned",
+    }
+    (train,) = _run_script(task["run"], tmp_path, env)
+    assert train[:4] == ["flux2-lora", "train", "/flux2-lora/config.yaml", "--resume"]
+    flags = dict(zip(train[5::2], train[6::2]))
+    assert flags == {
+        "--num-processes": "8",
+        "--num-machines": nodes,
+        "--machine-rank": "1;touch pwned",
+        "--main-process-ip": "10.0.0.1",
+        "--main-process-port": "29500",
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--package", "flux2-lora\ntouch pwned"], "--package: "),
+        (["--cloud", "aws\nrun: touch pwned"], "--cloud: "),
+        (["--torch-index", "https://x.example/$(touch pwned)"], "--torch-index: "),
+        (["--torch-index", "https://x.example/\ntouch pwned"], "--torch-index: "),
+    ],
+)
+def test_newlines_and_shell_characters_are_refused_by_option(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    out = tmp_path / "t.yaml"
+    proc = cli("cloud", "skypilot", "--preset", "quickstart", *args, "--out", str(out))
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: {message}") and "Traceback" not in proc.stderr
+    assert not out.exists() and not list(tmp_path.rglob("pwned"))
+
+
+def test_a_nul_or_a_newline_from_elsewhere_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argv cannot carry a NUL (so this runs in-process), and a config file can hold a newline."""
+    from flux2_lora.cli import main
+
+    out = tmp_path / "t.yaml"
+    assert main(["cloud", "skypilot", "--preset", "quickstart", "--package", "a\0b", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: --package: ")
+    config = tmp_path / "c.yaml"
+    config.write_text('output:\n  dir: "runs/a\\nb"\n')
+    assert main(["cloud", "skypilot", "--preset", "quickstart", str(config), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: output.dir: ") and not out.exists()

@@ -141,7 +141,7 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
                 break
             try:
                 rec = json.loads(line)
-            except (json.JSONDecodeError, RecursionError):
+            except (ValueError, RecursionError):  # ValueError: also an integer of over 4300 digits
                 continue
             if isinstance(rec, dict):
                 out.append(rec)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,9 +45,31 @@ def test_a_bad_spec_lists_every_problem(tmp_path: Path) -> None:
     )
     proc = cli("sweep", str(f), "--dir", str(tmp_path / "d"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()  # real lines, not one line with literal "\\n"s in it
+    assert lines[0] == f"invalid sweep spec {f}:" and "\\n" not in proc.stderr
     for text in ("methd: unknown key (did you mean 'method'?)", "parameters.lora.rnak: unknown config field"):
-        assert text in proc.stderr
+        assert any(line.startswith(f"  {text}") for line in lines), lines
     assert not (tmp_path / "d").exists()  # nothing written for a spec that cannot run
+
+
+def test_the_root_or_the_home_folder_is_refused_as_the_sweeps_folder(spec: Path, tmp_path: Path) -> None:
+    """As a run's output.dir is (the same rule): one line, exit 2, nothing written."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home)}
+    for folder, what in (("/", "is the filesystem root (/)"), ("~", f"is your home folder itself ({home})")):
+        # For "/", a spec that does not exist: were the check gone, the run would stop there, not in /.
+        target = spec if folder == "~" else tmp_path / "no-spec.yaml"
+        proc = subprocess.run(
+            [sys.executable, "-m", "flux2_lora.cli", "sweep", str(target), "--dir", folder],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 2 and proc.stderr.splitlines() == [
+            f"error: --dir: {what}; give the sweep a folder of its own, e.g. "
+            + ("runs/my-sweep" if folder == "/" else "~/runs/my-sweep")
+        ], proc.stderr
+    assert list(home.iterdir()) == []
+    assert not Path("/study.db").exists() and not Path("/trial-0000").exists()
 
 
 def test_status_of_a_folder_without_a_sweep(tmp_path: Path) -> None:

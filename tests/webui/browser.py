@@ -5,11 +5,41 @@ Tests wait on what the page shows (data-* attributes the UI renders, element sta
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("FLUX2_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 VIEWPORT = {"width": 1440, "height": 1000}
+# Where the tests' screenshots go: an ignored folder, so `make test` leaves the tree clean;
+# `make screenshots` points it at docs/screenshots to refresh the README's pictures.
+SHOTS = Path(os.environ.get("FLUX2_SCREENSHOTS") or REPO / ".screenshots")
+INSTALL_HINT = (
+    "install Chromium (sudo sh scripts/install_browser.sh, or apt-get install chromium), "
+    "or leave these tests out with -m 'not browser'"
+)
+
+
+def browser_problem() -> str | None:
+    """Why the browser tests cannot run here, in one line, or None."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the browser tests need Playwright: pip install -e '.[dev]'"
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        return f"the browser tests need Chromium, and {CHROMIUM} is not there: {INSTALL_HINT}"
+    try:
+        proc = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"the browser tests need Chromium, and {CHROMIUM} does not start ({e}): {INSTALL_HINT}"
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"the browser tests need Chromium, and {CHROMIUM} does not start ({why}): {INSTALL_HINT}"
+    return None
+
 
 # Changes a number field in the page and resolves with the ms until the estimate panel shows a new revision.
 MEASURE_JS = """

@@ -69,10 +69,24 @@ def stop_ui_processes() -> Iterator[None]:
     monitor.stop_all()
 
 
+@pytest.hookimpl(trylast=True)  # after -m/-k have deselected: only tests that will run count
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Selected browser tests on a machine that cannot run them: one line saying what to install, before
+    any test runs (not one error per test, and never a silent skip)."""
+    if not any(item.get_closest_marker("browser") for item in items):
+        return
+    from tests.webui.browser import browser_problem
+
+    problem = browser_problem()
+    if problem:
+        raise pytest.UsageError(problem)
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One Chromium per test module (skips where Playwright is not installed)."""
-    playwright = pytest.importorskip("playwright.sync_api")
+    """One Chromium per test module (the collection hook above has checked it can start)."""
+    import playwright.sync_api as playwright
+
     from tests.webui.browser import launch_browser
 
     with playwright.sync_playwright() as p:

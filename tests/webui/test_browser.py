@@ -13,6 +13,7 @@ import pytest
 
 from flux2_lora import runs
 from tests.webui.browser import (
+    SHOTS,
     choose,
     field,
     in_viewport,
@@ -28,7 +29,6 @@ if TYPE_CHECKING:  # the test skips where these are not installed
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 MAX_SHOT_BYTES = 300_000
 
 

@@ -61,6 +61,7 @@ def test_compare_view_in_the_browser(browser: Any, ui_url: str, compared_runs: A
     assert "cmp-rank4" in table.inner_text() and "cmp-rank8" in table.inner_text()
     assert "lora.rank" in page.locator("#compare-diff").inner_text()
     page.locator("#compare-grid img").wait_for(state="visible", timeout=30_000)
-    shots = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+    from tests.webui.browser import SHOTS as shots
+
     shots.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(shots / "compare.png"), full_page=True)

@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 
-from tests.webui.browser import choose, field, open_page
+from tests.webui.browser import SHOTS, choose, field, open_page
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("optuna")
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 TINY = "training.max_steps=3\ntraining.warmup_steps=0\nvalidation.enabled=false\noutput.checkpoint_every=0\nlogging.tensorboard=false"
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ GPUS_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,40})(?::([0-9]{1,2}))?$")
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 REMOTE_RE = re.compile(r"^(s3|gs|r2|az|cos|oci|https)://", re.I)
 DEFAULT_TORCH_INDEX = "https://download.pytorch.org/whl/cu128"
+# The torch index reaches the nodes as an environment variable, which SkyPilot's managed-job controller
+# writes as a Python repr inside a shell script: only characters that mean nothing to a shell.
+URL_RE = re.compile(r"^https?://[A-Za-z0-9._~:/%+@=-]+$")
 MAX_GPUS_PER_NODE = 16
 
 
@@ -101,8 +105,21 @@ def _text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 _Dumper.add_representer(str, _text)
 
 
+# The options whose values end up in the task (its scripts, its YAML, its file mounts).
+TEXT_OPTIONS = ("gpus", "cloud", "bucket", "store", "package", "torch_index", "out")
+
+
+def check_one_line(value: object, name: str) -> None:
+    """A value placed in a shell script or a task field must be one line: a newline would start a new
+    command in ``setup``/``run`` whatever the quoting, and a NUL cuts it short."""
+    if isinstance(value, str) and any(c in value for c in "\n\r\0"):
+        raise CloudError(f"{name}: {value!r} holds a newline or NUL character; give it on one line")
+
+
 def run(args: argparse.Namespace) -> int:
     try:
+        for option in TEXT_OPTIONS:
+            check_one_line(getattr(args, option, None), "--" + option.replace("_", "-"))
         _, per_node = parse_gpus(args.gpus)
     except CloudError as e:
         return fail(str(e), 2)
@@ -172,6 +189,11 @@ def build_task(config: Any, args: argparse.Namespace) -> tuple[dict[str, Any], d
     nodes = args.nodes if args.nodes is not None else config.distributed.num_machines
     if not 1 <= nodes <= 1024:
         raise CloudError(f"--nodes: {nodes}; 1 to 1024")
+    check_one_line(config.output.dir, "output.dir")
+    if not URL_RE.match(args.torch_index):
+        raise CloudError(
+            f"--torch-index: {args.torch_index!r} is not an http(s) URL of letters, digits and ._~:/%+@=-"
+        )
     run_name = Path(config.output.dir).name or "run"
     bucket = args.bucket or _bucket_name(f"flux2-lora-{run_name}")
     if not BUCKET_RE.match(bucket):
@@ -185,6 +207,7 @@ def build_task(config: Any, args: argparse.Namespace) -> tuple[dict[str, Any], d
         ("model.path", "model", "path", f"{MOUNT}/model"),
     ):
         value = str(data[section][key]).strip()
+        check_one_line(value, field)
         if not value or value.lower() == "demo":
             continue
         if REMOTE_RE.match(value):
@@ -227,12 +250,14 @@ def build_task(config: Any, args: argparse.Namespace) -> tuple[dict[str, Any], d
         else:
             task["workdir"] = str(tree)  # synced to ~/sky_workdir (.gitignore'd files stay here)
             package = ".[quantization,optimizers]"
+    # Every value from outside (a flag, a package version) is shlex-quoted: the shell sees it as one word.
+    torch_spec = shlex.quote(f"torch=={_torch_version()}")
     task["setup"] = "\n".join(
         [
             "set -e",
             "python -m pip install --upgrade pip",
-            f'python -m pip install "torch=={_torch_version()}" --index-url "$TORCH_INDEX"',
-            f'python -m pip install "{package}"',
+            f'python -m pip install {torch_spec} --index-url "$TORCH_INDEX"',
+            f"python -m pip install {shlex.quote(package)}",
         ]
     )
     task["file_mounts"] = mounts
@@ -240,9 +265,9 @@ def build_task(config: Any, args: argparse.Namespace) -> tuple[dict[str, Any], d
         [
             "set -e",
             'MAIN_IP=$(echo "$SKYPILOT_NODE_IPS" | head -n1)',
-            f"flux2-lora train {MOUNT}/config.yaml --resume auto \\",
-            "  --num-processes $SKYPILOT_NUM_GPUS_PER_NODE --num-machines $SKYPILOT_NUM_NODES \\",
-            "  --machine-rank $SKYPILOT_NODE_RANK --main-process-ip $MAIN_IP --main-process-port 29500",
+            f"flux2-lora train {shlex.quote(MOUNT + '/config.yaml')} --resume auto \\",
+            '  --num-processes "$SKYPILOT_NUM_GPUS_PER_NODE" --num-machines "$SKYPILOT_NUM_NODES" \\',
+            '  --machine-rank "$SKYPILOT_NODE_RANK" --main-process-ip "$MAIN_IP" --main-process-port 29500',
         ]
     )
     return task, data

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from flux2_lora.cli.common import fail
+from flux2_lora.cli.common import fail, show
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,19 +23,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flux2_lora.experiments.compare import CompareError, table_text, write_outputs
+    from flux2_lora.experiments.compare import CompareError, jsonable, table_text, write_outputs
 
     try:
         result = write_outputs(args.runs, html_file=args.html, grid_file=args.grid, curves_file=args.curves)
     except CompareError as e:
         return fail(str(e))
     except OSError as e:
-        return fail(f"compare: cannot write {e.filename}: {e.strerror}")
+        return fail(f"compare: cannot write {show(e.filename)}: {e.strerror or e}")
     if args.json:
-        print(json.dumps(result, indent=1))
+        print(json.dumps(jsonable(result), indent=1))
     else:
         print(table_text(result))
         for flag, path in (("--html", args.html), ("--grid", args.grid), ("--curves", args.curves)):
             if path:
-                print(f"wrote {path} ({flag[2:]})")
+                print(f"wrote {show(path)} ({flag[2:]})")
     return 0

@@ -7,6 +7,7 @@ import json
 import time
 
 from flux2_lora.cli.common import show
+from flux2_lora.experiments.compare import finite
 from flux2_lora.runs import STATE_UNREADABLE, iter_runs, log_tail, run_name, summarize
 
 
@@ -20,7 +21,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     rows = [summarize(r) for r in iter_runs(args.root)]
     if args.json:
-        print(json.dumps([r.to_dict() for r in rows], indent=1, default=str))
+        from flux2_lora.experiments.compare import jsonable
+
+        # Read from disk: a NaN in a metrics line must not make the output invalid JSON.
+        print(json.dumps(jsonable([r.to_dict() for r in rows]), indent=1, default=str))
         return 0
     if not rows:
         print(f"no runs under {show(args.root)}")
@@ -32,12 +36,13 @@ def run(args: argparse.Namespace) -> int:
         s = r.status
         if s is None:
             continue
-        elapsed = (s.updated_at or time.time()) - (s.started_at or time.time())
+        start, end = finite(s.started_at), finite(s.updated_at) or time.time()
+        elapsed = f"{end - start:>7.0f}s" if start is not None and end >= start else f"{'-':>8}"
         est, meas = s.extra.get("estimate"), s.extra.get("measured")
         gpu = f"{_gib(est, 'allocated_peak_gib')}/{_gib(meas, 'gpu_allocated_peak_gib')}"
         host = f"{_gib(est, 'host_peak_gib')}/{_gib(meas, 'host_peak_rss_gib')}"
         print(
-            f"{show(run_name(r.path, args.root)):30} {show(s.state):12} {s.step:>5}/{s.total_steps:<5} {elapsed:>7.0f}s "
+            f"{show(run_name(r.path, args.root)):30} {show(s.state):12} {s.step:>5}/{s.total_steps:<5} {elapsed} "
             f"{gpu:>15} {host:>15}  {show(r.lora or '-')}"
         )
         if s.state in ("failed", STATE_UNREADABLE) and s.message:
@@ -49,5 +54,5 @@ def run(args: argparse.Namespace) -> int:
 
 def _gib(section: object, key: str) -> str:
     """A GiB figure from the status's extra fields (written by the trainer, but read from disk)."""
-    v = section.get(key) if isinstance(section, dict) else None
-    return f"{v:.2f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+    v = finite(section.get(key)) if isinstance(section, dict) else None
+    return f"{v:.2f}" if v is not None else "-"

@@ -83,10 +83,23 @@ def _status(sweep_dir: Path, storage: str | None, as_json: bool) -> int:
     except SweepError as e:
         return fail(str(e), 2)
     if as_json:
-        print(json.dumps(report, indent=1, default=str))
+        from flux2_lora.experiments.compare import jsonable
+
+        print(json.dumps(jsonable(report), indent=1, default=str))
     else:
         print("\n".join(show(line) for line in format_status(report).splitlines()))
     return 0
+
+
+def own_folder_problem(folder: str) -> str | None:
+    """Why ``folder`` cannot hold a sweep: the filesystem root or the home folder, by the rule a run's
+    output.dir follows (trials write their run folders there, a new run moves old outputs aside)."""
+    from flux2_lora.config.io import validate_section
+    from flux2_lora.config.schema import OutputSection
+
+    _, issues = validate_section(OutputSection, {"dir": folder})
+    message = issues[0].message if issues else None
+    return message.replace("the run", "the sweep").replace("my-lora", "my-sweep") if message else None
 
 
 def _parse_gpus(text: str | None) -> list[str] | str:
@@ -101,6 +114,9 @@ def _parse_gpus(text: str | None) -> list[str] | str:
 def _sweep(spec_file: Path, args: argparse.Namespace) -> int:
     if not args.sweep_dir:
         return fail("--dir: give the sweep's folder (study.db and one run directory per trial go there)", 2)
+    problem = own_folder_problem(args.sweep_dir)
+    if problem:
+        return fail(f"--dir: {problem}", 2)
     if args.trials is not None and args.trials < 1:
         return fail("--trials must be at least 1", 2)
     if _optuna_missing():
@@ -117,8 +133,8 @@ def _sweep(spec_file: Path, args: argparse.Namespace) -> int:
         spec = load_spec(spec_file)
         plan = build_plan(spec, spec_file.expanduser().resolve().parent, str(spec_file))
         target = Target.choose(args.gpu)
-    except SpecError as e:
-        print(show(str(e)), file=sys.stderr)
+    except SpecError as e:  # a head line and one line per problem, each escaped on its own
+        print("\n".join(show(line) for line in str(e).splitlines()), file=sys.stderr)
         return 2
     except ValueError as e:
         return fail(str(e), 2)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import html
-import io
+import math
+import os
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,51 +20,132 @@ from typing import Any
 from flux2_lora import runs
 from flux2_lora.config.io import read_yaml
 from flux2_lora.display import escape
+from flux2_lora.experiments.compare_plots import curves_png, sample_grid_png
 
 # Fields that differ between any two runs without telling anything about them.
 _IGNORED = {"output.dir"}
-# Colours of the runs in the curves (colour-blind safe, Okabe–Ito).
-PALETTE = [(0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167), (86, 180, 233), (213, 94, 0)]
+CONFIG_UNREADABLE = "config unreadable"
+MAX_STEP = 10**12  # far past any run's max_steps: a larger "step" is not a step
+SMOOTHED = 5  # the smoothed train loss is the mean of this many last logged losses
 
 
 class CompareError(ValueError):
     """A run that cannot be compared; the message names its folder."""
 
 
+def finite(v: Any) -> float | None:
+    """A finite number read from disk, else None (NaN, ±Infinity, a string, a bool, a list...)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _step(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_STEP else None
+
+
+@dataclass
+class Curve:
+    """One value per logged step of a JSONL file, and the lines that gave none."""
+
+    points: list[tuple[int, float]] = field(default_factory=list)
+    non_finite: int = 0  # lines whose value is NaN, ±Infinity or null: the run diverged there
+    bad: int = 0  # lines skipped as damaged or of the wrong types ("step": "x", a string loss, a list)
+
+
+def _complete_lines(path: Path) -> int:
+    try:
+        data = path.read_bytes() if path.is_file() else b""
+    except OSError:
+        return 0
+    return sum(1 for line in data.split(b"\n")[:-1] if line.strip())
+
+
+def read_curve(path: Path, key: str) -> Curve:
+    """``(step, value)`` of every line of ``path`` whose step is a step and whose ``key`` is a finite
+    number; the others are counted (a reader of files from disk, which may hold anything)."""
+    curve = Curve()
+    records = runs.read_jsonl(path)
+    for rec in records:
+        step, raw = _step(rec.get("step")), rec.get(key)
+        value = finite(raw)
+        if step is not None and value is not None:
+            curve.points.append((step, value))
+        elif step is not None and key in rec and (raw is None or isinstance(raw, float)):
+            curve.non_finite += 1
+    curve.bad = max(0, _complete_lines(path) - len(curve.points) - curve.non_finite)
+    return curve
+
+
 @dataclass
 class RunRecord:
     path: Path
     config: dict[str, Any]
+    config_error: str | None
     status: dict[str, Any]
-    metrics: list[dict[str, Any]]
-    evals: list[dict[str, Any]]
+    train: Curve
+    evals: Curve
+    sec_per_step: list[float]
     samples: list[dict[str, Any]]
     lora_bytes: int | None
     summary: dict[str, Any] = field(default_factory=dict)
+    label: str = ""  # the name shown; load_runs makes it unique among the runs compared
 
     @property
     def name(self) -> str:
-        return escape(self.path.name)
+        return self.label or escape(self.path.name)
+
+
+def _samples(run: Path) -> list[dict[str, Any]]:
+    """The sample index's usable entries: an int step and index, a text prompt, a file name."""
+    out = []
+    for s in runs.read_jsonl(run / runs.SAMPLES_INDEX):
+        step, index = _step(s.get("step")), _step(s.get("index", 0))
+        texts = isinstance(s.get("prompt"), str) and isinstance(s.get("file"), str)
+        if step is not None and index is not None and texts:
+            out.append({**s, "step": step, "index": index})
+    return out
+
+
+def _config(run: Path) -> tuple[dict[str, Any], str | None]:
+    """The run's config, or ({}, why it cannot be read)."""
+    data, issues = read_yaml(run / runs.CONFIG_FILE)
+    if issues:
+        return {}, escape(issues[0].message.replace(str(run / runs.CONFIG_FILE), runs.CONFIG_FILE))
+    if not isinstance(data, dict) or not data:
+        kind = "nothing" if not data else f"a {type(data).__name__}"
+        return {}, f"{runs.CONFIG_FILE} holds {kind}, not a config"
+    return data, None
 
 
 def load_run(path: str | Path) -> RunRecord:
     run = Path(path).expanduser()
-    if not (run / runs.STATUS_FILE).is_file():
-        raise CompareError(f"{escape(run)}: not a run folder (no {runs.STATUS_FILE})")
-    data, issues = read_yaml(run / runs.CONFIG_FILE)
-    config = data if isinstance(data, dict) and not issues else {}
-    status = runs.read_status(run)
-    lora = run / runs.LORA_FILE
-    record = RunRecord(
-        path=run,
-        config=config,
-        status=status.to_dict() if status else {},
-        metrics=runs.read_jsonl(run / runs.METRICS_FILE),
-        evals=runs.read_eval(run),
-        samples=runs.read_jsonl(run / runs.SAMPLES_INDEX),
-        lora_bytes=lora.stat().st_size if lora.is_file() else None,
-    )
-    record.summary = summarize(record)
+    try:
+        if not (run / runs.STATUS_FILE).is_file():
+            raise CompareError(f"{escape(run)}: not a run folder (no {runs.STATUS_FILE})")
+        config, config_error = _config(run)
+        status = runs.read_status(run)
+        lora = run / runs.LORA_FILE
+        speeds = [finite(m.get("sec_per_step")) for m in runs.read_jsonl(run / runs.METRICS_FILE)]
+        record = RunRecord(
+            path=run,
+            config=config,
+            config_error=config_error,
+            status=status.to_dict() if status else {},
+            train=read_curve(run / runs.METRICS_FILE, "loss"),
+            evals=read_curve(run / runs.EVAL_FILE, "eval_loss"),
+            sec_per_step=[v for v in speeds if v is not None and v > 0],
+            samples=_samples(run),
+            lora_bytes=lora.stat().st_size if lora.is_file() else None,
+        )
+    except OSError as e:
+        raise CompareError(
+            f"{escape(run)}: cannot read {escape(e.filename or '')}: {e.strerror or e}"
+        ) from None
     return record
 
 
@@ -78,47 +161,85 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def differing_fields(records: list[RunRecord]) -> dict[str, list[Any]]:
-    """Config fields (dotted paths) whose values are not the same in every run, with each run's value."""
-    flat = [_flatten(r.config) for r in records]
-    keys = sorted({k for f in flat for k in f} - _IGNORED)
-    return {k: [f.get(k) for f in flat] for k in keys if len({repr(f.get(k)) for f in flat}) > 1}
-
-
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
-
-
-def summarize(r: RunRecord) -> dict[str, Any]:
-    st, extra = r.status, r.status.get("extra") or {}
-    losses = [m["loss"] for m in r.metrics if _num(m.get("loss")) is not None]
-    evals = [e["eval_loss"] for e in r.evals]
-    sps = [m["sec_per_step"] for m in r.metrics if _num(m.get("sec_per_step"))]
-    measured, estimate = extra.get("measured") or {}, extra.get("estimate") or {}
-    started, updated = _num(st.get("started_at")), _num(st.get("updated_at"))
-    best = min(r.evals, key=lambda e: e["eval_loss"]) if r.evals else None
+    """Config fields (dotted paths) whose values are not the same in every run whose config could be read,
+    with each run's value (None for a run whose config is unreadable: see its summary's config_error)."""
+    flat = [_flatten(r.config) if r.config_error is None else None for r in records]
+    readable = [f for f in flat if f is not None]
+    keys = sorted({str(k) for f in readable for k in f} - _IGNORED)
     return {
-        "run": str(r.path),
-        "state": st.get("state"),
-        "steps": st.get("step"),
-        "final_eval_loss": evals[-1] if evals else None,
-        "best_eval_loss": best["eval_loss"] if best else None,
-        "best_eval_step": best["step"] if best else None,
-        # The last logged value is a mean over log_every steps; the tail of five is steadier still.
-        "final_train_loss": statistics.fmean(losses[-5:]) if losses else None,
-        "sec_per_step": statistics.median(sps) if sps else st.get("seconds_per_step"),
-        "wall_s": (updated - started) if started and updated else None,
-        "gpu_peak_gib_measured": measured.get("gpu_allocated_peak_gib"),
-        "gpu_peak_gib_estimated": estimate.get("allocated_peak_gib"),
-        "host_peak_gib_measured": measured.get("host_peak_rss_gib"),
-        "host_peak_gib_estimated": estimate.get("host_peak_gib"),
-        "lora_bytes": r.lora_bytes,
+        k: [f.get(k) if f is not None else None for f in flat]
+        for k in keys
+        if len({repr(f.get(k)) for f in readable}) > 1
     }
 
 
-def load_runs(paths: list[str | Path]) -> list[RunRecord]:
+def _gib(section: Any, key: str) -> float | None:
+    return finite(section.get(key)) if isinstance(section, dict) else None
+
+
+def summarize(r: RunRecord) -> dict[str, Any]:
+    st = r.status
+    extra: dict[str, Any] = st["extra"] if isinstance(st.get("extra"), dict) else {}
+    measured, estimate = extra.get("measured"), extra.get("estimate")
+    started, updated = finite(st.get("started_at")), finite(st.get("updated_at"))
+    losses = [v for _, v in r.train.points]
+    evals = r.evals.points
+    best = min(evals, key=lambda e: e[1]) if evals else None
+    return {
+        "run": escape(r.path),  # shown, and sent to the UI as JSON: no lone surrogates
+        "name": r.name,
+        "state": st.get("state"),
+        "steps": st.get("step"),
+        "final_eval_loss": evals[-1][1] if evals else None,
+        "best_eval_loss": best[1] if best else None,
+        "best_eval_step": best[0] if best else None,
+        # The last logged loss (itself a mean over log_every steps); the smoothed one is labelled so.
+        "final_train_loss": losses[-1] if losses else None,
+        "train_loss_mean_last5": statistics.fmean(losses[-SMOOTHED:]) if losses else None,
+        "sec_per_step": statistics.median(r.sec_per_step)
+        if r.sec_per_step
+        else finite(st.get("seconds_per_step")),
+        "wall_s": (updated - started) if started and updated and updated >= started else None,
+        "gpu_peak_gib_measured": _gib(measured, "gpu_allocated_peak_gib"),
+        "gpu_peak_gib_estimated": _gib(estimate, "allocated_peak_gib"),
+        "host_peak_gib_measured": _gib(measured, "host_peak_rss_gib"),
+        "host_peak_gib_estimated": _gib(estimate, "host_peak_gib"),
+        "lora_bytes": r.lora_bytes,
+        "non_finite_losses": r.train.non_finite + r.evals.non_finite,
+        "skipped_lines": r.train.bad + r.evals.bad,
+        "config_error": r.config_error,
+    }
+
+
+def notes(summary: dict[str, Any]) -> list[str]:
+    """What the figures of one run leave out: lines skipped, an unreadable config."""
+    out = []
+    if summary.get("non_finite_losses"):
+        out.append(f"{summary['non_finite_losses']} non-finite losses (NaN/Infinity: the run diverged)")
+    if summary.get("skipped_lines"):
+        out.append(f"{summary['skipped_lines']} damaged or malformed log lines skipped")
+    if summary.get("config_error"):
+        out.append(f"{CONFIG_UNREADABLE}: {summary['config_error']}")
+    return out
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[RunRecord]:
     if len(paths) < 2:
         raise CompareError("compare needs at least two runs")
-    return [load_run(p) for p in paths]
+    records = [load_run(p) for p in paths]
+    # Trials of two sweeps are both trial-0000: such runs are shown with as many parent folders as it
+    # takes to tell them apart (a run given twice keeps a number).
+    where = [Path(os.path.abspath(r.path)) for r in records]
+    for depth in range(1, 4):
+        labels = [escape("/".join(w.parts[-depth:])) for w in where]
+        if len(set(labels)) == len(set(where)):
+            break
+    seen: dict[str, int] = {}
+    for r, label in zip(records, labels):
+        seen[label] = seen.get(label, 0) + 1
+        r.label = label if seen[label] == 1 else f"{label} ({seen[label]})"
+        r.summary = summarize(r)
+    return records
 
 
 def compare(records: list[RunRecord]) -> dict[str, Any]:
@@ -126,133 +247,50 @@ def compare(records: list[RunRecord]) -> dict[str, Any]:
         "runs": [r.summary for r in records],
         "differing_fields": differing_fields(records),
         "curves": {
-            r.name: {
-                "train": [[m["step"], m["loss"]] for m in r.metrics if _num(m.get("loss")) is not None],
-                "eval": [[e["step"], e["eval_loss"]] for e in r.evals],
-            }
+            r.name: {"train": [list(p) for p in r.train.points], "eval": [list(p) for p in r.evals.points]}
             for r in records
         },
     }
 
 
-# -------------------------------------------------------------------------------------------- pictures
-def _font() -> Any:
-    from PIL import ImageFont
+def jsonable(value: Any) -> Any:
+    """``value`` with every non-finite float as None: JSON has no NaN (a config may hold ``.nan``)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
 
-    return ImageFont.load_default()
 
-
-def curves_png(records: list[RunRecord], size: tuple[int, int] = (900, 420)) -> bytes:
-    """Training loss (thin) and eval loss (thick, with markers) of every run, one colour per run."""
-    from PIL import Image, ImageDraw
-
-    w, h = size
-    left, right, top, bottom = 60, 20, 20, 70
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    series = []
-    for i, r in enumerate(records):
-        color = PALETTE[i % len(PALETTE)]
-        train = [(m["step"], m["loss"]) for m in r.metrics if _num(m.get("loss")) is not None]
-        evals = [(e["step"], e["eval_loss"]) for e in r.evals]
-        series += [(train, color, 1, False), (evals, color, 3, True)]
-    points = [p for s, *_ in series for p in s]
-    if not points:
-        draw.text((left, top), "no losses logged", fill="black", font=_font())
-        return _png(img)
-    x0, x1 = min(p[0] for p in points), max(p[0] for p in points) or 1
-    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
-    if y1 == y0:
-        y1 = y0 + 1e-6
-    if x1 == x0:
-        x1 = x0 + 1
-
-    def xy(step: float, loss: float) -> tuple[float, float]:
+def no_difference(result: dict[str, Any]) -> str:
+    """What an empty list of differing settings means, given how many configs could be read."""
+    unreadable = sum(bool(s.get("config_error")) for s in result["runs"])
+    if len(result["runs"]) - unreadable < 2:
         return (
-            left + (step - x0) / (x1 - x0) * (w - left - right),
-            top + (y1 - loss) / (y1 - y0) * (h - top - bottom),
+            f"settings not compared: {unreadable} of {len(result['runs'])} configs are unreadable (see notes)"
         )
-
-    draw.rectangle([left, top, w - right, h - bottom], outline=(120, 120, 120))
-    for k in range(5):
-        y = y0 + (y1 - y0) * k / 4
-        _, py = xy(x0, y)
-        draw.text((4, py - 6), f"{y:.4g}", fill="black", font=_font())
-    for k in range(5):
-        x = x0 + (x1 - x0) * k / 4
-        px, _ = xy(x, y0)
-        draw.text((px - 10, h - bottom + 4), f"{x:.0f}", fill="black", font=_font())
-    draw.text((w // 2 - 20, h - bottom + 18), "step", fill="black", font=_font())
-    for pts, color, width, markers in series:
-        coords = [xy(s, v) for s, v in pts]
-        if len(coords) > 1:
-            draw.line(coords, fill=color, width=width)
-        if markers:
-            for cx, cy in coords:
-                draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=color)
-    for i, r in enumerate(records):  # legend
-        color = PALETTE[i % len(PALETTE)]
-        lx = left + (i % 3) * 280
-        ly = h - 30 + (i // 3) * 12 - 8
-        draw.line([(lx, ly + 5), (lx + 20, ly + 5)], fill=color, width=3)
-        draw.text((lx + 26, ly), f"{r.name[:30]} (thin: training, dots: eval)", fill="black", font=_font())
-    return _png(img)
+    among = f" among the {len(result['runs']) - unreadable} readable configs" if unreadable else ""
+    return f"no setting differs{among} (besides output.dir)"
 
 
-def sample_grid_png(records: list[RunRecord], cell: int = 160) -> tuple[bytes, dict[str, Any]]:
-    """Rows = runs, columns = the steps any run sampled at: the first prompt's first image, same seed."""
-    from PIL import Image, ImageDraw
-
-    prompt = next((s.get("prompt") for r in records for s in r.samples), None)
-    steps = sorted(
-        {int(s["step"]) for r in records for s in r.samples if s.get("prompt") == prompt and "step" in s}
-    )
-    label_w, header = 180, 24
-    img = Image.new("RGB", (label_w + cell * max(1, len(steps)), header + cell * len(records)), "white")
-    draw = ImageDraw.Draw(img)
-    for c, step in enumerate(steps):
-        draw.text((label_w + c * cell + 4, 6), f"step {step}", fill="black", font=_font())
-    for row, r in enumerate(records):
-        y = header + row * cell
-        draw.text((4, y + cell // 2 - 6), r.name[:28], fill="black", font=_font())
-        by_step = {
-            int(s["step"]): s
-            for s in r.samples
-            if s.get("prompt") == prompt and int(s.get("index", 0)) == 0 and "step" in s
-        }
-        for c, step in enumerate(steps):
-            s = by_step.get(step)
-            file = (r.path / str(s.get("file", ""))).resolve() if s else None
-            # Only files inside the run folder: an index entry is data, not a path to trust.
-            if file is None or not file.is_relative_to(r.path.resolve()) or not file.is_file():
-                draw.rectangle(
-                    [label_w + c * cell + 2, y + 2, label_w + (c + 1) * cell - 2, y + cell - 2],
-                    outline=(200, 200, 200),
-                )
-                continue
-            try:
-                with Image.open(file) as im:
-                    scale = (cell - 4) / max(im.size)  # up or down: small demo samples stay visible
-                    thumb = im.convert("RGB").resize(
-                        (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
-                    )
-            except OSError:
-                continue
-            img.paste(thumb, (label_w + c * cell + 2, y + 2))
-    return _png(img), {"prompt": prompt, "steps": steps, "rows": [r.name for r in records], "cell": cell}
-
-
-def _png(img: Any) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+def setting_rows(result: dict[str, Any], width: int = 200) -> list[tuple[str, list[str]]]:
+    """The differing settings as text, one cell per run ("config unreadable" for such a run)."""
+    unreadable = [bool(s.get("config_error")) for s in result["runs"]]
+    rows = []
+    for key, values in result["differing_fields"].items():
+        cells = [CONFIG_UNREADABLE if bad else escape(repr(v))[:width] for v, bad in zip(values, unreadable)]
+        rows.append((escape(key), cells))
+    return rows
 
 
 # -------------------------------------------------------------------------------------------- reports
 COLUMNS = [
     ("final_eval_loss", "final eval loss", "{:.5f}"),
     ("best_eval_loss", "best eval loss", "{:.5f}"),
-    ("final_train_loss", "final train loss", "{:.4f}"),
+    ("final_train_loss", "last train loss", "{:.4f}"),
+    ("train_loss_mean_last5", f"train loss, mean of last {SMOOTHED}", "{:.4f}"),
     ("sec_per_step", "s/step", "{:.3f}"),
     ("wall_s", "wall s", "{:.0f}"),
     ("gpu_peak_gib_measured", "GPU peak GiB", "{:.2f}"),
@@ -264,30 +302,33 @@ COLUMNS = [
 
 
 def cell(key: str, value: Any, fmt: str) -> str:
-    """One figure as the table shows it (— when the run has none)."""
-    if value is None:
+    """One figure as the table shows it (— when the run has none, or what it has is not a number)."""
+    number = finite(value)
+    if number is None:
         return "—"
-    if key == "lora_bytes":
-        value = value / 1e6
-    return fmt.format(value)
+    return fmt.format(number / 1e6 if key == "lora_bytes" else number)
+
+
+def _rows(result: dict[str, Any]) -> list[list[str]]:
+    return [
+        [str(s["name"]), escape(str(s["state"])), *[cell(k, s.get(k), f) for k, _, f in COLUMNS]]
+        for s in result["runs"]
+    ]
 
 
 def table_text(result: dict[str, Any]) -> str:
-    rows = [["run", "state", *[title for _, title, _ in COLUMNS]]]
-    for s in result["runs"]:
-        rows.append(
-            [escape(Path(s["run"]).name), str(s["state"]), *[cell(k, s.get(k), f) for k, _, f in COLUMNS]]
-        )
+    rows = [["run", "state", *[title for _, title, _ in COLUMNS]], *_rows(result)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    diff = result["differing_fields"]
-    if diff:
-        lines.append("")
-        lines.append("settings that differ:")
-        for k, values in diff.items():
-            lines.append(f"  {k}: " + " | ".join(escape(repr(v)) for v in values))
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    settings = setting_rows(result)
+    if settings:
+        lines += ["", "settings that differ:"]
+        lines += [f"  {k}: " + " | ".join(cells) for k, cells in settings]
     else:
-        lines.append("\nno setting differs (besides output.dir)")
+        lines += ["", no_difference(result)]
+    remarks = [(s["name"], n) for s in result["runs"] for n in notes(s)]
+    if remarks:
+        lines += ["", "notes:"] + [f"  {name}: {n}" for name, n in remarks]
     return "\n".join(lines)
 
 
@@ -295,29 +336,27 @@ def html_report(result: dict[str, Any], curves: bytes, grid: bytes | None) -> st
     def img(data: bytes) -> str:
         return f'<img alt="" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
-    head = "".join(f"<th>{html.escape(t)}</th>" for t in ["run", "state", *[t for _, t, _ in COLUMNS]])
-    body = "".join(
-        "<tr>"
-        + f"<td>{html.escape(Path(s['run']).name)}</td><td>{html.escape(str(s['state']))}</td>"
-        + "".join(f"<td>{cell(k, s.get(k), f)}</td>" for k, _, f in COLUMNS)
-        + "</tr>"
-        for s in result["runs"]
-    )
-    diff = "".join(
-        f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{html.escape(repr(v))}</td>" for v in vals) + "</tr>"
-        for k, vals in result["differing_fields"].items()
+    def row(cells: list[str], tag: str = "td") -> str:
+        return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
+
+    head = row(["run", "state", *[t for _, t, _ in COLUMNS]], "th")
+    body = "".join(row(r) for r in _rows(result))
+    diff = "".join(row([k, *cells]) for k, cells in setting_rows(result))
+    remarks = "".join(
+        f"<li>{html.escape(str(s['name']))}: {html.escape(n)}</li>" for s in result["runs"] for n in notes(s)
     )
     return (
         "<!doctype html><meta charset='utf-8'><title>flux2-lora compare</title>"
         "<style>body{font-family:sans-serif}td,th{padding:2px 8px;border-bottom:1px solid #ddd}</style>"
-        f"<h2>Runs</h2><table><tr>{head}</tr>{body}</table>"
-        f"<h2>Settings that differ</h2><table>{diff or '<tr><td>none</td></tr>'}</table>"
+        f"<h2>Runs</h2><table>{head}{body}</table>"
+        + (f"<ul>{remarks}</ul>" if remarks else "")
+        + f"<h2>Settings that differ</h2><table>{diff or row([no_difference(result)])}</table>"
         f"<h2>Loss</h2>{img(curves)}" + (f"<h2>Samples</h2>{img(grid)}" if grid else "")
     )
 
 
 def write_outputs(
-    paths: list[str | Path],
+    paths: Sequence[str | Path],
     *,
     html_file: Path | None = None,
     grid_file: Path | None = None,

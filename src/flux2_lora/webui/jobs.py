@@ -192,21 +192,23 @@ def list_runs(paths: AppPaths) -> list[dict[str, Any]]:
 
 def compare_runs(paths: AppPaths, run_dirs: list[str]) -> dict[str, Any]:
     import hashlib
+    import os
 
-    from flux2_lora.experiments.compare import CompareError, write_outputs
+    from flux2_lora.experiments.compare import CompareError, jsonable, write_outputs
 
     chosen = [paths.existing_run(r) for r in run_dirs or []]
     if any(r is None for r in chosen):
         bad = next(r for r, p in zip(run_dirs, chosen) if p is None)
         return {"ok": False, "message": f"{bad}: not a run of this UI's runs folder"}
-    key = hashlib.sha1("\n".join(str(r) for r in chosen).encode()).hexdigest()[:12]
+    # fsencode: a folder name that is not UTF-8 (a lone surrogate in Python) hashes as its bytes.
+    key = hashlib.sha1(b"\n".join(os.fsencode(str(r)) for r in chosen)).hexdigest()[:12]
     paths.generated.mkdir(parents=True, exist_ok=True)
     grid, curves = paths.generated / f"compare-{key}-grid.png", paths.generated / f"compare-{key}-curves.png"
     try:
         result = write_outputs([r for r in chosen if r is not None], grid_file=grid, curves_file=curves)
     except CompareError as e:
         return {"ok": False, "message": str(e)}
-    return {"ok": True, **result, "grid_file": str(grid), "curves_file": str(curves)}
+    return jsonable({"ok": True, **result, "grid_file": str(grid), "curves_file": str(curves)})
 
 
 def lora_file(paths: AppPaths, run_dir: str) -> str | None:

@@ -3,12 +3,15 @@ the loss curves (training and eval) and a grid of their samples (rows: runs, col
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
-from flux2_lora.experiments.compare import COLUMNS, cell
+from flux2_lora.display import escape
+from flux2_lora.experiments.compare import COLUMNS, cell, no_difference, notes, setting_rows
+from flux2_lora.experiments.compare_plots import series_colors
 from flux2_lora.webui import render
 from flux2_lora.webui.tabs import PRIVATE, Shared
 
@@ -50,19 +53,27 @@ def create_compare_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
 
 
 def frames(result: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The runs table, the differing settings (one column per run) and the long curves frame."""
-    names = [r["run"].rsplit("/", 1)[-1] for r in result["runs"]]
+    """The runs table, the differing settings (one column per run) and the long curves frame; names and
+    values as the CLI's table shows them (escaped, "config unreadable" where a config could not be read)."""
+    names = [str(r["name"]) for r in result["runs"]]
     table = pd.DataFrame(
         [
-            {"run": n, "state": r["state"], **{title: cell(key, r.get(key), f) for key, title, f in COLUMNS}}
+            {
+                "run": n,
+                "state": escape(str(r["state"])),
+                **{title: cell(key, r.get(key), f) for key, title, f in COLUMNS},
+                "notes": "; ".join(notes(r)),
+            }
             for n, r in zip(names, result["runs"])
         ]
     )
+    if not table.empty and not table["notes"].any():
+        table = table.drop(columns="notes")  # a column only when some run has something to say
+    # Columns by position: two runs may share a folder name (a/style, b/style).
+    settings = setting_rows(result)
     diff = pd.DataFrame(
-        [
-            {"setting": k, **{n: repr(v) for n, v in zip(names, vals)}}
-            for k, vals in result["differing_fields"].items()
-        ]
+        [[k, *cells] for k, cells in settings] or [[no_difference(result), *[""] * len(names)]],
+        columns=["setting", *names],
     )
     rows = [
         {"step": s, "loss": v, "series": f"{run} {kind}"}
@@ -73,14 +84,38 @@ def frames(result: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
     return table, diff, pd.DataFrame(rows, columns=["step", "loss", "series"])
 
 
+HEX = "hex:"  # a run folder's path is absolute, so no real one starts with this
+
+
+def choice_value(path: str) -> str:
+    """A run folder as the page can hold it: the path, or, for a name that is not UTF-8 (which no JSON
+    reply can carry), its bytes in hex."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return HEX + os.fsencode(path).hex()
+    return path
+
+
+def run_dir(value: str) -> str:
+    """The path a choice value stands for (the inverse of :func:`choice_value`)."""
+    if isinstance(value, str) and value.startswith(HEX):
+        try:
+            return os.fsdecode(bytes.fromhex(value[len(HEX) :]))
+        except ValueError:
+            return value
+    return str(value)
+
+
 def _wire(shared: Shared, c: dict[str, Any]) -> None:
     acts = shared.actions
 
     def choices(current: list[str] | None) -> Any:
         rows = acts.list_runs()
-        values = [r["run_dir"] for r in rows]
+        values = [choice_value(r["run_dir"]) for r in rows]
         keep = [v for v in (current or []) if v in values]
-        return gr.update(choices=[(f"{r['name']} ({r['state']})", r["run_dir"]) for r in rows], value=keep)
+        labels = [escape(f"{r['name']} ({r['state']})") for r in rows]
+        return gr.update(choices=list(zip(labels, values)), value=keep)
 
     gr.on(
         [shared.blocks.load, shared.runs_changed.change, c["pick"].focus, c["tab"].select],
@@ -92,15 +127,18 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
     )
 
     def on_compare(picked: list[str] | None) -> dict[Any, Any]:
-        r = acts.compare_runs(list(picked or []))
+        r = acts.compare_runs([run_dir(v) for v in picked or []])
         if not r["ok"]:
-            return {c["msg"]: render.esc(r["message"])}
+            return {c["msg"]: render.esc(escape(r["message"]))}
         table, diff, curves = frames(r)
+        skipped = sum(bool(notes(s)) for s in r["runs"])
         return {
-            c["msg"]: f"{len(r['runs'])} runs compared",
+            c["msg"]: f"{len(r['runs'])} runs compared"
+            + (f" ({skipped} with notes: see the table's last column)" if skipped else ""),
             c["table"]: table,
-            c["diff"]: diff if len(diff) else pd.DataFrame([{"setting": "none differ (besides output.dir)"}]),
-            c["curves"]: curves,
+            c["diff"]: diff,
+            # One colour per run (its eval a darker shade), however many runs: Vega's default repeats.
+            c["curves"]: gr.LinePlot(value=curves, color_map=series_colors(list(r["curves"]))),
             c["grid"]: r["grid_file"],
         }
 
