@@ -28,6 +28,23 @@ MAX_RATIO = 200  # images are already compressed (ratio ~1); text and BMPs rarel
 RATIO_MIN_BYTES = 1 << 20  # tiny files compress absurdly well and cannot hurt anyone
 MARKER = ".flux2-lora-source.json"  # hidden, so the dataset scan ignores it
 _CHUNK = 1 << 20
+# Nothing unpacks an archive found inside one (a dataset.path naming it would unpack it where the outer
+# one landed, e.g. a run's folder), so an archive holding one is refused, naming it, rather than checked
+# as a dataset with no images.
+NESTED_ARCHIVES = (
+    ".zip",
+    ".tar",
+    ".tgz",
+    ".gz",
+    ".bz2",
+    ".xz",
+    ".zst",
+    ".7z",
+    ".rar",
+    ".tbz2",
+    ".txz",
+    ".jar",
+)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -76,6 +93,12 @@ def validate_zip(
             )
         if not parts:
             continue
+        if not info.is_dir() and parts[0] != "__MACOSX" and parts[-1].lower().endswith(NESTED_ARCHIVES):
+            raise _fail(
+                zip_path,
+                f"holds {'/'.join(parts)}: an archive inside an archive is not unpacked "
+                "(unpack it and put its files in the ZIP instead)",
+            )
         if parts in seen:  # a second copy would silently replace the first
             raise _fail(zip_path, f"entry {info.filename!r} appears more than once")
         seen.add(parts)
