@@ -133,10 +133,10 @@ def extract_zip(
     max_entries: int = MAX_ENTRIES,
     max_ratio: float = MAX_RATIO,
 ) -> Path:
-    """Extract ``zip_path`` into ``dest`` (replacing it) atomically; raise DatasetError if unsafe."""
+    """Extract ``zip_path`` into ``dest`` (replacing it) atomically; raise DatasetError if unsafe. Every
+    entry is checked before any folder is made, so a refused archive leaves nothing behind."""
     zip_path, dest = Path(zip_path), Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-partial-", dir=dest.parent))
+    tmp: Path | None = None
     try:
         try:
             with zipfile.ZipFile(zip_path) as zf:
@@ -147,6 +147,8 @@ def extract_zip(
                     max_entries=max_entries,
                     max_ratio=max_ratio,
                 )
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-partial-", dir=dest.parent))
                 _extract_all(zip_path, zf, plan, tmp, max_total_bytes)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
             raise _fail(zip_path, f"is not a valid ZIP archive ({e})") from None
@@ -155,7 +157,8 @@ def extract_zip(
         (tmp / MARKER).write_text(json.dumps(_fingerprint(zip_path)), encoding="utf-8")
         _swap_in(tmp, dest)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
 

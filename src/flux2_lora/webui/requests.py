@@ -124,11 +124,15 @@ def refusal(hint: Any, field: str, message: str) -> Any:
     """The endpoint's own error result: a mapping holding both shapes the UI reads ({errors: [...]} and
     {field, message}); RequestError for an endpoint whose result is not a mapping."""
     if hint is dict or get_origin(hint) is dict:
+        text = f"{field}: {message}"
         return {
             "ok": False,
             "field": field,
-            "message": f"{field}: {message}",
+            "message": text,
             "errors": [{"field": field, "message": message}],
+            "available": False,  # an estimate's panel: nothing to show, nothing to start
+            "can_start": False,
+            "start_reason": text,
         }
     raise RequestError(field, message)
 

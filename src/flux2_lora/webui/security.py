@@ -215,7 +215,9 @@ class Guard:
 def _nosniff(send: Send) -> Send:
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
-            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-content-type-options"]
+            headers = [
+                (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-content-type-options"
+            ]
             message["headers"] = [*headers, (b"x-content-type-options", b"nosniff")]
         await send(message)
 
