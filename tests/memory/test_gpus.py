@@ -68,3 +68,26 @@ def test_a_gpu_is_found_by_whole_model_number_or_size(given: str, gib: float) ->
 
     found = find_gpu(given)
     assert found is not None and found.gib == gib  # "1" is a 1 GiB card, not the A10 holding a "1"
+
+
+@pytest.mark.parametrize("text", ["-5", "0", "nan", "inf", "-inf", "1e999", "banana", "5000"])
+def test_a_gpu_is_a_known_class_or_a_positive_finite_size(text: str) -> None:
+    """Issue 18: "-5", "inf", "nan" were taken as sizes and "banana" became the 24 GB class."""
+    assert gpus.find_gpu(text) is None
+    with pytest.raises(ValueError, match="GPU"):
+        gpus.parse_gpu(text)
+
+
+def test_gpu_names_and_sizes_still_parse() -> None:
+    assert gpus.parse_gpu("24").gib == 23.99 and gpus.parse_gpu("40").name.startswith("40 GB")
+    assert gpus.parse_gpu("4090").name.startswith("24 GB") and gpus.parse_gpu("h100").gib == 79.65
+    assert gpus.parse_gpu("12.5") == gpus.Gpu("12.5 GiB", 12.5)
+
+
+@pytest.mark.parametrize("text", ["-5", "0", "nan", "inf", "banana"])
+def test_cli_estimate_refuses_a_bad_gpu(text: str) -> None:
+    from tests.helpers import cli
+
+    proc = cli("estimate", "--preset", "quickstart", f"--gpu={text}", timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --gpu:"), proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""

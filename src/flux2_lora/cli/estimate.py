@@ -38,14 +38,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from flux2_lora.config.io import diff_from_defaults, to_yaml
-    from flux2_lora.memory import auto_fit, estimate_report, find_gpu
+    from flux2_lora.memory import auto_fit, estimate_report
+    from flux2_lora.memory.gpus import parse_gpu
 
     args.overrides = [*args.overrides, *section_overrides(args)]
     config = config_from_args(args)
     if config is None:
         return 2
-    if args.gpu and find_gpu(args.gpu) is None:
-        return fail(f"--gpu: unknown GPU {args.gpu!r}; give a class like 24, 48, 80 or a size in GiB", 2)
+    if args.gpu:
+        try:
+            parse_gpu(args.gpu)  # "-5", "0", "nan", "inf" and unknown names are refused, not guessed
+        except ValueError as e:
+            return fail(f"--gpu: {e}", 2)
     try:
         report = estimate_report(config, gpu=args.gpu)
     except ValueError as e:  # a local model folder whose config.json cannot describe a FLUX.2 model

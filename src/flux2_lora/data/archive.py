@@ -28,6 +28,23 @@ MAX_RATIO = 200  # images are already compressed (ratio ~1); text and BMPs rarel
 RATIO_MIN_BYTES = 1 << 20  # tiny files compress absurdly well and cannot hurt anyone
 MARKER = ".flux2-lora-source.json"  # hidden, so the dataset scan ignores it
 _CHUNK = 1 << 20
+# Nothing unpacks an archive found inside one (a dataset.path naming it would unpack it where the outer
+# one landed, e.g. a run's folder), so an archive holding one is refused, naming it, rather than checked
+# as a dataset with no images.
+NESTED_ARCHIVES = (
+    ".zip",
+    ".tar",
+    ".tgz",
+    ".gz",
+    ".bz2",
+    ".xz",
+    ".zst",
+    ".7z",
+    ".rar",
+    ".tbz2",
+    ".txz",
+    ".jar",
+)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -76,6 +93,12 @@ def validate_zip(
             )
         if not parts:
             continue
+        if not info.is_dir() and parts[0] != "__MACOSX" and parts[-1].lower().endswith(NESTED_ARCHIVES):
+            raise _fail(
+                zip_path,
+                f"holds {'/'.join(parts)}: an archive inside an archive is not unpacked "
+                "(unpack it and put its files in the ZIP instead)",
+            )
         if parts in seen:  # a second copy would silently replace the first
             raise _fail(zip_path, f"entry {info.filename!r} appears more than once")
         seen.add(parts)
@@ -110,10 +133,10 @@ def extract_zip(
     max_entries: int = MAX_ENTRIES,
     max_ratio: float = MAX_RATIO,
 ) -> Path:
-    """Extract ``zip_path`` into ``dest`` (replacing it) atomically; raise DatasetError if unsafe."""
+    """Extract ``zip_path`` into ``dest`` (replacing it) atomically; raise DatasetError if unsafe. Every
+    entry is checked before any folder is made, so a refused archive leaves nothing behind."""
     zip_path, dest = Path(zip_path), Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-partial-", dir=dest.parent))
+    tmp: Path | None = None
     try:
         try:
             with zipfile.ZipFile(zip_path) as zf:
@@ -124,6 +147,8 @@ def extract_zip(
                     max_entries=max_entries,
                     max_ratio=max_ratio,
                 )
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-partial-", dir=dest.parent))
                 _extract_all(zip_path, zf, plan, tmp, max_total_bytes)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
             raise _fail(zip_path, f"is not a valid ZIP archive ({e})") from None
@@ -132,7 +157,8 @@ def extract_zip(
         (tmp / MARKER).write_text(json.dumps(_fingerprint(zip_path)), encoding="utf-8")
         _swap_in(tmp, dest)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
 

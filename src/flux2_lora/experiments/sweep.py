@@ -177,8 +177,12 @@ class Sweep:
 
         again, reason = self._retry(trial.user_attrs, trial.params, reason)
         if trial.state == TrialState.RUNNING:
-            storage = study._storage  # the study's own (cached) view: what its next ask reads
-            tid = trial._trial_id
+            # Optuna's public storage API on the study's own backend: the study's cache re-reads
+            # unfinished trials from it, so its next ask sees this.
+            storage = self.storage
+            tid = storage.get_trial_id_from_study_id_trial_number(
+                storage.get_study_id_from_name(study.study_name), trial.number
+            )
             try:
                 storage.set_trial_user_attr(tid, "reason", reason)
                 storage.set_trial_user_attr(tid, "counted", not again and bool(trial.params))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 import shutil
 import subprocess
@@ -11,6 +12,8 @@ from typing import Literal
 
 Verdict = Literal["fits", "tight", "does_not_fit"]
 TIGHT_HEADROOM = 0.10  # within 10% of the card: may OOM on fragmentation or a longer caption batch
+MAX_GIB = 4096.0  # a size beyond any card (or several) is a typo, not a GPU
+GPU_FORMS = "give a class like 24, 48, 80 or H100, or a size in GiB (a number above 0)"
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,20 @@ def local_gpu() -> Gpu | None:
 
 
 def find_gpu(name: str | None) -> Gpu | None:
+    """The GPU ``name`` means (a class, a model number, a name part, or a size in GiB); the local GPU for
+    none; None where it names nothing (an unknown name, or a size that is not a positive finite number)."""
     if not name:
         return local_gpu()
+    try:
+        return parse_gpu(name)
+    except ValueError:
+        return None
+
+
+def parse_gpu(name: str) -> Gpu:
+    """The GPU a non-empty ``name`` means; ValueError saying why not ("banana", "-5", "0", "nan", "inf")."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{name!r} is not a GPU; {GPU_FORMS}")
     key = name.lower().strip()
     cards = [*GPUS, *([lg] if (lg := local_gpu()) else [])]
 
@@ -95,6 +110,9 @@ def find_gpu(name: str | None) -> Gpu | None:
             if match(g):
                 return g
     try:
-        return Gpu(f"{float(key):g} GiB", float(key))
+        gib = float(key)
     except ValueError:
-        return None
+        raise ValueError(f"unknown GPU {name!r}; {GPU_FORMS}") from None
+    if not math.isfinite(gib) or not 0 < gib <= MAX_GIB:
+        raise ValueError(f"{name!r} is not a GPU size: {GPU_FORMS}, at most {MAX_GIB:g}")
+    return Gpu(f"{gib:g} GiB", gib)

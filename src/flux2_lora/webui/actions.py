@@ -1,7 +1,8 @@
 """What the web UI does, bound once to the app's folders: one method per API endpoint (no Gradio, no torch).
 
 The buttons of the page and the named API endpoints (gradio_client) call the same methods, so a script
-drives exactly what a user clicks. Arguments and results are JSON-able; every config is validated by the
+drives exactly what a user clicks. Arguments and results are JSON-able; each endpoint's arguments are
+checked against its type hints first (:mod:`~flux2_lora.webui.requests`), every config is validated by the
 one schema and every path a request names is checked by :class:`~flux2_lora.webui.paths.AppPaths`.
 """
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from flux2_lora.webui import configs, datasets, jobs, sweeps
 from flux2_lora.webui.paths import AppPaths
+from flux2_lora.webui.requests import checked
 
 # The methods exposed as JSON API endpoints, in the order the API page lists them (upload_dataset and the
 # downloads take or give files, which need file components: see api.py).
@@ -88,7 +90,7 @@ class Actions:
         return configs.list_templates(self.paths)
 
     # ---- data -----------------------------------------------------------------------------------------
-    def upload_dataset(self, file: str) -> dict[str, Any]:
+    def upload_dataset(self, file: str | None) -> dict[str, Any]:
         """Unpack an uploaded ZIP into a fresh folder of the uploads folder: {ok, dataset_dir | message}."""
         return datasets.upload_dataset(self.paths, file)
 
@@ -168,3 +170,8 @@ class Actions:
 
     def list_sweeps(self) -> list[Any]:
         return sweeps.list_sweeps(self.paths)
+
+
+# Every endpoint (and the upload and downloads) refuses an argument of the wrong type by name.
+for _name in (*API, "upload_dataset", "lora_file"):
+    setattr(Actions, _name, checked(getattr(Actions, _name)))

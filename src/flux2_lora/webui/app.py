@@ -63,12 +63,24 @@ def launch(
     auth: tuple[str, str] | None = None,
     data_dirs: Iterable[str] | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    allowed_hosts: Iterable[str] = (),
     **kwargs: Any,
 ) -> tuple[gr.Blocks, str]:
+    """Build and start the UI. ValueError (nothing created) for a runs folder that cannot hold runs;
+    OSError where the server cannot start (the port taken)."""
+    from starlette.middleware import Middleware
+
+    from flux2_lora.webui.security import Guard, HostRules
+
     paths = AppPaths.create(runs_dir, data_dirs, max_upload_bytes)
     demo = build_app(paths)
+    # Host check, login throttling and download-only served files (webui/security.py), inside Gradio's
+    # own CORS and compression middleware.
+    hosts = HostRules(host, set(allowed_hosts))
+    app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(Guard, hosts=hosts)]
     # Files are served only from the runs folder (runs, samples, LoRAs, generated images, uploads).
-    _, url, _ = demo.launch(
+    _, url, share_url = demo.launch(
         server_name=host,
         server_port=port,
         share=share,
@@ -78,6 +90,9 @@ def launch(
         theme=THEME,
         allowed_paths=[str(paths.runs)],
         max_file_size=paths.max_upload_bytes,
+        app_kwargs=app_kwargs,
         **kwargs,
     )
+    if share_url:
+        hosts.allow(share_url)
     return demo, url

@@ -89,6 +89,25 @@ def dataset_root(paths: AppPaths, path: str) -> Path:
     return ensure_demo_dataset() if is_demo(source) else prepare_dataset_source(Path(source), work)
 
 
+def unpacked_data(paths: AppPaths, field: str, value: str) -> str:
+    """A checked data path (dataset.path, validation.eval_folder) as the trainer gets it from the UI: a
+    folder as is, a ZIP unpacked into its own folder of the uploads folder, so a trainer started here never
+    unpacks anything into its run folder. DatasetError naming ``field``."""
+    from flux2_lora.data.archive import prepare_dataset_source
+    from flux2_lora.data.scan import DatasetError
+
+    p = Path(value)
+    if is_demo(value) or not value.strip() or not p.is_file():
+        return value
+    try:
+        return str(prepare_dataset_source(p, _zip_folder(paths, p)))
+    except DatasetError as e:
+        text = str(e)
+        raise DatasetError(
+            field + text[len("dataset.path") :] if text.startswith("dataset.path") else text
+        ) from None
+
+
 def check_dataset(paths: AppPaths, config: dict[str, Any]) -> dict[str, Any]:
     """Scan the form's dataset: counts, problems, trigger findings, bucket table (when bucketing), and
     what the common-mistake warnings need (num_images, upscaled)."""
@@ -96,7 +115,10 @@ def check_dataset(paths: AppPaths, config: dict[str, Any]) -> dict[str, Any]:
     from flux2_lora.data.buckets import bucket_table, format_table
     from flux2_lora.data.captions import trigger_findings
 
-    ds = {**DatasetSection().model_dump(exclude={"path"}), **((config or {}).get("dataset") or {})}
+    section = (config or {}).get("dataset") if isinstance(config, dict) else None
+    if section is not None and not isinstance(section, dict):
+        return {"ok": False, "field": "dataset", "message": "must be a mapping of dataset fields"}
+    ds = {**DatasetSection().model_dump(exclude={"path"}), **(section or {})}
     path = str(ds.get("path") or "")
     try:
         source, work = dataset_source(paths, path)

@@ -31,46 +31,48 @@ def _err(field: str, message: str) -> dict[str, Any]:
 def launch_config(
     paths: AppPaths, config: dict[str, Any]
 ) -> tuple[TrainConfig | None, Path | None, list[dict[str, str]]]:
-    """The config a trainer would get: validated, its paths checked and written resolved (what was checked
-    is what runs), the model known. (config, run dir, []) or (None, None, errors)."""
-    parsed, issues = validate_dict(sync_precision(dict(config or {})))
+    """The config a trainer would get: validated, every path field checked and written resolved (what was
+    checked is what runs), a dataset ZIP unpacked in the uploads folder (never into the run's folder), the
+    model known. (config, run dir, []) or (None, None, errors)."""
+    from flux2_lora.data.scan import DatasetError
+    from flux2_lora.webui.datasets import unpacked_data
+    from flux2_lora.webui.paths import path_fields
+    from flux2_lora.webui.requests import prompt_errors
+
+    if not isinstance(config, dict):
+        return None, None, [{"field": "config", "message": "must be a mapping of config sections"}]
+    parsed, issues = validate_dict(sync_precision(dict(config)))
     errors, _ = issues_json(issues)
     if parsed is None:
         return None, None, errors
-    try:
-        run_dir = paths.run_dir(parsed.output.dir)
-    except PathRefused as e:
-        return None, None, [{"field": e.field, "message": e.message}]
+    bad_text = prompt_errors(parsed.model_dump())
+    if bad_text:
+        return None, None, bad_text
     model = check_model(paths, parsed.model.path, parsed.model.variant)
     if not model["ok"]:
         return None, None, [{"field": "model.path", "message": model["message"]}]
-    parsed.model.path = model["source"]
-    ds = parsed.dataset.path
-    if not is_demo(ds):
-        try:
-            real = paths.readable("dataset.path", ds)
-        except PathRefused as e:
-            return None, None, [{"field": e.field, "message": e.message}]
-        if resolve_inside(run_dir, [real]) is not None:
-            return (
-                None,
-                None,
-                [
-                    {
-                        "field": "output.dir",
-                        "message": "is inside the dataset folder: the run would train on its own samples",
-                    }
-                ],
-            )
-        parsed.dataset.path = str(real)
-    if parsed.validation.eval_folder.strip():
-        try:
-            parsed.validation.eval_folder = str(
-                paths.readable("validation.eval_folder", parsed.validation.eval_folder)
-            )
-        except PathRefused as e:
-            return None, None, [{"field": e.field, "message": e.message}]
-    parsed.output.dir = str(run_dir)
+    try:
+        checked = paths.checked_paths(parsed.model_dump())
+        for dotted, role in path_fields().items():
+            section, _, key = dotted.partition(".")
+            value = checked.get(section, {}).get(key)
+            if role == "data" and isinstance(value, str):
+                value = unpacked_data(paths, dotted, value)
+            if value is not None:
+                setattr(getattr(parsed, section), key, value)
+    except PathRefused as e:
+        return None, None, [{"field": e.field, "message": e.message}]
+    except DatasetError as e:
+        field, _, message = str(e).partition(": ")
+        return None, None, [{"field": field, "message": message}]
+    run_dir = Path(parsed.output.dir)
+    for dotted, role in path_fields().items():
+        section, _, key = dotted.partition(".")
+        value = str(getattr(getattr(parsed, section), key) or "")
+        inside = role == "data" and value.strip() and not is_demo(value)
+        if inside and resolve_inside(run_dir, [Path(value)]) is not None:
+            message = "is inside the dataset folder: the run would train on its own samples"
+            return None, None, [{"field": "output.dir", "message": message}]
     return parsed, run_dir, []
 
 
@@ -89,8 +91,13 @@ def start_run(paths: AppPaths, config: dict[str, Any], resume: str | None = None
         return {"ok": False, "errors": errors}
     if _busy(run_dir):
         return _err("output.dir", f"{run_dir} has a live run: stop it, or choose another output folder")
-    if resume and resume != "latest" and resolve_inside(resume, [run_dir]) in (None, run_dir):
-        return _err("", "the checkpoint to resume from must be in the run's folder")
+    if resume is not None and not isinstance(resume, str):
+        return _err("resume", "must be 'latest' or a checkpoint path (text)")
+    if resume:
+        try:
+            resume = paths.checkpoint(run_dir, resume)
+        except PathRefused as e:
+            return _err(e.field, e.message)
     run_dir.mkdir(parents=True, exist_ok=True)
     # A stop file left by an earlier run would stop this one at its first step.
     (run_dir / runs.STOP_FILE).unlink(missing_ok=True)

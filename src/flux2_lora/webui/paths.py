@@ -7,15 +7,21 @@ resolved, symlinks followed, and accepted only inside allowed roots:
   (default: the folder the UI was started in);
 - writing a run (output dir): inside the runs folder, never in its uploads, templates or generated
   folders, so nothing a client uploads can become a run a trainer resumes from;
-- serving files: the runs folder only.
+- serving files: the runs folder only;
+- resuming: only a checkpoint in a run folder's own ``checkpoints/``, where only a trainer writes.
+
+Which config fields are paths is read from the schema (:func:`path_fields`), so a new path field is checked
+without anyone listing it here.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flux2_lora.units import GIB
 from flux2_lora.variants import is_demo
@@ -24,6 +30,11 @@ DEFAULT_MAX_UPLOAD_BYTES = 2 * GIB
 # Folders of the runs folder that are not runs: uploads (client data), saved templates, Test LoRA images.
 RESERVED = ("uploads", "templates", "generated")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# A config field is a path when its name says so or when it takes a path's length (PATH_MAX).
+_PATH_NAME = re.compile(r"^(path|dir|folder|file)$|_(path|dir|folder|file)$")
+PATH_MAX = 4096
+# How a path field's value is checked; every other path field is data the trainer reads.
+PATH_ROLES = {"model.path": "model", "output.dir": "output"}
 
 
 class PathRefused(ValueError):
@@ -55,6 +66,34 @@ def resolve_inside(path: str | Path, roots: Iterable[Path], *, base: Path | None
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def path_fields() -> dict[str, str]:
+    """Every path-typed field of the training config ("section.key") → its role: "model" (a hub id, demo
+    or a readable folder), "output" (a run folder to write) or "data" (a readable dataset folder or ZIP)."""
+    from flux2_lora.config import SECTIONS
+
+    out = {}
+    for section, cls in SECTIONS.items():
+        for key, info in cls.model_fields.items():
+            if info.annotation is not str:
+                continue
+            longest = max((getattr(m, "max_length", 0) or 0 for m in info.metadata), default=0)
+            if _PATH_NAME.search(key) or longest >= PATH_MAX:
+                out[f"{section}.{key}"] = PATH_ROLES.get(f"{section}.{key}", "data")
+    return out
+
+
+def refused_root(path: str | Path) -> str | None:
+    """Why ``path`` cannot hold runs (the filesystem root, the home folder): the same rule as a run's
+    output.dir, from the schema, so ``ui --runs-dir`` and ``train`` refuse alike. None when it can."""
+    from flux2_lora.config import OutputSection
+    from flux2_lora.config.io import validate_section
+
+    _, issues = validate_section(OutputSection, {"dir": str(path)})
+    errors = [i.message for i in issues if i.level == "error"]
+    return errors[0] if errors else None
+
+
 @dataclass(frozen=True)
 class AppPaths:
     """The UI's folders, resolved once at start."""
@@ -70,7 +109,14 @@ class AppPaths:
         data_dirs: Iterable[str | Path] | None = None,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     ) -> AppPaths:
+        """The folders resolved and created; ValueError (nothing created) for a runs folder that is the
+        filesystem root, the home folder, or a file."""
         runs = Path(runs_dir).expanduser().resolve()
+        why = refused_root(runs)
+        if why:
+            raise ValueError(why)
+        if runs.exists() and not runs.is_dir():
+            raise ValueError(f"{runs} is a file, not a folder")
         dirs = tuple(Path(d).expanduser().resolve() for d in (data_dirs if data_dirs else [Path.cwd()]))
         paths = cls(runs, dirs, int(max_upload_bytes))
         for p in (paths.runs, paths.uploads, paths.templates, paths.generated):
@@ -124,8 +170,9 @@ class AppPaths:
         return str(self.readable("model.path", text))
 
     def run_dir(self, value: str, field: str = "output.dir") -> Path:
-        """A run directory for writing: inside the runs folder, not the runs folder itself and not one of
-        its reserved folders (uploads, templates, generated)."""
+        """A run directory for writing: inside the runs folder, not the runs folder itself, not one of
+        its reserved folders (uploads, templates, generated), not a hidden folder (a trainer's .work, where
+        it unpacks datasets) and not inside another run: what a trainer resumes from there is its own."""
         text = (value or "").strip()
         p = Path(text).expanduser()
         if text and not p.is_absolute():
@@ -134,13 +181,80 @@ class AppPaths:
             p = self.runs.joinpath(*parts) if parts else self.runs
         real = resolve_inside(p, [self.runs])
         reserved = [self.runs / r for r in RESERVED]
-        if real is None or real == self.runs or any(real == r or r in real.parents for r in reserved):
+        if (
+            real is None
+            or real == self.runs
+            or any(real == r or r in real.parents for r in reserved)
+            or self._inside_run(real)
+        ):
             raise PathRefused(
                 field,
                 f"must be a new or existing run folder inside the runs folder {self.runs} (not its "
                 f"{', '.join(RESERVED)} folders); start the UI with --runs-dir to use another runs folder",
             )
         return real
+
+    def _inside_run(self, real: Path) -> bool:
+        """A hidden folder below the runs folder, or a folder below a run (a run has a status.json or a
+        config.yaml; a sweep's folder has neither, so its trials are runs)."""
+        from flux2_lora import runs
+
+        rel = real.relative_to(self.runs).parts
+        if any(part.startswith(".") for part in rel):
+            return True
+        above = [self.runs.joinpath(*rel[:i]) for i in range(1, len(rel))]
+        return any((a / runs.STATUS_FILE).exists() or (a / runs.CONFIG_FILE).exists() for a in above)
+
+    def checkpoint(self, run: Path, value: str) -> str:
+        """A resume request for ``run``: 'latest' or 'auto' (the trainer looks in the run's checkpoints/),
+        or one complete checkpoint in ``run/checkpoints/`` (resolved). PathRefused for anything else, e.g.
+        a checkpoint inside an upload, a dataset or a run's .work folder."""
+        from flux2_lora import runs
+
+        text = (value or "").strip()
+        own = run / runs.CHECKPOINTS_DIR
+        if own.is_symlink() or (own.exists() and own.resolve() != own):
+            raise PathRefused("resume", f"{own} is a link; this UI resumes only from checkpoints it wrote")
+        if text in ("latest", "auto"):
+            return text
+        real = resolve_inside(text, [own], base=run)
+        if real is None or real not in [p.resolve() for p in runs.list_checkpoints(run)]:
+            raise PathRefused(
+                "resume",
+                f"must be 'latest' or a checkpoint in {own} (checkpoint-<step>); this UI resumes only "
+                "from checkpoints its trainer wrote",
+            )
+        return str(real)
+
+    def checked_paths(self, config: Mapping[str, Any], *, where: str = "") -> dict[str, dict[str, Any]]:
+        """Every path field set in ``config`` (a config mapping) checked by its role and resolved: the
+        {"section": {"key": value}} to write over the config, so what was checked is what runs.
+        PathRefused (its field prefixed with ``where``) for the first one outside the allowed folders."""
+        out: dict[str, dict[str, Any]] = {}
+        for dotted in path_fields():
+            section, _, key = dotted.partition(".")
+            sec = config.get(section) if isinstance(config, Mapping) else None
+            value = sec.get(key) if isinstance(sec, Mapping) else None
+            if value is None:
+                continue
+            try:
+                out.setdefault(section, {})[key] = self.checked_value(dotted, value)
+            except PathRefused as e:
+                raise PathRefused(where + e.field, e.message) from None
+        return out
+
+    def checked_value(self, field: str, value: Any, role: str | None = None) -> str:
+        """One path field's value checked by its role (:func:`path_fields`) and resolved."""
+        role = role or path_fields().get(field, "data")
+        if not isinstance(value, str):
+            raise PathRefused(field, f"must be a path (text), got {type(value).__name__}")
+        if role == "model":
+            return self.model_source(value)
+        if role == "output":
+            return str(self.run_dir(value, field))
+        if not value.strip() or is_demo(value):
+            return value  # off (an empty eval folder), or the built-in demo dataset
+        return str(self.readable(field, value))
 
     def existing_run(self, value: str) -> Path | None:
         """A run directory named by a request (monitor, stop, resume, download), or None."""

@@ -40,8 +40,20 @@ def _err(field: str, message: str) -> dict[str, Any]:
     return {"ok": False, "errors": [{"field": field, "message": message}]}
 
 
-def _spec_dict(paths: AppPaths, spec: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
-    """The request's spec as a CLI spec: base.template → the template's file, paths checked."""
+def _spec_dict(
+    paths: AppPaths, spec: dict[str, Any], *, unpack: bool = False
+) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
+    """The request's spec as a CLI spec: base.template → the template's file, and every path field it
+    names (in base.set, in the presets or template it composes, in a parameter's values) checked by the
+    one path check and written resolved. ``unpack``: a dataset ZIP is unpacked in the uploads folder and
+    its folder given instead, so no trial unpacks anything into its run folder."""
+    from flux2_lora.config.io import compose
+    from flux2_lora.data.scan import DatasetError
+    from flux2_lora.experiments.spec import flat_set
+    from flux2_lora.webui.datasets import unpacked_data
+    from flux2_lora.webui.paths import path_fields
+    from flux2_lora.webui.requests import PROMPT_FIELDS, prompt_errors, text_problem
+
     if not isinstance(spec, dict):
         return None, [{"field": "", "message": "the spec must be a mapping"}]
     out = copy.deepcopy(spec)
@@ -53,48 +65,89 @@ def _spec_dict(paths: AppPaths, spec: dict[str, Any]) -> tuple[dict[str, Any] | 
     if "config" in base:
         return None, [{"field": "base.config", "message": "the UI takes a saved template (base.template)"}]
     template = base.pop("template", None)
+    config_file = None
     if template:
-        path = configs._template_file(paths, str(template))
-        if path is None or not path.is_file():
+        config_file = configs._template_file(paths, str(template))
+        if config_file is None or not config_file.is_file():
             return None, [{"field": "base.template", "message": f"no template named {template!r}"}]
-        base["config"] = str(path)
+        base["config"] = str(config_file)
     values = base.get("set")
+    flat = dict(flat_set(values)) if isinstance(values, dict) else {}
     if isinstance(values, dict):
-        from flux2_lora.experiments.spec import flat_set
-
-        flat = dict(flat_set(values))
-        try:
-            for key, check in (("dataset.path", _dataset_path), ("model.path", _model_path)):
-                if isinstance(flat.get(key), str):
-                    flat[key] = check(paths, flat[key])
-        except PathRefused as e:
-            return None, [{"field": f"base.set.{e.field}", "message": e.message}]
-        if "output.dir" in flat:
-            return None, [
-                {"field": "base.set.output.dir", "message": "is chosen by the sweep (one folder per trial)"}
-            ]
         base["set"] = flat
+    fields = path_fields()
+    for dotted in flat:
+        if fields.get(dotted) == "output":
+            return None, [
+                {"field": f"base.set.{dotted}", "message": "is chosen by the sweep (one folder per trial)"}
+            ]
+    presets = base.get("presets")
+    names = [str(n) for n in presets] if isinstance(presets, list) else []
+    composed, _ = compose(names, config_file, ())
+    for dotted, value in flat.items():
+        section, _, key = dotted.partition(".")
+        if isinstance(composed.get(section), dict):
+            composed[section][key] = value
+        else:
+            composed[section] = {key: value}
+    origin = "base.template" if template else "base.presets"
+    bad_text = prompt_errors(composed)
+    params = out.get("parameters")
+    for name, param in params.items() if isinstance(params, dict) else ():
+        if str(name) in PROMPT_FIELDS and isinstance(param, dict) and isinstance(param.get("values"), list):
+            for i, v in enumerate(param["values"]):
+                problem = text_problem(v, prompt=True) if isinstance(v, str) else None
+                if problem:
+                    bad_text.append({"field": f"parameters.{name}.values[{i}]", "message": problem})
+    if bad_text:
+        return None, bad_text
+
+    def check(field: str, value: Any) -> Any:
+        checked = paths.checked_value(field, value)
+        return unpacked_data(paths, field, checked) if unpack and fields[field] == "data" else checked
+
+    try:
+        for dotted, role in fields.items():
+            section, _, key = dotted.partition(".")
+            sec = composed.get(section)
+            if role == "output" or not isinstance(sec, dict) or key not in sec:
+                continue
+            where = f"base.set.{dotted}" if dotted in flat else origin
+            try:
+                resolved = check(dotted, sec[key])
+            except PathRefused as e:
+                message = e.message if dotted in flat else f"{dotted}: {e.message}"
+                return None, [{"field": where, "message": message}]
+            if isinstance(base.get("set"), dict) or "set" not in base:
+                base.setdefault("set", {})[dotted] = resolved
+        for name, param in params.items() if isinstance(params, dict) else ():
+            field_role = fields.get(str(name))
+            choices = param.get("values") if isinstance(param, dict) else None
+            if field_role in (None, "output") or not isinstance(choices, list):
+                continue  # an output field, or a range on a text field: the plan says why
+            for i, v in enumerate(choices):
+                try:
+                    choices[i] = check(str(name), v)
+                except PathRefused as e:
+                    return None, [{"field": f"parameters.{name}.values[{i}]", "message": e.message}]
+    except DatasetError as e:
+        field, _, message = str(e).partition(": ")
+        return None, [{"field": field, "message": message}]
     return out, []
 
 
-def _dataset_path(paths: AppPaths, value: str) -> str:
-    return value if value.strip().lower() == "demo" else str(paths.readable("dataset.path", value))
-
-
-def _model_path(paths: AppPaths, value: str) -> str:
-    return paths.model_source(value)
-
-
-def _plan(paths: AppPaths, spec: dict[str, Any]) -> tuple[Any, list[dict[str, str]]]:
+def _plan(
+    paths: AppPaths, spec: dict[str, Any], *, unpack: bool = False
+) -> tuple[Any, dict[str, Any] | None, list[dict[str, str]]]:
     from flux2_lora.experiments.spec import SpecError, build_plan, parse_spec
 
-    data, errors = _spec_dict(paths, spec)
+    data, errors = _spec_dict(paths, spec, unpack=unpack)
     if data is None:
-        return None, errors
+        return None, None, errors
     try:
-        return build_plan(parse_spec(data)), []
+        return build_plan(parse_spec(copy.deepcopy(data))), data, []
     except SpecError as e:
-        return None, [{"field": i.path, "message": i.message} for i in e.issues]
+        return None, None, [{"field": i.path, "message": i.message} for i in e.issues]
 
 
 def plan(paths: AppPaths, spec: dict[str, Any], gpu: str = "") -> dict[str, Any]:
@@ -102,7 +155,7 @@ def plan(paths: AppPaths, spec: dict[str, Any], gpu: str = "") -> dict[str, Any]
     run and its largest trial's memory on the GPU (the local one, else this machine's RAM)."""
     from flux2_lora.experiments.vet import Target, largest_trial
 
-    p, errors = _plan(paths, spec)
+    p, _, errors = _plan(paths, spec)
     if p is None:
         return {"ok": False, "errors": errors, "trials": 0, "grid_size": None, "largest": None}
     try:
@@ -135,8 +188,8 @@ def start(paths: AppPaths, spec: dict[str, Any], name: str, gpu: str = "") -> di
     missing = optuna_missing()
     if missing:
         return _err("", missing)
-    p, errors = _plan(paths, spec)
-    if p is None:
+    p, data, errors = _plan(paths, spec, unpack=True)
+    if p is None or data is None:
         return {"ok": False, "errors": errors}
     try:
         d = sweep_dir(paths, name)
@@ -147,8 +200,6 @@ def start(paths: AppPaths, spec: dict[str, Any], name: str, gpu: str = "") -> di
     conflict = _other_study(d, p)
     if conflict:
         return _err("name", conflict)
-    data, _ = _spec_dict(paths, spec)
-    assert data is not None
     data["name"] = d.name
     d.mkdir(parents=True, exist_ok=True)
     from flux2_lora.experiments.store import SPEC_FILE, STOP_FILE
