@@ -11,8 +11,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from flux2_lora import runs
 from flux2_lora.hooks import HOLD_ENV
+
+if TYPE_CHECKING:
+    from flux2_lora.config import TrainConfig
+    from flux2_lora.training.outcome import RunOutcome
 
 
 def cli(*args: str, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -96,3 +102,14 @@ def sets(*pairs: str) -> list[str]:
     for p in pairs:
         out += ["--set", p]
     return out
+
+
+def assert_finished(outcome: RunOutcome, config: TrainConfig) -> None:
+    """``run_training`` trained every step of ``config`` and wrote the LoRA, and the run's status says so
+    (it returns a stopped outcome too, so a bare call proves nothing)."""
+    out = Path(config.output.dir).expanduser().resolve()
+    total = config.training.max_steps
+    assert (outcome.state, outcome.step, outcome.total_steps) == ("finished", total, total), outcome
+    assert outcome.lora == out / runs.LORA_FILE and outcome.lora.is_file(), outcome
+    status = runs.read_status(out)
+    assert status is not None and (status.state, status.step) == ("finished", total), status

@@ -19,6 +19,7 @@ from flux2_lora import runs
 from flux2_lora.config.io import ConfigError
 from flux2_lora.training.trainer import Trainer, run_training
 from tests.conftest import MakeConfig
+from tests.helpers import assert_finished
 
 
 def prepared(make_config: MakeConfig, *overrides: str) -> Trainer:
@@ -149,7 +150,15 @@ def test_lora_rank_alpha_dropout_dora_targets(make_config: MakeConfig) -> None:
 def test_optimizer_choice(make_config: MakeConfig, name: str, cls: str) -> None:
     t = prepared(make_config, f"training.optimizer={name}", "training.learning_rate=1e-3")
     assert type(t.optimizer.optimizer).__name__ == cls
-    float(t.train_step(1))  # each really steps
+    params = {n: p for n, p in t.transformer.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    assert float(t.train_step(1)) > 0
+    # lora_B starts at zero, so the first step's gradient reaches B only (A's is B·grad = 0): every B
+    # must have moved, by a finite amount.
+    moved = {n for n, p in params.items() if not torch.equal(p.detach(), before[n])}
+    b_names = {n for n in params if ".lora_B." in n}
+    assert b_names and b_names <= moved, sorted(b_names - moved)[:3]
+    assert all(torch.isfinite(p).all() for p in params.values())
 
 
 def test_adamw8bit_needs_cuda(make_config: MakeConfig) -> None:
@@ -157,6 +166,9 @@ def test_adamw8bit_needs_cuda(make_config: MakeConfig) -> None:
 
     if torch.cuda.is_available():
         pytest.skip("CPU-only behaviour")
+    pytest.importorskip(
+        "bitsandbytes", reason="needs the quantization extra: pip install 'flux2-lora[quantization]'"
+    )
     with pytest.raises(OptimizerUnavailable, match=r"training\.optimizer: adamw8bit runs only on CUDA"):
         prepared(make_config, "training.optimizer=adamw8bit")
 
@@ -338,7 +350,7 @@ def test_validation_fields(make_config: MakeConfig, monkeypatch: pytest.MonkeyPa
         "validation.guidance_scale=2.5",
         "training.warmup_steps=0",
     )
-    run_training(config)
+    assert_finished(run_training(config), config)
     index = runs.read_jsonl(Path(config.output.dir) / runs.SAMPLES_INDEX)
     assert [(r["step"], r["prompt"]) for r in index] == [
         (s, p) for s in (2, 4) for p in ("a red circle", "a blue square") for _ in range(2)
@@ -347,7 +359,7 @@ def test_validation_fields(make_config: MakeConfig, monkeypatch: pytest.MonkeyPa
     assert all("negative_prompt_embeds" in c for c in calls)  # [klein] CFG above 1
     calls.clear()
     off = make_config("validation.enabled=false", out=Path(config.output.dir).parent / "off")
-    run_training(off)
+    assert_finished(run_training(off), off)
     assert calls == [] and not (Path(off.output.dir) / runs.SAMPLES_DIR).exists()
 
 
@@ -355,18 +367,17 @@ def test_output_and_logging_fields(make_config: MakeConfig, tmp_path: Path) -> N
     from safetensors import safe_open
 
     out = tmp_path / "a"
-    run_training(
-        make_config(
-            "output.save_optimizer_state=false",
-            "output.save_dtype=bfloat16",
-            "output.export_comfyui=true",
-            "output.checkpoint_every=2",
-            "logging.tensorboard=true",
-            "logging.log_every=2",
-            "training.warmup_steps=0",
-            out=out,
-        )
+    config = make_config(
+        "output.save_optimizer_state=false",
+        "output.save_dtype=bfloat16",
+        "output.export_comfyui=true",
+        "output.checkpoint_every=2",
+        "logging.tensorboard=true",
+        "logging.log_every=2",
+        "training.warmup_steps=0",
+        out=out,
     )
+    assert_finished(run_training(config), config)
     ckpt = runs.latest_checkpoint(out)
     assert ckpt is not None and not (ckpt / "optimizer.pt").exists()
     with safe_open(str(out / runs.LORA_FILE), "pt") as f:
@@ -376,15 +387,14 @@ def test_output_and_logging_fields(make_config: MakeConfig, tmp_path: Path) -> N
     assert [m["step"] for m in runs.read_jsonl(out / runs.METRICS_FILE)] == [2, 4]
 
     out_b = tmp_path / "b"
-    run_training(
-        make_config(
-            "output.save_optimizer_state=true",
-            "logging.tensorboard=false",
-            "training.warmup_steps=0",
-            "output.checkpoint_every=2",
-            out=out_b,
-        )
+    config_b = make_config(
+        "output.save_optimizer_state=true",
+        "logging.tensorboard=false",
+        "training.warmup_steps=0",
+        "output.checkpoint_every=2",
+        out=out_b,
     )
+    assert_finished(run_training(config_b), config_b)
     assert (runs.latest_checkpoint(out_b) / "optimizer.pt").is_file()
     assert not (out_b / runs.TENSORBOARD_DIR).exists() and not (out_b / runs.COMFYUI_LORA_FILE).exists()
 
@@ -405,9 +415,10 @@ def test_wandb_logs_offline_without_a_key(
 
     monkeypatch.setattr(wandb, "init", spy)
     out = tmp_path / "w"
-    run_training(
-        make_config("logging.wandb=true", "logging.wandb_project=my-proj", "training.warmup_steps=0", out=out)
+    config = make_config(
+        "logging.wandb=true", "logging.wandb_project=my-proj", "training.warmup_steps=0", out=out
     )
+    assert_finished(run_training(config), config)
     assert seen and seen[0]["project"] == "my-proj" and seen[0]["mode"] == "offline"
     assert list((out / "wandb").glob("offline-run-*")), "no offline W&B run written"
 
