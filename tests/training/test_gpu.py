@@ -8,7 +8,7 @@ import pytest
 from flux2_lora import runs
 from flux2_lora.training.trainer import run_training
 from tests.conftest import MakeConfig
-from tests.helpers import assert_finished
+from tests.helpers import NEEDS_BNB, NEEDS_TORCHAO, assert_finished
 
 pytestmark = pytest.mark.gpu
 
@@ -17,9 +17,9 @@ pytestmark = pytest.mark.gpu
     "extra",
     [
         (),
-        ("memory.quantization=nf4",),
-        ("memory.quantization=int8",),
-        ("training.optimizer=adamw8bit",),
+        pytest.param(("memory.quantization=nf4",), marks=NEEDS_BNB),
+        pytest.param(("memory.quantization=int8",), marks=NEEDS_TORCHAO),
+        pytest.param(("training.optimizer=adamw8bit",), marks=NEEDS_BNB),
         ("performance.attention_backend=flash",),
         ("performance.attention_backend=efficient",),
         ("performance.compile=true",),

@@ -19,7 +19,7 @@ from flux2_lora import runs
 from flux2_lora.config.io import ConfigError
 from flux2_lora.training.trainer import Trainer, run_training
 from tests.conftest import MakeConfig
-from tests.helpers import assert_finished
+from tests.helpers import NEEDS_PRODIGY, assert_finished
 
 
 def prepared(make_config: MakeConfig, *overrides: str) -> Trainer:
@@ -144,7 +144,7 @@ def test_lora_rank_alpha_dropout_dora_targets(make_config: MakeConfig) -> None:
         ("adam", "Adam"),
         ("sgd", "SGD"),
         ("adafactor", "Adafactor"),
-        ("prodigy", "Prodigy"),
+        pytest.param("prodigy", "Prodigy", marks=NEEDS_PRODIGY),
     ],
 )
 def test_optimizer_choice(make_config: MakeConfig, name: str, cls: str) -> None:
@@ -166,10 +166,22 @@ def test_adamw8bit_needs_cuda(make_config: MakeConfig) -> None:
 
     if torch.cuda.is_available():
         pytest.skip("CPU-only behaviour")
-    pytest.importorskip(
-        "bitsandbytes", reason="needs the quantization extra: pip install 'flux2-lora[quantization]'"
-    )
+    pytest.importorskip("bitsandbytes", reason="needs bitsandbytes: pip install 'flux2-lora[quantization]'")
     with pytest.raises(OptimizerUnavailable, match=r"training\.optimizer: adamw8bit runs only on CUDA"):
+        prepared(make_config, "training.optimizer=adamw8bit")
+
+
+def test_adamw8bit_without_the_quantization_extra_says_what_to_install(
+    make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from flux2_lora.training.optim import OptimizerUnavailable
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as if it were not installed
+    with pytest.raises(
+        OptimizerUnavailable, match=r"adamw8bit needs bitsandbytes.*flux2-lora\[quantization\]"
+    ):
         prepared(make_config, "training.optimizer=adamw8bit")
 
 
@@ -511,13 +523,32 @@ def test_a_runs_first_steps_are_pinned(make_config: MakeConfig) -> None:
     t = prepared(make_config, "training.timestep_sampling=logit_normal")
     assert (t.config.training.seed, t.config.training.batch_size) == (42, 2)
     assert t.schedule is not None
+    # Changed once on purpose (issue 18): σ is drawn before the noise, so it no longer depends on the
+    # device (CUDA runs kept their σ; CPU runs of earlier versions resume with other σ and noise).
     expected = {
-        1: ([(9, 0), (0, 1)], [0.582, 0.401], [-0.05458, 0.74304, -0.24103]),
-        2: ([(7, 2), (1, 3)], [0.623, 0.305], [-0.38802, 0.98565, 0.59754]),
-        7: ([(0, 12), (10, 13)], [0.801, 0.4], [-0.1358, -0.13847, -0.16564]),
+        1: ([(9, 0), (0, 1)], [0.489, 0.375], [-0.2381, -0.9502, -1.61383]),
+        2: ([(7, 2), (1, 3)], [0.786, 0.76], [0.09304, 0.51031, -1.03566]),
+        7: ([(0, 12), (10, 13)], [0.581, 0.664], [0.33736, 0.585, 0.91457]),
     }
     for step, (pairs, sigmas, noise) in expected.items():
         assert t.schedule.micro_batch(step, 0, 0, 1, 1) == pairs
         batch = t.micro_batch(step, 0)
         assert batch["sigmas"].tolist() == pytest.approx(sigmas, abs=1e-6)
         assert batch["noise"].flatten()[:3].tolist() == pytest.approx(noise, abs=1e-5)
+    # σ is the first draw of the micro-batch's generator, whatever the device draws the noise with.
+    from flux2_lora.training.batches import derive_seed
+    from flux2_lora.training.flow import sample_density, sigmas_from_density
+
+    first = sample_density("logit_normal", 2, generator=torch.Generator().manual_seed(derive_seed(42, 6, 0)))
+    assert t.micro_batch(1, 0)["sigmas"].tolist() == sigmas_from_density(first).tolist()
+
+
+@pytest.mark.gpu
+def test_cpu_and_cuda_draw_the_same_sigmas(make_config: MakeConfig) -> None:
+    """One seed, the same timesteps on CPU and on a GPU (the noise is drawn on the device, so it differs)."""
+    cpu = prepared(make_config, "model.device=cpu", "model.dtype=float32")
+    cuda = prepared(make_config, "model.device=cuda", "model.dtype=float32")
+    for step in (1, 2, 7, 30):
+        a, b = cpu.micro_batch(step, 0), cuda.micro_batch(step, 0)
+        assert b["noise"].device.type == "cuda" and b["sigmas"].device.type == "cuda"
+        assert b["sigmas"].cpu().tolist() == pytest.approx(a["sigmas"].tolist(), abs=1e-6), step

@@ -115,7 +115,7 @@ def save_checkpoint(
     except Exception as e:  # torch and safetensors report a failed write as their own errors
         # A full disk: the half-written folder goes (it holds the space), the earlier checkpoints stay.
         shutil.rmtree(tmp, ignore_errors=True)
-        error = _as_os_error(e)
+        error = as_os_error(e)
         if error is None:
             raise
         previous = runs.latest_checkpoint(run_dir)
@@ -125,7 +125,7 @@ def save_checkpoint(
     return final
 
 
-def _as_os_error(e: BaseException) -> OSError | None:
+def as_os_error(e: BaseException) -> OSError | None:
     """The OSError behind a failed write: torch.save reports a full disk as a RuntimeError ('file write
     failed', 'unexpected pos'), safetensors as its own error."""
     if isinstance(e, OSError):

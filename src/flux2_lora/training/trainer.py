@@ -32,6 +32,7 @@ from flux2_lora.training.batches import (
     text_ids_for,
     to_device_stacked,
 )
+from flux2_lora.training.checkpoint import as_os_error
 from flux2_lora.training.evaluation import EvalSet, timed
 from flux2_lora.training.flow import flow_matching_loss, sample_density, sigmas_from_density
 from flux2_lora.training.hardware import (
@@ -511,10 +512,13 @@ class Trainer:
                         )
                     else:
                         save_comfyui_lora(self.run_dir, state, cfg.lora.alpha / cfg.lora.rank, out_dtype)
-            except OSError as e:
+            except Exception as e:  # safetensors reports a failed write as its own error
+                error = as_os_error(e)
+                if error is None:
+                    raise
                 raise runs.write_error(
                     f"the LoRA ({self.run_dir / runs.LORA_FILE})",
-                    e,
+                    error,
                     f"the trained state is safe in {resumable}: free space, then resume the run "
                     "(--resume latest writes the LoRA at once)",
                 ) from e
