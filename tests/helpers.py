@@ -3,6 +3,7 @@ named point (:mod:`flux2_lora.hooks`), so a test acts on it there instead of rac
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -11,8 +12,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import pytest
+
+from flux2_lora import runs
 from flux2_lora.hooks import HOLD_ENV
+
+if TYPE_CHECKING:
+    from flux2_lora.config import TrainConfig
+    from flux2_lora.training.outcome import RunOutcome
 
 
 def cli(*args: str, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -96,3 +105,27 @@ def sets(*pairs: str) -> list[str]:
     for p in pairs:
         out += ["--set", p]
     return out
+
+
+def assert_finished(outcome: RunOutcome, config: TrainConfig) -> None:
+    """``run_training`` trained every step of ``config`` and wrote the LoRA, and the run's status says so
+    (it returns a stopped outcome too, so a bare call proves nothing)."""
+    out = Path(config.output.dir).expanduser().resolve()
+    total = config.training.max_steps
+    assert (outcome.state, outcome.step, outcome.total_steps) == ("finished", total, total), outcome
+    assert outcome.lora == out / runs.LORA_FILE and outcome.lora.is_file(), outcome
+    status = runs.read_status(out)
+    assert status is not None and (status.state, status.step) == ("finished", total), status
+
+
+def needs_extra(module: str, extra: str) -> pytest.MarkDecorator:
+    """Skip, saying which extra to install, where an optional dependency is absent."""
+    return pytest.mark.skipif(
+        importlib.util.find_spec(module) is None,
+        reason=f"needs {module}: pip install 'flux2-lora[{extra}]'",
+    )
+
+
+NEEDS_BNB = needs_extra("bitsandbytes", "quantization")
+NEEDS_TORCHAO = needs_extra("torchao", "quantization")
+NEEDS_PRODIGY = needs_extra("prodigyopt", "optimizers")

@@ -144,3 +144,37 @@ def test_a_sweeps_trials_are_listed_by_their_path_below_the_root(tmp_path: Path)
         runs.write_json_atomic(tmp_path / rel / runs.STATUS_FILE, runs.RunStatus(state="finished").to_dict())
     found = [runs.run_name(r, tmp_path) for r in runs.iter_runs(tmp_path)]
     assert found == ["style", "sweep/trial-000", "sweep/trial-001"]
+
+
+@pytest.mark.parametrize(
+    "left",
+    [
+        (runs.STATUS_FILE,),
+        (runs.LORA_FILE,),
+        (runs.COMFYUI_LORA_FILE,),
+        (f"{runs.CHECKPOINTS_DIR}/checkpoint-3/meta.json", runs.METRICS_FILE),
+    ],
+    ids=["status", "lora", "comfyui-lora", "checkpoints-without-status"],
+)
+def test_archive_previous_moves_any_earlier_output_aside(tmp_path: Path, left: tuple[str, ...]) -> None:
+    for name in left:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(f"old {name}")
+    dest = runs.archive_previous(tmp_path)
+    assert dest is not None and dest.parent == tmp_path / runs.PREVIOUS_DIR
+    for name in left:
+        assert (dest / name).read_text() == f"old {name}" and not (tmp_path / name).exists()
+
+
+def test_archive_previous_leaves_a_folder_without_outputs(tmp_path: Path) -> None:
+    (tmp_path / runs.CHECKPOINTS_DIR).mkdir()  # empty: nothing of a run to keep
+    (tmp_path / runs.LOG_FILE).write_text("a failed start\n")
+    assert runs.archive_previous(tmp_path) is None
+    assert (tmp_path / runs.LOG_FILE).is_file() and not (tmp_path / runs.PREVIOUS_DIR).exists()
+
+
+def test_non_finite_numbers_are_written_as_null(tmp_path: Path) -> None:
+    runs.append_jsonl(tmp_path / "m.jsonl", {"step": 3, "loss": float("nan"), "lr": [float("inf"), 1.0]})
+    runs.write_json_atomic(tmp_path / "s.json", {"extra": {"final_eval_loss": float("-inf")}})
+    assert (tmp_path / "m.jsonl").read_text() == '{"step": 3, "loss": null, "lr": [null, 1.0]}\n'
+    assert json.loads((tmp_path / "s.json").read_text()) == {"extra": {"final_eval_loss": None}}

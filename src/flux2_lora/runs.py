@@ -21,8 +21,10 @@ reconcile it with the lock: a non-final state whose lock nobody holds is reporte
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import math
 import os
 import shutil
 import signal
@@ -56,6 +58,38 @@ MAX_RANKS = 1024
 
 class RunBusyError(RuntimeError):
     """Another live process owns this run directory."""
+
+
+class RunWriteError(OSError):
+    """A run file could not be written (a full disk, a quota, permissions): one line naming the file."""
+
+
+def write_error(what: str, e: OSError, hint: str = "") -> RunWriteError:
+    """``e`` as one line naming what was being written ("disk full while writing checkpoint-3: ...")."""
+    if isinstance(e, RunWriteError):
+        return e
+    reason = e.strerror or str(e) or type(e).__name__
+    if e.errno == errno.ENOSPC:
+        head = f"disk full while writing {what}"
+    elif e.errno == errno.EDQUOT:
+        head = f"disk quota exceeded while writing {what}"
+    else:
+        head = f"could not write {what}"
+    err = RunWriteError(f"{head}: {reason}" + (f"; {hint}" if hint else ""))
+    err.errno = e.errno
+    return err
+
+
+def finite(value: Any) -> Any:
+    """``value`` with NaN and ±Infinity as None: JSON has no such numbers (a diverged loss is one), and a
+    file holding them is not JSON to other readers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 @dataclass
@@ -115,7 +149,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write then rename, so a reader (or a crash) never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    text = json.dumps(data, indent=1, default=str)
+    text = json.dumps(finite(data), indent=1, default=str, allow_nan=False)
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
@@ -127,7 +161,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record, default=str) + "\n")
+        f.write(json.dumps(finite(record), default=str, allow_nan=False) + "\n")
 
 
 def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
@@ -272,10 +306,13 @@ _RUN_ARTIFACTS = (
 def archive_previous(run_dir: str | Path) -> Path | None:
     """A fresh (not resumed) run into a directory that holds an earlier run: move that run's outputs to
     ``previous/<time>/`` so nothing is lost and the new run's metrics, samples and checkpoints start clean.
-    Call with the run lock held."""
+    An earlier run is a status.json, or a LoRA or checkpoints without one (copied in, or left by a trainer
+    that died before its first status write). Call with the run lock held."""
     run = Path(run_dir)
     present = [name for name in _RUN_ARTIFACTS if (run / name).exists()]
-    if STATUS_FILE not in present:
+    outputs = (STATUS_FILE, LORA_FILE, COMFYUI_LORA_FILE)
+    has_checkpoints = (run / CHECKPOINTS_DIR).is_dir() and any((run / CHECKPOINTS_DIR).iterdir())
+    if not has_checkpoints and not any(name in present for name in outputs):
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime())
     dest = run / PREVIOUS_DIR / stamp

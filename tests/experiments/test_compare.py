@@ -30,7 +30,7 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
             "validation.eval_images=2",
             "validation.eval_every=2",
         )
-        assert run_training(config) == 0
+        assert run_training(config).finished
         out.append(Path(config.output.dir))
     return out
 

@@ -15,6 +15,7 @@ import torch
 from flux2_lora import runs
 from flux2_lora.config import TrainingSection
 from flux2_lora.training import checkpoint as ckpt
+from tests.helpers import NEEDS_PRODIGY
 
 
 def _save(run_dir: Path, step: int, keep: int = 2) -> Path:
@@ -127,7 +128,14 @@ def _same(a: Any, b: Any) -> bool:
 
 @pytest.mark.parametrize(
     ("optimizer", "momentum"),
-    [("adamw", 0.0), ("adam", 0.0), ("sgd", 0.0), ("sgd", 0.9), ("adafactor", 0.0), ("prodigy", 0.0)],
+    [
+        ("adamw", 0.0),
+        ("adam", 0.0),
+        ("sgd", 0.0),
+        ("sgd", 0.9),
+        ("adafactor", 0.0),
+        pytest.param("prodigy", 0.0, marks=NEEDS_PRODIGY),
+    ],
 )
 @pytest.mark.parametrize("scheduler", ["constant", "cosine", "linear", "polynomial"])
 def test_every_optimizer_and_schedule_resumes_from_safe_files(
@@ -262,3 +270,53 @@ def test_status_write_leaves_no_temp_file_when_the_disk_is_full(
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == [runs.STATUS_FILE]
     assert json.loads(status.read_text()) == {"state": "training"}
+
+
+@pytest.mark.parametrize(
+    ("folder", "step", "reason"),
+    [
+        ("checkpoint-3", 10**30, "is beyond any run"),
+        ("checkpoint-3", 999, "past the step its folder is named for"),
+        ("checkpoint-3", -1, "whole number ≥ 0"),
+        ("a-copied-checkpoint", 10**30, "is beyond any run"),
+    ],
+)
+def test_a_checkpoint_step_out_of_bounds_is_refused_by_file_and_skipped_by_latest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, folder: str, step: int, reason: str
+) -> None:
+    _save(tmp_path, 2)
+    bad = _save(tmp_path, 3).rename(tmp_path / runs.CHECKPOINTS_DIR / folder)
+    meta = json.loads((bad / ckpt.META_FILE).read_text())
+    (bad / ckpt.META_FILE).write_text(json.dumps({**meta, "step": step}))
+    problem = ckpt.validate_checkpoint(bad)
+    assert problem is not None and str(bad / ckpt.META_FILE) in problem and reason in problem
+    with pytest.raises(ckpt.CheckpointError, match=reason):
+        ckpt.resolve_resume(tmp_path, str(bad))
+    with caplog.at_level("WARNING", logger="flux2_lora"):
+        assert ckpt.resolve_resume(tmp_path, "latest").name == "checkpoint-2"
+    if folder.startswith(runs.CHECKPOINT_PREFIX):  # only such folders are candidates for latest
+        assert f"skipping {folder}" in caplog.text and reason in caplog.text
+
+
+def test_resuming_past_max_steps_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    _save(tmp_path, 6)
+    with pytest.raises(ckpt.CheckpointError, match=r"at step 6, past training\.max_steps=3.*above 6"):
+        ckpt.resolve_resume(tmp_path, "latest", max_steps=3)
+    assert ckpt.resolve_resume(tmp_path, "latest", max_steps=6).name == "checkpoint-6"
+
+
+def test_a_failed_checkpoint_write_removes_its_temp_folder_and_names_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors.torch import save_file
+
+    _save(tmp_path, 2)
+
+    def full(tensors: Any, filename: str, *a: Any, **k: Any) -> None:
+        save_file(tensors, filename, *a, **k)  # a partial file is there, then the disk is full
+        raise RuntimeError("I/O error: No space left on device (os error 28)")  # safetensors' own error
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    with pytest.raises(runs.RunWriteError, match=r"^disk full while writing checkpoint-4 .*checkpoint-2"):
+        _save(tmp_path, 4)
+    assert sorted(p.name for p in (tmp_path / runs.CHECKPOINTS_DIR).iterdir()) == ["checkpoint-2"]

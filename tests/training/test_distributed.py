@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from flux2_lora import runs
 from flux2_lora.hooks import HOLD_ENV
-from tests.helpers import cli, sets, train_argv, wait_for
+from tests.helpers import assert_finished, cli, sets, train_argv, wait_for
 
 SHORT = (
     "training.max_steps=6",
@@ -209,7 +209,7 @@ def test_an_optimizer_state_keyed_by_position_still_resumes(tmp_path: Path, make
     from flux2_lora.training.trainer import run_training
 
     ref_cfg = make_config("training.max_steps=4", "output.checkpoint_every=2", out=tmp_path / "ref")
-    assert run_training(ref_cfg) == 0
+    assert_finished(run_training(ref_cfg), ref_cfg)
     ckpt = runs.list_checkpoints(tmp_path / "ref")[0]
     named = torch.load(ckpt / OPTIMIZER_FILE, weights_only=True)
     assert all(isinstance(k, str) for k in named["state"])  # the format written now
@@ -224,7 +224,7 @@ def test_an_optimizer_state_keyed_by_position_still_resumes(tmp_path: Path, make
     for later in runs.list_checkpoints(tmp_path / "ref")[1:]:
         shutil.rmtree(later)
     (tmp_path / "ref" / runs.LORA_FILE).rename(tmp_path / "first.safetensors")
-    assert run_training(ref_cfg, resume="latest") == 0
+    assert_finished(run_training(ref_cfg, resume="latest"), ref_cfg)
     log = (tmp_path / "ref" / runs.LOG_FILE).read_text()
     assert "at step 2" in log and "no optimizer state" not in log
     a, b = load_file(str(tmp_path / "first.safetensors")), _lora(tmp_path / "ref")

@@ -10,6 +10,7 @@ import pytest
 from flux2_lora import runs
 from flux2_lora.training.evaluation import EvalError
 from flux2_lora.training.trainer import Trainer, run_training
+from tests.helpers import assert_finished
 
 
 def test_same_eval_set_same_start_then_training_moves_it(make_config: Any, tmp_path: Path) -> None:
@@ -18,7 +19,8 @@ def test_same_eval_set_same_start_then_training_moves_it(make_config: Any, tmp_p
     b = make_config(
         *common, "training.learning_rate=3e-3", "lora.rank=8", "training.seed=2", out=tmp_path / "b"
     )
-    assert run_training(a) == 0 and run_training(b) == 0
+    assert_finished(run_training(a), a)
+    assert_finished(run_training(b), b)
     ea, eb = runs.read_eval(a.output.dir), runs.read_eval(b.output.dir)
     assert [r["step"] for r in ea] == [0, 2, 4] and [r["step"] for r in eb] == [0, 2, 4]
     # Before training the LoRA adds nothing (its up-projection starts at zero): the same set, the same loss.
@@ -51,7 +53,7 @@ def test_an_eval_folder_is_scored_instead(make_config: Any, tmp_path: Path) -> N
     config = make_config(
         f"validation.eval_folder={folder}", "training.max_steps=2", "validation.eval_every=1"
     )
-    assert run_training(config) == 0
+    assert_finished(run_training(config), config)
     assert [r["step"] for r in runs.read_eval(config.output.dir)] == [0, 1, 2]
 
 
@@ -67,12 +69,12 @@ def test_resume_keeps_the_eval_history(make_config: Any) -> None:
         "training.max_steps=4",
         "output.checkpoint_every=2",
     )
-    assert run_training(config) == 0
+    assert_finished(run_training(config), config)
     out = Path(config.output.dir)
     first = runs.read_eval(out)
     # Resume from the step-2 checkpoint: the history up to there is kept, the new records follow.
     ckpt2 = out / runs.CHECKPOINTS_DIR / "checkpoint-2"
-    assert run_training(config, str(ckpt2)) == 0
+    assert_finished(run_training(config, str(ckpt2)), config)
     again = runs.read_eval(out)
     assert [r["step"] for r in again] == [0, 2, 4, 4]
     assert again[-1]["eval_loss"] == pytest.approx(first[-1]["eval_loss"], rel=1e-5)  # exact resume

@@ -8,6 +8,7 @@ import pytest
 from flux2_lora import runs
 from flux2_lora.training.trainer import run_training
 from tests.conftest import MakeConfig
+from tests.helpers import NEEDS_BNB, NEEDS_TORCHAO, assert_finished
 
 pytestmark = pytest.mark.gpu
 
@@ -16,9 +17,9 @@ pytestmark = pytest.mark.gpu
     "extra",
     [
         (),
-        ("memory.quantization=nf4",),
-        ("memory.quantization=int8",),
-        ("training.optimizer=adamw8bit",),
+        pytest.param(("memory.quantization=nf4",), marks=NEEDS_BNB),
+        pytest.param(("memory.quantization=int8",), marks=NEEDS_TORCHAO),
+        pytest.param(("training.optimizer=adamw8bit",), marks=NEEDS_BNB),
         ("performance.attention_backend=flash",),
         ("performance.attention_backend=efficient",),
         ("performance.compile=true",),
@@ -28,7 +29,7 @@ def test_demo_trains_on_cuda(make_config: MakeConfig, extra: tuple[str, ...]) ->
     import torch
 
     config = make_config("model.device=cuda", "model.dtype=bfloat16", *extra)
-    assert run_training(config) == 0
+    assert_finished(run_training(config), config)
     status = runs.read_status(config.output.dir)
     assert status.state == "finished" and status.extra["measured"]["gpu_allocated_peak_gib"] > 0
     assert torch.cuda.max_memory_allocated() > 0
@@ -36,7 +37,7 @@ def test_demo_trains_on_cuda(make_config: MakeConfig, extra: tuple[str, ...]) ->
 
 def test_phase_peaks_are_recorded_apart(make_config: MakeConfig) -> None:
     config = make_config("model.device=cuda", "model.dtype=bfloat16")
-    assert run_training(config) == 0
+    assert_finished(run_training(config), config)
     phases = runs.read_status(config.output.dir).extra["measured"]["gpu_phases"]
     assert set(phases) == {"setup", "training", "export"}
     assert all(p["allocated_gib"] > 0 and p["reserved_gib"] >= p["allocated_gib"] for p in phases.values())

@@ -51,6 +51,35 @@ def test_sigkill_anywhere_reads_as_failed_and_resume_finishes(
     assert runs.read_status(out).state == "finished" and (out / runs.LORA_FILE).is_file()
 
 
+@pytest.mark.parametrize("step", [8, 5], ids=["last-step", "between-checkpoints"])
+def test_sigterm_at_any_step_leaves_the_lora_or_a_checkpoint_of_that_step(tmp_path: Path, step: int) -> None:
+    """A sweep's timeout or Ctrl-C (SIGTERM / SIGINT) while step N trains: N's checkpoint is written; at
+    the last step the run finishes (checkpoint and LoRA) rather than stopping with nothing to resume."""
+    out = tmp_path / "r"
+    with held_trainer(out, f"step@{step}", *ARGS) as proc:
+        proc.send_signal(signal.SIGTERM)
+        (out / ".release-step").write_text("")
+        assert proc.wait(timeout=300) == 0
+    status = runs.read_status(out)
+    assert [p.name for p in runs.list_checkpoints(out)][-1] == f"checkpoint-{step}"
+    if step == 8:
+        assert (status.state, status.step) == ("finished", 8) and (out / runs.LORA_FILE).is_file()
+        assert status.final_lora == str(out / runs.LORA_FILE)
+    else:
+        assert (status.state, status.step) == ("stopped", step) and not (out / runs.LORA_FILE).exists()
+        cli(
+            "train",
+            "--preset",
+            "quickstart",
+            *sets(f"output.dir={out}", *ARGS),
+            "--resume",
+            "latest",
+            check=True,
+        )
+        assert runs.read_status(out).state == "finished" and (out / runs.LORA_FILE).is_file()
+        assert f"at step {step}" in (out / runs.LOG_FILE).read_text()
+
+
 def test_two_concurrent_starts_one_runs(tmp_path: Path) -> None:
     out = tmp_path / "r"
     cmd = train_argv(out, *ARGS)

@@ -18,6 +18,7 @@ from flux2_lora.training.hardware import cpu_threads
 from flux2_lora.training.session import LAUNCHED_AT_ENV, StopFlag
 from flux2_lora.training.trainer import Trainer, run_training
 from tests.conftest import MakeConfig
+from tests.helpers import assert_finished
 
 
 def test_a_stale_stop_file_is_removed_but_a_fresh_one_stops_the_run(
@@ -30,15 +31,16 @@ def test_a_stale_stop_file_is_removed_but_a_fresh_one_stops_the_run(
     stale.write_text("")
     os.utime(stale, (time.time() - 3600, time.time() - 3600))  # left by an earlier run
     monkeypatch.setenv(LAUNCHED_AT_ENV, str(time.time() - 60))
-    assert run_training(config) == 0
-    assert runs.read_status(out).state == "finished"
+    assert_finished(run_training(config), config)
 
     # Stop pressed after the launch but before the trainer was up: it must stop at the first step.
     again = make_config("training.max_steps=3", out=out.parent / "again")
     Path(again.output.dir).mkdir(parents=True)
     monkeypatch.setenv(LAUNCHED_AT_ENV, str(time.time() - 60))
     (Path(again.output.dir) / runs.STOP_FILE).write_text("")
-    assert run_training(again) == 0
+    outcome = run_training(again)
+    assert (outcome.state, outcome.step, outcome.lora) == ("stopped", 1, None)
+    assert outcome.checkpoint is not None and outcome.checkpoint.name == "checkpoint-1"
     status = runs.read_status(again.output.dir)
     assert status.state == "stopped" and status.step == 1
     assert not (
@@ -58,7 +60,7 @@ def test_stop_flag_keeps_a_file_newer_than_the_launch(tmp_path: Path) -> None:
 
 def test_checkpoint_every_zero_still_leaves_a_resumable_checkpoint(make_config: MakeConfig) -> None:
     config = make_config("output.checkpoint_every=0", "training.max_steps=3")
-    assert run_training(config) == 0
+    assert_finished(run_training(config), config)
     last = runs.latest_checkpoint(config.output.dir)
     assert last is not None and last.name == "checkpoint-3"
 
@@ -83,7 +85,7 @@ def test_a_failed_final_write_names_the_resumable_checkpoint(
 def test_save_dtype_auto_follows_the_training_precision(make_config: MakeConfig, tmp_path: Path) -> None:
     for dtype, expected in (("bfloat16", torch.bfloat16), ("float32", torch.float32)):
         config = make_config(f"model.dtype={dtype}", "training.max_steps=1", out=tmp_path / dtype)
-        assert run_training(config) == 0
+        assert_finished(run_training(config), config)
         with safe_open(str(Path(config.output.dir) / runs.LORA_FILE), "pt") as f:
             assert {f.get_tensor(k).dtype for k in f.keys()} == {expected}  # noqa: SIM118 (safe_open is no dict)
 
@@ -146,7 +148,7 @@ def test_resume_skips_a_checkpoint_of_another_rank(make_config: MakeConfig) -> N
     from flux2_lora.training.checkpoint import CheckpointError
 
     first = make_config("lora.rank=4", "lora.alpha=4", "training.max_steps=2", "output.checkpoint_every=1")
-    assert run_training(first) == 0
+    assert_finished(run_training(first), first)
     out = Path(first.output.dir)
     other = make_config("lora.rank=8", "lora.alpha=8", "training.max_steps=4", out=out)
     with pytest.raises(CheckpointError, match=r"no readable checkpoint.*(shape|rank)"):
@@ -154,7 +156,5 @@ def test_resume_skips_a_checkpoint_of_another_rank(make_config: MakeConfig) -> N
     folder = runs.latest_checkpoint(out)
     with pytest.raises(CheckpointError, match=rf"cannot resume from {folder}"):
         run_training(other, str(folder))
-    assert (
-        run_training(make_config("lora.rank=4", "lora.alpha=4", "training.max_steps=4", out=out), "latest")
-        == 0
-    )
+    same = make_config("lora.rank=4", "lora.alpha=4", "training.max_steps=4", out=out)
+    assert_finished(run_training(same, "latest"), same)

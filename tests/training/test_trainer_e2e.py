@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from flux2_lora import runs
 from flux2_lora.config.io import load_config
 from flux2_lora.training.trainer import run_training
-from tests.helpers import cli, held_trainer, last_step, sets, start_cli, wait_for
+from tests.helpers import assert_finished, cli, held_trainer, last_step, sets, start_cli, wait_for
 
 SHORT = (
     "validation.enabled=false",
@@ -116,7 +116,7 @@ RESUME = (
 def test_kill_9_then_resume_latest_gives_the_same_lora(tmp_path: Path) -> None:
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     config, _ = load_config(presets=["quickstart"], overrides=[f"output.dir={ref}", *RESUME])
-    assert run_training(config) == 0
+    assert_finished(run_training(config), config)
 
     # Held after step 5, past checkpoint-4: killed there, never racing the end of the run.
     with held_trainer(killed, "step@5", *RESUME) as proc:

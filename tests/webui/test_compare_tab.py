@@ -26,7 +26,7 @@ def compared_runs(ui_runs: Path) -> list[str]:
             "validation.eval_images=2",
             "validation.eval_every=2",
         )
-        assert run_training(config) == 0
+        assert run_training(config).finished
         out.append(str(Path(config.output.dir).resolve()))
     return out
 

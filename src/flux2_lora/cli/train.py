@@ -17,6 +17,7 @@ from flux2_lora.cli.schema_flags import add_section_flags, section_overrides
 from flux2_lora.config import TrainConfig
 from flux2_lora.process_tree import exit_with_parent, run_child
 from flux2_lora.runs import LOG_FILE
+from flux2_lora.training.outcome import RunOutcome
 from flux2_lora.training.tracking import DEBUG_ENV
 
 EXIT_CONFIG = 2
@@ -109,25 +110,41 @@ def train_here(config: TrainConfig, resume: str | None, debug: bool = False) -> 
 
     quiet_libraries()
     from flux2_lora.data.scan import DatasetError
-    from flux2_lora.runs import RunBusyError
+    from flux2_lora.runs import RunBusyError, RunWriteError
     from flux2_lora.training.checkpoint import CheckpointError
     from flux2_lora.training.evaluation import EvalError
     from flux2_lora.training.model import ModelLoadError
     from flux2_lora.training.optim import OptimizerUnavailable
+    from flux2_lora.training.outcome import TrainingDiverged
     from flux2_lora.training.trainer import run_training
 
     run_dir = Path(config.output.dir).expanduser().resolve()
+    explained = (
+        ModelLoadError,
+        DatasetError,
+        CheckpointError,
+        OptimizerUnavailable,
+        EvalError,
+        RunWriteError,
+        TrainingDiverged,
+    )
     try:
-        return run_training(config, resume)
+        return exit_code(run_training(config, resume))
     except RunBusyError as e:
         return fail(str(e), EXIT_BUSY)
-    except (ModelLoadError, DatasetError, CheckpointError, OptimizerUnavailable, EvalError) as e:
+    except explained as e:
         return fail(_with_log(str(e), run_dir))
     except (
         Exception
     ) as e:  # the traceback goes to train.log (and here with --debug); the console gets one line
         _log_traceback(run_dir, debug)
         return fail(_with_log(f"training failed: {type(e).__name__}: {_first_line(e)}", run_dir))
+
+
+def exit_code(outcome: RunOutcome) -> int:
+    """0 for a finished run and for a stop (asked for, with a checkpoint to resume: the UI and sweeps
+    read which from status.json); a failure is 1, from the exception that ends it."""
+    return 0 if outcome.state in ("finished", "stopped") else 1
 
 
 def _first_line(e: BaseException, limit: int = 500) -> str:

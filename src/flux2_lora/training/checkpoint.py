@@ -12,6 +12,7 @@ data, never code.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -35,6 +36,16 @@ OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 META_FILE = "meta.json"
 MAX_META_BYTES = 1 << 20  # meta.json holds a handful of fields
+
+
+def _max_steps_bound() -> int:
+    from flux2_lora.config.schema import TrainingSection
+
+    bounds = [getattr(m, "le", None) for m in TrainingSection.model_fields["max_steps"].metadata]
+    return next(int(b) for b in bounds if b is not None)
+
+
+MAX_STEP = _max_steps_bound()  # no checkpoint is further than the longest run the config allows
 
 log = logging.getLogger("flux2_lora")
 
@@ -87,21 +98,44 @@ def save_checkpoint(
     # Converted before anything is written: a state that cannot be stored leaves no folder behind.
     optimizer_state = None if optimizer_state is None else _safe_state(optimizer_state, "optimizer state")
     scheduler_state = _safe_state(scheduler_state, "scheduler state")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, str(tmp / ADAPTER_FILE))
-    hold_point("checkpoint-write", run_dir)
-    if optimizer_state is not None:
-        torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
-    torch.save(scheduler_state, tmp / SCHEDULER_FILE)
-    # meta.json last: readers treat a folder without it as incomplete.
-    (tmp / META_FILE).write_text(json.dumps({**meta, "step": step, "saved_at": time.time()}, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, str(tmp / ADAPTER_FILE))
+        hold_point("checkpoint-write", run_dir)
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+        torch.save(scheduler_state, tmp / SCHEDULER_FILE)
+        # meta.json last: readers treat a folder without it as incomplete.
+        (tmp / META_FILE).write_text(json.dumps({**meta, "step": step, "saved_at": time.time()}, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except Exception as e:  # torch and safetensors report a failed write as their own errors
+        # A full disk: the half-written folder goes (it holds the space), the earlier checkpoints stay.
+        shutil.rmtree(tmp, ignore_errors=True)
+        error = as_os_error(e)
+        if error is None:
+            raise
+        previous = runs.latest_checkpoint(run_dir)
+        hint = f"the newest intact checkpoint is {previous.name}" if previous else "no earlier checkpoint"
+        raise runs.write_error(f"{final.name} (in {root})", error, hint + "; free space, then resume") from e
     prune_checkpoints(run_dir, keep)
     return final
+
+
+def as_os_error(e: BaseException) -> OSError | None:
+    """The OSError behind a failed write: torch.save reports a full disk as a RuntimeError ('file write
+    failed', 'unexpected pos'), safetensors as its own error."""
+    if isinstance(e, OSError):
+        return e
+    text = str(e)
+    if "No space left" in text or "os error 28" in text:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if "file write failed" in text or "unexpected pos" in text:
+        return OSError(None, "the write failed (is the disk full?)")
+    return None
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
@@ -132,7 +166,28 @@ def _read_meta(path: Path) -> dict[str, Any]:
     step = meta.get("step")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise CheckpointError(f"{file}: 'step' must be a whole number ≥ 0 (got {_short(step)})")
+    if step > MAX_STEP:
+        raise CheckpointError(
+            f"{file}: 'step' {_short(step)} is beyond any run (training.max_steps ≤ {MAX_STEP})"
+        )
+    named = _named_step(path)
+    if named is not None and step > named:
+        raise CheckpointError(
+            f"{file}: 'step' {step} is past the step its folder is named for ({path.name}): not a checkpoint "
+            "this trainer wrote"
+        )
     return meta
+
+
+def _named_step(path: Path) -> int | None:
+    """N of a folder named checkpoint-N (a checkpoint copied under another name has none)."""
+    suffix = path.name[len(runs.CHECKPOINT_PREFIX) :] if path.name.startswith(runs.CHECKPOINT_PREFIX) else ""
+    return int(suffix) if suffix.isdecimal() and len(suffix) < 20 else None
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint was written at (its meta.json, bounds-checked)."""
+    return int(_read_meta(path)["step"])
 
 
 def _safe_torch_load(file: Path, *, mmap: bool = False) -> Any:
@@ -226,12 +281,27 @@ def _check(path: Path, validator: Validator | None) -> str | None:
     return validate_checkpoint(path) or (validator(path) if validator else None)
 
 
-def resolve_resume(run_dir: Path, resume: str, validator: Validator | None = None) -> Path:
+def resolve_resume(
+    run_dir: Path, resume: str, validator: Validator | None = None, max_steps: int | None = None
+) -> Path:
     """The checkpoint folder to resume from.
 
     ``latest``: the newest checkpoint that is readable (and passes ``validator``, e.g. a shape check
     against the run's adapter); broken newer ones are skipped with a warning. A path: that checkpoint,
-    or a :class:`CheckpointError` naming what is wrong with it."""
+    or a :class:`CheckpointError` naming what is wrong with it. A checkpoint past ``max_steps`` (this
+    run's training.max_steps) is refused: the run would train no step, and its LoRA would be of a longer
+    run than the config says."""
+    path = _resolve(run_dir, resume, validator)
+    step = checkpoint_step(path)
+    if max_steps is not None and step > max_steps:
+        raise CheckpointError(
+            f"--resume: {path} is at step {step}, past training.max_steps={max_steps}: nothing is left to "
+            f"train. Set training.max_steps above {step} to train on, or use the LoRA of that run"
+        )
+    return path
+
+
+def _resolve(run_dir: Path, resume: str, validator: Validator | None) -> Path:
     if resume == "latest":
         root = run_dir / runs.CHECKPOINTS_DIR
         skipped: list[str] = []
@@ -257,6 +327,12 @@ def resolve_resume(run_dir: Path, resume: str, validator: Validator | None = Non
     if problem:
         raise CheckpointError(f"--resume: cannot resume from {path}: {problem}")
     return path
+
+
+def all_finite(adapter: Mapping[str, torch.Tensor]) -> bool:
+    """Whether every adapter weight is a finite number (one wait for the device)."""
+    flags = [torch.isfinite(v).all() for v in adapter.values()]
+    return bool(torch.stack(flags).all().item()) if flags else True
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ alpha/rank scale is folded into B, so the file needs no alpha keys (loaders then
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +47,17 @@ def save_diffusers_lora(
 ) -> Path:
     """Write pytorch_lora_weights.safetensors atomically (the pipeline's writer, then a rename)."""
     tmp_dir = out_dir / ".lora-tmp"
-    tmp_dir.mkdir(exist_ok=True)
-    variant_pipeline.save_lora_weights(
-        str(tmp_dir),
-        transformer_lora_layers={k: v.to(dtype) for k, v in state_dict.items()},
-        transformer_lora_adapter_metadata=adapter_metadata,
-    )
     final = out_dir / runs.LORA_FILE
-    (tmp_dir / runs.LORA_FILE).replace(final)
-    tmp_dir.rmdir()
+    try:
+        tmp_dir.mkdir(exist_ok=True)
+        variant_pipeline.save_lora_weights(
+            str(tmp_dir),
+            transformer_lora_layers={k: v.to(dtype) for k, v in state_dict.items()},
+            transformer_lora_adapter_metadata=adapter_metadata,
+        )
+        (tmp_dir / runs.LORA_FILE).replace(final)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # a half-written file holds the space a full disk lacks
     return final
 
 
@@ -122,6 +125,9 @@ def save_comfyui_lora(
     converted = to_comfyui(state_dict, scale)
     final = out_dir / runs.COMFYUI_LORA_FILE
     tmp = out_dir / f".{runs.COMFYUI_LORA_FILE}.tmp"
-    save_file({k: v.to(dtype) for k, v in converted.items()}, str(tmp), metadata={"format": "pt"})
-    tmp.replace(final)
+    try:
+        save_file({k: v.to(dtype) for k, v in converted.items()}, str(tmp), metadata={"format": "pt"})
+        tmp.replace(final)
+    finally:
+        tmp.unlink(missing_ok=True)
     return final

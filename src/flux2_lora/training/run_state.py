@@ -6,15 +6,18 @@ are sharded: gathering them is a collective, and only the main process reads or 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from flux2_lora import runs
 from flux2_lora.config import TrainConfig
 from flux2_lora.training import checkpoint as ckpt
 from flux2_lora.training import distributed as dist_util
+from flux2_lora.training.outcome import TrainingDiverged
 from flux2_lora.training.tracking import RunReporter
 
 log = logging.getLogger("flux2_lora")
@@ -67,6 +70,10 @@ class TrainingState:
         t0 = time.perf_counter()
         adapter = self.adapter()
         optimizer = self.optimizer_state() if out.save_optimizer_state else None
+        # Poisoned weights are never saved: the newest checkpoint stays the last good one.
+        poisoned = acc.is_main_process and not ckpt.all_finite(adapter)
+        if dist_util.broadcast_object(poisoned):
+            raise TrainingDiverged(step, math.nan, runs.latest_checkpoint(self.run_dir), "the LoRA weights")
         path = None
         if acc.is_main_process:
             path = ckpt.save_checkpoint(
@@ -91,7 +98,10 @@ class TrainingState:
         if acc.num_processes == 1:
             expected = dist_util.adapter_shapes(acc.unwrap_model(self.model))
             path = ckpt.resolve_resume(
-                self.run_dir, resume, validator=lambda p: ckpt.validate_checkpoint(p, expected)
+                self.run_dir,
+                resume,
+                validator=lambda p: ckpt.validate_checkpoint(p, expected),
+                max_steps=self.config.training.max_steps,
             )
             return self.restore(path)
         state, problem = None, None
@@ -99,7 +109,10 @@ class TrainingState:
             try:
                 expected = dist_util.adapter_shapes(acc.unwrap_model(self.model))
                 path = ckpt.resolve_resume(
-                    self.run_dir, resume, validator=lambda p: ckpt.validate_checkpoint(p, expected)
+                    self.run_dir,
+                    resume,
+                    validator=lambda p: ckpt.validate_checkpoint(p, expected),
+                    max_steps=self.config.training.max_steps,
                 )
                 state = self._read_checkpoint(path)
             except ckpt.CheckpointError as e:

@@ -20,7 +20,8 @@ from flux2_lora.config import TrainConfig
 from flux2_lora.config.io import save_config
 from flux2_lora.hooks import hold_point
 from flux2_lora.training import checkpoint as ckpt
-from flux2_lora.training.tracking import RunReporter, setup_logging
+from flux2_lora.training.outcome import RunOutcome, TrainingDiverged
+from flux2_lora.training.tracking import RunReporter, log_to_file, setup_logging
 
 log = logging.getLogger("flux2_lora")
 LOCK_HELD_ENV = "FLUX2_LORA_LOCK_HELD"  # set by a parent that holds the run lock for its workers
@@ -75,7 +76,8 @@ class StopFlag:
 
 
 class RunSession:
-    """``with RunSession(config, resume, is_main) as s:`` → ``s.reporter``, ``s.stop``, ``s.resume_path``."""
+    """``with RunSession(config, resume, is_main) as s:`` → ``s.reporter``, ``s.stop``, ``s.resume_path``;
+    ``s.finished`` is the outcome when ``--resume latest`` finds the run finished (nothing to do)."""
 
     def __init__(
         self,
@@ -92,9 +94,13 @@ class RunSession:
         self.stop = StopFlag(self.run_dir if is_main else None)
         self.reporter: RunReporter | None = None
         self.resume_path: Path | None = None
+        self.finished: RunOutcome | None = None
         self._checkpoint_validator = checkpoint_validator
         self._lock: runs.RunLock | None = None
         self._old_handlers: dict[int, Any] = {}
+        # A resumed run's status.json and config.yaml as they were, put back if the resume is refused
+        # (another rank, a damaged checkpoint) before a step was trained: the run's record is not ours yet.
+        self._record: dict[str, bytes | None] | None = None
 
     def __enter__(self) -> RunSession:
         cfg = self.config
@@ -113,17 +119,55 @@ class RunSession:
             # Fail before loading anything; the trainer checks shapes once it has the LoRA. Only the main
             # process: another machine may not see the run directory (the trainer broadcasts its choice).
             if self.resume and self.is_main:
-                self.resume_path = ckpt.resolve_resume(self.run_dir, self.resume)
-            if self.is_main:
-                save_config(cfg, self.run_dir / runs.CONFIG_FILE)
+                self.resume_path = ckpt.resolve_resume(
+                    self.run_dir, self.resume, max_steps=cfg.training.max_steps
+                )
+                self.finished = self._finished_run()
+                if self.finished is None:
+                    self._record = _snapshot(self.run_dir)
+            if self.is_main and self.finished is None:
+                try:
+                    save_config(cfg, self.run_dir / runs.CONFIG_FILE)
+                except OSError as e:
+                    raise runs.write_error(runs.CONFIG_FILE, e) from None
                 self.reporter = RunReporter(self.run_dir, cfg, cfg.training.max_steps)
                 self.reporter.set_state("loading", "resolving model and dataset")
                 hold_point("loading", self.run_dir)
-        except BaseException:
+        except BaseException as e:
+            self._fail_quietly(e)
             self._release()
             raise
         self._old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
+
+    def _finished_run(self) -> RunOutcome | None:
+        """`--resume latest` on a run that finished every step of this config: said, and nothing done."""
+        status = runs.read_status(self.run_dir)
+        lora = self.run_dir / runs.LORA_FILE
+        total = self.config.training.max_steps
+        if self.resume != "latest" or status is None or status.state != "finished":
+            return None
+        if status.step < total or not lora.is_file():
+            return None
+        message = (
+            f"the run in {self.run_dir} is finished ({status.step}/{status.total_steps} steps, LoRA at "
+            f"{lora}): nothing to resume. To train on, raise training.max_steps above {status.step} and "
+            "resume; to start over, run without --resume"
+        )
+        log.info("%s", message)
+        return RunOutcome(
+            "finished",
+            status.step,
+            total,
+            lora=lora,
+            checkpoint=self.resume_path,
+            message=message,
+            already_finished=True,
+        )
+
+    def started(self) -> None:
+        """The trainer accepted the resume (its checkpoint is loaded): a failure now is this run's."""
+        self._record = None
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         log.warning("received %s: saving a checkpoint, then stopping", signal.Signals(signum).name)
@@ -138,21 +182,78 @@ class RunSession:
     ) -> None:
         try:
             if exc is not None:
-                if isinstance(exc, KeyboardInterrupt):
-                    self.status("stopped", "interrupted")
-                else:
-                    # The traceback goes to train.log; the console gets one line from the CLI.
-                    log.error("training failed", exc_info=(type(exc), exc, tb))
-                    self.status("failed", f"{type(exc).__name__}: {exc}", error=str(exc))
+                self._fail_quietly(exc)
         finally:
             for s, h in self._old_handlers.items():
                 signal.signal(s, h)
             self._release()
 
+    def _fail_quietly(self, exc: BaseException) -> None:
+        """Record how the run ended in status.json and train.log; the console gets one line from the CLI
+        (a full disk that keeps status.json from being written is no second error)."""
+        if self._record is not None:
+            log_to_file(
+                logging.ERROR, f"resume refused: {exc}; the run's status.json and config.yaml are kept"
+            )
+            _restore(self.run_dir, self._record)
+            return
+        try:
+            if isinstance(exc, KeyboardInterrupt):
+                self.status("stopped", "interrupted")
+            elif isinstance(exc, _EXPLAINED):
+                log_to_file(logging.ERROR, f"training failed: {exc}")
+                self.status("failed", str(exc), error=str(exc))
+            else:
+                log_to_file(logging.ERROR, "training failed", exc_info=(type(exc), exc, exc.__traceback__))
+                self.status("failed", f"{type(exc).__name__}: {exc}", error=str(exc))
+        except OSError as e:
+            log_to_file(
+                logging.ERROR, f"{runs.STATUS_FILE}: could not record the failure ({e.strerror or e})"
+            )
+
     def _release(self) -> None:
         if self.reporter is not None:
-            self.reporter.close()
+            try:
+                self.reporter.close()
+            except OSError as e:  # a tracker's last flush onto a full disk
+                log_to_file(logging.WARNING, f"closing the trackers: {e.strerror or e}")
             self.reporter = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+# Failures whose message says what happened and what to do: recorded as they are, without a traceback.
+_EXPLAINED: tuple[type[BaseException], ...] = (runs.RunWriteError, TrainingDiverged, ckpt.CheckpointError)
+
+
+def _snapshot(run_dir: Path) -> dict[str, bytes | None]:
+    """status.json and config.yaml as bytes (None: absent); a file too large to be ours is left out."""
+    out: dict[str, bytes | None] = {}
+    for name in (runs.STATUS_FILE, runs.CONFIG_FILE):
+        path = run_dir / name
+        try:
+            if path.stat().st_size <= runs.MAX_STATUS_BYTES:
+                out[name] = path.read_bytes()
+        except FileNotFoundError:
+            out[name] = None
+        except OSError:
+            continue
+    return out
+
+
+def _restore(run_dir: Path, record: dict[str, bytes | None]) -> None:
+    for name, data in record.items():
+        path = run_dir / name
+        try:
+            if data is None:
+                path.unlink(missing_ok=True)
+            else:
+                tmp = path.with_name(f".{name}.{os.getpid()}.restore")
+                try:
+                    tmp.write_bytes(data)
+                    os.replace(tmp, path)
+                finally:
+                    tmp.unlink(missing_ok=True)
+        except OSError as e:
+            log_to_file(logging.ERROR, f"{path}: could not put back ({e.strerror or e})")

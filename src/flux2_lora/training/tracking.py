@@ -7,6 +7,7 @@ TensorBoard or W&B failure is logged and training goes on.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -33,12 +34,37 @@ def setup_logging(run_dir: Path | None, is_main: bool) -> None:
     root.addHandler(console)
     if run_dir is not None and is_main:
         # backslashreplace: a file name with undecodable bytes must not make logging itself fail.
-        fh = logging.FileHandler(run_dir / runs.LOG_FILE, encoding="utf-8", errors="backslashreplace")
+        fh = _RunLog(run_dir / runs.LOG_FILE, encoding="utf-8", errors="backslashreplace")
         fh.setFormatter(fmt)
         root.addHandler(fh)
 
 
 DEBUG_ENV = "FLUX2_LORA_DEBUG"  # set by `flux2-lora train --debug`
+
+
+class _RunLog(logging.FileHandler):
+    """train.log. A write that fails (a full disk) is said once, in one line, instead of logging's
+    "--- Logging error ---" and a traceback for every record; the console log goes on."""
+
+    _failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self._failed:
+            self._failed = True
+            err = sys.exc_info()[1]
+            reason = getattr(err, "strerror", None) or err or "write failed"
+            sys.stderr.write(
+                f"warning: cannot write {self.baseFilename} ({reason}); logging to the console only\n"
+            )
+
+
+def log_to_file(level: int, message: str, exc_info: Any = None) -> None:
+    """A record for train.log only (the console gets its one line from the CLI)."""
+    logger = logging.getLogger("flux2_lora")
+    record = logger.makeRecord(logger.name, level, __file__, 0, "%s", (message,), exc_info)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 class _NoTraceback(logging.Formatter):
@@ -100,6 +126,7 @@ class RunReporter:
         self._overheads: dict[str, list[float]] = {}
         self._gpu_phases: dict[str, dict[str, float]] = {}
         evals = runs.read_eval(run_dir)  # a resumed run keeps its eval history (a fresh one has none)
+        evals = [r for r in evals if math.isfinite(r["eval_loss"])]
         if evals:
             best = min(evals, key=lambda r: r["eval_loss"])
             self.status.extra.update(
@@ -115,7 +142,10 @@ class RunReporter:
         for k, v in fields.items():
             setattr(self.status, k, v)
         self.status.updated_at = time.time()
-        runs.write_json_atomic(self.run_dir / runs.STATUS_FILE, self.status.to_dict())
+        try:
+            runs.write_json_atomic(self.run_dir / runs.STATUS_FILE, self.status.to_dict())
+        except OSError as e:
+            raise runs.write_error(runs.STATUS_FILE, e) from None
         if message:
             log.info("[%s] %s", state, message)
 
@@ -217,7 +247,7 @@ class RunReporter:
             "rss_gib": rss,
             "time": time.time(),
         }
-        runs.append_jsonl(self.run_dir / runs.METRICS_FILE, record)
+        _append(self.run_dir / runs.METRICS_FILE, record)
         if self._tb is not None:
             self._tb.add_scalar("train/loss", loss, step)
             self._tb.add_scalar("train/lr", lr, step)
@@ -232,13 +262,14 @@ class RunReporter:
     def log_eval(self, step: int, loss: float, seconds: float) -> None:
         """eval.jsonl, the trackers, and the final and best eval loss in the run's status."""
         self.record_overhead("eval", seconds)
-        runs.append_jsonl(
+        _append(
             self.run_dir / runs.EVAL_FILE,
-            {"step": step, "eval_loss": loss, "time": time.time(), "seconds": seconds},
+            {"step": step, "eval_loss": loss, "time": time.time(), "seconds": seconds},  # NaN: null
         )
         extra = self.status.extra
-        extra["final_eval_loss"] = loss
-        if extra.get("best_eval_loss") is None or loss < extra["best_eval_loss"]:
+        extra["final_eval_loss"] = loss if math.isfinite(loss) else None
+        best = extra.get("best_eval_loss")
+        if math.isfinite(loss) and (best is None or loss < best):
             extra["best_eval_loss"], extra["best_eval_step"] = loss, step
         if self._tb is not None:
             self._tb.add_scalar("eval/loss", loss, step)
@@ -251,9 +282,13 @@ class RunReporter:
         folder.mkdir(exist_ok=True)
         path = folder / f"step{step:06d}_{index:02d}.png"
         tmp = path.with_name("." + path.name)
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-        runs.append_jsonl(
+        try:
+            image.save(tmp, format="PNG")
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise runs.write_error(f"the sample {path.relative_to(self.run_dir)}", e) from None
+        _append(
             self.run_dir / runs.SAMPLES_INDEX,
             {"step": step, "prompt": prompt, "file": str(path.relative_to(self.run_dir)), "index": index},
         )
@@ -266,6 +301,13 @@ class RunReporter:
 
             self._wandb.log({f"samples/{index}": wandb.Image(image, caption=prompt)}, step=step)
         return path
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    try:
+        runs.append_jsonl(path, record)
+    except OSError as e:
+        raise runs.write_error(path.name, e) from None
 
 
 def estimate_summary(config: TrainConfig, num_processes: int) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ are public: the pre-flight and the benchmarks drive the trainer through them.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -31,6 +32,7 @@ from flux2_lora.training.batches import (
     text_ids_for,
     to_device_stacked,
 )
+from flux2_lora.training.checkpoint import as_os_error
 from flux2_lora.training.evaluation import EvalSet, timed
 from flux2_lora.training.flow import flow_matching_loss, sample_density, sigmas_from_density
 from flux2_lora.training.hardware import (
@@ -49,6 +51,7 @@ from flux2_lora.training.model import (
     resolve_text_encoder_layers,
 )
 from flux2_lora.training.optim import build_optimizer, build_scheduler
+from flux2_lora.training.outcome import RunOutcome, TrainingDiverged, first_non_finite
 from flux2_lora.training.run_state import TrainingState
 from flux2_lora.training.sampling import Sampler, SampleSettings
 from flux2_lora.training.session import LOCK_HELD_ENV, RunSession, StopFlag
@@ -264,14 +267,11 @@ class Trainer:
             captions.append("" if draws[2] < ds.caption_dropout else caption)
         x0 = to_device_stacked(latents, self.device, self.dtype)
         packed, ids = pack(x0)
+        # σ first, from a CPU generator, on every device: one seed trains on the same timesteps on CPU and
+        # GPU. The noise comes after, from the same generator on CPU, from a device generator seeded the same
+        # way on CUDA (a CPU draw and copy of a 1024² batch's noise costs milliseconds a step), so a resumed
+        # run gets the same noise on the same kind of device.
         gen = torch.Generator().manual_seed(derive_seed(t.seed, 6, indices[0]))
-        if self.device.type == "cuda":
-            # Drawn where it is used: a CPU draw and copy of a 1024² batch's noise costs milliseconds a
-            # step. Seeded the same way, so a resumed run gets the same noise on the same kind of GPU.
-            device_gen = torch.Generator(self.device).manual_seed(derive_seed(t.seed, 6, indices[0]))
-            noise = torch.randn(packed.shape, generator=device_gen, dtype=torch.float32, device=self.device)
-        else:
-            noise = torch.randn(packed.shape, generator=gen, dtype=torch.float32)
         u = sample_density(
             t.timestep_sampling,
             len(indices),
@@ -282,6 +282,11 @@ class Trainer:
             sigmoid_scale=t.sigmoid_scale,
         )
         sigmas = shift_sigma(sigmas_from_density(u), t.timestep_shift, t.shift, packed.shape[1])
+        if self.device.type == "cuda":
+            device_gen = torch.Generator(self.device).manual_seed(derive_seed(t.seed, 6, indices[0]))
+            noise = torch.randn(packed.shape, generator=device_gen, dtype=torch.float32, device=self.device)
+        else:
+            noise = torch.randn(packed.shape, generator=gen, dtype=torch.float32)
         embeds = self.prompts.batch(captions, self.device, self.dtype)
         guidance = None
         if self.arch.guidance_embeds:
@@ -395,13 +400,24 @@ class Trainer:
         flag = torch.tensor(float(stop), device=self.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
-    def train(self, start: int) -> int:
+    def _check_losses(self, window: list[torch.Tensor], step: int) -> None:
+        """A NaN or infinite loss among the steps ending at ``step`` stops the run there (one wait for the
+        GPU: called at checkpoints, whose weights must not be saved poisoned)."""
+        if window:
+            bad = first_non_finite(torch.stack(window).tolist(), step)
+            if bad is not None:
+                raise TrainingDiverged(bad[0], bad[1], runs.latest_checkpoint(self.run_dir))
+
+    def train(self, start: int) -> RunOutcome:
         from tqdm.auto import tqdm
 
         cfg = self.config
         acc = self.accelerator
         total = cfg.training.max_steps
-        self._status("training", f"training steps {start + 1}–{total}")
+        if start < total:
+            self._status("training", f"training steps {start + 1}–{total}")
+        else:  # resumed from the last step's checkpoint (a stop there, or a failed LoRA write)
+            self._status("training", f"all {total} steps trained: writing the final LoRA")
         if self.reporter is not None:
             self.reporter.end_gpu_phase("setup")  # loading and caching; training is measured from here
         bar = tqdm(
@@ -411,7 +427,8 @@ class Trainer:
         self.model.train()
         if start == 0:
             self.evaluate(0)  # the baseline: every run on the same eval set starts from the same value
-        step = start
+        step, stop = start, False
+        checkpoint: Path | None = None
         for step in range(start + 1, total + 1):
             t0 = time.perf_counter()
             window.append(self.train_step(step))
@@ -419,35 +436,49 @@ class Trainer:
             if self.reporter is not None:
                 self.reporter.step_done(step, time.perf_counter() - t0)
             if step % cfg.logging.log_every == 0 or step == total:
+                losses = window
                 loss = float(torch.stack(window).mean())  # the only wait for the GPU between logs
                 lr = self.lr_scheduler.get_last_lr()[0]
                 window = []
                 self.record_ranks(step)
                 if self.reporter is not None:
-                    self.reporter.log_metrics(step, loss, lr)
-                    self.reporter.set_state("training")
+                    self.reporter.log_metrics(step, loss, lr)  # a NaN is written as null
+                    if math.isfinite(loss):
+                        self.reporter.set_state("training")
                     eta = self.reporter.status.eta_seconds or 0
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", eta=f"{eta:.0f}s")
+                if not math.isfinite(loss):
+                    bar.close()
+                    bad = first_non_finite(torch.stack(losses).tolist(), step) or (step, loss)
+                    raise TrainingDiverged(*bad, runs.latest_checkpoint(self.run_dir))
             hold_point("step", self.run_dir)
             stop = self._stop_agreed()
+            if stop and step == total:
+                break  # the last step is trained: finish() writes its checkpoint and the LoRA
             every = cfg.output.checkpoint_every
-            if (every and step % every == 0) or (stop and step < total):
-                self.save_checkpoint(step)
-            val = cfg.validation
-            if val.enabled and step % val.every_n_steps == 0 and step < total and not stop:
-                self.sample(step)
-            if step % val.eval_every == 0 and step < total and not stop:
-                self.evaluate(step)
+            if (every and step % every == 0) or stop:  # a stop always saves the step it stopped at
+                self._check_losses(window, step)
+                checkpoint = self.save_checkpoint(step)
             if stop:
                 bar.close()
                 self.stop.acknowledge()
-                self._status("stopped", f"stopped at step {step}; press Resume (or --resume latest)")
-                return 0
+                self._status(
+                    "stopped",
+                    f"stopped at step {step}; checkpoint-{step} saved: press Resume (or --resume latest)",
+                )
+                return RunOutcome("stopped", step, total, checkpoint=checkpoint)
+            val = cfg.validation
+            if val.enabled and step % val.every_n_steps == 0 and step < total:
+                self.sample(step)
+            if step % val.eval_every == 0 and step < total:
+                self.evaluate(step)
         bar.close()
-        return self.finish(step)
+        self._check_losses(window, step)
+        return self.finish(step, stopping=stop)
 
-    def finish(self, step: int) -> int:
-        """A resumable checkpoint, then the LoRA files, the last samples and the measured peaks."""
+    def finish(self, step: int, stopping: bool = False) -> RunOutcome:
+        """A resumable checkpoint, then the LoRA files, the last samples (skipped when a stop came
+        during the last step: the LoRA is what it asked to keep) and the measured peaks."""
         from flux2_lora.training.export import save_comfyui_lora, save_diffusers_lora
 
         cfg = self.config
@@ -462,7 +493,7 @@ class Trainer:
         if acc.is_main_process and self.reporter is not None:
             self.reporter.end_gpu_phase("training")
         state = self.adapter_state()  # under FSDP every process takes part in gathering it
-        final = None
+        final = resumable = None
         if acc.is_main_process:
             self._status("checkpointing", "writing the final LoRA")
             out_dtype = (
@@ -481,29 +512,44 @@ class Trainer:
                         )
                     else:
                         save_comfyui_lora(self.run_dir, state, cfg.lora.alpha / cfg.lora.rank, out_dtype)
-            except OSError as e:
-                raise OSError(
-                    f"could not write the LoRA to {self.run_dir} ({e.strerror or e}); the trained state is "
-                    f"safe in {resumable}: free space, then resume the run"
+            except Exception as e:  # safetensors reports a failed write as its own error
+                error = as_os_error(e)
+                if error is None:
+                    raise
+                raise runs.write_error(
+                    f"the LoRA ({self.run_dir / runs.LORA_FILE})",
+                    error,
+                    f"the trained state is safe in {resumable}: free space, then resume the run "
+                    "(--resume latest writes the LoRA at once)",
                 ) from e
-        if cfg.validation.enabled and (acc.is_main_process or self.fsdp):
+        if cfg.validation.enabled and not stopping and (acc.is_main_process or self.fsdp):
             self.draw_samples(step, record=acc.is_main_process)  # the barrier below holds the others
         self.record_ranks(step)
         if acc.is_main_process:
             if self.reporter is not None:
                 self.reporter.record_peaks("sampling" if cfg.validation.enabled else "export")
                 self.reporter.status.extra["estimate"] = estimate_summary(cfg, acc.num_processes)
+            note = " (stopped during the last step: no final samples)" if stopping else ""
             self._status(
-                "finished", f"finished {step} steps; LoRA at {final}", final_lora=str(final), step=step
+                "finished", f"finished {step} steps{note}; LoRA at {final}", final_lora=str(final), step=step
             )
+        if stopping or self.stop.requested():
+            self.stop.acknowledge()  # acted on (the LoRA is written): it must not stop the next run
         acc.wait_for_everyone()
-        return 0
+        return RunOutcome("finished", step, cfg.training.max_steps, lora=final, checkpoint=resumable)
 
 
-def run_training(config: TrainConfig, resume: str | None = None) -> int:
-    """Train in this process, inside the run directory's session (what ``flux2-lora train`` runs)."""
+def run_training(config: TrainConfig, resume: str | None = None) -> RunOutcome:
+    """Train in this process, inside the run directory's session (what ``flux2-lora train`` runs).
+
+    Returns how the run ended (finished, or stopped with a checkpoint); a failure raises, its reason
+    recorded in status.json."""
     accelerator = make_accelerator(config)
     with RunSession(config, resume, accelerator.is_main_process) as session:
+        done = dist_util.broadcast_object(session.finished)  # `--resume latest` on a finished run
+        if done is not None:
+            return cast("RunOutcome", done)
         trainer = Trainer(config, accelerator, reporter=session.reporter, stop=session.stop)
         start = trainer.setup(resume)
+        session.started()  # a resume was accepted: from here on a failure is this run's to record
         return trainer.train(start)
