@@ -334,9 +334,7 @@ def _step(
         blocks=blocks,
         flowing=flowing,
         first=first,
-        discount=0.0
-        if first is None
-        else batch * first_block_discount(arch, specs, dtype_bytes, img, txt),
+        discount=0.0 if first is None else batch * first_block_discount(arch, specs, dtype_bytes, img, txt),
         block_input=c["input"] * tokens_d * batch,
         transient=_transient(c, checkpointing, single_lora) * tokens_d * batch,
         outside=batch * _OUTSIDE * dtype_bytes * tokens_d,
