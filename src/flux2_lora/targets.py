@@ -121,9 +121,13 @@ class TargetError(ValueError):
     """A target-module token that names nothing."""
 
 
-def resolve_targets(tokens: Sequence[str], arch: TransformerArch) -> list[LinearSpec]:
-    """Resolve named sets and explicit names/globs to the exact Linear layers, in module order."""
-    linears = enumerate_linears(arch)
+def resolve_targets(
+    tokens: Sequence[str], arch: TransformerArch, linears: Sequence[LinearSpec] | None = None
+) -> list[LinearSpec]:
+    """Resolve named sets and explicit names/globs to the exact Linear layers, in module order.
+    ``linears``: :func:`enumerate_linears` of ``arch`` when the caller has it already."""
+    if linears is None:
+        linears = enumerate_linears(arch)
     chosen: set[str] = set()
     unknown: list[str] = []
     for raw in tokens:

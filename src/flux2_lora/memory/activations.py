@@ -7,6 +7,8 @@ real modules (:mod:`flux2_lora.training.trace`) and tests/memory checks the sums
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from flux2_lora.targets import LinearSpec
 from flux2_lora.variants import TransformerArch
 
@@ -125,16 +127,31 @@ def stream_tokens(spec: LinearSpec, img: int, txt: int) -> int:
     return txt if spec.name.endswith(_TXT_LAYERS) else img
 
 
-def _fractions(arch: TransformerArch, targeted: set[str], prefix: str, names: tuple[str, ...]) -> float:
-    """Share of a layer group's input width that carries LoRA (each LoRA'd layer keeps its input)."""
+def _fractions(arch: TransformerArch, targeted: frozenset[str], names: tuple[str, ...]) -> float:
+    """Share of a layer group's input width that carries LoRA (each LoRA'd layer keeps its input);
+    ``targeted``: the block's LoRA'd layers, by name inside the block."""
     d, m = arch.inner_dim, arch.mlp_hidden_dim
     width = {"linear_out": m, "to_out": d + m}
     total = hit = 0.0
     for n in names:
         w = width.get(n.rsplit(".", 1)[-1], d) if not n.endswith("to_out.0") else d
         total += w
-        hit += w if prefix + n in targeted else 0.0
+        hit += w if n in targeted else 0.0
     return hit / total
+
+
+def _targeted_by_block(
+    arch: TransformerArch, specs: list[LinearSpec]
+) -> tuple[list[frozenset[str]], list[frozenset[str]]]:
+    """The LoRA'd layers of each double and each single block (names inside the block), in order."""
+    double: list[set[str]] = [set() for _ in range(arch.num_layers)]
+    single: list[set[str]] = [set() for _ in range(arch.num_single_layers)]
+    for s in specs:
+        if s.block == "other":
+            continue
+        _, i, suffix = s.name.split(".", 2)
+        (double if s.block == "double" else single)[int(i)].add(suffix)
+    return [frozenset(b) for b in double], [frozenset(b) for b in single]
 
 
 def block_activation_bytes(
@@ -152,24 +169,31 @@ def block_activation_bytes(
     ``kernels``: "cuda" (the GPU calibration) or "trace" (the CPU meta-tensor trace's own figures)."""
     c = _calibration(dtype_bytes, kernels, quantization)
     d = arch.inner_dim
-    targeted = {s.name for s in specs}
+    double, single = _targeted_by_block(arch, specs)
+    # Blocks with the same LoRA'd layers keep the same bytes: each distinct set is computed once.
+    seen: dict[frozenset[str], tuple[float, bool]] = {}
     out: list[float] = []
     grad_flows = False
-    for i in range(arch.num_layers):
-        p = f"transformer_blocks.{i}."
-        total = 0.0
-        for stream, tokens in (("img", img), ("txt", txt)):
-            attn = _fractions(arch, targeted, p, _ATTN[stream])
-            ff = _fractions(arch, targeted, p, _FF[stream])
-            grad_flows = grad_flows or attn > 0 or ff > 0
-            per = c["double_base"] + c[f"double_attn_{stream}"] * attn + c["double_ff"] * ff
-            total += per * tokens * d
+    for targeted in double:
+        if targeted not in seen:
+            total, flows = 0.0, False
+            for stream, tokens in (("img", img), ("txt", txt)):
+                attn = _fractions(arch, targeted, _ATTN[stream])
+                ff = _fractions(arch, targeted, _FF[stream])
+                flows = flows or attn > 0 or ff > 0
+                per = c["double_base"] + c[f"double_attn_{stream}"] * attn + c["double_ff"] * ff
+                total += per * tokens * d
+            seen[targeted] = (total, flows)
+        total, flows = seen[targeted]
+        grad_flows = grad_flows or flows
         out.append(total if grad_flows else 0.0)
-    for i in range(arch.num_single_layers):
-        p = f"single_transformer_blocks.{i}."
-        lora = _fractions(arch, targeted, p, ("attn.to_qkv_mlp_proj", "attn.to_out"))
-        grad_flows = grad_flows or lora > 0
-        out.append((c["single_base"] + c["single_lora"] * lora) * (img + txt) * d if grad_flows else 0.0)
+    for targeted in single:
+        if targeted not in seen:
+            lora = _fractions(arch, targeted, ("attn.to_qkv_mlp_proj", "attn.to_out"))
+            seen[targeted] = ((c["single_base"] + c["single_lora"] * lora) * (img + txt) * d, lora > 0)
+        total, flows = seen[targeted]
+        grad_flows = grad_flows or flows
+        out.append(total if grad_flows else 0.0)
     return out
 
 
@@ -201,11 +225,9 @@ def first_block_discount(
     arch: TransformerArch, specs: list[LinearSpec], dtype_bytes: int, img: int, txt: int
 ) -> float:
     """Bytes (batch 1) the first LoRA'd block keeps less than :func:`block_activation_bytes` counts."""
-    targeted = {s.name for s in specs}
-    for i in range(arch.num_layers):
-        p = f"transformer_blocks.{i}."
+    for targeted in _targeted_by_block(arch, specs)[0]:
         first = {
-            stream: next((k for k, names in enumerate(pos) if any(p + n in targeted for n in names)), None)
+            stream: next((k for k, names in enumerate(pos) if any(n in targeted for n in names)), None)
             for stream, pos in _POSITIONS.items()
         }
         if first["img"] is None and first["txt"] is None:
@@ -252,6 +274,77 @@ def _dora_by_block(
     return kept, dense, grads
 
 
+@dataclass(frozen=True)
+class _Step:
+    """What the training step's activation figures start from, for one batch: the bytes each block keeps
+    (in execution order; 0 before the first block with LoRA), DoRA's per-block terms, the gradient
+    transient, the bytes outside the blocks, and the first LoRA'd block's discount."""
+
+    c: dict[str, float]  # the calibration (see _calibration)
+    tokens_d: int  # tokens × model width
+    blocks: list[float]
+    flowing: list[bool]  # a gradient passes through the block
+    first: int | None  # the first block with LoRA
+    discount: float  # what that block keeps less (first_block_discount × batch)
+    block_input: float  # a block's input, what checkpointing keeps of it
+    transient: float
+    outside: float
+    single_lora: bool
+    d_kept: list[float]
+    d_dense: list[float]
+    d_grads: list[float]
+
+    def kept(self) -> list[float]:
+        """Bytes each block keeps through backward without checkpointing (DoRA's terms included)."""
+        kept = [b + k for b, k in zip(self.blocks, self.d_kept, strict=True)]
+        if self.first is not None:
+            kept[self.first] -= self.discount
+        return kept
+
+
+def _step(
+    arch: TransformerArch,
+    specs: list[LinearSpec],
+    *,
+    dtype_bytes: int,
+    img: int,
+    txt: int,
+    batch: int,
+    checkpointing: bool,
+    dora: bool,
+    kernels: str,
+    quantization: str,
+    dora_dense: float | None = None,
+) -> _Step:
+    c = _calibration(dtype_bytes, kernels, quantization)
+    tokens_d = (img + txt) * arch.inner_dim
+    per_block = block_activation_bytes(arch, specs, dtype_bytes, img, txt, kernels, quantization)
+    blocks = [batch * b for b in per_block]
+    flowing = [b > 0 for b in blocks]
+    first = next((i for i, f in enumerate(flowing) if f), None)
+    single_lora = any(s.block == "single" for s in specs)
+    n = len(blocks)
+    if dora:
+        d_kept, d_dense, d_grads = _dora_by_block(arch, specs, dtype_bytes, img, txt, batch, dora_dense)
+    else:
+        d_kept = d_dense = d_grads = [0.0] * n
+    return _Step(
+        c=c,
+        tokens_d=tokens_d,
+        blocks=blocks,
+        flowing=flowing,
+        first=first,
+        discount=0.0 if first is None else batch * first_block_discount(arch, specs, dtype_bytes, img, txt),
+        block_input=c["input"] * tokens_d * batch,
+        transient=_transient(c, checkpointing, single_lora) * tokens_d * batch,
+        outside=batch * _OUTSIDE * dtype_bytes * tokens_d,
+        single_lora=single_lora,
+        d_kept=d_kept,
+        d_dense=d_dense,
+        d_grads=d_grads,
+    )
+
+
 def training_activations(
     arch: TransformerArch,
     specs: list[LinearSpec],
@@ -266,25 +359,26 @@ def training_activations(
     quantization: str = "none",
 ) -> float:
     """Peak bytes above the static memory during forward and backward of one training step."""
-    c = _calibration(dtype_bytes, kernels, quantization)
-    tokens_d = (img + txt) * arch.inner_dim
-    per_block = block_activation_bytes(arch, specs, dtype_bytes, img, txt, kernels, quantization)
-    blocks = [batch * b for b in per_block]
-    flowing = [b > 0 for b in blocks]
-    single_lora = any(s.block == "single" for s in specs)
+    st = _step(
+        arch,
+        specs,
+        dtype_bytes=dtype_bytes,
+        img=img,
+        txt=txt,
+        batch=batch,
+        checkpointing=checkpointing,
+        dora=dora,
+        kernels=kernels,
+        quantization=quantization,
+    )
+    blocks, d_kept, d_dense, d_grads = st.blocks, st.d_kept, st.d_dense, st.d_grads
     n = len(blocks)
-    if dora:
-        d_kept, d_dense, d_grads = _dora_by_block(arch, specs, dtype_bytes, img, txt, batch)
-    else:
-        d_kept = d_dense = d_grads = [0.0] * n
-    outside = batch * _OUTSIDE * dtype_bytes * tokens_d
-    transient = _transient(c, checkpointing, single_lora) * tokens_d * batch
     if checkpointing:
         # Each block keeps only its input; backward recomputes one block at a time while the inputs of
         # the blocks before it are alive, and holds that block's activations plus gradients.
-        inputs = [c["input"] * tokens_d * batch if f else 0.0 for f in flowing]
+        inputs = [st.block_input if f else 0.0 for f in st.flowing]
         last_single = blocks[-1] if arch.num_single_layers else 0.0
-        peak = sum(inputs) + last_single + d_kept[-1] + transient
+        peak = sum(inputs) + last_single + d_kept[-1] + st.transient
         for i in range(n):
             # With DoRA, the recomputation of block i also builds the dense weight, then its gradients.
             extra = max(d_dense[i], d_grads[i])
@@ -292,11 +386,8 @@ def training_activations(
                 recompute = sum(inputs[: i + 1]) + blocks[i] + d_kept[i]
                 peak = max(peak, recompute + extra)
     else:
-        first = next((i for i, f in enumerate(flowing) if f), None)
-        kept_by_block = [b + k for b, k in zip(blocks, d_kept)]
-        if first is not None:
-            kept_by_block[first] -= batch * first_block_discount(arch, specs, dtype_bytes, img, txt)
-        peak = sum(kept_by_block) + transient
+        kept_by_block = st.kept()
+        peak = sum(kept_by_block) + st.transient
         prefix = 0.0
         for i in range(n):
             prefix += kept_by_block[i]
@@ -305,7 +396,7 @@ def training_activations(
             extra = max(d_dense[i], d_grads[i])
             if extra:
                 peak = max(peak, prefix + extra)
-    return peak + outside
+    return peak + st.outside
 
 
 def end_of_backward_activations(
@@ -323,19 +414,24 @@ def end_of_backward_activations(
     """Activation bytes alive while the first LoRA'd block runs backward, the moment every later
     block's LoRA gradients already exist: at large ranks the gradients outweigh the activations that
     backward has freed by then, and this is the step's peak."""
-    c = _calibration(dtype_bytes, kernels, quantization)
-    tokens_d = (img + txt) * arch.inner_dim
-    per_block = block_activation_bytes(arch, specs, dtype_bytes, img, txt, kernels, quantization)
-    blocks = [batch * b for b in per_block]
-    first = next((i for i, b in enumerate(blocks) if b > 0), None)
-    if first is None:
+    st = _step(
+        arch,
+        specs,
+        dtype_bytes=dtype_bytes,
+        img=img,
+        txt=txt,
+        batch=batch,
+        checkpointing=checkpointing,
+        dora=False,
+        kernels=kernels,
+        quantization=quantization,
+    )
+    if st.first is None:
         return 0.0
-    single_lora = any(s.block == "single" for s in specs)
-    kept = blocks[first] - batch * first_block_discount(arch, specs, dtype_bytes, img, txt)
+    kept = st.blocks[st.first] - st.discount
     if checkpointing:
-        kept += c["input"] * tokens_d * batch  # its input, from which it is recomputed
-    transient = _transient(c, checkpointing, single_lora) * tokens_d * batch
-    return kept + transient + batch * _OUTSIDE * dtype_bytes * tokens_d
+        kept += st.block_input  # its input, from which it is recomputed
+    return kept + st.transient + st.outside
 
 
 def inference_transient(
@@ -392,33 +488,28 @@ def activation_profile(
     and its recomputed activations; without: everything kept up to it), each with the step's gradient
     transient in backward, and the bytes outside the blocks. What FSDP's per-block gathering is
     paired with (:mod:`flux2_lora.memory.sharded`). ``bf16_lora``: FSDP's bf16 LoRA (see _FSDP_BF16_LESS)."""
-    c = _calibration(dtype_bytes, kernels, quantization)
-    tokens_d = (img + txt) * arch.inner_dim
-    blocks = [
-        batch * b for b in block_activation_bytes(arch, specs, dtype_bytes, img, txt, kernels, quantization)
-    ]
-    n = len(blocks)
     fsdp_bf16 = bf16_lora and _precision(dtype_bytes) == 2
-    if dora:
-        dense = _FSDP_BF16_DORA_DENSE if fsdp_bf16 else None
-        d_kept, d_dense, d_grads = _dora_by_block(arch, specs, dtype_bytes, img, txt, batch, dense)
-    else:
-        d_kept = d_dense = d_grads = [0.0] * n
-    transient = _transient(c, checkpointing, any(s.block == "single" for s in specs)) * tokens_d * batch
+    st = _step(
+        arch,
+        specs,
+        dtype_bytes=dtype_bytes,
+        img=img,
+        txt=txt,
+        batch=batch,
+        checkpointing=checkpointing,
+        dora=dora,
+        kernels=kernels,
+        quantization=quantization,
+        dora_dense=_FSDP_BF16_DORA_DENSE if dora and fsdp_bf16 else None,
+    )
+    c, tokens_d, blocks, transient, block_input = st.c, st.tokens_d, st.blocks, st.transient, st.block_input
+    d_kept, d_dense, d_grads = st.d_kept, st.d_dense, st.d_grads
+    n = len(blocks)
     # Scaled like the single blocks' transient when the GPU calibration replaces the trace's.
     traced = _transient(_calibration(dtype_bytes, "trace", "none"), checkpointing, True)
     double = _DOUBLE_TRANSIENT[_precision(dtype_bytes) == 4][checkpointing]
     double *= _transient(c, checkpointing, True) / traced * tokens_d * batch
-    outside = batch * _OUTSIDE * dtype_bytes * tokens_d
-    flowing = [b > 0 for b in blocks]
-    block_input = c["input"] * tokens_d * batch
-    if checkpointing:
-        kept = [block_input if f else 0.0 for f in flowing]
-    else:
-        kept = [b + k for b, k in zip(blocks, d_kept, strict=True)]
-        first = next((i for i, f in enumerate(flowing) if f), None)
-        if first is not None:
-            kept[first] -= batch * first_block_discount(arch, specs, dtype_bytes, img, txt)
+    kept = [block_input if f else 0.0 for f in st.flowing] if checkpointing else st.kept()
     less = [0.0] * n  # FSDP's bf16 LoRA: no fp32 input copies
     base_less = 0.0
     if fsdp_bf16:
@@ -432,7 +523,7 @@ def activation_profile(
         kept_less = [0.0] * n if checkpointing else less
         kept = [k - x for k, x in zip(kept, kept_less, strict=True)]
         blocks = [b - x if checkpointing else b for b, x in zip(blocks, less, strict=True)]
-    forward, backward, before = [], [], outside
+    forward, backward, before = [], [], st.outside
     for i in range(n):
         forward.append(before + block_input)
         before += kept[i]

@@ -26,8 +26,19 @@ from flux2_lora.memory.activations import (
     training_activations,
 )
 from flux2_lora.memory.encoders import IMAGE_BATCH, PROMPT_BATCH, text_encoder_activation_bytes, vae_bytes
-from flux2_lora.memory.sharded import fsdp_layout, fsdp_training, gathered_forward
-from flux2_lora.targets import LinearSpec, enumerate_linears, is_quantized_linear, resolve_targets
+from flux2_lora.memory.sharded import FsdpLayout, fsdp_layout, fsdp_training, gathered_forward
+from flux2_lora.memory.static import BNB_MIN_8BIT_SIZE as BNB_MIN_8BIT_SIZE  # re-exported (training/trace)
+from flux2_lora.memory.static import (
+    CACHES,
+    Adapter,
+    frozen_weights,
+    linears,
+    lora_adapter,
+    optimizer_memory,
+    target_specs,
+)
+from flux2_lora.memory.static import NF4_BYTES_PER_WEIGHT as NF4_BYTES_PER_WEIGHT
+from flux2_lora.targets import LinearSpec
 from flux2_lora.units import GIB
 from flux2_lora.variants import (
     TextEncoderArch,
@@ -43,9 +54,6 @@ from flux2_lora.variants import (
 )
 
 DTYPE_BYTES = {"auto": 2, "bfloat16": 2, "float16": 2, "float32": 4}
-# bytes per weight of a quantized Linear: int8 + one bf16 scale per row; NF4 4 bits + double-quantized
-# absmax (one 8-bit scale per 64 weights, one fp32 per 256 scales) — bitsandbytes' layout.
-NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)
 # Measured on an H200 (benchmarks/vram/measured.json): nvidia-smi showed max_memory_reserved + 0.74 GiB
 # in every training process (CUDA context, cuBLAS/cuDNN workspaces: outside PyTorch's allocator), and
 # the caching allocator reserved 0.4–4.6% above the allocated peak for plain bf16 runs, 5.9–14.1% for
@@ -64,8 +72,6 @@ def allocator_slack(config: TrainConfig) -> float:
 
 # Multi-GPU (DDP through accelerate): NCCL's communicator buffers, outside PyTorch's allocator.
 NCCL_GIB = 0.3
-# bitsandbytes keeps 8-bit optimizer state only for tensors of at least this many elements.
-BNB_MIN_8BIT_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -144,100 +150,6 @@ def resolve_shapes(config: TrainConfig) -> Shapes:
     )
 
 
-@functools.lru_cache(maxsize=64)
-def _linears(arch: TransformerArch) -> tuple[LinearSpec, ...]:
-    return tuple(enumerate_linears(arch))
-
-
-def transformer_params(arch: TransformerArch) -> tuple[int, int]:
-    """(Linear weights, everything else): the RMSNorm scales of q/k per block."""
-    linear = sum(s.weight_numel for s in _linears(arch))
-    norms = (
-        arch.num_layers * 4 * arch.attention_head_dim + arch.num_single_layers * 2 * arch.attention_head_dim
-    )
-    return linear, norms
-
-
-def weight_bytes(arch: TransformerArch, dtype_bytes: int, quantization: str) -> float:
-    total = 0.0
-    for s in _linears(arch):
-        if quantization == "int8" and is_quantized_linear(s.name):
-            total += s.weight_numel + 2 * s.out_features
-        elif quantization == "nf4" and is_quantized_linear(s.name):
-            total += s.weight_numel * NF4_BYTES_PER_WEIGHT
-        else:
-            total += s.weight_numel * dtype_bytes
-    _, norms = transformer_params(arch)
-    return total + norms * dtype_bytes
-
-
-def _lora_tensors(specs: list[LinearSpec], rank: int, dora: bool) -> list[tuple[int, int]]:
-    """(rows, cols) of every trainable tensor: A (r×in), B (out×r) and DoRA's magnitude (out×1)."""
-    out: list[tuple[int, int]] = []
-    for s in specs:
-        out += [(rank, s.in_features), (s.out_features, rank)]
-        if dora:
-            out.append((s.out_features, 1))
-    return out
-
-
-def optimizer_bytes(config: TrainConfig, specs: list[LinearSpec]) -> float:
-    """Optimizer state for the fp32 LoRA parameters, as each optimizer lays it out."""
-    t, lora = config.training, config.lora
-    tensors = _lora_tensors(specs, lora.rank, lora.use_dora)
-    n = sum(r * c for r, c in tensors)
-    if t.optimizer in ("adamw", "adam"):
-        return 8.0 * n
-    if t.optimizer == "adamw8bit":
-        # Two uint8 states plus one fp32 absmax per 256-element block each; small tensors stay fp32.
-        return sum(
-            2.0 * r * c + 8.0 * -(-(r * c) // 256) if r * c >= BNB_MIN_8BIT_SIZE else 8.0 * r * c
-            for r, c in tensors
-        )
-    if t.optimizer == "prodigy":
-        return 16.0 * n  # exp_avg, exp_avg_sq, s and the p0 copy
-    if t.optimizer == "sgd":
-        return 4.0 * n if t.momentum > 0 else 0.0
-    # Adafactor: a row and a column statistic per matrix, the full second moment for vectors.
-    return sum(4.0 * (r + c) if c > 1 else 4.0 * r for r, c in tensors)
-
-
-def optimizer_step_bytes(config: TrainConfig, specs: list[LinearSpec]) -> float:
-    """Temporaries of one optimizer step. The trainer runs Adam/AdamW with torch's fused kernels on
-    CUDA (in place); the others use their foreach implementations, which build one full-size fp32 list
-    (SGD: the weight-decayed gradients; Adafactor: the variance estimate); Prodigy steps tensor by
-    tensor (about twice the largest tensor); bitsandbytes' 8-bit AdamW updates in place."""
-    t, lora = config.training, config.lora
-    tensors = _lora_tensors(specs, lora.rank, lora.use_dora)
-    n = sum(r * c for r, c in tensors)
-    if t.optimizer == "adafactor":
-        return 4.0 * n
-    if t.optimizer == "sgd":
-        return 4.0 * n if t.weight_decay > 0 or t.momentum > 0 else 0.0
-    if t.optimizer == "prodigy":
-        return 8.0 * max(r * c for r, c in tensors)
-    return 0.0
-
-
-def _first_block_params(specs: list[LinearSpec], rank: int, dora: bool) -> int:
-    """LoRA parameters of the first block with LoRA (their gradients come last in backward)."""
-    blocks = [".".join(s.name.split(".")[:2]) for s in specs if s.block != "other"]
-    first = blocks[0] if blocks else None
-    return sum(s.lora_params(rank, dora) for s in specs if ".".join(s.name.split(".")[:2]) == first)
-
-
-def _last_block_params(specs: list[LinearSpec], rank: int, dora: bool) -> int:
-    """LoRA parameters whose gradients exist when backward peaks: those of the last block (backward
-    starts there) and of layers outside the blocks."""
-    blocks = [".".join(s.name.split(".")[:2]) for s in specs if s.block != "other"]
-    last = blocks[-1] if blocks else None
-    return sum(
-        s.lora_params(rank, dora)
-        for s in specs
-        if s.block == "other" or ".".join(s.name.split(".")[:2]) == last
-    )
-
-
 @dataclass
 class Estimate:
     """GiB figures of one configuration (see :func:`estimate`).
@@ -262,61 +174,83 @@ class Estimate:
         return asdict(self)
 
 
+_KEYS = ("weights", "lora", "gradients", "optimizer", "activations", "text_encoder", "vae")
+
+
 def _part(**parts: float) -> dict[str, float]:
-    keys: tuple[str, ...] = (
-        "weights",
-        "lora",
-        "gradients",
-        "optimizer",
-        "activations",
-        "text_encoder",
-        "vae",
-    )
-    if "gathered" in parts:  # FSDP: the units all-gathered at that moment
-        keys = (*keys, "gathered")
+    keys = (*_KEYS, "gathered") if "gathered" in parts else _KEYS  # FSDP: the units gathered then
     return {k: parts.get(k, 0.0) / GIB for k in keys}
+
+
+def _gib(part: dict[str, float]) -> float:
+    return sum(part.values())
 
 
 # Everything below depends on the architecture and a few settings only: cached, so that the re-estimates
 # of recommendations and of the UI's live panel cost microseconds. Keys are small hashable values.
-@functools.lru_cache(maxsize=256)
-def _specs(tokens: tuple[str, ...], arch: TransformerArch) -> tuple[LinearSpec, ...]:
-    return tuple(resolve_targets(list(tokens), arch))
+@dataclass(frozen=True)
+class _Acts:
+    """What the transformer's activation figures depend on (their caches' key)."""
 
+    tokens: tuple[str, ...]
+    arch: TransformerArch
+    dtype_bytes: int
+    img: int
+    txt: int
+    batch: int
+    checkpointing: bool
+    dora: bool
+    kernels: str
+    quantization: str
 
-@functools.lru_cache(maxsize=64)
-def _weights(arch: TransformerArch, dtype_bytes: int, quantization: str) -> float:
-    total = weight_bytes(arch, dtype_bytes, quantization)
-    if quantization != "none":
-        # QLoRA dequantizes one layer's weight for its matmul: the largest one is a transient on top.
-        total += max(s.weight_numel for s in _linears(arch)) * dtype_bytes
-    return total
+    def specs(self) -> list[LinearSpec]:
+        return list(target_specs(self.tokens, self.arch))
 
 
 @functools.lru_cache(maxsize=1024)
-def _training_activations(
-    tokens: tuple[str, ...],
-    arch: TransformerArch,
-    dtype_bytes: int,
-    img: int,
-    txt: int,
-    batch: int,
-    checkpointing: bool,
-    dora: bool,
-    kernels: str,
-    quantization: str,
-) -> float:
+def _training_activations(k: _Acts) -> float:
     return training_activations(
-        arch,
-        list(_specs(tokens, arch)),
-        dtype_bytes=dtype_bytes,
-        img=img,
-        txt=txt,
-        batch=batch,
-        checkpointing=checkpointing,
-        dora=dora,
-        kernels=kernels,
-        quantization=quantization,
+        k.arch,
+        k.specs(),
+        dtype_bytes=k.dtype_bytes,
+        img=k.img,
+        txt=k.txt,
+        batch=k.batch,
+        checkpointing=k.checkpointing,
+        dora=k.dora,
+        kernels=k.kernels,
+        quantization=k.quantization,
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _end_of_backward(k: _Acts) -> float:
+    return end_of_backward_activations(
+        k.arch,
+        k.specs(),
+        dtype_bytes=k.dtype_bytes,
+        img=k.img,
+        txt=k.txt,
+        batch=k.batch,
+        checkpointing=k.checkpointing,
+        kernels=k.kernels,
+        quantization=k.quantization,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _profile(k: _Acts) -> tuple[list[float], list[float]]:
+    return activation_profile(
+        k.arch,
+        k.specs(),
+        dtype_bytes=k.dtype_bytes,
+        img=k.img,
+        txt=k.txt,
+        batch=k.batch,
+        checkpointing=k.checkpointing,
+        dora=k.dora,
+        kernels=k.kernels,
+        bf16_lora=True,  # FSDP gathers the LoRA in the weights' dtype
     )
 
 
@@ -324,41 +258,240 @@ def _training_activations(
 def _inference(
     tokens: tuple[str, ...], arch: TransformerArch, dtype_bytes: int, img: int, txt: int, dora: bool
 ) -> float:
-    specs = list(_specs(tokens, arch))
+    specs = list(target_specs(tokens, arch))
     return inference_transient(arch, specs, dtype_bytes=dtype_bytes, img=img, txt=txt, dora=dora)
 
 
 @functools.lru_cache(maxsize=256)
-def _profile(
-    tokens: tuple[str, ...],
-    arch: TransformerArch,
-    dtype_bytes: int,
-    img: int,
-    txt: int,
-    batch: int,
-    checkpointing: bool,
-    dora: bool,
-    kernels: str,
-) -> tuple[list[float], list[float]]:
-    return activation_profile(
-        arch,
-        list(_specs(tokens, arch)),
-        dtype_bytes=dtype_bytes,
-        img=img,
-        txt=txt,
-        batch=batch,
-        checkpointing=checkpointing,
-        dora=dora,
-        kernels=kernels,
-        bf16_lora=True,  # FSDP gathers the LoRA in the weights' dtype
-    )
+def _layout(
+    tokens: tuple[str, ...], arch: TransformerArch, rank: int, dora: bool, dtype_bytes: int, n: int
+) -> FsdpLayout:
+    return fsdp_layout(arch, linears(arch), target_specs(tokens, arch), rank, dora, dtype_bytes, n)
 
 
 def clear_caches() -> None:
     """Forget cached shapes (for benchmarks of a cold estimate, and after a model folder changes)."""
-    for f in (_model_shapes, _linears, _specs, _weights, _training_activations, _inference, _profile):
+    for f in (_model_shapes, *CACHES, _training_activations, _end_of_backward, _profile, _inference, _layout):
         f.cache_clear()
-    fsdp_layout.cache_clear()
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The facts of one configuration that every phase reads (bytes, per process)."""
+
+    config: TrainConfig
+    shapes: Shapes
+    tokens: tuple[str, ...]
+    adapter: Adapter
+    acts: _Acts  # the activation figures' key
+    num_processes: int
+    kernels: str
+    fsdp: bool  # sharded over more than one process
+    accumulating: bool  # gradients accumulate over micro-batches
+    weights: float  # the transformer's frozen weights (with QLoRA's dequantized transient)
+    lora: float  # the fp32 adapter (model.inject_lora)
+    ddp: float  # DDP's gradient buckets
+    optimizer: float  # optimizer state
+    step: float  # one optimizer step's temporaries
+    te_weights: float
+    vae_weights: float
+    te_train: float  # the text encoder's weights on the GPU while training
+    vae_train: float  # the VAE's
+
+
+def _run(config: TrainConfig, num_processes: int, kernels: str) -> _Run:
+    sh = resolve_shapes(config)
+    mem, lora, t = config.memory, config.lora, config.training
+    wb, tokens = sh.weight_bytes, tuple(lora.target_modules)
+    adapter = lora_adapter(tokens, sh.arch, lora.rank, lora.use_dora)
+    optimizer, step = optimizer_memory(
+        tokens, sh.arch, lora.rank, lora.use_dora, t.optimizer, t.momentum, t.weight_decay
+    )
+    fsdp = config.distributed.strategy == "fsdp" and num_processes > 1
+    te_w, vae_w = sh.text_encoder.params * wb, sh.vae.params * wb
+    return _Run(
+        config=config,
+        shapes=sh,
+        tokens=tokens,
+        adapter=adapter,
+        acts=_Acts(
+            tokens,
+            sh.arch,
+            wb,
+            sh.image_tokens,
+            sh.text_tokens,
+            t.batch_size,
+            mem.gradient_checkpointing,
+            lora.use_dora,
+            kernels,
+            mem.quantization,
+        ),
+        num_processes=num_processes,
+        kernels=kernels,
+        fsdp=fsdp,
+        accumulating=t.gradient_accumulation_steps > 1,
+        weights=frozen_weights(sh.arch, wb, mem.quantization),
+        lora=4.0 * adapter.params,
+        # DDP's gradient buckets, allocated with the model: an fp32 copy for all-reduce.
+        ddp=4.0 * adapter.params if num_processes > 1 and not fsdp else 0.0,
+        optimizer=optimizer,
+        step=step,
+        te_weights=te_w,
+        vae_weights=vae_w,
+        # Components kept on the GPU while training: those not cached and not offloaded to the CPU.
+        te_train=te_w if not mem.cache_text_embeddings and not mem.cpu_offload else 0.0,
+        vae_train=vae_w if not mem.cache_latents and not mem.cpu_offload else 0.0,
+    )
+
+
+def _caching(r: _Run) -> dict[str, float]:
+    """Caching: the text encoder (unless it encodes on the CPU) and the VAE on the GPU, no transformer
+    yet; the text encoder is freed after caching its embeddings, otherwise it stays for training."""
+    c, sh = r.config, r.shapes
+    mem, val, wb = c.memory, c.validation, sh.weight_bytes
+    te_gpu = 0.0 if mem.cpu_offload else r.te_weights
+    # Every caption when caching them, else only the validation prompts (and the empty CFG prompt).
+    if mem.cache_text_embeddings:
+        prompts = PROMPT_BATCH
+    else:
+        prompts = min(PROMPT_BATCH, (len(val.prompts) or 1) + 1) if val.enabled else 0
+    te_act = text_encoder_activation_bytes(sh.text_encoder, wb, prompts) if te_gpu else 0.0
+    caching_te = _part(text_encoder=te_gpu, vae=r.vae_weights, activations=te_act)
+    if not mem.cache_latents:
+        return caching_te
+    te_kept = te_gpu if not mem.cache_text_embeddings else 0.0
+    images = vae_bytes(
+        sh.vae,
+        wb,
+        c.dataset.resolution,
+        batch=IMAGE_BATCH,
+        decode=False,
+        slicing=mem.vae_slicing,
+        tiling=mem.vae_tiling,
+    )
+    caching_vae = _part(text_encoder=te_kept, vae=r.vae_weights, activations=images)
+    return max(caching_te, caching_vae, key=_gib)
+
+
+def _encoding(r: _Run) -> float:
+    """Encoding a batch that is not cached, before the forward pass (without its activations)."""
+    sh, mem = r.shapes, r.config.memory
+    encode = 0.0
+    if r.te_train:
+        encode = text_encoder_activation_bytes(sh.text_encoder, sh.weight_bytes, r.config.training.batch_size)
+    if r.vae_train:
+        vae = vae_bytes(
+            sh.vae,
+            sh.weight_bytes,
+            r.config.dataset.resolution,
+            batch=1,
+            decode=False,
+            slicing=True,
+            tiling=mem.vae_tiling,
+        )
+        encode = max(encode, vae)
+    return encode
+
+
+def _static(r: _Run) -> dict[str, float]:
+    return dict(weights=r.weights, lora=r.lora, text_encoder=r.te_train, vae=r.vae_train)
+
+
+def _backward_start(r: _Run, encode: float) -> dict[str, float]:
+    """Backward peaks at its start (the last block), when only that block's gradients exist, unless
+    gradients accumulate over micro-batches: then all of them live through the later ones."""
+    act = _training_activations(r.acts)
+    grads = r.lora if r.accumulating else 4.0 * r.adapter.last_block
+    return _part(**_static(r), gradients=grads + r.ddp, optimizer=r.optimizer, activations=max(act, encode))
+
+
+def _backward_end(r: _Run) -> dict[str, float]:
+    """The end of backward: every gradient but the first LoRA'd block's, with that block's activations."""
+    act = _end_of_backward(r.acts)
+    grads = r.lora if r.accumulating else r.lora - 4.0 * r.adapter.first_block
+    return _part(**_static(r), gradients=grads + r.ddp, optimizer=r.optimizer, activations=act)
+
+
+def _optimizer_step(r: _Run) -> dict[str, float]:
+    """The optimizer step: every gradient plus the step's temporaries."""
+    return _part(**_static(r), gradients=r.lora + r.ddp, optimizer=r.optimizer + r.step)
+
+
+def _fsdp_training(r: _Run, encode: float) -> tuple[dict[str, float], FsdpLayout]:
+    """One FSDP rank's training step (memory.sharded), and the layout of its shards."""
+    c, sh = r.config, r.shapes
+    lora, dist, wb = c.lora, c.distributed, sh.weight_bytes
+    layout = _layout(r.tokens, sh.arch, lora.rank, lora.use_dora, wb, r.num_processes)
+    profile = _profile(r.acts)
+    parts = fsdp_training(
+        layout,
+        profile,
+        r.adapter.params,
+        r.optimizer,
+        r.step,
+        wb,
+        r.accumulating,
+        encode,
+        r.te_train,
+        r.vae_train,
+        dist.fsdp_reshard_after_forward,
+        dist.fsdp_cpu_offload,
+    )
+    return _part(**parts), layout
+
+
+def _training(r: _Run) -> tuple[dict[str, float], FsdpLayout | None]:
+    """The training step's peak: the largest of the start of backward (activations, few gradients), its
+    end (most gradients, the first block's activations) and the optimizer step; under FSDP, one rank's."""
+    encode = _encoding(r)
+    if r.fsdp:
+        return _fsdp_training(r, encode)
+    moments = (_backward_start(r, encode), _backward_end(r), _optimizer_step(r))
+    return max(moments, key=_gib), None
+
+
+def _sampling(r: _Run, layout: FsdpLayout | None) -> dict[str, float]:
+    """Validation: one no-grad forward per denoising step (classifier-free guidance runs its two passes
+    one after the other), then a VAE decode; optimizer state stays, gradients were set to None."""
+    c, sh = r.config, r.shapes
+    mem, wb = c.memory, sh.weight_bytes
+    infer = _inference(r.tokens, sh.arch, wb, sh.image_tokens, sh.text_tokens, c.lora.use_dora)
+    decode = vae_bytes(
+        sh.vae,
+        wb,
+        c.dataset.resolution,
+        batch=1,
+        decode=True,
+        slicing=mem.vae_slicing,
+        tiling=mem.vae_tiling,
+    )
+    if layout is None:
+        return _part(
+            weights=r.weights,
+            lora=r.lora,
+            optimizer=r.optimizer,
+            gradients=r.ddp,
+            activations=max(infer, decode),
+            text_encoder=r.te_train,
+            vae=r.vae_weights,
+        )
+    # Every process runs the sharded forward, gathering unit by unit.
+    share = layout.sharded_lora / max(r.adapter.params, 1)
+    gathered = gathered_forward(layout, [0.0] * len(layout.units), c.distributed.fsdp_reshard_after_forward)
+    return _part(
+        weights=layout.sharded_weights,
+        lora=4.0 * layout.sharded_lora,
+        optimizer=r.optimizer * share,
+        activations=max(infer, decode),
+        text_encoder=r.te_train,
+        vae=r.vae_weights,
+        gathered=gathered[0],
+    )
+
+
+def _overhead(config: TrainConfig, peak: float, num_processes: int) -> float:
+    """What the process holds beyond its tensors: allocator slack, the CUDA context, NCCL's buffers."""
+    return peak * allocator_slack(config) + CUDA_CONTEXT_GIB + (NCCL_GIB if num_processes > 1 else 0.0)
 
 
 def estimate(config: TrainConfig, *, num_processes: int | None = None, kernels: str = "cuda") -> Estimate:
@@ -369,177 +502,36 @@ def estimate(config: TrainConfig, *, num_processes: int | None = None, kernels: 
     ``kernels="cuda"`` uses the activation figures measured on a GPU; ``"trace"`` the CPU meta-tensor
     trace's own (what tests/memory compares against a fresh trace)."""
     num_processes = num_processes or config.distributed.world_size
-    sh = resolve_shapes(config)
-    arch, mem, lora, t = sh.arch, config.memory, config.lora, config.training
-    wb = sh.weight_bytes
-    tokens = tuple(lora.target_modules)
-    specs = list(_specs(tokens, arch))
-    n_lora = sum(s.lora_params(lora.rank, lora.use_dora) for s in specs)
-    batch, res = t.batch_size, config.dataset.resolution
-    img, txt = sh.image_tokens, sh.text_tokens
-    te, vae = sh.text_encoder, sh.vae
+    r = _run(config, num_processes, kernels)
     notes: list[str] = []
-
-    weights = _weights(arch, wb, mem.quantization)
-    lora_b = 4.0 * n_lora  # fp32 adapter (model.inject_lora)
-    grads_all = 4.0 * n_lora
-    # Backward peaks at its start (the last block), when only that block's gradients exist, unless
-    # gradients accumulate over micro-batches: then all of them live through the later ones.
-    accumulating = t.gradient_accumulation_steps > 1
-    grads_early = grads_all if accumulating else 4.0 * _last_block_params(specs, lora.rank, lora.use_dora)
-    ddp = 0.0
-    fsdp = config.distributed.strategy == "fsdp" and num_processes > 1
-    if fsdp:
+    if r.fsdp:
         notes.append(
             f"per GPU, on each of {num_processes} GPUs: FSDP shards the weights, LoRA, gradients and optimizer "
             "state; one block at a time is gathered whole"
         )
     elif num_processes > 1:
-        ddp = 4.0 * n_lora  # DDP's gradient buckets, allocated with the model: an fp32 copy for all-reduce
         notes.append(f"per process, on each of {num_processes} GPUs (DDP gradient buckets included)")
-    optim = optimizer_bytes(config, specs)
-    step = optimizer_step_bytes(config, specs)
-    te_w, vae_w = te.params * wb, vae.params * wb
-    # Components kept on the GPU while training: those not cached and not offloaded to the CPU.
-    te_train = te_w if not mem.cache_text_embeddings and not mem.cpu_offload else 0.0
-    vae_train = vae_w if not mem.cache_latents and not mem.cpu_offload else 0.0
-
-    act = _training_activations(
-        tokens,
-        arch,
-        wb,
-        img,
-        txt,
-        batch,
-        mem.gradient_checkpointing,
-        lora.use_dora,
-        kernels,
-        mem.quantization,
-    )
-    # Encoding a batch that is not cached happens before the forward pass, without its activations.
-    encode = 0.0
-    if te_train:
-        encode = text_encoder_activation_bytes(te, wb, batch)
-    if vae_train:
-        encode = max(
-            encode, vae_bytes(vae, wb, res, batch=1, decode=False, slicing=True, tiling=mem.vae_tiling)
-        )
-    static = dict(weights=weights, lora=lora_b, text_encoder=te_train, vae=vae_train)
-    # The step's peak is the larger of backward (activations, few gradients) and the optimizer step
-    # (every gradient plus the step's temporaries).
-    backward = _part(**static, gradients=grads_early + ddp, optimizer=optim, activations=max(act, encode))
-    # The end of backward: every gradient but the first LoRA'd block's, with that block's activations.
-    first_params = 4.0 * _first_block_params(specs, lora.rank, lora.use_dora)
-    end_act = end_of_backward_activations(
-        arch,
-        specs,
-        dtype_bytes=wb,
-        img=img,
-        txt=txt,
-        batch=batch,
-        checkpointing=mem.gradient_checkpointing,
-        kernels=kernels,
-        quantization=mem.quantization,
-    )
-    backward_end = _part(
-        **static,
-        gradients=(grads_all if accumulating else grads_all - first_params) + ddp,
-        optimizer=optim,
-        activations=end_act,
-    )
-    optimizer_step = _part(**static, gradients=grads_all + ddp, optimizer=optim + step)
-    training = max(backward, backward_end, optimizer_step, key=lambda p: sum(p.values()))
-    layout = None
-    if fsdp:
-        layout = fsdp_layout(arch, _linears(arch), tuple(specs), lora.rank, lora.use_dora, wb, num_processes)
-        profile = _profile(
-            tokens, arch, wb, img, txt, batch, mem.gradient_checkpointing, lora.use_dora, kernels
-        )
-        training = _part(
-            **fsdp_training(
-                layout,
-                profile,
-                n_lora,
-                optim,
-                step,
-                wb,
-                accumulating,
-                encode,
-                te_train,
-                vae_train,
-                config.distributed.fsdp_reshard_after_forward,
-                config.distributed.fsdp_cpu_offload,
-            )
-        )
-
-    # Caching: text encoder (unless it encodes on the CPU) and VAE on the GPU, no transformer yet.
-    te_gpu = 0.0 if mem.cpu_offload else te_w
-    # Every caption when caching them, else only the validation prompts (and the empty CFG prompt).
-    val = config.validation
-    if mem.cache_text_embeddings:
-        prompts = PROMPT_BATCH
-    else:
-        prompts = min(PROMPT_BATCH, (len(val.prompts) or 1) + 1) if val.enabled else 0
-    te_act = text_encoder_activation_bytes(te, wb, prompts) if te_gpu else 0.0
-    caching_te = _part(text_encoder=te_gpu, vae=vae_w, activations=te_act)
-    caching = caching_te
-    if mem.cache_latents:
-        # The text encoder is freed after caching its embeddings; otherwise it stays for training.
-        te_kept = te_gpu if not mem.cache_text_embeddings else 0.0
-        images = vae_bytes(
-            vae, wb, res, batch=IMAGE_BATCH, decode=False, slicing=mem.vae_slicing, tiling=mem.vae_tiling
-        )
-        caching_vae = _part(text_encoder=te_kept, vae=vae_w, activations=images)
-        caching = max(caching_te, caching_vae, key=lambda p: sum(p.values()))
-
-    # Validation: one no-grad forward per denoising step (classifier-free guidance runs its two passes
-    # one after the other), then a VAE decode; optimizer state stays, gradients were set to None.
-    phases_parts = {"caching": caching, "training": training}
+    training, layout = _training(r)
+    parts = {"caching": _caching(r), "training": training}
     if config.validation.enabled:
-        infer = _inference(tokens, arch, wb, img, txt, lora.use_dora)
-        decode = vae_bytes(vae, wb, res, batch=1, decode=True, slicing=mem.vae_slicing, tiling=mem.vae_tiling)
-        if layout is not None:  # every process runs the sharded forward, gathering unit by unit
-            share = layout.sharded_lora / max(n_lora, 1)
-            phases_parts["sampling"] = _part(
-                weights=layout.sharded_weights,
-                lora=4.0 * layout.sharded_lora,
-                optimizer=optim * share,
-                activations=max(infer, decode),
-                text_encoder=te_train,
-                vae=vae_w,
-                gathered=gathered_forward(
-                    layout, [0.0] * len(layout.units), config.distributed.fsdp_reshard_after_forward
-                )[0],
-            )
-        else:
-            phases_parts["sampling"] = _part(
-                weights=weights,
-                lora=lora_b,
-                optimizer=optim,
-                gradients=ddp,
-                activations=max(infer, decode),
-                text_encoder=te_train,
-                vae=vae_w,
-            )
-
-    phases = {k: sum(v.values()) for k, v in phases_parts.items()}
+        parts["sampling"] = _sampling(r, layout)
+    phases = {k: _gib(v) for k, v in parts.items()}
     peak_phase = max(phases, key=lambda k: phases[k])
     peak = phases[peak_phase]
-    overhead = peak * allocator_slack(config) + CUDA_CONTEXT_GIB + (NCCL_GIB if num_processes > 1 else 0.0)
-    total = peak + overhead
+    overhead = _overhead(config, peak, num_processes)
     if peak_phase != "training":
         notes.append(f"the peak comes while {peak_phase}, not during the training steps")
     return Estimate(
-        variant=sh.variant,
-        trainable_params=n_lora,
-        components={**phases_parts[peak_phase], "overhead": overhead},
+        variant=r.shapes.variant,
+        trainable_params=r.adapter.params,
+        components={**parts[peak_phase], "overhead": overhead},
         phases=phases,
         peak_phase=peak_phase,
         allocated_peak_gib=peak,
-        total_gib=total,
-        image_tokens=img,
-        text_tokens=txt,
-        phase_components=phases_parts,
+        total_gib=peak + overhead,
+        image_tokens=r.shapes.image_tokens,
+        text_tokens=r.shapes.text_tokens,
+        phase_components=parts,
         notes=notes,
-        model=sh.title,
+        model=r.shapes.title,
     )

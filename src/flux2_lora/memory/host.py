@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from flux2_lora.config import TrainConfig
-from flux2_lora.memory.estimate import GIB, estimate, resolve_shapes, transformer_params
+from flux2_lora.memory.estimate import GIB, estimate, resolve_shapes
 from flux2_lora.memory.gpus import TIGHT_HEADROOM, verdict
+from flux2_lora.memory.static import transformer_params
 
 PROCESS_BASELINE_GIB = 0.50  # interpreter + torch + diffusers + transformers + peft + accelerate, running
 LOAD_FACTOR = 3.78  # peak RSS while loading, per byte of the transformer in its CPU dtype

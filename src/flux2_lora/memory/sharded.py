@@ -20,7 +20,6 @@ off real ``fully_shard`` runs under a fake process group (:mod:`flux2_lora.train
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 
 from flux2_lora.targets import LinearSpec
@@ -66,7 +65,6 @@ def _lora_params(specs: tuple[LinearSpec, ...], rank: int, dora: bool) -> list[t
     return out
 
 
-@functools.lru_cache(maxsize=256)
 def fsdp_layout(
     arch: TransformerArch,
     linears: tuple[LinearSpec, ...],

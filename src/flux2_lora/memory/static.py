@@ -1,0 +1,183 @@
+"""Static GPU memory of a run, counted exactly from the module shapes (pure Python, no torch): the frozen
+weights per dtype or quantization format, the fp32 LoRA, its gradients and its optimizer state.
+
+What depends on the architecture and a few settings only is cached (keys are small hashable values), so
+that the recommendations' re-estimates and the UI's live panel cost microseconds;
+:func:`flux2_lora.memory.estimate.clear_caches` clears these caches too.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from flux2_lora.config import TrainConfig
+from flux2_lora.targets import LinearSpec, enumerate_linears, is_quantized_linear, resolve_targets
+from flux2_lora.variants import TransformerArch
+
+# bytes per weight of a quantized Linear: int8 + one bf16 scale per row; NF4 4 bits + double-quantized
+# absmax (one 8-bit scale per 64 weights, one fp32 per 256 scales) — bitsandbytes' layout.
+NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)
+# bitsandbytes keeps 8-bit optimizer state only for tensors of at least this many elements.
+BNB_MIN_8BIT_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=64)
+def linears(arch: TransformerArch) -> tuple[LinearSpec, ...]:
+    return tuple(enumerate_linears(arch))
+
+
+@functools.lru_cache(maxsize=64)
+def transformer_params(arch: TransformerArch) -> tuple[int, int]:
+    """(Linear weights, everything else): the RMSNorm scales of q/k per block."""
+    linear = sum(s.weight_numel for s in linears(arch))
+    norms = (
+        arch.num_layers * 4 * arch.attention_head_dim + arch.num_single_layers * 2 * arch.attention_head_dim
+    )
+    return linear, norms
+
+
+def weight_bytes(arch: TransformerArch, dtype_bytes: int, quantization: str) -> float:
+    total = 0.0
+    for s in linears(arch):
+        if quantization == "int8" and is_quantized_linear(s.name):
+            total += s.weight_numel + 2 * s.out_features
+        elif quantization == "nf4" and is_quantized_linear(s.name):
+            total += s.weight_numel * NF4_BYTES_PER_WEIGHT
+        else:
+            total += s.weight_numel * dtype_bytes
+    _, norms = transformer_params(arch)
+    return total + norms * dtype_bytes
+
+
+def _lora_tensors(specs: Sequence[LinearSpec], rank: int, dora: bool) -> list[tuple[int, int]]:
+    """(rows, cols) of every trainable tensor: A (r×in), B (out×r) and DoRA's magnitude (out×1)."""
+    out: list[tuple[int, int]] = []
+    for s in specs:
+        out += [(rank, s.in_features), (s.out_features, rank)]
+        if dora:
+            out.append((s.out_features, 1))
+    return out
+
+
+def _optimizer_state(tensors: Sequence[tuple[int, int]], optimizer: str, momentum: float) -> float:
+    n = sum(r * c for r, c in tensors)
+    if optimizer in ("adamw", "adam"):
+        return 8.0 * n
+    if optimizer == "adamw8bit":
+        # Two uint8 states plus one fp32 absmax per 256-element block each; small tensors stay fp32.
+        return sum(
+            2.0 * r * c + 8.0 * -(-(r * c) // 256) if r * c >= BNB_MIN_8BIT_SIZE else 8.0 * r * c
+            for r, c in tensors
+        )
+    if optimizer == "prodigy":
+        return 16.0 * n  # exp_avg, exp_avg_sq, s and the p0 copy
+    if optimizer == "sgd":
+        return 4.0 * n if momentum > 0 else 0.0
+    # Adafactor: a row and a column statistic per matrix, the full second moment for vectors.
+    return sum(4.0 * (r + c) if c > 1 else 4.0 * r for r, c in tensors)
+
+
+def _optimizer_step(
+    tensors: Sequence[tuple[int, int]], optimizer: str, momentum: float, weight_decay: float
+) -> float:
+    n = sum(r * c for r, c in tensors)
+    if optimizer == "adafactor":
+        return 4.0 * n
+    if optimizer == "sgd":
+        return 4.0 * n if weight_decay > 0 or momentum > 0 else 0.0
+    if optimizer == "prodigy":
+        return 8.0 * max(r * c for r, c in tensors)
+    return 0.0
+
+
+def optimizer_bytes(config: TrainConfig, specs: Sequence[LinearSpec]) -> float:
+    """Optimizer state for the fp32 LoRA parameters, as each optimizer lays it out."""
+    t, lora = config.training, config.lora
+    return _optimizer_state(_lora_tensors(specs, lora.rank, lora.use_dora), t.optimizer, t.momentum)
+
+
+def optimizer_step_bytes(config: TrainConfig, specs: Sequence[LinearSpec]) -> float:
+    """Temporaries of one optimizer step. The trainer runs Adam/AdamW with torch's fused kernels on
+    CUDA (in place); the others use their foreach implementations, which build one full-size fp32 list
+    (SGD: the weight-decayed gradients; Adafactor: the variance estimate); Prodigy steps tensor by
+    tensor (about twice the largest tensor); bitsandbytes' 8-bit AdamW updates in place."""
+    t, lora = config.training, config.lora
+    tensors = _lora_tensors(specs, lora.rank, lora.use_dora)
+    return _optimizer_step(tensors, t.optimizer, t.momentum, t.weight_decay)
+
+
+def _block_of(spec: LinearSpec) -> str:
+    return ".".join(spec.name.split(".")[:2])
+
+
+def _first_block_params(specs: Sequence[LinearSpec], rank: int, dora: bool) -> int:
+    """LoRA parameters of the first block with LoRA (their gradients come last in backward)."""
+    first = next((_block_of(s) for s in specs if s.block != "other"), None)
+    return sum(s.lora_params(rank, dora) for s in specs if _block_of(s) == first)
+
+
+def _last_block_params(specs: Sequence[LinearSpec], rank: int, dora: bool) -> int:
+    """LoRA parameters whose gradients exist when backward peaks: those of the last block (backward
+    starts there) and of layers outside the blocks."""
+    last = next((_block_of(s) for s in reversed(specs) if s.block != "other"), None)
+    return sum(s.lora_params(rank, dora) for s in specs if s.block == "other" or _block_of(s) == last)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """The LoRA of one target list on one transformer, at one rank."""
+
+    specs: tuple[LinearSpec, ...]
+    params: int
+    first_block: int  # parameters of the first block with LoRA
+    last_block: int  # parameters of the last block with LoRA and outside the blocks
+    tensors: tuple[tuple[int, int], ...]
+
+
+@functools.lru_cache(maxsize=256)
+def target_specs(tokens: tuple[str, ...], arch: TransformerArch) -> tuple[LinearSpec, ...]:
+    return tuple(resolve_targets(list(tokens), arch, linears=linears(arch)))
+
+
+@functools.lru_cache(maxsize=256)
+def lora_adapter(tokens: tuple[str, ...], arch: TransformerArch, rank: int, dora: bool) -> Adapter:
+    specs = target_specs(tokens, arch)
+    return Adapter(
+        specs=specs,
+        params=sum(s.lora_params(rank, dora) for s in specs),
+        first_block=_first_block_params(specs, rank, dora),
+        last_block=_last_block_params(specs, rank, dora),
+        tensors=tuple(_lora_tensors(specs, rank, dora)),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def optimizer_memory(
+    tokens: tuple[str, ...],
+    arch: TransformerArch,
+    rank: int,
+    dora: bool,
+    optimizer: str,
+    momentum: float,
+    weight_decay: float,
+) -> tuple[float, float]:
+    """(state, one step's temporaries) in bytes."""
+    tensors = lora_adapter(tokens, arch, rank, dora).tensors
+    return (
+        _optimizer_state(tensors, optimizer, momentum),
+        _optimizer_step(tensors, optimizer, momentum, weight_decay),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def frozen_weights(arch: TransformerArch, dtype_bytes: int, quantization: str) -> float:
+    total = weight_bytes(arch, dtype_bytes, quantization)
+    if quantization != "none":
+        # QLoRA dequantizes one layer's weight for its matmul: the largest one is a transient on top.
+        total += max(s.weight_numel for s in linears(arch)) * dtype_bytes
+    return total
+
+
+CACHES = (linears, transformer_params, target_specs, lora_adapter, optimizer_memory, frozen_weights)
