@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,9 +105,15 @@ class Environment:
         return module in self.packages
 
 
+# Packages to treat as missing (comma-separated import names): how the tests show what a machine without
+# an extra is told, and how a user checks a config for such a machine.
+WITHOUT_ENV = "FLUX2_LORA_WITHOUT"
+
+
 @functools.lru_cache(maxsize=1)
 def environment() -> Environment:
-    found = frozenset(m for m in EXTRAS if importlib.util.find_spec(m) is not None)
+    hidden = {m.strip() for m in os.environ.get(WITHOUT_ENV, "").split(",")}
+    found = frozenset(m for m in EXTRAS if m not in hidden and importlib.util.find_spec(m) is not None)
     return Environment(cuda=local_gpu() is not None, packages=found)
 
 

@@ -15,7 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="check a config: every error by field, common mistakes, no training")
     add_config_args(p)
     p.add_argument("--print", action="store_true", help="print the resolved config")
-    p.add_argument("--json", action="store_true", help="print the assessment (errors, warnings, estimate) as JSON")
+    p.add_argument(
+        "--json", action="store_true", help="print the assessment (errors, warnings, estimate) as JSON"
+    )
     p.add_argument(
         "--gpu",
         help="GPU class the run is meant for (24, 48, 'H100', or GiB), for the memory and precision "
