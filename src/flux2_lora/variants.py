@@ -25,7 +25,12 @@ from flux2_lora.local_model import (
     safetensors_params,
 )
 
+# Every fact keyed by variant name derives from these (the schema's model.variant Literal, the shipped
+# preset of each real variant, autotune's choices, the UI's model picker); tests/test_variants.py ties
+# them together.
 VARIANT_NAMES: tuple[str, ...] = ("dev", "klein-4b", "klein-9b", "demo")
+REAL_VARIANTS: tuple[str, ...] = ("dev", "klein-4b", "klein-9b")  # each has a shipped preset of its name
+LIGHTEST_REAL_VARIANT = "klein-4b"
 DEMO_MODEL_PATH = "demo"
 
 
@@ -121,6 +126,11 @@ class Variant:
     default_guidance: float | None  # distilled-guidance input during training ([dev] only)
     notes: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def label(self) -> str:
+        """The title without the size note: "FLUX.2 [dev]" (what the UI's model picker lists)."""
+        return self.title.split(" (")[0]
 
 
 _FLUX2_VAE = VaeArch(params=84_046_115, encoder_params=34_421_696, decoder_params=49_619_203)

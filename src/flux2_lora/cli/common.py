@@ -107,6 +107,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig | None:
     return config
 
 
+def print_findings(assessment: Any) -> None:
+    """An assessment's errors and warnings, one per line (with the fix), on stderr: the same words as the
+    UI shows beside the fields."""
+    for e in assessment.errors:
+        print(f"error: {e}", file=sys.stderr)
+    for w in assessment.warnings:
+        print(f"warning: {w}" + (f"\n  fix: {w.fix}" if w.fix else ""), file=sys.stderr)
+
+
 def fail(message: str, code: int = 1) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code

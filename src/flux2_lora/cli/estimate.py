@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from flux2_lora.cli.common import add_config_args, config_from_args, fail
@@ -37,8 +38,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from flux2_lora.assess import assess, dataset_facts
+    from flux2_lora.cli.common import print_findings
     from flux2_lora.config.io import diff_from_defaults, to_yaml
-    from flux2_lora.memory import auto_fit, estimate_report
+    from flux2_lora.memory import auto_fit
     from flux2_lora.memory.gpus import parse_gpu
 
     args.overrides = [*args.overrides, *section_overrides(args)]
@@ -50,10 +53,17 @@ def run(args: argparse.Namespace) -> int:
             parse_gpu(args.gpu)  # "-5", "0", "nan", "inf" and unknown names are refused, not guessed
         except ValueError as e:
             return fail(f"--gpu: {e}", 2)
-    try:
-        report = estimate_report(config, gpu=args.gpu)
-    except ValueError as e:  # a local model folder whose config.json cannot describe a FLUX.2 model
-        return fail(str(e), 2)
+    a = assess(config, gpu=args.gpu, dataset=dataset_facts(config))
+    if a.report is None:  # the config or the model cannot be sized: say why, by field
+        if args.json:
+            print(json.dumps(a.to_dict(), indent=1, default=str))
+        else:
+            print_findings(a)
+            print(f"error: {a.message}", file=sys.stderr)
+        return 2
+    report = {**a.report, "ok": a.ok, "errors": [e.to_dict() for e in a.errors]}
+    report["warnings"] = [w.to_dict() for w in a.warnings]
+    report["blockers"] = a.blockers
     if args.trace:
         from flux2_lora.training.trace import trace_report
 
@@ -64,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     else:
+        print_findings(a)
         _print(report, auto=args.auto_fit, to_yaml=to_yaml)
     return 0
 

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from flux2_lora.config import DTYPE_TO_MIXED, SECTIONS, TrainConfig
-from flux2_lora.config.distributed import distributed_issues
+from flux2_lora.config.rules import config_rules
 from flux2_lora.config.safe_yaml import MAX_YAML_BYTES, YamlRefused, parse_yaml
 from flux2_lora.variants import is_demo
 
@@ -198,64 +198,21 @@ def validate_dict(data: Any) -> tuple[TrainConfig | None, list[ConfigIssue]]:
             parsed[key] = section
     if any(i.level == "error" for i in issues):
         return None, issues
-    config = TrainConfig(**parsed)
-    issues.extend(cross_check(config))
+    # Built unvalidated first so that every cross-field problem is listed at once (TrainConfig's own
+    # validator raises on the first set of them); then validated for real.
+    issues.extend(cross_check(TrainConfig.model_construct(**parsed)))
     if any(i.level == "error" for i in issues):
         return None, issues
-    return config, issues
+    return TrainConfig(**parsed), issues
 
 
 def cross_check(c: TrainConfig) -> list[ConfigIssue]:
-    """Rules that involve more than one field."""
-    out: list[ConfigIssue] = []
-    if c.training.warmup_steps > c.training.max_steps:
-        out.append(
-            ConfigIssue(
-                "training.warmup_steps",
-                f"{c.training.warmup_steps} warmup steps exceed training.max_steps ({c.training.max_steps})",
-            )
-        )
-    if c.performance.float8 and c.memory.quantization != "none":
-        out.append(
-            ConfigIssue(
-                "performance.float8",
-                f"cannot run FP8 matrix products on {c.memory.quantization} weights; turn off one of "
-                "performance.float8 and memory.quantization",
-            )
-        )
-    demo = is_demo(c.model.path)
-    if demo and c.model.variant not in ("auto", "demo"):
-        out.append(ConfigIssue("model.variant", f"{c.model.variant!r} does not match model.path 'demo'"))
-    if not demo and c.model.variant == "demo":
-        out.append(ConfigIssue("model.variant", "'demo' needs model.path 'demo'"))
+    """Rules that involve more than one field: the schema's own (:func:`config_rules`, also run by
+    TrainConfig's validator), then those that read the file system (model folder, output inside the
+    dataset). The warnings are :mod:`flux2_lora.config.warnings`' (one table, one threshold per fact)."""
+    out = [ConfigIssue(path, message) for path, message in config_rules(c)]
     out.extend(_output_outside_dataset(c))
-    out.extend(ConfigIssue(path, message, level) for path, message, level in distributed_issues(c))
     out.extend(_model_issues(c))
-    if c.training.optimizer == "prodigy" and c.training.learning_rate < 0.1:
-        out.append(
-            ConfigIssue(
-                "training.learning_rate",
-                f"{c.training.learning_rate:g} is low for Prodigy, which adapts the step size itself; use ~1.0",
-                "warning",
-            )
-        )
-    if c.training.optimizer != "prodigy" and c.training.learning_rate > 1e-2:
-        out.append(
-            ConfigIssue(
-                "training.learning_rate",
-                f"{c.training.learning_rate:g} is very high for a LoRA; 5e-5–2e-4 is usual",
-                "warning",
-            )
-        )
-    if c.model.dtype == "float16":
-        out.append(
-            ConfigIssue(
-                "model.dtype",
-                "float16 has the same memory as bfloat16 but a narrow range: FLUX.2 activations can overflow. "
-                "Prefer bfloat16 on GPUs that have it",
-                "warning",
-            )
-        )
     return out
 
 
@@ -473,6 +430,16 @@ def load_config(
     if config is None:
         raise ConfigError(issues, str(file or ""))
     return config, [i for i in issues if i.level == "warning"]
+
+
+def with_updates(config: TrainConfig, updates: Mapping[str, Any]) -> TrainConfig:
+    """``config`` with dotted-path updates (``{"lora.rank": 16}``), validated like any config:
+    ``model_copy(update=…)`` skips validation, so a change could break a rule unseen."""
+    data = config.model_dump()
+    for path, value in updates.items():
+        section, _, key = path.partition(".")
+        data[section][key] = value
+    return TrainConfig.model_validate(data)
 
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from flux2_lora.targets import TARGET_SETS, TargetError, resolve_targets
 from flux2_lora.variants import VARIANTS
@@ -637,6 +637,15 @@ class TrainConfig(Section):
     validation: ValidationSection = Field(default_factory=ValidationSection)
     output: OutputSection = Field(default_factory=OutputSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> TrainConfig:
+        from flux2_lora.config.rules import config_rules
+
+        problems = config_rules(self)
+        if problems:
+            raise ValueError("; ".join(f"{f}: {m}" for f, m in problems))
+        return self
 
 
 SECTIONS: dict[str, type[Section]] = {

@@ -21,6 +21,8 @@ from flux2_lora.config.schema import TrainConfig
 from flux2_lora.variants import is_demo
 
 MAX_ADAMW_LR = 2e-4
+MAX_OTHER_LR = 1e-2  # SGD and Adafactor take larger steps than Adam-like optimizers
+MIN_PRODIGY_LR = 0.1
 MIN_IMAGES = 10
 ADAM_LIKE = ("adamw", "adam", "adamw8bit")
 RESOLUTIONS = (512, 768, 1024, 1536, 2048)
@@ -99,7 +101,25 @@ def common_mistakes(
                 {"training.learning_rate": 1e-4},
             )
         )
-    if num_images is not None and num_images < MIN_IMAGES:
+    if not demo and t.optimizer not in (*ADAM_LIKE, "prodigy") and t.learning_rate > MAX_OTHER_LR:
+        out.append(
+            ConfigWarning(
+                "training.learning_rate",
+                f"{t.learning_rate:g} is very high for a LoRA with {t.optimizer}",
+                f"use at most {MAX_OTHER_LR:g}",
+                {"training.learning_rate": MAX_OTHER_LR},
+            )
+        )
+    if t.optimizer == "prodigy" and t.learning_rate < MIN_PRODIGY_LR:
+        out.append(
+            ConfigWarning(
+                "training.learning_rate",
+                f"{t.learning_rate:g} is low for Prodigy, which adapts the step size itself",
+                "use 1.0",
+                {"training.learning_rate": 1.0},
+            )
+        )
+    if num_images is not None and 0 < num_images < MIN_IMAGES:
         out.append(
             ConfigWarning(
                 "dataset.path",
@@ -121,12 +141,16 @@ def common_mistakes(
                 {"dataset.resolution": target} if target else {},
             )
         )
-    if config.model.dtype == "float16" and has_bf16(gpu_name):
+    if config.model.dtype == "float16" and has_bf16(gpu_name) is not False:
+        on = (
+            f"on {gpu_name}, which has bfloat16"
+            if has_bf16(gpu_name)
+            else "(prefer bfloat16 where the GPU has it)"
+        )
         out.append(
             ConfigWarning(
                 "model.dtype",
-                f"float16 on {gpu_name}, which has bfloat16: same memory, but float16's narrow range "
-                "can overflow in FLUX.2's activations",
+                f"float16 {on}: same memory, but float16's narrow range can overflow in FLUX.2's activations",
                 "use bfloat16",
                 {"model.dtype": "bfloat16"},
             )
@@ -150,6 +174,9 @@ def common_mistakes(
                 {"memory.gradient_checkpointing": True},
             )
         )
+    from flux2_lora.config.distributed import distributed_issues
+
+    out += [ConfigWarning(f, m, "", {}) for f, m, level in distributed_issues(config) if level == "warning"]
     return out
 
 

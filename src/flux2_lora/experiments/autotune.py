@@ -20,10 +20,11 @@ from flux2_lora.config import TrainConfig
 from flux2_lora.config.io import compose, deep_merge, diff_from_defaults, to_dict, validate_dict
 from flux2_lora.data.scan import scan_dataset
 from flux2_lora.experiments.datastats import DatasetStats, dataset_stats
+from flux2_lora.variants import LIGHTEST_REAL_VARIANT, REAL_VARIANTS
 
 Kind = Literal["character", "style", "concept"]
-VARIANT_PRESETS = {"klein-4b": "klein-4b", "klein-9b": "klein-9b", "dev": "dev"}
-DEFAULT_VARIANT = "klein-4b"  # the lightest real model
+VARIANT_PRESETS = {v: v for v in REAL_VARIANTS}  # each real variant's shipped preset has its name
+DEFAULT_VARIANT = LIGHTEST_REAL_VARIANT
 # Optimizer steps per image for a full run, by kind (the presets' totals over their typical 15–25 images).
 STEPS_PER_IMAGE = {"character": 100, "concept": 80, "style": 50}
 MIN_STEPS, MAX_STEPS = 500, 3000
@@ -226,7 +227,7 @@ def _model_base(variant: str | None, base: dict[str, Any] | None) -> tuple[dict[
             "model.path", "demo", "the embedded demo model (--variant demo)"
         )
     if v not in VARIANT_PRESETS:
-        raise ValueError(f"--variant: unknown variant {variant!r} (klein-4b, klein-9b, dev or demo)")
+        raise ValueError(f"--variant: unknown variant {variant!r} ({', '.join(REAL_VARIANTS)} or demo)")
     data, _ = compose([VARIANT_PRESETS[v]])
     why = f"--variant {v}" if variant else "the lightest real FLUX.2 model (choose another with --variant)"
     return deep_merge(to_dict(TrainConfig()), data), Choice("model.path", data["model"]["path"], why)

@@ -1,0 +1,42 @@
+"""The schema's cross-field rules (pure: no file system, no torch). TrainConfig's validator runs them, so
+every config that exists obeys them, however it was built (YAML, the UI's form, ``model_validate``, an
+update through :func:`flux2_lora.config.io.with_updates`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from flux2_lora.variants import is_demo
+
+if TYPE_CHECKING:
+    from flux2_lora.config.schema import TrainConfig
+
+
+def config_rules(c: TrainConfig) -> list[tuple[str, str]]:
+    """(field, message) for every combination of values that cannot run."""
+    from flux2_lora.config.distributed import distributed_issues
+
+    out: list[tuple[str, str]] = []
+    t = c.training
+    if t.warmup_steps > t.max_steps:
+        out.append(
+            (
+                "training.warmup_steps",
+                f"{t.warmup_steps} warmup steps exceed training.max_steps ({t.max_steps})",
+            )
+        )
+    if c.performance.float8 and c.memory.quantization != "none":
+        out.append(
+            (
+                "performance.float8",
+                f"cannot run FP8 matrix products on {c.memory.quantization} weights; turn off one of "
+                "performance.float8 and memory.quantization",
+            )
+        )
+    demo = is_demo(c.model.path)
+    if demo and c.model.variant not in ("auto", "demo"):
+        out.append(("model.variant", f"{c.model.variant!r} does not match model.path 'demo'"))
+    if not demo and c.model.variant == "demo":
+        out.append(("model.variant", "'demo' needs model.path 'demo'"))
+    out += [(f, m) for f, m, level in distributed_issues(c) if level == "error"]
+    return out
