@@ -47,7 +47,12 @@ TINY = [
 class Ctx:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.env = {**os.environ, "HOME": str(tmp / "home"), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+        self.env = {
+            **os.environ,
+            "HOME": str(tmp / "home"),
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(ROOT / "src"),
+        }
         (tmp / "home").mkdir(exist_ok=True)
         self.n = 0
 
@@ -57,7 +62,9 @@ class Ctx:
         p.mkdir()
         return p
 
-    def cli(self, *args: str, stdin: str | None = None, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, stdin: str | None = None, timeout: float = 300, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "flux2_lora.cli", *args],
             capture_output=True,
@@ -68,15 +75,27 @@ class Ctx:
             cwd=cwd or self.tmp,
         )
 
-    def train(self, out: Path, *sets: str, extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def train(
+        self, out: Path, *sets: str, extra: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "flux2_lora.cli", "train", "--preset", "quickstart"]
         for s in (f"output.dir={out}", *TINY, *sets):
             argv += ["--set", s]
-        return subprocess.run(argv + list(extra), capture_output=True, text=True, timeout=600, env={**self.env, **(env or {})}, cwd=self.tmp)
+        return subprocess.run(
+            argv + list(extra),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**self.env, **(env or {})},
+            cwd=self.tmp,
+        )
 
 
 def has_tb(proc: subprocess.CompletedProcess[str]) -> bool:
-    return "Traceback (most recent call last)" in (proc.stderr + proc.stdout) or "--- Logging error ---" in proc.stderr
+    return (
+        "Traceback (most recent call last)" in (proc.stderr + proc.stdout)
+        or "--- Logging error ---" in proc.stderr
+    )
 
 
 def refused(proc: subprocess.CompletedProcess[str]) -> str:
@@ -107,7 +126,9 @@ def cloud_package_injection(c: Ctx) -> tuple[str, str]:
     d = c.fresh("cloud")
     out = d / "task.yaml"
     marker = d / "pwned"
-    p = c.cli("cloud", "skypilot", "--preset", "quickstart", "--package", f"x$(touch {marker})", "--out", str(out))
+    p = c.cli(
+        "cloud", "skypilot", "--preset", "quickstart", "--package", f"x$(touch {marker})", "--out", str(out)
+    )
     if has_tb(p):
         return TB, p.stderr[-300:]
     if p.returncode != 0:
@@ -127,13 +148,26 @@ def cloud_package_injection(c: Ctx) -> tuple[str, str]:
 
 def cloud_newline(c: Ctx) -> tuple[str, str]:
     d = c.fresh("cloud-nl")
-    p = c.cli("cloud", "skypilot", "--preset", "quickstart", "--package", "x\nrm -rf /tmp/nothing", "--out", str(d / "t.yaml"))
+    p = c.cli(
+        "cloud",
+        "skypilot",
+        "--preset",
+        "quickstart",
+        "--package",
+        "x\nrm -rf /tmp/nothing",
+        "--out",
+        str(d / "t.yaml"),
+    )
     if has_tb(p):
         return TB, ""
     if p.returncode != 0:
         return OK, p.stderr.strip().splitlines()[-1]
     text = (d / "t.yaml").read_text()
-    return (HOLE, "newline in setup") if "\nrm -rf" in text.replace("\\n", "\n") and "'x" not in text else (HANDLED, "quoted")
+    return (
+        (HOLE, "newline in setup")
+        if "\nrm -rf" in text.replace("\\n", "\n") and "'x" not in text
+        else (HANDLED, "quoted")
+    )
 
 
 def _two_runs(c: Ctx, name: str) -> tuple[Path, Path]:
@@ -144,8 +178,15 @@ def _two_runs(c: Ctx, name: str) -> tuple[Path, Path]:
         r.mkdir()
         (r / "config.yaml").write_text("lora:\n  rank: 8\n")
         (r / "status.json").write_text(json.dumps({"state": "finished", "step": 3, "total_steps": 3}))
-        lines = [{"step": 1, "loss": 1.0}, {"step": "x", "loss": 0.5}, f'{{"step": 2, "loss": {loss}}}', {"step": 3, "loss": [1]}]
-        (r / "metrics.jsonl").write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+        lines = [
+            {"step": 1, "loss": 1.0},
+            {"step": "x", "loss": 0.5},
+            f'{{"step": 2, "loss": {loss}}}',
+            {"step": 3, "loss": [1]},
+        ]
+        (r / "metrics.jsonl").write_text(
+            "\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n"
+        )
         runs.append(r)
     return runs[0], runs[1]
 
@@ -163,7 +204,9 @@ def compare_html_non_utf8(c: Ctx) -> tuple[str, str]:
     weird = a.parent / os.fsdecode(b"caf\xe9-run")
     a.rename(weird)
     p = c.cli("compare", os.fsdecode(bytes(weird)), str(b), "--html", str(a.parent / "r.html"))
-    return (TB, p.stderr.strip().splitlines()[-1]) if has_tb(p) else (HANDLED if p.returncode == 0 else OK, "")
+    return (
+        (TB, p.stderr.strip().splitlines()[-1]) if has_tb(p) else (HANDLED if p.returncode == 0 else OK, "")
+    )
 
 
 def compare_unreadable_config(c: Ctx) -> tuple[str, str]:
@@ -176,14 +219,22 @@ def compare_unreadable_config(c: Ctx) -> tuple[str, str]:
         return OK, p.stderr.strip()[-200:]
     body = json.loads(p.stdout)
     diff = body.get("differences") or body.get("config_diff") or body.get("diff") or {}
-    return (WRONG, f"{len(diff)} fields differ") if isinstance(diff, (dict, list)) and len(diff) > 3 else (HANDLED, "")
+    return (
+        (WRONG, f"{len(diff)} fields differ")
+        if isinstance(diff, (dict, list)) and len(diff) > 3
+        else (HANDLED, "")
+    )
 
 
 def compare_broken_pipe(c: Ctx) -> tuple[str, str]:
     a, b = _two_runs(c, "cmp-pipe")
     p = subprocess.run(
         f"{sys.executable} -m flux2_lora.cli compare {a} {b} --json | head -c 1",
-        shell=True, capture_output=True, text=True, env=c.env, timeout=120,
+        shell=True,
+        capture_output=True,
+        text=True,
+        env=c.env,
+        timeout=120,
     )
     return (TB, "BrokenPipeError") if "Traceback" in p.stderr or "BrokenPipe" in p.stderr else (HANDLED, "")
 
@@ -197,7 +248,11 @@ def compare_legend_30(c: Ctx) -> tuple[str, str]:
     if colours is None:
         return HARNESS, "no colour helper to inspect (check the curves PNG by eye)"
     got = colours(30)
-    return (HANDLED, "30 distinct") if len(set(map(str, got))) == 30 else (WRONG, f"{len(set(map(str, got)))} distinct")
+    return (
+        (HANDLED, "30 distinct")
+        if len(set(map(str, got))) == 30
+        else (WRONG, f"{len(set(map(str, got)))} distinct")
+    )
 
 
 def ui_port_out_of_range(c: Ctx) -> tuple[str, str]:
@@ -245,7 +300,7 @@ def ui_runs_dir_root(c: Ctx) -> tuple[str, str]:
 
     try:
         AppPaths.create("/", [])
-    except Exception as e:  # noqa: BLE001 - any refusal counts, a traceback is what the CLI would show
+    except Exception as e:
         return OK, f"{type(e).__name__}: {e}"[:160]
     return HOLE, "AppPaths accepts /"
 
@@ -290,7 +345,11 @@ def generate_nul_prompt(c: Ctx) -> tuple[str, str]:
     p = c.cli("generate", "--prompt", "a\x01red\x07square", "--steps", "1", "--out", str(d / "x.png"))
     if has_tb(p):
         return TB, ""
-    return (OK, p.stderr.strip().splitlines()[-1]) if p.returncode != 0 else (WRONG, "control characters accepted")
+    return (
+        (OK, p.stderr.strip().splitlines()[-1])
+        if p.returncode != 0
+        else (WRONG, "control characters accepted")
+    )
 
 
 # ---------------------------------------------------------------- trainer cases
@@ -303,7 +362,14 @@ def stop_during_last_step(c: Ctx) -> tuple[str, str]:
     argv = [sys.executable, "-m", "flux2_lora.cli", "train", "--preset", "quickstart"]
     for s in (f"output.dir={out}", *TINY, "output.checkpoint_every=250"):
         argv += ["--set", s]
-    proc = subprocess.Popen(argv, env={**c.env, HOLD_ENV: "step@4"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=c.tmp)
+    proc = subprocess.Popen(
+        argv,
+        env={**c.env, HOLD_ENV: "step@4"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=c.tmp,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not (out / ".held-step").exists() and proc.poll() is None:
         time.sleep(0.05)
@@ -316,7 +382,11 @@ def stop_during_last_step(c: Ctx) -> tuple[str, str]:
     cks = list((out / "checkpoints").glob("checkpoint-*")) if (out / "checkpoints").exists() else []
     if "Traceback" in err:
         return TB, err.strip().splitlines()[-1]
-    return (HANDLED, f"lora={bool(lora)} checkpoints={len(cks)}") if lora or cks else (LOSS, "no LoRA, no checkpoint")
+    return (
+        (HANDLED, f"lora={bool(lora)} checkpoints={len(cks)}")
+        if lora or cks
+        else (LOSS, "no LoRA, no checkpoint")
+    )
 
 
 def fresh_run_over_foreign_files(c: Ctx) -> tuple[str, str]:
@@ -328,7 +398,11 @@ def fresh_run_over_foreign_files(c: Ctx) -> tuple[str, str]:
     if has_tb(p):
         return TB, ""
     kept = [f for f in out.rglob("*") if f.is_file() and f.read_bytes() in (b"precious", b"precious-lora")]
-    return (HANDLED, f"kept {len(kept)} of 2 (archived or refused)") if len(kept) == 2 else (LOSS, f"kept {len(kept)} of 2")
+    return (
+        (HANDLED, f"kept {len(kept)} of 2 (archived or refused)")
+        if len(kept) == 2
+        else (LOSS, f"kept {len(kept)} of 2")
+    )
 
 
 def refused_resume_keeps_record(c: Ctx) -> tuple[str, str]:
@@ -343,7 +417,11 @@ def refused_resume_keeps_record(c: Ctx) -> tuple[str, str]:
         return TB, ""
     if p.returncode == 0:
         return WRONG, "resumed with another rank"
-    return (OK, p.stderr.strip().splitlines()[-1]) if before == after else (LOSS, "status.json/config.yaml rewritten")
+    return (
+        (OK, p.stderr.strip().splitlines()[-1])
+        if before == after
+        else (LOSS, "status.json/config.yaml rewritten")
+    )
 
 
 def _checkpointed_run(c: Ctx, name: str) -> Path:
@@ -363,7 +441,11 @@ def meta_step_huge(c: Ctx) -> tuple[str, str]:
     p = c.train(out, "training.max_steps=6", extra=("--resume", str(ck)))
     if has_tb(p):
         return TB, ""
-    return (OK, p.stderr.strip().splitlines()[-1]) if p.returncode != 0 else (WRONG, f"accepted: {status(out).get('step')}")
+    return (
+        (OK, p.stderr.strip().splitlines()[-1])
+        if p.returncode != 0
+        else (WRONG, f"accepted: {status(out).get('step')}")
+    )
 
 
 def resume_past_max_steps(c: Ctx) -> tuple[str, str]:
@@ -387,7 +469,12 @@ def nan_loss_written(c: Ctx) -> tuple[str, str]:
     text = (out / "metrics.jsonl").read_text() if (out / "metrics.jsonl").exists() else ""
     if "NaN" in text or "Infinity" in text:
         return WRONG, "NaN written to metrics.jsonl"
-    return HANDLED, f"state {status(out).get('state')}: {status(out).get('reason') or status(out).get('error') or ''}"[:120]
+    return (
+        HANDLED,
+        f"state {status(out).get('state')}: {status(out).get('reason') or status(out).get('error') or ''}"[
+            :120
+        ],
+    )
 
 
 def disk_full_at_checkpoint(c: Ctx) -> tuple[str, str]:
@@ -407,7 +494,11 @@ def disk_full_at_checkpoint(c: Ctx) -> tuple[str, str]:
             return WRONG, f"left {tmp_left[0].name}"
         if p.returncode == 0:
             return HANDLED, "fit on the small disk"
-        return (OK, p.stderr.strip().splitlines()[-1][:120]) if st.get("state") == "failed" else (WRONG, f"status {st.get('state')}")
+        return (
+            (OK, p.stderr.strip().splitlines()[-1][:120])
+            if st.get("state") == "failed"
+            else (WRONG, f"status {st.get('state')}")
+        )
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
@@ -427,7 +518,13 @@ def served_ui(c: Ctx, auth: tuple[str, str] | None = None) -> Iterator[tuple[str
     from flux2_lora.webui.app import launch
 
     runs, data = c.fresh("ui-runs"), c.fresh("ui-data")
-    kwargs: dict[str, Any] = {"port": free_port(), "data_dirs": [str(data)], "max_upload_bytes": 1 << 20, "prevent_thread_lock": True, "quiet": True}
+    kwargs: dict[str, Any] = {
+        "port": free_port(),
+        "data_dirs": [str(data)],
+        "max_upload_bytes": 1 << 20,
+        "prevent_thread_lock": True,
+        "quiet": True,
+    }
     if auth:
         kwargs["auth"] = auth
     try:
@@ -458,9 +555,12 @@ def ui_cases(c: Ctx) -> list[tuple[str, str, str]]:
     def case(name: str, fn: Callable[[], tuple[str, str]]) -> None:
         try:
             cat, detail = fn()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             text = f"{type(e).__name__}: {e}"
-            cat, detail = (TB if "Traceback" in text or "AppError" in type(e).__name__ else HARNESS), text[:160]
+            cat, detail = (
+                (TB if "Traceback" in text or "AppError" in type(e).__name__ else HARNESS),
+                text[:160],
+            )
         results.append((name, cat, detail))
 
     with served_ui(c) as (url, runs, data):
@@ -470,17 +570,36 @@ def ui_cases(c: Ctx) -> list[tuple[str, str, str]]:
         (outside / "secret.txt").write_text("a secret caption")
 
         def sweep_with(params: dict[str, Any], base_set: dict[str, Any] | None = None) -> tuple[str, str]:
-            spec = {"base": {"presets": ["quickstart"], "set": {"training.max_steps": 2, "training.warmup_steps": 0, **(base_set or {})}}, "parameters": params, "method": "grid"}
+            spec = {
+                "base": {
+                    "presets": ["quickstart"],
+                    "set": {"training.max_steps": 2, "training.warmup_steps": 0, **(base_set or {})},
+                },
+                "parameters": params,
+                "method": "grid",
+            }
             r = client.predict(spec, f"sw{c.n}", "24", api_name="/start_sweep")
             c.n += 1
             if r.get("ok"):
                 return HOLE, "sweep started with a path outside the allowed folders"
             return OK, r["errors"][0]["field"]
 
-        case("sweep parameter dataset.path outside", lambda: sweep_with({"dataset.path": {"values": [str(outside)]}}))
-        case("sweep parameter model.path outside", lambda: sweep_with({"model.path": {"values": [str(outside)]}}))
-        case("sweep parameter eval_folder outside", lambda: sweep_with({"validation.eval_folder": {"values": [str(outside)]}}))
-        case("sweep base.set eval_folder outside", lambda: sweep_with({"lora.rank": {"values": [4]}}, {"validation.eval_folder": str(outside)}))
+        case(
+            "sweep parameter dataset.path outside",
+            lambda: sweep_with({"dataset.path": {"values": [str(outside)]}}),
+        )
+        case(
+            "sweep parameter model.path outside",
+            lambda: sweep_with({"model.path": {"values": [str(outside)]}}),
+        )
+        case(
+            "sweep parameter eval_folder outside",
+            lambda: sweep_with({"validation.eval_folder": {"values": [str(outside)]}}),
+        )
+        case(
+            "sweep base.set eval_folder outside",
+            lambda: sweep_with({"lora.rank": {"values": [4]}}, {"validation.eval_folder": str(outside)}),
+        )
 
         def inner_zip() -> tuple[str, str]:
             inner = io.BytesIO()
@@ -493,8 +612,15 @@ def ui_cases(c: Ctx) -> list[tuple[str, str, str]]:
             up = client.predict(handle_file(str(z)), api_name="/upload_dataset")
             if not up.get("ok"):
                 return OK, up.get("message", "")[:120]
-            check = client.predict({"dataset": {"path": str(Path(up["dataset_dir"]) / "inner.zip"), "resolution": 64}}, api_name="/check_dataset")
-            return (HOLE, "nested archive accepted") if check.get("ok") else (OK, str(check.get("message", ""))[:120])
+            check = client.predict(
+                {"dataset": {"path": str(Path(up["dataset_dir"]) / "inner.zip"), "resolution": 64}},
+                api_name="/check_dataset",
+            )
+            return (
+                (HOLE, "nested archive accepted")
+                if check.get("ok")
+                else (OK, str(check.get("message", ""))[:120])
+            )
 
         case("zip inside an uploaded zip", inner_zip)
 
@@ -510,7 +636,11 @@ def ui_cases(c: Ctx) -> list[tuple[str, str, str]]:
 
             cfg = tiny_run_config("from-upload")
             r = client.predict(cfg, str(ck), api_name="/start_run")
-            return (HOLE, "resume from an uploaded checkpoint accepted") if r.get("ok") else (OK, str(r.get("errors"))[:120])
+            return (
+                (HOLE, "resume from an uploaded checkpoint accepted")
+                if r.get("ok")
+                else (OK, str(r.get("errors"))[:120])
+            )
 
         case("resume from a checkpoint inside an upload", resume_from_upload)
 
@@ -541,7 +671,7 @@ def ui_cases(c: Ctx) -> list[tuple[str, str, str]]:
         case("file=/etc/passwd", passwd)
 
         for endpoint, args in (
-            ("/estimate", ("", )),
+            ("/estimate", ("",)),
             ("/check_dataset", ()),
             ("/start_run", ("",)),
             ("/preflight", ()),
@@ -549,10 +679,12 @@ def ui_cases(c: Ctx) -> list[tuple[str, str, str]]:
         ):
             for bad in (["a", "list"], "a string", 42):
 
-                def typed(endpoint: str = endpoint, bad: Any = bad, args: tuple[Any, ...] = args) -> tuple[str, str]:
+                def typed(
+                    endpoint: str = endpoint, bad: Any = bad, args: tuple[Any, ...] = args
+                ) -> tuple[str, str]:
                     try:
                         r = client.predict(bad, *args, api_name=endpoint)
-                    except Exception as e:  # noqa: BLE001 - a server-side exception comes back as this
+                    except Exception as e:
                         return TB, f"{type(e).__name__}"
                     ok = isinstance(r, dict) and r.get("ok")
                     return (WRONG, "accepted") if ok else (OK, str(r)[:100])
@@ -574,8 +706,10 @@ def ui_cases(c: Ctx) -> list[tuple[str, str, str]]:
             fake.mkdir(exist_ok=True)
             (fake / "pytorch_lora_weights.safetensors").write_bytes(b"{}")
             try:
-                r = client.predict(str(fake / "pytorch_lora_weights.safetensors"), "a\x00b", api_name="/generate")
-            except Exception as e:  # noqa: BLE001
+                r = client.predict(
+                    str(fake / "pytorch_lora_weights.safetensors"), "a\x00b", api_name="/generate"
+                )
+            except Exception as e:
                 return TB, type(e).__name__
             text = str(r).lower()
             if isinstance(r, dict) and not r.get("ok") and ("prompt" in text or "control" in text):
@@ -594,14 +728,20 @@ def ui_cases(c: Ctx) -> list[tuple[str, str, str]]:
                 host = url.split("//", 1)[1]
                 conn = http.client.HTTPConnection(host, timeout=30)
                 body = "username=user&password=wrong"
-                conn.request("POST", "/login", body=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
+                conn.request(
+                    "POST", "/login", body=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
+                )
                 r = conn.getresponse()
                 r.read()
                 tried += 1
                 if r.status == 429:
                     return OK, f"throttled after {tried} tries"
             _ = base64
-            return (HOLE, f"{tried} wrong passwords in 5 s") if tried >= 50 else (HANDLED, f"{tried} tries in 5 s")
+            return (
+                (HOLE, f"{tried} wrong passwords in 5 s")
+                if tried >= 50
+                else (HANDLED, f"{tried} tries in 5 s")
+            )
 
     case("login brute force", throttle)
     return results
@@ -650,7 +790,7 @@ def main() -> int:
             continue
         try:
             cat, detail = fn(c)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             cat, detail = HARNESS, f"{type(e).__name__}: {e}"[:200]
             traceback.print_exc()
         results.append((name, cat, detail))

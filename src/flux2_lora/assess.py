@@ -12,11 +12,12 @@ this machine has: a CUDA GPU, the optional packages).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ class Finding:
     field: str
     message: str
     fix: str = ""
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"field": self.field, "message": self.message, "fix": self.fix, "overrides": self.overrides}
@@ -120,8 +121,8 @@ def environment() -> Environment:
 @dataclass
 class Assessment:
     config: TrainConfig | None
-    errors: list[Finding] = field(default_factory=list)
-    warnings: list[Finding] = field(default_factory=list)
+    errors: list[Finding] = dataclasses.field(default_factory=list)
+    warnings: list[Finding] = dataclasses.field(default_factory=list)
     report: dict[str, Any] | None = None  # the estimate report; None when the config cannot be estimated
     message: str = ""  # why there is no estimate
 
@@ -191,8 +192,10 @@ def assess(
 
     ``gpu``: the GPU class the verdict and fixes are about (a name, a size in GiB, or a Gpu); default the
     local GPU, else the first class. ``env`` defaults to this machine's :func:`environment`."""
+    parsed: TrainConfig | None
+    issues: list[ConfigIssue] = []
     if isinstance(config, TrainConfig):
-        parsed, issues = config, []
+        parsed = config
     else:
         parsed, issues = validate_dict(config)
     errors = [_finding(i) for i in issues if i.level == "error"]

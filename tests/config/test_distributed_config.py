@@ -61,7 +61,9 @@ def test_fsdp_on_one_process_is_a_warning_and_the_defaults_are_one_process() -> 
     from flux2_lora.config.warnings import common_mistakes
 
     config, _ = load_config(overrides=["distributed.strategy=fsdp"])
-    assert any("shards nothing" in w.message for w in common_mistakes(config) if w.field == "distributed.strategy")
+    assert any(
+        "shards nothing" in w.message for w in common_mistakes(config) if w.field == "distributed.strategy"
+    )
     config, warnings = load_config(overrides=["distributed.num_processes=4", "distributed.num_machines=2",
                                               "distributed.main_process_ip=node0.cluster"])  # fmt: skip
     assert config.distributed.world_size == 8 and not config.distributed.sharded and not warnings

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from flux2_lora.cli.common import add_config_args, config_from_args, print_findings
 from flux2_lora.config.io import to_yaml
