@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -48,11 +49,11 @@ def served_alone(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     yield from _serve(tmp_path)
 
 
-def _login(url: str, password: str) -> httpx.Response:
+def _login(url: str, password: str) -> Any:
     return httpx.post(f"{url}/login", data={"username": USER, "password": password}, timeout=30)
 
 
-def _session(url: str) -> httpx.Client:
+def _session(url: str) -> Any:
     c = httpx.Client(base_url=url, timeout=30)
     r = c.post("/login", data={"username": USER, "password": PASSWORD})
     assert r.status_code == 200, r.text

@@ -142,7 +142,7 @@ def test_a_resume_is_only_a_runs_own_checkpoint(actions: Actions) -> None:
         cfg = tiny_run_config("r1")
         r = actions.start_run(cfg, bad)
         assert not r["ok"] and r["errors"][0]["field"] == "resume", (bad, r)
-    assert not monitor.jobs() or all(j.kind != "train" for j in monitor.jobs())
+    assert monitor.job(run, "train") is None and not (run / "config.yaml").exists()  # nothing started
 
 
 def test_no_run_inside_a_run_or_a_hidden_folder(actions: Actions) -> None:
