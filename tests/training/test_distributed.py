@@ -109,12 +109,22 @@ def test_fsdp_run_killed_after_a_checkpoint_resumes_on_one_process_and_back(tmp_
     assert not (out / runs.LORA_FILE).exists()
     (out / ".held-step").unlink()
 
-    # The 2-process FSDP checkpoint on one process: adapter and optimizer state, by parameter name.
-    one = _train(out, "--num-processes", "1", "--strategy", "fsdp", "--resume", "latest")
+    # The 2-process FSDP checkpoint on one process: adapter and optimizer state, by parameter name. Two
+    # micro-batches on one process are the two processes' batches of a step (the same samples, noise and
+    # dropout seeds), so the run must end where an uninterrupted 2-process run ends.
+    one_process = ("training.gradient_accumulation_steps=2",)
+    one = _train(out, "--num-processes", "1", "--strategy", "fsdp", "--resume", "latest", extra=one_process)
     assert one.returncode == 0, one.stderr[-3000:]
     log = (out / runs.LOG_FILE).read_text()
     assert "resumed from" in log and "at step 2" in log and "no optimizer state" not in log
     assert runs.read_status(out).state == "finished" and (out / runs.LORA_FILE).is_file()
+    ref = tmp_path / "uninterrupted"
+    whole = _train(ref, "--num-processes", "2", "--strategy", "fsdp", extra=("output.checkpoint_every=2",))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    a, b = _lora(out), _lora(ref)
+    assert a.keys() == b.keys() and len(a) > 0
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) <= 1e-4  # as FSDP vs DDP
+    assert max(b[k].abs().max().item() for k in b if "lora_B" in k or "lora_up" in k) > 0  # it trained
 
     # And back: the 1-process checkpoint continues on two FSDP processes.
     two = _train(

@@ -11,6 +11,7 @@ alpha/rank scale is folded into B, so the file needs no alpha keys (loaders then
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -20,6 +21,9 @@ import torch
 from safetensors.torch import save_file
 
 from flux2_lora import runs
+from flux2_lora.config import TrainConfig
+
+log = logging.getLogger("flux2_lora")
 
 COMFY_PREFIX = "diffusion_model."
 _DOUBLE_SIMPLE = {
@@ -58,6 +62,39 @@ def save_diffusers_lora(
         (tmp_dir / runs.LORA_FILE).replace(final)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # a half-written file holds the space a full disk lacks
+    return final
+
+
+def write_final_lora(
+    run_dir: Path,
+    variant_pipeline: Any,
+    state_dict: dict[str, torch.Tensor],
+    adapter_metadata: dict[str, Any],
+    config: TrainConfig,
+    dtype: torch.dtype,
+    resumable: Path | None,
+) -> Path:
+    """A finished run's LoRA (and its ComfyUI copy when asked); a failed write (a full disk) is one line
+    naming the checkpoint that holds the trained state."""
+    from flux2_lora.training.checkpoint import as_os_error
+
+    try:
+        final = save_diffusers_lora(run_dir, variant_pipeline, state_dict, adapter_metadata, dtype)
+        if config.output.export_comfyui:
+            if config.lora.use_dora:
+                log.warning("output.export_comfyui: DoRA magnitudes have no ComfyUI FLUX.2 key; skipped")
+            else:
+                save_comfyui_lora(run_dir, state_dict, config.lora.alpha / config.lora.rank, dtype)
+    except Exception as e:  # safetensors reports a failed write as its own error
+        error = as_os_error(e)
+        if error is None:
+            raise
+        raise runs.write_error(
+            f"the LoRA ({run_dir / runs.LORA_FILE})",
+            error,
+            f"the trained state is safe in {resumable}: free space, then resume the run "
+            "(--resume latest writes the LoRA at once)",
+        ) from e
     return final
 
 

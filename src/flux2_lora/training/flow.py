@@ -12,7 +12,8 @@ import math
 
 import torch
 
-from flux2_lora.timesteps import NUM_TRAIN_TIMESTEPS
+from flux2_lora.config import TrainingSection
+from flux2_lora.timesteps import NUM_TRAIN_TIMESTEPS, shift_sigma
 
 
 def sample_density(
@@ -50,6 +51,32 @@ def sigmas_from_density(u: torch.Tensor, num_train_timesteps: int = NUM_TRAIN_TI
     positive logit_mean mean *less* noise; we keep the SD3 paper's reading (positive mean: more noise)."""
     indices = ((1 - u) * num_train_timesteps).long().clamp(0, num_train_timesteps - 1)
     return training_sigmas(num_train_timesteps)[indices]
+
+
+def draw_sigmas_and_noise(
+    t: TrainingSection, seed: int, batch_size: int, shape: torch.Size, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A micro-batch's σ (B,) on the CPU and its noise ``shape`` on ``device``, from one seed.
+
+    σ first, from a CPU generator, on every device: one seed trains on the same timesteps on CPU and GPU.
+    The noise comes after, from the same generator on CPU, from a device generator seeded the same way on
+    CUDA (a CPU draw and copy of a 1024² batch's noise costs milliseconds a step), so a resumed run gets
+    the same noise on the same kind of device."""
+    gen = torch.Generator().manual_seed(seed)
+    u = sample_density(
+        t.timestep_sampling,
+        batch_size,
+        generator=gen,
+        logit_mean=t.logit_mean,
+        logit_std=t.logit_std,
+        mode_scale=t.mode_scale,
+        sigmoid_scale=t.sigmoid_scale,
+    )
+    sigmas = shift_sigma(sigmas_from_density(u), t.timestep_shift, t.shift, shape[1])
+    if device.type == "cuda":
+        device_gen = torch.Generator(device).manual_seed(seed)
+        return sigmas, torch.randn(shape, generator=device_gen, dtype=torch.float32, device=device)
+    return sigmas, torch.randn(shape, generator=gen, dtype=torch.float32)
 
 
 def loss_weights(scheme: str, sigmas: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,6 @@ import torch
 from flux2_lora import runs
 from flux2_lora.config import TrainConfig
 from flux2_lora.hooks import hold_point
-from flux2_lora.timesteps import shift_sigma
 from flux2_lora.training import distributed as dist_util
 from flux2_lora.training.batches import (
     Item,
@@ -32,9 +31,8 @@ from flux2_lora.training.batches import (
     text_ids_for,
     to_device_stacked,
 )
-from flux2_lora.training.checkpoint import as_os_error
 from flux2_lora.training.evaluation import EvalSet, timed
-from flux2_lora.training.flow import flow_matching_loss, sample_density, sigmas_from_density
+from flux2_lora.training.flow import draw_sigmas_and_noise, flow_matching_loss
 from flux2_lora.training.hardware import (
     apply_kernels,
     make_accelerator,
@@ -267,26 +265,9 @@ class Trainer:
             captions.append("" if draws[2] < ds.caption_dropout else caption)
         x0 = to_device_stacked(latents, self.device, self.dtype)
         packed, ids = pack(x0)
-        # σ first, from a CPU generator, on every device: one seed trains on the same timesteps on CPU and
-        # GPU. The noise comes after, from the same generator on CPU, from a device generator seeded the same
-        # way on CUDA (a CPU draw and copy of a 1024² batch's noise costs milliseconds a step), so a resumed
-        # run gets the same noise on the same kind of device.
-        gen = torch.Generator().manual_seed(derive_seed(t.seed, 6, indices[0]))
-        u = sample_density(
-            t.timestep_sampling,
-            len(indices),
-            generator=gen,
-            logit_mean=t.logit_mean,
-            logit_std=t.logit_std,
-            mode_scale=t.mode_scale,
-            sigmoid_scale=t.sigmoid_scale,
+        sigmas, noise = draw_sigmas_and_noise(
+            t, derive_seed(t.seed, 6, indices[0]), len(indices), packed.shape, self.device
         )
-        sigmas = shift_sigma(sigmas_from_density(u), t.timestep_shift, t.shift, packed.shape[1])
-        if self.device.type == "cuda":
-            device_gen = torch.Generator(self.device).manual_seed(derive_seed(t.seed, 6, indices[0]))
-            noise = torch.randn(packed.shape, generator=device_gen, dtype=torch.float32, device=self.device)
-        else:
-            noise = torch.randn(packed.shape, generator=gen, dtype=torch.float32)
         embeds = self.prompts.batch(captions, self.device, self.dtype)
         guidance = None
         if self.arch.guidance_embeds:
@@ -479,7 +460,7 @@ class Trainer:
     def finish(self, step: int, stopping: bool = False) -> RunOutcome:
         """A resumable checkpoint, then the LoRA files, the last samples (skipped when a stop came
         during the last step: the LoRA is what it asked to keep) and the measured peaks."""
-        from flux2_lora.training.export import save_comfyui_lora, save_diffusers_lora
+        from flux2_lora.training.export import write_final_lora
 
         cfg = self.config
         acc = self.accelerator
@@ -501,27 +482,9 @@ class Trainer:
             )
             meta = acc.unwrap_model(self.model).peft_config["default"].to_dict()
             resumable = runs.latest_checkpoint(self.run_dir)
-            try:
-                final = save_diffusers_lora(
-                    self.run_dir, pipeline_class(self.variant), state, meta, out_dtype
-                )
-                if cfg.output.export_comfyui:
-                    if cfg.lora.use_dora:
-                        log.warning(
-                            "output.export_comfyui: DoRA magnitudes have no ComfyUI FLUX.2 key; skipped"
-                        )
-                    else:
-                        save_comfyui_lora(self.run_dir, state, cfg.lora.alpha / cfg.lora.rank, out_dtype)
-            except Exception as e:  # safetensors reports a failed write as its own error
-                error = as_os_error(e)
-                if error is None:
-                    raise
-                raise runs.write_error(
-                    f"the LoRA ({self.run_dir / runs.LORA_FILE})",
-                    error,
-                    f"the trained state is safe in {resumable}: free space, then resume the run "
-                    "(--resume latest writes the LoRA at once)",
-                ) from e
+            final = write_final_lora(
+                self.run_dir, pipeline_class(self.variant), state, meta, cfg, out_dtype, resumable
+            )
         if cfg.validation.enabled and not stopping and (acc.is_main_process or self.fsdp):
             self.draw_samples(step, record=acc.is_main_process)  # the barrier below holds the others
         self.record_ranks(step)
