@@ -64,14 +64,14 @@ def test_missing_local_model(tmp_path: Path) -> None:
     proc = cli(
         "train", "--preset", "quickstart", *sets(f"output.dir={tmp_path}/r", f"model.path={tmp_path}/nowhere")
     )
-    assert proc.returncode == 1 and "model.path" in proc.stderr
+    assert proc.returncode == 2 and "model.path" in proc.stderr and "does not exist" in proc.stderr
     _clean(proc)
     not_pipeline = tmp_path / "folder"
     not_pipeline.mkdir()
     proc = cli(
         "train", "--preset", "quickstart", *sets(f"output.dir={tmp_path}/r", f"model.path={not_pipeline}")
     )
-    assert proc.returncode == 1 and "model_index.json" in proc.stderr
+    assert proc.returncode == 2 and "model_index.json" in proc.stderr
     _clean(proc)
 
 
@@ -98,7 +98,7 @@ def test_empty_dataset(tmp_path: Path) -> None:
     proc = cli(
         "train", "--preset", "quickstart", *sets(f"output.dir={tmp_path}/r", f"dataset.path={empty}", *FAST)
     )
-    assert proc.returncode == 1 and "dataset.path" in proc.stderr and "no" in proc.stderr
+    assert proc.returncode == 2 and "dataset.path" in proc.stderr and "no" in proc.stderr
     _clean(proc)
 
 
@@ -239,7 +239,8 @@ def test_generate_with_a_lora_and_scale(tmp_path: Path) -> None:
     import numpy as np
 
     out = tmp_path / "r"
-    cli("train", "--preset", "quickstart", *sets(f"output.dir={out}", *FAST), check=True)
+    # 6 steps: 2 steps' LoRA is too small to move a 64-px image reliably by more than 2 levels.
+    cli("train", "--preset", "quickstart", *sets(f"output.dir={out}", *FAST, "training.max_steps=6"), check=True)
     lora = str(out / runs.LORA_FILE)
     common = [
         "--prompt",

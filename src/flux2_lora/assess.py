@@ -247,8 +247,22 @@ def model_errors(c: TrainConfig) -> list[Finding]:
     from flux2_lora.local_model import ModelConfigError
     from flux2_lora.variants import resolve_model
 
+    path = c.model.path.strip()
+    if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().exists():
+        return [
+            Finding("model.path", f"{path} does not exist (neither a local diffusers folder nor a hub id)")
+        ]
+    local = Path(path).expanduser()
+    if not is_demo(path) and local.is_dir() and not (local / "model_index.json").is_file():
+        return [
+            Finding(
+                "model.path",
+                f"{path} is not a diffusers pipeline folder (no model_index.json): give the folder a FLUX.2 "
+                "pipeline was saved to, or a hub id",
+            )
+        ]
     try:
-        resolve_model(c.model.path.strip(), c.model.variant)
+        resolve_model(path, c.model.variant)
     except ModelConfigError as e:
         f, _, msg = str(e).partition(": ")
         return [Finding(f, msg)]

@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         problem = check_output_dir(run_dir)
         if problem:
             return fail(problem)
+    if not in_worker and not _assessment_allows(config):
+        return EXIT_CONFIG
     if args.debug:
         os.environ[DEBUG_ENV] = "1"  # the trainer's console log and accelerate's workers read it
     if args.preflight:
@@ -88,6 +90,20 @@ def run(args: argparse.Namespace) -> int:
     if in_worker:
         exit_with_parent()  # the elastic agent's workers do not get its group's signals
     return train_here(config, resume, debug=args.debug)
+
+
+def _assessment_allows(config: TrainConfig) -> bool:
+    """Refuse what the one assessment calls an error (the Train tab's Start refuses the same, in the same
+    words) before anything loads; a run the estimate says does not fit is said, not refused: this machine
+    may have more than the GPU class assumed."""
+    from flux2_lora.assess import assess, dataset_facts
+
+    a = assess(config, dataset=dataset_facts(config), recommendations=False)
+    for e in a.errors:
+        print(f"error: {e}", file=sys.stderr)
+    for b in a.blockers:
+        print(f"warning: {b}", file=sys.stderr)
+    return a.ok
 
 
 def _auto_resume(run_dir: Path) -> str | None:
