@@ -19,14 +19,16 @@ from typing import Any
 
 from flux2_lora.config import TrainConfig
 from flux2_lora.local_model import ModelConfigError
-from flux2_lora.memory.activations import (
-    activation_profile,
-    end_of_backward_activations,
-    inference_transient,
-    training_activations,
-)
+from flux2_lora.memory.activations import activation_profile, inference_transient, training_step_activations
 from flux2_lora.memory.encoders import IMAGE_BATCH, PROMPT_BATCH, text_encoder_activation_bytes, vae_bytes
-from flux2_lora.memory.sharded import FsdpLayout, fsdp_layout, fsdp_training, gathered_forward
+from flux2_lora.memory.sharded import (
+    FsdpLayout,
+    Moments,
+    fsdp_layout,
+    fsdp_moments,
+    fsdp_training,
+    gathered_forward,
+)
 from flux2_lora.memory.static import BNB_MIN_8BIT_SIZE as BNB_MIN_8BIT_SIZE  # re-exported (training/trace)
 from flux2_lora.memory.static import (
     CACHES,
@@ -125,6 +127,8 @@ def _stamp(path: str) -> float:
     if is_demo(path):
         return 0.0
     p = os.path.expanduser(path)
+    if not os.path.isdir(p):  # a hub id
+        return 0.0
     stamp = 0.0
     for parts in (("transformer", "config.json"), ("config.json",), ("text_encoder", "config.json")):
         try:
@@ -208,8 +212,9 @@ class _Acts:
 
 
 @functools.lru_cache(maxsize=1024)
-def _training_activations(k: _Acts) -> float:
-    return training_activations(
+def _step_activations(k: _Acts) -> tuple[float, float]:
+    """(at the start of backward, at its end): see training_step_activations."""
+    return training_step_activations(
         k.arch,
         k.specs(),
         dtype_bytes=k.dtype_bytes,
@@ -218,21 +223,6 @@ def _training_activations(k: _Acts) -> float:
         batch=k.batch,
         checkpointing=k.checkpointing,
         dora=k.dora,
-        kernels=k.kernels,
-        quantization=k.quantization,
-    )
-
-
-@functools.lru_cache(maxsize=1024)
-def _end_of_backward(k: _Acts) -> float:
-    return end_of_backward_activations(
-        k.arch,
-        k.specs(),
-        dtype_bytes=k.dtype_bytes,
-        img=k.img,
-        txt=k.txt,
-        batch=k.batch,
-        checkpointing=k.checkpointing,
         kernels=k.kernels,
         quantization=k.quantization,
     )
@@ -269,9 +259,30 @@ def _layout(
     return fsdp_layout(arch, linears(arch), target_specs(tokens, arch), rank, dora, dtype_bytes, n)
 
 
+@functools.lru_cache(maxsize=256)
+def _moments(k: _Acts, rank: int, n: int, reshard: bool) -> Moments:
+    layout = _layout(k.tokens, k.arch, rank, k.dora, k.dtype_bytes, n)
+    return fsdp_moments(layout, _profile(k), k.dtype_bytes, reshard)
+
+
+@functools.lru_cache(maxsize=256)
+def _sampling_gathered(layout: FsdpLayout, reshard: bool) -> float:
+    """Gathered bytes of the sharded no-grad forward (its activations are counted apart)."""
+    return gathered_forward(layout, [0.0] * len(layout.units), reshard)[0]
+
+
 def clear_caches() -> None:
     """Forget cached shapes (for benchmarks of a cold estimate, and after a model folder changes)."""
-    for f in (_model_shapes, *CACHES, _training_activations, _end_of_backward, _profile, _inference, _layout):
+    for f in (
+        _model_shapes,
+        *CACHES,
+        _step_activations,
+        _profile,
+        _inference,
+        _layout,
+        _moments,
+        _sampling_gathered,
+    ):
         f.cache_clear()
 
 
@@ -400,14 +411,14 @@ def _static(r: _Run) -> dict[str, float]:
 def _backward_start(r: _Run, encode: float) -> dict[str, float]:
     """Backward peaks at its start (the last block), when only that block's gradients exist, unless
     gradients accumulate over micro-batches: then all of them live through the later ones."""
-    act = _training_activations(r.acts)
+    act = _step_activations(r.acts)[0]
     grads = r.lora if r.accumulating else 4.0 * r.adapter.last_block
     return _part(**_static(r), gradients=grads + r.ddp, optimizer=r.optimizer, activations=max(act, encode))
 
 
 def _backward_end(r: _Run) -> dict[str, float]:
     """The end of backward: every gradient but the first LoRA'd block's, with that block's activations."""
-    act = _end_of_backward(r.acts)
+    act = _step_activations(r.acts)[1]
     grads = r.lora if r.accumulating else r.lora - 4.0 * r.adapter.first_block
     return _part(**_static(r), gradients=grads + r.ddp, optimizer=r.optimizer, activations=act)
 
@@ -422,19 +433,16 @@ def _fsdp_training(r: _Run, encode: float) -> tuple[dict[str, float], FsdpLayout
     c, sh = r.config, r.shapes
     lora, dist, wb = c.lora, c.distributed, sh.weight_bytes
     layout = _layout(r.tokens, sh.arch, lora.rank, lora.use_dora, wb, r.num_processes)
-    profile = _profile(r.acts)
     parts = fsdp_training(
         layout,
-        profile,
+        _moments(r.acts, lora.rank, r.num_processes, dist.fsdp_reshard_after_forward),
         r.adapter.params,
         r.optimizer,
         r.step,
-        wb,
         r.accumulating,
         encode,
         r.te_train,
         r.vae_train,
-        dist.fsdp_reshard_after_forward,
         dist.fsdp_cpu_offload,
     )
     return _part(**parts), layout
@@ -477,7 +485,6 @@ def _sampling(r: _Run, layout: FsdpLayout | None) -> dict[str, float]:
         )
     # Every process runs the sharded forward, gathering unit by unit.
     share = layout.sharded_lora / max(r.adapter.params, 1)
-    gathered = gathered_forward(layout, [0.0] * len(layout.units), c.distributed.fsdp_reshard_after_forward)
     return _part(
         weights=layout.sharded_weights,
         lora=4.0 * layout.sharded_lora,
@@ -485,7 +492,7 @@ def _sampling(r: _Run, layout: FsdpLayout | None) -> dict[str, float]:
         activations=max(infer, decode),
         text_encoder=r.te_train,
         vae=r.vae_weights,
-        gathered=gathered[0],
+        gathered=_sampling_gathered(layout, c.distributed.fsdp_reshard_after_forward),
     )
 
 

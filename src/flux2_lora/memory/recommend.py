@@ -141,21 +141,30 @@ def _validated(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig | 
     return new if new is not None and not [p for p in problems if p.level == "error"] else None
 
 
-def _total(config: TrainConfig, chosen: list[Move], num_processes: int | None) -> float:
-    # A move that sets the process count wins over the count the caller measured or assumed.
-    if any(k.startswith("distributed.") for mv in chosen for k in mv.family):
-        num_processes = None
-    return estimate(_with(config, chosen), num_processes=num_processes).total_gib
+class _Totals:
+    """The estimated total of the config with a set of moves applied. The greedy searches try the same
+    sets many times over (in other orders): each resulting config is estimated once."""
+
+    def __init__(self, config: TrainConfig, num_processes: int | None) -> None:
+        self.config, self.num_processes = config, num_processes
+        self._seen: dict[frozenset[tuple[str, Any]], float] = {}
+
+    def __call__(self, chosen: list[Move]) -> float:
+        overrides = _overrides(chosen)  # what _with applies: the last move setting a field wins
+        key = frozenset(overrides.items())
+        if key not in self._seen:
+            # A move that sets the process count wins over the count the caller measured or assumed.
+            n = None if any(k.startswith("distributed.") for k in overrides) else self.num_processes
+            self._seen[key] = estimate(_with(self.config, chosen), num_processes=n).total_gib
+        return self._seen[key]
 
 
-def _minimal(
-    config: TrainConfig, chosen: list[Move], gpu_gib: float, num_processes: int | None
-) -> list[Move]:
+def _minimal(totals: _Totals, chosen: list[Move], gpu_gib: float) -> list[Move]:
     """Drop moves that are not needed, the most costly first."""
     kept = list(chosen)
     for mv in sorted(chosen, key=lambda m: -m.cost):
         trial = [m for m in kept if m is not mv]
-        if verdict(_total(config, trial, num_processes), gpu_gib) == "fits":
+        if verdict(totals(trial), gpu_gib) == "fits":
             kept = trial
     return kept
 
@@ -174,16 +183,14 @@ def _conflict(a: Move, b: Move) -> bool:
     return (_sets_fsdp(a) and _unshardable(b)) or (_sets_fsdp(b) and _unshardable(a))
 
 
-def _greedy(
-    config: TrainConfig, order: list[Move], gpu_gib: float, num_processes: int | None
-) -> tuple[list[Move], bool]:
+def _greedy(totals: _Totals, order: list[Move], gpu_gib: float) -> tuple[list[Move], bool]:
     chosen: list[Move] = []
     for mv in order:
         if any(_conflict(mv, other) for other in chosen):
             continue
         chosen.append(mv)
-        if verdict(_total(config, chosen, num_processes), gpu_gib) == "fits":
-            return _minimal(config, chosen, gpu_gib, num_processes), True
+        if verdict(totals(chosen), gpu_gib) == "fits":
+            return _minimal(totals, chosen, gpu_gib), True
     return chosen, False
 
 
@@ -204,17 +211,18 @@ def recommendations(
     if verdict(base, gpu_gib) == "fits":
         return []
     all_moves = moves(config)
+    totals = _Totals(config, num_processes)
     found: list[list[Move]] = []
     for first in range(len(all_moves)):
         # Greedy from each move in turn gives different families of fixes (offload vs quantize vs …).
         order = [all_moves[first], *all_moves[:first], *all_moves[first + 1 :]]
-        chosen, fits = _greedy(config, order, gpu_gib, num_processes)
+        chosen, fits = _greedy(totals, order, gpu_gib)
         if fits and not any(_dominates(f, chosen) for f in found):
             found = [f for f in found if not _dominates(chosen, f)]
             found.append(chosen)
     out: list[dict[str, Any]] = []
     if not found:
-        chosen, _ = _greedy(config, all_moves, gpu_gib, num_processes)
+        chosen, _ = _greedy(totals, all_moves, gpu_gib)
         found, fits_after = [chosen], False
     else:
         fits_after = True
@@ -224,7 +232,7 @@ def recommendations(
         overrides = _overrides(chosen)
         if _validated(config, overrides) is None:
             continue
-        total = _total(config, chosen, num_processes)
+        total = totals(chosen)
         out.append(
             {
                 "title": " + ".join(m.title for m in chosen),
@@ -246,5 +254,5 @@ def auto_fit(config: TrainConfig, gpu_gib: float, *, num_processes: int | None =
         return config
     have = config.distributed.num_processes
     usable = [m for m in moves(config) if dict(m.overrides).get("distributed.num_processes", have) <= have]
-    chosen, fits = _greedy(config, usable, gpu_gib, num_processes)
+    chosen, fits = _greedy(_Totals(config, num_processes), usable, gpu_gib)
     return _validated(config, _overrides(chosen)) if fits else None
