@@ -15,11 +15,17 @@ import dataclasses
 import functools
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from flux2_lora.config import TrainConfig
 from flux2_lora.local_model import ModelConfigError
-from flux2_lora.memory.activations import activation_profile, inference_transient, training_step_activations
+from flux2_lora.memory.activations import (
+    ByBlock,
+    activation_profile,
+    inference_transient,
+    targets_by_block,
+    training_step_activations,
+)
 from flux2_lora.memory.encoders import IMAGE_BATCH, PROMPT_BATCH, text_encoder_activation_bytes, vae_bytes
 from flux2_lora.memory.sharded import (
     FsdpLayout,
@@ -192,9 +198,8 @@ def _gib(part: dict[str, float]) -> float:
 
 # Everything below depends on the architecture and a few settings only: cached, so that the re-estimates
 # of recommendations and of the UI's live panel cost microseconds. Keys are small hashable values.
-@dataclass(frozen=True)
-class _Acts:
-    """What the transformer's activation figures depend on (their caches' key)."""
+class _Acts(NamedTuple):
+    """What the transformer's activation figures depend on (their caches' key; a tuple hashes fast)."""
 
     tokens: tuple[str, ...]
     arch: TransformerArch
@@ -209,6 +214,14 @@ class _Acts:
 
     def specs(self) -> list[LinearSpec]:
         return list(target_specs(self.tokens, self.arch))
+
+    def by_block(self) -> ByBlock:
+        return _by_block(self.tokens, self.arch)
+
+
+@functools.lru_cache(maxsize=256)
+def _by_block(tokens: tuple[str, ...], arch: TransformerArch) -> ByBlock:
+    return targets_by_block(arch, target_specs(tokens, arch))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -225,6 +238,7 @@ def _step_activations(k: _Acts) -> tuple[float, float]:
         dora=k.dora,
         kernels=k.kernels,
         quantization=k.quantization,
+        by_block=k.by_block(),
     )
 
 
@@ -241,6 +255,7 @@ def _profile(k: _Acts) -> tuple[list[float], list[float]]:
         dora=k.dora,
         kernels=k.kernels,
         bf16_lora=True,  # FSDP gathers the LoRA in the weights' dtype
+        by_block=k.by_block(),
     )
 
 
@@ -276,6 +291,7 @@ def clear_caches() -> None:
     for f in (
         _model_shapes,
         *CACHES,
+        _by_block,
         _step_activations,
         _profile,
         _inference,
@@ -286,7 +302,7 @@ def clear_caches() -> None:
         f.cache_clear()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Run:
     """The facts of one configuration that every phase reads (bytes, per process)."""
 
@@ -408,17 +424,15 @@ def _static(r: _Run) -> dict[str, float]:
     return dict(weights=r.weights, lora=r.lora, text_encoder=r.te_train, vae=r.vae_train)
 
 
-def _backward_start(r: _Run, encode: float) -> dict[str, float]:
+def _backward_start(r: _Run, act: float, encode: float) -> dict[str, float]:
     """Backward peaks at its start (the last block), when only that block's gradients exist, unless
     gradients accumulate over micro-batches: then all of them live through the later ones."""
-    act = _step_activations(r.acts)[0]
     grads = r.lora if r.accumulating else 4.0 * r.adapter.last_block
     return _part(**_static(r), gradients=grads + r.ddp, optimizer=r.optimizer, activations=max(act, encode))
 
 
-def _backward_end(r: _Run) -> dict[str, float]:
+def _backward_end(r: _Run, act: float) -> dict[str, float]:
     """The end of backward: every gradient but the first LoRA'd block's, with that block's activations."""
-    act = _step_activations(r.acts)[1]
     grads = r.lora if r.accumulating else r.lora - 4.0 * r.adapter.first_block
     return _part(**_static(r), gradients=grads + r.ddp, optimizer=r.optimizer, activations=act)
 
@@ -454,7 +468,8 @@ def _training(r: _Run) -> tuple[dict[str, float], FsdpLayout | None]:
     encode = _encoding(r)
     if r.fsdp:
         return _fsdp_training(r, encode)
-    moments = (_backward_start(r, encode), _backward_end(r), _optimizer_step(r))
+    start, end = _step_activations(r.acts)
+    moments = (_backward_start(r, start, encode), _backward_end(r, end), _optimizer_step(r))
     return max(moments, key=_gib), None
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flux2_lora.config import TrainConfig
-from flux2_lora.config.io import apply_overrides, to_dict, validate_dict
+from flux2_lora.config.io import parse_override, to_dict, validate_dict
 from flux2_lora.memory.estimate import estimate
 from flux2_lora.memory.gpus import verdict
 
@@ -122,22 +122,28 @@ def moves(c: TrainConfig) -> list[Move]:
     return out
 
 
-def _with(config: TrainConfig, chosen: list[Move]) -> TrainConfig:
-    """The config with the moves applied (unvalidated, for re-estimating)."""
-    updates: dict[str, dict[str, Any]] = {}
-    for mv in chosen:
-        for key, value in mv.overrides:
-            section, field = key.split(".")
-            updates.setdefault(section, {})[field] = value
-    return config.model_copy(update={s: getattr(config, s).model_copy(update=f) for s, f in updates.items()})
-
-
-def _validated(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig | None:
-    """The overrides applied as ``--set`` would apply them, or None if they are invalid."""
-    data, issues = apply_overrides(to_dict(config), [f"{k}={v}" for k, v in overrides.items()])
-    if issues:
-        return None
-    new, problems = validate_dict(data)
+def _validated(
+    config: TrainConfig,
+    overrides: dict[str, Any],
+    data: dict[str, Any] | None = None,
+    parsed_texts: dict[str, Any] | None = None,
+) -> TrainConfig | None:
+    """The overrides applied as ``--set`` would apply them, or None if they are invalid. ``data``
+    (``to_dict(config)``) and ``parsed_texts`` (parse_override's answers by text) may be shared between
+    calls: only the sections the overrides set are copied (apply_overrides' deep copy of the whole
+    config costs more than the check), and each override is parsed once."""
+    out = dict(to_dict(config) if data is None else data)
+    parsed_texts = {} if parsed_texts is None else parsed_texts
+    for key, value in overrides.items():
+        text = f"{key}={value}"
+        if text not in parsed_texts:
+            parsed_texts[text] = parse_override(text)
+        parsed, issue = parsed_texts[text]
+        if issue is not None or parsed is None:
+            return None
+        section, field, parsed_value = parsed
+        out[section] = {**out.get(section, {}), field: parsed_value}
+    new, problems = validate_dict(out)
     return new if new is not None and not [p for p in problems if p.level == "error"] else None
 
 
@@ -148,14 +154,30 @@ class _Totals:
     def __init__(self, config: TrainConfig, num_processes: int | None) -> None:
         self.config, self.num_processes = config, num_processes
         self._seen: dict[frozenset[tuple[str, Any]], float] = {}
+        self._sections: dict[tuple[str, frozenset[tuple[str, Any]]], Any] = {}
+
+    def _with(self, overrides: dict[str, Any]) -> TrainConfig:
+        """The config with the overrides applied, unvalidated (for re-estimating: the recommendations
+        that come out are validated). Candidates share the sections they change alike."""
+        updates: dict[str, dict[str, Any]] = {}
+        for key, value in overrides.items():
+            section, field = key.split(".")
+            updates.setdefault(section, {})[field] = value
+        copies = {}
+        for section, fields in updates.items():
+            shared = (section, frozenset(fields.items()))
+            if shared not in self._sections:
+                self._sections[shared] = getattr(self.config, section).model_copy(update=fields)
+            copies[section] = self._sections[shared]
+        return self.config.model_copy(update=copies)
 
     def __call__(self, chosen: list[Move]) -> float:
-        overrides = _overrides(chosen)  # what _with applies: the last move setting a field wins
+        overrides = _overrides(chosen)  # the last move setting a field wins
         key = frozenset(overrides.items())
         if key not in self._seen:
             # A move that sets the process count wins over the count the caller measured or assumed.
             n = None if any(k.startswith("distributed.") for k in overrides) else self.num_processes
-            self._seen[key] = estimate(_with(self.config, chosen), num_processes=n).total_gib
+            self._seen[key] = estimate(self._with(overrides), num_processes=n).total_gib
         return self._seen[key]
 
 
@@ -227,10 +249,12 @@ def recommendations(
     else:
         fits_after = True
     found.sort(key=lambda f: (max(m.cost for m in f), sum(m.cost for m in f), len(f)))
+    data = to_dict(config)
+    parsed_texts: dict[str, Any] = {}
     for chosen in found[:limit]:
         chosen = sorted(chosen, key=lambda m: m.cost)
         overrides = _overrides(chosen)
-        if _validated(config, overrides) is None:
+        if _validated(config, overrides, data, parsed_texts) is None:
             continue
         total = totals(chosen)
         out.append(
