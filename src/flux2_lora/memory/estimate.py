@@ -30,10 +30,13 @@ from flux2_lora.memory.encoders import IMAGE_BATCH, PROMPT_BATCH, text_encoder_a
 from flux2_lora.memory.sharded import (
     FsdpLayout,
     Moments,
+    Units,
+    frozen_params,
     fsdp_layout,
     fsdp_moments,
     fsdp_training,
     gathered_forward,
+    lora_params,
 )
 from flux2_lora.memory.static import BNB_MIN_8BIT_SIZE as BNB_MIN_8BIT_SIZE  # re-exported (training/trace)
 from flux2_lora.memory.static import (
@@ -146,15 +149,19 @@ def _stamp(path: str) -> float:
 
 def resolve_shapes(config: TrainConfig) -> Shapes:
     m = config.model
-    variant, arch, te, vae, title = _model_shapes(m.path, m.variant, _stamp(m.path))
-    res = config.dataset.resolution
+    return _shapes(m.path, m.variant, _stamp(m.path), m.dtype, config.dataset.resolution)
+
+
+@functools.lru_cache(maxsize=256)
+def _shapes(path: str, variant: str, stamp: float, dtype: str, res: int) -> Shapes:
+    name, arch, te, vae, title = _model_shapes(path, variant, stamp)
     return Shapes(
         title=title,
-        variant=variant,
+        variant=name,
         arch=arch,
         text_encoder=te,
         vae=vae,
-        weight_bytes=DTYPE_BYTES[m.dtype],
+        weight_bytes=DTYPE_BYTES[dtype],
         image_tokens=(res // (2 * vae.spatial_factor)) ** 2,  # a token is 2×2 latent cells
         text_tokens=te.max_sequence_length,
     )
@@ -271,7 +278,17 @@ def _inference(
 def _layout(
     tokens: tuple[str, ...], arch: TransformerArch, rank: int, dora: bool, dtype_bytes: int, n: int
 ) -> FsdpLayout:
-    return fsdp_layout(arch, linears(arch), target_specs(tokens, arch), rank, dora, dtype_bytes, n)
+    return fsdp_layout(arch, _frozen_units(arch), _lora_units(tokens, arch, rank, dora), dtype_bytes, n)
+
+
+@functools.lru_cache(maxsize=64)
+def _frozen_units(arch: TransformerArch) -> Units:
+    return frozen_params(arch, linears(arch))
+
+
+@functools.lru_cache(maxsize=256)
+def _lora_units(tokens: tuple[str, ...], arch: TransformerArch, rank: int, dora: bool) -> Units:
+    return lora_params(target_specs(tokens, arch), rank, dora)
 
 
 @functools.lru_cache(maxsize=256)
@@ -290,12 +307,15 @@ def clear_caches() -> None:
     """Forget cached shapes (for benchmarks of a cold estimate, and after a model folder changes)."""
     for f in (
         _model_shapes,
+        _shapes,
         *CACHES,
         _by_block,
         _step_activations,
         _profile,
         _inference,
         _layout,
+        _frozen_units,
+        _lora_units,
         _moments,
         _sampling_gathered,
     ):

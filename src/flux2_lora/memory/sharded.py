@@ -20,6 +20,7 @@ off real ``fully_shard`` runs under a fake process group (:mod:`flux2_lora.train
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flux2_lora.targets import LinearSpec
@@ -49,8 +50,12 @@ def _unit(spec: LinearSpec) -> str:
     return name[: name.index(".", name.index(".") + 1)]
 
 
-def _params(arch: TransformerArch, linears: tuple[LinearSpec, ...]) -> dict[str, list[tuple[int, int]]]:
-    """(first dimension, elements per row) of every frozen parameter, by unit ("" is the root)."""
+# The parameters of each FSDP unit ("" is the root): (first dimension, elements per row) of each tensor.
+Units = dict[str, tuple[tuple[int, int], ...]]
+
+
+def frozen_params(arch: TransformerArch, linears: Sequence[LinearSpec]) -> Units:
+    """Every frozen parameter, by unit (depends on the architecture only: callers cache it)."""
     out: dict[str, list[tuple[int, int]]] = {"": []}
     for s in linears:
         out.setdefault(_unit(s), []).append((s.out_features, s.in_features))
@@ -59,43 +64,39 @@ def _params(arch: TransformerArch, linears: tuple[LinearSpec, ...]) -> dict[str,
         out[f"transformer_blocks.{i}"] += [(hd, 1)] * 4
     for i in range(arch.num_single_layers):
         out[f"single_transformer_blocks.{i}"] += [(hd, 1)] * 2
-    return out
+    return {u: tuple(t) for u, t in out.items()}
 
 
-def _lora_params(specs: tuple[LinearSpec, ...], rank: int, dora: bool) -> dict[str, list[tuple[int, int]]]:
+def lora_params(specs: Sequence[LinearSpec], rank: int, dora: bool) -> Units:
+    """The LoRA's tensors (A, B and DoRA's magnitude), by unit."""
     out: dict[str, list[tuple[int, int]]] = {}
     for s in specs:
         tensors = out.setdefault(_unit(s), [])
         tensors += [(rank, s.in_features), (s.out_features, rank)]
         if dora:
             tensors.append((s.out_features, 1))
-    return out
+    return {u: tuple(t) for u, t in out.items()}
 
 
-def fsdp_layout(
-    arch: TransformerArch,
-    linears: tuple[LinearSpec, ...],
-    specs: tuple[LinearSpec, ...],
-    rank: int,
-    dora: bool,
-    weight_bytes: int,
-    n: int,
-) -> FsdpLayout:
-    frozen, lora = _params(arch, linears), _lora_params(specs, rank, dora)
+def fsdp_layout(arch: TransformerArch, frozen: Units, lora: Units, weight_bytes: int, n: int) -> FsdpLayout:
+    """One rank's shards over ``n`` processes (``frozen``: :func:`frozen_params`; ``lora``:
+    :func:`lora_params`)."""
     order = [f"transformer_blocks.{i}" for i in range(arch.num_layers)]
     order += [f"single_transformer_blocks.{i}" for i in range(arch.num_single_layers)]
     # Bytes are whole numbers (exact in a float), so they are summed unit by unit, and units of the
     # same shapes (every double block, every single block) are computed once.
     seen: dict[tuple[tuple[int, int], ...], tuple[int, int]] = {}
 
-    def sizes(tensors: list[tuple[int, int]]) -> tuple[int, int]:
+    def sizes(tensors: tuple[tuple[int, int], ...]) -> tuple[int, int]:
         """(elements of this rank's shards, elements all-gathered with FSDP2's padding)."""
-        key = tuple(tensors)
-        if key not in seen:
-            seen[key] = (sum(_shard(r, n) * c for r, c in key), sum(_shard(r, n) * n * c for r, c in key))
-        return seen[key]
+        if tensors not in seen:
+            seen[tensors] = (
+                sum(_shard(r, n) * c for r, c in tensors),
+                sum(_shard(r, n) * n * c for r, c in tensors),
+            )
+        return seen[tensors]
 
-    gathered = {u: 0.0 for u in ["", *order]}
+    gathered = dict.fromkeys(["", *order], 0.0)
     sharded_weights = sharded_lora = 0
     for unit, tensors in frozen.items():
         shard, whole = sizes(tensors)
@@ -105,13 +106,12 @@ def fsdp_layout(
         shard, whole = sizes(tensors)
         sharded_lora += shard
         gathered[unit] += whole * weight_bytes
-    unit_lora = {u: sum(r * c for r, c in lora.get(u, ())) for u in order}
     return FsdpLayout(
         sharded_weights=sharded_weights,
         sharded_lora=sharded_lora,
         root=gathered[""],
         units=tuple(gathered[u] for u in order),
-        unit_lora=tuple(unit_lora[u] for u in order),
+        unit_lora=tuple(sum(r * c for r, c in lora.get(u, ())) for u in order),
     )
 
 
