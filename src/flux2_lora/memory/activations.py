@@ -7,6 +7,7 @@ real modules (:mod:`flux2_lora.training.trace`) and tests/memory checks the sums
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flux2_lora.targets import LinearSpec
@@ -114,10 +115,12 @@ def _precision(dtype_bytes: int) -> int:
     return 4 if dtype_bytes == 4 else 2
 
 
-def _block_names(arch: TransformerArch) -> list[str]:
-    return [f"transformer_blocks.{i}" for i in range(arch.num_layers)] + [
-        f"single_transformer_blocks.{i}" for i in range(arch.num_single_layers)
-    ]
+def _block_index(arch: TransformerArch, spec: LinearSpec) -> int | None:
+    """Where a layer's block runs (double blocks first), None outside the blocks."""
+    if spec.block == "other":
+        return None
+    i = int(spec.name.split(".", 2)[1])  # "single_transformer_blocks.3.attn.to_out"
+    return i if spec.block == "double" else arch.num_layers + i
 
 
 def stream_tokens(spec: LinearSpec, img: int, txt: int) -> int:
@@ -140,10 +143,12 @@ def _fractions(arch: TransformerArch, targeted: frozenset[str], names: tuple[str
     return hit / total
 
 
-def _targeted_by_block(
-    arch: TransformerArch, specs: list[LinearSpec]
-) -> tuple[list[frozenset[str]], list[frozenset[str]]]:
-    """The LoRA'd layers of each double and each single block (names inside the block), in order."""
+# The LoRA'd layers of each double and each single block (names inside the block), in order.
+ByBlock = tuple[tuple[frozenset[str], ...], tuple[frozenset[str], ...]]
+
+
+def targets_by_block(arch: TransformerArch, specs: Sequence[LinearSpec]) -> ByBlock:
+    """The LoRA'd layers of each block (what callers with many estimates of one target list cache)."""
     double: list[set[str]] = [set() for _ in range(arch.num_layers)]
     single: list[set[str]] = [set() for _ in range(arch.num_single_layers)]
     for s in specs:
@@ -151,7 +156,7 @@ def _targeted_by_block(
             continue
         _, i, suffix = s.name.split(".", 2)
         (double if s.block == "double" else single)[int(i)].add(suffix)
-    return [frozenset(b) for b in double], [frozenset(b) for b in single]
+    return tuple(frozenset(b) for b in double), tuple(frozenset(b) for b in single)
 
 
 def block_activation_bytes(
@@ -168,8 +173,14 @@ def block_activation_bytes(
     Blocks before the first one with LoRA keep nothing: no gradient has to pass through them.
     ``kernels``: "cuda" (the GPU calibration) or "trace" (the CPU meta-tensor trace's own figures)."""
     c = _calibration(dtype_bytes, kernels, quantization)
+    return _block_bytes(arch, targets_by_block(arch, specs), c, img, txt)
+
+
+def _block_bytes(
+    arch: TransformerArch, by_block: ByBlock, c: dict[str, float], img: int, txt: int
+) -> list[float]:
     d = arch.inner_dim
-    double, single = _targeted_by_block(arch, specs)
+    double, single = by_block
     # Blocks with the same LoRA'd layers keep the same bytes: each distinct set is computed once.
     seen: dict[frozenset[str], tuple[float, bool]] = {}
     out: list[float] = []
@@ -225,7 +236,11 @@ def first_block_discount(
     arch: TransformerArch, specs: list[LinearSpec], dtype_bytes: int, img: int, txt: int
 ) -> float:
     """Bytes (batch 1) the first LoRA'd block keeps less than :func:`block_activation_bytes` counts."""
-    for targeted in _targeted_by_block(arch, specs)[0]:
+    return _first_discount(arch, targets_by_block(arch, specs), dtype_bytes, img, txt)
+
+
+def _first_discount(arch: TransformerArch, by_block: ByBlock, dtype_bytes: int, img: int, txt: int) -> float:
+    for targeted in by_block[0]:
         first = {
             stream: next((k for k, names in enumerate(pos) if any(n in targeted for n in names)), None)
             for stream, pos in _POSITIONS.items()
@@ -259,11 +274,10 @@ def _dora_by_block(
 ) -> tuple[list[float], list[float], list[float]]:
     """Per block, in execution order: DoRA's kept bytes, forward dense transient, backward gradients."""
     p = _precision(dtype_bytes)
-    index = {name: i for i, name in enumerate(_block_names(arch))}
-    n = len(index)
+    n = arch.num_layers + arch.num_single_layers
     kept, dense, grads = [0.0] * n, [0.0] * n, [0.0] * n
     for s in specs:
-        i = index.get(".".join(s.name.split(".")[:2]))
+        i = _block_index(arch, s)
         if i is None:
             continue
         t = batch * stream_tokens(s, img, txt)
@@ -315,11 +329,13 @@ def _step(
     kernels: str,
     quantization: str,
     dora_dense: float | None = None,
+    by_block: ByBlock | None = None,
 ) -> _Step:
     c = _calibration(dtype_bytes, kernels, quantization)
     tokens_d = (img + txt) * arch.inner_dim
-    per_block = block_activation_bytes(arch, specs, dtype_bytes, img, txt, kernels, quantization)
-    blocks = [batch * b for b in per_block]
+    if by_block is None:
+        by_block = targets_by_block(arch, specs)
+    blocks = [batch * b for b in _block_bytes(arch, by_block, c, img, txt)]
     flowing = [b > 0 for b in blocks]
     first = next((i for i, f in enumerate(flowing) if f), None)
     single_lora = any(s.block == "single" for s in specs)
@@ -334,7 +350,7 @@ def _step(
         blocks=blocks,
         flowing=flowing,
         first=first,
-        discount=0.0 if first is None else batch * first_block_discount(arch, specs, dtype_bytes, img, txt),
+        discount=0.0 if first is None else batch * _first_discount(arch, by_block, dtype_bytes, img, txt),
         block_input=c["input"] * tokens_d * batch,
         transient=_transient(c, checkpointing, single_lora) * tokens_d * batch,
         outside=batch * _OUTSIDE * dtype_bytes * tokens_d,
@@ -359,6 +375,65 @@ def training_activations(
     quantization: str = "none",
 ) -> float:
     """Peak bytes above the static memory during forward and backward of one training step."""
+    return training_step_activations(
+        arch,
+        specs,
+        dtype_bytes=dtype_bytes,
+        img=img,
+        txt=txt,
+        batch=batch,
+        checkpointing=checkpointing,
+        dora=dora,
+        kernels=kernels,
+        quantization=quantization,
+    )[0]
+
+
+def end_of_backward_activations(
+    arch: TransformerArch,
+    specs: list[LinearSpec],
+    *,
+    dtype_bytes: int,
+    img: int,
+    txt: int,
+    batch: int,
+    checkpointing: bool,
+    kernels: str = "cuda",
+    quantization: str = "none",
+) -> float:
+    """Activation bytes alive while the first LoRA'd block runs backward, the moment every later
+    block's LoRA gradients already exist: at large ranks the gradients outweigh the activations that
+    backward has freed by then, and this is the step's peak."""
+    return training_step_activations(
+        arch,
+        specs,
+        dtype_bytes=dtype_bytes,
+        img=img,
+        txt=txt,
+        batch=batch,
+        checkpointing=checkpointing,
+        dora=False,  # DoRA's terms are not alive then
+        kernels=kernels,
+        quantization=quantization,
+    )[1]
+
+
+def training_step_activations(
+    arch: TransformerArch,
+    specs: list[LinearSpec],
+    *,
+    dtype_bytes: int,
+    img: int,
+    txt: int,
+    batch: int,
+    checkpointing: bool,
+    dora: bool,
+    kernels: str = "cuda",
+    quantization: str = "none",
+    by_block: ByBlock | None = None,
+) -> tuple[float, float]:
+    """(:func:`training_activations`, :func:`end_of_backward_activations`) from one prelude;
+    ``by_block``: :func:`targets_by_block` of ``specs``, if the caller has it."""
     st = _step(
         arch,
         specs,
@@ -370,7 +445,12 @@ def training_activations(
         dora=dora,
         kernels=kernels,
         quantization=quantization,
+        by_block=by_block,
     )
+    return _step_peak(arch, st, checkpointing), _end_of_backward(st, checkpointing)
+
+
+def _step_peak(arch: TransformerArch, st: _Step, checkpointing: bool) -> float:
     blocks, d_kept, d_dense, d_grads = st.blocks, st.d_kept, st.d_dense, st.d_grads
     n = len(blocks)
     if checkpointing:
@@ -399,36 +479,10 @@ def training_activations(
     return peak + st.outside
 
 
-def end_of_backward_activations(
-    arch: TransformerArch,
-    specs: list[LinearSpec],
-    *,
-    dtype_bytes: int,
-    img: int,
-    txt: int,
-    batch: int,
-    checkpointing: bool,
-    kernels: str = "cuda",
-    quantization: str = "none",
-) -> float:
-    """Activation bytes alive while the first LoRA'd block runs backward, the moment every later
-    block's LoRA gradients already exist: at large ranks the gradients outweigh the activations that
-    backward has freed by then, and this is the step's peak."""
-    st = _step(
-        arch,
-        specs,
-        dtype_bytes=dtype_bytes,
-        img=img,
-        txt=txt,
-        batch=batch,
-        checkpointing=checkpointing,
-        dora=False,
-        kernels=kernels,
-        quantization=quantization,
-    )
+def _end_of_backward(st: _Step, checkpointing: bool) -> float:
     if st.first is None:
         return 0.0
-    kept = st.blocks[st.first] - st.discount
+    kept = st.blocks[st.first] - st.discount  # DoRA's terms of the block are not counted here
     if checkpointing:
         kept += st.block_input  # its input, from which it is recomputed
     return kept + st.transient + st.outside
@@ -439,20 +493,21 @@ def inference_transient(
 ) -> float:
     """Largest transient of one no-grad forward at batch 1 (a validation sampling step)."""
     p = _precision(dtype_bytes)
+    d = arch.inner_dim
     # The text embeddings enter at joint_attention_dim before the context embedder projects them.
-    base = _INFER_BASE[p] * (img + txt) * arch.inner_dim + dtype_bytes * txt * arch.joint_attention_dim
+    base = _INFER_BASE[p] * (img + txt) * d + dtype_bytes * txt * arch.joint_attention_dim
+    per_dora, per_lora = _INFER_DORA[p], _INFER_LORA[p]
     extra = 0.0
     for s in specs:
-        if s.block not in ("single", "double"):
+        if s.block == "other":
             continue
-        t_out = stream_tokens(s, img, txt) * s.out_features
+        tokens = stream_tokens(s, img, txt)
         if dora:
-            per_weight, per_out = _INFER_DORA[p][s.block]
-            extra = max(extra, per_weight * s.weight_numel + per_out * t_out)
-        else:
+            per_weight, per_out = per_dora[s.block]
+            extra = max(extra, per_weight * s.weight_numel + per_out * (tokens * s.out_features))
+        elif s.out_features > d:
             # Layers no wider than d add nothing visible: the block's own tensors are larger then.
-            wide = stream_tokens(s, img, txt) * max(0, s.out_features - arch.inner_dim)
-            extra = max(extra, _INFER_LORA[p][s.block] * wide)
+            extra = max(extra, per_lora[s.block] * (tokens * (s.out_features - d)))
     return base + extra
 
 
@@ -482,12 +537,14 @@ def activation_profile(
     kernels: str = "cuda",
     quantization: str = "none",
     bf16_lora: bool = False,
+    by_block: ByBlock | None = None,
 ) -> tuple[list[float], list[float]]:
     """Per block, in execution order: the activation bytes alive when its forward starts (what the blocks
     before it keep, and its input), and while its backward runs (with checkpointing: the inputs up to it
     and its recomputed activations; without: everything kept up to it), each with the step's gradient
     transient in backward, and the bytes outside the blocks. What FSDP's per-block gathering is
-    paired with (:mod:`flux2_lora.memory.sharded`). ``bf16_lora``: FSDP's bf16 LoRA (see _FSDP_BF16_LESS)."""
+    paired with (:mod:`flux2_lora.memory.sharded`). ``bf16_lora``: FSDP's bf16 LoRA (see _FSDP_BF16_LESS);
+    ``by_block`` as for :func:`training_step_activations`."""
     fsdp_bf16 = bf16_lora and _precision(dtype_bytes) == 2
     st = _step(
         arch,
@@ -501,6 +558,7 @@ def activation_profile(
         kernels=kernels,
         quantization=quantization,
         dora_dense=_FSDP_BF16_DORA_DENSE if dora and fsdp_bf16 else None,
+        by_block=by_block,
     )
     c, tokens_d, blocks, transient, block_input = st.c, st.tokens_d, st.blocks, st.transient, st.block_input
     d_kept, d_dense, d_grads = st.d_kept, st.d_dense, st.d_grads
@@ -513,9 +571,8 @@ def activation_profile(
     less = [0.0] * n  # FSDP's bf16 LoRA: no fp32 input copies
     base_less = 0.0
     if fsdp_bf16:
-        index = {name: i for i, name in enumerate(_block_names(arch))}
         for s in specs:
-            i = index.get(".".join(s.name.split(".")[:2]))
+            i = _block_index(arch, s)
             if i is not None:
                 less[i] += 2.0 * batch * stream_tokens(s, img, txt) * s.in_features
         base_less = _FSDP_BF16_LESS[checkpointing] * tokens_d * batch

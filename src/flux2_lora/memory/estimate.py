@@ -15,18 +15,29 @@ import dataclasses
 import functools
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from flux2_lora.config import TrainConfig
 from flux2_lora.local_model import ModelConfigError
 from flux2_lora.memory.activations import (
+    ByBlock,
     activation_profile,
-    end_of_backward_activations,
     inference_transient,
-    training_activations,
+    targets_by_block,
+    training_step_activations,
 )
 from flux2_lora.memory.encoders import IMAGE_BATCH, PROMPT_BATCH, text_encoder_activation_bytes, vae_bytes
-from flux2_lora.memory.sharded import FsdpLayout, fsdp_layout, fsdp_training, gathered_forward
+from flux2_lora.memory.sharded import (
+    FsdpLayout,
+    Moments,
+    Units,
+    frozen_params,
+    fsdp_layout,
+    fsdp_moments,
+    fsdp_training,
+    gathered_forward,
+    lora_params,
+)
 from flux2_lora.memory.static import BNB_MIN_8BIT_SIZE as BNB_MIN_8BIT_SIZE  # re-exported (training/trace)
 from flux2_lora.memory.static import (
     CACHES,
@@ -125,6 +136,8 @@ def _stamp(path: str) -> float:
     if is_demo(path):
         return 0.0
     p = os.path.expanduser(path)
+    if not os.path.isdir(p):  # a hub id
+        return 0.0
     stamp = 0.0
     for parts in (("transformer", "config.json"), ("config.json",), ("text_encoder", "config.json")):
         try:
@@ -136,15 +149,19 @@ def _stamp(path: str) -> float:
 
 def resolve_shapes(config: TrainConfig) -> Shapes:
     m = config.model
-    variant, arch, te, vae, title = _model_shapes(m.path, m.variant, _stamp(m.path))
-    res = config.dataset.resolution
+    return _shapes(m.path, m.variant, _stamp(m.path), m.dtype, config.dataset.resolution)
+
+
+@functools.lru_cache(maxsize=256)
+def _shapes(path: str, variant: str, stamp: float, dtype: str, res: int) -> Shapes:
+    name, arch, te, vae, title = _model_shapes(path, variant, stamp)
     return Shapes(
         title=title,
-        variant=variant,
+        variant=name,
         arch=arch,
         text_encoder=te,
         vae=vae,
-        weight_bytes=DTYPE_BYTES[m.dtype],
+        weight_bytes=DTYPE_BYTES[dtype],
         image_tokens=(res // (2 * vae.spatial_factor)) ** 2,  # a token is 2×2 latent cells
         text_tokens=te.max_sequence_length,
     )
@@ -188,9 +205,8 @@ def _gib(part: dict[str, float]) -> float:
 
 # Everything below depends on the architecture and a few settings only: cached, so that the re-estimates
 # of recommendations and of the UI's live panel cost microseconds. Keys are small hashable values.
-@dataclass(frozen=True)
-class _Acts:
-    """What the transformer's activation figures depend on (their caches' key)."""
+class _Acts(NamedTuple):
+    """What the transformer's activation figures depend on (their caches' key; a tuple hashes fast)."""
 
     tokens: tuple[str, ...]
     arch: TransformerArch
@@ -206,10 +222,19 @@ class _Acts:
     def specs(self) -> list[LinearSpec]:
         return list(target_specs(self.tokens, self.arch))
 
+    def by_block(self) -> ByBlock:
+        return _by_block(self.tokens, self.arch)
+
+
+@functools.lru_cache(maxsize=256)
+def _by_block(tokens: tuple[str, ...], arch: TransformerArch) -> ByBlock:
+    return targets_by_block(arch, target_specs(tokens, arch))
+
 
 @functools.lru_cache(maxsize=1024)
-def _training_activations(k: _Acts) -> float:
-    return training_activations(
+def _step_activations(k: _Acts) -> tuple[float, float]:
+    """(at the start of backward, at its end): see training_step_activations."""
+    return training_step_activations(
         k.arch,
         k.specs(),
         dtype_bytes=k.dtype_bytes,
@@ -220,21 +245,7 @@ def _training_activations(k: _Acts) -> float:
         dora=k.dora,
         kernels=k.kernels,
         quantization=k.quantization,
-    )
-
-
-@functools.lru_cache(maxsize=1024)
-def _end_of_backward(k: _Acts) -> float:
-    return end_of_backward_activations(
-        k.arch,
-        k.specs(),
-        dtype_bytes=k.dtype_bytes,
-        img=k.img,
-        txt=k.txt,
-        batch=k.batch,
-        checkpointing=k.checkpointing,
-        kernels=k.kernels,
-        quantization=k.quantization,
+        by_block=k.by_block(),
     )
 
 
@@ -251,6 +262,7 @@ def _profile(k: _Acts) -> tuple[list[float], list[float]]:
         dora=k.dora,
         kernels=k.kernels,
         bf16_lora=True,  # FSDP gathers the LoRA in the weights' dtype
+        by_block=k.by_block(),
     )
 
 
@@ -266,16 +278,51 @@ def _inference(
 def _layout(
     tokens: tuple[str, ...], arch: TransformerArch, rank: int, dora: bool, dtype_bytes: int, n: int
 ) -> FsdpLayout:
-    return fsdp_layout(arch, linears(arch), target_specs(tokens, arch), rank, dora, dtype_bytes, n)
+    return fsdp_layout(arch, _frozen_units(arch), _lora_units(tokens, arch, rank, dora), dtype_bytes, n)
+
+
+@functools.lru_cache(maxsize=64)
+def _frozen_units(arch: TransformerArch) -> Units:
+    return frozen_params(arch, linears(arch))
+
+
+@functools.lru_cache(maxsize=256)
+def _lora_units(tokens: tuple[str, ...], arch: TransformerArch, rank: int, dora: bool) -> Units:
+    return lora_params(target_specs(tokens, arch), rank, dora)
+
+
+@functools.lru_cache(maxsize=256)
+def _moments(k: _Acts, rank: int, n: int, reshard: bool) -> Moments:
+    layout = _layout(k.tokens, k.arch, rank, k.dora, k.dtype_bytes, n)
+    return fsdp_moments(layout, _profile(k), k.dtype_bytes, reshard)
+
+
+@functools.lru_cache(maxsize=256)
+def _sampling_gathered(layout: FsdpLayout, reshard: bool) -> float:
+    """Gathered bytes of the sharded no-grad forward (its activations are counted apart)."""
+    return gathered_forward(layout, [0.0] * len(layout.units), reshard)[0]
 
 
 def clear_caches() -> None:
     """Forget cached shapes (for benchmarks of a cold estimate, and after a model folder changes)."""
-    for f in (_model_shapes, *CACHES, _training_activations, _end_of_backward, _profile, _inference, _layout):
+    for f in (
+        _model_shapes,
+        _shapes,
+        *CACHES,
+        _by_block,
+        _step_activations,
+        _profile,
+        _inference,
+        _layout,
+        _frozen_units,
+        _lora_units,
+        _moments,
+        _sampling_gathered,
+    ):
         f.cache_clear()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Run:
     """The facts of one configuration that every phase reads (bytes, per process)."""
 
@@ -397,17 +444,15 @@ def _static(r: _Run) -> dict[str, float]:
     return dict(weights=r.weights, lora=r.lora, text_encoder=r.te_train, vae=r.vae_train)
 
 
-def _backward_start(r: _Run, encode: float) -> dict[str, float]:
+def _backward_start(r: _Run, act: float, encode: float) -> dict[str, float]:
     """Backward peaks at its start (the last block), when only that block's gradients exist, unless
     gradients accumulate over micro-batches: then all of them live through the later ones."""
-    act = _training_activations(r.acts)
     grads = r.lora if r.accumulating else 4.0 * r.adapter.last_block
     return _part(**_static(r), gradients=grads + r.ddp, optimizer=r.optimizer, activations=max(act, encode))
 
 
-def _backward_end(r: _Run) -> dict[str, float]:
+def _backward_end(r: _Run, act: float) -> dict[str, float]:
     """The end of backward: every gradient but the first LoRA'd block's, with that block's activations."""
-    act = _end_of_backward(r.acts)
     grads = r.lora if r.accumulating else r.lora - 4.0 * r.adapter.first_block
     return _part(**_static(r), gradients=grads + r.ddp, optimizer=r.optimizer, activations=act)
 
@@ -422,19 +467,16 @@ def _fsdp_training(r: _Run, encode: float) -> tuple[dict[str, float], FsdpLayout
     c, sh = r.config, r.shapes
     lora, dist, wb = c.lora, c.distributed, sh.weight_bytes
     layout = _layout(r.tokens, sh.arch, lora.rank, lora.use_dora, wb, r.num_processes)
-    profile = _profile(r.acts)
     parts = fsdp_training(
         layout,
-        profile,
+        _moments(r.acts, lora.rank, r.num_processes, dist.fsdp_reshard_after_forward),
         r.adapter.params,
         r.optimizer,
         r.step,
-        wb,
         r.accumulating,
         encode,
         r.te_train,
         r.vae_train,
-        dist.fsdp_reshard_after_forward,
         dist.fsdp_cpu_offload,
     )
     return _part(**parts), layout
@@ -446,7 +488,8 @@ def _training(r: _Run) -> tuple[dict[str, float], FsdpLayout | None]:
     encode = _encoding(r)
     if r.fsdp:
         return _fsdp_training(r, encode)
-    moments = (_backward_start(r, encode), _backward_end(r), _optimizer_step(r))
+    start, end = _step_activations(r.acts)
+    moments = (_backward_start(r, start, encode), _backward_end(r, end), _optimizer_step(r))
     return max(moments, key=_gib), None
 
 
@@ -477,7 +520,6 @@ def _sampling(r: _Run, layout: FsdpLayout | None) -> dict[str, float]:
         )
     # Every process runs the sharded forward, gathering unit by unit.
     share = layout.sharded_lora / max(r.adapter.params, 1)
-    gathered = gathered_forward(layout, [0.0] * len(layout.units), c.distributed.fsdp_reshard_after_forward)
     return _part(
         weights=layout.sharded_weights,
         lora=4.0 * layout.sharded_lora,
@@ -485,7 +527,7 @@ def _sampling(r: _Run, layout: FsdpLayout | None) -> dict[str, float]:
         activations=max(infer, decode),
         text_encoder=r.te_train,
         vae=r.vae_weights,
-        gathered=gathered[0],
+        gathered=_sampling_gathered(layout, c.distributed.fsdp_reshard_after_forward),
     )
 
 

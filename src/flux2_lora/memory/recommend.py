@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flux2_lora.config import TrainConfig
-from flux2_lora.config.io import apply_overrides, to_dict, validate_dict
+from flux2_lora.config.io import parse_override, to_dict, validate_dict
 from flux2_lora.memory.estimate import estimate
 from flux2_lora.memory.gpus import verdict
 
@@ -122,40 +122,71 @@ def moves(c: TrainConfig) -> list[Move]:
     return out
 
 
-def _with(config: TrainConfig, chosen: list[Move]) -> TrainConfig:
-    """The config with the moves applied (unvalidated, for re-estimating)."""
-    updates: dict[str, dict[str, Any]] = {}
-    for mv in chosen:
-        for key, value in mv.overrides:
-            section, field = key.split(".")
-            updates.setdefault(section, {})[field] = value
-    return config.model_copy(update={s: getattr(config, s).model_copy(update=f) for s, f in updates.items()})
-
-
-def _validated(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig | None:
-    """The overrides applied as ``--set`` would apply them, or None if they are invalid."""
-    data, issues = apply_overrides(to_dict(config), [f"{k}={v}" for k, v in overrides.items()])
-    if issues:
-        return None
-    new, problems = validate_dict(data)
+def _validated(
+    config: TrainConfig,
+    overrides: dict[str, Any],
+    data: dict[str, Any] | None = None,
+    parsed_texts: dict[str, Any] | None = None,
+) -> TrainConfig | None:
+    """The overrides applied as ``--set`` would apply them, or None if they are invalid. ``data``
+    (``to_dict(config)``) and ``parsed_texts`` (parse_override's answers by text) may be shared between
+    calls: only the sections the overrides set are copied (apply_overrides' deep copy of the whole
+    config costs more than the check), and each override is parsed once."""
+    out = dict(to_dict(config) if data is None else data)
+    parsed_texts = {} if parsed_texts is None else parsed_texts
+    for key, value in overrides.items():
+        text = f"{key}={value}"
+        if text not in parsed_texts:
+            parsed_texts[text] = parse_override(text)
+        parsed, issue = parsed_texts[text]
+        if issue is not None or parsed is None:
+            return None
+        section, field, parsed_value = parsed
+        out[section] = {**out.get(section, {}), field: parsed_value}
+    new, problems = validate_dict(out)
     return new if new is not None and not [p for p in problems if p.level == "error"] else None
 
 
-def _total(config: TrainConfig, chosen: list[Move], num_processes: int | None) -> float:
-    # A move that sets the process count wins over the count the caller measured or assumed.
-    if any(k.startswith("distributed.") for mv in chosen for k in mv.family):
-        num_processes = None
-    return estimate(_with(config, chosen), num_processes=num_processes).total_gib
+class _Totals:
+    """The estimated total of the config with a set of moves applied. The greedy searches try the same
+    sets many times over (in other orders): each resulting config is estimated once."""
+
+    def __init__(self, config: TrainConfig, num_processes: int | None) -> None:
+        self.config, self.num_processes = config, num_processes
+        self._seen: dict[frozenset[tuple[str, Any]], float] = {}
+        self._sections: dict[tuple[str, frozenset[tuple[str, Any]]], Any] = {}
+
+    def _with(self, overrides: dict[str, Any]) -> TrainConfig:
+        """The config with the overrides applied, unvalidated (for re-estimating: the recommendations
+        that come out are validated). Candidates share the sections they change alike."""
+        updates: dict[str, dict[str, Any]] = {}
+        for key, value in overrides.items():
+            section, field = key.split(".")
+            updates.setdefault(section, {})[field] = value
+        copies = {}
+        for section, fields in updates.items():
+            shared = (section, frozenset(fields.items()))
+            if shared not in self._sections:
+                self._sections[shared] = getattr(self.config, section).model_copy(update=fields)
+            copies[section] = self._sections[shared]
+        return self.config.model_copy(update=copies)
+
+    def __call__(self, chosen: list[Move]) -> float:
+        overrides = _overrides(chosen)  # the last move setting a field wins
+        key = frozenset(overrides.items())
+        if key not in self._seen:
+            # A move that sets the process count wins over the count the caller measured or assumed.
+            n = None if any(k.startswith("distributed.") for k in overrides) else self.num_processes
+            self._seen[key] = estimate(self._with(overrides), num_processes=n).total_gib
+        return self._seen[key]
 
 
-def _minimal(
-    config: TrainConfig, chosen: list[Move], gpu_gib: float, num_processes: int | None
-) -> list[Move]:
+def _minimal(totals: _Totals, chosen: list[Move], gpu_gib: float) -> list[Move]:
     """Drop moves that are not needed, the most costly first."""
     kept = list(chosen)
     for mv in sorted(chosen, key=lambda m: -m.cost):
         trial = [m for m in kept if m is not mv]
-        if verdict(_total(config, trial, num_processes), gpu_gib) == "fits":
+        if verdict(totals(trial), gpu_gib) == "fits":
             kept = trial
     return kept
 
@@ -174,16 +205,14 @@ def _conflict(a: Move, b: Move) -> bool:
     return (_sets_fsdp(a) and _unshardable(b)) or (_sets_fsdp(b) and _unshardable(a))
 
 
-def _greedy(
-    config: TrainConfig, order: list[Move], gpu_gib: float, num_processes: int | None
-) -> tuple[list[Move], bool]:
+def _greedy(totals: _Totals, order: list[Move], gpu_gib: float) -> tuple[list[Move], bool]:
     chosen: list[Move] = []
     for mv in order:
         if any(_conflict(mv, other) for other in chosen):
             continue
         chosen.append(mv)
-        if verdict(_total(config, chosen, num_processes), gpu_gib) == "fits":
-            return _minimal(config, chosen, gpu_gib, num_processes), True
+        if verdict(totals(chosen), gpu_gib) == "fits":
+            return _minimal(totals, chosen, gpu_gib), True
     return chosen, False
 
 
@@ -204,27 +233,30 @@ def recommendations(
     if verdict(base, gpu_gib) == "fits":
         return []
     all_moves = moves(config)
+    totals = _Totals(config, num_processes)
     found: list[list[Move]] = []
     for first in range(len(all_moves)):
         # Greedy from each move in turn gives different families of fixes (offload vs quantize vs …).
         order = [all_moves[first], *all_moves[:first], *all_moves[first + 1 :]]
-        chosen, fits = _greedy(config, order, gpu_gib, num_processes)
+        chosen, fits = _greedy(totals, order, gpu_gib)
         if fits and not any(_dominates(f, chosen) for f in found):
             found = [f for f in found if not _dominates(chosen, f)]
             found.append(chosen)
     out: list[dict[str, Any]] = []
     if not found:
-        chosen, _ = _greedy(config, all_moves, gpu_gib, num_processes)
+        chosen, _ = _greedy(totals, all_moves, gpu_gib)
         found, fits_after = [chosen], False
     else:
         fits_after = True
     found.sort(key=lambda f: (max(m.cost for m in f), sum(m.cost for m in f), len(f)))
+    data = to_dict(config)
+    parsed_texts: dict[str, Any] = {}
     for chosen in found[:limit]:
         chosen = sorted(chosen, key=lambda m: m.cost)
         overrides = _overrides(chosen)
-        if _validated(config, overrides) is None:
+        if _validated(config, overrides, data, parsed_texts) is None:
             continue
-        total = _total(config, chosen, num_processes)
+        total = totals(chosen)
         out.append(
             {
                 "title": " + ".join(m.title for m in chosen),
@@ -246,5 +278,5 @@ def auto_fit(config: TrainConfig, gpu_gib: float, *, num_processes: int | None =
         return config
     have = config.distributed.num_processes
     usable = [m for m in moves(config) if dict(m.overrides).get("distributed.num_processes", have) <= have]
-    chosen, fits = _greedy(config, usable, gpu_gib, num_processes)
+    chosen, fits = _greedy(_Totals(config, num_processes), usable, gpu_gib)
     return _validated(config, _overrides(chosen)) if fits else None

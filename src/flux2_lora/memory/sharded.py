@@ -20,6 +20,7 @@ off real ``fully_shard`` runs under a fake process group (:mod:`flux2_lora.train
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flux2_lora.targets import LinearSpec
@@ -41,55 +42,76 @@ class FsdpLayout:
     unit_lora: tuple[int, ...]  # LoRA elements of each block (its unsharded gradients)
 
 
-def _params(arch: TransformerArch, linears: tuple[LinearSpec, ...]) -> list[tuple[str, int, int]]:
-    """(unit, first dimension, elements per row) of every frozen parameter; unit "" is the root."""
-    out = []
+def _unit(spec: LinearSpec) -> str:
+    """The FSDP unit of a layer: its block ("transformer_blocks.3"), or "" (the root)."""
+    if spec.block == "other":
+        return ""
+    name = spec.name
+    return name[: name.index(".", name.index(".") + 1)]
+
+
+# The parameters of each FSDP unit ("" is the root): (first dimension, elements per row) of each tensor.
+Units = dict[str, tuple[tuple[int, int], ...]]
+
+
+def frozen_params(arch: TransformerArch, linears: Sequence[LinearSpec]) -> Units:
+    """Every frozen parameter, by unit (depends on the architecture only: callers cache it)."""
+    out: dict[str, list[tuple[int, int]]] = {"": []}
     for s in linears:
-        unit = ".".join(s.name.split(".")[:2]) if s.block != "other" else ""
-        out.append((unit, s.out_features, s.in_features))
+        out.setdefault(_unit(s), []).append((s.out_features, s.in_features))
     hd = arch.attention_head_dim
     for i in range(arch.num_layers):  # q/k RMSNorm scales of both streams
-        out += [(f"transformer_blocks.{i}", hd, 1)] * 4
+        out[f"transformer_blocks.{i}"] += [(hd, 1)] * 4
     for i in range(arch.num_single_layers):
-        out += [(f"single_transformer_blocks.{i}", hd, 1)] * 2
-    return out
+        out[f"single_transformer_blocks.{i}"] += [(hd, 1)] * 2
+    return {u: tuple(t) for u, t in out.items()}
 
 
-def _lora_params(specs: tuple[LinearSpec, ...], rank: int, dora: bool) -> list[tuple[str, int, int]]:
-    out = []
+def lora_params(specs: Sequence[LinearSpec], rank: int, dora: bool) -> Units:
+    """The LoRA's tensors (A, B and DoRA's magnitude), by unit."""
+    out: dict[str, list[tuple[int, int]]] = {}
     for s in specs:
-        unit = ".".join(s.name.split(".")[:2]) if s.block != "other" else ""
-        out += [(unit, rank, s.in_features), (unit, s.out_features, rank)]
+        tensors = out.setdefault(_unit(s), [])
+        tensors += [(rank, s.in_features), (s.out_features, rank)]
         if dora:
-            out.append((unit, s.out_features, 1))
-    return out
+            tensors.append((s.out_features, 1))
+    return {u: tuple(t) for u, t in out.items()}
 
 
-def fsdp_layout(
-    arch: TransformerArch,
-    linears: tuple[LinearSpec, ...],
-    specs: tuple[LinearSpec, ...],
-    rank: int,
-    dora: bool,
-    weight_bytes: int,
-    n: int,
-) -> FsdpLayout:
-    frozen, lora = _params(arch, linears), _lora_params(specs, rank, dora)
+def fsdp_layout(arch: TransformerArch, frozen: Units, lora: Units, weight_bytes: int, n: int) -> FsdpLayout:
+    """One rank's shards over ``n`` processes (``frozen``: :func:`frozen_params`; ``lora``:
+    :func:`lora_params`)."""
     order = [f"transformer_blocks.{i}" for i in range(arch.num_layers)]
     order += [f"single_transformer_blocks.{i}" for i in range(arch.num_single_layers)]
+    # Bytes are whole numbers (exact in a float), so they are summed unit by unit, and units of the
+    # same shapes (every double block, every single block) are computed once.
+    seen: dict[tuple[tuple[int, int], ...], tuple[int, int]] = {}
+
+    def sizes(tensors: tuple[tuple[int, int], ...]) -> tuple[int, int]:
+        """(elements of this rank's shards, elements all-gathered with FSDP2's padding)."""
+        if tensors not in seen:
+            seen[tensors] = (
+                sum(_shard(r, n) * c for r, c in tensors),
+                sum(_shard(r, n) * n * c for r, c in tensors),
+            )
+        return seen[tensors]
+
     gathered = dict.fromkeys(["", *order], 0.0)
-    unit_lora = dict.fromkeys(order, 0)
-    for unit, rows, cols in frozen + lora:
-        gathered[unit] += _shard(rows, n) * n * cols * weight_bytes  # the all-gather's padded size
-    for unit, rows, cols in lora:
-        if unit:
-            unit_lora[unit] += rows * cols
+    sharded_weights = sharded_lora = 0
+    for unit, tensors in frozen.items():
+        shard, whole = sizes(tensors)
+        sharded_weights += shard * weight_bytes
+        gathered[unit] += whole * weight_bytes  # the all-gather's padded size
+    for unit, tensors in lora.items():
+        shard, whole = sizes(tensors)
+        sharded_lora += shard
+        gathered[unit] += whole * weight_bytes
     return FsdpLayout(
-        sharded_weights=sum(_shard(r, n) * c * weight_bytes for _, r, c in frozen),
-        sharded_lora=sum(_shard(r, n) * c for _, r, c in lora),
+        sharded_weights=sharded_weights,
+        sharded_lora=sharded_lora,
         root=gathered[""],
         units=tuple(gathered[u] for u in order),
-        unit_lora=tuple(unit_lora[u] for u in order),
+        unit_lora=tuple(sum(r * c for r, c in lora.get(u, ())) for u in order),
     )
 
 
@@ -131,18 +153,31 @@ def gathered_backward(
     return best
 
 
+# (gathered, activations) of the forward's peak; (gathered, activations, unsharded gradients) of backward's.
+Moments = tuple[tuple[float, float], tuple[float, float, float]]
+
+
+def fsdp_moments(
+    layout: FsdpLayout, profile: tuple[list[float], list[float]], weight_bytes: int, reshard: bool
+) -> Moments:
+    """The forward and backward moments of one FSDP rank that hold the most (see gathered_forward and
+    gathered_backward); they depend on the layout and the activations only, not on the optimizer."""
+    return (
+        gathered_forward(layout, profile[0], reshard),
+        gathered_backward(layout, profile[1], weight_bytes, reshard),
+    )
+
+
 def fsdp_training(
     layout: FsdpLayout,
-    profile: tuple[list[float], list[float]],
+    moments: Moments,
     n_lora: int,
     optim: float,
     step: float,
-    wb: int,
     accumulating: bool,
     encode: float,
     te_train: float,
     vae_train: float,
-    reshard: bool,
     offload: bool,
 ) -> dict[str, float]:
     """The training phase of one FSDP rank (bytes by component): the largest of the forward's gathering,
@@ -158,8 +193,7 @@ def fsdp_training(
         text_encoder=te_train,
         vae=vae_train,
     )
-    g_fwd, a_fwd = gathered_forward(layout, profile[0], reshard)
-    g_bwd, a_bwd, unsharded = gathered_backward(layout, profile[1], wb, reshard)
+    (g_fwd, a_fwd), (g_bwd, a_bwd, unsharded) = moments
     forward = dict(
         **static, gradients=grads if accumulating else 0.0, activations=max(a_fwd, encode), gathered=g_fwd
     )

@@ -61,8 +61,9 @@ def _lora_tensors(specs: Sequence[LinearSpec], rank: int, dora: bool) -> list[tu
     return out
 
 
-def _optimizer_state(tensors: Sequence[tuple[int, int]], optimizer: str, momentum: float) -> float:
-    n = sum(r * c for r, c in tensors)
+def _optimizer_state(tensors: Sequence[tuple[int, int]], n: int, optimizer: str, momentum: float) -> float:
+    """``tensors``: (rows, cols) of each LoRA tensor (needed by 8-bit AdamW and Adafactor); ``n``: their
+    elements."""
     if optimizer in ("adamw", "adam"):
         return 8.0 * n
     if optimizer == "adamw8bit":
@@ -80,9 +81,9 @@ def _optimizer_state(tensors: Sequence[tuple[int, int]], optimizer: str, momentu
 
 
 def _optimizer_step(
-    tensors: Sequence[tuple[int, int]], optimizer: str, momentum: float, weight_decay: float
+    tensors: Sequence[tuple[int, int]], n: int, optimizer: str, momentum: float, weight_decay: float
 ) -> float:
-    n = sum(r * c for r, c in tensors)
+    """``tensors`` as for :func:`_optimizer_state` (needed by Prodigy)."""
     if optimizer == "adafactor":
         return 4.0 * n
     if optimizer == "sgd":
@@ -95,7 +96,8 @@ def _optimizer_step(
 def optimizer_bytes(config: TrainConfig, specs: Sequence[LinearSpec]) -> float:
     """Optimizer state for the fp32 LoRA parameters, as each optimizer lays it out."""
     t, lora = config.training, config.lora
-    return _optimizer_state(_lora_tensors(specs, lora.rank, lora.use_dora), t.optimizer, t.momentum)
+    tensors = _lora_tensors(specs, lora.rank, lora.use_dora)
+    return _optimizer_state(tensors, sum(r * c for r, c in tensors), t.optimizer, t.momentum)
 
 
 def optimizer_step_bytes(config: TrainConfig, specs: Sequence[LinearSpec]) -> float:
@@ -105,24 +107,8 @@ def optimizer_step_bytes(config: TrainConfig, specs: Sequence[LinearSpec]) -> fl
     tensor (about twice the largest tensor); bitsandbytes' 8-bit AdamW updates in place."""
     t, lora = config.training, config.lora
     tensors = _lora_tensors(specs, lora.rank, lora.use_dora)
-    return _optimizer_step(tensors, t.optimizer, t.momentum, t.weight_decay)
-
-
-def _block_of(spec: LinearSpec) -> str:
-    return ".".join(spec.name.split(".")[:2])
-
-
-def _first_block_params(specs: Sequence[LinearSpec], rank: int, dora: bool) -> int:
-    """LoRA parameters of the first block with LoRA (their gradients come last in backward)."""
-    first = next((_block_of(s) for s in specs if s.block != "other"), None)
-    return sum(s.lora_params(rank, dora) for s in specs if _block_of(s) == first)
-
-
-def _last_block_params(specs: Sequence[LinearSpec], rank: int, dora: bool) -> int:
-    """LoRA parameters whose gradients exist when backward peaks: those of the last block (backward
-    starts there) and of layers outside the blocks."""
-    last = next((_block_of(s) for s in reversed(specs) if s.block != "other"), None)
-    return sum(s.lora_params(rank, dora) for s in specs if s.block == "other" or _block_of(s) == last)
+    n = sum(r * c for r, c in tensors)
+    return _optimizer_step(tensors, n, t.optimizer, t.momentum, t.weight_decay)
 
 
 @dataclass(frozen=True)
@@ -131,9 +117,10 @@ class Adapter:
 
     specs: tuple[LinearSpec, ...]
     params: int
-    first_block: int  # parameters of the first block with LoRA
-    last_block: int  # parameters of the last block with LoRA and outside the blocks
-    tensors: tuple[tuple[int, int], ...]
+    first_block: int  # parameters of the first block with LoRA (their gradients come last in backward)
+    # Parameters whose gradients exist when backward peaks: those of the last block with LoRA (backward
+    # starts there) and of the layers outside the blocks.
+    last_block: int
 
 
 @functools.lru_cache(maxsize=256)
@@ -144,13 +131,18 @@ def target_specs(tokens: tuple[str, ...], arch: TransformerArch) -> tuple[Linear
 @functools.lru_cache(maxsize=256)
 def lora_adapter(tokens: tuple[str, ...], arch: TransformerArch, rank: int, dora: bool) -> Adapter:
     specs = target_specs(tokens, arch)
-    return Adapter(
-        specs=specs,
-        params=sum(s.lora_params(rank, dora) for s in specs),
-        first_block=_first_block_params(specs, rank, dora),
-        last_block=_last_block_params(specs, rank, dora),
-        tensors=tuple(_lora_tensors(specs, rank, dora)),
-    )
+    total = outside = 0
+    by_block: dict[str, int] = {}  # in module order, which is execution order
+    for s in specs:
+        n = s.lora_params(rank, dora)
+        total += n
+        if s.block == "other":
+            outside += n
+        else:  # "transformer_blocks.3.attn.to_q" is in "transformer_blocks.3"
+            block = s.name[: s.name.index(".", s.name.index(".") + 1)]
+            by_block[block] = by_block.get(block, 0) + n
+    blocks = list(by_block.values()) or [0]
+    return Adapter(specs=specs, params=total, first_block=blocks[0], last_block=blocks[-1] + outside)
 
 
 @functools.lru_cache(maxsize=256)
@@ -164,10 +156,12 @@ def optimizer_memory(
     weight_decay: float,
 ) -> tuple[float, float]:
     """(state, one step's temporaries) in bytes."""
-    tensors = lora_adapter(tokens, arch, rank, dora).tensors
+    adapter = lora_adapter(tokens, arch, rank, dora)
+    per_tensor = optimizer in ("adamw8bit", "adafactor", "prodigy")
+    tensors = _lora_tensors(adapter.specs, rank, dora) if per_tensor else []
     return (
-        _optimizer_state(tensors, optimizer, momentum),
-        _optimizer_step(tensors, optimizer, momentum, weight_decay),
+        _optimizer_state(tensors, adapter.params, optimizer, momentum),
+        _optimizer_step(tensors, adapter.params, optimizer, momentum, weight_decay),
     )
 
 
