@@ -18,21 +18,72 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _kill_me_with_parent() -> None:
-    """In a child between fork and exec: SIGKILL when the parent dies (Linux; elsewhere nothing)."""
-    if sys.platform.startswith("linux"):
+def kill_with_parent(parent: int | None = None) -> None:
+    """In a child between fork and exec (a ``preexec_fn``, or the :mod:`flux2_lora.experiments.child`
+    shim): SIGKILL when the parent dies (Linux; elsewhere nothing). The setting is kept across exec.
+    With ``parent`` (its pid): exit at once if it has already ended, before the setting took effect."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
+
+
+def trainer_command(
+    config_path: str | Path,
+    *,
+    resume: str | None = None,
+    python: Sequence[str] | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The command line of a trainer: ``python -m flux2_lora.cli train --config FILE [--resume R]``.
+    ``python`` replaces the interpreter part (accelerate's launcher runs the module itself)."""
+    head = [sys.executable] if python is None else list(python)
+    cmd = [*head, "-m", "flux2_lora.cli", "train", "--config", str(config_path)]
+    if resume:
+        cmd += ["--resume", resume]
+    return cmd + list(extra)
+
+
+def start_process(
+    cmd: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    output: Path | None = None,
+    own_session: bool = False,
+    die_with_parent: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start a trainer (or any child of ours), no shell. ``output``: its stdout and stderr go to that file
+    (stdin closed); ``own_session``: a Ctrl-C or a signal to our process group does not reach it;
+    ``die_with_parent``: the kernel kills it when this process dies (a ``preexec_fn``: not for processes
+    that start children from several threads, which use the child shim instead)."""
+    kwargs: dict[str, Any] = {
+        "env": None if env is None else dict(env),
+        "start_new_session": own_session,
+        "preexec_fn": kill_with_parent if die_with_parent else None,
+    }
+    if output is None:
+        return subprocess.Popen(list(cmd), **kwargs)
+    with Path(output).open("wb") as out:
+        return subprocess.Popen(
+            list(cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kwargs
+        )
 
 
 def run_child(cmd: Sequence[str], env: Mapping[str, str]) -> int:
     """Run ``cmd`` in its own session, killed if this process dies, with SIGINT / SIGTERM passed on to it
     once (not twice, as a shared process group would); returns its exit code."""
-    proc = subprocess.Popen(list(cmd), env=dict(env), start_new_session=True, preexec_fn=_kill_me_with_parent)
+    proc = start_process(cmd, env=env, own_session=True, die_with_parent=True)
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         try:

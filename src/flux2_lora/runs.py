@@ -22,7 +22,6 @@ reconcile it with the lock: a non-final state whose lock nobody holds is reporte
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import math
 import os
@@ -31,11 +30,32 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-STATE_UNREADABLE = "unreadable"  # status.json is damaged or not ours; its message says why
-STATES_FINAL = ("finished", "failed", "stopped", STATE_UNREADABLE)
+from flux2_lora.locks import FileLock
+from flux2_lora.locks import is_held as is_held  # re-exported: readers probe owner files through runs
+
+
+class RunState(str, Enum):
+    """A run's life-cycle state as status.json spells it (str-valued: the file keeps the same strings,
+    and a state read back from it compares equal to these)."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    CHECKPOINTING = "checkpointing"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    UNREADABLE = "unreadable"  # status.json is damaged or not ours; its message says why
+
+    def __str__(self) -> str:  # f-strings and str() give the value on every Python (3.12 changed mixins)
+        return self.value
+
+
+STATE_UNREADABLE = RunState.UNREADABLE
+STATES_FINAL = (RunState.FINISHED, RunState.FAILED, RunState.STOPPED, RunState.UNREADABLE)
 MAX_STATUS_BYTES = 1 << 20  # a status file is a few hundred bytes
 
 STATUS_FILE = "status.json"
@@ -94,7 +114,7 @@ def finite(value: Any) -> Any:
 
 @dataclass
 class RunStatus:
-    state: str = "starting"
+    state: str = RunState.STARTING
     step: int = 0
     total_steps: int = 0
     pid: int | None = None
@@ -208,42 +228,30 @@ def _number(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-class RunLock:
-    """An exclusive flock on ``<run>/.lock``. The kernel drops it when the holder dies, so it never goes stale."""
+class RunLock(FileLock):
+    """The trainer's flock on ``<run>/.lock`` (it records the pid); taken without waiting, RunBusyError
+    naming the owner when another live process holds it."""
 
     def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / LOCK_FILE
-        self._fd: int | None = None
+        super().__init__(Path(run_dir) / LOCK_FILE)
 
-    def acquire(self) -> None:
+    def owner_text(self) -> str:
+        return str(os.getpid())
+
+    def acquire(self, blocking: bool = False) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        if not super().acquire(blocking=False):
             owner = _read_lock_owner(self.path)
             raise RunBusyError(
                 f"output.dir: {self.path.parent} is in use by a running trainer"
                 + (f" (pid {owner})" if owner else "")
                 + "; stop it first or choose another output directory"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+            )
+        return True
 
     def __enter__(self) -> RunLock:
         self.acquire()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 def _read_lock_owner(path: Path) -> int | None:
@@ -256,23 +264,6 @@ def _read_lock_owner(path: Path) -> int | None:
 def is_locked(run_dir: str | Path) -> bool:
     """Whether a live process holds the run's lock (probing never blocks and releases at once)."""
     return is_held(Path(run_dir) / LOCK_FILE)
-
-
-def is_held(path: Path) -> bool:
-    """Whether some live process holds the flock on ``path`` (probing never blocks)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # a missing file is held by no one
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
 
 
 def log_tail(run_dir: str | Path, lines: int = 40) -> str:
@@ -345,7 +336,7 @@ def read_status(run_dir: str | Path) -> RunStatus | None:
             state=STATE_UNREADABLE, message=f"{STATUS_FILE} is unreadable: {reason}", error=reason
         )
     if not status.is_final and not is_locked(run):
-        status.state = "failed"
+        status.state = RunState.FAILED
         status.error = (
             status.error or "the trainer process ended without finishing (killed, out of memory or crashed)"
         )
@@ -375,10 +366,36 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+# The stop protocol, for a run directory (its trainer) and a sweep folder (its worker) alike: whoever wants
+# a stop writes STOP_FILE into the folder; the process working there polls for it, acts (a checkpoint,
+# then exit) and removes it, so it cannot stop the next run in that folder. Signals only hurry it along.
+def write_stop_request(folder: str | Path) -> None:
+    """Ask the process working in ``folder`` (a trainer, a sweep worker) to stop gracefully."""
+    (Path(folder) / STOP_FILE).write_text(str(time.time()))
+
+
+def stop_requested(folder: str | Path) -> bool:
+    """Whether a stop was asked for in ``folder`` and not yet acted on."""
+    return (Path(folder) / STOP_FILE).is_file()
+
+
+def stop_requested_at(folder: str | Path) -> float | None:
+    """When the pending stop request was written (its file's mtime), None when there is none."""
+    try:
+        return (Path(folder) / STOP_FILE).stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def clear_stop_request(folder: str | Path) -> None:
+    """The stop was acted on, or was left by an earlier run: it must not stop the next one."""
+    (Path(folder) / STOP_FILE).unlink(missing_ok=True)
+
+
 def request_stop(run_dir: str | Path) -> bool:
     """Ask the trainer to checkpoint and exit: a stop file it polls, plus SIGTERM to its pid."""
     run = Path(run_dir)
-    (run / STOP_FILE).write_text(str(time.time()))
+    write_stop_request(run)
     status = read_status(run)
     if status and not status.is_final and status.pid:
         try:
@@ -402,7 +419,7 @@ def force_stop(run_dir: str | Path, wait_s: float = 10.0) -> bool:
     deadline = time.time() + wait_s
     while is_locked(run) and time.time() < deadline:
         time.sleep(0.05)
-    status.state = "stopped"
+    status.state = RunState.STOPPED
     status.message = f"force-stopped at step {status.step} after the graceful stop timed out; resume from the last checkpoint"
     status.updated_at = time.time()
     write_json_atomic(run / STATUS_FILE, status.to_dict())

@@ -14,7 +14,8 @@ def test_openers_of_one_sqlite_study_take_turns(tmp_path: Path) -> None:
     open_storage waits for the file's lock, so the driver and a status reader never race."""
     import threading
 
-    from flux2_lora.experiments.store import FileLock, open_storage
+    from flux2_lora.experiments.store import open_storage
+    from flux2_lora.locks import FileLock
 
     db = tmp_path / "study.db"
     held = FileLock(Path(f"{db}.lock"))

@@ -15,7 +15,7 @@ from pathlib import Path
 from flux2_lora.cli.common import add_config_args, config_from_args, fail, show
 from flux2_lora.cli.schema_flags import add_section_flags, section_overrides
 from flux2_lora.config import TrainConfig
-from flux2_lora.process_tree import exit_with_parent, run_child
+from flux2_lora.process_tree import exit_with_parent, run_child, trainer_command
 from flux2_lora.runs import LOG_FILE
 from flux2_lora.training.outcome import RunOutcome
 from flux2_lora.training.tracking import DEBUG_ENV
@@ -250,7 +250,7 @@ def launch_command(config, resolved: Path, resume: str | None) -> list[str]:  # 
     d = config.distributed
     save_config(config, resolved)
     port = d.main_process_port or (29500 if d.num_machines > 1 else 0)  # 0: accelerate picks a free one
-    cmd = [
+    launcher = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
@@ -267,11 +267,8 @@ def launch_command(config, resolved: Path, resume: str | None) -> list[str]:  # 
         "no",
     ]
     if d.num_machines > 1:
-        cmd += ["--main_process_ip", d.main_process_ip]
-    cmd += ["-m", "flux2_lora.cli", "train", str(resolved)]
-    if resume:
-        cmd += ["--resume", resume]
-    return cmd
+        launcher += ["--main_process_ip", d.main_process_ip]
+    return trainer_command(resolved, resume=resume, python=launcher)
 
 
 def _has_cuda() -> bool:

@@ -5,10 +5,6 @@ how a finished trial is scored. No torch; Optuna is imported where a study is op
 
 from __future__ import annotations
 
-import fcntl
-import os
-import socket
-import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from flux2_lora import runs
 from flux2_lora.config.io import to_dict, validate_dict
+from flux2_lora.locks import FileLock
 
 if TYPE_CHECKING:
     import optuna
@@ -23,7 +20,7 @@ if TYPE_CHECKING:
 STUDY_FILE = "study.db"
 SPEC_FILE = "sweep.yaml"
 BEST_FILE = "best.yaml"
-STOP_FILE = "stop.request"
+STOP_FILE = runs.STOP_FILE  # one stop protocol for runs and sweeps (runs.write_stop_request)
 OWNER_FILE = ".sweep-owner"
 ASK_LOCK_FILE = ".sweep-ask.lock"
 TRIAL_OUT = "sweep-trial.out"
@@ -89,41 +86,6 @@ def open_storage(url: str, on_stale: Callable[..., None] | None = None) -> optun
     finally:
         if lock is not None:
             lock.release()
-
-
-class FileLock:
-    """An exclusive flock on a file; the kernel drops it when the holder dies (never stale)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self._thread = threading.Lock()  # flock is per open file: threads of one process take turns here too
-
-    def acquire(self, blocking: bool = True) -> bool:
-        if not self._thread.acquire(blocking):
-            return False
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            self._thread.release()
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{socket.gethostname()}:{os.getpid()}".encode())
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-            self._thread.release()
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
 
 
 def objective_value(run_dir: Path, objective: str) -> tuple[float, str, int | None]:

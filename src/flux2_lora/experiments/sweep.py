@@ -38,9 +38,7 @@ from flux2_lora.experiments.store import (
     GRACE_S,
     MAX_RETRIES,
     OWNER_FILE,
-    STOP_FILE,
     TRIAL_OUT,
-    FileLock,
     SweepError,
     TrialFailed,
     counts_toward_budget,
@@ -50,7 +48,9 @@ from flux2_lora.experiments.store import (
     trial_dir_name,
 )
 from flux2_lora.experiments.vet import Target, vet
-from flux2_lora.runs import is_held
+from flux2_lora.locks import FileLock, is_held
+from flux2_lora.process_tree import start_process, trainer_command
+from flux2_lora.runs import RunState
 
 if TYPE_CHECKING:
     import optuna
@@ -66,8 +66,9 @@ class TrialInterrupted(Exception):
 
 def default_trainer(config_file: Path) -> list[str]:
     """``python -m flux2_lora.cli train --config FILE``, made to die with this process (see .child)."""
-    train = [sys.executable, "-m", "flux2_lora.cli", "train", "--config", str(config_file)]
-    return [sys.executable, "-m", "flux2_lora.experiments.child", str(os.getpid()), "--", *train]
+    # The shim, not a preexec_fn: trials start from several threads, where preexec_fn is unsafe.
+    shim = [sys.executable, "-m", "flux2_lora.experiments.child", str(os.getpid()), "--"]
+    return trainer_command(config_file, python=[*shim, sys.executable])
 
 
 @dataclass
@@ -246,14 +247,13 @@ class Sweep:
         self._log_plan(study)
         for t in threads:
             t.start()
-        stop_file = self.dir / STOP_FILE
         while any(t.is_alive() for t in threads):
             for t in threads:
                 t.join(self.opt.poll_s)
-            if stop_file.exists() and not self.stop_event.is_set():
+            if runs.stop_requested(self.dir) and not self.stop_event.is_set():
                 self.opt.log("stop requested: stopping the running trials (each saves a checkpoint)")
                 self.stop_event.set()
-        stop_file.unlink(missing_ok=True)
+        runs.clear_stop_request(self.dir)
         from flux2_lora.experiments.status import write_best
 
         best = write_best(self.dir, study)
@@ -407,21 +407,14 @@ class Sweep:
             raise optuna.TrialPruned(f"does not fit: {fit.reason}")
         cfg_file = run_dir / runs.CONFIG_FILE
         save_config(config, cfg_file)
-        (run_dir / runs.STOP_FILE).unlink(missing_ok=True)  # left by an earlier, stopped trainer
+        runs.clear_stop_request(run_dir)  # left by an earlier, stopped trainer
         env = dict(os.environ)
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot
         on = f"GPU {slot}" if slot is not None else "this machine"
         self.opt.log(f"trial {trial.number} ({label}): training on {on} in {run_dir}")
         started = time.time()
-        with (run_dir / TRIAL_OUT).open("wb") as out:
-            proc = subprocess.Popen(
-                self.opt.trainer(cfg_file),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
+        proc = start_process(self.opt.trainer(cfg_file), env=env, output=run_dir / TRIAL_OUT)
         try:
             reported = self._watch(trial, proc, run_dir)
         finally:
@@ -430,9 +423,9 @@ class Sweep:
                 proc.wait()
         trial.set_user_attr("seconds", round(time.time() - started, 1))
         status = runs.read_status(run_dir)
-        if self.stop_event.is_set() and (status is None or status.state != "finished"):
+        if self.stop_event.is_set() and (status is None or status.state != RunState.FINISHED):
             raise TrialInterrupted("stopped with the sweep; it runs again when the sweep continues")
-        if proc.returncode != 0 or status is None or status.state != "finished":
+        if proc.returncode != 0 or status is None or status.state != RunState.FINISHED:
             raise TrialFailed(self._failure(proc.returncode, status, run_dir))
         if self._pruning:
             # The whole curve of a finished trial is what later trials are compared with.
@@ -483,7 +476,7 @@ class Sweep:
     @staticmethod
     def _stop_trainer(proc: subprocess.Popen[bytes], run_dir: Path) -> None:
         """Ask the trainer to checkpoint and exit (stop file + SIGTERM); SIGKILL after STOP_TIMEOUT_S."""
-        (run_dir / runs.STOP_FILE).write_text(str(time.time()))
+        runs.write_stop_request(run_dir)
         try:
             proc.send_signal(signal.SIGTERM)
             proc.wait(STOP_TIMEOUT_S)
@@ -493,7 +486,7 @@ class Sweep:
 
     @staticmethod
     def _failure(code: int | None, status: runs.RunStatus | None, run_dir: Path) -> str:
-        if status is not None and (status.error or status.message) and status.state != "finished":
+        if status is not None and (status.error or status.message) and status.state != RunState.FINISHED:
             text = status.error or status.message
         else:
             lines = [ln for ln in runs.log_tail(run_dir, 5).splitlines() if ln.strip()]

@@ -54,7 +54,7 @@ class StopFlag:
         self._requested = True
 
     def requested(self) -> bool:
-        if not self._requested and self.run_dir is not None and (self.run_dir / runs.STOP_FILE).is_file():
+        if not self._requested and self.run_dir is not None and runs.stop_requested(self.run_dir):
             self._requested = True
         return self._requested
 
@@ -62,17 +62,14 @@ class StopFlag:
         """Remove a stop file left by an earlier run; keep one written since this run was launched."""
         if self.run_dir is None:
             return
-        path = self.run_dir / runs.STOP_FILE
-        try:
-            if path.stat().st_mtime < launched_at:
-                path.unlink()
-        except FileNotFoundError:
-            pass
+        written = runs.stop_requested_at(self.run_dir)
+        if written is not None and written < launched_at:
+            runs.clear_stop_request(self.run_dir)
 
     def acknowledge(self) -> None:
         """The stop was acted on: the file must not stop the next run in this directory."""
         if self.run_dir is not None:
-            (self.run_dir / runs.STOP_FILE).unlink(missing_ok=True)
+            runs.clear_stop_request(self.run_dir)
 
 
 class RunSession:
@@ -145,7 +142,7 @@ class RunSession:
         status = runs.read_status(self.run_dir)
         lora = self.run_dir / runs.LORA_FILE
         total = self.config.training.max_steps
-        if self.resume != "latest" or status is None or status.state != "finished":
+        if self.resume != "latest" or status is None or status.state != runs.RunState.FINISHED:
             return None
         if status.step < total or not lora.is_file():
             return None
@@ -199,13 +196,13 @@ class RunSession:
             return
         try:
             if isinstance(exc, KeyboardInterrupt):
-                self.status("stopped", "interrupted")
+                self.status(runs.RunState.STOPPED, "interrupted")
             elif isinstance(exc, _EXPLAINED):
                 log_to_file(logging.ERROR, f"training failed: {exc}")
-                self.status("failed", str(exc), error=str(exc))
+                self.status(runs.RunState.FAILED, str(exc), error=str(exc))
             else:
                 log_to_file(logging.ERROR, "training failed", exc_info=(type(exc), exc, exc.__traceback__))
-                self.status("failed", f"{type(exc).__name__}: {exc}", error=str(exc))
+                self.status(runs.RunState.FAILED, f"{type(exc).__name__}: {exc}", error=str(exc))
         except OSError as e:
             log_to_file(
                 logging.ERROR, f"{runs.STATUS_FILE}: could not record the failure ({e.strerror or e})"

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from flux2_lora import runs
+from flux2_lora.process_tree import start_process
+from flux2_lora.runs import RunState
 
 _LOCK = threading.Lock()
 
@@ -44,15 +46,8 @@ def _key(run_dir: Path, kind: str) -> tuple[str, str]:
 def launch(argv: list[str], run_dir: Path, kind: str, env: dict[str, str] | None = None) -> Job:
     """Start argv (a list: no shell) with its output in <run>/ui-<kind>.out; a thread reaps it."""
     out_path = Path(run_dir) / f"ui-{kind}.out"
-    with out_path.open("wb") as out:
-        proc = subprocess.Popen(
-            argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # a UI Ctrl-C must not kill the run mid-checkpoint
-            env=env,
-        )
+    # Its own session: a UI Ctrl-C must not kill the run mid-checkpoint.
+    proc = start_process(argv, env=env, output=out_path, own_session=True)
     job = Job(proc, out_path, kind)
     with _LOCK:
         _JOBS[_key(run_dir, kind)] = job
@@ -147,7 +142,7 @@ def stop(run: Path, timeout_s: float) -> dict[str, Any]:
     if starting:
         assert j is not None
         j.stop_requested = True
-        (run / runs.STOP_FILE).write_text(str(time.time()))
+        runs.write_stop_request(run)
         threading.Thread(
             target=_stop_starting, args=(run, j, timeout_s), daemon=True, name=f"stop {run.name}"
         ).start()
@@ -166,7 +161,7 @@ def _stop_starting(run: Path, j: Job, timeout_s: float) -> None:
     while j.proc.poll() is None and time.time() < deadline:
         status = runs.read_status(run)
         if not rewritten and status is not None and status.pid == j.proc.pid:
-            (run / runs.STOP_FILE).write_text(str(time.time()))
+            runs.write_stop_request(run)
             rewritten = True
         time.sleep(0.1)
     if j.proc.poll() is None:
@@ -196,7 +191,7 @@ def _kill_and_record(run: Path, j: Job) -> None:
     j.proc.wait()
     status = runs.read_status(run)
     if status is not None and status.pid == j.proc.pid and not status.is_final:
-        status.state = "stopped"
+        status.state = RunState.STOPPED
         status.message = f"force-stopped at step {status.step} after the graceful stop timed out"
         status.updated_at = time.time()
         runs.write_json_atomic(run / runs.STATUS_FILE, status.to_dict())
@@ -254,16 +249,16 @@ def snapshot(run: Path, served: Any, max_points: int = 2000) -> dict[str, Any]:
     if status is None and proc:
         # The UI's trainer has no status of its own yet (starting), or died before writing one.
         if proc["running"]:
-            state = "stopping" if proc["stop_requested"] else "starting"
+            state = "stopping" if proc["stop_requested"] else RunState.STARTING
             message = (
                 "stop requested; the trainer stops as soon as it is up"
                 if proc["stop_requested"]
                 else ("starting the trainer (loading libraries)")
             )
         elif proc["stop_requested"]:
-            state, message = "stopped", "stopped before the trainer was up"
+            state, message = RunState.STOPPED, "stopped before the trainer was up"
         else:
-            state = "failed"
+            state = RunState.FAILED
             message = proc.get("output", "")[-2000:] or f"trainer exited with {proc['returncode']}"
         return {
             **_EMPTY,

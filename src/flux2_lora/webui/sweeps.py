@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from flux2_lora import runs
 from flux2_lora.config.io import to_dict
 from flux2_lora.webui import configs, monitor
 from flux2_lora.webui.paths import AppPaths, PathRefused
@@ -202,9 +203,9 @@ def start(paths: AppPaths, spec: dict[str, Any], name: str, gpu: str = "") -> di
         return _err("name", conflict)
     data["name"] = d.name
     d.mkdir(parents=True, exist_ok=True)
-    from flux2_lora.experiments.store import SPEC_FILE, STOP_FILE
+    from flux2_lora.experiments.store import SPEC_FILE
 
-    (d / STOP_FILE).unlink(missing_ok=True)
+    runs.clear_stop_request(d)
     spec_file = d / SPEC_FILE
     spec_file.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     argv = [sys.executable, "-m", "flux2_lora.cli", "sweep", str(spec_file), "--dir", str(d)]
@@ -256,15 +257,13 @@ def status(paths: AppPaths, name: str) -> dict[str, Any]:
 
 def stop(paths: AppPaths, name: str) -> dict[str, Any]:
     """Ask the sweep to stop: its running trials save a checkpoint and are queued again for a re-run."""
-    from flux2_lora.experiments.store import STOP_FILE
-
     try:
         d = sweep_dir(paths, name)
     except PathRefused as e:
         return {"ok": False, "message": e.message}
     if not monitor.is_running(d, KIND):
         return {"ok": False, "message": "this sweep is not running from the UI"}
-    (d / STOP_FILE).write_text("stop")
+    runs.write_stop_request(d)
     return {
         "ok": True,
         "message": "stop requested: the running trials save a checkpoint, then the sweep ends",
