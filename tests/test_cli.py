@@ -240,7 +240,13 @@ def test_generate_with_a_lora_and_scale(tmp_path: Path) -> None:
 
     out = tmp_path / "r"
     # 6 steps: 2 steps' LoRA is too small to move a 64-px image reliably by more than 2 levels.
-    cli("train", "--preset", "quickstart", *sets(f"output.dir={out}", *FAST, "training.max_steps=6"), check=True)
+    cli(
+        "train",
+        "--preset",
+        "quickstart",
+        *sets(f"output.dir={out}", *FAST, "training.max_steps=6"),
+        check=True,
+    )
     lora = str(out / runs.LORA_FILE)
     common = [
         "--prompt",

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 from flux2_lora.config import TrainConfig
-from flux2_lora.local_model import ModelConfigError
 from flux2_lora.memory.activations import (
     ByBlock,
     activation_profile,
@@ -107,14 +106,10 @@ def _model_shapes(
     A local folder whose configs are broken raises :class:`ModelConfigError`: an estimate of some other
     model would be a wrong answer, not a fallback."""
     custom = False
-    try:
-        resolved = resolve_model(path, variant)
-        name, arch, custom, title = resolved.variant, resolved.arch, resolved.custom, resolved.title
-    except ModelConfigError:
-        raise
-    except ValueError:  # a hub id whose variant cannot be told: size it as the smallest real model
-        name = "demo" if is_demo(path) else "klein-4b"
-        arch, title = get_variant(name).transformer, get_variant(name).title
+    # An unrecognised hub id or folder raises (ValueError, naming the field): assess() reports it as an
+    # unknown model; sizing it as some default variant would be a wrong answer, not an estimate.
+    resolved = resolve_model(path, variant)
+    name, arch, custom, title = resolved.variant, resolved.arch, resolved.custom, resolved.title
     v = get_variant(name)
     te, vae = v.text_encoder, v.vae
     if stamp:
