@@ -112,7 +112,7 @@ def _print(report: dict[str, Any], *, auto: bool, to_yaml: Any) -> None:
     print(f"on {gpu.get('label', gpu['name'])}: {gpu['verdict'].replace('_', ' ')}")
     for r in report["recommendations"]:
         sets = " ".join(f"--set {k}={v}" for k, v in r["overrides"].items())
-        fits = "fits" if r["fits_after"] else "still too large"
+        fits = {"fits": "fits", "tight": "fits, tight"}.get(r.get("verdict_after", ""), "still too large")
         print(f"  fix: {r['title']} → {r['total_gib_after']:.1f} GiB, {fits} ({sets})")
     if auto:
         fitted = report["auto_fit"]

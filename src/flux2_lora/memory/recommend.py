@@ -245,9 +245,7 @@ def recommendations(
     out: list[dict[str, Any]] = []
     if not found:
         chosen, _ = _greedy(totals, all_moves, gpu_gib)
-        found, fits_after = [chosen], False
-    else:
-        fits_after = True
+        found = [chosen]
     found.sort(key=lambda f: (max(m.cost for m in f), sum(m.cost for m in f), len(f)))
     data = to_dict(config)
     parsed_texts: dict[str, Any] = {}
@@ -257,6 +255,8 @@ def recommendations(
         if _validated(config, overrides, data, parsed_texts) is None:
             continue
         total = totals(chosen)
+        # The label is what the re-estimate says: a best effort may still land within the GPU (tight).
+        after = verdict(total, gpu_gib)
         out.append(
             {
                 "title": " + ".join(m.title for m in chosen),
@@ -264,7 +264,8 @@ def recommendations(
                 "moves": [{"title": m.title, "overrides": dict(m.overrides)} for m in chosen],
                 "saves_gib": base - total,
                 "total_gib_after": total,
-                "fits_after": fits_after,
+                "fits_after": after != "does_not_fit",
+                "verdict_after": after,
             }
         )
     return out

@@ -169,7 +169,8 @@ def breakdown_markdown(result: dict[str, Any]) -> str:
 
 
 def recommendation_label(rec: dict[str, Any]) -> str:
-    fits = " → fits" if rec.get("fits_after") else " (still does not fit)"
+    after = rec.get("verdict_after") or ("fits" if rec.get("fits_after") else "does_not_fit")
+    fits = {"fits": " → fits", "tight": " → fits, tight"}.get(after, " (still does not fit)")
     return f"Apply: {rec.get('title', '?')} (−{rec.get('saves_gib', 0):.1f} GiB{fits})"
 
 
