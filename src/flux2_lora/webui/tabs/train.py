@@ -410,7 +410,11 @@ def start_state(r: dict[str, Any], anyway: bool) -> tuple[bool, str]:
     """Whether Start is enabled for an assessment and what to say beside it: its errors always disable
     it; its blockers (does not fit) unless "start anyway" is ticked."""
     if not r["ok"]:
-        return False, f"Start is disabled: {r['start_reason']}"
+        if not r.get("available") and str(r.get("message", "")).startswith("unknown model"):
+            return False, f"Start is disabled: {r['message']}"
+        # The assessment's words (start_run refuses with them), the fields named as the form labels them.
+        named = "; ".join(f"{render.field_name(e['field'])}: {e['message']}" for e in r["errors"][:3])
+        return False, f"Start is disabled: fix first: {named}"
     if r.get("blockers") and not anyway:
         return False, f"Start is disabled: {r['start_reason']} (tick \"Start anyway\" if the GPU class is wrong)"
     if r.get("blockers"):
