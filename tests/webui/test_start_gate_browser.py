@@ -42,7 +42,9 @@ def _quickstart(browser: Browser, url: str) -> Page:
     return page
 
 
-def test_start_is_disabled_for_a_missing_dataset_until_fixed(browser: Browser, ui_url: str, ui_data: Path) -> None:
+def test_start_is_disabled_for_a_missing_dataset_until_fixed(
+    browser: Browser, ui_url: str, ui_data: Path
+) -> None:
     page = _quickstart(browser, ui_url)
     set_field(page, "dataset.path", str(ui_data / "no-such-folder"))
     _disabled_with(page, "does not exist")

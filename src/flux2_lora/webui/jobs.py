@@ -105,7 +105,7 @@ def start_run(
     if a.errors:
         return {"ok": False, "errors": [e.to_dict() for e in a.errors], "start_reason": a.start_reason}
     if a.blockers and not start_anyway:
-        why = f"{a.start_reason} (tick \"Start anyway\" to start regardless: the GPU class is a guess)"
+        why = f'{a.start_reason} (tick "Start anyway" to start regardless: the GPU class is a guess)'
         return {**_err("", why), "blockers": a.blockers, "start_reason": a.start_reason}
     if _busy(run_dir):
         return _err("output.dir", f"{run_dir} has a live run: stop it, or choose another output folder")

@@ -416,7 +416,10 @@ def start_state(r: dict[str, Any], anyway: bool) -> tuple[bool, str]:
         named = "; ".join(f"{render.field_name(e['field'])}: {e['message']}" for e in r["errors"][:3])
         return False, f"Start is disabled: fix first: {named}"
     if r.get("blockers") and not anyway:
-        return False, f"Start is disabled: {r['start_reason']} (tick \"Start anyway\" if the GPU class is wrong)"
+        return (
+            False,
+            f'Start is disabled: {r["start_reason"]} (tick "Start anyway" if the GPU class is wrong)',
+        )
     if r.get("blockers"):
         return True, f"Starting anyway: {r['start_reason']}"
     return True, ""
