@@ -138,7 +138,11 @@ def test_the_gpu_defaults_to_the_local_one(monkeypatch: pytest.MonkeyPatch, tmp_
     from flux2_lora import memory
 
     card = memory.Gpu("local: NVIDIA H200", 139.8)
-    monkeypatch.setattr(memory, "local_gpu", lambda: card)
+    from flux2_lora import assess
+    from flux2_lora.memory import report
+
+    for module in (memory, assess, report):  # each holds its own reference to the function
+        monkeypatch.setattr(module, "local_gpu", lambda: card)
     assert configs.gpu_choices()[0] == card.name
     r = configs.estimate(AppPaths.create(tmp_path / "runs", [tmp_path]), {}, None, with_recommendations=False)
     assert r["report"]["gpu"]["name"] == card.name and "here" not in r["report"]

@@ -58,14 +58,26 @@ class Actions:
     def estimate(self, config: dict[str, Any], gpu: str = "") -> dict[str, Any]:
         """Validation errors, the memory estimate on the GPU (default: the local one), warnings with fixes,
         and the change sets that make it fit."""
-        return configs.estimate(self.paths, config, gpu or None)
+        return self.assess(config, gpu)
+
+    def assess(
+        self,
+        config: dict[str, Any],
+        gpu: str = "",
+        dataset: dict[str, Any] | None = None,
+        with_recommendations: bool = True,
+    ) -> dict[str, Any]:
+        """The estimate endpoint's answer; the Train tab passes its cached dataset check (``dataset``, used
+        only while it is about the form's dataset path) and fetches the fixes separately. Not an endpoint."""
+        return configs.estimate(self.paths, config, gpu or None, dataset, with_recommendations)
 
     def recommend(self, config: dict[str, Any], gpu: str = "") -> list[Any]:
         """Change sets that make the config fit the GPU."""
-        return configs.recommend(config, gpu or None)
+        return configs.recommend(self.paths, config, gpu or None)
 
     def validate(self, config: dict[str, Any]) -> dict[str, Any]:
-        return configs.validate(config)
+        """The assessment (errors by field, warnings with fixes, verdict) and the normalised config."""
+        return configs.validate(self.paths, config)
 
     def apply_preset(self, config: dict[str, Any], name: str, stack: bool = False) -> dict[str, Any]:
         """The config with a preset applied and the list of fields it changed."""
@@ -98,8 +110,12 @@ class Actions:
         return datasets.check_dataset(self.paths, config)
 
     # ---- runs -----------------------------------------------------------------------------------------
-    def start_run(self, config: dict[str, Any], resume: str = "") -> dict[str, Any]:
-        return jobs.start_run(self.paths, config, resume or None)
+    def start_run(
+        self, config: dict[str, Any], resume: str = "", start_anyway: bool = False, gpu: str = ""
+    ) -> dict[str, Any]:
+        """Refused for what the assessment calls an error; for a run that does not fit ``gpu`` (default
+        the local GPU) or the host RAM, unless ``start_anyway`` (a GPU class is a guess)."""
+        return jobs.start_run(self.paths, config, resume or None, start_anyway, gpu or None)
 
     def preflight(self, config: dict[str, Any]) -> dict[str, Any]:
         return jobs.preflight(self.paths, config)

@@ -6,6 +6,7 @@ mapping of sections and is validated with the one schema, so the UI, the API and
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 from flux2_lora.config import TrainConfig
 from flux2_lora.config.io import deep_merge, read_yaml, to_dict, to_yaml, validate_dict
 from flux2_lora.config.presets import list_presets, load_preset
-from flux2_lora.config.warnings import common_mistakes
+from flux2_lora.variants import is_demo
 from flux2_lora.webui.paths import AppPaths, PathRefused, resolve_inside
 
 QUICK_PRESETS = {"Fast": "fast", "High Quality": "high-quality", "Low VRAM": "low-vram"}
@@ -22,6 +23,7 @@ MODEL_PRESETS = {"FLUX.2 [dev]": "dev", "FLUX.2 [klein] 4B": "klein-4b", "FLUX.2
 FIRST_MODEL_PRESET = "klein-4b"  # what a new page shows: the lightest real model, not the toy demo
 # What a preset that starts from defaults keeps of the form: the model, the data and where the run goes.
 KEPT_BY_PRESETS = ("model", "dataset", "output", "logging", "validation.prompts")
+log = logging.getLogger(__name__)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -50,8 +52,8 @@ def sync_precision(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def validate(config: dict[str, Any]) -> dict[str, Any]:
-    """{ok, errors: [{field, message}], warnings, config (normalised, when valid)}."""
+def schema_check(config: dict[str, Any]) -> dict[str, Any]:
+    """The schema alone (a template to save): {ok, errors: [{field, message}], warnings, config}."""
     parsed, issues = validate_dict(config)
     errors, warnings = issues_json(issues)
     return {
@@ -204,10 +206,37 @@ def gpu_choices() -> list[str]:
     return ([local.name] if local else []) + [g.name for g in GPUS]
 
 
-def _gpu(name: str | None) -> Any:
-    from flux2_lora.memory import GPUS, find_gpu, local_gpu
+def dataset_facts(
+    paths: AppPaths, config: dict[str, Any], check: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """What the assessment needs of the form's dataset ({path, num_images, upscaled, error}), from the UI's
+    own check (its paths confined to the allowed folders); ``check`` is a cached one, used only if it is
+    about the same path. None for the demo dataset, whose facts are fixed (as for the CLI)."""
+    from flux2_lora.webui.datasets import check_dataset
 
-    return find_gpu(name) or local_gpu() or GPUS[0]
+    section = (config or {}).get("dataset") if isinstance(config, dict) else None
+    section = section if isinstance(section, dict) else {}
+    path = str(section.get("path") or "demo")
+    if is_demo(path):
+        return None
+    if check is None or check.get("path") != path:
+        check = facts_of_check(path, check_dataset(paths, config))
+    return check
+
+
+def facts_of_check(path: str, r: dict[str, Any]) -> dict[str, Any] | None:
+    """A dataset check's result as :meth:`DatasetFacts.from_dict` reads it (with the path it is about)."""
+    if is_demo(path):
+        return None
+    if "report" in r:
+        return {"path": path, "num_images": r.get("num_images"), "upscaled": r.get("upscaled")}
+    return {"path": path, "error": r.get("message") or "cannot be read"}
+
+
+def _labels() -> dict[str, str]:
+    from flux2_lora.webui.schema import form_fields
+
+    return {s.path: s.label for s in form_fields()}
 
 
 def estimate(
@@ -217,98 +246,70 @@ def estimate(
     dataset: dict[str, Any] | None = None,
     with_recommendations: bool = True,
 ) -> dict[str, Any]:
-    """Validate, check the model, estimate: {ok, errors, warnings, available, model, report | message,
-    can_start, start_reason}. ``dataset`` ({num_images, upscaled}) feeds the dataset warnings."""
-    from flux2_lora import memory
-    from flux2_lora.memory.host import host_estimate
+    """The assessment (:func:`flux2_lora.assess.assess`) as the UI shows it: its ``to_dict()`` plus
+    ``model`` (the model panel's check). The UI only confines the paths first: the model path and the
+    dataset (checked here, or ``dataset``, a cached :func:`dataset_facts` of the same path)."""
+    from flux2_lora.assess import DatasetFacts, assess
 
-    v = validate(config)
-    errors = list(v["errors"])
-    model_sec = (config or {}).get("model") or {}
-    model = check_model(paths, str(model_sec.get("path") or "demo"), str(model_sec.get("variant") or "auto"))
-    if not model["ok"] and not any(e["field"] == "model.path" for e in errors):
-        errors.append({"field": "model.path", "message": model["message"]})
-    out: dict[str, Any] = {"ok": not errors, "errors": errors, "warnings": v["warnings"], "model": model}
-    if errors:
-        from flux2_lora.webui.schema import form_fields
-
-        labels = {s.path: s.label for s in form_fields()}
-        named = ", ".join(dict.fromkeys(labels.get(e["field"], e["field"] or "config") for e in errors))
-        if not model["ok"]:
-            msg = f"unknown model, so no estimate: {model['message']}"
-        else:
-            msg = f"fix the fields marked in red to see the estimate ({named})"
-        reason = msg if not model["ok"] else f"fix the fields marked in red: {named}"
-        return {**out, "available": False, "message": msg, "can_start": False, "start_reason": reason}
-    parsed, _ = validate_dict(config)
-    assert parsed is not None
-    card = _gpu(gpu)
+    model_sec = (config or {}).get("model") if isinstance(config, dict) else None
+    model_sec = model_sec if isinstance(model_sec, dict) else {}
+    model_path = str(model_sec.get("path") or "demo")
+    model = check_model(paths, model_path, str(model_sec.get("variant") or "auto"))
     try:
-        est = memory.estimate(parsed)  # per GPU: the figures of one of distributed's processes
-        report = est.to_dict()
-        n = parsed.distributed.world_size
-        report["num_gpus"] = n
-        report["strategy"] = parsed.distributed.strategy if n > 1 else "single"
-        report["gpu"] = {
-            "name": card.name,
-            "gib": card.gib,
-            "verdict": memory.verdict(est.total_gib, card.gib),
-            "label": memory.gpu_label(card.name, n),
-        }
-        report["gpus"] = [
-            {
-                "name": g.name,
-                "gib": g.gib,
-                "verdict": memory.verdict(est.total_gib, g.gib),
-                "label": memory.gpu_label(g.name, n),
-            }
-            for g in memory.GPUS
-        ]
-        device = parsed.model.device
-        # Host RAM for the device the verdict is about: a GPU run unless the config says cpu.
-        report["host"] = host_estimate(parsed, on_gpu=device != "cpu")
-        report["host"]["device"] = "cpu" if device == "cpu" else "gpu"
-        if device == "auto" and memory.local_gpu() is None:
-            # Start on this machine would train on its CPU: say what that needs too.
-            report["here"] = {"device": "cpu", "host": host_estimate(parsed, on_gpu=False)}
-        if with_recommendations:
-            report["recommendations"] = memory.recommendations(parsed, card.gib)
-    except Exception as e:  # a crafted model config: the form stays usable and says why
-        msg = f"estimate unavailable: {e}"
-        return {**out, "available": False, "message": msg, "can_start": False, "start_reason": msg}
-    ds = dataset or {}
-    mistakes = common_mistakes(
-        parsed,
-        num_images=ds.get("num_images"),
-        upscaled=[tuple(u) for u in ds["upscaled"]] if ds.get("upscaled") is not None else None,
-        verdict=report["gpu"]["verdict"],
-        gpu_name=card.name,
-    )
-    mine = {w.field for w in mistakes}
-    warnings = [w.to_dict() for w in mistakes] + [
-        {**w, "fix": "", "overrides": {}} for w in v["warnings"] if w["field"] not in mine
-    ]
+        source = paths.model_source(model_path)
+    except PathRefused as e:
+        return _refused(model, e.field, e.message)
+    cfg = deep_merge(config or {}, {"model": {"path": source}}) if model_sec.get("path") else config
+    try:
+        facts = dataset_facts(paths, cfg, dataset)
+        a = assess(
+            cfg,
+            gpu=gpu or None,
+            dataset=DatasetFacts.from_dict(facts),
+            recommendations=with_recommendations,
+        )
+    except Exception as e:  # a bug, not bad input (assess names every bad field): said as such, logged
+        log.exception("assessment failed")
+        return _refused(model, "", f"internal error: {type(e).__name__}: {e}")
+    out = a.to_dict()
+    if a.errors and not a.report and not a.message.startswith("unknown model"):
+        labels = _labels()
+        named = ", ".join(dict.fromkeys(labels.get(e.field, e.field or "config") for e in a.errors))
+        out["message"] = f"fix the fields marked in red to see the estimate ({named})"
+    if out["report"] is not None and not with_recommendations:
+        out["report"].pop("recommendations", None)
+    return {**out, "model": model}
+
+
+def _refused(model: dict[str, Any], field: str, message: str) -> dict[str, Any]:
+    text = f"{field}: {message}" if field else message
     return {
-        **out,
-        "warnings": warnings,
-        "available": True,
-        "report": report,
-        "can_start": True,
-        "start_reason": "",
+        "ok": False,
+        "errors": [{"field": field, "message": message, "fix": "", "overrides": {}}],
+        "warnings": [],
+        "available": False,
+        "report": None,
+        "message": text,
+        "verdict": None,
+        "blockers": [],
+        "can_start": False,
+        "start_reason": text,
+        "model": model,
     }
 
 
-def recommend(config: dict[str, Any], gpu: str | None = None) -> list[dict[str, Any]]:
-    """Change sets that make the config fit the GPU (the slow part of an estimate, fetched after it)."""
-    from flux2_lora import memory
+def validate(paths: AppPaths, config: dict[str, Any]) -> dict[str, Any]:
+    """The assessment without the fixes search, and ``config`` (normalised) when it is valid."""
+    out = estimate(paths, config, None, with_recommendations=False)
+    parsed, _ = validate_dict(config) if out["ok"] else (None, [])
+    return {**out, "config": to_dict(parsed) if parsed else None}
 
-    parsed, _ = validate_dict(config)
-    if parsed is None:
-        return []
-    try:
-        return list(memory.recommendations(parsed, _gpu(gpu).gib))
-    except Exception:  # same as the estimate: the panel already says why
-        return []
+
+def recommend(paths: AppPaths, config: dict[str, Any], gpu: str | None = None) -> list[dict[str, Any]]:
+    """Change sets that make the config fit the GPU (the slow part of an estimate, fetched after it): the
+    assessment's own."""
+    r = estimate(paths, config, gpu, with_recommendations=True)
+    return list((r.get("report") or {}).get("recommendations") or [])
 
 
 # ---- timestep density ---------------------------------------------------------------------------------
@@ -350,7 +351,7 @@ def save_template(paths: AppPaths, config: dict[str, Any], name: str) -> dict[st
             "ok": False,
             "errors": [{"field": "", "message": "template name: 1–100 letters, digits, _ . - only"}],
         }
-    v = validate(sync_precision(deep_merge(config or {}, {})))
+    v = schema_check(sync_precision(deep_merge(config or {}, {})))
     if not v["ok"]:
         return {"ok": False, "errors": v["errors"]}
     path.write_text(to_yaml(v["config"]), encoding="utf-8")

@@ -84,11 +84,29 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "flux2_lora.cli", *args]
 
 
-def start_run(paths: AppPaths, config: dict[str, Any], resume: str | None = None) -> dict[str, Any]:
-    """Validate, write <run>/config.yaml, launch the trainer: {ok, run_dir | errors}."""
+def start_run(
+    paths: AppPaths,
+    config: dict[str, Any],
+    resume: str | None = None,
+    start_anyway: bool = False,
+    gpu: str | None = None,
+) -> dict[str, Any]:
+    """Validate, assess, write <run>/config.yaml, launch the trainer: {ok, run_dir | errors}.
+
+    The assessment's errors refuse the run with its own words; its blockers (a red verdict for ``gpu``,
+    host RAM that does not fit) unless ``start_anyway``."""
+    from flux2_lora.assess import assess, dataset_facts
+
     parsed, run_dir, errors = launch_config(paths, config)
     if parsed is None or run_dir is None:
         return {"ok": False, "errors": errors}
+    # The config as it will run (paths resolved, a ZIP unpacked), so the facts are about what runs.
+    a = assess(parsed, gpu=gpu, dataset=dataset_facts(parsed), recommendations=False)
+    if a.errors:
+        return {"ok": False, "errors": [e.to_dict() for e in a.errors], "start_reason": a.start_reason}
+    if a.blockers and not start_anyway:
+        why = f'{a.start_reason} (tick "Start anyway" to start regardless: the GPU class is a guess)'
+        return {**_err("", why), "blockers": a.blockers, "start_reason": a.start_reason}
     if _busy(run_dir):
         return _err("output.dir", f"{run_dir} has a live run: stop it, or choose another output folder")
     if resume is not None and not isinstance(resume, str):
@@ -125,7 +143,8 @@ def resume_run(paths: AppPaths, run_dir: str) -> dict[str, Any]:
         }
     # The run's own folder, whatever its config says: resuming never writes anywhere else.
     data.setdefault("output", {})["dir"] = str(run)
-    return start_run(paths, data, resume="latest")
+    # Its first start was judged (and maybe started anyway); its errors are still refused.
+    return start_run(paths, data, resume="latest", start_anyway=True)
 
 
 def preflight(paths: AppPaths, config: dict[str, Any]) -> dict[str, Any]:

@@ -131,6 +131,12 @@ def create_train_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
             with gr.Row():
                 c["start"] = gr.Button("Start training", variant="primary", elem_id="start-btn")
                 c["preflight"] = gr.Button("Pre-flight", elem_id="preflight-btn")
+            c["start_anyway"] = gr.Checkbox(
+                False,
+                label="Start anyway (the GPU class is a guess)",
+                info="Starts a run the estimate says does not fit; never one with errors.",
+                elem_id="start-anyway",
+            )
             c["start_reason"] = gr.Markdown(elem_id="start-reason")
             c["action_msg"] = gr.Markdown(elem_id="action-message")
             c["warnings"] = gr.HTML(render.warnings_html([]), elem_id="warnings-panel")
@@ -170,23 +176,21 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
     # ---- estimate on every change (fast), then the fixes that make it fit ------------------------------
     def on_estimate(data: dict[Any, Any]) -> dict[Any, Any]:
         config = form.config(data)
-        r = configs.estimate(
-            acts.paths, config, data[c["gpu"]] or None, data[dataset_state], with_recommendations=False
-        )
+        # The estimate endpoint's own answer, with the dataset check this page already made.
+        r = acts.assess(config, data[c["gpu"]] or "", data[dataset_state], with_recommendations=False)
         errors = {e["field"]: e["message"] for e in r["errors"] if e["field"]}
         fixes = [w for w in r["warnings"] if w.get("overrides")][:MAX_FIXES]
         model = r.get("model") or {}
+        startable, reason = start_state(r, bool(data[c["start_anyway"]]))
         out: dict[Any, Any] = {
             c["verdict"]: render.verdict_html(r, render.digest([config, data[c["gpu"]]]), errors),
             c["warnings"]: render.warnings_html(r["warnings"]),
             c["breakdown"]: render.breakdown_markdown(r),
             c["errors"]: render.errors_markdown(r["errors"]),
             c["model_info"]: ("✔ " if model.get("ok") else "✘ ") + render.esc(model.get("message", "")),
-            c["start"]: gr.update(interactive=r["can_start"]),
-            c["preflight"]: gr.update(interactive=r["can_start"]),
-            c["start_reason"]: ""
-            if r["can_start"]
-            else f"Start is disabled: {render.esc(r['start_reason'])}",
+            c["start"]: gr.update(interactive=startable),
+            c["preflight"]: gr.update(interactive=startable),
+            c["start_reason"]: render.esc(reason),
             fixes_state: [w["overrides"] for w in fixes],
             **{
                 b: gr.update(
@@ -217,9 +221,10 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         c["start_reason"], fixes_state, *c["fix_btns"],
     ]  # fmt: skip
     gr.on(
-        [w.change for w in form.components] + [c["gpu"].change, dataset_state.change, shared.blocks.load],
+        [w.change for w in form.components]
+        + [c["gpu"].change, dataset_state.change, c["start_anyway"].change, shared.blocks.load],
         on_estimate,
-        inputs={*form.inputs, c["gpu"], dataset_state},
+        inputs={*form.inputs, c["gpu"], dataset_state, c["start_anyway"]},
         outputs=est_outputs,
         trigger_mode="always_last",
         show_progress="hidden",
@@ -275,8 +280,9 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
     ds_widgets = [form[f"dataset.{k}"] for k in DATASET_KEYS]
 
     def on_dataset(data: dict[Any, Any]) -> dict[Any, Any]:
-        r = acts.check_dataset(form.config(data))
-        info = {"num_images": r.get("num_images"), "upscaled": r.get("upscaled")} if "report" in r else None
+        config = form.config(data)
+        r = acts.check_dataset(config)
+        info = configs.facts_of_check(str(config["dataset"].get("path") or "demo"), r)
         return {c["dataset_info"]: render.dataset_markdown(r), dataset_state: info}
 
     gr.on(
@@ -378,7 +384,10 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
     def launch(kind: str) -> Any:
         def fn(data: dict[Any, Any]) -> dict[Any, Any]:
             config = form.config(data)
-            r = acts.start_run(config) if kind == "train" else acts.preflight(config)
+            if kind == "train":
+                r = acts.start_run(config, "", bool(data[c["start_anyway"]]), data[c["gpu"]] or "")
+            else:
+                r = acts.preflight(config)
             if not r["ok"]:
                 return {c["action_msg"]: render.errors_markdown(r["errors"])}
             verb = "Started" if kind == "train" else "Pre-flight started in"
@@ -392,5 +401,25 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         return fn
 
     launch_out = [c["action_msg"], shared.run_dir, shared.runs_changed, shared.tabs]
-    c["start"].click(launch("train"), {*form.inputs, shared.runs_changed}, launch_out, **PRIVATE)
-    c["preflight"].click(launch("preflight"), {*form.inputs, shared.runs_changed}, launch_out, **PRIVATE)
+    launch_in = {*form.inputs, shared.runs_changed, c["start_anyway"], c["gpu"]}
+    c["start"].click(launch("train"), launch_in, launch_out, **PRIVATE)
+    c["preflight"].click(launch("preflight"), launch_in, launch_out, **PRIVATE)
+
+
+def start_state(r: dict[str, Any], anyway: bool) -> tuple[bool, str]:
+    """Whether Start is enabled for an assessment and what to say beside it: its errors always disable
+    it; its blockers (does not fit) unless "start anyway" is ticked."""
+    if not r["ok"]:
+        if not r.get("available") and str(r.get("message", "")).startswith("unknown model"):
+            return False, f"Start is disabled: {r['message']}"
+        # The assessment's words (start_run refuses with them), the fields named as the form labels them.
+        named = "; ".join(f"{render.field_name(e['field'])}: {e['message']}" for e in r["errors"][:3])
+        return False, f"Start is disabled: fix first: {named}"
+    if r.get("blockers") and not anyway:
+        return (
+            False,
+            f'Start is disabled: {r["start_reason"]} (tick "Start anyway" if the GPU class is wrong)',
+        )
+    if r.get("blockers"):
+        return True, f"Starting anyway: {r['start_reason']}"
+    return True, ""
