@@ -100,11 +100,6 @@ def test_a_red_verdict_starts_only_when_asked(client: Client) -> None:
     client.predict(old["run_dir"], 30.0, api_name="/stop_run")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="memory/recommend.py judges fits_after once for all sets (nothing reaches 'fits'), not per set: "
-    "the dev + low-vram set on 24 GB is labelled 'still does not fit' and re-estimates as tight",
-)
 def test_recommendation_labels_say_what_the_re_estimate_says() -> None:
     from flux2_lora.assess import Environment
     from flux2_lora.webui import configs, render

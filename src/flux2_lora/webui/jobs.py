@@ -16,6 +16,7 @@ from typing import Any
 from flux2_lora import runs
 from flux2_lora.config import GenerationSettings, TrainConfig
 from flux2_lora.config.io import read_yaml, to_yaml, validate_dict, validate_section
+from flux2_lora.process_tree import trainer_command
 from flux2_lora.variants import is_demo
 from flux2_lora.webui import monitor
 from flux2_lora.webui.configs import check_model, issues_json, sync_precision
@@ -118,13 +119,10 @@ def start_run(
             return _err(e.field, e.message)
     run_dir.mkdir(parents=True, exist_ok=True)
     # A stop file left by an earlier run would stop this one at its first step.
-    (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
+    runs.clear_stop_request(run_dir)
     cfg_file = run_dir / runs.CONFIG_FILE
     cfg_file.write_text(to_yaml(parsed), encoding="utf-8")
-    argv = _cli("train", "--config", str(cfg_file))
-    if resume:
-        argv += ["--resume", resume]
-    monitor.launch(argv, run_dir, "train")
+    monitor.launch(trainer_command(cfg_file, resume=resume or None), run_dir, "train")
     return {"ok": True, "run_dir": str(run_dir), "errors": []}
 
 
@@ -158,7 +156,7 @@ def preflight(paths: AppPaths, config: dict[str, Any]) -> dict[str, Any]:
     cfg_file = run_dir / PREFLIGHT_CONFIG
     cfg_file.write_text(to_yaml(parsed), encoding="utf-8")
     (run_dir / "preflight.json").unlink(missing_ok=True)
-    monitor.launch(_cli("train", "--config", str(cfg_file), "--preflight"), run_dir, "preflight")
+    monitor.launch(trainer_command(cfg_file, extra=["--preflight"]), run_dir, "preflight")
     return {"ok": True, "run_dir": str(run_dir), "errors": []}
 
 
