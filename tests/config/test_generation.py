@@ -87,3 +87,15 @@ def test_the_ui_takes_a_runs_settings_and_checks_the_rest(tmp_path: Path) -> Non
     assert not r["ok"] and r["message"].startswith("resolution: must be a multiple of 16")
     assert list(paths.generated.iterdir()) == []  # nothing was started
     assert TrainConfig().validation.num_inference_steps == GenerationSettings().steps
+
+
+def test_a_prompt_with_control_characters_is_refused() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from flux2_lora.config import GenerationSettings
+
+    for bad in ("a\x00b", "a\x01red square", "two\nlines"):
+        with pytest.raises(ValidationError, match="control characters|NUL"):
+            GenerationSettings(prompt=bad)
+    assert GenerationSettings(prompt="a red square, sks style").prompt

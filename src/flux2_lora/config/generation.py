@@ -8,6 +8,7 @@ One model for ``flux2-lora generate`` (its options are derived from it), the web
 from __future__ import annotations
 
 import copy
+import unicodedata
 from typing import Any
 
 from pydantic import field_validator
@@ -20,6 +21,17 @@ def _like(section: type[Section], name: str, help: str) -> Any:
     info = copy.copy(section.model_fields[name])
     info.description = help
     return info
+
+
+def text_problem(value: str, *, prompt: bool = False) -> str | None:
+    """Why a text argument is refused: a NUL byte anywhere; in a prompt any control character."""
+    if "\x00" in value:
+        return "contains a NUL byte"
+    if prompt:
+        bad = sorted({f"U+{ord(c):04X}" for c in value if unicodedata.category(c) == "Cc"})
+        if bad:
+            return f"contains control characters ({', '.join(bad[:5])}); use plain text on one line"
+    return None
 
 
 class GenerationSettings(Section):
@@ -47,6 +59,14 @@ class GenerationSettings(Section):
     seed: int = F(
         0, "Seed of the starting noise: the same settings and seed give the same image.", ge=0, le=2**32 - 1
     )
+
+    @field_validator("prompt")
+    @classmethod
+    def _plain_text(cls, v: str) -> str:
+        problem = text_problem(v, prompt=True)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @field_validator("resolution")
     @classmethod

@@ -14,9 +14,10 @@ import inspect
 import math
 import types
 import typing
-import unicodedata
 from collections.abc import Callable
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+
+from flux2_lora.config.generation import text_problem
 
 F = TypeVar("F", bound=Callable[..., Any])
 PROMPT_ARGS = ("prompt",)  # text that becomes a prompt: control characters are refused there
@@ -31,17 +32,6 @@ class RequestError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
-
-
-def text_problem(value: str, *, prompt: bool = False) -> str | None:
-    """Why a text argument is refused: a NUL byte anywhere; in a prompt any control character."""
-    if "\x00" in value:
-        return "contains a NUL byte"
-    if prompt:
-        bad = sorted({f"U+{ord(c):04X}" for c in value if unicodedata.category(c) == "Cc"})
-        if bad:
-            return f"contains control characters ({', '.join(bad[:5])}); use plain text on one line"
-    return None
 
 
 def prompt_errors(config: Any) -> list[dict[str, str]]:
