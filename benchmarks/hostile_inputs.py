@@ -241,10 +241,10 @@ def compare_broken_pipe(c: Ctx) -> tuple[str, str]:
 
 def compare_legend_30(c: Ctx) -> tuple[str, str]:
     try:
-        from flux2_lora.experiments import compare as cmp
+        from flux2_lora.experiments import compare_plots as cmp
     except ImportError as e:
         return HARNESS, str(e)
-    colours = getattr(cmp, "run_colours", None) or getattr(cmp, "colours", None)
+    colours = getattr(cmp, "run_colors", None)
     if colours is None:
         return HARNESS, "no colour helper to inspect (check the curves PNG by eye)"
     got = colours(30)
