@@ -220,6 +220,19 @@ class _Acts(NamedTuple):
     def by_block(self) -> ByBlock:
         return _by_block(self.tokens, self.arch)
 
+    def step_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments every per-step activation function takes from this key."""
+        return {
+            "dtype_bytes": self.dtype_bytes,
+            "img": self.img,
+            "txt": self.txt,
+            "batch": self.batch,
+            "checkpointing": self.checkpointing,
+            "dora": self.dora,
+            "kernels": self.kernels,
+            "by_block": self.by_block(),
+        }
+
 
 @functools.lru_cache(maxsize=256)
 def _by_block(tokens: tuple[str, ...], arch: TransformerArch) -> ByBlock:
@@ -229,36 +242,13 @@ def _by_block(tokens: tuple[str, ...], arch: TransformerArch) -> ByBlock:
 @functools.lru_cache(maxsize=1024)
 def _step_activations(k: _Acts) -> tuple[float, float]:
     """(at the start of backward, at its end): see training_step_activations."""
-    return training_step_activations(
-        k.arch,
-        k.specs(),
-        dtype_bytes=k.dtype_bytes,
-        img=k.img,
-        txt=k.txt,
-        batch=k.batch,
-        checkpointing=k.checkpointing,
-        dora=k.dora,
-        kernels=k.kernels,
-        quantization=k.quantization,
-        by_block=k.by_block(),
-    )
+    return training_step_activations(k.arch, k.specs(), quantization=k.quantization, **k.step_kwargs())
 
 
 @functools.lru_cache(maxsize=256)
 def _profile(k: _Acts) -> tuple[list[float], list[float]]:
-    return activation_profile(
-        k.arch,
-        k.specs(),
-        dtype_bytes=k.dtype_bytes,
-        img=k.img,
-        txt=k.txt,
-        batch=k.batch,
-        checkpointing=k.checkpointing,
-        dora=k.dora,
-        kernels=k.kernels,
-        bf16_lora=True,  # FSDP gathers the LoRA in the weights' dtype
-        by_block=k.by_block(),
-    )
+    # FSDP gathers the LoRA in the weights' dtype: bf16_lora.
+    return activation_profile(k.arch, k.specs(), bf16_lora=True, **k.step_kwargs())
 
 
 @functools.lru_cache(maxsize=256)
