@@ -64,6 +64,7 @@ def test_path_fields_are_found_in_the_schema() -> None:
     assert fields == {
         "model.path": "model",
         "dataset.path": "data",
+        "dataset.reference_path": "data",
         "validation.eval_folder": "data",
         "output.dir": "output",
     }

@@ -171,6 +171,21 @@ class DatasetSection(Section):
         le=100,
         ui={"advanced": True},
     )
+    reference_path: str = F(
+        "",
+        "Edit LoRAs: a folder of reference (input) images paired with the targets by file stem — x.png for "
+        "one reference, x_0.png, x_1.png, … for several, in order. The caption is the instruction. Empty: "
+        "text-to-image, unless the dataset's metadata.jsonl lists 'references'.",
+        max_length=4096,
+    )
+    reference_max_pixels: int = F(
+        0,
+        "Largest reference size in pixels (area; kept a multiple of 16 per side). 0 follows FLUX.2's own caps: "
+        "2024² for a single reference, 1024² each when there are several.",
+        ge=0,
+        le=4096 * 4096,
+        ui={"advanced": True},
+    )
 
     @field_validator("resolution")
     @classmethod
@@ -359,10 +374,24 @@ class MemorySection(Section):
         False,
         "Encode/decode in overlapping tiles above the VAE's tile size (1024 px for FLUX.2): for large images.",
     )
-    quantization: Literal["none", "int8", "nf4"] = F(
+    quantization: Literal["none", "fp8", "int8", "nf4"] = F(
         "none",
-        "Quantize the frozen transformer (QLoRA). nf4: bitsandbytes 4-bit (~4.1 bits/weight); int8: torchao "
-        "int8 weight-only. Needs the 'quantization' extra.",
+        "Store the frozen transformer's weights smaller. fp8: float8 (e4m3) with per-row scales, computed "
+        "in bf16 on any GPU — half of bf16, closer to it than nf4; nf4: bitsandbytes 4-bit (~4.1 bits/weight, "
+        "QLoRA); int8: torchao int8 weight-only. nf4/int8 need the 'quantization' extra.",
+    )
+    blocks_to_swap: int = F(
+        0,
+        "Keep the frozen weights of this many transformer blocks in pinned host memory and copy each to the "
+        "GPU just ahead of use (block swap): less GPU memory for more host RAM and PCIe transfer time. 0: off.",
+        ge=0,
+        le=64,
+    )
+    text_encoder_quantization: Literal["none", "int8", "nf4"] = F(
+        "none",
+        "Load the text encoder quantized straight from its files (bitsandbytes; never in bf16 on the GPU "
+        "first): [dev]'s 24B Mistral encoder is 44.7 GiB in bf16, ~13 GiB in nf4. Needs the 'quantization' "
+        "extra.",
     )
     cpu_offload: bool = F(
         False,
@@ -514,6 +543,12 @@ class ValidationSection(Section):
     num_samples: int = F(1, "Images per prompt at each validation.", ge=1, le=16)
     prompts: list[str] = F(
         [], "Validation prompts, one per line. Empty: the first caption of the dataset.", max_length=32
+    )
+    references: list[list[str]] = F(
+        [],
+        "Edit LoRAs: the reference image paths for each validation prompt, in the prompts' order (one list "
+        "per prompt), so samples are edits of fixed inputs. Empty: the first pair's references.",
+        max_length=32,
     )
     num_inference_steps: int = F(28, "Denoising steps per sample.", ge=1, le=200)
     guidance_scale: float = F(

@@ -48,6 +48,8 @@ class ImageItem:
     caption_source: Literal["file", "default"]
     width: int  # after EXIF orientation
     height: int
+    # Edit LoRAs: the target's reference (input) images, in order; () for text-to-image.
+    references: tuple[Path, ...] = ()
 
 
 @dataclass
