@@ -320,17 +320,11 @@ def environment_errors(c: TrainConfig, env: Environment) -> list[Finding]:
             )
     if t.optimizer == "prodigy":
         out += _needs(env, "prodigyopt", "prodigy", "training.optimizer")
-    if m.quantization in ("nf4", "int8"):
-        out += _needs(env, "bitsandbytes", f"memory.quantization {m.quantization}", "memory.quantization")
-        if not on_cuda:
-            out.append(
-                Finding(
-                    "memory.quantization",
-                    f"{m.quantization} weights compute with bitsandbytes' CUDA kernels and this run is on the CPU",
-                    "use none",
-                    {"memory.quantization": "none"},
-                )
-            )
+    # nf4 runs on the CPU too (bitsandbytes' CPU backend), int8 through torchao on any device.
+    if m.quantization == "nf4":
+        out += _needs(env, "bitsandbytes", "memory.quantization nf4", "memory.quantization")
+    if m.quantization == "int8":
+        out += _needs(env, "torchao", "memory.quantization int8", "memory.quantization")
     if c.performance.float8:
         out += _needs(env, "torchao", "performance.float8", "performance.float8")
         if not on_cuda:

@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from flux2_lora.assess import WITHOUT_ENV, assess, dataset_facts, environment
-from flux2_lora.config.io import load_config, to_dict
-from tests.test_assess import CASES, _overrides, _summary
+from flux2_lora.assess import WITHOUT_ENV, assess, environment
+from tests.test_assess import CASES, _overrides, _summary, composed
 from tests.webui.conftest import tiny_run_config
 
 if TYPE_CHECKING:
@@ -34,8 +33,7 @@ def without(request: pytest.FixtureRequest) -> Iterator[None]:
 
 def _case(presets: list[str], overrides: list[str], gpu: str, folder: Path) -> tuple[dict[str, Any], Any]:
     folder.mkdir(parents=True, exist_ok=True)
-    config, _ = load_config(presets=presets, overrides=_overrides(overrides, folder))
-    return to_dict(config), assess(config, gpu=gpu, dataset=dataset_facts(config))
+    return composed(presets, _overrides(overrides, folder), gpu)
 
 
 @pytest.mark.parametrize(

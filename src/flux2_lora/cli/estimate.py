@@ -39,15 +39,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from flux2_lora.assess import assess, dataset_facts
-    from flux2_lora.cli.common import print_findings
+    from flux2_lora.cli.common import print_findings, print_invalid_json
     from flux2_lora.config.io import diff_from_defaults, to_yaml
     from flux2_lora.memory import auto_fit
     from flux2_lora.memory.gpus import parse_gpu
 
     args.overrides = [*args.overrides, *section_overrides(args)]
-    config = config_from_args(args)
+    config = config_from_args(args, quiet=args.json)
     if config is None:
-        return 2
+        return print_invalid_json(args) if args.json else 2
     if args.gpu:
         try:
             parse_gpu(args.gpu)  # "-5", "0", "nan", "inf" and unknown names are refused, not guessed
