@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flux2_lora.assess import assess
+from flux2_lora.assess import Environment, assess
 from flux2_lora.config import TrainConfig
 from flux2_lora.experiments.spec import Plan
 from flux2_lora.memory import Gpu, find_gpu, local_gpu, verdict
@@ -19,6 +19,7 @@ class Target:
     the CPU."""
 
     gpu: Gpu | None
+    env: Environment | None = None  # what the machine has; None: this machine's (assess.environment)
 
     @property
     def name(self) -> str:
@@ -57,7 +58,7 @@ def vet(config: TrainConfig, target: Target) -> Verdict:
     """The assessment's verdict for one trial: an error (a missing package, a CUDA-only choice here, an
     unknown model) refuses it with the assessment's words; one that does not fit gets the cheapest fix."""
     on_gpu = target.gpu is not None
-    a = assess(config, gpu=target.gpu, recommendations=on_gpu)
+    a = assess(config, gpu=target.gpu, env=target.env, recommendations=on_gpu)
     if a.errors or a.report is None:
         reason = "; ".join(str(e) for e in a.errors) or a.message
         return Verdict(False, "unknown", None, None, f"cannot run: {reason}")
@@ -100,7 +101,7 @@ def largest_trial(plan: Plan, target: Target) -> dict[str, Any] | None:
 
 def _need(config: TrainConfig, target: Target) -> float | None:
     """GiB the trial needs where it runs (the GPU's peak, or this machine's RAM for CPU trials)."""
-    report = assess(config, gpu=target.gpu, recommendations=False).report
+    report = assess(config, gpu=target.gpu, env=target.env, recommendations=False).report
     if report is None:
         return None
     if target.gpu is not None:
