@@ -291,6 +291,7 @@ _RUN_ARTIFACTS = (
     "wandb",
     LORA_FILE,
     COMFYUI_LORA_FILE,
+    "README.md",  # model_card.CARD_FILE: it describes the run it was written by
 )
 
 

@@ -23,6 +23,7 @@ SUBCOMMANDS = (
     "autotune",
     "ui",
     "cloud",
+    "push",
 )
 
 # Optional packages (top-level import names) and the extra of pyproject.toml that installs each.

@@ -457,6 +457,16 @@ class Trainer:
         self._check_losses(window, step)
         return self.finish(step, stopping=stop)
 
+    def _write_card(self) -> None:
+        """README.md in the Hub's model-card format; the LoRA is written already, so a failure here is a
+        warning, not a failed run."""
+        from flux2_lora.model_card import CardError, write_card
+
+        try:
+            write_card(self.run_dir)
+        except (CardError, OSError) as e:
+            log.warning("the model card (README.md) was not written: %s", e)
+
     def finish(self, step: int, stopping: bool = False) -> RunOutcome:
         """A resumable checkpoint, then the LoRA files, the last samples (skipped when a stop came
         during the last step: the LoRA is what it asked to keep) and the measured peaks."""
@@ -496,6 +506,7 @@ class Trainer:
             self._status(
                 "finished", f"finished {step} steps{note}; LoRA at {final}", final_lora=str(final), step=step
             )
+            self._write_card()
         if stopping or self.stop.requested():
             self.stop.acknowledge()  # acted on (the LoRA is written): it must not stop the next run
         acc.wait_for_everyone()
