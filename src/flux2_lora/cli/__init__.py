@@ -24,6 +24,7 @@ SUBCOMMANDS = (
     "ui",
     "cloud",
     "push",
+    "queue_cmd",
 )
 
 # Optional packages (top-level import names) and the extra of pyproject.toml that installs each.
