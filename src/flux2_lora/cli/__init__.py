@@ -25,6 +25,7 @@ SUBCOMMANDS = (
     "cloud",
     "push",
     "queue_cmd",
+    "ask",
 )
 
 # Optional packages (top-level import names) and the extra of pyproject.toml that installs each.

@@ -381,6 +381,29 @@ class Trainer:
         flag = torch.tensor(float(stop), device=self.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
+    def _on_demand(self, step: int) -> None:
+        """Sample now / save now, asked through the run folder: acted on after this step, acknowledged in
+        the status. The main process reads the requests; every process acts on the same ones."""
+        acc = self.accelerator
+        asked = dist_util.broadcast_object(
+            runs.on_demand_requests(self.run_dir) if acc.is_main_process else []
+        )
+        for kind in asked:
+            if kind == "save":
+                self.save_checkpoint(step)
+                done = f"checkpoint-{step} saved (asked for)"
+            elif not self.config.validation.enabled:  # its prompts were never encoded
+                done = "sample now: this run samples nothing (validation.enabled is off in its config)"
+            else:
+                self.sample(step)
+                done = f"sampled at step {step} (asked for)"
+            if acc.is_main_process:
+                runs.clear_on_demand(self.run_dir, kind)
+                if self.reporter is not None:
+                    acks = self.reporter.status.extra.setdefault("on_demand", {})
+                    acks[kind] = {"step": step, "done_at": time.time(), "message": done}
+                self._status("training", done)
+
     def _check_losses(self, window: list[torch.Tensor], step: int) -> None:
         """A NaN or infinite loss among the steps ending at ``step`` stops the run there (one wait for the
         GPU: called at checkpoints, whose weights must not be saved poisoned)."""
@@ -448,6 +471,8 @@ class Trainer:
                     f"stopped at step {step}; checkpoint-{step} saved: press Resume (or --resume latest)",
                 )
                 return RunOutcome("stopped", step, total, checkpoint=checkpoint)
+            if step < total:
+                self._on_demand(step)
             val = cfg.validation
             if val.enabled and step % val.every_n_steps == 0 and step < total:
                 self.sample(step)
