@@ -23,6 +23,7 @@ pytestmark = pytest.mark.gpu
         ("performance.attention_backend=flash",),
         ("performance.attention_backend=efficient",),
         ("performance.compile=true",),
+        ("memory.blocks_to_swap=2",),
     ],
 )
 def test_demo_trains_on_cuda(make_config: MakeConfig, extra: tuple[str, ...]) -> None:

@@ -31,6 +31,7 @@ from flux2_lora.training.batches import (
     text_ids_for,
     to_device_stacked,
 )
+from flux2_lora.training.block_swap import BlockSwap, setup_block_swap
 from flux2_lora.training.evaluation import EvalSet, timed
 from flux2_lora.training.flow import draw_sigmas_and_noise, flow_matching_loss
 from flux2_lora.training.hardware import (
@@ -93,6 +94,7 @@ class Trainer:
         self.sampler: Sampler | None = None
         self.eval_set: EvalSet | None = None
         self.state: TrainingState | None = None  # checkpoints and resume, once the model is prepared
+        self.swap: BlockSwap | None = None  # memory.blocks_to_swap
         # FSDP shards the transformer over the processes: its forward passes (samples, the eval loss) and
         # its state (checkpoints, the LoRA) then need every process.
         self.fsdp = dist_util.uses_fsdp(config, self.accelerator.num_processes)
@@ -118,6 +120,9 @@ class Trainer:
         self.optimizer, self.lr_scheduler = self._setup_optimizer()
         if self.fsdp:  # sharded already: accelerate would wrap it in DDP
             self.model, self.optimizer = self.transformer, acc.prepare(self.optimizer)
+        elif self.swap is not None:  # placed by the swap: moving it whole would pull every block in
+            self.model = acc.prepare_model(self.transformer, device_placement=False)
+            self.optimizer = acc.prepare(self.optimizer)
         else:
             self.model, self.optimizer = acc.prepare(self.transformer, self.optimizer)
         self.state = TrainingState(
@@ -218,7 +223,13 @@ class Trainer:
         trainable = inject_lora(transformer, cfg.lora, self.arch)
         if cfg.memory.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
-        if self.fsdp:
+        if cfg.memory.blocks_to_swap:
+            assert self.arch is not None
+            label = get_variant(self.variant).label
+            self.swap = setup_block_swap(
+                transformer, cfg.memory.blocks_to_swap, self.arch, label, self.accelerator
+            )
+        elif self.fsdp:
             dist_util.shard_transformer(transformer, cfg, self.device, self.dtype)
         elif quant != "nf4" or self.device.type != "cuda":  # bnb models are placed by their loader
             transformer.to(self.device)
