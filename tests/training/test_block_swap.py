@@ -16,7 +16,7 @@ from flux2_lora.config import LoraSection
 from flux2_lora.training.block_swap import BlockSwap, BlockSwapError, install_block_swap, swapped_blocks
 from flux2_lora.training.model import inject_lora
 from flux2_lora.variants import VARIANTS, TransformerArch
-from tests.helpers import cli, held_trainer, sets
+from tests.helpers import NEEDS_BNB, cli, held_trainer, sets
 
 ARCH = TransformerArch(**{**VARIANTS["demo"].transformer.__dict__, "num_layers": 2, "num_single_layers": 4})
 CPU = torch.device("cpu")
@@ -213,3 +213,27 @@ def _step_on(model: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad(set_to_none=True)
     return grads
+
+
+@NEEDS_BNB
+def test_nf4_layers_stream_their_packed_bytes() -> None:
+    """bitsandbytes' Params4bit: the packed bytes are streamed, its quant state stays where it is."""
+    import bitsandbytes as bnb
+
+    from flux2_lora.training.model import nf4_linear
+
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(64, 32)
+    layer = nf4_linear(64, 32, True, torch.float32)
+    layer.weight = bnb.nn.Params4bit(
+        dense.weight.data.clone(), requires_grad=False, quant_type="nf4", compress_statistics=True
+    )
+    layer.bias = torch.nn.Parameter(dense.bias.data, requires_grad=False)
+    layer = layer.to("cpu")  # quantizes
+    x = torch.randn(2, 64)
+    expected = layer(x)
+    block = torch.nn.Sequential(layer)
+    swap = BlockSwap([block], CPU)
+    assert [type(t).__name__ for t in swap.layouts[0].tensors] == ["Params4bit", "Parameter"]
+    assert torch.equal(block(x), expected) and swap.stats.copies == [1]
+    assert _in_slot(layer.weight, swap)

@@ -99,7 +99,11 @@ def load_transformer(path: str, dtype: torch.dtype, quantization: str, device: t
     except Exception as e:
         raise _load_error(path, "transformer", e) from e
     transformer.requires_grad_(False)
-    if quantization == "int8":
+    if quantization == "fp8":
+        from flux2_lora.training.fp8 import quantize_fp8
+
+        quantize_fp8(transformer, dtype)  # on the CPU, where from_pretrained left it
+    elif quantization == "int8":
         _quantize_int8(transformer)
     elif quantization == "nf4" and device.type != "cuda":
         _quantize_nf4_manual(transformer, dtype)
