@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from flux2_lora import runs
 from flux2_lora.config import LoraSection
 from flux2_lora.training.block_swap import install_block_swap
 from flux2_lora.training.fp8 import FP8, Fp8Linear, dequantize_rows, quantize_fp8, quantize_rows
