@@ -43,6 +43,7 @@ from flux2_lora.training.inputs import load_items, training_captions
 from flux2_lora.training.model import (
     free_memory,
     inject_lora,
+    is_quantized_module,
     load_pipeline_without_transformer,
     load_transformer,
     pipeline_class,
@@ -170,14 +171,18 @@ class Trainer:
         set's latents (always encoded now: a few images)."""
         mem, val = self.config.memory, self.config.validation
         self._status("caching", "encoding captions and images")
-        pipe = load_pipeline_without_transformer(self.model_path, self.variant, self.dtype)
+        # cpu_offload: the text encoder (24B for [dev]) encodes on the CPU: slow, but no GPU memory at all.
+        te_device = torch.device("cpu") if mem.cpu_offload else self.device
+        te_quant = mem.text_encoder_quantization
+        pipe = load_pipeline_without_transformer(
+            self.model_path, self.variant, self.dtype, te_quant, te_device
+        )
         if mem.vae_slicing:
             pipe.vae.enable_slicing()
         if mem.vae_tiling:
             pipe.vae.enable_tiling()
-        # cpu_offload: the text encoder (24B for [dev]) encodes on the CPU: slow, but no GPU memory at all.
-        te_device = torch.device("cpu") if mem.cpu_offload else self.device
-        pipe.text_encoder.to(te_device)
+        if te_quant == "none":  # a quantized encoder was placed by its loader
+            pipe.text_encoder.to(te_device)
         pipe.vae.to(self.device)
         pin = self.device.type == "cuda"
         max_len = get_variant(self.variant).text_encoder.max_sequence_length
@@ -208,8 +213,8 @@ class Trainer:
 
     def _offload(self, module: Any) -> None:
         """Move a frozen component off the GPU between uses (no-op when training on CPU)."""
-        if module is not None and self.device.type != "cpu":
-            module.to("cpu")
+        if module is not None and self.device.type != "cpu" and not is_quantized_module(module):
+            module.to("cpu")  # a quantized encoder stays (bitsandbytes' layers do not move)
 
     def _setup_model(self) -> tuple[Any, list[torch.nn.Parameter]]:
         cfg = self.config
