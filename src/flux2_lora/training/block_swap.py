@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -275,7 +275,9 @@ class BlockSwap:
 def swapped_blocks(transformer: torch.nn.Module, count: int) -> list[torch.nn.Module]:
     """The last ``count`` blocks in execution order: double-stream blocks run first, then single-stream
     ones, so the single-stream blocks are swapped first."""
-    order = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+    double = cast("torch.nn.ModuleList", transformer.transformer_blocks)
+    single = cast("torch.nn.ModuleList", transformer.single_transformer_blocks)
+    order = [*double, *single]
     if not 0 < count <= len(order) - 2:
         raise BlockSwapError(
             f"memory.blocks_to_swap: {count} is more than this transformer allows ({len(order)} blocks: at "

@@ -43,7 +43,7 @@ class _Fp8Matmul(torch.autograd.Function):
     keep a model.dtype copy of every layer alive until backward)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         q: torch.Tensor,
@@ -57,7 +57,7 @@ class _Fp8Matmul(torch.autograd.Function):
         return torch.nn.functional.linear(x.to(dtype), w, None if bias is None else bias.to(dtype))
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         q, scale = ctx.saved_tensors
         grad_x = None
         if ctx.needs_input_grad[0]:
@@ -79,8 +79,9 @@ class Fp8Linear(torch.nn.Linear):
         )
         self.compute_dtype = compute_dtype  # PEFT reads it for the adapter's dtype, as for bnb layers
 
-    @property  # type: ignore[override]
-    def weight(self) -> torch.Tensor:
+    # read-only: the stored tensors are weight_fp8 / weight_scale
+    @property
+    def weight(self) -> torch.Tensor:  # type: ignore[override]
         return dequantize_rows(self.weight_fp8, self.weight_scale, self.compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
