@@ -101,6 +101,8 @@ class Environment:
 
     cuda: bool
     packages: frozenset[str]
+    # bitsandbytes 0.46 and later run their 4- and 8-bit layers on the CPU too (older ones: CUDA only)
+    bnb_cpu: bool = True
 
     def has(self, module: str) -> bool:
         return module in self.packages
@@ -115,7 +117,23 @@ WITHOUT_ENV = "FLUX2_LORA_WITHOUT"
 def environment() -> Environment:
     hidden = {m.strip() for m in os.environ.get(WITHOUT_ENV, "").split(",")}
     found = frozenset(m for m in EXTRAS if m not in hidden and importlib.util.find_spec(m) is not None)
-    return Environment(cuda=local_gpu() is not None, packages=found)
+    return Environment(cuda=local_gpu() is not None, packages=found, bnb_cpu=_bnb_has_cpu_kernels(found))
+
+
+BNB_CPU_SINCE = (0, 46)
+
+
+def _bnb_has_cpu_kernels(found: frozenset[str]) -> bool:
+    """From the installed version (no import: bitsandbytes imports torch)."""
+    if "bitsandbytes" not in found:
+        return False
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        parts = version("bitsandbytes").split(".")[:2]
+        return tuple(int("".join(ch for ch in p if ch.isdigit()) or 0) for p in parts) >= BNB_CPU_SINCE
+    except (PackageNotFoundError, ValueError):
+        return False
 
 
 @dataclass
@@ -325,6 +343,26 @@ def environment_errors(c: TrainConfig, env: Environment) -> list[Finding]:
         out += _needs(env, "bitsandbytes", "memory.quantization nf4", "memory.quantization")
     if m.quantization == "int8":
         out += _needs(env, "torchao", "memory.quantization int8", "memory.quantization")
+    te_quant = m.text_encoder_quantization
+    if te_quant != "none":
+        fld = "memory.text_encoder_quantization"
+        out += _needs(env, "bitsandbytes", f"{fld} {te_quant}", fld)
+        if env.has("bitsandbytes") and (m.cpu_offload or not on_cuda) and not env.bnb_cpu:
+            where = (
+                "memory.cpu_offload keeps the text encoder on the CPU"
+                if m.cpu_offload
+                else "this run is on the CPU"
+            )
+            since = ".".join(map(str, BNB_CPU_SINCE))
+            out.append(
+                Finding(
+                    fld,
+                    f"a {te_quant} text encoder needs bitsandbytes' CPU kernels here ({where}) and the installed "
+                    f"bitsandbytes has none (they came in {since})",
+                    f"upgrade bitsandbytes to {since} or later, or use none",
+                    {fld: "none"},
+                )
+            )
     if c.performance.float8:
         out += _needs(env, "torchao", "performance.float8", "performance.float8")
         if not on_cuda:

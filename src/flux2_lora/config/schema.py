@@ -438,7 +438,8 @@ class PerformanceSection(Section):
         False,
         "Run the frozen base layers' matrix products in FP8 (torchao float8 training) on GPUs with FP8 "
         "units (H100/H200, Ada, Blackwell): with compile, 1.65× the steps/s of diffusers' script on an "
-        "H200, at the same memory. Weights stay in model.dtype. Not with memory.quantization.",
+        "H200, at the same memory. Weights stay in model.dtype, so it does not combine with memory.quantization "
+        "(fp8 there is storage: float8 weights computed in model.dtype; choose speed here or memory there).",
         ui={"advanced": True},
     )
     cpu_threads: int = F(

@@ -31,6 +31,7 @@ from flux2_lora.training.batches import (
     text_ids_for,
     to_device_stacked,
 )
+from flux2_lora.training.block_swap import BlockSwap, setup_block_swap
 from flux2_lora.training.evaluation import EvalSet, timed
 from flux2_lora.training.flow import draw_sigmas_and_noise, flow_matching_loss
 from flux2_lora.training.hardware import (
@@ -42,6 +43,7 @@ from flux2_lora.training.inputs import load_items, training_captions
 from flux2_lora.training.model import (
     free_memory,
     inject_lora,
+    is_quantized_module,
     load_pipeline_without_transformer,
     load_transformer,
     pipeline_class,
@@ -93,6 +95,7 @@ class Trainer:
         self.sampler: Sampler | None = None
         self.eval_set: EvalSet | None = None
         self.state: TrainingState | None = None  # checkpoints and resume, once the model is prepared
+        self.swap: BlockSwap | None = None  # memory.blocks_to_swap
         # FSDP shards the transformer over the processes: its forward passes (samples, the eval loss) and
         # its state (checkpoints, the LoRA) then need every process.
         self.fsdp = dist_util.uses_fsdp(config, self.accelerator.num_processes)
@@ -118,6 +121,9 @@ class Trainer:
         self.optimizer, self.lr_scheduler = self._setup_optimizer()
         if self.fsdp:  # sharded already: accelerate would wrap it in DDP
             self.model, self.optimizer = self.transformer, acc.prepare(self.optimizer)
+        elif self.swap is not None:  # placed by the swap: moving it whole would pull every block in
+            self.model = acc.prepare_model(self.transformer, device_placement=False)
+            self.optimizer = acc.prepare(self.optimizer)
         else:
             self.model, self.optimizer = acc.prepare(self.transformer, self.optimizer)
         self.state = TrainingState(
@@ -165,14 +171,18 @@ class Trainer:
         set's latents (always encoded now: a few images)."""
         mem, val = self.config.memory, self.config.validation
         self._status("caching", "encoding captions and images")
-        pipe = load_pipeline_without_transformer(self.model_path, self.variant, self.dtype)
+        # cpu_offload: the text encoder (24B for [dev]) encodes on the CPU: slow, but no GPU memory at all.
+        te_device = torch.device("cpu") if mem.cpu_offload else self.device
+        te_quant = mem.text_encoder_quantization
+        pipe = load_pipeline_without_transformer(
+            self.model_path, self.variant, self.dtype, te_quant, te_device
+        )
         if mem.vae_slicing:
             pipe.vae.enable_slicing()
         if mem.vae_tiling:
             pipe.vae.enable_tiling()
-        # cpu_offload: the text encoder (24B for [dev]) encodes on the CPU: slow, but no GPU memory at all.
-        te_device = torch.device("cpu") if mem.cpu_offload else self.device
-        pipe.text_encoder.to(te_device)
+        if te_quant == "none":  # a quantized encoder was placed by its loader
+            pipe.text_encoder.to(te_device)
         pipe.vae.to(self.device)
         pin = self.device.type == "cuda"
         max_len = get_variant(self.variant).text_encoder.max_sequence_length
@@ -203,8 +213,8 @@ class Trainer:
 
     def _offload(self, module: Any) -> None:
         """Move a frozen component off the GPU between uses (no-op when training on CPU)."""
-        if module is not None and self.device.type != "cpu":
-            module.to("cpu")
+        if module is not None and self.device.type != "cpu" and not is_quantized_module(module):
+            module.to("cpu")  # a quantized encoder stays (bitsandbytes' layers do not move)
 
     def _setup_model(self) -> tuple[Any, list[torch.nn.Parameter]]:
         cfg = self.config
@@ -218,7 +228,13 @@ class Trainer:
         trainable = inject_lora(transformer, cfg.lora, self.arch)
         if cfg.memory.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
-        if self.fsdp:
+        if cfg.memory.blocks_to_swap:
+            assert self.arch is not None
+            label = get_variant(self.variant).label
+            self.swap = setup_block_swap(
+                transformer, cfg.memory.blocks_to_swap, self.arch, label, self.accelerator
+            )
+        elif self.fsdp:
             dist_util.shard_transformer(transformer, cfg, self.device, self.dtype)
         elif quant != "nf4" or self.device.type != "cuda":  # bnb models are placed by their loader
             transformer.to(self.device)
