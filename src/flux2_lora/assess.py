@@ -341,6 +341,17 @@ def environment_errors(c: TrainConfig, env: Environment) -> list[Finding]:
     # nf4 runs on the CPU too (bitsandbytes' CPU backend), int8 through torchao on any device.
     if m.quantization == "nf4":
         out += _needs(env, "bitsandbytes", "memory.quantization nf4", "memory.quantization")
+        if env.has("bitsandbytes") and not on_cuda and not env.bnb_cpu:
+            since = ".".join(map(str, BNB_CPU_SINCE))
+            out.append(
+                Finding(
+                    "memory.quantization",
+                    f"nf4 weights on the CPU need bitsandbytes' CPU kernels and the installed bitsandbytes has "
+                    f"none (they came in {since})",
+                    f"upgrade bitsandbytes to {since} or later, or use none",
+                    {"memory.quantization": "none"},
+                )
+            )
     if m.quantization == "int8":
         out += _needs(env, "torchao", "memory.quantization int8", "memory.quantization")
     te_quant = m.text_encoder_quantization
