@@ -25,7 +25,14 @@ from flux2_lora.memory.activations import (
     targets_by_block,
     training_step_activations,
 )
-from flux2_lora.memory.encoders import IMAGE_BATCH, PROMPT_BATCH, text_encoder_activation_bytes, vae_bytes
+from flux2_lora.memory.encoders import (
+    IMAGE_BATCH,
+    PROMPT_BATCH,
+    text_encoder_activation_bytes,
+    text_encoder_dequant_bytes,
+    text_encoder_weight_bytes,
+    vae_bytes,
+)
 from flux2_lora.memory.sharded import (
     FsdpLayout,
     Moments,
@@ -41,6 +48,8 @@ from flux2_lora.memory.static import BNB_MIN_8BIT_SIZE as BNB_MIN_8BIT_SIZE  # r
 from flux2_lora.memory.static import (
     CACHES,
     Adapter,
+    Swap,
+    block_swap,
     frozen_weights,
     linears,
     lora_adapter,
@@ -181,9 +190,15 @@ class Estimate:
     phase_components: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     model: str = ""  # the model's title
+    # Block swap (memory.blocks_to_swap), when on: blocks, pinned host GiB, GPU buffer GiB, GiB copied per
+    # step. Left out of to_dict when off, so reports of runs without swap keep their keys.
+    swap: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.swap is None:
+            del out["swap"]
+        return out
 
 
 _KEYS = ("weights", "lora", "gradients", "optimizer", "activations", "text_encoder", "vae")
@@ -191,6 +206,8 @@ _KEYS = ("weights", "lora", "gradients", "optimizer", "activations", "text_encod
 
 def _part(**parts: float) -> dict[str, float]:
     keys = (*_KEYS, "gathered") if "gathered" in parts else _KEYS  # FSDP: the units gathered then
+    if "swap_buffers" in parts:  # block swap: the two GPU buffers swapped blocks stream through
+        keys = (*keys, "swap_buffers")
     return {k: parts.get(k, 0.0) / GIB for k in keys}
 
 
@@ -320,12 +337,14 @@ class _Run:
     kernels: str
     fsdp: bool  # sharded over more than one process
     accumulating: bool  # gradients accumulate over micro-batches
-    weights: float  # the transformer's frozen weights (with QLoRA's dequantized transient)
+    weights: float  # the transformer's frozen weights on the GPU (with QLoRA's dequantized transient)
+    swap: Swap | None  # block swap, when on (not under FSDP)
     lora: float  # the fp32 adapter (model.inject_lora)
     ddp: float  # DDP's gradient buckets
     optimizer: float  # optimizer state
     step: float  # one optimizer step's temporaries
-    te_weights: float
+    te_weights: float  # as loaded (memory.text_encoder_quantization)
+    te_dequant: float  # a quantized encoder's per-Linear dequantized transient
     vae_weights: float
     te_train: float  # the text encoder's weights on the GPU while training
     vae_train: float  # the VAE's
@@ -340,7 +359,13 @@ def _run(config: TrainConfig, num_processes: int, kernels: str) -> _Run:
         tokens, sh.arch, lora.rank, lora.use_dora, t.optimizer, t.momentum, t.weight_decay
     )
     fsdp = config.distributed.strategy == "fsdp" and num_processes > 1
-    te_w, vae_w = sh.text_encoder.params * wb, sh.vae.params * wb
+    te_q = mem.text_encoder_quantization
+    te_w, vae_w = text_encoder_weight_bytes(sh.text_encoder, wb, te_q), sh.vae.params * wb
+    weights = frozen_weights(sh.arch, wb, mem.quantization)
+    swap = None
+    if mem.blocks_to_swap and not fsdp:
+        swap = block_swap(sh.arch, wb, mem.quantization, mem.blocks_to_swap)
+        weights -= swap.pinned  # the buffers are a component of their own (_static)
     return _Run(
         config=config,
         shapes=sh,
@@ -362,13 +387,15 @@ def _run(config: TrainConfig, num_processes: int, kernels: str) -> _Run:
         kernels=kernels,
         fsdp=fsdp,
         accumulating=t.gradient_accumulation_steps > 1,
-        weights=frozen_weights(sh.arch, wb, mem.quantization),
+        weights=weights,
+        swap=swap,
         lora=4.0 * adapter.params,
         # DDP's gradient buckets, allocated with the model: an fp32 copy for all-reduce.
         ddp=4.0 * adapter.params if num_processes > 1 and not fsdp else 0.0,
         optimizer=optimizer,
         step=step,
         te_weights=te_w,
+        te_dequant=text_encoder_dequant_bytes(sh.text_encoder, wb, te_q),
         vae_weights=vae_w,
         # Components kept on the GPU while training: those not cached and not offloaded to the CPU.
         te_train=te_w if not mem.cache_text_embeddings and not mem.cpu_offload else 0.0,
@@ -387,7 +414,7 @@ def _caching(r: _Run) -> dict[str, float]:
         prompts = PROMPT_BATCH
     else:
         prompts = min(PROMPT_BATCH, (len(val.prompts) or 1) + 1) if val.enabled else 0
-    te_act = text_encoder_activation_bytes(sh.text_encoder, wb, prompts) if te_gpu else 0.0
+    te_act = text_encoder_activation_bytes(sh.text_encoder, wb, prompts) + r.te_dequant if te_gpu else 0.0
     caching_te = _part(text_encoder=te_gpu, vae=r.vae_weights, activations=te_act)
     if not mem.cache_latents:
         return caching_te
@@ -411,6 +438,7 @@ def _encoding(r: _Run) -> float:
     encode = 0.0
     if r.te_train:
         encode = text_encoder_activation_bytes(sh.text_encoder, sh.weight_bytes, r.config.training.batch_size)
+        encode += r.te_dequant
     if r.vae_train:
         vae = vae_bytes(
             sh.vae,
@@ -426,7 +454,10 @@ def _encoding(r: _Run) -> float:
 
 
 def _static(r: _Run) -> dict[str, float]:
-    return dict(weights=r.weights, lora=r.lora, text_encoder=r.te_train, vae=r.vae_train)
+    out = dict(weights=r.weights, lora=r.lora, text_encoder=r.te_train, vae=r.vae_train)
+    if r.swap is not None:
+        out["swap_buffers"] = r.swap.buffers
+    return out
 
 
 def _backward_start(r: _Run, act: float, encode: float) -> dict[str, float]:
@@ -495,14 +526,11 @@ def _sampling(r: _Run, layout: FsdpLayout | None) -> dict[str, float]:
     )
     if layout is None:
         return _part(
-            weights=r.weights,
-            lora=r.lora,
+            **_static(r),
             optimizer=r.optimizer,
             gradients=r.ddp,
             activations=max(infer, decode),
-            text_encoder=r.te_train,
-            vae=r.vae_weights,
-        )
+        ) | {"vae": r.vae_weights / GIB}
     # Every process runs the sharded forward, gathering unit by unit.
     share = layout.sharded_lora / max(r.adapter.params, 1)
     return _part(
@@ -538,6 +566,18 @@ def estimate(config: TrainConfig, *, num_processes: int | None = None, kernels: 
         )
     elif num_processes > 1:
         notes.append(f"per process, on each of {num_processes} GPUs (DDP gradient buckets included)")
+    if config.memory.blocks_to_swap and r.fsdp:
+        notes.append(
+            "memory.blocks_to_swap is not counted under FSDP: the sharded blocks are gathered instead"
+        )
+    elif r.swap is not None:
+        sw = r.swap
+        notes.append(
+            f"block swap: {sw.blocks} blocks' frozen weights ({sw.pinned / GIB:.1f} GiB) in pinned host memory, "
+            f"two at a time on the GPU ({sw.buffers / GIB:.2f} GiB); {sw.copied / GIB:.1f} GiB copied per step"
+        )
+        if sw.blocks < config.memory.blocks_to_swap:
+            notes.append(f"memory.blocks_to_swap counted as {sw.blocks}, this model's maximum")
     training, layout = _training(r)
     parts = {"caching": _caching(r), "training": training}
     if config.validation.enabled:
@@ -561,4 +601,12 @@ def estimate(config: TrainConfig, *, num_processes: int | None = None, kernels: 
         phase_components=parts,
         notes=notes,
         model=r.shapes.title,
+        swap=None
+        if r.swap is None
+        else {
+            "blocks": r.swap.blocks,
+            "pinned_gib": r.swap.pinned / GIB,
+            "buffers_gib": r.swap.buffers / GIB,
+            "copied_gib_per_step": r.swap.copied / GIB,
+        },
     )

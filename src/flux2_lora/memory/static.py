@@ -21,6 +21,9 @@ from flux2_lora.variants import TransformerArch
 NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)
 # bitsandbytes keeps 8-bit optimizer state only for tensors of at least this many elements.
 BNB_MIN_8BIT_SIZE = 4096
+# fp8 weights (memory.quantization: fp8): one float8 e4m3 byte per weight plus one fp32 scale per output
+# row, for the same Linears NF4/int8 quantize (targets.is_quantized_linear).
+FP8_SCALE_BYTES = 4
 
 
 @functools.lru_cache(maxsize=64)
@@ -41,14 +44,64 @@ def transformer_params(arch: TransformerArch) -> tuple[int, int]:
 def weight_bytes(arch: TransformerArch, dtype_bytes: int, quantization: str) -> float:
     total = 0.0
     for s in linears(arch):
-        if quantization == "int8" and is_quantized_linear(s.name):
-            total += s.weight_numel + 2 * s.out_features
-        elif quantization == "nf4" and is_quantized_linear(s.name):
-            total += s.weight_numel * NF4_BYTES_PER_WEIGHT
-        else:
-            total += s.weight_numel * dtype_bytes
+        total += linear_bytes(s, dtype_bytes, quantization)
     _, norms = transformer_params(arch)
     return total + norms * dtype_bytes
+
+
+def linear_bytes(s: LinearSpec, dtype_bytes: int, quantization: str) -> float:
+    """The stored bytes of one frozen Linear's weight in a quantization format."""
+    if quantization == "none" or not is_quantized_linear(s.name):
+        return float(s.weight_numel * dtype_bytes)
+    if quantization == "int8":
+        return float(s.weight_numel + 2 * s.out_features)
+    if quantization == "fp8":
+        return float(s.weight_numel + FP8_SCALE_BYTES * s.out_features)
+    return s.weight_numel * NF4_BYTES_PER_WEIGHT
+
+
+def swappable_blocks(arch: TransformerArch) -> int:
+    """How many blocks memory.blocks_to_swap may name: all but two (the two GPU buffers the swap
+    streams through must differ from the blocks it swaps to gain anything)."""
+    return max(arch.num_layers + arch.num_single_layers - 2, 0)
+
+
+@functools.lru_cache(maxsize=64)
+def block_bytes(arch: TransformerArch, dtype_bytes: int, quantization: str) -> tuple[float, ...]:
+    """Frozen bytes of every transformer block in execution order (double-stream blocks, then single),
+    its q/k RMSNorm scales included."""
+    out: dict[str, float] = {}
+    for s in linears(arch):
+        if s.block == "other":
+            continue
+        block = s.name[: s.name.index(".", s.name.index(".") + 1)]
+        out[block] = out.get(block, 0.0) + linear_bytes(s, dtype_bytes, quantization)
+    hd = arch.attention_head_dim
+    return tuple(
+        v + (4 if k.startswith("transformer_blocks.") else 2) * hd * dtype_bytes for k, v in out.items()
+    )
+
+
+@dataclass(frozen=True)
+class Swap:
+    """Block swap (memory.blocks_to_swap): the last ``blocks`` blocks in execution order keep their frozen
+    weights in pinned host memory; at most two of them are on the GPU at once (computing + prefetching)."""
+
+    blocks: int
+    pinned: float  # host bytes: the swapped blocks' frozen weights, in their storage format
+    buffers: float  # GPU bytes: min(blocks, 2) × the largest swapped block
+    saved: float  # GPU bytes no longer resident: the swapped blocks less the buffers
+    copied: float  # bytes copied host→GPU per training step: each swapped block once forward, once backward
+
+
+@functools.lru_cache(maxsize=256)
+def block_swap(arch: TransformerArch, dtype_bytes: int, quantization: str, blocks: int) -> Swap:
+    sizes = block_bytes(arch, dtype_bytes, quantization)
+    n = min(max(blocks, 0), swappable_blocks(arch))
+    swapped = sizes[len(sizes) - n :] if n else ()
+    pinned = float(sum(swapped))
+    buffers = min(n, 2) * max(swapped, default=0.0)
+    return Swap(blocks=n, pinned=pinned, buffers=buffers, saved=pinned - buffers, copied=2.0 * pinned)
 
 
 def _lora_tensors(specs: Sequence[LinearSpec], rank: int, dora: bool) -> list[tuple[int, int]]:
@@ -174,4 +227,13 @@ def frozen_weights(arch: TransformerArch, dtype_bytes: int, quantization: str) -
     return total
 
 
-CACHES = (linears, transformer_params, target_specs, lora_adapter, optimizer_memory, frozen_weights)
+CACHES = (
+    linears,
+    transformer_params,
+    target_specs,
+    lora_adapter,
+    optimizer_memory,
+    frozen_weights,
+    block_bytes,
+    block_swap,
+)
