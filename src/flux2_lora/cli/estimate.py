@@ -49,7 +49,6 @@ def run(args: argparse.Namespace) -> int:
     from flux2_lora.assess import assess, dataset_facts
     from flux2_lora.cli.common import print_findings
     from flux2_lora.config.io import diff_from_defaults, to_yaml
-    from flux2_lora.memory import auto_fit
     from flux2_lora.memory.gpus import parse_gpu
 
     args.overrides = [*args.overrides, *section_overrides(args)]
