@@ -25,6 +25,7 @@ def estimate_report(
     time relative to now."""
     from flux2_lora.memory.host import host_budget, host_estimate
     from flux2_lora.memory.recommend import recommendations as fixes
+    from flux2_lora.memory.timing import step_time
 
     world = num_processes or config.distributed.world_size
     est = estimate(config, num_processes=world)
@@ -53,6 +54,14 @@ def estimate_report(
     if device == "auto" and local is None:
         report["here"] = {"device": "cpu", "host": host_estimate(config, on_gpu=False)}
     report["host_peak_gib"] = report["host"]["peak_gib"]
+    # Seconds per step on the card (memory/timing.py): what the swap count and other choices cost in time.
+    t = step_time(config, card)
+    report["step_time"] = {
+        "step_s": t.step_s,
+        "compute_s": t.compute_s,
+        "transfer_s": t.transfer_s,
+        "gb_per_step": t.gb_per_step,
+    }
     report["host_gib"] = (
         host_gib if host_gib is not None else host_budget(local is not None and card == local)
     )
