@@ -8,6 +8,8 @@ against new traces in tests/memory.
 
 from __future__ import annotations
 
+import functools
+
 from flux2_lora.variants import TextEncoderArch, VaeArch
 
 # The trainer encodes captions 8 at a time and images 4 at a time while caching (batches.py).
@@ -62,6 +64,7 @@ TE_INT8_ROW_BYTES = 4
 TE_NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)
 
 
+@functools.lru_cache(maxsize=64)
 def text_encoder_linears(te: TextEncoderArch) -> tuple[int, int]:
     """(weights of the decoder layers' Linears, the largest Linear's weights) from the architecture:
     q, k, v, o and the gated MLP's gate, up and down projections of every layer."""
@@ -72,6 +75,7 @@ def text_encoder_linears(te: TextEncoderArch) -> tuple[int, int]:
     return te.num_layers * per_layer, max(h * q, q * h, h * i)
 
 
+@functools.lru_cache(maxsize=256)
 def text_encoder_weight_bytes(te: TextEncoderArch, dtype_bytes: int, quantization: str) -> float:
     """The encoder's weights as loaded: all in ``dtype_bytes``, or its decoder Linears in int8 / NF4."""
     linear, _ = text_encoder_linears(te)

@@ -11,9 +11,12 @@ check against fake-tensor traces of the real modules (:mod:`flux2_lora.training.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -30,6 +33,7 @@ from flux2_lora.memory.encoders import (
     PROMPT_BATCH,
     text_encoder_activation_bytes,
     text_encoder_dequant_bytes,
+    text_encoder_linears,
     text_encoder_weight_bytes,
     vae_bytes,
 )
@@ -135,8 +139,32 @@ def _model_shapes(
     return ("custom" if custom else name), arch, te, vae, title
 
 
+_SAME_FILES = threading.local()
+
+
+@contextlib.contextmanager
+def same_model_files() -> Iterator[None]:
+    """Within it, each model path's files are looked at once (the recommendations' dozens of
+    re-estimates of one model need not stat its folder each time)."""
+    outer = getattr(_SAME_FILES, "stamps", None)
+    _SAME_FILES.stamps = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _SAME_FILES.stamps = outer
+
+
 def _stamp(path: str) -> float:
     """Newest modification time of a local model folder's configs (0 for hub ids and the demo)."""
+    stamps = getattr(_SAME_FILES, "stamps", None)
+    if stamps is None:
+        return _read_stamp(path)
+    if path not in stamps:
+        stamps[path] = _read_stamp(path)
+    return float(stamps[path])
+
+
+def _read_stamp(path: str) -> float:
     if is_demo(path):
         return 0.0
     p = os.path.expanduser(path)
@@ -307,10 +335,16 @@ def _sampling_gathered(layout: FsdpLayout, reshard: bool) -> float:
 
 def clear_caches() -> None:
     """Forget cached shapes (for benchmarks of a cold estimate, and after a model folder changes)."""
+    from flux2_lora.memory.timing import _step_time, block_flops
+
+    _step_time.cache_clear()
+    block_flops.cache_clear()
     for f in (
         _model_shapes,
         _shapes,
         *CACHES,
+        text_encoder_linears,
+        text_encoder_weight_bytes,
         _by_block,
         _step_activations,
         _profile,
@@ -320,6 +354,8 @@ def clear_caches() -> None:
         _lora_units,
         _moments,
         _sampling_gathered,
+        _frozen,
+        _trainable,
     ):
         f.cache_clear()
 
@@ -350,22 +386,54 @@ class _Run:
     vae_train: float  # the VAE's
 
 
+ShapeKey = tuple[str, str, float, str, int]  # _shapes' arguments: flat values that hash fast
+
+
+@functools.lru_cache(maxsize=1024)
+def _frozen(
+    key: ShapeKey, quantization: str, swapped: int, te_q: str
+) -> tuple[float, Swap | None, float, float]:
+    """(transformer weights on the GPU, block swap, text encoder weights, its dequantized transient)."""
+    sh = _shapes(*key)
+    wb = sh.weight_bytes
+    weights = frozen_weights(sh.arch, wb, quantization)
+    swap = None
+    if swapped:
+        swap = block_swap(sh.arch, wb, quantization, swapped)
+        weights -= swap.pinned  # the buffers are a component of their own (_static)
+    te = sh.text_encoder
+    return weights, swap, text_encoder_weight_bytes(te, wb, te_q), text_encoder_dequant_bytes(te, wb, te_q)
+
+
+@functools.lru_cache(maxsize=1024)
+def _trainable(
+    key: ShapeKey,
+    tokens: tuple[str, ...],
+    rank: int,
+    dora: bool,
+    optimizer: str,
+    momentum: float,
+    decay: float,
+) -> tuple[Adapter, float, float]:
+    """(the adapter, its optimizer state, one optimizer step's temporaries)."""
+    arch = _shapes(*key).arch
+    state, step = optimizer_memory(tokens, arch, rank, dora, optimizer, momentum, decay)
+    return lora_adapter(tokens, arch, rank, dora), state, step
+
+
 def _run(config: TrainConfig, num_processes: int, kernels: str) -> _Run:
-    sh = resolve_shapes(config)
-    mem, lora, t = config.memory, config.lora, config.training
+    m, mem, lora, t = config.model, config.memory, config.lora, config.training
+    key: ShapeKey = (m.path, m.variant, _stamp(m.path), m.dtype, config.dataset.resolution)
+    sh = _shapes(*key)
     wb, tokens = sh.weight_bytes, tuple(lora.target_modules)
-    adapter = lora_adapter(tokens, sh.arch, lora.rank, lora.use_dora)
-    optimizer, step = optimizer_memory(
-        tokens, sh.arch, lora.rank, lora.use_dora, t.optimizer, t.momentum, t.weight_decay
+    adapter, optimizer, step = _trainable(
+        key, tokens, lora.rank, lora.use_dora, t.optimizer, t.momentum, t.weight_decay
     )
     fsdp = config.distributed.strategy == "fsdp" and num_processes > 1
-    te_q = mem.text_encoder_quantization
-    te_w, vae_w = text_encoder_weight_bytes(sh.text_encoder, wb, te_q), sh.vae.params * wb
-    weights = frozen_weights(sh.arch, wb, mem.quantization)
-    swap = None
-    if mem.blocks_to_swap and not fsdp:
-        swap = block_swap(sh.arch, wb, mem.quantization, mem.blocks_to_swap)
-        weights -= swap.pinned  # the buffers are a component of their own (_static)
+    weights, swap, te_w, te_dequant = _frozen(
+        key, mem.quantization, 0 if fsdp else mem.blocks_to_swap, mem.text_encoder_quantization
+    )
+    vae_w = sh.vae.params * wb
     return _Run(
         config=config,
         shapes=sh,
@@ -395,7 +463,7 @@ def _run(config: TrainConfig, num_processes: int, kernels: str) -> _Run:
         optimizer=optimizer,
         step=step,
         te_weights=te_w,
-        te_dequant=text_encoder_dequant_bytes(sh.text_encoder, wb, te_q),
+        te_dequant=te_dequant,
         vae_weights=vae_w,
         # Components kept on the GPU while training: those not cached and not offloaded to the CPU.
         te_train=te_w if not mem.cache_text_embeddings and not mem.cpu_offload else 0.0,
@@ -403,7 +471,31 @@ def _run(config: TrainConfig, num_processes: int, kernels: str) -> _Run:
     )
 
 
-def _caching(r: _Run) -> dict[str, float]:
+@dataclass(slots=True)
+class _CachingFacts:
+    """What :func:`_caching` reads of a :class:`_Run` (for :func:`caching_total_gib`, which needs no more)."""
+
+    config: TrainConfig
+    shapes: Shapes
+    te_weights: float
+    te_dequant: float
+    vae_weights: float
+
+
+def caching_total_gib(config: TrainConfig, num_processes: int | None = None) -> float:
+    """The caching phase's figure as :func:`estimate` would total it (overhead included): a floor of the
+    estimate's total, for a fraction of its cost (the recommendations skip configs it already rules out)."""
+    num_processes = num_processes or config.distributed.world_size
+    m, mem = config.model, config.memory
+    key: ShapeKey = (m.path, m.variant, _stamp(m.path), m.dtype, config.dataset.resolution)
+    sh = _shapes(*key)
+    _, _, te_w, te_dequant = _frozen(key, mem.quantization, 0, mem.text_encoder_quantization)
+    facts = _CachingFacts(config, sh, te_w, te_dequant, sh.vae.params * sh.weight_bytes)
+    peak = _gib(_caching(facts))
+    return peak + _overhead(config, peak, num_processes)
+
+
+def _caching(r: _Run | _CachingFacts) -> dict[str, float]:
     """Caching: the text encoder (unless it encodes on the CPU) and the VAE on the GPU, no transformer
     yet; the text encoder is freed after caching its embeddings, otherwise it stays for training."""
     c, sh = r.config, r.shapes

@@ -14,16 +14,24 @@ relative to now (memory/timing.py).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
-from flux2_lora.config import TrainConfig
-from flux2_lora.config.io import parse_override, to_dict, validate_dict
-from flux2_lora.memory.estimate import estimate, resolve_shapes
-from flux2_lora.memory.gpus import verdict
+from flux2_lora.config import SECTIONS, TrainConfig
+from flux2_lora.config.io import cross_check, parse_override, to_dict, validate_dict, validate_section
+from flux2_lora.memory.estimate import (
+    allocator_slack,
+    caching_total_gib,
+    estimate,
+    resolve_shapes,
+    same_model_files,
+)
+from flux2_lora.memory.gpus import TIGHT_HEADROOM, verdict
 from flux2_lora.memory.host import gpu_host_peak
-from flux2_lora.memory.static import swappable_blocks
+from flux2_lora.memory.static import swap_table, swappable_blocks
 from flux2_lora.memory.timing import step_time
+from flux2_lora.units import GIB
 
 SWAP = "memory.blocks_to_swap"
 _TEXT_ENCODER = {"memory.cpu_offload", "memory.text_encoder_quantization"}
@@ -35,12 +43,27 @@ class Move:
     overrides: tuple[tuple[str, Any], ...]  # ("section.key", value), applied in order
     cost: float  # 0: same LoRA; 1: slower; 2+: quality, in increasing measure
 
-    @property
+    @functools.cached_property  # the searches ask it tens of thousands of times
     def family(self) -> tuple[str, ...]:
         """The fields it sets: moves of one family are alternatives (int8 or NF4, rank 32 or 16; the text
         encoder on the CPU or quantized on the GPU)."""
         keys = tuple(k for k, _ in self.overrides)
         return ("text encoder",) if set(keys) & _TEXT_ENCODER else keys
+
+    @functools.cached_property
+    def fsdp(self) -> bool:
+        return dict(self.overrides).get("distributed.strategy") == "fsdp"
+
+    @functools.cached_property
+    def unshardable(self) -> bool:
+        """Quantized weights, bitsandbytes' 8-bit state and block swap, which FSDP cannot shard
+        (config/distributed.py)."""
+        o = dict(self.overrides)
+        return (
+            o.get("memory.quantization", "none") != "none"
+            or o.get("training.optimizer") == "adamw8bit"
+            or bool(o.get(SWAP))
+        )
 
 
 def _move(title: str, cost: float, **overrides: Any) -> Move:
@@ -187,6 +210,33 @@ def _validated(
     return new if new is not None and not [p for p in problems if p.level == "error"] else None
 
 
+def _valid(config: TrainConfig, overrides: dict[str, Any], parsed_texts: dict[str, Any]) -> bool:
+    """Whether the overrides applied as ``--set`` would apply them give a valid config: what
+    :func:`_validated` answers, checking only the sections they change (the others are ``config``'s own,
+    valid already) and the cross-field rules; a quarter of the cost."""
+    changed: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        text = f"{key}={value}"
+        if text not in parsed_texts:
+            parsed_texts[text] = parse_override(text)
+        parsed, issue = parsed_texts[text]
+        if issue is not None or parsed is None:
+            return False
+        section, field, parsed_value = parsed
+        changed.setdefault(section, {})[field] = parsed_value
+    sections: dict[str, Any] = {}
+    for name, fields in changed.items():
+        if name not in SECTIONS:
+            return False
+        data = {**getattr(config, name).model_dump(), **fields}
+        new, problems = validate_section(SECTIONS[name], data, name)
+        if new is None or any(p.level == "error" for p in problems):
+            return False
+        sections[name] = new
+    built = TrainConfig.model_construct(**{**dict(config), **sections})
+    return not [i for i in cross_check(built) if i.level == "error"]
+
+
 class _Totals:
     """The estimated total (and host RAM) of the config with a set of moves applied. The greedy searches try
     the same sets many times over (in other orders): each resulting config is estimated once."""
@@ -199,6 +249,8 @@ class _Totals:
         self._seen: dict[frozenset[tuple[str, Any]], tuple[float, Any, TrainConfig]] = {}
         self._host: dict[frozenset[tuple[str, Any]], float] = {}
         self._sections: dict[tuple[str, frozenset[tuple[str, Any]]], Any] = {}
+        self.fewest: dict[frozenset[tuple[str, Any]], int] = {}  # _fewest_swapped's answers
+        self._floor: dict[frozenset[tuple[str, Any]], float] = {}  # caching_total_gib's
 
     def _with(self, overrides: dict[str, Any]) -> TrainConfig:
         """The config with the overrides applied, unvalidated (for re-estimating: the recommendations
@@ -229,6 +281,9 @@ class _Totals:
     def __call__(self, chosen: list[Move]) -> float:
         return self._get(chosen)[1][0]
 
+    def estimate_of(self, chosen: list[Move]) -> Any:
+        return self._get(chosen)[1][1]
+
     def config_of(self, chosen: list[Move]) -> TrainConfig:
         return self._get(chosen)[1][2]
 
@@ -240,6 +295,15 @@ class _Totals:
         return self._host[key]
 
     def fits(self, chosen: list[Move]) -> bool:
+        overrides = _overrides(chosen)
+        key = frozenset(overrides.items())
+        if key not in self._seen:
+            # The caching phase alone (text encoder, VAE) decides many candidates at a fifth of the cost.
+            if key not in self._floor:
+                n = None if any(k.startswith("distributed.") for k in overrides) else self.num_processes
+                self._floor[key] = caching_total_gib(self._with(overrides), num_processes=n)
+            if verdict(self._floor[key], self.gpu_gib) != "fits":
+                return False
         if verdict(self(chosen), self.gpu_gib) != "fits":
             return False
         return self.host_gib is None or self.host(chosen) <= self.host_gib
@@ -249,6 +313,8 @@ def _minimal(totals: _Totals, chosen: list[Move]) -> list[Move]:
     """Drop moves that are not needed, the most costly first."""
     kept = list(chosen)
     for mv in sorted(chosen, key=lambda m: -m.cost):
+        if _swapped(mv) > 3:
+            continue  # _fewest_swapped found one block fewer too many: none at all fits even less
         trial = [m for m in kept if m is not mv]
         if totals.fits(trial):
             kept = trial
@@ -266,33 +332,37 @@ def _fewest_swapped(totals: _Totals, chosen: list[Move]) -> list[Move]:
     def with_n(n: int) -> list[Move]:
         return [*chosen[:at], _swap_move(n, most), *chosen[at + 1 :]]
 
-    lo, hi = 3, most  # fewer than 3 swapped blocks save nothing (two buffers)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if totals.fits(with_n(mid)):
-            hi = mid
-        else:
-            lo = mid + 1
-    return with_n(hi)
+    # The greedy searches reach the same other moves from many starts: search once per set of them.
+    key = frozenset(_overrides([m for m in chosen if m is not chosen[at]]).items())
+    if key not in totals.fewest:
+        n = _swap_guess(totals, with_n(most), most)
+        # The guess is exact but for rounding: confirmed by re-estimating, moved up if need be.
+        while n < most and not totals.fits(with_n(n)):
+            n += 1
+        totals.fewest[key] = n
+    return with_n(totals.fewest[key])
 
 
-def _sets_fsdp(mv: Move) -> bool:
-    return dict(mv.overrides).get("distributed.strategy") == "fsdp"
-
-
-def _unshardable(mv: Move) -> bool:
-    """Quantized weights, bitsandbytes' 8-bit state and block swap, which FSDP cannot shard
-    (config/distributed.py)."""
-    o = dict(mv.overrides)
-    return (
-        o.get("memory.quantization", "none") != "none"
-        or o.get("training.optimizer") == "adamw8bit"
-        or bool(o.get(SWAP))
-    )
+def _swap_guess(totals: _Totals, chosen: list[Move], most: int) -> int:
+    """The fewest swapped blocks that fit, read off the estimate with the most swapped (checked by
+    re-estimating after): fewer swapped blocks add back the bytes they no longer save to the training and
+    sampling phases alone, and the estimate's total is its tensor peak × (1 + slack) + a constant."""
+    est, config = totals.estimate_of(chosen), totals.config_of(chosen)
+    sh, q = resolve_shapes(config), config.memory.quantization
+    slack = allocator_slack(config)
+    constant = est.total_gib - est.allocated_peak_gib * (1 + slack)
+    room = (totals.gpu_gib * (1 - TIGHT_HEADROOM) - constant) / (1 + slack)
+    steps = max(v for k, v in est.phases.items() if k != "caching")
+    table = swap_table(sh.arch, sh.weight_bytes, q)
+    saved = table[most].saved
+    for n in range(3, most):
+        if steps + (saved - table[n].saved) / GIB <= room:
+            return n
+    return most
 
 
 def _conflict(a: Move, b: Move) -> bool:
-    return (_sets_fsdp(a) and _unshardable(b)) or (_sets_fsdp(b) and _unshardable(a))
+    return (a.fsdp and b.unshardable) or (b.fsdp and a.unshardable)
 
 
 def _greedy(totals: _Totals, order: list[Move]) -> tuple[list[Move], bool]:
@@ -321,21 +391,30 @@ def _adds_gpus(mv: Move, have: int) -> bool:
     return int(dict(mv.overrides).get("distributed.num_processes", have)) > have
 
 
-def _search(totals: _Totals, all_moves: list[Move]) -> list[list[Move]]:
+def _search(totals: _Totals, all_moves: list[Move], limit: int) -> list[list[Move]]:
     """Minimal sets that fit, the least costly first; [] when none does."""
+    found = _starts(totals, all_moves, limit)
+    found.sort(key=lambda f: (max(m.cost for m in f), sum(m.cost for m in f), len(f)))
+    return found
+
+
+def _starts(totals: _Totals, all_moves: list[Move], limit: int) -> list[list[Move]]:
     found: list[list[Move]] = []
     for first in range(len(all_moves)):
+        # A set keeping its first move costs at least that move: once ``limit`` sets cost less, a
+        # costlier start cannot reach the answer (the rare set that drops its first move is one the
+        # cheaper starts reach).
+        if (
+            len(found) >= limit
+            and all_moves[first].cost > sorted(max(m.cost for m in f) for f in found)[limit - 1]
+        ):
+            continue
         # Greedy from each move in turn gives different families of fixes (offload vs quantize vs …).
         order = [all_moves[first], *all_moves[:first], *all_moves[first + 1 :]]
         chosen, fits = _greedy(totals, order)
         if fits and not any(_dominates(f, chosen) for f in found):
             found = [f for f in found if not _dominates(chosen, f)]
             found.append(chosen)
-    have = totals.config.distributed.num_processes
-    # More GPUs only when nothing fits the GPUs the run has.
-    if any(not any(_adds_gpus(m, have) for m in f) for f in found):
-        found = [f for f in found if not any(_adds_gpus(m, have) for m in f)]
-    found.sort(key=lambda f: (max(m.cost for m in f), sum(m.cost for m in f), len(f)))
     return found
 
 
@@ -345,18 +424,38 @@ def _found(
     num_processes: int | None,
     host_gib: float | None,
     all_moves: list[Move],
+    limit: int,
 ) -> tuple[_Totals, list[list[Move]]]:
     """The sets that fit the GPU and ``host_gib``; if none fits that host RAM, those that fit the GPU
-    (their host RAM is stated)."""
+    (their host RAM is stated). More GPUs than the run has only when no set fits the GPUs it has (so they
+    are not searched at all when one does)."""
     totals = _Totals(config, num_processes, gpu_gib, host_gib)
-    found = _search(totals, all_moves)
-    if not found and host_gib is not None:
-        totals = _Totals(config, num_processes, gpu_gib, None)
-        found = _search(totals, all_moves)
+    have = config.distributed.num_processes
+    one = [m for m in all_moves if not _adds_gpus(m, have)]
+    # The GPUs the run has before more of them, even if that needs more host RAM than assumed.
+    for moves_ in (one, all_moves) if len(one) < len(all_moves) else (one,):
+        totals.host_gib, totals.fewest = host_gib, {}
+        found = _search(totals, moves_, limit)
+        if not found and host_gib is not None:
+            # The same estimates, judged without the host limit (fewer swapped blocks may now fit).
+            totals.host_gib, totals.fewest = None, {}
+            found = _search(totals, moves_, limit)
+        if found:
+            break
     return totals, found
 
 
-def recommendations(
+def recommendations(config: TrainConfig, gpu_gib: float, **kwargs: Any) -> list[dict[str, Any]]:
+    """Up to ``limit`` minimal change sets that each make the run fit, the least costly first, each with
+    its GPU total, host RAM and step time relative to now on a GPU of ``gpu_gib``'s class (see
+    :func:`_recommendations` for the arguments).
+
+    Empty when it already fits; one entry with ``fits_after`` False when nothing fits."""
+    with same_model_files():
+        return _recommendations(config, gpu_gib, **kwargs)
+
+
+def _recommendations(
     config: TrainConfig,
     gpu_gib: float,
     *,
@@ -364,26 +463,21 @@ def recommendations(
     limit: int = 4,
     host_gib: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Up to ``limit`` minimal change sets that each make the run fit, the least costly first, each with
-    its GPU total, host RAM and step time relative to now on a GPU of ``gpu_gib``'s class.
-
-    Empty when it already fits; one entry with ``fits_after`` False when nothing fits."""
     base = estimate(config, num_processes=num_processes).total_gib
     if verdict(base, gpu_gib) == "fits":
         return []
     all_moves = moves(config)
-    totals, found = _found(config, gpu_gib, num_processes, host_gib, all_moves)
+    totals, found = _found(config, gpu_gib, num_processes, host_gib, all_moves, limit)
     out: list[dict[str, Any]] = []
     if not found:
         chosen, _ = _greedy(totals, all_moves)
         found = [chosen]
-    data = to_dict(config)
     parsed_texts: dict[str, Any] = {}
     before = step_time(config, gpu_gib).step_s
     for chosen in found[:limit]:
         chosen = sorted(chosen, key=lambda m: m.cost)
         overrides = _overrides(chosen)
-        if _validated(config, overrides, data, parsed_texts) is None:
+        if not _valid(config, overrides, parsed_texts):
             continue
         total = totals(chosen)
         # The label is what the re-estimate says: a best effort may still land within the GPU (tight).
@@ -418,7 +512,8 @@ def auto_fit(
         return config
     have = config.distributed.num_processes
     usable = [m for m in moves(config) if not _adds_gpus(m, have)]
-    totals, found = _found(config, gpu_gib, num_processes, host_gib, usable)
+    with same_model_files():
+        totals, found = _found(config, gpu_gib, num_processes, host_gib, usable, len(usable))
     if not found:
         return None
     best = found[0] if totals.host_gib is not None else min(found, key=totals.host)

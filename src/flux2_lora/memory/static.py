@@ -42,11 +42,9 @@ def transformer_params(arch: TransformerArch) -> tuple[int, int]:
 
 
 def weight_bytes(arch: TransformerArch, dtype_bytes: int, quantization: str) -> float:
-    total = 0.0
-    for s in linears(arch):
-        total += linear_bytes(s, dtype_bytes, quantization)
-    _, norms = transformer_params(arch)
-    return total + norms * dtype_bytes
+    """The frozen transformer's bytes: the blocks' (their norm scales included) and the Linears outside."""
+    outside = sum(linear_bytes(s, dtype_bytes, quantization) for s in linears(arch) if s.block == "other")
+    return outside + sum(block_bytes(arch, dtype_bytes, quantization))
 
 
 def linear_bytes(s: LinearSpec, dtype_bytes: int, quantization: str) -> float:
@@ -67,18 +65,37 @@ def swappable_blocks(arch: TransformerArch) -> int:
 
 
 @functools.lru_cache(maxsize=64)
+def _blocks(arch: TransformerArch) -> tuple[tuple[int, int], ...]:
+    """(weights, output rows) of the Linears of every block, summed, in execution order (double, then
+    single); every block Linear is quantized (targets.is_quantized_linear), so bytes are linear in both."""
+    out: dict[str, tuple[int, int]] = {}
+    for s in linears(arch):
+        if s.block != "other":  # "transformer_blocks.3.attn.to_q" is in "transformer_blocks.3"
+            block = s.name[: s.name.index(".", s.name.index(".") + 1)]
+            n, r = out.get(block, (0, 0))
+            out[block] = (n + s.weight_numel, r + s.out_features)
+    return tuple(out.values())
+
+
+def _stored(numel: int, rows: int, dtype_bytes: int, quantization: str) -> float:
+    """Stored bytes of block Linears of ``numel`` weights and ``rows`` output rows in all."""
+    if quantization == "int8":
+        return float(numel + 2 * rows)
+    if quantization == "fp8":
+        return float(numel + FP8_SCALE_BYTES * rows)
+    if quantization == "nf4":
+        return numel * NF4_BYTES_PER_WEIGHT
+    return float(numel * dtype_bytes)
+
+
+@functools.lru_cache(maxsize=64)
 def block_bytes(arch: TransformerArch, dtype_bytes: int, quantization: str) -> tuple[float, ...]:
     """Frozen bytes of every transformer block in execution order (double-stream blocks, then single),
     its q/k RMSNorm scales included."""
-    out: dict[str, float] = {}
-    for s in linears(arch):
-        if s.block == "other":
-            continue
-        block = s.name[: s.name.index(".", s.name.index(".") + 1)]
-        out[block] = out.get(block, 0.0) + linear_bytes(s, dtype_bytes, quantization)
     hd = arch.attention_head_dim
     return tuple(
-        v + (4 if k.startswith("transformer_blocks.") else 2) * hd * dtype_bytes for k, v in out.items()
+        _stored(n, r, dtype_bytes, quantization) + (4 if i < arch.num_layers else 2) * hd * dtype_bytes
+        for i, (n, r) in enumerate(_blocks(arch))
     )
 
 
@@ -94,14 +111,26 @@ class Swap:
     copied: float  # bytes copied host→GPU per training step: each swapped block once forward, once backward
 
 
-@functools.lru_cache(maxsize=256)
-def block_swap(arch: TransformerArch, dtype_bytes: int, quantization: str, blocks: int) -> Swap:
+@functools.lru_cache(maxsize=64)
+def swap_table(arch: TransformerArch, dtype_bytes: int, quantization: str) -> tuple[Swap, ...]:
+    """:class:`Swap` for every count from 0 to :func:`swappable_blocks` (one pass over the blocks)."""
     sizes = block_bytes(arch, dtype_bytes, quantization)
-    n = min(max(blocks, 0), swappable_blocks(arch))
-    swapped = sizes[len(sizes) - n :] if n else ()
-    pinned = float(sum(swapped))
-    buffers = min(n, 2) * max(swapped, default=0.0)
-    return Swap(blocks=n, pinned=pinned, buffers=buffers, saved=pinned - buffers, copied=2.0 * pinned)
+    out = [Swap(0, 0.0, 0.0, 0.0, 0.0)]
+    pinned = largest = 0.0
+    for n in range(1, swappable_blocks(arch) + 1):
+        size = sizes[len(sizes) - n]
+        pinned += size
+        largest = max(largest, size)
+        buffers = min(n, 2) * largest
+        out.append(
+            Swap(blocks=n, pinned=pinned, buffers=buffers, saved=pinned - buffers, copied=2.0 * pinned)
+        )
+    return tuple(out)
+
+
+def block_swap(arch: TransformerArch, dtype_bytes: int, quantization: str, blocks: int) -> Swap:
+    table = swap_table(arch, dtype_bytes, quantization)
+    return table[min(max(blocks, 0), len(table) - 1)]
 
 
 def _lora_tensors(specs: Sequence[LinearSpec], rank: int, dora: bool) -> list[tuple[int, int]]:
@@ -223,8 +252,13 @@ def frozen_weights(arch: TransformerArch, dtype_bytes: int, quantization: str) -
     total = weight_bytes(arch, dtype_bytes, quantization)
     if quantization != "none":
         # QLoRA dequantizes one layer's weight for its matmul: the largest one is a transient on top.
-        total += max(s.weight_numel for s in linears(arch)) * dtype_bytes
+        total += _largest_linear(arch) * dtype_bytes
     return total
+
+
+@functools.lru_cache(maxsize=64)
+def _largest_linear(arch: TransformerArch) -> int:
+    return max(s.weight_numel for s in linears(arch))
 
 
 CACHES = (
@@ -235,5 +269,7 @@ CACHES = (
     optimizer_memory,
     frozen_weights,
     block_bytes,
-    block_swap,
+    swap_table,
+    _blocks,
+    _largest_linear,
 )

@@ -80,23 +80,47 @@ def step_time(config: TrainConfig, gpu: float | Gpu) -> StepTime:
     """Seconds of one training step on ``gpu`` (a card, or a memory size: its class's speed)."""
     g = speed_of(gpu)
     sh = resolve_shapes(config)
-    mem, batch = config.memory, config.training.batch_size
-    flops_per_s = g.bf16_tflops * 1e12 * EFFICIENCY / DEQUANT_FACTOR.get(mem.quantization, 1.0)
+    mem = config.memory
+    fsdp = config.distributed.strategy == "fsdp" and config.distributed.world_size > 1
+    return _step_time(
+        sh.arch,
+        sh.weight_bytes,
+        sh.image_tokens,
+        sh.text_tokens,
+        config.training.batch_size,
+        mem.gradient_checkpointing,
+        mem.quantization,
+        0 if fsdp else mem.blocks_to_swap,
+        g.bf16_tflops,
+        g.host_gbs,
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _step_time(
+    arch: TransformerArch,
+    wb: int,
+    img: int,
+    txt: int,
+    batch: int,
+    checkpointing: bool,
+    quantization: str,
+    swapped: int,
+    tflops: float,
+    host_gbs: float,
+) -> StepTime:
+    flops_per_s = tflops * 1e12 * EFFICIENCY / DEQUANT_FACTOR.get(quantization, 1.0)
     fwd, bwd = [], []
-    for lin, att in block_flops(sh.arch, sh.image_tokens, sh.text_tokens):
+    for lin, att in block_flops(arch, img, txt):
         f = (lin + att) * batch / flops_per_s
         fwd.append(f)
-        bwd.append(
-            (lin + ATTENTION_BACKWARD * att) * batch / flops_per_s
-            + (f if mem.gradient_checkpointing else 0.0)
-        )
+        bwd.append((lin + ATTENTION_BACKWARD * att) * batch / flops_per_s + (f if checkpointing else 0.0))
     compute = sum(fwd) + sum(bwd)
-    fsdp = config.distributed.strategy == "fsdp" and config.distributed.world_size > 1
-    n = 0 if fsdp else block_swap(sh.arch, sh.weight_bytes, mem.quantization, mem.blocks_to_swap).blocks
+    n = block_swap(arch, wb, quantization, swapped).blocks
     if not n:
         return StepTime(compute, 0.0, compute, 0.0)
-    sizes = block_bytes(sh.arch, sh.weight_bytes, mem.quantization)
-    copy = [0.0] * (len(sizes) - n) + [b / (g.host_gbs * 1e9) for b in sizes[len(sizes) - n :]]
+    sizes = block_bytes(arch, wb, quantization)
+    copy = [0.0] * (len(sizes) - n) + [b / (host_gbs * 1e9) for b in sizes[len(sizes) - n :]]
     forward = _pass(fwd, copy, exposed_first=False)
     # Backward runs the blocks in reverse, so it starts with the swapped ones.
     backward = _pass(bwd[::-1], copy[::-1], exposed_first=True)
