@@ -234,16 +234,17 @@ def swap_limits() -> dict[str, int]:
 
 
 def _slider(spec: FieldSpec) -> FieldSpec:
-    """Fields shown as a slider, with the range that means something: the swap count runs 0 to the largest
-    variant's maximum ([dev]: 54); ``extra["max_by_variant"]`` has each variant's own. Its memory and time
-    effect shows in the estimate panel, which re-estimates on every change of a form widget."""
+    """Fields shown as a slider: the swap count, over the schema's whole range (never narrower: a count
+    beyond a variant's blocks is refused by validation, which says why); ``extra["max_by_variant"]`` has
+    each variant's own maximum. Its memory and time effect shows in the estimate panel, which re-estimates
+    on every change of a form widget."""
     if spec.path != "memory.blocks_to_swap":
         return spec
     limits = swap_limits()
     return replace(
         spec,
-        ui_min=0,
-        ui_max=max(limits.values()),
+        ui_min=spec.minimum if spec.minimum is not None else 0,
+        ui_max=spec.maximum if spec.maximum is not None else max(limits.values()),
         step=1,
         extra={**spec.extra, "slider": True, "max_by_variant": limits},
     )
