@@ -389,12 +389,10 @@ class _Run:
 ShapeKey = tuple[str, str, float, str, int]  # _shapes' arguments: flat values that hash fast
 
 
-@functools.lru_cache(maxsize=1024)
-def _frozen(
-    key: ShapeKey, quantization: str, swapped: int, te_q: str
+def _frozen_of(
+    sh: Shapes, quantization: str, swapped: int, te_q: str
 ) -> tuple[float, Swap | None, float, float]:
     """(transformer weights on the GPU, block swap, text encoder weights, its dequantized transient)."""
-    sh = _shapes(*key)
     wb = sh.weight_bytes
     weights = frozen_weights(sh.arch, wb, quantization)
     swap = None
@@ -403,6 +401,22 @@ def _frozen(
         weights -= swap.pinned  # the buffers are a component of their own (_static)
     te = sh.text_encoder
     return weights, swap, text_encoder_weight_bytes(te, wb, te_q), text_encoder_dequant_bytes(te, wb, te_q)
+
+
+def _trainable_of(
+    sh: Shapes, tokens: tuple[str, ...], rank: int, dora: bool, optimizer: str, momentum: float, decay: float
+) -> tuple[Adapter, float, float]:
+    """(the adapter, its optimizer state, one optimizer step's temporaries)."""
+    state, step = optimizer_memory(tokens, sh.arch, rank, dora, optimizer, momentum, decay)
+    return lora_adapter(tokens, sh.arch, rank, dora), state, step
+
+
+# The same, cached by the flat _shapes key (a Shapes hashes slowly: it holds three architectures).
+@functools.lru_cache(maxsize=1024)
+def _frozen(
+    key: ShapeKey, quantization: str, swapped: int, te_q: str
+) -> tuple[float, Swap | None, float, float]:
+    return _frozen_of(_shapes(*key), quantization, swapped, te_q)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -415,24 +429,27 @@ def _trainable(
     momentum: float,
     decay: float,
 ) -> tuple[Adapter, float, float]:
-    """(the adapter, its optimizer state, one optimizer step's temporaries)."""
-    arch = _shapes(*key).arch
-    state, step = optimizer_memory(tokens, arch, rank, dora, optimizer, momentum, decay)
-    return lora_adapter(tokens, arch, rank, dora), state, step
+    return _trainable_of(_shapes(*key), tokens, rank, dora, optimizer, momentum, decay)
+
+
+def _shape_key(config: TrainConfig) -> ShapeKey:
+    m = config.model
+    return (m.path, m.variant, _stamp(m.path), m.dtype, config.dataset.resolution)
 
 
 def _run(config: TrainConfig, num_processes: int, kernels: str) -> _Run:
-    m, mem, lora, t = config.model, config.memory, config.lora, config.training
-    key: ShapeKey = (m.path, m.variant, _stamp(m.path), m.dtype, config.dataset.resolution)
-    sh = _shapes(*key)
+    mem, lora, t = config.memory, config.lora, config.training
+    sh = resolve_shapes(config)
+    key = _shape_key(config)
+    cached = sh is _shapes(*key)  # else a Shapes of someone's making (tests' reduced architectures)
     wb, tokens = sh.weight_bytes, tuple(lora.target_modules)
-    adapter, optimizer, step = _trainable(
-        key, tokens, lora.rank, lora.use_dora, t.optimizer, t.momentum, t.weight_decay
+    trainable = (lora.rank, lora.use_dora, t.optimizer, t.momentum, t.weight_decay)
+    adapter, optimizer, step = (
+        _trainable(key, tokens, *trainable) if cached else _trainable_of(sh, tokens, *trainable)
     )
     fsdp = config.distributed.strategy == "fsdp" and num_processes > 1
-    weights, swap, te_w, te_dequant = _frozen(
-        key, mem.quantization, 0 if fsdp else mem.blocks_to_swap, mem.text_encoder_quantization
-    )
+    frozen = (mem.quantization, 0 if fsdp else mem.blocks_to_swap, mem.text_encoder_quantization)
+    weights, swap, te_w, te_dequant = _frozen(key, *frozen) if cached else _frozen_of(sh, *frozen)
     vae_w = sh.vae.params * wb
     return _Run(
         config=config,
@@ -486,10 +503,11 @@ def caching_total_gib(config: TrainConfig, num_processes: int | None = None) -> 
     """The caching phase's figure as :func:`estimate` would total it (overhead included): a floor of the
     estimate's total, for a fraction of its cost (the recommendations skip configs it already rules out)."""
     num_processes = num_processes or config.distributed.world_size
-    m, mem = config.model, config.memory
-    key: ShapeKey = (m.path, m.variant, _stamp(m.path), m.dtype, config.dataset.resolution)
-    sh = _shapes(*key)
-    _, _, te_w, te_dequant = _frozen(key, mem.quantization, 0, mem.text_encoder_quantization)
+    mem = config.memory
+    key = _shape_key(config)
+    sh = resolve_shapes(config)
+    frozen = (mem.quantization, 0, mem.text_encoder_quantization)
+    _, _, te_w, te_dequant = _frozen(key, *frozen) if sh is _shapes(*key) else _frozen_of(sh, *frozen)
     facts = _CachingFacts(config, sh, te_w, te_dequant, sh.vae.params * sh.weight_bytes)
     peak = _gib(_caching(facts))
     return peak + _overhead(config, peak, num_processes)
