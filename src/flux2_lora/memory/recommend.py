@@ -516,5 +516,7 @@ def auto_fit(
         totals, found = _found(config, gpu_gib, num_processes, host_gib, usable, len(usable))
     if not found:
         return None
-    best = found[0] if totals.host_gib is not None else min(found, key=totals.host)
+    # Over the host budget (the search fell back to the GPU alone): the set that needs the least host RAM.
+    fell_back = host_gib is not None and totals.host_gib is None
+    best = min(found, key=totals.host) if fell_back else found[0]
     return _validated(config, _overrides(best))
