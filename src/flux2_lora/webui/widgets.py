@@ -37,6 +37,9 @@ def make_widget(spec: FieldSpec, value: Any, elem_id: str | None = None) -> Any:
     if spec.kind == "lines":
         hint = ", ".join(map(str, spec.choices))
         return gr.Textbox(value=value, lines=2, max_lines=12, placeholder=hint or "one per line", **common)
+    if spec.extra.get("slider"):
+        lo, hi = spec.ui_min or 0, spec.ui_max if spec.ui_max is not None else spec.maximum or 0
+        return gr.Slider(minimum=lo, maximum=hi, step=spec.step or 1, value=value, **common)
     if spec.kind in ("int", "float"):
         # The arrows step by the schema's hint (1e-6 for the learning rate, never +1 on 1e-4).
         step = spec.step or (spec.ui_min if spec.log and spec.ui_min else (1 if spec.kind == "int" else 0.01))
