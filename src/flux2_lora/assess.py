@@ -326,7 +326,9 @@ def reference_errors(c: TrainConfig, facts: DatasetFacts | None) -> list[Finding
             return out
         why = count_problem(facts.max_references, v.max_references, v.label)
         if why:
-            out.append(Finding("dataset.reference_path", why, "remove references, or use a variant that takes more"))
+            out.append(
+                Finding("dataset.reference_path", why, "remove references, or use a variant that takes more")
+            )
     return out
 
 

@@ -210,7 +210,9 @@ def test_a_zip_carries_both_layouts(tmp_path: Path, layout: str) -> None:
         for p in sorted(src.rglob("*")):
             if p.is_file():
                 zf.write(p, p.relative_to(src).as_posix())
-    root, report = open_dataset(archive, tmp_path / "work", reference_path="refs" if layout == "folder" else "")
+    root, report = open_dataset(
+        archive, tmp_path / "work", reference_path="refs" if layout == "folder" else ""
+    )
     assert [i.path.name for i in report.items] == ["a.png"]
     assert rel(report, report.items[0].references) == ["refs/a.png"]
     assert root != src
@@ -266,8 +268,16 @@ def test_assessment_refuses_more_references_than_the_variant_takes(tmp_path: Pat
     ("update", "field", "words"),
     [
         ({"dataset": {"reference_max_pixels": 1000}}, "dataset.reference_max_pixels", "below 64²"),
-        ({"validation": {"prompts": ["a"], "references": [["x.png"], ["y.png"]]}}, "validation.references", "2 reference lists for 1"),
-        ({"validation": {"references": [["a", "b", "c", "d", "e"]]}}, "validation.references[0]", "at most 4"),
+        (
+            {"validation": {"prompts": ["a"], "references": [["x.png"], ["y.png"]]}},
+            "validation.references",
+            "2 reference lists for 1",
+        ),
+        (
+            {"validation": {"references": [["a", "b", "c", "d", "e"]]}},
+            "validation.references[0]",
+            "at most 4",
+        ),
     ],
 )
 def test_reference_rules_belong_to_the_config(update: dict[str, object], field: str, words: str) -> None:

@@ -50,7 +50,9 @@ def test_reference_tokens_and_ids_equal_diffusers_for_a_batch_of_three(tmp_path:
         items.append(Item(target, "edit", references=refs, reference_sizes=tuple(sizes)))
     source = LatentSource(items, config, vae, torch.device("cpu"))
     source.fill_cache()
-    ours = pack_references([source.references(b, False) for b in range(3)], torch.device("cpu"), torch.float32)
+    ours = pack_references(
+        [source.references(b, False) for b in range(3)], torch.device("cpu"), torch.float32
+    )
     assert ours is not None
     tokens, ids = ours
     x0 = torch.stack([source.get(b, False, 0) for b in range(3)])
@@ -157,7 +159,9 @@ def test_quickstart_edit_eval_loss_on_held_out_pairs_falls(tmp_path: Path) -> No
     from tests.helpers import assert_finished
 
     out = tmp_path / "qe"
-    config, _ = load_config(presets=["quickstart-edit"], overrides=[f"output.dir={out}", "logging.tensorboard=false"])
+    config, _ = load_config(
+        presets=["quickstart-edit"], overrides=[f"output.dir={out}", "logging.tensorboard=false"]
+    )
     assert_finished(run_training(config), config)
     evals = _metrics_eval(out)
     assert [s for s, _ in evals] == [0, 40, 80, 120], evals
@@ -167,8 +171,6 @@ def test_quickstart_edit_eval_loss_on_held_out_pairs_falls(tmp_path: Path) -> No
     log = (out / runs.LOG_FILE).read_text()
     assert "eval loss: 3 image(s)" in log
     assert json.loads((out / runs.STATUS_FILE).read_text())["state"] == "finished"
-
-
 
 
 @pytest.mark.slow
@@ -207,7 +209,10 @@ def test_an_edit_lora_loads_into_flux2_klein_pipeline_and_changes_its_image_outp
     sample = runs.read_jsonl(out / runs.SAMPLES_INDEX)
     assert sample and (out / sample[-1]["file"]).is_file()  # drawn through image=
 
+    from flux2_lora.training.batches import auto_out_layers
+
     pipe = Flux2KleinPipeline.from_pretrained(model)
+    layers = auto_out_layers(pipe)  # its 2-layer encoder lacks the pipeline's default (9, 18, 27)
     reference = Image.open(data / "refs" / "p1.png").convert("RGB")
 
     def generate() -> torch.Tensor:
@@ -220,6 +225,7 @@ def test_an_edit_lora_loads_into_flux2_klein_pipeline_and_changes_its_image_outp
             guidance_scale=1.0,
             generator=torch.Generator().manual_seed(0),
             output_type="pt",
+            text_encoder_out_layers=layers,
         ).images
 
     base = generate()

@@ -83,15 +83,17 @@ def ensure_demo_edit_dataset(target: Path | None = None) -> Path:
         (folder / "inputs").mkdir(exist_ok=True)
         lines = []
         for i in range(DEMO_EDIT_PAIRS):
-            refs, target, instruction = demo_edit_pair(i)
-            target.save(folder / "targets" / f"edit_{i:02d}.png")
+            refs, goal, instruction = demo_edit_pair(i)
+            goal.save(folder / "targets" / f"edit_{i:02d}.png")
             names = []
             for k, ref in enumerate(refs):
                 name = f"inputs/edit_{i:02d}_{k}.png"
                 ref.save(folder / name)
                 names.append(name)
             lines.append(
-                json.dumps({"file_name": f"targets/edit_{i:02d}.png", "text": instruction, "references": names})
+                json.dumps(
+                    {"file_name": f"targets/edit_{i:02d}.png", "text": instruction, "references": names}
+                )
             )
         (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
         marker.write_text(DEMO_EDIT_VERSION)

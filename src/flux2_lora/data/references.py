@@ -157,9 +157,7 @@ def resolve_reference_folder(root: Path, reference_path: str) -> Path:
     return p if p.is_absolute() else root / p
 
 
-def plan_references(
-    root: Path, images: list[Path], reference_path: str, image_walk: Any
-) -> ReferencePlan:
+def plan_references(root: Path, images: list[Path], reference_path: str, image_walk: Any) -> ReferencePlan:
     """Pair the dataset's images (``images``, found under ``root``) with their references.
 
     ``image_walk(folder)`` lists a folder's images as the scan does (hidden files and run outputs skipped).
@@ -243,7 +241,11 @@ def _choose(
     if order != list(range(len(order))):
         missing = next(i for i in range(len(order) + 1) if i not in numbered)
         plan.problems.append(
-            (name, f"numbered references skip _{missing} (found {', '.join(f'_{i}' for i in order)})", "error")
+            (
+                name,
+                f"numbered references skip _{missing} (found {', '.join(f'_{i}' for i in order)})",
+                "error",
+            )
         )
         return None
     return [numbered[i][0] for i in order]
@@ -269,7 +271,9 @@ def _plan_metadata(
     where = METADATA_FILE
     real_root = Path(os.path.realpath(root))
     if not _inside(meta, real_root):
-        plan.problems.append((where, "is a symbolic link that leads outside the dataset folder; not read", "error"))
+        plan.problems.append(
+            (where, "is a symbolic link that leads outside the dataset folder; not read", "error")
+        )
         return
     try:
         size = meta.stat().st_size
@@ -335,8 +339,10 @@ def _plan_metadata(
             refs = [root / PurePosixPath(r.replace("\\", "/")) for r in refs_value]
             escaping = [r for r in refs if not _inside(r, real_root)]
             if escaping:
-                bad(f"reference {escape(escaping[0].relative_to(root).as_posix())!r} is a symbolic link "
-                    "that leads outside the dataset folder")
+                bad(
+                    f"reference {escape(escaping[0].relative_to(root).as_posix())!r} is a symbolic link "
+                    "that leads outside the dataset folder"
+                )
                 continue
             if rel in {r.relative_to(root).as_posix() for r in refs}:
                 bad("a target cannot be its own reference")
@@ -349,7 +355,11 @@ def _plan_metadata(
             referenced += refs
     if ignored_refs:
         plan.problems.append(
-            (where, "its 'references' are ignored: dataset.reference_path is set and pairs by file name", "warning")
+            (
+                where,
+                "its 'references' are ignored: dataset.reference_path is set and pairs by file name",
+                "warning",
+            )
         )
     if listed_refs or plan.references:
         plan.summary.layout = "metadata"
@@ -360,7 +370,11 @@ def _plan_metadata(
             if t in plan.excluded:
                 del plan.references[t]
                 plan.problems.append(
-                    (escape(t.relative_to(root).as_posix()), "is a reference of another target; not a target", "warning")
+                    (
+                        escape(t.relative_to(root).as_posix()),
+                        "is a reference of another target; not a target",
+                        "warning",
+                    )
                 )
         plan.folder_root = real_root
 
@@ -409,7 +423,9 @@ def oriented_size(path: Path) -> tuple[int, int]:
     return w, h
 
 
-def trained_sizes(references: tuple[Path, ...] | list[Path], max_pixels: int = 0) -> tuple[tuple[int, int], ...]:
+def trained_sizes(
+    references: tuple[Path, ...] | list[Path], max_pixels: int = 0
+) -> tuple[tuple[int, int], ...]:
     """The (width, height) each of a target's references trains at."""
     n = len(references)
     return tuple(reference_size(*oriented_size(r), n, max_pixels) for r in references)
@@ -422,10 +438,14 @@ def largest_reference_tokens(dataset_path: str, reference_path: str, max_pixels:
     from flux2_lora.data.demo_edit import DEMO_EDIT_SIZE, DEMO_EDIT_SWATCH, is_demo_edit
 
     if is_demo_edit(dataset_path):
-        return reference_tokens([(DEMO_EDIT_SIZE, DEMO_EDIT_SIZE), (DEMO_EDIT_SWATCH, DEMO_EDIT_SWATCH)], max_pixels)
+        return reference_tokens(
+            [(DEMO_EDIT_SIZE, DEMO_EDIT_SIZE), (DEMO_EDIT_SWATCH, DEMO_EDIT_SWATCH)], max_pixels
+        )
     root = Path(dataset_path.strip()).expanduser()
     if not dataset_path.strip() or not root.is_dir():
         return 0
+    if not reference_path.strip() and not (root / METADATA_FILE).is_file():
+        return 0  # text-to-image: nothing to walk
     folder = resolve_reference_folder(root, reference_path) if reference_path.strip() else None
     stamps = []
     for p in (root, folder, root / METADATA_FILE):
@@ -437,7 +457,9 @@ def largest_reference_tokens(dataset_path: str, reference_path: str, max_pixels:
 
 
 @functools.lru_cache(maxsize=16)
-def _largest_reference_tokens(root: str, reference_path: str, max_pixels: int, stamps: tuple[float, ...]) -> int:
+def _largest_reference_tokens(
+    root: str, reference_path: str, max_pixels: int, stamps: tuple[float, ...]
+) -> int:
     from flux2_lora.data.scan import walk_images
 
     base = Path(root)

@@ -256,6 +256,7 @@ def scan_dataset(
     """Find images and their captions under ``root`` and report every problem by file; with a reference
     layout (``reference_path``, or a metadata.jsonl naming references) each item gets its references."""
     from flux2_lora.data.references import plan_references
+
     root = Path(root).expanduser()
     if not root.exists():
         raise DatasetError(f"dataset.path: {escape(root)} does not exist")
@@ -346,7 +347,9 @@ def scan_dataset(
                     problem(cap_path, f"caption file is empty; {fallback}", "warning")
 
         refs = plan.references.get(img, [])
-        bad_ref = _check_references(refs, plan.folder_root or real_root, root, max_image_pixels, ref_info, report)
+        bad_ref = _check_references(
+            refs, plan.folder_root or real_root, root, max_image_pixels, ref_info, report
+        )
         if bad_ref:
             problem(img, f"reference {bad_ref} cannot be used; skipping this pair", "error")
         if caption_ok and not isinstance(info, str) and not bad_ref:

@@ -8,9 +8,9 @@ continues with exactly the data, noise and timesteps the uninterrupted run would
 from __future__ import annotations
 
 import random
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Hashable
 from typing import Any
 
 import torch

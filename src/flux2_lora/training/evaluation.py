@@ -94,7 +94,6 @@ class EvalSet:
                 x0 = to_device_stacked([self.latents.get(i, False, 0)], device, dtype)
                 packed, ids = pack(x0)
                 refs = pack_references([self.latents.references(i, False)], device, dtype)
-                extra = {} if refs is None else {"reference_latents": refs[0], "reference_ids": refs[1]}
                 embeds = prompts.batch([self.items[i].caption], device, dtype)
                 for j, sigma in enumerate(val.eval_sigmas):
                     gen = torch.Generator().manual_seed(derive_seed(val.eval_seed, _NOISE, i, j))
@@ -112,7 +111,8 @@ class EvalSet:
                             sigmas=torch.tensor([sigma], device=device),
                             noise=noise,
                             guidance=guidance,
-                            **extra,
+                            reference_latents=refs[0] if refs else None,
+                            reference_ids=refs[1] if refs else None,
                         )
                     total += float(loss)
                     count += 1

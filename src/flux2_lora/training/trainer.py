@@ -160,7 +160,9 @@ class Trainer:
         return None
 
     def validation_prompts(self) -> list[str]:
-        return self.config.validation.prompts or [self.items[0].caption or ""]
+        # An edit run's default prompt is its first pair's instruction, drawn with that pair's references.
+        first = next((i for i in self.items if i.references), self.items[0])
+        return self.config.validation.prompts or [first.caption or ""]
 
     def validation_references(self) -> list[list[Path]]:
         """Each validation prompt's reference images: validation.references (paths as given: absolute,
@@ -263,6 +265,11 @@ class Trainer:
             references=self.validation_references(),
             reference_max_pixels=cfg.dataset.reference_max_pixels,
         )
+        if cfg.validation.enabled:
+            from flux2_lora.training.sampling import reference_images
+
+            for group in settings.references:  # a missing or broken file fails now, not at the first sample
+                reference_images(group, settings.reference_max_pixels)
         return Sampler(self.pipe, self.prompts, settings, self.device, self.dtype, self.accelerator.autocast)
 
     # ----------------------------------------------------------------------------- one step
