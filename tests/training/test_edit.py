@@ -297,3 +297,14 @@ PINNED: dict[int, Any] = {
     2: ([(6, 2), (3, 3)], [0.89, 0.596], [0.59754, -0.42241, 0.09304], 261.913, (2, 32, 4)),
     7: ([(2, 12), (1, 13)], [0.023, 0.617], [-0.16564, -0.15597, 0.33736], 140.421, (2, 16, 4)),
 }
+
+
+def test_a_missing_validation_reference_is_named(tmp_path: Path) -> None:
+    from flux2_lora.data.scan import DatasetError
+    from flux2_lora.training.sampling import reference_images
+
+    good = _noise_image(tmp_path / "ok.png", (100, 70), 0)
+    [im] = reference_images([good])
+    assert im.size == (96, 64)  # the size it trains at: sides floored to multiples of 16
+    with pytest.raises(DatasetError, match=r"validation.references: .*gone.png"):
+        reference_images([good, tmp_path / "gone.png"])
