@@ -9,7 +9,7 @@ from PIL import Image
 
 from flux2_lora.config import TrainConfig
 from flux2_lora.config.io import load_config
-from flux2_lora.memory.estimate import estimate
+from flux2_lora.memory.estimate import estimate, resolve_shapes
 
 
 def _config(*overrides: str) -> TrainConfig:
@@ -19,9 +19,9 @@ def _config(*overrides: str) -> TrainConfig:
 
 
 def test_the_edit_demo_counts_its_largest_samples_references() -> None:
-    e = estimate(_config())
+    config = _config()
     # 64² target: 16 tokens; the two-reference pairs at the preset's 64² cap: 16 + 16 tokens.
-    assert (e.image_tokens, e.reference_tokens) == (48, 32)
+    assert (estimate(config).image_tokens, resolve_shapes(config).reference_tokens) == (48, 32)
 
 
 def test_a_reference_folder_grows_the_sequence_and_the_activations(tmp_path: Path) -> None:
@@ -33,11 +33,12 @@ def test_a_reference_folder_grows_the_sequence_and_the_activations(tmp_path: Pat
     Image.new("RGB", (256, 256)).save(data / "refs" / "a_1.png")
     Image.new("RGB", (256, 256)).save(data / "refs" / "b.png")
     common = (f"dataset.path={data}", "dataset.resolution=256", "dataset.reference_max_pixels=0")
-    plain = estimate(_config(*common))
-    edit = estimate(_config(*common, "dataset.reference_path=refs"))
-    assert plain.reference_tokens == 0 and plain.image_tokens == 256
-    assert edit.reference_tokens == 32 * 16 + 16 * 16  # a's two references: the largest sample
-    assert edit.image_tokens == 256 + edit.reference_tokens
+    plain_config, edit_config = _config(*common), _config(*common, "dataset.reference_path=refs")
+    plain, edit = estimate(plain_config), estimate(edit_config)
+    assert resolve_shapes(plain_config).reference_tokens == 0 and plain.image_tokens == 256
+    refs = resolve_shapes(edit_config).reference_tokens
+    assert refs == 32 * 16 + 16 * 16  # a's two references: the largest sample
+    assert edit.image_tokens == 256 + refs
     assert edit.phases["training"] > plain.phases["training"]
 
 

@@ -81,8 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _print(report: dict[str, Any], *, auto: bool, to_yaml: Any) -> None:
     print(
-        f"{report.get('model') or report['variant']}: {report['image_tokens']} image"
-        f"{' (' + str(report['reference_tokens']) + ' of them reference)' if report.get('reference_tokens') else ''} + "
+        f"{report.get('model') or report['variant']}: {report['image_tokens']} image + "
         f"{report['text_tokens']} text tokens, "
         f"{report['trainable_params']:,} trainable parameters"
     )

@@ -189,7 +189,6 @@ class Estimate:
     image_tokens: int
     text_tokens: int
     phase_components: dict[str, dict[str, float]] = field(default_factory=dict)
-    reference_tokens: int = 0  # of image_tokens, the references' (edit LoRAs)
     notes: list[str] = field(default_factory=list)
     model: str = ""  # the model's title
 
@@ -569,7 +568,6 @@ def estimate(config: TrainConfig, *, num_processes: int | None = None, kernels: 
         total_gib=peak + overhead,
         image_tokens=r.shapes.image_tokens,
         text_tokens=r.shapes.text_tokens,
-        reference_tokens=r.shapes.reference_tokens,
         phase_components=parts,
         notes=notes,
         model=r.shapes.title,

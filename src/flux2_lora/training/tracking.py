@@ -327,6 +327,5 @@ def estimate_summary(config: TrainConfig, num_processes: int) -> dict[str, Any] 
         "host_peak_gib",
         "host_gib",
         "image_tokens",
-        "reference_tokens",
     )
     return {k: report[k] for k in keys if k in report}
