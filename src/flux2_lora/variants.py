@@ -156,6 +156,8 @@ class Variant:
     default_guidance: float | None  # distilled-guidance input during training ([dev] only)
     notes: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # Reference images one edit sample takes (BFL: [klein] up to 4; [dev] takes up to 10, 6 recommended).
+    max_references: int = 4
 
     @property
     def label(self) -> str:
@@ -195,6 +197,7 @@ VARIANTS: dict[str, Variant] = {
         default_resolution=1024,
         default_guidance=1.0,
         notes="Mistral Small 3.x 24B text encoder; guidance-distilled (guidance input during training).",
+        max_references=10,
     ),
     "klein-9b": Variant(
         name="klein-9b",

@@ -174,8 +174,9 @@ class DatasetSection(Section):
     reference_path: str = F(
         "",
         "Edit LoRAs: a folder of reference (input) images paired with the targets by file stem — x.png for "
-        "one reference, x_0.png, x_1.png, … for several, in order. The caption is the instruction. Empty: "
-        "text-to-image, unless the dataset's metadata.jsonl lists 'references'.",
+        "one reference, x_0.png, x_1.png, … for several, in order; a relative path is inside the dataset "
+        "folder (so a .zip carries it). The caption is the instruction. Empty: text-to-image, unless the "
+        "dataset's metadata.jsonl lists 'references'.",
         max_length=4096,
     )
     reference_max_pixels: int = F(

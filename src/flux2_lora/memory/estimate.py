@@ -104,9 +104,10 @@ class Shapes:
     text_encoder: TextEncoderArch
     vae: VaeArch
     weight_bytes: int
-    image_tokens: int
+    image_tokens: int  # the largest sample's: target + its references (edit LoRAs)
     text_tokens: int
     title: str = ""
+    reference_tokens: int = 0  # of those, the references' (0: text-to-image)
 
 
 @functools.lru_cache(maxsize=64)
@@ -180,8 +181,17 @@ def _read_stamp(path: str) -> float:
 
 
 def resolve_shapes(config: TrainConfig) -> Shapes:
-    m = config.model
-    return _shapes(m.path, m.variant, _stamp(m.path), m.dtype, config.dataset.resolution)
+    from flux2_lora.data.references import largest_reference_tokens
+
+    m, ds = config.model, config.dataset
+    shapes = _shapes(m.path, m.variant, _stamp(m.path), m.dtype, ds.resolution)
+    # Edit LoRAs: the references' tokens join the sequence (image headers of the dataset, cached).
+    refs = largest_reference_tokens(ds.path, ds.reference_path, ds.reference_max_pixels)
+    if not refs:
+        return shapes
+    side = 2 * shapes.vae.spatial_factor  # pixels per token side; the count above is for FLUX.2's 16
+    refs = refs * 16 * 16 // (side * side)
+    return dataclasses.replace(shapes, image_tokens=shapes.image_tokens + refs, reference_tokens=refs)
 
 
 @functools.lru_cache(maxsize=256)

@@ -321,5 +321,11 @@ def estimate_summary(config: TrainConfig, num_processes: int) -> dict[str, Any] 
     except Exception as e:  # the estimate must never fail a finished run
         log.warning("memory estimate unavailable: %s", e)
         return None
-    keys = ("allocated_peak_gib", "total_gib", "host_peak_gib", "host_gib")
+    keys = (
+        "allocated_peak_gib",
+        "total_gib",
+        "host_peak_gib",
+        "host_gib",
+        "image_tokens",
+    )
     return {k: report[k] for k in keys if k in report}

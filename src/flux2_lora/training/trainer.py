@@ -28,6 +28,7 @@ from flux2_lora.training.batches import (
     SampleSchedule,
     derive_seed,
     pack,
+    pack_references,
     text_ids_for,
     to_device_stacked,
 )
@@ -133,8 +134,7 @@ class Trainer:
             [i.repeats * cfg.dataset.repeats for i in self.items],
             cfg.training.seed,
             cfg.training.batch_size,
-            # build_items gives every item its bucket when bucketing
-            cast("list[tuple[int, int]]", [i.bucket for i in self.items]) if cfg.dataset.bucketing else None,
+            self._batch_groups(),
         )
         self.sampler = self._setup_sampler()
         start = 0
@@ -156,8 +156,28 @@ class Trainer:
             self.reporter.open_trackers()
         return start
 
+    def _batch_groups(self) -> list[Any] | None:
+        """What the samples of one batch share: the bucket (build_items gives every item one when
+        bucketing) and, in an edit run, the references' sizes too; None: any item batches with any."""
+        if any(i.references for i in self.items):
+            return [i.group for i in self.items]
+        if self.config.dataset.bucketing:
+            return cast("list[Any]", [i.bucket for i in self.items])
+        return None
+
     def validation_prompts(self) -> list[str]:
-        return self.config.validation.prompts or [self.items[0].caption or ""]
+        # An edit run's default prompt is its first pair's instruction, drawn with that pair's references.
+        first = next((i for i in self.items if i.references), self.items[0])
+        return self.config.validation.prompts or [first.caption or ""]
+
+    def validation_references(self) -> list[list[Path]]:
+        """Each validation prompt's reference images: validation.references (paths as given: absolute,
+        or relative to the working directory), else the first pair's references for every prompt."""
+        refs = self.config.validation.references
+        if refs:
+            return [[Path(p).expanduser() for p in group] for group in refs]
+        first = next((i.references for i in self.items if i.references), ())
+        return [list(first) for _ in self.validation_prompts()] if first else []
 
     def uses_cfg(self) -> bool:
         # [klein] base models take real classifier-free guidance (a second, empty-prompt pass).
@@ -206,8 +226,10 @@ class Trainer:
         if mem.cache_latents:
             latents.fill_cache()
             self._offload(pipe.vae)
-        elif mem.cpu_offload:
-            self._offload(pipe.vae)
+        else:
+            latents.fill_references()  # fixed centre crops: encoded once even when targets are not
+            if mem.cpu_offload:
+                self._offload(pipe.vae)
         free_memory()
         return pipe, prompts, latents, eval_set
 
@@ -256,7 +278,14 @@ class Trainer:
             resolution=cfg.dataset.resolution,
             seed=cfg.training.seed,
             uses_cfg=self.uses_cfg(),
+            references=self.validation_references(),
+            reference_max_pixels=cfg.dataset.reference_max_pixels,
         )
+        if cfg.validation.enabled:
+            from flux2_lora.training.sampling import reference_images
+
+            for group in settings.references:  # a missing or broken file fails now, not at the first sample
+                reference_images(group, settings.reference_max_pixels)
         return Sampler(self.pipe, self.prompts, settings, self.device, self.dtype, self.accelerator.autocast)
 
     # ----------------------------------------------------------------------------- one step
@@ -270,17 +299,19 @@ class Trainer:
             step, micro, acc.process_index, acc.num_processes, t.gradient_accumulation_steps
         )
         indices = [g for _, g in pairs]
-        latents, captions = [], []
+        latents, captions, references = [], [], []
         for item, g in pairs:
             rng = torch.Generator().manual_seed(derive_seed(t.seed, 4, g))
             draws = torch.rand(3, generator=rng).tolist()  # flip, tag order, caption dropout
             flip = bool(ds.random_flip and draws[0] < 0.5)
             latents.append(self.latents.get(item, flip, derive_seed(t.seed, 5, g)))
+            references.append(self.latents.references(item, flip))
             variants = self.items[item].variants
             caption = variants[int(draws[1] * len(variants))] if variants else self.items[item].caption
-            captions.append("" if draws[2] < ds.caption_dropout else caption)
+            captions.append("" if draws[2] < ds.caption_dropout else caption)  # the instruction, for edits
         x0 = to_device_stacked(latents, self.device, self.dtype)
         packed, ids = pack(x0)
+        refs = pack_references(references, self.device, self.dtype)
         sigmas, noise = draw_sigmas_and_noise(
             t, derive_seed(t.seed, 6, indices[0]), len(indices), packed.shape, self.device
         )
@@ -288,7 +319,7 @@ class Trainer:
         guidance = None
         if self.arch.guidance_embeds:
             guidance = torch.full((len(indices),), t.guidance_scale, device=self.device, dtype=torch.float32)
-        return {
+        batch = {
             "latents": packed,
             "latent_ids": ids,
             "prompt_embeds": embeds,
@@ -298,6 +329,9 @@ class Trainer:
             "guidance": guidance,
             "dropout_seed": derive_seed(t.seed, 7, indices[0]),
         }
+        if refs is not None:
+            batch["reference_latents"], batch["reference_ids"] = refs
+        return batch
 
     def train_step(self, step: int) -> torch.Tensor:
         """One optimizer step (all micro-batches); the mean loss as a 0-d tensor on the device, so the
