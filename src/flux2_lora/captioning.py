@@ -271,8 +271,80 @@ def available_bytes(device: str) -> int | None:
         return None
 
 
+class VisionPrompt:
+    """Turns (image, instruction) into the model's inputs: with the model's own processor, or, where
+    that cannot be loaded for lack of torchvision, the tokenizer and the PIL image processor."""
+
+    def __init__(self, processor: Any, tokenizer: Any, image_processor: Any, *, max_pixels: int) -> None:
+        self.processor, self.tokenizer, self.image_processor = processor, tokenizer, image_processor
+        self.max_pixels = max_pixels
+
+    @classmethod
+    def load(cls, model: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> VisionPrompt:
+        from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+        processor: Any = None
+        try:
+            processor = AutoProcessor.from_pretrained(model)
+        except ImportError as e:
+            # transformers 5's Qwen2-VL processor requires a video processor, which needs torchvision;
+            # a CPU install may lack it. Images need only the tokenizer and the PIL image processor,
+            # with the image placeholder expanded as Qwen2VLProcessor does (see __call__).
+            if "torchvision" not in str(e).lower():
+                raise _model_error(model, e) from None
+        except Exception as e:
+            raise _model_error(model, e) from None
+        try:
+            if processor is not None:
+                return cls(processor, processor.tokenizer, processor.image_processor, max_pixels=max_pixels)
+            tokenizer = AutoTokenizer.from_pretrained(model)
+            image_processor = AutoImageProcessor.from_pretrained(model)
+        except Exception as e:
+            raise _model_error(model, e) from None
+        return cls(None, tokenizer, image_processor, max_pixels=max_pixels)
+
+    def text(self, prompt: str) -> str:
+        """The chat prompt with one image placeholder, by the model's chat template."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        for owner in (self.processor, self.tokenizer):
+            if owner is not None and getattr(owner, "chat_template", None):
+                return str(owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        # Qwen2-VL's own template for one image and a text (a model folder saved without a template).
+        return (
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+            f"<|vision_start|><|image_pad|><|vision_end|>{prompt}<|im_end|>\n<|im_start|>assistant\n"
+        )
+
+    def __call__(self, image: Any, prompt: str) -> dict[str, Any]:
+        import torch
+
+        w, h = image.size
+        if w * h > self.max_pixels:  # the image tokens (and time, memory) grow with the pixels shown
+            scale = (self.max_pixels / (w * h)) ** 0.5
+            image = image.resize((max(1, int(w * scale)), max(1, int(h * scale))), resample=3)  # bicubic
+        text = self.text(prompt)
+        if self.processor is not None:
+            return dict(self.processor(images=[image], text=[text], return_tensors="pt"))
+        # What Qwen2VLProcessor.__call__ does for one image: the placeholder repeated once per merged
+        # patch (image_grid_thw.prod() // merge_size**2), then tokenized, image tokens marked.
+        image_token = getattr(self.tokenizer, "image_token", None) or "<|image_pad|>"
+        if text.count(image_token) != 1:
+            raise CaptionError(f"the model's chat template does not place one {image_token} for the image")
+        pixels = self.image_processor(images=[image], return_tensors="pt")
+        merge = int(getattr(self.image_processor, "merge_size", 2))
+        count = int(pixels["image_grid_thw"][0].prod()) // merge**2
+        ids = self.tokenizer([text.replace(image_token, image_token * count)], return_tensors="pt")
+        image_id = self.tokenizer.convert_tokens_to_ids(image_token)
+        return {
+            **dict(ids),
+            # 1 marks image tokens, as ProcessorMixin.create_mm_token_type_ids does (the M-RoPE needs it).
+            "mm_token_type_ids": (ids["input_ids"] == image_id).to(torch.int64),
+            **dict(pixels),
+        }
+
+
 class Captioner:
-    """A loaded vision-language model with its processor; :meth:`caption` answers for one image."""
+    """A loaded vision-language model with its inputs; :meth:`caption` answers for one image."""
 
     def __init__(self, model: str, *, device: str, dtype: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         import torch
@@ -282,89 +354,25 @@ class Captioner:
 
         quiet_libraries()
         self.device = device
-        self.max_pixels = max_pixels
-        self._load_processor(model)
+        self.inputs = VisionPrompt.load(model, max_pixels=max_pixels)
         try:
             self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(torch, dtype))
         except Exception as e:
             raise _model_error(model, e) from None
         self.model.to(device).eval()
 
-    def _load_processor(self, model: str) -> None:
-        from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
-
-        self.processor: Any = None
-        try:
-            self.processor = AutoProcessor.from_pretrained(model)
-        except ImportError as e:
-            # transformers 5's Qwen2-VL processor requires a video processor, which needs torchvision;
-            # a CPU install may lack it. Images need only the tokenizer and the PIL image processor,
-            # with the image placeholder expanded below exactly as Qwen2VLProcessor does.
-            if "torchvision" not in str(e).lower():
-                raise _model_error(model, e) from None
-        except Exception as e:
-            raise _model_error(model, e) from None
-        try:
-            if self.processor is not None:
-                self.tokenizer = self.processor.tokenizer
-                self.image_processor = self.processor.image_processor
-            else:
-                self.tokenizer = AutoTokenizer.from_pretrained(model)
-                self.image_processor = AutoImageProcessor.from_pretrained(model)
-        except Exception as e:
-            raise _model_error(model, e) from None
-
-    def _messages(self, prompt: str) -> list[dict[str, Any]]:
-        return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-
-    def _inputs(self, image: Any, prompt: str) -> dict[str, Any]:
-        import torch
-
-        messages = self._messages(prompt)
-        w, h = image.size
-        if w * h > self.max_pixels:  # the image tokens (and time, memory) grow with the pixels shown
-            scale = (self.max_pixels / (w * h)) ** 0.5
-            image = image.resize((max(1, int(w * scale)), max(1, int(h * scale))), resample=3)  # bicubic
-        if self.processor is not None:
-            text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            return dict(self.processor(images=[image], text=[text], return_tensors="pt"))
-        # The fallback: what Qwen2VLProcessor.__call__ does for one image and one prompt.
-        template = getattr(self.tokenizer, "chat_template", None)
-        if template:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        else:  # Qwen2-VL's own template for one image and a text
-            text = (
-                "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-                f"<|vision_start|><|image_pad|><|vision_end|>{prompt}<|im_end|>\n<|im_start|>assistant\n"
-            )
-        image_token = getattr(self.tokenizer, "image_token", None) or "<|image_pad|>"
-        if text.count(image_token) != 1:
-            raise CaptionError(f"the model's chat template does not place one {image_token} for the image")
-        pixels = self.image_processor(images=[image], return_tensors="pt")
-        merge = int(getattr(self.image_processor, "merge_size", 2))
-        count = int(pixels["image_grid_thw"][0].prod()) // merge**2
-        text = text.replace(image_token, image_token * count)
-        ids = self.tokenizer([text], return_tensors="pt")
-        image_id = self.tokenizer.convert_tokens_to_ids(image_token)
-        return {
-            **dict(ids),
-            **dict(pixels),
-            # 1 marks image tokens, as ProcessorMixin.create_mm_token_type_ids does (the M-RoPE needs it).
-            "mm_token_type_ids": (ids["input_ids"] == image_id).to(torch.int64),
-        }
-
     def caption(self, image: Any, *, prompt: str, max_new_tokens: int) -> str:
         import torch
 
         inputs = {
-            k: v.to(self.device) if hasattr(v, "to") else v for k, v in self._inputs(image, prompt).items()
+            k: v.to(self.device) if hasattr(v, "to") else v for k, v in self.inputs(image, prompt).items()
         }
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         new = out[:, inputs["input_ids"].shape[1] :]
-        return str(self.tokenizer.batch_decode(new, skip_special_tokens=True)[0])
+        return str(self.inputs.tokenizer.batch_decode(new, skip_special_tokens=True)[0])
 
 
 def load_image(path: Path) -> Any:
