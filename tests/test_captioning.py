@@ -45,7 +45,12 @@ def build_tiny_vl_model(folder: Path) -> Path:
     built), and Qwen-VL's image processor config: a model folder as from_pretrained expects one."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
+    from transformers import (
+        GenerationConfig,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2Tokenizer,
+    )
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     tok = Tokenizer(models.BPE(unk_token=None))
@@ -57,14 +62,24 @@ def build_tiny_vl_model(folder: Path) -> Path:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(["a photo of a red square", "describe this image", "user", "assistant"] * 20, trainer)
+    tok.train_from_iterator(
+        ["a photo of a red square", "describe this image", "user", "assistant"] * 20, trainer
+    )
     none: Any = None
-    tokenizer = Qwen2Tokenizer(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=none, bos_token=none
+    tokenizer: Any = Qwen2Tokenizer(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=none,
+        bos_token=none,
     )
     tokenizer.chat_template = _CHAT_TEMPLATE
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _SPECIAL}
-    special = {"eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"], "bos_token_id": None}
+    ids: dict[str, int] = {t: tokenizer.convert_tokens_to_ids(t) for t in _SPECIAL}
+    special: dict[str, Any] = {
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+        "bos_token_id": None,
+    }
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer),
@@ -99,7 +114,9 @@ def build_tiny_vl_model(folder: Path) -> Path:
     model.generation_config = GenerationConfig(**special, suppress_tokens=list(ids.values()))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112}).save_pretrained(folder)
+    Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112}).save_pretrained(
+        folder
+    )
     return folder
 
 
@@ -409,7 +426,9 @@ def test_caption_command_with_a_tiny_qwen_vl(
 
 
 @pytest.mark.slow
-def test_an_unknown_model_offline_is_one_line(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unknown_model_offline_is_one_line(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
     proc = cli("caption", str(dataset), "--model", "no-such-org/no-such-model", "--device", "cpu")

@@ -196,6 +196,16 @@ def _model_error(model: str, error: BaseException) -> CaptionError:
     )
 
 
+def _quiet() -> None:
+    import logging
+
+    from flux2_lora.training.quiet import quiet_libraries
+
+    quiet_libraries()
+    # The Hub client logs each retry of an unreachable host; the failure itself is said in one line.
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+
+
 def resolve_device_dtype(device: str, dtype: str) -> tuple[str, str]:
     """``auto`` → CUDA when there is one (bfloat16 where supported), else the CPU in float32."""
     import torch
@@ -240,6 +250,7 @@ def estimate_memory(model: str, *, dtype: str, device: str) -> MemoryEstimate:
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
+    _quiet()
     try:
         config = AutoConfig.from_pretrained(model)
     except Exception as e:  # OSError, ValueError, JSON errors...: all mean "this is not a usable model"
@@ -350,13 +361,12 @@ class Captioner:
         import torch
         from transformers import AutoModelForImageTextToText
 
-        from flux2_lora.training.quiet import quiet_libraries
-
-        quiet_libraries()
+        _quiet()
         self.device = device
         self.inputs = VisionPrompt.load(model, max_pixels=max_pixels)
+        loader: Any = AutoModelForImageTextToText  # its stub types from_pretrained's first argument oddly
         try:
-            self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(torch, dtype))
+            self.model = loader.from_pretrained(model, dtype=getattr(torch, dtype))
         except Exception as e:
             raise _model_error(model, e) from None
         self.model.to(device).eval()
