@@ -15,6 +15,7 @@ SUBCOMMANDS = (
     "validate",
     "presets",
     "dataset",
+    "caption",
     "estimate",
     "generate",
     "runs_cmd",
