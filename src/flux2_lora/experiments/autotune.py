@@ -312,7 +312,7 @@ def _fit(config: TrainConfig, gpu: str | None, choices: list[Choice]) -> tuple[T
         "total_gib_before": before,
         "total_gib": after,
         "verdict": verdict(after, card.gib),
-        "note": f"{after:.1f} GiB of {card.gib:.1f}"
+        "note": f"{after:.1f} GiB of {card.gib:.1f} GiB"
         + (f" (was {before:.1f} GiB before fitting)" if fitted is not config else ""),
     }
 
