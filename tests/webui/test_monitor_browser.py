@@ -41,7 +41,7 @@ AXIS_JS = """
     const pts = (p.getAttribute('d') || '').match(/[-\\d.e]+,[-\\d.e]+/g) || [];
     return pts.map(s => s.split(',').map(Number));
   });
-  const title = root.querySelector('g.role-title text')?.textContent || '';
+  const title = root.querySelector('[data-testid=block-info]')?.textContent || '';
   return {axis: yAxis ? yAxis.getAttribute('aria-label') : '', ticks, lines, title};
 }
 """
@@ -59,7 +59,7 @@ def assert_true_axis(page: Page, name: str) -> dict[str, Any]:
     """A linear (numeric) y scale whose tick values increase upwards, and a title."""
     a = plot_axes(page, name)
     assert "linear scale" in a["axis"], f"{name}: {a['axis']}"
-    assert a["title"], f"{name} plot has no title"
+    assert a["title"].strip(), f"{name} plot has no title"
     ticks = sorted(((number(t), y) for t, y in a["ticks"]), key=lambda p: -p[1])  # bottom first
     assert len(ticks) >= 2, f"{name}: {a['ticks']}"
     values = [v for v, _ in ticks]
@@ -91,6 +91,9 @@ def test_monitor_progress_plots_log_and_resume(
     monkeypatch.delenv(HOLD_ENV)
     wait_for_file(run_dir / ".held-step")  # the trainer is at its 6th step, its status written
     page.click("#tab-runs-button")
+    # Empty plots already say what they will show.
+    for p in PLOTS:
+        assert page.locator(f"#{p}-plot [data-testid=block-info]").inner_text().strip()
     # Nothing is followed in this page yet: the status says what there is instead of "no run yet".
     page.locator("#run-status-text").get_by_text("in the runs folder").wait_for(timeout=30_000)
     # A row of All runs opens its run.

@@ -45,13 +45,10 @@ def test_loss_without_eval_is_a_number_not_a_category() -> None:
     assert datatypes(both, "loss", "series")["loss"] == "quantitative" and len(both) == 4
 
 
-def test_eta_plot_in_minutes_and_empty_plots_keep_numeric_axes() -> None:
+def test_eta_plot_in_minutes() -> None:
     eta = runs_tab.eta_frame(mdf())
     assert eta["minutes"].tolist() == [2.0, 1.0]  # the step without an ETA is left out
-    for name in runs_tab.PLOTS:
-        empty = runs_tab.empty_frame(name)
-        types = datatypes(empty, runs_tab.PLOT_Y[name], "series" if "series" in empty else None)
-        assert types["step"] == types[runs_tab.PLOT_Y[name]] == "quantitative", name
+    assert datatypes(eta, "minutes") == {"step": "quantitative", "minutes": "quantitative"}
 
 
 def test_resume_is_disabled_for_a_finished_run() -> None:

@@ -128,7 +128,8 @@ CSS = """
 #side-panel { flex-wrap: nowrap !important; }
 #side-panel > * { flex-shrink: 0 !important; }
 /* The log keeps its newest line in view (a column-reverse scroller starts at its end). */
-#log-tail { max-height: 12em; overflow-y: auto; display: flex; flex-direction: column-reverse; }
+#log-tail { max-height: 12em !important; overflow-y: auto !important; display: flex !important;
+  flex-direction: column-reverse !important; }
 #log-tail .log-text { margin: 0; white-space: pre-wrap; font-size: 0.82em; }
 .verdict { padding: 10px 14px; border-radius: 8px; font-weight: 600; color: #111; }
 .verdict.fits { background: #bbf7d0; border: 1px solid #16a34a; }

@@ -71,24 +71,18 @@ PLOT_Y = {"loss": "loss", "lr": "lr", "memory": "GiB", "eta": "minutes"}
 
 def plot(name: str, title: str, y_title: str, series: bool = False) -> Any:
     return gr.LinePlot(
-        value=empty_frame(name),
+        value=None,
         x="step",
         y=PLOT_Y[name],
         color="series" if series else None,
-        title=title,
+        # The title as the block's label: shown while the plot is still empty too (a Vega title is not).
+        label=title,
+        show_label=True,
         x_title="training step",
         y_title=y_title,
-        height=240,
+        height=290,  # the label, the axes and a legend line
         elem_id=f"{name}-plot",
     )
-
-
-def empty_frame(name: str) -> pd.DataFrame:
-    """A plot's frame with no rows but typed columns: the plot keeps its title and numeric axes."""
-    cols = {"step": pd.Series(dtype=float), PLOT_Y[name]: pd.Series(dtype=float)}
-    if name in ("loss", "memory"):
-        cols["series"] = pd.Series(dtype=str)
-    return pd.DataFrame(cols)
 
 
 def create_runs_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
@@ -100,7 +94,7 @@ def create_runs_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
     with gr.Row():
         c["stop"] = gr.Button("Stop", variant="stop", elem_id="stop-btn", interactive=False)
         c["resume"] = gr.Button(RESUME_LABEL, elem_id="resume-btn", interactive=False)
-        c["lora"] = gr.File(label="LoRA file", elem_id="lora-download", scale=2)
+        c["lora"] = gr.File(label="LoRA file", elem_id="lora-download", scale=2, height=90)
     c["msg"] = gr.Markdown(elem_id="runs-message")
     c["preflight"] = gr.HTML(render.preflight_html({}), elem_id="preflight-panel")
     # Every axis numeric (float frames: an object column would be drawn as categories) and titled.
@@ -164,8 +158,10 @@ def _phase(state: Any) -> str:
     return "final" if state in FINAL else "pending" if state in ("none", "starting", None) else "live"
 
 
-def _plot(frame: pd.DataFrame, name: str) -> pd.DataFrame:
-    return frame if len(frame) else empty_frame(name)
+def _plot(frame: pd.DataFrame) -> pd.DataFrame | None:
+    """None clears a plot (its label still says what it will show); an empty frame would be drawn once
+    with a narrow axis margin that clips the tick labels, and colourless series, when data comes."""
+    return frame if len(frame) else None
 
 
 def run_estimate(snap: dict[str, Any], run_dir: str) -> dict[str, Any]:
@@ -312,12 +308,10 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
                 c["stop"]: gr.update(interactive=live or bool(pre.get("running"))),
                 c["resume"]: resume_button(snap, live),
                 c["status"]: render.status_html(snap),
-                c["loss"]: _plot(loss_frame(mdf, snap.get("evals", [])), "loss"),
-                c["lr"]: _plot(mdf[["step", "lr"]].dropna().astype(float), "lr"),
-                c["memory"]: _plot(
-                    memory_frame(metrics, run_estimate(snap, run_dir) if metrics else {}), "memory"
-                ),
-                c["eta"]: _plot(eta_frame(mdf), "eta"),
+                c["loss"]: _plot(loss_frame(mdf, snap.get("evals", []))),
+                c["lr"]: _plot(mdf[["step", "lr"]].dropna().astype(float)),
+                c["memory"]: _plot(memory_frame(metrics, run_estimate(snap, run_dir) if metrics else {})),
+                c["eta"]: _plot(eta_frame(mdf)),
                 c["gallery"]: [
                     (s["file"], f"step {s['step']}: {s['prompt']}") for s in snap.get("samples", [])
                 ],
