@@ -142,7 +142,9 @@ def test_monitor_progress_plots_log_and_resume(
     assert box["over"] and box["inside"], box
     assert box["text"] == runs.log_tail(run_dir, 40).splitlines()[-1]
     page.locator("#samples img").first.wait_for(timeout=30_000)
-    page.locator("#loss-plot").scroll_into_view_if_needed()
+    # The README's picture: the status, then the plots.
+    page.evaluate("window.scrollTo(0, document.querySelector('#run-status').getBoundingClientRect().top"
+                  " + window.scrollY - 8)")
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "monitor.png"))
     page.close()

@@ -80,7 +80,7 @@ def plot(name: str, title: str, y_title: str, series: bool = False) -> Any:
         show_label=True,
         x_title="training step",
         y_title=y_title,
-        height=290,  # the label, the axes and a legend line
+        height=330,  # the label, the axes and the legend
         elem_id=f"{name}-plot",
     )
 

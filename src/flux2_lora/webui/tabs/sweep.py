@@ -216,8 +216,10 @@ def create_sweep_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
                         value=None,
                         label=f"Parameter {i + 1}",
                         filterable=True,
-                        scale=4,
-                        min_width=300,  # room for a field's label and path ("LoRA rank (lora.rank)")
+                        scale=5,
+                        # Room for the longest path ("training.gradient_accumulation_steps (int)"); the
+                        # row wraps its range boxes under it where the column is narrower.
+                        min_width=400,
                         elem_id=f"sweep-field-{i}",
                     )
                     values = gr.Textbox(
