@@ -91,5 +91,5 @@ def test_sweep_table_and_field_pickers_are_not_cut(browser: Browser, ui_url: str
         h = heads.nth(i).bounding_box()
         assert h and h["x"] + h["width"] <= table["x"] + table["width"] + 1, (i, h, table)
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / "sweep.png"))
+    page.screenshot(path=str(SHOTS / "sweep_layout.png"))
     page.close()
