@@ -91,9 +91,7 @@ def age_pages(url: str, pages: list[Any], seconds: float) -> int:
             follow(page, name)
         left = max(1.0, deadline - time.monotonic())
         try:
-            pages[0].wait_for_selector(
-                "#run-status-text[data-state='finished']", timeout=1000 * (left + 600)
-            )
+            pages[0].wait_for_selector("#run-status-text[data-state='finished']", timeout=1000 * (left + 600))
         finally:
             n += 1
     return n

@@ -28,7 +28,9 @@ BLOCKS_JS = """
 
 
 @pytest.mark.parametrize("size", [(1280, 720), (1440, 1000)])
-def test_side_panel_blocks_stay_inside_it_and_in_view(browser: Browser, ui_url: str, size: tuple[int, int]) -> None:
+def test_side_panel_blocks_stay_inside_it_and_in_view(
+    browser: Browser, ui_url: str, size: tuple[int, int]
+) -> None:
     width, height = size
     page = open_page(browser, ui_url)
     page.set_viewport_size({"width": width, "height": height})
@@ -50,7 +52,9 @@ def test_side_panel_blocks_stay_inside_it_and_in_view(browser: Browser, ui_url: 
     assert top >= 0 and bottom <= height + 1, layout["panel"]  # the panel itself fits the viewport
     for b in layout["blocks"]:
         x0, _, x1, _ = b["box"]
-        assert x0 >= left - 1 and x1 <= right + 1, f"{b['id']} is laid outside the panel: {b['box']} vs {layout['panel']}"
+        assert x0 >= left - 1 and x1 <= right + 1, (
+            f"{b['id']} is laid outside the panel: {b['box']} vs {layout['panel']}"
+        )
     # Each block is reached by scrolling the panel, and then it is in the viewport.
     for b in layout["blocks"]:
         kid = page.locator("#side-panel > *").nth(b["i"])

@@ -100,9 +100,7 @@ def test_monitor_progress_plots_log_and_resume(
     row = page.locator("#runs-table").get_by_role("gridcell", name=name, exact=True).first
     row.wait_for(timeout=30_000)
     row.click()
-    page.wait_for_function(
-        f"document.querySelector('#run-pick input')?.value === {name!r}", timeout=30_000
-    )
+    page.wait_for_function(f"document.querySelector('#run-pick input')?.value === {name!r}", timeout=30_000)
     # Held after step 6 with a loss logged every 4 steps: the progress shows step 6, with an ETA.
     assert "step 4" not in page.locator("#run-status-text").inner_text()
     page.wait_for_selector("#run-status-text[data-step='6']", timeout=600_000)
@@ -143,8 +141,10 @@ def test_monitor_progress_plots_log_and_resume(
     assert box["text"] == runs.log_tail(run_dir, 40).splitlines()[-1]
     page.locator("#samples img").first.wait_for(timeout=30_000)
     # The README's picture: the status, then the plots.
-    page.evaluate("window.scrollTo(0, document.querySelector('#run-status').getBoundingClientRect().top"
-                  " + window.scrollY - 8)")
+    page.evaluate(
+        "window.scrollTo(0, document.querySelector('#run-status').getBoundingClientRect().top"
+        " + window.scrollY - 8)"
+    )
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "monitor.png"))
     page.close()

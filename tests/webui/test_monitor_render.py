@@ -56,7 +56,9 @@ def test_resume_is_disabled_for_a_finished_run() -> None:
     assert finished["interactive"] is False and "finished" in finished["value"]
     stopped = runs_tab.resume_button({"state": "stopped", "checkpoints": ["c"]}, live=False)
     assert stopped["interactive"] is True
-    assert runs_tab.resume_button({"state": "training", "checkpoints": ["c"]}, live=True)["interactive"] is False
+    assert (
+        runs_tab.resume_button({"state": "training", "checkpoints": ["c"]}, live=True)["interactive"] is False
+    )
 
 
 def test_resume_of_a_finished_run_is_refused_at_once(tmp_path: Path) -> None:

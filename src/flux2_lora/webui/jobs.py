@@ -134,7 +134,9 @@ def resume_run(paths: AppPaths, run_dir: str) -> dict[str, Any]:
     status = runs.read_status(run)
     if status is not None and status.state == runs.RunState.FINISHED:
         # Said here, at once: a trainer started for it would load for a minute to train nothing.
-        return _err("", f"{run.name} is finished ({status.step}/{status.total_steps} steps): nothing to resume")
+        return _err(
+            "", f"{run.name} is finished ({status.step}/{status.total_steps} steps): nothing to resume"
+        )
     if runs.latest_checkpoint(run) is None:
         return _err("", f"{run.name} has no checkpoint to resume from yet")
     data, issues = read_yaml(run / runs.CONFIG_FILE)

@@ -222,7 +222,9 @@ def dataset_markdown(r: dict[str, Any]) -> str:
         for p in ps:
             grouped.setdefault((p["severity"], p["message"]), []).append(f)
     for (severity, message), files in list(grouped.items())[:20]:
-        named = ", ".join(f"`{esc(f)}`" for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        named = ", ".join(f"`{esc(f)}`" for f in files[:3]) + (
+            f" and {len(files) - 3} more" if len(files) > 3 else ""
+        )
         lines.append(f"- {severity}: {named} {esc(message)}")
     if len(grouped) > 20:
         lines.append(f"- … and {len(grouped) - 20} more problems")
