@@ -1,6 +1,7 @@
 """A real Chromium drives the page as a new user would (issue 12's Done-when).
 
-The two README screenshots (docs/screenshots/train.png and monitor.png) are taken here. Every wait is on
+The README's Train tab screenshot (docs/screenshots/train.png) is taken here; its monitor screenshot in
+test_monitor_browser.py. Every wait is on
 what the page shows (estimate revision, run state, element states), never on time.
 """
 
@@ -116,7 +117,6 @@ def test_a_typed_value_is_what_runs_and_the_monitor_follows(
     )
     page.locator("#samples img").first.wait_for(timeout=30_000)
     page.locator("#loss-plot canvas, #loss-plot svg").first.wait_for(timeout=30_000)
-    _shot(page, "monitor.png")
     # Samples enlarge on click.
     page.locator("#samples button img").first.click()
     page.locator("#samples .preview").first.wait_for(timeout=10_000)
