@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from flux2_lora.config.io import load_config
+from flux2_lora.config.io import ConfigError, load_config
 from flux2_lora.config.presets import list_presets
 from flux2_lora.memory import GPUS, estimate, recommendations
 from flux2_lora.memory.gpus import find_gpu, verdict
@@ -56,10 +56,11 @@ def test_swap_keeps_two_buffers_and_pins_the_rest(n: int, doubles: int) -> None:
     assert host == pytest.approx(PROCESS_BASELINE_GIB + 0.5 + pinned / GIB, rel=1e-9)
 
 
-def test_swap_beyond_the_maximum_is_counted_as_the_maximum() -> None:
-    est = estimate(_dev("memory.blocks_to_swap=64"))
-    assert est.swap["blocks"] == 8 + 48 - 2
-    assert any("maximum" in n for n in est.notes)
+def test_swap_beyond_the_maximum_is_refused_and_the_maximum_is_sized() -> None:
+    # The schema's rule refuses more than the variant's maximum (config/rules.py): the estimate never sees it.
+    with pytest.raises(ConfigError, match="at most 54"):
+        _dev("memory.blocks_to_swap=64")
+    assert estimate(_dev("memory.blocks_to_swap=54")).swap["blocks"] == 8 + 48 - 2
 
 
 def test_fp8_weights_are_one_byte_plus_a_row_scale() -> None:

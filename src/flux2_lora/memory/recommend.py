@@ -116,7 +116,14 @@ def moves(c: TrainConfig) -> list[Move]:
     dp = c.distributed
     sharded = dp.strategy == "fsdp" and dp.world_size > 1
     most = swappable_blocks(resolve_shapes(c).arch)
-    if m.blocks_to_swap < most and not sharded:
+    # Only where block swap can run (config/rules.py): with checkpointing, one process, no int8, no compile.
+    can_swap = (
+        m.gradient_checkpointing
+        and m.quantization != "int8"
+        and not c.performance.compile
+        and dp.world_size == 1
+    )
+    if m.blocks_to_swap < most and not sharded and can_swap:
         # The greedy search tries the most blocks; _fewest_swapped then keeps the fewest that fit.
         out.append(_swap_move(most, most))
     if not m.cpu_offload:
