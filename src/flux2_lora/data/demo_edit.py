@@ -8,13 +8,12 @@ and two references of different sizes. The layout is metadata.jsonl (targets/, i
 
 from __future__ import annotations
 
-import fcntl
 import json
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flux2_lora.data.demo import _COLORS, _SHAPES, _draw_shape, cache_root
+from flux2_lora.data.demo import _COLORS, _SHAPES, _draw_shape, cache_root, generate_once
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -68,18 +67,10 @@ def demo_edit_pair(i: int) -> tuple[list[Image.Image], Image.Image, str]:
 
 
 def ensure_demo_edit_dataset(target: Path | None = None) -> Path:
-    """Generate the edit dataset once (deterministic) and return its folder; concurrent callers wait for
-    the first, so none reads a half-written file."""
-    folder = target or demo_edit_dir()
-    marker = folder / ".complete"
-    if marker.is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.is_file():
-            return folder
-        (folder / "targets").mkdir(parents=True, exist_ok=True)
+    """Generate the edit dataset once (deterministic) and return its folder."""
+
+    def write(folder: Path) -> None:
+        (folder / "targets").mkdir(exist_ok=True)
         (folder / "inputs").mkdir(exist_ok=True)
         lines = []
         for i in range(DEMO_EDIT_PAIRS):
@@ -96,5 +87,5 @@ def ensure_demo_edit_dataset(target: Path | None = None) -> Path:
                 )
             )
         (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        marker.write_text(DEMO_EDIT_VERSION)
-    return folder
+
+    return generate_once(target or demo_edit_dir(), DEMO_EDIT_VERSION, write)

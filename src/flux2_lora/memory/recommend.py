@@ -202,8 +202,20 @@ def _validated(
     (``to_dict(config)``) and ``parsed_texts`` (parse_override's answers by text) may be shared between
     calls: only the sections the overrides set are copied (apply_overrides' deep copy of the whole
     config costs more than the check), and each override is parsed once."""
+    changed = _changes(overrides, {} if parsed_texts is None else parsed_texts)
+    if changed is None:
+        return None
     out = dict(to_dict(config) if data is None else data)
-    parsed_texts = {} if parsed_texts is None else parsed_texts
+    for section, fields in changed.items():
+        out[section] = {**out.get(section, {}), **fields}
+    new, problems = validate_dict(out)
+    return new if new is not None and not [p for p in problems if p.level == "error"] else None
+
+
+def _changes(overrides: dict[str, Any], parsed_texts: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """The overrides as ``--set`` parses them, by section; None when one does not parse. Each text is
+    parsed once (``parsed_texts`` is shared between calls)."""
+    changed: dict[str, dict[str, Any]] = {}
     for key, value in overrides.items():
         text = f"{key}={value}"
         if text not in parsed_texts:
@@ -212,25 +224,17 @@ def _validated(
         if issue is not None or parsed is None:
             return None
         section, field, parsed_value = parsed
-        out[section] = {**out.get(section, {}), field: parsed_value}
-    new, problems = validate_dict(out)
-    return new if new is not None and not [p for p in problems if p.level == "error"] else None
+        changed.setdefault(section, {})[field] = parsed_value
+    return changed
 
 
 def _valid(config: TrainConfig, overrides: dict[str, Any], parsed_texts: dict[str, Any]) -> bool:
     """Whether the overrides applied as ``--set`` would apply them give a valid config: what
     :func:`_validated` answers, checking only the sections they change (the others are ``config``'s own,
     valid already) and the cross-field rules; a quarter of the cost."""
-    changed: dict[str, dict[str, Any]] = {}
-    for key, value in overrides.items():
-        text = f"{key}={value}"
-        if text not in parsed_texts:
-            parsed_texts[text] = parse_override(text)
-        parsed, issue = parsed_texts[text]
-        if issue is not None or parsed is None:
-            return False
-        section, field, parsed_value = parsed
-        changed.setdefault(section, {})[field] = parsed_value
+    changed = _changes(overrides, parsed_texts)
+    if changed is None:
+        return False
     sections: dict[str, Any] = {}
     for name, fields in changed.items():
         if name not in SECTIONS:
