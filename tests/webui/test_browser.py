@@ -18,6 +18,7 @@ from tests.webui.browser import (
     choose,
     field,
     in_viewport,
+    load_preset,
     open_page,
     rev,
     set_field,
@@ -197,6 +198,7 @@ def test_presets_say_what_they_change_and_alpha_follows_rank(browser: Browser, u
 
 def test_warnings_show_with_their_fix(browser: Browser, ui_url: str) -> None:
     page = open_page(browser, ui_url)
+    load_preset(page, "klein-4b")  # the demo (a new page) is spared the learning-rate warning
     set_field(page, "training.learning_rate", "0.0005")
     page.wait_for_selector("#estimate-warnings li[data-field='training.learning_rate']", timeout=30_000)
     page.locator("#side-panel button", has_text="Fix Learning rate").click()
