@@ -20,7 +20,8 @@ from pathlib import Path
 TE_LAYERS = 28  # the pipeline stacks hidden states 9, 18 and 27
 
 
-def build(out: Path, tiny: bool) -> dict:
+def build(out: Path, tiny: bool, transformer_overrides: dict | None = None) -> dict:
+    """``transformer_overrides`` change the transformer's config after the --tiny sizes (other CPU sizes)."""
     import torch
     from diffusers import (
         AutoencoderKLFlux2,
@@ -38,6 +39,7 @@ def build(out: Path, tiny: bool) -> dict:
     if tiny:
         config.update(num_layers=1, num_single_layers=1, num_attention_heads=2, attention_head_dim=16)
         config.update(axes_dims_rope=(4, 4, 4, 4), joint_attention_dim=96)
+    config.update(transformer_overrides or {})
     hidden = config["joint_attention_dim"] // 3
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
@@ -90,7 +92,7 @@ def write_images(folder: Path, count: int, size: int) -> None:
     rng = np.random.default_rng(0)
     for i in range(count):
         small = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((size, size), Image.BILINEAR).save(folder / f"img_{i:02d}.png")
+        Image.fromarray(small).resize((size, size), Image.Resampling.BILINEAR).save(folder / f"img_{i:02d}.png")
 
 
 def main() -> int:
