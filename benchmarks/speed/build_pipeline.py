@@ -92,7 +92,9 @@ def write_images(folder: Path, count: int, size: int) -> None:
     rng = np.random.default_rng(0)
     for i in range(count):
         small = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((size, size), Image.Resampling.BILINEAR).save(folder / f"img_{i:02d}.png")
+        Image.fromarray(small).resize((size, size), Image.Resampling.BILINEAR).save(
+            folder / f"img_{i:02d}.png"
+        )
 
 
 def main() -> int:

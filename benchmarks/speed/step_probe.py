@@ -16,7 +16,8 @@ How it measures (no edits to the trainer):
     trainer makes one (diffusers' scripts, after their caching), else from the first step's end;
     step_seconds[i] = t_i - t_{i-1}: the whole loop iteration (batch, forward, backward, clipping, step,
     the trainer's own logging).
-  * steps_per_s / s_per_step: over the steps after the first --warmup ones.
+  * steps_per_s / s_per_step: over the steps after the first --warmup ones; cpu_s_per_step: the
+    process's CPU time (time.process_time, all threads) per step over the same steps (needs --warmup ≥ 1).
   * train_rss_mib: the largest VmRSS seen at a step after --warmup (the training phase); vm_hwm_mib: the
     process's peak resident memory (VmHWM) when the trainer returns, caching phase included.
   * CUDA: after each Accelerator.prepare the peak-memory counters are reset, so max_allocated_gib /
@@ -77,7 +78,14 @@ def probe(run: Any, warmup: int) -> dict[str, Any]:
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     cuda = torch.cuda.is_available()
-    state: dict[str, Any] = {"t_prepare": None, "steps": [], "rss": [], "pre_alloc": 0, "pre_res": 0}
+    state: dict[str, Any] = {
+        "t_prepare": None,
+        "steps": [],
+        "cpu": [],
+        "rss": [],
+        "pre_alloc": 0,
+        "pre_res": 0,
+    }
     state["lora"] = None
 
     def _sync() -> None:
@@ -87,6 +95,7 @@ def probe(run: Any, warmup: int) -> dict[str, Any]:
     def step_hook(optimizer: Any, args: Any, kwargs: Any) -> None:
         _sync()
         state["steps"].append(time.perf_counter())
+        state["cpu"].append(time.process_time())
         state["rss"].append(proc_status_kib("VmRSS"))
         if state["lora"] is None:
             ps = [p for g in optimizer.param_groups for p in g["params"]]
@@ -139,9 +148,14 @@ def probe(run: Any, warmup: int) -> dict[str, Any]:
     timed = step_seconds[warmup:] if len(step_seconds) > warmup else []
     rss = [r for r in state["rss"][warmup:] if r is not None]
     total = sum(timed)
+    cpu = state["cpu"]
+    # CPU seconds of the process per timed step (all its threads): far less sensitive than the wall clock
+    # to other work on a shared machine. From the step before the first timed one (a warmup step).
+    cpu_timed = cpu[warmup - 1 :] if warmup >= 1 and len(cpu) > warmup else []
     return {
         "steps_per_s": (len(timed) / total) if timed and total > 0 else None,
         "s_per_step": (total / len(timed)) if timed else None,
+        "cpu_s_per_step": ((cpu_timed[-1] - cpu_timed[0]) / (len(cpu_timed) - 1)) if cpu_timed else None,
         "step_seconds": [round(s, 5) for s in step_seconds],
         "train_rss_mib": (max(rss) / 1024) if rss else None,
         "vm_hwm_mib": (hwm / 1024) if hwm is not None else None,

@@ -84,7 +84,8 @@ def test_summary_ratios_are_ours_over_diffusers() -> None:
     m = bench()
 
     def run(name: str, s: float, rss: float) -> dict:
-        return {"name": name, "ok": True, "s_per_step": s, "peak_rss_mib": rss, "train_rss_mib": rss - 1,
+        return {"name": name, "ok": True, "s_per_step": s, "median_step_s": s, "cpu_s_per_step": s / 2,
+                "peak_rss_mib": rss, "train_rss_mib": rss - 1,
                 "lora": {"trainable_params": 10}, "threads": 1}  # fmt: skip
 
     rows = [
@@ -95,7 +96,7 @@ def test_summary_ratios_are_ours_over_diffusers() -> None:
     ]
     s = m.summarize(rows)
     assert s["ok"] and s["same_lora_params"]
-    assert s["s_per_step_ratio"] == pytest.approx(0.5 / 0.6)
+    assert s["s_per_step_ratio"] == pytest.approx(0.5 / 0.6) == s["cpu_s_per_step_ratio"]
     assert s["peak_rss_ratio"] == pytest.approx(510 / 700)
     rows[0]["ok"] = False
     assert not m.summarize(rows)["ok"]
