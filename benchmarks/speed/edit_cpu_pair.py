@@ -51,7 +51,8 @@ RESOLUTION = 128
 RANK = 16
 LR = "1e-4"
 # Transformer sizes on top of build_pipeline.py's --tiny ones: "small" makes the step's matrix products,
-# not Python overhead alone, the cost (hidden 128, 2 double + 4 single blocks).
+# not Python overhead alone, the cost (hidden 128, 2 double + 4 single blocks); its weights are a few MB,
+# so its peak RSS is mostly the libraries each trainer imports.
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {},
     "small": {
@@ -61,6 +62,15 @@ SIZES: dict[str, dict[str, Any]] = {
         "attention_head_dim": 32,
         "axes_dims_rope": (8, 8, 8, 8),
         "joint_attention_dim": 192,
+    },
+    # Weights that count in the resident memory (about 33M transformer parameters, 130 MB in fp32).
+    "medium": {
+        "num_layers": 2,
+        "num_single_layers": 6,
+        "num_attention_heads": 8,
+        "attention_head_dim": 64,
+        "axes_dims_rope": (16, 16, 16, 16),
+        "joint_attention_dim": 1536,
     },
 }
 
@@ -258,7 +268,8 @@ def _row_line(row: dict[str, Any]) -> str:
     if not row.get("ok"):
         return f"round {row['round'] + 1} {row['name']:10} FAILED: {str(row.get('stderr_tail'))[-800:]}"
     return (
-        f"round {row['round'] + 1} {row['name']:10} {row['s_per_step']:.4f} s/step, peak RSS "
+        f"round {row['round'] + 1} {row['name']:10} {row['s_per_step']:.4f} s/step "
+        f"({row['cpu_s_per_step']:.4f} CPU s), peak RSS "
         f"{row['peak_rss_mib']:.0f} MiB, train RSS {row['train_rss_mib']:.0f} MiB, "
         f"{row['lora']['trainable_params']} LoRA params, process {row['process_wall_s']} s"
     )
