@@ -256,12 +256,35 @@ def main() -> int:
             rows.append(row)
             print(_row_line(row), flush=True)
     summary = summarize(rows)
+    summary["setup"] = setup_facts(args)
     print()
     print(_table(summary, args))
     if args.out:
         args.out.write_text(json.dumps({"summary": summary, "runs": rows}, indent=1))
     print(json.dumps(summary))
     return 0 if summary.get("ok") else 1
+
+
+def setup_facts(args: argparse.Namespace) -> dict[str, Any]:
+    """What the numbers were measured on: the script's digest names the exact version of it that ran."""
+    import hashlib
+    from importlib.metadata import version
+
+    return {
+        "script": args.script.name,
+        "script_sha256": hashlib.sha256(args.script.read_bytes()).hexdigest(),
+        "diffusers": version("diffusers"),
+        "torch": version("torch"),
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "threads": args.threads,
+        "size": args.size,
+        "resolution": RESOLUTION,
+        "rank": RANK,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "rounds": args.rounds,
+    }
 
 
 def _row_line(row: dict[str, Any]) -> str:
