@@ -1,5 +1,6 @@
 """benchmarks/speed/edit_cpu_pair.py: both trainers get the same pairs from its one folder, and its
-summary's ratios are ours / diffusers'. Fast: no training, no diffusers script needed."""
+summary's ratios are ours / diffusers'; step_probe.py times the optimizer steps of a script it runs
+unmodified. No training and no diffusers script needed."""
 
 from __future__ import annotations
 
@@ -100,3 +101,51 @@ def test_summary_ratios_are_ours_over_diffusers() -> None:
     assert s["peak_rss_ratio"] == pytest.approx(510 / 700)
     rows[0]["ok"] = False
     assert not m.summarize(rows)["ok"]
+
+
+TOY_TRAINER = """
+import sys, torch
+model = torch.nn.Linear(4, 4)
+opt = torch.optim.AdamW(model.parameters())
+for _ in range(int(sys.argv[1])):
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    opt.zero_grad()
+if sys.argv[2:] == ["fail"]:
+    raise RuntimeError("after the steps")
+"""
+
+
+def probe(tmp_path: Path, *trainer_args: str) -> tuple[int, dict]:
+    import subprocess
+    import sys
+
+    script = tmp_path / "toy_train.py"
+    script.write_text(TOY_TRAINER)
+    cmd = [sys.executable, str(ROOT / "benchmarks/speed/step_probe.py"), "--script", str(script)]
+    proc = subprocess.run(
+        [*cmd, "--warmup", "2", "--threads", "1", "--", *trainer_args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow  # two fresh processes that import torch
+def test_step_probe_times_each_optimizer_step_of_an_unmodified_script(tmp_path: Path) -> None:
+    code, res = probe(tmp_path, "6")
+    assert code == 0 and res["ok"] and res["num_steps"] == 6 == len(res["step_seconds"])
+    assert res["warmup_excluded"] == 2 and res["threads"] == 1
+    assert res["lora"] == {
+        "optimizer": "AdamW",
+        "trainable_params": 20,
+        "tensors": 2,
+        "dtypes": ["torch.float32"],
+    }
+    assert res["s_per_step"] == pytest.approx(sum(res["step_seconds"][2:]) / 4, abs=1e-4)  # rounded to 10 µs
+    assert (
+        res["cpu_s_per_step"] > 0 and res["train_rss_mib"] > 0 and res["vm_hwm_mib"] >= res["train_rss_mib"]
+    )
+    code, res = probe(tmp_path, "3", "fail")
+    assert code == 1 and not res["ok"] and res["num_steps"] == 3 and "after the steps" in res["error"]
