@@ -182,11 +182,19 @@ def our_args(model: Path, pairs: Path, out: Path, steps: int, threads: int) -> l
 
 
 def run_probe(
-    python: str, target: list[str], args: list[str], warmup: int, threads: int, work: Path, log_path: Path
+    python: str,
+    target: list[str],
+    args: list[str],
+    warmup: int,
+    threads: int,
+    work: Path,
+    log_path: Path,
+    profile_steps: int = 0,
 ) -> dict[str, Any]:
     """One fresh process through step_probe.py (stderr to ``log_path``); its JSON plus the child's peak
     RSS (os.wait4: that child's own, where getrusage(RUSAGE_CHILDREN) would give the largest so far)."""
     cmd = [python, str(HERE / "step_probe.py"), *target, "--warmup", str(warmup), "--threads", str(threads)]
+    cmd += ["--profile-steps", str(profile_steps)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env["HF_HOME"] = str(work / "hf-home")  # datasets' cache of the pairs stays in the work folder
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
@@ -223,6 +231,13 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=15, help="steps left out of s/step")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="also write the summary and every run here (JSON)")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of timing: torch-profile N steps of each side once and compare their operators",
+    )
     args = parser.parse_args()
     if not args.script.is_file():
         parser.error(f"--script: {args.script} is not a file")
@@ -243,6 +258,23 @@ def main() -> int:
         ),
     }
     order = ["ours", "diffusers"]
+    if args.profile:
+        ops = {}
+        for name in order:
+            out = args.work / "runs" / f"{name}-profile"
+            if out.exists():
+                shutil.rmtree(out)
+            python, target, side_args = sides[name](out)
+            log = args.work / f"{name}-profile.log"
+            row = run_probe(
+                python, target, side_args, args.warmup, args.threads, args.work, log, args.profile
+            )
+            if not row.get("ok") or not row.get("ops"):
+                print(f"{name} FAILED: {str(row.get('stderr_tail'))[-800:]}")
+                return 1
+            ops[name] = row["ops"]
+        print(op_comparison(ops["ours"], ops["diffusers"]))
+        return 0
     rows: list[dict[str, Any]] = []
     for r in range(args.rounds):
         for name in order if r % 2 == 0 else order[::-1]:
@@ -285,6 +317,31 @@ def setup_facts(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": args.warmup,
         "rounds": args.rounds,
     }
+
+
+def op_comparison(ours: dict[str, Any], theirs: dict[str, Any], top: int = 20) -> str:
+    """Operators per step, ours beside diffusers', the largest differences in self CPU time first."""
+    names = sorted(
+        set(ours) | set(theirs),
+        key=lambda k: (
+            -abs(ours.get(k, {}).get("self_cpu_ms", 0.0) - theirs.get(k, {}).get("self_cpu_ms", 0.0))
+        ),
+    )
+    lines = [
+        f"{'operator (per step)':44} {'calls ours':>10} {'diffusers':>10} {'ms ours':>9} {'diffusers':>10}"
+    ]
+    for k in names[:top]:
+        o, d = ours.get(k, {}), theirs.get(k, {})
+        lines.append(
+            f"{k[:44]:44} {o.get('calls', 0):10.1f} {d.get('calls', 0):10.1f} "
+            f"{o.get('self_cpu_ms', 0):9.2f} {d.get('self_cpu_ms', 0):10.2f}"
+        )
+    total_o = sum(v["self_cpu_ms"] for v in ours.values())
+    total_d = sum(v["self_cpu_ms"] for v in theirs.values())
+    calls_o = sum(v["calls"] for v in ours.values())
+    calls_d = sum(v["calls"] for v in theirs.values())
+    lines.append(f"{'all operators':44} {calls_o:10.1f} {calls_d:10.1f} {total_o:9.2f} {total_d:10.2f}")
+    return "\n".join(lines)
 
 
 def _row_line(row: dict[str, Any]) -> str:

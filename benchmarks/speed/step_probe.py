@@ -22,6 +22,8 @@ How it measures (no edits to the trainer):
     process's peak resident memory (VmHWM) when the trainer returns, caching phase included.
   * CUDA: after each Accelerator.prepare the peak-memory counters are reset, so max_allocated_gib /
     max_reserved_gib cover the training phase (its peak before is pre_train_max_*).
+  * --profile-steps N: torch.profiler over N steps after the warmup ones; "ops" gets each operator's
+    calls and self CPU ms per step (for a profile run, not a timed one).
   * --threads N sets OMP/MKL_NUM_THREADS and torch.set_num_threads(N) before the trainer starts.
   * HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE / HF_DATASETS_OFFLINE / WANDB_MODE are forced offline.
 
@@ -72,8 +74,19 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     return [], argv
 
 
-def probe(run: Any, warmup: int) -> dict[str, Any]:
-    """Call ``run()`` (which runs the trainer) with the hooks installed; the measurements as a dict."""
+def op_table(prof: Any, steps: int) -> dict[str, dict[str, float]]:
+    """torch.profiler's operators per step: calls (the same whatever else the machine runs) and self
+    CPU milliseconds."""
+    return {
+        e.key: {"calls": e.count / steps, "self_cpu_ms": e.self_cpu_time_total / 1000 / steps}
+        for e in prof.key_averages()
+    }
+
+
+def probe(run: Any, warmup: int, profile_steps: int = 0) -> dict[str, Any]:
+    """Call ``run()`` (which runs the trainer) with the hooks installed; the measurements as a dict.
+    ``profile_steps`` > 0: the torch profiler records that many steps after the warmup ones (their
+    times are then the profiler's too) and the result gets their ``ops``."""
     import torch
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -97,6 +110,12 @@ def probe(run: Any, warmup: int) -> dict[str, Any]:
         state["steps"].append(time.perf_counter())
         state["cpu"].append(time.process_time())
         state["rss"].append(proc_status_kib("VmRSS"))
+        if profile_steps and len(state["steps"]) == warmup:
+            state["prof"] = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            state["prof"].start()
+        elif profile_steps and len(state["steps"]) == warmup + profile_steps and "prof" in state:
+            state["prof"].stop()
+            state["ops"] = op_table(state["prof"], profile_steps)
         if state["lora"] is None:
             ps = [p for g in optimizer.param_groups for p in g["params"]]
             state["lora"] = {
@@ -172,6 +191,7 @@ def probe(run: Any, warmup: int) -> dict[str, Any]:
         "wall_s": round(t_end - t_start, 2),
         "ok": ok,
         "error": err,
+        "ops": state.get("ops"),
     }
 
 
@@ -203,6 +223,7 @@ def main(argv: list[str] | None = None, default_script_help: str = "the trainer 
     what.add_argument("--module", help="a module run as __main__ (e.g. flux2_lora.cli)")
     ap.add_argument("--warmup", type=int, default=2, help="steps excluded from steps_per_s")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: leave torch's default)")
+    ap.add_argument("--profile-steps", type=int, default=0, help="torch-profile this many steps after warmup")
     ap.add_argument("--json-out", default=None)
     opts = ap.parse_args(own)
     if opts.threads > 0:
@@ -211,7 +232,7 @@ def main(argv: list[str] | None = None, default_script_help: str = "the trainer 
         import torch
 
         torch.set_num_threads(opts.threads)
-    res = probe(runner(opts.script, opts.module, target_args), opts.warmup)
+    res = probe(runner(opts.script, opts.module, target_args), opts.warmup, opts.profile_steps)
     line = json.dumps(res)
     if opts.json_out:
         Path(opts.json_out).write_text(line + "\n")
