@@ -371,6 +371,7 @@ def _trace_step(
         "end_gib": (weights_now + extra) / GIB,
         "kept_after_forward_gib": (after_forward - base_peak) / GIB,
         "host_gib": tracker.host / GIB,
+        "reference_tokens": float(refs[0].shape[1]) if refs else 0.0,  # per sample, as packed
     }
     if swap is not None:
         out["swap_copies"] = float(swap.stats.total_copies)
