@@ -7,11 +7,13 @@ The demo's text encoder (the variant table's Qwen3, 28 layers), scaled in width 
 
 - the safetensors file's pages, which the quantizer reads through its memory map: resident and counted
   by RSS (shared, reclaimable page cache; at most the bf16 weights' size W);
-- the quantized encoder itself (what the load returns) and the loader's working set (a layer in flight,
-  allocator arenas): the margin, a quarter of W (measured: about 0.15 W).
+- the quantized encoder itself (what the load returns, ~0.25 W);
+- the loader's working set (layers in flight, bitsandbytes' and the allocator's buffers): the margin,
+  half of W (measured with transformers 5.25 and bitsandbytes 0.50: 0.24-0.26 W; total 1.48-1.51 W).
 
-A full-precision copy would add W (bf16) or 2W (fp32) of anonymous memory on top: the fp32 load, which
-converts every weight, is measured too and must break the same bound, so the check can tell."""
+A full-precision copy would add W (bf16) or 2W (fp32) of anonymous memory on top (≥ 2.25 W): the fp32
+load, which converts every weight, is measured too (3.0 W) and must break the same bound, so the check
+can tell."""
 
 from __future__ import annotations
 
@@ -96,7 +98,7 @@ def test_nf4_text_encoder_peak_rss_stays_below_its_bf16_size_plus_a_margin(tmp_p
     _probe(folder, "build")
     weights = (folder / "text_encoder" / "model.safetensors").stat().st_size  # W: the bf16 weights
     assert weights > 250e6  # big enough that a full-precision copy cannot hide in the margin
-    bound = weights * 1.25
+    bound = weights * 1.5
     nf4, fp32 = _probe(folder, "nf4"), _probe(folder, "fp32")
     assert nf4["layer"] == "Linear4bit" and int(nf4["model_bytes"]) < 0.3 * weights  # quantized it is
     assert int(nf4["growth"]) < bound + int(nf4["model_bytes"]), (nf4, weights)
