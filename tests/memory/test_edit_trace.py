@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from flux2_lora.config import TrainConfig
 from flux2_lora.config.io import load_config
 from flux2_lora.memory import estimate
 from flux2_lora.memory.estimate import resolve_shapes
@@ -29,7 +30,7 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data
 
 
-def _edit(data: Path, *extra: str, variant: str = "klein-4b"):
+def _edit(data: Path, *extra: str, variant: str = "klein-4b") -> TrainConfig:
     return config(
         f"dataset.path={data}",
         "dataset.reference_path=refs",
@@ -40,7 +41,7 @@ def _edit(data: Path, *extra: str, variant: str = "klein-4b"):
 
 
 def test_the_trace_packs_the_largest_samples_references(pairs: Path) -> None:
-    from flux2_lora.training.trace import largest_sample_references
+    from flux2_lora.training.trace_inputs import largest_sample_references
 
     c = _edit(pairs)
     # Two references of a 1024² cap: they keep their sizes; a's 2048 + 1024 tokens beat b's 2304.

@@ -6,17 +6,19 @@ The device peak is held to the analytic estimate within 3%, the host bytes to it
 from __future__ import annotations
 
 import pytest
+import torch
 
+from flux2_lora.config import TrainConfig
 from flux2_lora.memory import estimate
 from flux2_lora.memory.static import SWAP_SLOTS, swappable_blocks
 from flux2_lora.units import GIB
-from flux2_lora.variants import VARIANTS
+from flux2_lora.variants import VARIANTS, TransformerArch
 from tests.memory.matrix import config, training_phase_on
 
 BASE = VARIANTS["klein-4b"].transformer
 
 
-def _swap_config(n: int, *extra: str, variant: str = "klein-4b"):
+def _swap_config(n: int, *extra: str, variant: str = "klein-4b") -> TrainConfig:
     return config("memory.gradient_checkpointing=true", f"memory.blocks_to_swap={n}", *extra, variant=variant)
 
 
@@ -47,8 +49,7 @@ def test_reduced_depth_device_peak_with_swap_within_3_percent(n: int) -> None:
         assert traced["host_gib"] == 0 and "swap_copies" not in traced
 
 
-def _single_block_params(arch):
-    import torch
+def _single_block_params(arch: TransformerArch) -> list[torch.nn.Parameter]:
     from diffusers.models.transformers.transformer_flux2 import Flux2SingleTransformerBlock
 
     with torch.device("meta"):

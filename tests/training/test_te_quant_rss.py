@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,7 +79,7 @@ print(json.dumps({"growth": peak - base, "model_bytes": sum(storages.values()), 
 """
 
 
-def _probe(folder: Path, mode: str) -> dict[str, object]:
+def _probe(folder: Path, mode: str) -> dict[str, Any]:
     # Large allocations get their own mappings, returned on free: glibc's heap would otherwise keep freed
     # per-layer buffers resident, and the peak would measure fragmentation rather than what is alive.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}

@@ -191,7 +191,7 @@ def resolve_shapes(config: TrainConfig) -> Shapes:
     key = (m.path, m.variant, m.dtype, ds.resolution, ds.path, ds.reference_path, ds.reference_max_pixels)
     if key not in known:
         known[key] = _resolve_shapes(config)
-    return known[key]  # type: ignore[no-any-return]
+    return known[key]
 
 
 def _resolve_shapes(config: TrainConfig) -> Shapes:

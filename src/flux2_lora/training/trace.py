@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import weakref
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +26,7 @@ from torch.utils._pytree import tree_map_only
 from flux2_lora.config import TrainConfig
 from flux2_lora.memory.estimate import BNB_MIN_8BIT_SIZE, NF4_BYTES_PER_WEIGHT, resolve_shapes
 from flux2_lora.targets import is_quantized_linear
+from flux2_lora.training.trace_inputs import install_meta_swap, largest_sample_references
 from flux2_lora.units import GIB
 from flux2_lora.variants import TextEncoderArch, TransformerArch, VaeArch
 
@@ -193,46 +193,6 @@ def trace_training_step(
     return _trace_step(config, arch, text_tokens, references, fsdp=False)
 
 
-def largest_sample_references(config: TrainConfig) -> tuple[tuple[int, int], ...]:
-    """The (width, height) each reference of the dataset's sample with the most reference tokens trains
-    at: the sample the estimate sizes (data/references.largest_reference_tokens). () without references."""
-    from flux2_lora.data.demo_edit import DEMO_EDIT_SIZE, DEMO_EDIT_SWATCH, is_demo_edit
-    from flux2_lora.data.references import (
-        METADATA_FILE,
-        REFERENCE_MULTIPLE,
-        oriented_size,
-        plan_references,
-        reference_size,
-    )
-    from flux2_lora.data.scan import walk_images
-
-    ds = config.dataset
-    groups: list[list[tuple[int, int]]] = []
-    if is_demo_edit(ds.path):
-        groups = [[(DEMO_EDIT_SIZE, DEMO_EDIT_SIZE), (DEMO_EDIT_SWATCH, DEMO_EDIT_SWATCH)]]
-    else:
-        root = Path(ds.path.strip()).expanduser()
-        if (
-            ds.path.strip()
-            and root.is_dir()
-            and (ds.reference_path.strip() or (root / METADATA_FILE).is_file())
-        ):
-            plan = plan_references(root, walk_images(root), ds.reference_path, walk_images)
-            for refs in plan.references.values():
-                try:
-                    groups.append([oriented_size(r) for r in refs])
-                except Exception:  # unreadable: the scan reports it and the pair does not train
-                    continue
-
-    def trained(sizes: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
-        return tuple(reference_size(w, h, len(sizes), ds.reference_max_pixels) for w, h in sizes)
-
-    def tokens(sizes: tuple[tuple[int, int], ...]) -> int:
-        return sum((w // REFERENCE_MULTIPLE) * (h // REFERENCE_MULTIPLE) for w, h in sizes)
-
-    return max((trained(g) for g in groups), key=tokens, default=())
-
-
 def _trace_step(
     config: TrainConfig,
     arch: TransformerArch | None,
@@ -264,7 +224,7 @@ def _trace_step(
         if config.memory.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         model.train()
-        swap = _install_swap(model, config) if config.memory.blocks_to_swap and not fsdp else None
+        swap = install_meta_swap(model, config) if config.memory.blocks_to_swap and not fsdp else None
     quantized = set()
     if config.memory.quantization != "none":
         # The dense meta weights stand in for the computation, their storage is replaced by the
@@ -378,17 +338,6 @@ def _trace_step(
         out["swap_unprefetched"] = float(swap.stats.unprefetched)
         swap.remove()
     return out
-
-
-def _install_swap(model: torch.nn.Module, config: TrainConfig) -> Any:
-    """The trainer's block swap on the meta device (call under ``torch.device("meta")``: the host
-    buffers are made on the default device, so nothing is allocated)."""
-    from flux2_lora.training.block_swap import install_block_swap
-
-    if config.memory.quantization != "none":
-        # The quantized formats are stood in for by dense meta weights, so a slot would be sized dense.
-        raise ValueError("trace: memory.blocks_to_swap is traced with memory.quantization none only")
-    return install_block_swap(model, config.memory.blocks_to_swap, torch.device("meta"), pin=False)
 
 
 # These optimizers read tensor values (.item()) in step(), which meta tensors do not have: allocate the
