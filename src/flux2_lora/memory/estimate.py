@@ -145,14 +145,16 @@ _SAME_FILES = threading.local()
 
 @contextlib.contextmanager
 def same_model_files() -> Iterator[None]:
-    """Within it, each model path's files are looked at once (the recommendations' dozens of
-    re-estimates of one model need not stat its folder each time)."""
+    """Within it, each model path's files (and each dataset's references) are looked at once (the
+    recommendations' dozens of re-estimates of one model need not stat its folders each time)."""
     outer = getattr(_SAME_FILES, "stamps", None)
+    outer_shapes = getattr(_SAME_FILES, "shapes", None)
     _SAME_FILES.stamps = {} if outer is None else outer
+    _SAME_FILES.shapes = {} if outer_shapes is None else outer_shapes  # resolve_shapes' answers, likewise
     try:
         yield
     finally:
-        _SAME_FILES.stamps = outer
+        _SAME_FILES.stamps, _SAME_FILES.shapes = outer, outer_shapes
 
 
 def _stamp(path: str) -> float:
@@ -181,6 +183,18 @@ def _read_stamp(path: str) -> float:
 
 
 def resolve_shapes(config: TrainConfig) -> Shapes:
+    m, ds = config.model, config.dataset
+    known = getattr(_SAME_FILES, "shapes", None)
+    if known is None:
+        return _resolve_shapes(config)
+    # Within same_model_files: the model's and the dataset's files are looked at once per setting.
+    key = (m.path, m.variant, m.dtype, ds.resolution, ds.path, ds.reference_path, ds.reference_max_pixels)
+    if key not in known:
+        known[key] = _resolve_shapes(config)
+    return known[key]
+
+
+def _resolve_shapes(config: TrainConfig) -> Shapes:
     from flux2_lora.data.references import largest_reference_tokens
 
     m, ds = config.model, config.dataset
@@ -345,10 +359,11 @@ def _sampling_gathered(layout: FsdpLayout, reshard: bool) -> float:
 
 def clear_caches() -> None:
     """Forget cached shapes (for benchmarks of a cold estimate, and after a model folder changes)."""
-    from flux2_lora.memory.timing import _step_time, block_flops
+    from flux2_lora.memory.timing import _block_weights, _step_time, block_flops
 
     _step_time.cache_clear()
     block_flops.cache_clear()
+    _block_weights.cache_clear()
     for f in (
         _model_shapes,
         _shapes,

@@ -262,6 +262,14 @@ class _Totals:
         self._sections: dict[tuple[str, frozenset[tuple[str, Any]]], Any] = {}
         self.fewest: dict[frozenset[tuple[str, Any]], int] = {}  # _fewest_swapped's answers
         self._floor: dict[frozenset[tuple[str, Any]], float] = {}  # caching_total_gib's
+        # The config of each set, built once: the floor and the estimate of a set share it.
+        self._configs: dict[frozenset[tuple[str, Any]], TrainConfig] = {}
+        self._fits: dict[tuple[frozenset[tuple[str, Any]], float | None], bool] = {}
+
+    def _config(self, key: frozenset[tuple[str, Any]], overrides: dict[str, Any]) -> TrainConfig:
+        if key not in self._configs:
+            self._configs[key] = self._with(overrides)
+        return self._configs[key]
 
     def _with(self, overrides: dict[str, Any]) -> TrainConfig:
         """The config with the overrides applied, unvalidated (for re-estimating: the recommendations
@@ -281,13 +289,20 @@ class _Totals:
     def _get(self, chosen: list[Move]) -> tuple[frozenset[tuple[str, Any]], tuple[float, Any, TrainConfig]]:
         overrides = _overrides(chosen)  # the last move setting a field wins
         key = frozenset(overrides.items())
+        return key, self._estimated(key, overrides)
+
+    def _estimated(
+        self, key: frozenset[tuple[str, Any]], overrides: dict[str, Any]
+    ) -> tuple[float, Any, TrainConfig]:
         if key not in self._seen:
-            # A move that sets the process count wins over the count the caller measured or assumed.
-            n = None if any(k.startswith("distributed.") for k in overrides) else self.num_processes
-            config = self._with(overrides)
-            est = estimate(config, num_processes=n)
+            config = self._config(key, overrides)
+            est = estimate(config, num_processes=self._processes(overrides))
             self._seen[key] = (est.total_gib, est, config)
-        return key, self._seen[key]
+        return self._seen[key]
+
+    def _processes(self, overrides: dict[str, Any]) -> int | None:
+        # A move that sets the process count wins over the count the caller measured or assumed.
+        return None if any(k.startswith("distributed.") for k in overrides) else self.num_processes
 
     def __call__(self, chosen: list[Move]) -> float:
         return self._get(chosen)[1][0]
@@ -300,24 +315,36 @@ class _Totals:
 
     def host(self, chosen: list[Move]) -> float:
         """The machine's host RAM peak of the run on GPUs."""
-        key, (_, est, config) = self._get(chosen)
+        overrides = _overrides(chosen)
+        return self._host_of(frozenset(overrides.items()), overrides)
+
+    def _host_of(self, key: frozenset[tuple[str, Any]], overrides: dict[str, Any]) -> float:
         if key not in self._host:
+            _, est, config = self._estimated(key, overrides)
             self._host[key] = gpu_host_peak(config, est)
         return self._host[key]
 
     def fits(self, chosen: list[Move]) -> bool:
         overrides = _overrides(chosen)
         key = frozenset(overrides.items())
+        # The searches ask about the same sets many times over: each answer is worked out once per host
+        # limit (_found lifts it for a second pass).
+        asked = (key, self.host_gib)
+        if asked not in self._fits:
+            self._fits[asked] = self._fits_of(key, overrides)
+        return self._fits[asked]
+
+    def _fits_of(self, key: frozenset[tuple[str, Any]], overrides: dict[str, Any]) -> bool:
         if key not in self._seen:
             # The caching phase alone (text encoder, VAE) decides many candidates at a fifth of the cost.
             if key not in self._floor:
-                n = None if any(k.startswith("distributed.") for k in overrides) else self.num_processes
-                self._floor[key] = caching_total_gib(self._with(overrides), num_processes=n)
+                config = self._config(key, overrides)
+                self._floor[key] = caching_total_gib(config, num_processes=self._processes(overrides))
             if verdict(self._floor[key], self.gpu_gib) != "fits":
                 return False
-        if verdict(self(chosen), self.gpu_gib) != "fits":
+        if verdict(self._estimated(key, overrides)[0], self.gpu_gib) != "fits":
             return False
-        return self.host_gib is None or self.host(chosen) <= self.host_gib
+        return self.host_gib is None or self._host_of(key, overrides) <= self.host_gib
 
 
 def _minimal(totals: _Totals, chosen: list[Move]) -> list[Move]:

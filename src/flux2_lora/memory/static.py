@@ -24,6 +24,8 @@ BNB_MIN_8BIT_SIZE = 4096
 # fp8 weights (memory.quantization: fp8): one float8 e4m3 byte per weight plus one fp32 scale per output
 # row, for the same Linears NF4/int8 quantize (targets.is_quantized_linear).
 FP8_SCALE_BYTES = 4
+# Block swap's GPU slots (training/block_swap.py BlockSwap.SLOTS): the block computing, the one copied in.
+SWAP_SLOTS = 2
 
 
 @functools.lru_cache(maxsize=64)
@@ -102,11 +104,13 @@ def block_bytes(arch: TransformerArch, dtype_bytes: int, quantization: str) -> t
 @dataclass(frozen=True)
 class Swap:
     """Block swap (memory.blocks_to_swap): the last ``blocks`` blocks in execution order keep their frozen
-    weights in pinned host memory; at most two of them are on the GPU at once (computing + prefetching)."""
+    weights in pinned host memory; at most two of them are on the GPU at once (computing + prefetching),
+    in the two slots training/block_swap.py allocates whatever the count (so one swapped block costs a
+    block more than none, and two save nothing: the meta trace of the swap shows it)."""
 
     blocks: int
     pinned: float  # host bytes: the swapped blocks' frozen weights, in their storage format
-    buffers: float  # GPU bytes: min(blocks, 2) × the largest swapped block
+    buffers: float  # GPU bytes: 2 slots × the largest swapped block (BlockSwap.SLOTS)
     saved: float  # GPU bytes no longer resident: the swapped blocks less the buffers
     copied: float  # bytes copied host→GPU per training step: each swapped block once forward, once backward
 
@@ -121,7 +125,7 @@ def swap_table(arch: TransformerArch, dtype_bytes: int, quantization: str) -> tu
         size = sizes[len(sizes) - n]
         pinned += size
         largest = max(largest, size)
-        buffers = min(n, 2) * largest
+        buffers = SWAP_SLOTS * largest
         out.append(
             Swap(blocks=n, pinned=pinned, buffers=buffers, saved=pinned - buffers, copied=2.0 * pinned)
         )

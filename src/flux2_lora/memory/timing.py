@@ -52,19 +52,29 @@ class StepTime:
         return self.step_s - self.compute_s
 
 
-@functools.lru_cache(maxsize=256)
-def block_flops(arch: TransformerArch, img: int, txt: int) -> tuple[tuple[float, float], ...]:
-    """(Linear FLOPs, attention FLOPs) of one forward of every block in execution order, batch 1."""
-    out: dict[str, float] = {}
+@functools.lru_cache(maxsize=64)
+def _block_weights(arch: TransformerArch) -> tuple[tuple[int, int, int], ...]:
+    """Per block in execution order: the Linear weights that see the image tokens, the text tokens and
+    both (single-stream blocks). Integers, so the FLOPs below are exact whatever the summation order."""
+    out: dict[str, list[int]] = {}
     for s in linears(arch):
         if s.block == "other":
             continue
         block = s.name[: s.name.index(".", s.name.index(".") + 1)]
         context = ".add_" in s.name or ".to_add_out" in s.name or ".ff_context." in s.name
-        tokens = img + txt if s.block == "single" else (txt if context else img)
-        out[block] = out.get(block, 0.0) + 2.0 * s.weight_numel * tokens
+        w = out.setdefault(block, [0, 0, 0])
+        w[2 if s.block == "single" else (1 if context else 0)] += s.weight_numel
+    return tuple((a, b, c) for a, b, c in out.values())
+
+
+@functools.lru_cache(maxsize=256)
+def block_flops(arch: TransformerArch, img: int, txt: int) -> tuple[tuple[float, float], ...]:
+    """(Linear FLOPs, attention FLOPs) of one forward of every block in execution order, batch 1."""
     attention = 4.0 * (img + txt) ** 2 * arch.inner_dim
-    return tuple((v, attention) for v in out.values())
+    return tuple(
+        (2.0 * (w_img * img + w_txt * txt + w_both * (img + txt)), attention)
+        for w_img, w_txt, w_both in _block_weights(arch)
+    )
 
 
 def _pass(compute: list[float], copies: list[float], exposed_first: bool) -> float:

@@ -4,6 +4,11 @@ Nothing is allocated: meta tensors have a shape and dtype but no data, and a dis
 up live storages (weakref finalizers drop them when they die), which is what the CUDA caching
 allocator's ``max_memory_allocated`` counts. Runs on CPU in seconds even for FLUX.2 [dev]. The text
 encoder and the VAE are traced the same way for the caching and sampling phases.
+
+With block swap (``memory.blocks_to_swap``) the meta device plays the CUDA device and the trainer's own
+training/block_swap.py runs on it: its two slots are device allocations, its packed per-block buffers are
+host memory (counted apart), and its pre-hooks copy each block in one ahead of use and rebind the evicted
+one to its host buffer, in forward, backward and checkpointing's recomputation order.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch.utils._pytree import tree_map_only
 from flux2_lora.config import TrainConfig
 from flux2_lora.memory.estimate import BNB_MIN_8BIT_SIZE, NF4_BYTES_PER_WEIGHT, resolve_shapes
 from flux2_lora.targets import is_quantized_linear
+from flux2_lora.training.trace_inputs import install_meta_swap, largest_sample_references
 from flux2_lora.units import GIB
 from flux2_lora.variants import TextEncoderArch, TransformerArch, VaeArch
 
@@ -37,6 +43,9 @@ class StorageTracker(TorchDispatchMode):
         # Storages counted elsewhere (quantized weights stood in for by dense meta ones): never counted,
         # not even when a view of them (a transpose in a matmul) comes out of an op.
         self.ignored: set[int] = set()
+        # Storages in host memory (block swap's packed buffers): counted in ``host``, not in the device's.
+        self.host_storages: set[int] = set()
+        self.host = 0
         self._to_meta = False
 
     def track(self, t: torch.Tensor) -> None:
@@ -45,6 +54,10 @@ class StorageTracker(TorchDispatchMode):
         st = local(t).untyped_storage()  # a sharded tensor's storage is its local shard
         key = st._cdata
         if key in self.live or key in self.ignored:
+            return
+        if key in self.host_storages:
+            self.host += st.nbytes()
+            self.ignored.add(key)  # once: views of it (a swapped block's weights) come out of ops
             return
         self.sizes[key] = st.nbytes()
         self._add(self.sizes[key])
@@ -155,23 +168,37 @@ def trace_training_step(
     arch: TransformerArch | None = None,
     text_tokens: int | None = None,
     num_processes: int | None = None,
+    references: tuple[tuple[int, int], ...] | None = None,
 ) -> dict[str, float]:
     """Tensor peak (GiB) of training steps (forward, backward, optimizer step) on meta tensors, of one
     process: under FSDP (``distributed.strategy`` fsdp over ``num_processes``, default the config's
-    process count) rank 0 of them, sharded by torch's fully_shard under a fake process group.
+    process count) rank 0 of them, sharded by torch's fully_shard under a fake process group. With
+    ``memory.blocks_to_swap`` the peak is the device's; ``host_gib`` is the swap's host memory, and
+    ``swap_copies`` how many host→device block copies the two steps made.
+
+    Edit LoRAs: ``references`` are the (width, height) pixel sizes each reference of a sample trains at
+    (default: the dataset's largest sample, :func:`largest_sample_references`); the step then packs them
+    as the trainer does (training/batches.pack_references after the target's tokens, the prediction cut
+    back to the target for the loss).
 
     ``arch`` may be a reduced-depth copy of the real one (identical blocks compose linearly)."""
     n = num_processes or config.distributed.world_size
+    if references is None:
+        references = largest_sample_references(config) if resolve_shapes(config).reference_tokens else ()
     if config.distributed.strategy == "fsdp" and n > 1:
         from flux2_lora.training.trace_fsdp import fake_process_group, meta_fsdp
 
         with fake_process_group(n), meta_fsdp():
-            return _trace_step(config, arch, text_tokens, fsdp=True)
-    return _trace_step(config, arch, text_tokens, fsdp=False)
+            return _trace_step(config, arch, text_tokens, references, fsdp=True)
+    return _trace_step(config, arch, text_tokens, references, fsdp=False)
 
 
 def _trace_step(
-    config: TrainConfig, arch: TransformerArch | None, text_tokens: int | None, fsdp: bool
+    config: TrainConfig,
+    arch: TransformerArch | None,
+    text_tokens: int | None,
+    references: tuple[tuple[int, int], ...],
+    fsdp: bool,
 ) -> dict[str, float]:
     from diffusers import Flux2Transformer2DModel
 
@@ -197,6 +224,7 @@ def _trace_step(
         if config.memory.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         model.train()
+        swap = install_meta_swap(model, config) if config.memory.blocks_to_swap and not fsdp else None
     quantized = set()
     if config.memory.quantization != "none":
         # The dense meta weights stand in for the computation, their storage is replaced by the
@@ -224,7 +252,10 @@ def _trace_step(
             stack.enter_context(tracker.meta_factories())
             stack.enter_context(tracker.resizes())
         tracker.ignored = quantized
-        for t in [*model.parameters(), *model.buffers()]:
+        if swap is not None:
+            tracker.host_storages = {h.untyped_storage()._cdata for h in swap.host}
+        swapping = [*swap.host, *swap.slots] if swap is not None else []
+        for t in [*model.parameters(), *model.buffers(), *swapping]:
             tracker.track(t)
         params = [p for p in model.parameters() if p.requires_grad]
         emulated = config.training.optimizer in _STEP_NEEDS_VALUES
@@ -237,8 +268,24 @@ def _trace_step(
             for group in optimizer.param_groups:
                 group["foreach"] = not fused
         kept_state: list[torch.Tensor] = []  # emulated optimizer state, alive across steps
-        lat = torch.randn(batch, img_tokens, arch.in_channels, dtype=dtype)
-        ids = torch.zeros(batch, img_tokens, 4, dtype=torch.long)
+        refs = None
+        if references:
+            from flux2_lora.training.batches import pack, pack_references
+
+            # The trainer's packing: the target's latents (patchified: a token is 2×2 VAE cells) and each
+            # sample's references as (C, h, w) latents.
+            side = 2 * shapes.vae.spatial_factor
+            cells = config.dataset.resolution // side
+            lat, ids = pack(torch.randn(batch, arch.in_channels, cells, cells, dtype=dtype))
+            per_sample = [
+                [torch.randn(arch.in_channels, h // side, w // side, dtype=dtype) for w, h in references]
+                for _ in range(batch)
+            ]
+            refs = pack_references(per_sample, torch.device("meta"), dtype)
+            del per_sample
+        else:
+            lat = torch.randn(batch, img_tokens, arch.in_channels, dtype=dtype)
+            ids = torch.zeros(batch, img_tokens, 4, dtype=torch.long)
         emb = torch.randn(batch, txt, arch.joint_attention_dim, dtype=dtype)
         tids = torch.zeros(batch, txt, 4, dtype=torch.long)
         guidance = torch.full((batch,), 1.0) if arch.guidance_embeds else None
@@ -257,6 +304,8 @@ def _trace_step(
                     sigmas=torch.rand(batch),
                     noise=torch.randn_like(lat),
                     guidance=guidance,
+                    reference_latents=refs[0] if refs else None,
+                    reference_ids=refs[1] if refs else None,
                 )
             after_forward = tracker.current
             loss.backward()
@@ -276,12 +325,19 @@ def _trace_step(
                 p.grad = None
         weights_now = tracker.current
         peak = tracker.peak + extra
-    return {
+    out = {
         "peak_gib": peak / GIB,
         "static_gib": (base_peak + extra) / GIB,
         "end_gib": (weights_now + extra) / GIB,
         "kept_after_forward_gib": (after_forward - base_peak) / GIB,
+        "host_gib": tracker.host / GIB,
+        "reference_tokens": float(refs[0].shape[1]) if refs else 0.0,  # per sample, as packed
     }
+    if swap is not None:
+        out["swap_copies"] = float(swap.stats.total_copies)
+        out["swap_unprefetched"] = float(swap.stats.unprefetched)
+        swap.remove()
+    return out
 
 
 # These optimizers read tensor values (.item()) in step(), which meta tensors do not have: allocate the
