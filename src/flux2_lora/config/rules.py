@@ -33,10 +33,27 @@ def config_rules(c: TrainConfig) -> list[tuple[str, str]]:
                 "performance.float8 and memory.quantization",
             )
         )
+    out += _ema_rules(c)
     demo = is_demo(c.model.path)
     if demo and c.model.variant not in ("auto", "demo"):
         out.append(("model.variant", f"{c.model.variant!r} does not match model.path 'demo'"))
     if not demo and c.model.variant == "demo":
         out.append(("model.variant", "'demo' needs model.path 'demo'"))
     out += [(f, m) for f, m, level in distributed_issues(c) if level == "error"]
+    return out
+
+
+def _ema_rules(c: TrainConfig) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    if c.validation.sample_ema and c.training.ema_decay == 0:
+        out.append(("validation.sample_ema", "needs an EMA: set training.ema_decay (e.g. 0.999)"))
+    if c.training.ema_decay > 0 and c.distributed.sharded:
+        # The EMA lives whole on the main process; under FSDP that process holds only a shard of the LoRA.
+        out.append(
+            (
+                "training.ema_decay",
+                "an EMA of the LoRA is not available with distributed.strategy fsdp over several processes; "
+                "use ddp, or set training.ema_decay to 0",
+            )
+        )
     return out

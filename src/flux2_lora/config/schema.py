@@ -352,6 +352,29 @@ class TrainingSection(Section):
         le=20,
         ui={"advanced": True},
     )
+    ema_decay: float = F(
+        0.0,
+        "Keep an exponential moving average (EMA) of the LoRA weights, saved beside the LoRA as "
+        "pytorch_lora_weights_ema.safetensors: each update keeps this share of the average (0.99 averages "
+        "about the last 100 updates, 0.999 about 1000). 0: off.",
+        ge=0,
+        lt=1,
+        ui={"advanced": True, "max": 0.9999, "step": 0.001},
+    )
+    ema_update_every: int = F(
+        1,
+        "Optimizer steps between EMA updates (the average then spans ema_update_every / (1 − ema_decay) "
+        "steps).",
+        ge=1,
+        le=10_000,
+        ui={"advanced": True, "max": 100},
+    )
+    ema_device: Literal["gpu", "cpu"] = F(
+        "gpu",
+        "Where the EMA copy lives: gpu (the training device; 4 bytes per LoRA parameter of GPU memory) or "
+        "cpu (host RAM instead, with a copy over PCIe at each update).",
+        ui={"advanced": True},
+    )
 
 
 class MemorySection(Section):
@@ -553,6 +576,10 @@ class ValidationSection(Section):
     num_inference_steps: int = F(28, "Denoising steps per sample.", ge=1, le=200)
     guidance_scale: float = F(
         4.0, "Guidance scale for samples ([dev]: distilled guidance; [klein]: CFG).", ge=0, le=30
+    )
+    sample_ema: bool = F(
+        False,
+        "Draw the validation samples from the EMA weights (training.ema_decay > 0) instead of the live LoRA.",
     )
     eval_images: int = F(
         0,

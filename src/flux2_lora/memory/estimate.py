@@ -191,6 +191,8 @@ _KEYS = ("weights", "lora", "gradients", "optimizer", "activations", "text_encod
 
 def _part(**parts: float) -> dict[str, float]:
     keys = (*_KEYS, "gathered") if "gathered" in parts else _KEYS  # FSDP: the units gathered then
+    if parts.get("ema"):  # training.ema_decay > 0 with the EMA on the GPU
+        keys = (*keys, "ema")
     return {k: parts.get(k, 0.0) / GIB for k in keys}
 
 
@@ -322,6 +324,7 @@ class _Run:
     accumulating: bool  # gradients accumulate over micro-batches
     weights: float  # the transformer's frozen weights (with QLoRA's dequantized transient)
     lora: float  # the fp32 adapter (model.inject_lora)
+    ema: float  # the fp32 EMA of the adapter when it is on the GPU (training/ema.py; main process)
     ddp: float  # DDP's gradient buckets
     optimizer: float  # optimizer state
     step: float  # one optimizer step's temporaries
@@ -364,6 +367,7 @@ def _run(config: TrainConfig, num_processes: int, kernels: str) -> _Run:
         accumulating=t.gradient_accumulation_steps > 1,
         weights=frozen_weights(sh.arch, wb, mem.quantization),
         lora=4.0 * adapter.params,
+        ema=4.0 * adapter.params if t.ema_decay > 0 and t.ema_device == "gpu" else 0.0,
         # DDP's gradient buckets, allocated with the model: an fp32 copy for all-reduce.
         ddp=4.0 * adapter.params if num_processes > 1 and not fsdp else 0.0,
         optimizer=optimizer,
@@ -426,7 +430,7 @@ def _encoding(r: _Run) -> float:
 
 
 def _static(r: _Run) -> dict[str, float]:
-    return dict(weights=r.weights, lora=r.lora, text_encoder=r.te_train, vae=r.vae_train)
+    return dict(weights=r.weights, lora=r.lora, ema=r.ema, text_encoder=r.te_train, vae=r.vae_train)
 
 
 def _backward_start(r: _Run, act: float, encode: float) -> dict[str, float]:
@@ -497,6 +501,7 @@ def _sampling(r: _Run, layout: FsdpLayout | None) -> dict[str, float]:
         return _part(
             weights=r.weights,
             lora=r.lora,
+            ema=r.ema,
             optimizer=r.optimizer,
             gradients=r.ddp,
             activations=max(infer, decode),

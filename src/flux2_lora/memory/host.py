@@ -37,6 +37,7 @@ def host_estimate(config: TrainConfig, *, on_gpu: bool) -> dict[str, Any]:
     linear, norms = transformer_params(sh.arch)
     est = estimate(config)
     te = sh.text_encoder.params
+    ema_gib = 4.0 * est.trainable_params / GIB if config.training.ema_decay > 0 else 0.0
     if not on_gpu:
         wb = 4 if config.model.dtype in ("auto", "float32") else 2
         weights = (linear + norms) * wb / GIB
@@ -49,6 +50,7 @@ def host_estimate(config: TrainConfig, *, on_gpu: bool) -> dict[str, Any]:
             + TRAIN_WEIGHT_FACTOR * weights
             + small
             + (c["activations"] * scale + c["lora"] + c["gradients"] + c["optimizer"])
+            + ema_gib  # on a CPU run the EMA is in host RAM wherever training.ema_device puts it
         )
         phases = {"loading": loading, "caching": PROCESS_BASELINE_GIB + small * 2, "training": training}
     else:
@@ -61,7 +63,8 @@ def host_estimate(config: TrainConfig, *, on_gpu: bool) -> dict[str, Any]:
             "caching": PROCESS_BASELINE_GIB
             + (te_gib * GPU_LOAD_FACTOR if config.memory.cpu_offload else 0.0),
             "training": PROCESS_BASELINE_GIB
-            + 0.5,  # cached embeddings, pinned batches, CUDA host allocations
+            + 0.5  # cached embeddings, pinned batches, CUDA host allocations
+            + (ema_gib if config.training.ema_device == "cpu" else 0.0),
         }
     peak = max(phases.values())
     total, available = _machine()

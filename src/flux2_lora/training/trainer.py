@@ -9,6 +9,7 @@ are public: the pre-flight and the benchmarks drive the trainer through them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -31,6 +32,7 @@ from flux2_lora.training.batches import (
     text_ids_for,
     to_device_stacked,
 )
+from flux2_lora.training.ema import AdapterEMA, make_ema
 from flux2_lora.training.evaluation import EvalSet, timed
 from flux2_lora.training.flow import draw_sigmas_and_noise, flow_matching_loss
 from flux2_lora.training.hardware import (
@@ -93,6 +95,7 @@ class Trainer:
         self.sampler: Sampler | None = None
         self.eval_set: EvalSet | None = None
         self.state: TrainingState | None = None  # checkpoints and resume, once the model is prepared
+        self.ema: AdapterEMA | None = None  # training.ema_decay > 0, on the main process
         # FSDP shards the transformer over the processes: its forward passes (samples, the eval loss) and
         # its state (checkpoints, the LoRA) then need every process.
         self.fsdp = dist_util.uses_fsdp(config, self.accelerator.num_processes)
@@ -123,6 +126,8 @@ class Trainer:
         self.state = TrainingState(
             acc, self.model, self.optimizer, self.lr_scheduler, self.run_dir, cfg, self.variant, self.reporter
         )
+        self.ema = make_ema(cfg.training, acc.unwrap_model(self.model), self.device, acc.is_main_process)
+        self.state.ema = self.ema  # in checkpoints, restored on resume
         self.schedule = SampleSchedule(
             [i.repeats * cfg.dataset.repeats for i in self.items],
             cfg.training.seed,
@@ -302,6 +307,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach().float())
         self.lr_scheduler.step()
+        if self.ema is not None:
+            self.ema.update(step)
         mean = torch.stack(losses).mean()
         return acc.reduce(mean, reduction="mean") if acc.num_processes > 1 else mean
 
@@ -338,7 +345,9 @@ class Trainer:
                 reporter.log_sample(step, index, prompt, image)
 
         model = self.accelerator.unwrap_model(self.model)
-        images = self.sampler.sample(model, on_image, self.run_dir if record else None)
+        ema = self.ema if self.config.validation.sample_ema else None
+        with ema.applied() if ema is not None else contextlib.nullcontext():
+            images = self.sampler.sample(model, on_image, self.run_dir if record else None)
         if reporter is not None:
             reporter.record_overhead("sampling", time.perf_counter() - t0)
         self._status("training", "")
@@ -482,8 +491,9 @@ class Trainer:
             )
             meta = acc.unwrap_model(self.model).peft_config["default"].to_dict()
             resumable = runs.latest_checkpoint(self.run_dir)
+            ema = self.ema.state_dict() if self.ema is not None else None
             final = write_final_lora(
-                self.run_dir, pipeline_class(self.variant), state, meta, cfg, out_dtype, resumable
+                self.run_dir, pipeline_class(self.variant), state, meta, cfg, out_dtype, resumable, ema
             )
         if cfg.validation.enabled and not stopping and (acc.is_main_process or self.fsdp):
             self.draw_samples(step, record=acc.is_main_process)  # the barrier below holds the others
