@@ -34,6 +34,7 @@ def config_rules(c: TrainConfig) -> list[tuple[str, str]]:
             )
         )
     out += _ema_rules(c)
+    out += _adapter_type_rules(c)
     demo = is_demo(c.model.path)
     if demo and c.model.variant not in ("auto", "demo"):
         out.append(("model.variant", f"{c.model.variant!r} does not match model.path 'demo'"))
@@ -56,4 +57,43 @@ def _ema_rules(c: TrainConfig) -> list[tuple[str, str]]:
                 "use ddp, or set training.ema_decay to 0",
             )
         )
+    return out
+
+
+def _adapter_type_rules(c: TrainConfig) -> list[tuple[str, str]]:
+    """lora.type lokr / loha: the settings that only mean something for a LoRA, and what is not built
+    (or not checked) for them yet."""
+    lora = c.lora
+    out: list[tuple[str, str]] = []
+    if lora.type != "lokr":
+        if lora.lokr_factor:
+            out.append(("lora.lokr_factor", f"only applies to lora.type lokr (this is {lora.type})"))
+        if lora.lokr_decompose_both:
+            out.append(("lora.lokr_decompose_both", f"only applies to lora.type lokr (this is {lora.type})"))
+    if lora.type == "lora":
+        return out
+    kind = lora.type
+    if lora.use_dora:
+        out.append(("lora.use_dora", f"DoRA is a LoRA variant; {kind} has no DoRA form: turn one off"))
+    if lora.dropout > 0:
+        out.append(("lora.dropout", f"{kind} has no input dropout (LoRA's); set lora.dropout to 0"))
+    if c.output.export_comfyui:
+        out.append(
+            (
+                "output.export_comfyui",
+                f"no ComfyUI export for {kind} yet (its file keeps PEFT's key names); turn it off",
+            )
+        )
+    if c.memory.quantization != "none":
+        out.append(
+            (
+                "memory.quantization",
+                f"{kind} is trained on unquantized weights only here (not built for "
+                f"{c.memory.quantization}); use lora.type lora for QLoRA",
+            )
+        )
+    if c.performance.float8:
+        out.append(("performance.float8", f"not checked with {kind}; use lora.type lora or turn it off"))
+    if c.distributed.sharded:
+        out.append(("lora.type", f"{kind} is not checked under FSDP; use distributed.strategy ddp"))
     return out

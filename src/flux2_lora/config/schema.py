@@ -213,6 +213,13 @@ class DatasetSection(Section):
 class LoraSection(Section):
     """The adapter that is trained (everything else stays frozen)."""
 
+    type: Literal["lora", "lokr", "loha"] = F(
+        "lora",
+        "Adapter kind, through PEFT's tuners. lora: ΔW = B·A (rank × (in + out) per layer). lokr: LyCORIS' "
+        "Kronecker product ΔW = W1 ⊗ W2 (far fewer parameters; lora.rank factors W2, lokr_factor sets the "
+        "split). loha: LyCORIS' Hadamard product of two rank-r products ((B1·A1) ⊙ (B2·A2)). lokr and loha "
+        "files are written with PEFT's key names (lokr_w1…, hada_w1_a…), not in ComfyUI's format.",
+    )
     rank: int = F(
         16,
         "LoRA rank: capacity of the adapter. 16–32 suits a character or object, 32–64 a style. Memory and "
@@ -238,6 +245,22 @@ class LoraSection(Section):
     use_dora: bool = F(
         False,
         "DoRA (weight-decomposed LoRA): adds a magnitude vector per layer; often better quality, slower steps.",
+        ui={"advanced": True},
+    )
+    lokr_factor: int = F(
+        0,
+        "LoKr: each layer's input and output sizes are split into two factors (W1 takes the smaller one); "
+        "this is the smaller factor's size when it divides the dimension (e.g. 4, 8, 16: a smaller W1, a "
+        "larger W2), else the split nearest to it. 0: the split nearest the square root (PEFT's and "
+        "LyCORIS' default, -1).",
+        ge=0,
+        le=4096,
+        ui={"advanced": True},
+    )
+    lokr_decompose_both: bool = F(
+        False,
+        "LoKr: factor W1 into two rank-r matrices too (as W2 always is when the rank is below half its "
+        "size); only matters with a large lokr_factor.",
         ui={"advanced": True},
     )
     target_modules: list[str] = F(

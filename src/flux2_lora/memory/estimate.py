@@ -25,6 +25,7 @@ from flux2_lora.memory.activations import (
     targets_by_block,
     training_step_activations,
 )
+from flux2_lora.memory.adapters import adapter_kind
 from flux2_lora.memory.encoders import IMAGE_BATCH, PROMPT_BATCH, text_encoder_activation_bytes, vae_bytes
 from flux2_lora.memory.sharded import (
     FsdpLayout,
@@ -338,9 +339,10 @@ def _run(config: TrainConfig, num_processes: int, kernels: str) -> _Run:
     sh = resolve_shapes(config)
     mem, lora, t = config.memory, config.lora, config.training
     wb, tokens = sh.weight_bytes, tuple(lora.target_modules)
-    adapter = lora_adapter(tokens, sh.arch, lora.rank, lora.use_dora)
+    kind = adapter_kind(lora)  # lora.type: LoRA, LoKr or LoHa tensors
+    adapter = lora_adapter(tokens, sh.arch, lora.rank, lora.use_dora, kind)
     optimizer, step = optimizer_memory(
-        tokens, sh.arch, lora.rank, lora.use_dora, t.optimizer, t.momentum, t.weight_decay
+        tokens, sh.arch, lora.rank, lora.use_dora, t.optimizer, t.momentum, t.weight_decay, kind
     )
     fsdp = config.distributed.strategy == "fsdp" and num_processes > 1
     te_w, vae_w = sh.text_encoder.params * wb, sh.vae.params * wb
@@ -543,6 +545,13 @@ def estimate(config: TrainConfig, *, num_processes: int | None = None, kernels: 
         )
     elif num_processes > 1:
         notes.append(f"per process, on each of {num_processes} GPUs (DDP gradient buckets included)")
+    if config.lora.type != "lora":
+        # PEFT's LoKr/LoHa layers build each full delta weight (out × in, fp32) and an fp32 copy of the
+        # input in every forward: not in the activation figures yet, which are the LoRA's.
+        notes.append(
+            f"lora.type {config.lora.type}: parameters, gradients and optimizer state are exact; the "
+            "activations are a LoRA's and miss the full delta weights its layers build (an underestimate)"
+        )
     training, layout = _training(r)
     parts = {"caching": _caching(r), "training": training}
     if config.validation.enabled:

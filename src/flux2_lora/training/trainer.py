@@ -212,6 +212,8 @@ class Trainer:
             module.to("cpu")
 
     def _setup_model(self) -> tuple[Any, list[torch.nn.Parameter]]:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
         cfg = self.config
         assert self.arch is not None
         self._status("loading", "loading the transformer")
@@ -228,8 +230,8 @@ class Trainer:
         elif quant != "nf4" or self.device.type != "cuda":  # bnb models are placed by their loader
             transformer.to(self.device)
         apply_kernels(transformer, cfg.performance, self.device)
-        layers = sum(1 for n, _ in transformer.named_modules() if n.endswith("lora_A.default"))
-        log.info("LoRA: %s trainable parameters on %d layers", f"{trainable:,}", layers)
+        layers = sum(1 for m in transformer.modules() if isinstance(m, BaseTunerLayer))  # any lora.type
+        log.info("LoRA (%s): %s trainable parameters on %d layers", cfg.lora.type, f"{trainable:,}", layers)
         return transformer, [p for p in transformer.parameters() if p.requires_grad]
 
     def _setup_optimizer(self) -> tuple[Any, Any]:
