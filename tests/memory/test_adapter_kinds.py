@@ -23,7 +23,9 @@ KINDS = [
 @pytest.mark.parametrize("variant", ["klein-4b", "demo"])
 @pytest.mark.parametrize(("kind", "extra"), KINDS, ids=lambda v: str(v))
 @pytest.mark.parametrize("rank", [4, 64])
-def test_adapter_tensors_equal_peft_on_a_meta_model(variant: str, kind: str, extra: list[str], rank: int) -> None:
+def test_adapter_tensors_equal_peft_on_a_meta_model(
+    variant: str, kind: str, extra: list[str], rank: int
+) -> None:
     import torch
     from diffusers import Flux2Transformer2DModel
 

@@ -166,6 +166,17 @@ def common_mistakes(
                 {"training.batch_size": 1, "training.gradient_accumulation_steps": steps},
             )
         )
+    if config.lora.type == "loha":
+        out.append(
+            ConfigWarning(
+                "lora.type",
+                "diffusers (0.42.1) cannot load a LoHa file (its load_lora_weights fails on hada_ keys), so "
+                "neither can flux2-lora generate nor the Test LoRA tab; only PEFT reads it (LoHaConfig from "
+                "the file's metadata)",
+                "use lokr (diffusers loads it) or lora, unless you load the file with PEFT yourself",
+                {"lora.type": "lokr"},
+            )
+        )
     ema = _ema_warning(config)
     if ema is not None:
         out.append(ema)

@@ -359,7 +359,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         try:
             ema = load_file(str(path / EMA_FILE))
         except Exception as e:  # safetensors raises its own error type for damaged files
-            raise CheckpointError(f"--resume: cannot read checkpoint {path / EMA_FILE}: {_reason(e)}") from None
+            raise CheckpointError(
+                f"--resume: cannot read checkpoint {path / EMA_FILE}: {_reason(e)}"
+            ) from None
     scheduler = _wrap(path, lambda: _safe_torch_load(path / SCHEDULER_FILE))
     opt_path = path / OPTIMIZER_FILE
     optimizer = _wrap(path, lambda: _safe_torch_load(opt_path)) if opt_path.is_file() else None

@@ -83,6 +83,9 @@ def write_final_lora(
     trained state."""
     from flux2_lora.training.checkpoint import as_os_error
 
+    if config.lora.type == "lokr":
+        state_dict, adapter_metadata = lokr_scale_folded(state_dict, adapter_metadata)
+        ema = lokr_scale_folded(ema, adapter_metadata)[0] if ema is not None else None
     try:
         final = save_diffusers_lora(run_dir, variant_pipeline, state_dict, adapter_metadata, dtype)
         if ema is not None:
@@ -106,6 +109,20 @@ def write_final_lora(
             "(--resume latest writes the LoRA at once)",
         ) from e
     return final
+
+
+def lokr_scale_folded(
+    state_dict: dict[str, torch.Tensor], adapter_metadata: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A LoKr adapter with its alpha/r scale folded into W1 (ΔW = s·(W1 ⊗ W2) = (s·W1) ⊗ W2) and alpha
+    set to r: diffusers' load_lora_adapter (0.42.1) rebuilds a LoKr file's config from the tensor shapes
+    with alpha = rank, so a file that relied on its alpha would load at the wrong strength."""
+    r = adapter_metadata["r"]
+    if adapter_metadata.get("rank_pattern") or adapter_metadata.get("alpha_pattern"):
+        raise ValueError("a LoKr adapter with per-layer ranks or alphas cannot have its scale folded")
+    scale = adapter_metadata["alpha"] / r
+    folded = {k: v * scale if k.endswith((".lokr_w1", ".lokr_w1_a")) else v for k, v in state_dict.items()}
+    return folded, {**adapter_metadata, "alpha": r}
 
 
 def _split(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:

@@ -1,4 +1,4 @@
-"""The EMA fields: bounds, the rules that refuse meaningless combinations, the too-slow-EMA warning."""
+"""The EMA and adapter-type fields: bounds, the rules that refuse meaningless combinations, warnings."""
 
 from __future__ import annotations
 
@@ -61,3 +61,36 @@ def test_an_ema_never_updated_is_warned() -> None:
     )
     (w,) = [w for w in common_mistakes(config) if w.field == "training.ema_update_every"]
     assert "never updated" in w.message and w.overrides == {"training.ema_update_every": 1}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "words"),
+    [
+        (["lora.type=lokr", "lora.use_dora=true", "lora.dropout=0"], "lora.use_dora", "no DoRA form"),
+        (["lora.type=loha", "lora.dropout=0.1"], "lora.dropout", "no input dropout"),
+        (
+            ["lora.type=lokr", "lora.dropout=0", "output.export_comfyui=true"],
+            "output.export_comfyui",
+            "ComfyUI",
+        ),
+        (["lora.type=lokr", "lora.dropout=0", "memory.quantization=nf4"], "memory.quantization", "nf4"),
+        (["lora.type=loha", "lora.dropout=0", "performance.float8=true"], "performance.float8", "loha"),
+        (
+            ["lora.type=lokr", "lora.dropout=0", "distributed.strategy=fsdp", "distributed.num_processes=2"],
+            "lora.type",
+            "FSDP",
+        ),
+        (["lora.lokr_factor=8"], "lora.lokr_factor", "only applies to lora.type lokr"),
+        (["lora.type=loha", "lora.lokr_decompose_both=true"], "lora.lokr_decompose_both", "lokr"),
+        (["lora.type=lycoris"], "lora.type", "lokr"),
+    ],
+)
+def test_meaningless_adapter_type_combinations_are_field_errors(
+    overrides: list[str], field: str, words: str
+) -> None:
+    errors = _errors(*overrides)
+    assert field in errors and words in errors[field], errors
+
+
+def test_lokr_with_its_settings_is_accepted() -> None:
+    assert _errors("lora.type=lokr", "lora.lokr_factor=8", "lora.lokr_decompose_both=true") == {}
