@@ -314,7 +314,7 @@ def _fit(config: TrainConfig, gpu: str | None, choices: list[Choice]) -> tuple[T
         "total_gib_before": before_gib,
         "total_gib": after_gib,
         "verdict": after["gpu"]["verdict"],
-        "note": f"{after_gib:.1f} GiB of {card.gib:.1f}"
+        "note": f"{after_gib:.1f} GiB of {card.gib:.1f} GiB"
         + (f" (was {before_gib:.1f} GiB before fitting)" if fitted is not config else ""),
     }
 
