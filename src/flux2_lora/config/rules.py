@@ -49,6 +49,7 @@ def config_rules(c: TrainConfig) -> list[tuple[str, str]]:
     if not demo and c.model.variant == "demo":
         out.append(("model.variant", "'demo' needs model.path 'demo'"))
     out += _reference_rules(c)
+    out += _data_rules(c)
     out += [(f, m) for f, m, level in distributed_issues(c) if level == "error"]
     return out
 
@@ -154,6 +155,43 @@ def _adapter_type_rules(c: TrainConfig) -> list[tuple[str, str]]:
         out.append(("performance.float8", f"not checked with {kind}; use lora.type lora or turn it off"))
     if c.distributed.sharded:
         out.append(("lora.type", f"{kind} is not checked under FSDP; use distributed.strategy ddp"))
+    return out
+
+
+def _data_rules(c: TrainConfig) -> list[tuple[str, str]]:
+    """Masked loss, several datasets, preservation and disk caches (training/masks.py, data/mix.py,
+    training/preservation.py, data/disk_cache.py)."""
+    ds, t, mem = c.dataset, c.training, c.memory
+    out: list[tuple[str, str]] = []
+    if ds.unmasked_weight > 0 and not ds.mask_path.strip():
+        out.append(("dataset.unmasked_weight", "only applies with dataset.mask_path (masked loss)"))
+    if ds.extra_weights and len(ds.extra_weights) != len(ds.extra_paths):
+        out.append(
+            (
+                "dataset.extra_weights",
+                f"{len(ds.extra_weights)} weight(s) for {len(ds.extra_paths)} extra path(s): give one per "
+                "path, in order, or none (1 each)",
+            )
+        )
+    if ds.regularization_weight != 1.0 and not ds.regularization_path.strip():
+        out.append(("dataset.regularization_weight", "only applies with dataset.regularization_path"))
+    if t.preservation != "none" and not ds.regularization_path.strip():
+        out.append(
+            (
+                "training.preservation",
+                f"{t.preservation} needs regularization images: set dataset.regularization_path",
+            )
+        )
+    if t.preservation == "prior_prediction" and c.distributed.sharded:
+        # The base prediction runs the sharded model with its adapter off: not built under FSDP.
+        out.append(("training.preservation", "prior_prediction is not available under FSDP; use ddp"))
+    if mem.cache_to_disk and not (mem.cache_latents or mem.cache_text_embeddings):
+        out.append(
+            (
+                "memory.cache_to_disk",
+                "caches nothing with memory.cache_latents and memory.cache_text_embeddings both off",
+            )
+        )
     return out
 
 

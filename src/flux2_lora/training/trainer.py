@@ -43,6 +43,8 @@ from flux2_lora.training.hardware import (
     resolve_dtype,
 )
 from flux2_lora.training.inputs import load_items, training_captions
+from flux2_lora.training.masks import MaskSource
+from flux2_lora.training.mix import MixedSchedule, build_schedule
 from flux2_lora.training.model import (
     free_memory,
     inject_lora,
@@ -55,6 +57,7 @@ from flux2_lora.training.model import (
 )
 from flux2_lora.training.optim import build_optimizer, build_scheduler
 from flux2_lora.training.outcome import RunOutcome, TrainingDiverged, first_non_finite
+from flux2_lora.training.preservation import regularization_inputs
 from flux2_lora.training.run_state import TrainingState
 from flux2_lora.training.sampling import Sampler, SampleSettings
 from flux2_lora.training.session import LOCK_HELD_ENV, RunSession, StopFlag
@@ -89,12 +92,13 @@ class Trainer:
         self.pipe: Any = None
         self.prompts: PromptSource | None = None
         self.latents: LatentSource | None = None
+        self.masks: MaskSource | None = None  # dataset.mask_path
         self.transformer: Any = None
         self.lora_params: list[torch.nn.Parameter] = []
         self.model: Any = None  # the transformer as accelerate prepared it
         self.optimizer: Any = None
         self.lr_scheduler: Any = None
-        self.schedule: SampleSchedule | None = None
+        self.schedule: SampleSchedule | MixedSchedule | None = None  # several datasets: mixed by weight
         self.sampler: Sampler | None = None
         self.eval_set: EvalSet | None = None
         self.state: TrainingState | None = None  # checkpoints and resume, once the model is prepared
@@ -135,12 +139,7 @@ class Trainer:
         )
         self.ema = make_ema(cfg.training, acc.unwrap_model(self.model), self.device, acc.is_main_process)
         self.state.ema = self.ema  # in checkpoints, restored on resume
-        self.schedule = SampleSchedule(
-            [i.repeats * cfg.dataset.repeats for i in self.items],
-            cfg.training.seed,
-            cfg.training.batch_size,
-            self._batch_groups(),
-        )
+        self.schedule = build_schedule(self.items, cfg, self._batch_groups())
         self.sampler = self._setup_sampler()
         start = 0
         # The main process decides (another machine may not see the run directory, nor resolve 'auto').
@@ -214,6 +213,8 @@ class Trainer:
         layers = resolve_text_encoder_layers(self.config.model, self.model_path, self.variant)
         prompts = PromptSource(pipe, te_device, max_len, text_encoder_out_layers=layers, pin=pin)
         latents = LatentSource(self.items, self.config, pipe.vae, self.device, pin=pin)
+        if self.config.dataset.mask_path.strip():
+            self.masks = MaskSource(self.items, self.config, latents.targets)
         eval_set = EvalSet(eval_items, self.config, pipe.vae, self.device, pin) if eval_items else None
         extra = self.validation_prompts() if val.enabled else []
         if eval_set is not None:
@@ -306,13 +307,16 @@ class Trainer:
             step, micro, acc.process_index, acc.num_processes, t.gradient_accumulation_steps
         )
         indices = [g for _, g in pairs]
-        latents, captions, references = [], [], []
+        latents, captions, references, masks = [], [], [], []
+        fixed_crop = bool(self.latents.cache) or ds.center_crop  # the latents' crop is the item's own
         for item, g in pairs:
             rng = torch.Generator().manual_seed(derive_seed(t.seed, 4, g))
             draws = torch.rand(3, generator=rng).tolist()  # flip, tag order, caption dropout
             flip = bool(ds.random_flip and draws[0] < 0.5)
             latents.append(self.latents.get(item, flip, derive_seed(t.seed, 5, g)))
             references.append(self.latents.references(item, flip))
+            if self.masks is not None:
+                masks.append(self.masks.weights(item, flip, derive_seed(t.seed, 5, g), fixed_crop))
             variants = self.items[item].variants
             caption = variants[int(draws[1] * len(variants))] if variants else self.items[item].caption
             captions.append("" if draws[2] < ds.caption_dropout else caption)  # the instruction, for edits
@@ -338,6 +342,10 @@ class Trainer:
         }
         if refs is not None:
             batch["reference_latents"], batch["reference_ids"] = refs
+        if masks:
+            batch["mask"] = torch.stack(masks).to(self.device, non_blocking=True)
+        if self.items[pairs[0][0]].regularization:  # batches stay within one dataset
+            batch["regularization"] = True  # training.preservation: popped by train_step
         return batch
 
     def train_step(self, step: int) -> torch.Tensor:
@@ -349,6 +357,10 @@ class Trainer:
         for micro in range(t.gradient_accumulation_steps):
             batch = self.micro_batch(step, micro)
             torch.manual_seed(batch.pop("dropout_seed"))  # LoRA dropout, reproducible per step
+            regularization = batch.pop("regularization", False)
+            if regularization:  # the base model's prediction (adapter off) as target, or a scaled loss
+                with acc.autocast():
+                    batch = regularization_inputs(t, acc.unwrap_model(self.model), batch, regularization)
             with acc.accumulate(self.model):
                 with acc.autocast():
                     loss = flow_matching_loss(self.model, weighting=t.loss_weighting, **batch)
