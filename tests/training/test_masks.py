@@ -69,10 +69,8 @@ def test_masked_tokens_have_no_gradient_through_a_per_token_model() -> None:
     assert torch.all(per_token[mask == 1] > 0)
     with torch.no_grad():
         pred = PerToken()(
-
-                (1 - inputs["sigmas"].view(-1, 1, 1)) * latents
-                + inputs["sigmas"].view(-1, 1, 1) * inputs["noise"]
-
+            (1 - inputs["sigmas"].view(-1, 1, 1)) * latents
+            + inputs["sigmas"].view(-1, 1, 1) * inputs["noise"]
         )[0]
         err = ((pred - (inputs["noise"] - latents)) ** 2).mean(dim=-1)
         expected = torch.stack([err[b][mask[b] == 1].mean() for b in range(2)]).mean()
