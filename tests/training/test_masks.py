@@ -4,6 +4,7 @@ mask contributes nothing to the loss's gradients."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -52,7 +53,7 @@ def test_masked_tokens_have_no_gradient_through_a_per_token_model() -> None:
     torch.manual_seed(0)
     latents = torch.randn(2, 6, 8, requires_grad=True)
     mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 0, 0, 1]], dtype=torch.float32)
-    inputs = dict(
+    inputs: dict[str, Any] = dict(
         latents=latents,
         latent_ids=torch.zeros(2, 6, 4),
         prompt_embeds=torch.zeros(2, 3, 8),
@@ -102,6 +103,7 @@ def test_demo_masks_follow_flips_and_zero_the_predictions_gradient(
     assert [i.path.name for i in t.items] == ["img0.png", "img1.png"]  # the masks folder does not train
     left = torch.tensor([c < 2 for r in range(4) for c in range(4)])  # 4×4 tokens, row-major
     seen = set()
+    assert t.schedule is not None
     for step in range(1, 30):
         ((item, g),) = t.schedule.micro_batch(step, 0, 0, 1, 1)
         batch = t.micro_batch(step, 0)

@@ -4,6 +4,7 @@ the regularization prompts is the target, so the LoRA's output there stays close
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ def _regularization(folder: Path) -> Path:
     return folder
 
 
-def _reg_batches(t: Trainer) -> list[dict[str, torch.Tensor]]:
+def _reg_batches(t: Trainer) -> list[dict[str, Any]]:
     """Fixed inputs on the regularization prompts: every reg image at σ 0.3 and 0.7, one noise draw."""
     from flux2_lora.training.batches import pack, text_ids_for
 
@@ -54,7 +55,7 @@ def _reg_batches(t: Trainer) -> list[dict[str, torch.Tensor]]:
 
 
 @torch.no_grad()
-def _distance_from_base(t: Trainer, batches: list[dict[str, torch.Tensor]]) -> float:
+def _distance_from_base(t: Trainer, batches: list[dict[str, Any]]) -> float:
     model = t.accelerator.unwrap_model(t.model)
     total = 0.0
     for b in batches:

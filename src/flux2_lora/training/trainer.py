@@ -211,8 +211,17 @@ class Trainer:
         pin = self.device.type == "cuda"
         max_len = get_variant(self.variant).text_encoder.max_sequence_length
         layers = resolve_text_encoder_layers(self.config.model, self.model_path, self.variant)
-        prompts = PromptSource(pipe, te_device, max_len, text_encoder_out_layers=layers, pin=pin)
-        latents = LatentSource(self.items, self.config, pipe.vae, self.device, pin=pin)
+        if mem.cache_to_disk:  # <run>/.cache: encoded once, read back per step and on resume
+            from flux2_lora.training.disk_cache import DiskLatentSource, DiskPromptSource, run_cache
+
+            disk = run_cache(self.run_dir, self.model_path, self.variant, self.dtype)
+            prompts: PromptSource = DiskPromptSource(
+                disk, pipe, te_device, max_len, text_encoder_out_layers=layers, quantization=te_quant
+            )
+            latents: LatentSource = DiskLatentSource(disk, self.items, self.config, pipe.vae, self.device)
+        else:
+            prompts = PromptSource(pipe, te_device, max_len, text_encoder_out_layers=layers, pin=pin)
+            latents = LatentSource(self.items, self.config, pipe.vae, self.device, pin=pin)
         if self.config.dataset.mask_path.strip():
             self.masks = MaskSource(self.items, self.config, latents.targets)
         eval_set = EvalSet(eval_items, self.config, pipe.vae, self.device, pin) if eval_items else None
