@@ -38,6 +38,7 @@ from flux2_lora.memory.encoders import (
     text_encoder_weight_bytes,
     vae_bytes,
 )
+from flux2_lora.memory.options import loss_extra_bytes
 from flux2_lora.memory.sharded import (
     FsdpLayout,
     Moments,
@@ -390,6 +391,7 @@ class _Run:
     swap: Swap | None  # block swap, when on (not under FSDP)
     lora: float  # the fp32 adapter (model.inject_lora)
     ema: float  # the fp32 EMA of the adapter when it is on the GPU (training/ema.py; main process)
+    loss_extra: float  # masked loss / prior prediction tensors at the loss (memory/options.py)
     ddp: float  # DDP's gradient buckets
     optimizer: float  # optimizer state
     step: float  # one optimizer step's temporaries
@@ -499,6 +501,7 @@ def _run(config: TrainConfig, num_processes: int, kernels: str) -> _Run:
         swap=swap,
         lora=4.0 * adapter.params,
         ema=4.0 * adapter.params if t.ema_decay > 0 and t.ema_device == "gpu" else 0.0,
+        loss_extra=loss_extra_bytes(config, sh.image_tokens, sh.arch.in_channels),
         # DDP's gradient buckets, allocated with the model: an fp32 copy for all-reduce.
         ddp=4.0 * adapter.params if num_processes > 1 and not fsdp else 0.0,
         optimizer=optimizer,
@@ -598,7 +601,8 @@ def _backward_start(r: _Run, act: float, encode: float) -> dict[str, float]:
     """Backward peaks at its start (the last block), when only that block's gradients exist, unless
     gradients accumulate over micro-batches: then all of them live through the later ones."""
     grads = r.lora if r.accumulating else 4.0 * r.adapter.last_block
-    return _part(**_static(r), gradients=grads + r.ddp, optimizer=r.optimizer, activations=max(act, encode))
+    acts = max(act, encode) + r.loss_extra
+    return _part(**_static(r), gradients=grads + r.ddp, optimizer=r.optimizer, activations=acts)
 
 
 def _backward_end(r: _Run, act: float) -> dict[str, float]:

@@ -1,0 +1,64 @@
+"""The estimate of the data / loss / adapter options against the meta-tensor trace (within 3%), as
+tests/memory/test_estimate.py checks the base matrix: masked loss, prior-prediction preservation, EMA,
+disk caches, LoKr and LoHa."""
+
+from __future__ import annotations
+
+import pytest
+
+from flux2_lora.memory import estimate
+from flux2_lora.variants import VARIANTS
+
+from .matrix import config, training_phase_on
+
+BASE = ["dataset.resolution=512", "lora.rank=16", "lora.alpha=16"]
+OPTIONS = {
+    "mask": ["dataset.mask_path=masks"],
+    "mask-no-checkpointing": ["dataset.mask_path=masks", "memory.gradient_checkpointing=false"],
+    "prior": ["dataset.regularization_path=reg", "training.preservation=prior_prediction"],
+    "prior-no-checkpointing": [
+        "dataset.regularization_path=reg",
+        "training.preservation=prior_prediction",
+        "memory.gradient_checkpointing=false",
+        "training.batch_size=2",
+    ],
+    "ema-gpu": ["training.ema_decay=0.999"],
+    "cache-to-disk": ["memory.cache_to_disk=true"],
+}
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_option_estimate_within_3_percent_of_trace(name: str) -> None:
+    from flux2_lora.training.trace import reduced, trace_training_step
+
+    c = config(*BASE, *OPTIONS[name])
+    arch = reduced(VARIANTS["klein-4b"].transformer, 2, 3)
+    traced = trace_training_step(c, arch)["peak_gib"]
+    assert abs(training_phase_on(c, arch) - traced) / traced < 0.03
+
+
+def test_mask_and_prior_terms_are_counted() -> None:
+    def acts(*o: str) -> float:
+        return float(estimate(config(*BASE, *o)).phase_components["training"]["activations"])
+
+    plain = acts()
+    mask = acts("dataset.mask_path=masks")
+    prior = acts("dataset.regularization_path=reg", "training.preservation=prior_prediction")
+    tokens, channels = (512 // 16) ** 2, 128
+    assert mask - plain == pytest.approx(4 * tokens * (1 + channels) / 2**30, rel=1e-6)
+    assert prior - plain == pytest.approx(4 * tokens * channels / 2**30, rel=1e-6)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LoKr/LoHa activations are a LoRA's in the estimate: PEFT's layers build each full delta "
+    "weight (out x in) and keep bf16 copies of it for backward, not modelled yet (20-40% under the trace)",
+)
+@pytest.mark.parametrize("kind", ["lokr", "loha"])
+def test_lokr_loha_estimate_within_3_percent_of_trace(kind: str) -> None:
+    from flux2_lora.training.trace import reduced, trace_training_step
+
+    c = config(*BASE, f"lora.type={kind}")
+    arch = reduced(VARIANTS["klein-4b"].transformer, 2, 3)
+    traced = trace_training_step(c, arch)["peak_gib"]
+    assert abs(training_phase_on(c, arch) - traced) / traced < 0.03
