@@ -272,6 +272,7 @@ class _Acts(NamedTuple):
     dora: bool
     kernels: str
     quantization: str
+    adapter: str = "lora"  # lora.type: LoKr / LoHa add their delta weights' terms (memory/adapter_acts.py)
 
     def specs(self) -> list[LinearSpec]:
         return list(target_specs(self.tokens, self.arch))
@@ -301,7 +302,9 @@ def _by_block(tokens: tuple[str, ...], arch: TransformerArch) -> ByBlock:
 @functools.lru_cache(maxsize=1024)
 def _step_activations(k: _Acts) -> tuple[float, float]:
     """(at the start of backward, at its end): see training_step_activations."""
-    return training_step_activations(k.arch, k.specs(), quantization=k.quantization, **k.step_kwargs())
+    return training_step_activations(
+        k.arch, k.specs(), quantization=k.quantization, adapter=k.adapter, **k.step_kwargs()
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -492,6 +495,7 @@ def _run(config: TrainConfig, num_processes: int, kernels: str) -> _Run:
             lora.use_dora,
             kernels,
             mem.quantization,
+            lora.type,
         ),
         num_processes=num_processes,
         kernels=kernels,
@@ -705,11 +709,11 @@ def estimate(config: TrainConfig, *, num_processes: int | None = None, kernels: 
     elif num_processes > 1:
         notes.append(f"per process, on each of {num_processes} GPUs (DDP gradient buckets included)")
     if config.lora.type != "lora":
-        # PEFT's LoKr/LoHa layers build each full delta weight (out × in, fp32) and an fp32 copy of the
-        # input in every forward: not in the activation figures yet, which are the LoRA's.
+        # PEFT's LoKr/LoHa layers build each full delta weight (out × in) in every forward: counted in
+        # training (memory/adapter_acts.py), not in the sampling forward's transient.
         notes.append(
-            f"lora.type {config.lora.type}: parameters, gradients and optimizer state are exact; the "
-            "activations are a LoRA's and miss the full delta weights its layers build (an underestimate)"
+            f"lora.type {config.lora.type}: parameters, gradients and optimizer state are exact; training "
+            "counts the delta weights its layers build (within about 4% of the trace); sampling does not"
         )
     if config.memory.blocks_to_swap and r.fsdp:
         notes.append(
