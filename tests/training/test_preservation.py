@@ -136,3 +136,27 @@ def test_preservation_needs_regularization_images(make_config: MakeConfig) -> No
 
     with pytest.raises(ConfigError, match="training.preservation"):
         make_config("training.preservation=prior_prediction")
+
+
+def test_prior_prediction_runs_with_block_swap(make_config: MakeConfig, tmp_path: Path) -> None:
+    """The base prediction is one more no-grad forward through the swapped blocks (on the CPU the swap
+    runs the same packing and copies): the steps train, and give the steps of the same run unswapped."""
+    reg = _regularization(tmp_path / "reg")
+    losses = []
+    for swap in (0, 2):
+        t = Trainer(
+            make_config(
+                f"dataset.regularization_path={reg}",
+                "training.preservation=prior_prediction",
+                f"memory.blocks_to_swap={swap}",
+                out=tmp_path / f"swap{swap}",
+            )
+        )
+        t.setup()
+        assert t.schedule is not None
+        reg_steps = [
+            s for s in range(1, 9) if t.items[t.schedule.micro_batch(s, 0, 0, 1, 1)[0][0]].regularization
+        ]
+        assert reg_steps  # a regularization batch is among the steps run
+        losses.append(torch.stack([t.train_step(s) for s in range(1, 9)]))
+    torch.testing.assert_close(losses[0], losses[1])
