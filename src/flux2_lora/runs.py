@@ -71,6 +71,8 @@ CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 COMFYUI_LORA_FILE = "pytorch_lora_weights_comfyui.safetensors"
+EMA_LORA_FILE = "pytorch_lora_weights_ema.safetensors"  # training.ema_decay > 0: the EMA of the LoRA
+EMA_COMFYUI_LORA_FILE = "pytorch_lora_weights_ema_comfyui.safetensors"
 CHECKPOINT_PREFIX = "checkpoint-"
 RANKS_DIR = "ranks"  # ranks/rank-<i>.json: each process's memory, written by rank 0 (several processes)
 MAX_RANKS = 1024
@@ -291,6 +293,8 @@ _RUN_ARTIFACTS = (
     "wandb",
     LORA_FILE,
     COMFYUI_LORA_FILE,
+    EMA_LORA_FILE,
+    EMA_COMFYUI_LORA_FILE,
     "README.md",  # model_card.CARD_FILE: it describes the run it was written by
 )
 
@@ -302,7 +306,7 @@ def archive_previous(run_dir: str | Path) -> Path | None:
     that died before its first status write). Call with the run lock held."""
     run = Path(run_dir)
     present = [name for name in _RUN_ARTIFACTS if (run / name).exists()]
-    outputs = (STATUS_FILE, LORA_FILE, COMFYUI_LORA_FILE)
+    outputs = (STATUS_FILE, LORA_FILE, COMFYUI_LORA_FILE, EMA_LORA_FILE)
     has_checkpoints = (run / CHECKPOINTS_DIR).is_dir() and any((run / CHECKPOINTS_DIR).iterdir())
     if not has_checkpoints and not any(name in present for name in outputs):
         return None

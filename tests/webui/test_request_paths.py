@@ -65,6 +65,8 @@ def test_path_fields_are_found_in_the_schema() -> None:
         "model.path": "model",
         "dataset.path": "data",
         "dataset.reference_path": "data",
+        "dataset.mask_path": "data",
+        "dataset.regularization_path": "data",
         "validation.eval_folder": "data",
         "output.dir": "output",
     }

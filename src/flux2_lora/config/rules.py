@@ -40,6 +40,8 @@ def config_rules(c: TrainConfig) -> list[tuple[str, str]]:
                 + "; turn off one of performance.float8 and memory.quantization",
             )
         )
+    out += _ema_rules(c)
+    out += _adapter_type_rules(c)
     demo = is_demo(c.model.path)
     out += _swap_rules(c, demo)
     if demo and c.model.variant not in ("auto", "demo"):
@@ -47,7 +49,24 @@ def config_rules(c: TrainConfig) -> list[tuple[str, str]]:
     if not demo and c.model.variant == "demo":
         out.append(("model.variant", "'demo' needs model.path 'demo'"))
     out += _reference_rules(c)
+    out += _data_rules(c)
     out += [(f, m) for f, m, level in distributed_issues(c) if level == "error"]
+    return out
+
+
+def _ema_rules(c: TrainConfig) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    if c.validation.sample_ema and c.training.ema_decay == 0:
+        out.append(("validation.sample_ema", "needs an EMA: set training.ema_decay (e.g. 0.999)"))
+    if c.training.ema_decay > 0 and c.distributed.sharded:
+        # The EMA lives whole on the main process; under FSDP that process holds only a shard of the LoRA.
+        out.append(
+            (
+                "training.ema_decay",
+                "an EMA of the LoRA is not available with distributed.strategy fsdp over several processes; "
+                "use ddp, or set training.ema_decay to 0",
+            )
+        )
     return out
 
 
@@ -95,6 +114,82 @@ def _swap_rules(c: TrainConfig, demo: bool) -> list[tuple[str, str]]:
                 "memory.blocks_to_swap",
                 "streams blocks for one process; with several GPUs use distributed.strategy fsdp (it "
                 "shards the blocks, with distributed.fsdp_cpu_offload for host memory)",
+            )
+        )
+    return out
+
+
+def _adapter_type_rules(c: TrainConfig) -> list[tuple[str, str]]:
+    """lora.type lokr / loha: the settings that only mean something for a LoRA, and what is not built
+    (or not checked) for them yet."""
+    lora = c.lora
+    out: list[tuple[str, str]] = []
+    if lora.type != "lokr":
+        if lora.lokr_factor:
+            out.append(("lora.lokr_factor", f"only applies to lora.type lokr (this is {lora.type})"))
+        if lora.lokr_decompose_both:
+            out.append(("lora.lokr_decompose_both", f"only applies to lora.type lokr (this is {lora.type})"))
+    if lora.type == "lora":
+        return out
+    kind = lora.type
+    if lora.use_dora:
+        out.append(("lora.use_dora", f"DoRA is a LoRA variant; {kind} has no DoRA form: turn one off"))
+    if lora.dropout > 0:
+        out.append(("lora.dropout", f"{kind} has no input dropout (LoRA's); set lora.dropout to 0"))
+    if c.output.export_comfyui:
+        out.append(
+            (
+                "output.export_comfyui",
+                f"no ComfyUI export for {kind} yet (its file keeps PEFT's key names); turn it off",
+            )
+        )
+    if c.memory.quantization != "none":
+        out.append(
+            (
+                "memory.quantization",
+                f"{kind} is trained on unquantized weights only here (not built for "
+                f"{c.memory.quantization}); use lora.type lora for QLoRA",
+            )
+        )
+    if c.performance.float8:
+        out.append(("performance.float8", f"not checked with {kind}; use lora.type lora or turn it off"))
+    if c.distributed.sharded:
+        out.append(("lora.type", f"{kind} is not checked under FSDP; use distributed.strategy ddp"))
+    return out
+
+
+def _data_rules(c: TrainConfig) -> list[tuple[str, str]]:
+    """Masked loss, several datasets, preservation and disk caches (training/masks.py, data/mix.py,
+    training/preservation.py, data/disk_cache.py)."""
+    ds, t, mem = c.dataset, c.training, c.memory
+    out: list[tuple[str, str]] = []
+    if ds.unmasked_weight > 0 and not ds.mask_path.strip():
+        out.append(("dataset.unmasked_weight", "only applies with dataset.mask_path (masked loss)"))
+    if ds.extra_weights and len(ds.extra_weights) != len(ds.extra_paths):
+        out.append(
+            (
+                "dataset.extra_weights",
+                f"{len(ds.extra_weights)} weight(s) for {len(ds.extra_paths)} extra path(s): give one per "
+                "path, in order, or none (1 each)",
+            )
+        )
+    if ds.regularization_weight != 1.0 and not ds.regularization_path.strip():
+        out.append(("dataset.regularization_weight", "only applies with dataset.regularization_path"))
+    if t.preservation != "none" and not ds.regularization_path.strip():
+        out.append(
+            (
+                "training.preservation",
+                f"{t.preservation} needs regularization images: set dataset.regularization_path",
+            )
+        )
+    if t.preservation == "prior_prediction" and c.distributed.sharded:
+        # The base prediction runs the sharded model with its adapter off: not built under FSDP.
+        out.append(("training.preservation", "prior_prediction is not available under FSDP; use ddp"))
+    if mem.cache_to_disk and not (mem.cache_latents or mem.cache_text_embeddings):
+        out.append(
+            (
+                "memory.cache_to_disk",
+                "caches nothing with memory.cache_latents and memory.cache_text_embeddings both off",
             )
         )
     return out

@@ -188,6 +188,58 @@ class DatasetSection(Section):
         ui={"advanced": True},
     )
 
+    mask_path: str = F(
+        "",
+        "Masked loss: a folder of mask images named like the images (photo.jpg → photo.png, any image type; "
+        "ai-toolkit's and OneTrainer's convention of one grayscale mask per image): white trains, black is "
+        "ignored, grey weighs in between. The mask is cropped, flipped and bucketed with its image and "
+        "averaged over each 16×16 patch (one token). A relative path is inside the dataset folder. Empty: off.",
+        max_length=4096,
+    )
+    unmasked_weight: float = F(
+        0.0,
+        "Masked loss: the loss weight of a fully black mask region (0 ignores it; 0.1 still learns a little "
+        "of the background).",
+        ge=0.0,
+        le=1.0,
+        ui={"advanced": True, "step": 0.05},
+    )
+    weight: float = F(
+        1.0,
+        "Several datasets: this dataset's sampling weight against extra_weights (a batch comes from dataset i "
+        "with probability weight_i / the sum of the weights).",
+        gt=0,
+        le=1000,
+        ui={"advanced": True},
+    )
+    extra_paths: list[str] = F(
+        [],
+        "Several datasets: more dataset folders (or .zip files) trained in the same run with this section's "
+        "settings, each with its own captions; every batch comes from one dataset.",
+        max_length=16,
+        ui={"advanced": True, "lines": 3},
+    )
+    extra_weights: list[float] = F(
+        [],
+        "Several datasets: the sampling weight of each of extra_paths, in order (empty: 1 each).",
+        max_length=16,
+        ui={"advanced": True, "lines": 3},
+    )
+    regularization_path: str = F(
+        "",
+        "Preservation: a dataset of regularization images and captions (the class without your subject, "
+        "e.g. 'a photo of a person'), drawn as batches of its own; with training.preservation "
+        "prior_prediction the base model's own prediction is their target. Empty: none.",
+        max_length=4096,
+    )
+    regularization_weight: float = F(
+        1.0,
+        "Preservation: the regularization dataset's sampling weight against weight and extra_weights.",
+        gt=0,
+        le=1000,
+        ui={"advanced": True},
+    )
+
     @field_validator("resolution")
     @classmethod
     def _multiple_of_16(cls, v: int) -> int:
@@ -203,6 +255,22 @@ class DatasetSection(Section):
             raise ValueError("must be a multiple of 16 (FLUX.2's token size)")
         return v
 
+    @field_validator("extra_paths")
+    @classmethod
+    def _paths(cls, v: list[str]) -> list[str]:
+        for n, path in enumerate(v):
+            if not path.strip() or len(path) > 4096:
+                raise ValueError(f"entry {n + 1} must be a folder or .zip path (1 to 4096 characters)")
+        return v
+
+    @field_validator("extra_weights")
+    @classmethod
+    def _weights(cls, v: list[float]) -> list[float]:
+        for n, w in enumerate(v):
+            if not 0 < w <= 1000:
+                raise ValueError(f"entry {n + 1} ({w}) must be above 0 and at most 1000")
+        return v
+
     @field_validator("caption_extension")
     @classmethod
     def _ext(cls, v: str) -> str:
@@ -214,6 +282,13 @@ class DatasetSection(Section):
 class LoraSection(Section):
     """The adapter that is trained (everything else stays frozen)."""
 
+    type: Literal["lora", "lokr", "loha"] = F(
+        "lora",
+        "Adapter kind, through PEFT's tuners. lora: ΔW = B·A (rank × (in + out) per layer). lokr: LyCORIS' "
+        "Kronecker product ΔW = W1 ⊗ W2 (far fewer parameters; lora.rank factors W2, lokr_factor sets the "
+        "split). loha: LyCORIS' Hadamard product of two rank-r products ((B1·A1) ⊙ (B2·A2)). lokr and loha "
+        "files are written with PEFT's key names (lokr_w1…, hada_w1_a…), not in ComfyUI's format.",
+    )
     rank: int = F(
         16,
         "LoRA rank: capacity of the adapter. 16–32 suits a character or object, 32–64 a style. Memory and "
@@ -239,6 +314,22 @@ class LoraSection(Section):
     use_dora: bool = F(
         False,
         "DoRA (weight-decomposed LoRA): adds a magnitude vector per layer; often better quality, slower steps.",
+        ui={"advanced": True},
+    )
+    lokr_factor: int = F(
+        0,
+        "LoKr: each layer's input and output sizes are split into two factors (W1 takes the smaller one); "
+        "this is the smaller factor's size when it divides the dimension (e.g. 4, 8, 16: a smaller W1, a "
+        "larger W2), else the split nearest to it. 0: the split nearest the square root (PEFT's and "
+        "LyCORIS' default, -1).",
+        ge=0,
+        le=4096,
+        ui={"advanced": True},
+    )
+    lokr_decompose_both: bool = F(
+        False,
+        "LoKr: factor W1 into two rank-r matrices too (as W2 always is when the rank is below half its "
+        "size); only matters with a large lokr_factor.",
         ui={"advanced": True},
     )
     target_modules: list[str] = F(
@@ -353,6 +444,43 @@ class TrainingSection(Section):
         le=20,
         ui={"advanced": True},
     )
+    preservation: Literal["none", "prior_prediction"] = F(
+        "none",
+        "What regularization batches (dataset.regularization_path) learn: none trains them like any image "
+        "(DreamBooth's prior preservation); prior_prediction uses the base model's prediction (LoRA off) on "
+        "them as the target (OneTrainer's PRIOR_PREDICTION, ai-toolkit's output preservation), so the LoRA "
+        "learns to leave those prompts alone.",
+    )
+    preservation_weight: float = F(
+        1.0,
+        "The loss weight of regularization batches (their loss is multiplied by it).",
+        ge=0,
+        le=100,
+        ui={"advanced": True, "step": 0.1},
+    )
+    ema_decay: float = F(
+        0.0,
+        "Keep an exponential moving average (EMA) of the LoRA weights, saved beside the LoRA as "
+        "pytorch_lora_weights_ema.safetensors: each update keeps this share of the average (0.99 averages "
+        "about the last 100 updates, 0.999 about 1000). 0: off.",
+        ge=0,
+        lt=1,
+        ui={"advanced": True, "max": 0.9999, "step": 0.001},
+    )
+    ema_update_every: int = F(
+        1,
+        "Optimizer steps between EMA updates (the average then spans ema_update_every / (1 − ema_decay) "
+        "steps).",
+        ge=1,
+        le=10_000,
+        ui={"advanced": True, "max": 100},
+    )
+    ema_device: Literal["gpu", "cpu"] = F(
+        "gpu",
+        "Where the EMA copy lives: gpu (the training device; 4 bytes per LoRA parameter of GPU memory) or "
+        "cpu (host RAM instead, with a copy over PCIe at each update).",
+        ui={"advanced": True},
+    )
 
 
 class MemorySection(Section):
@@ -406,6 +534,13 @@ class MemorySection(Section):
         True,
         "Encode every caption once before training and free the text encoder (24B for [dev]). Off keeps the "
         "encoder loaded and encodes each batch.",
+    )
+    cache_to_disk: bool = F(
+        False,
+        "Write the cached latents and text embeddings under the run (<run>/.cache, safetensors keyed by "
+        "each file's content and the encoding settings) and read them back from there: a resumed run does not "
+        "encode again, and the latents are read per step instead of held in RAM.",
+        ui={"advanced": True},
     )
 
     @field_validator("attention_slicing")
@@ -555,6 +690,10 @@ class ValidationSection(Section):
     num_inference_steps: int = F(28, "Denoising steps per sample.", ge=1, le=200)
     guidance_scale: float = F(
         4.0, "Guidance scale for samples ([dev]: distilled guidance; [klein]: CFG).", ge=0, le=30
+    )
+    sample_ema: bool = F(
+        False,
+        "Draw the validation samples from the EMA weights (training.ema_decay > 0) instead of the live LoRA.",
     )
     eval_images: int = F(
         0,

@@ -11,6 +11,7 @@ check needs beyond the config is passed in, and a check whose input is unknown s
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -165,6 +166,20 @@ def common_mistakes(
                 {"training.batch_size": 1, "training.gradient_accumulation_steps": steps},
             )
         )
+    if config.lora.type == "loha":
+        out.append(
+            ConfigWarning(
+                "lora.type",
+                "diffusers (0.42.1) cannot load a LoHa file (its load_lora_weights fails on hada_ keys), so "
+                "neither can flux2-lora generate nor the Test LoRA tab; only PEFT reads it (LoHaConfig from "
+                "the file's metadata)",
+                "use lokr (diffusers loads it) or lora, unless you load the file with PEFT yourself",
+                {"lora.type": "lokr"},
+            )
+        )
+    ema = _ema_warning(config)
+    if ema is not None:
+        out.append(ema)
     if verdict == "does_not_fit" and not config.memory.gradient_checkpointing:
         out.append(
             ConfigWarning(
@@ -178,6 +193,37 @@ def common_mistakes(
 
     out += [ConfigWarning(f, m, "", {}) for f, m, level in distributed_issues(config) if level == "warning"]
     return out
+
+
+EMA_MAX_START_SHARE = 0.1  # more of the untrained start left in the final EMA than this is a mistake
+
+
+def _ema_warning(config: TrainConfig) -> ConfigWarning | None:
+    """An EMA too slow for the run: its final weights are still largely the untrained start (the LoRA's
+    B matrices start at zero, so the EMA starts as a LoRA that does nothing)."""
+    t = config.training
+    updates = t.max_steps // t.ema_update_every
+    if t.ema_decay == 0:
+        return None
+    if updates == 0:
+        return ConfigWarning(
+            "training.ema_update_every",
+            f"{t.ema_update_every} is more than training.max_steps ({t.max_steps}): the EMA is never updated "
+            "and pytorch_lora_weights_ema.safetensors is the untrained start",
+            "update it every step",
+            {"training.ema_update_every": 1},
+        )
+    share = t.ema_decay**updates
+    if share <= EMA_MAX_START_SHARE:
+        return None
+    fix = math.floor(0.01 ** (1 / updates) * 1000) / 1000
+    return ConfigWarning(
+        "training.ema_decay",
+        f"{t.ema_decay:g} over {updates} EMA update{'s' * (updates != 1)}: {share:.0%} of the final EMA "
+        "weights is still the untrained start, so pytorch_lora_weights_ema.safetensors will be weak",
+        f"use ema_decay {fix:g} (1% of the start left), or train longer",
+        {"training.ema_decay": fix},
+    )
 
 
 def upscaled_from_report(report: Any, resolution: int) -> list[tuple[str, int, int]]:

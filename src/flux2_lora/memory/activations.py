@@ -330,6 +330,7 @@ def _step(
     quantization: str,
     dora_dense: float | None = None,
     by_block: ByBlock | None = None,
+    adapter: str = "lora",
 ) -> _Step:
     c = _calibration(dtype_bytes, kernels, quantization)
     tokens_d = (img + txt) * arch.inner_dim
@@ -344,6 +345,13 @@ def _step(
         d_kept, d_dense, d_grads = _dora_by_block(arch, specs, dtype_bytes, img, txt, batch, dora_dense)
     else:
         d_kept = d_dense = d_grads = [0.0] * n
+    if adapter != "lora":  # LoKr / LoHa build their delta weights: the same slots as DoRA's terms
+        from flux2_lora.memory.adapter_acts import adapter_by_block
+
+        a_kept, a_dense, a_grads = adapter_by_block(arch, specs, adapter, _block_index)
+        d_kept = [x + y for x, y in zip(d_kept, a_kept, strict=True)]
+        d_dense = [max(x, y) for x, y in zip(d_dense, a_dense, strict=True)]
+        d_grads = [max(x, y) for x, y in zip(d_grads, a_grads, strict=True)]
     return _Step(
         c=c,
         tokens_d=tokens_d,
@@ -431,9 +439,10 @@ def training_step_activations(
     kernels: str = "cuda",
     quantization: str = "none",
     by_block: ByBlock | None = None,
+    adapter: str = "lora",
 ) -> tuple[float, float]:
     """(:func:`training_activations`, :func:`end_of_backward_activations`) from one prelude;
-    ``by_block``: :func:`targets_by_block` of ``specs``, if the caller has it."""
+    ``by_block``: :func:`targets_by_block` of ``specs``, if the caller has it; ``adapter``: lora.type."""
     st = _step(
         arch,
         specs,
@@ -446,6 +455,7 @@ def training_step_activations(
         kernels=kernels,
         quantization=quantization,
         by_block=by_block,
+        adapter=adapter,
     )
     return _step_peak(arch, st, checkpointing), _end_of_backward(st, checkpointing)
 

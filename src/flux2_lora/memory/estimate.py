@@ -28,6 +28,7 @@ from flux2_lora.memory.activations import (
     targets_by_block,
     training_step_activations,
 )
+from flux2_lora.memory.adapters import AdapterKind, adapter_kind
 from flux2_lora.memory.encoders import (
     IMAGE_BATCH,
     PROMPT_BATCH,
@@ -37,6 +38,7 @@ from flux2_lora.memory.encoders import (
     text_encoder_weight_bytes,
     vae_bytes,
 )
+from flux2_lora.memory.options import loss_extra_bytes
 from flux2_lora.memory.sharded import (
     FsdpLayout,
     Moments,
@@ -258,6 +260,8 @@ _KEYS = ("weights", "lora", "gradients", "optimizer", "activations", "text_encod
 
 def _part(**parts: float) -> dict[str, float]:
     keys = (*_KEYS, "gathered") if "gathered" in parts else _KEYS  # FSDP: the units gathered then
+    if parts.get("ema"):  # training.ema_decay > 0 with the EMA on the GPU
+        keys = (*keys, "ema")
     if "swap_buffers" in parts:  # block swap: the two GPU buffers swapped blocks stream through
         keys = (*keys, "swap_buffers")
     return {k: parts.get(k, 0.0) / GIB for k in keys}
@@ -282,6 +286,7 @@ class _Acts(NamedTuple):
     dora: bool
     kernels: str
     quantization: str
+    adapter: str = "lora"  # lora.type: LoKr / LoHa add their delta weights' terms (memory/adapter_acts.py)
 
     def specs(self) -> list[LinearSpec]:
         return list(target_specs(self.tokens, self.arch))
@@ -311,7 +316,9 @@ def _by_block(tokens: tuple[str, ...], arch: TransformerArch) -> ByBlock:
 @functools.lru_cache(maxsize=1024)
 def _step_activations(k: _Acts) -> tuple[float, float]:
     """(at the start of backward, at its end): see training_step_activations."""
-    return training_step_activations(k.arch, k.specs(), quantization=k.quantization, **k.step_kwargs())
+    return training_step_activations(
+        k.arch, k.specs(), quantization=k.quantization, adapter=k.adapter, **k.step_kwargs()
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -401,6 +408,8 @@ class _Run:
     weights: float  # the transformer's frozen weights on the GPU (with QLoRA's dequantized transient)
     swap: Swap | None  # block swap, when on (not under FSDP)
     lora: float  # the fp32 adapter (model.inject_lora)
+    ema: float  # the fp32 EMA of the adapter when it is on the GPU (training/ema.py; main process)
+    loss_extra: float  # masked loss / prior prediction tensors at the loss (memory/options.py)
     ddp: float  # DDP's gradient buckets
     optimizer: float  # optimizer state
     step: float  # one optimizer step's temporaries
@@ -429,11 +438,18 @@ def _frozen_of(
 
 
 def _trainable_of(
-    sh: Shapes, tokens: tuple[str, ...], rank: int, dora: bool, optimizer: str, momentum: float, decay: float
+    sh: Shapes,
+    tokens: tuple[str, ...],
+    rank: int,
+    dora: bool,
+    optimizer: str,
+    momentum: float,
+    decay: float,
+    kind: AdapterKind,
 ) -> tuple[Adapter, float, float]:
     """(the adapter, its optimizer state, one optimizer step's temporaries)."""
-    state, step = optimizer_memory(tokens, sh.arch, rank, dora, optimizer, momentum, decay)
-    return lora_adapter(tokens, sh.arch, rank, dora), state, step
+    state, step = optimizer_memory(tokens, sh.arch, rank, dora, optimizer, momentum, decay, kind)
+    return lora_adapter(tokens, sh.arch, rank, dora, kind), state, step
 
 
 # The same, cached by the flat _shapes key (a Shapes hashes slowly: it holds three architectures).
@@ -453,8 +469,9 @@ def _trainable(
     optimizer: str,
     momentum: float,
     decay: float,
+    kind: AdapterKind,
 ) -> tuple[Adapter, float, float]:
-    return _trainable_of(_shapes(*key), tokens, rank, dora, optimizer, momentum, decay)
+    return _trainable_of(_shapes(*key), tokens, rank, dora, optimizer, momentum, decay, kind)
 
 
 def _shape_key(config: TrainConfig) -> ShapeKey:
@@ -468,7 +485,8 @@ def _run(config: TrainConfig, num_processes: int, kernels: str) -> _Run:
     key = _shape_key(config)
     cached = sh is _shapes(*key)  # else a Shapes of someone's making (tests' reduced architectures)
     wb, tokens = sh.weight_bytes, tuple(lora.target_modules)
-    trainable = (lora.rank, lora.use_dora, t.optimizer, t.momentum, t.weight_decay)
+    kind = adapter_kind(lora)  # lora.type: LoRA, LoKr or LoHa tensors
+    trainable = (lora.rank, lora.use_dora, t.optimizer, t.momentum, t.weight_decay, kind)
     adapter, optimizer, step = (
         _trainable(key, tokens, *trainable) if cached else _trainable_of(sh, tokens, *trainable)
     )
@@ -492,6 +510,7 @@ def _run(config: TrainConfig, num_processes: int, kernels: str) -> _Run:
             lora.use_dora,
             kernels,
             mem.quantization,
+            lora.type,
         ),
         num_processes=num_processes,
         kernels=kernels,
@@ -500,6 +519,8 @@ def _run(config: TrainConfig, num_processes: int, kernels: str) -> _Run:
         weights=weights,
         swap=swap,
         lora=4.0 * adapter.params,
+        ema=4.0 * adapter.params if t.ema_decay > 0 and t.ema_device == "gpu" else 0.0,
+        loss_extra=loss_extra_bytes(config, sh.image_tokens, sh.arch.in_channels),
         # DDP's gradient buckets, allocated with the model: an fp32 copy for all-reduce.
         ddp=4.0 * adapter.params if num_processes > 1 and not fsdp else 0.0,
         optimizer=optimizer,
@@ -589,7 +610,7 @@ def _encoding(r: _Run) -> float:
 
 
 def _static(r: _Run) -> dict[str, float]:
-    out = dict(weights=r.weights, lora=r.lora, text_encoder=r.te_train, vae=r.vae_train)
+    out = dict(weights=r.weights, lora=r.lora, ema=r.ema, text_encoder=r.te_train, vae=r.vae_train)
     if r.swap is not None:
         out["swap_buffers"] = r.swap.buffers
     return out
@@ -599,7 +620,8 @@ def _backward_start(r: _Run, act: float, encode: float) -> dict[str, float]:
     """Backward peaks at its start (the last block), when only that block's gradients exist, unless
     gradients accumulate over micro-batches: then all of them live through the later ones."""
     grads = r.lora if r.accumulating else 4.0 * r.adapter.last_block
-    return _part(**_static(r), gradients=grads + r.ddp, optimizer=r.optimizer, activations=max(act, encode))
+    acts = max(act, encode) + r.loss_extra
+    return _part(**_static(r), gradients=grads + r.ddp, optimizer=r.optimizer, activations=acts)
 
 
 def _backward_end(r: _Run, act: float) -> dict[str, float]:
@@ -701,6 +723,13 @@ def estimate(config: TrainConfig, *, num_processes: int | None = None, kernels: 
         )
     elif num_processes > 1:
         notes.append(f"per process, on each of {num_processes} GPUs (DDP gradient buckets included)")
+    if config.lora.type != "lora":
+        # PEFT's LoKr/LoHa layers build each full delta weight (out × in) in every forward: counted in
+        # training (memory/adapter_acts.py), not in the sampling forward's transient.
+        notes.append(
+            f"lora.type {config.lora.type}: parameters, gradients and optimizer state are exact; training "
+            "counts the delta weights its layers build (within about 4% of the trace); sampling does not"
+        )
     if config.memory.blocks_to_swap and r.fsdp:
         notes.append(
             "memory.blocks_to_swap is not counted under FSDP: the sharded blocks are gathered instead"

@@ -47,6 +47,7 @@ def host_estimate(config: TrainConfig, *, on_gpu: bool) -> dict[str, Any]:
     linear, norms = transformer_params(sh.arch)
     est = estimate(config)
     te = sh.text_encoder.params
+    ema_gib = 4.0 * est.trainable_params / GIB if config.training.ema_decay > 0 else 0.0  # fp32 copy
     if not on_gpu:
         wb = 4 if config.model.dtype in ("auto", "float32") else 2
         weights = (linear + norms) * wb / GIB
@@ -59,10 +60,11 @@ def host_estimate(config: TrainConfig, *, on_gpu: bool) -> dict[str, Any]:
             + TRAIN_WEIGHT_FACTOR * weights
             + small
             + (c["activations"] * scale + c["lora"] + c["gradients"] + c["optimizer"])
+            + ema_gib  # on a CPU run the EMA is in host RAM wherever training.ema_device puts it
         )
         phases = {"loading": loading, "caching": PROCESS_BASELINE_GIB + small * 2, "training": training}
     else:
-        phases, others = _gpu_run(config, est.swap)
+        phases, others = _gpu_run(config, est.swap, _host_ema_gib(config, est.trainable_params))
     peak = max(phases.values())
     total, available = _machine()
     # Every training process of a machine loads the whole transformer into its own RAM first (FSDP too:
@@ -83,8 +85,11 @@ def host_estimate(config: TrainConfig, *, on_gpu: bool) -> dict[str, Any]:
     }
 
 
-def _gpu_run(config: TrainConfig, swap: dict[str, float] | None) -> tuple[dict[str, float], dict[str, float]]:
-    """Host RAM phases of a GPU run: rank 0's, and those of the other processes (no text encoder)."""
+def _gpu_run(
+    config: TrainConfig, swap: dict[str, float] | None, ema_gib: float = 0.0
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Host RAM phases of a GPU run: rank 0's, and those of the other processes (no text encoder, no EMA:
+    ``ema_gib`` is the host copy of the adapter's EMA, held by rank 0 only)."""
     sh = resolve_shapes(config)
     linear, norms = transformer_params(sh.arch)
     mem, wb = config.memory, sh.weight_bytes
@@ -104,14 +109,20 @@ def _gpu_run(config: TrainConfig, swap: dict[str, float] | None) -> tuple[dict[s
     phases = {
         "loading": base + max(GPU_LOAD_FACTOR * te_gib, transformer),
         "caching": base + caching,
-        "training": training,
+        "training": training + ema_gib,
     }
     others = {"loading": base + transformer, "caching": base, "training": training}
     return phases, others
 
 
+def _host_ema_gib(config: TrainConfig, trainable_params: int) -> float:
+    """The adapter's fp32 EMA copy in host RAM of a GPU run (training.ema_device cpu)."""
+    t = config.training
+    return 4.0 * trainable_params / GIB if t.ema_decay > 0 and t.ema_device == "cpu" else 0.0
+
+
 def gpu_host_peak(config: TrainConfig, est: Any) -> float:
     """The machine's host RAM peak of a GPU run with estimate ``est`` (no psutil: for the recommendations'
     re-estimates)."""
-    phases, others = _gpu_run(config, est.swap)
+    phases, others = _gpu_run(config, est.swap, _host_ema_gib(config, est.trainable_params))
     return max(phases.values()) + (config.distributed.num_processes - 1) * max(others.values())

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flux2_lora.config import TrainConfig
+from flux2_lora.memory.adapters import LORA, AdapterKind, adapter_kind, adapter_tensors
 from flux2_lora.targets import LinearSpec, enumerate_linears, is_quantized_linear, resolve_targets
 from flux2_lora.variants import TransformerArch
 
@@ -137,13 +138,14 @@ def block_swap(arch: TransformerArch, dtype_bytes: int, quantization: str, block
     return table[min(max(blocks, 0), len(table) - 1)]
 
 
-def _lora_tensors(specs: Sequence[LinearSpec], rank: int, dora: bool) -> list[tuple[int, int]]:
-    """(rows, cols) of every trainable tensor: A (r×in), B (out×r) and DoRA's magnitude (out×1)."""
+def _lora_tensors(
+    specs: Sequence[LinearSpec], rank: int, dora: bool, kind: AdapterKind = LORA
+) -> list[tuple[int, int]]:
+    """(rows, cols) of every trainable tensor: A (r×in), B (out×r) and DoRA's magnitude (out×1) for a
+    LoRA; LoKr's and LoHa's factors (memory.adapters) for those."""
     out: list[tuple[int, int]] = []
     for s in specs:
-        out += [(rank, s.in_features), (s.out_features, rank)]
-        if dora:
-            out.append((s.out_features, 1))
+        out += adapter_tensors(s.in_features, s.out_features, rank, dora, kind)
     return out
 
 
@@ -182,7 +184,7 @@ def _optimizer_step(
 def optimizer_bytes(config: TrainConfig, specs: Sequence[LinearSpec]) -> float:
     """Optimizer state for the fp32 LoRA parameters, as each optimizer lays it out."""
     t, lora = config.training, config.lora
-    tensors = _lora_tensors(specs, lora.rank, lora.use_dora)
+    tensors = _lora_tensors(specs, lora.rank, lora.use_dora, adapter_kind(lora))
     return _optimizer_state(tensors, sum(r * c for r, c in tensors), t.optimizer, t.momentum)
 
 
@@ -192,7 +194,7 @@ def optimizer_step_bytes(config: TrainConfig, specs: Sequence[LinearSpec]) -> fl
     (SGD: the weight-decayed gradients; Adafactor: the variance estimate); Prodigy steps tensor by
     tensor (about twice the largest tensor); bitsandbytes' 8-bit AdamW updates in place."""
     t, lora = config.training, config.lora
-    tensors = _lora_tensors(specs, lora.rank, lora.use_dora)
+    tensors = _lora_tensors(specs, lora.rank, lora.use_dora, adapter_kind(lora))
     n = sum(r * c for r, c in tensors)
     return _optimizer_step(tensors, n, t.optimizer, t.momentum, t.weight_decay)
 
@@ -215,12 +217,14 @@ def target_specs(tokens: tuple[str, ...], arch: TransformerArch) -> tuple[Linear
 
 
 @functools.lru_cache(maxsize=256)
-def lora_adapter(tokens: tuple[str, ...], arch: TransformerArch, rank: int, dora: bool) -> Adapter:
+def lora_adapter(
+    tokens: tuple[str, ...], arch: TransformerArch, rank: int, dora: bool, kind: AdapterKind = LORA
+) -> Adapter:
     specs = target_specs(tokens, arch)
     total = outside = 0
     by_block: dict[str, int] = {}  # in module order, which is execution order
     for s in specs:
-        n = s.lora_params(rank, dora)
+        n = sum(r * c for r, c in adapter_tensors(s.in_features, s.out_features, rank, dora, kind))
         total += n
         if s.block == "other":
             outside += n
@@ -240,11 +244,12 @@ def optimizer_memory(
     optimizer: str,
     momentum: float,
     weight_decay: float,
+    kind: AdapterKind = LORA,
 ) -> tuple[float, float]:
     """(state, one step's temporaries) in bytes."""
-    adapter = lora_adapter(tokens, arch, rank, dora)
+    adapter = lora_adapter(tokens, arch, rank, dora, kind)
     per_tensor = optimizer in ("adamw8bit", "adafactor", "prodigy")
-    tensors = _lora_tensors(adapter.specs, rank, dora) if per_tensor else []
+    tensors = _lora_tensors(adapter.specs, rank, dora, kind) if per_tensor else []
     return (
         _optimizer_state(tensors, adapter.params, optimizer, momentum),
         _optimizer_step(tensors, adapter.params, optimizer, momentum, weight_decay),

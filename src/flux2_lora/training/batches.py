@@ -160,6 +160,9 @@ class Item:
     variants: list[str] | None = None  # shuffled-tag orders, when dataset.shuffle_tags
     references: tuple[Path, ...] = ()  # an edit pair's inputs, in order; () for text-to-image
     reference_sizes: tuple[tuple[int, int], ...] = ()  # (width, height) each reference trains at
+    mask: Path | None = None  # dataset.mask_path: this image's loss mask (training/masks.py)
+    source: int = 0  # which dataset: 0 dataset.path, then extra_paths, then regularization_path
+    regularization: bool = False  # from dataset.regularization_path (training.preservation)
 
     @property
     def group(self) -> Hashable:

@@ -35,6 +35,7 @@ ADAPTER_FILE = "adapter.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 META_FILE = "meta.json"
+EMA_FILE = "ema.safetensors"  # the adapter's EMA (training.ema_decay > 0), keyed like adapter.safetensors
 MAX_META_BYTES = 1 << 20  # meta.json holds a handful of fields
 
 
@@ -90,6 +91,7 @@ def save_checkpoint(
     scheduler_state: dict[str, Any],
     meta: dict[str, Any],
     keep: int,
+    ema: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     root = run_dir / runs.CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -103,6 +105,8 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir()
         save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, str(tmp / ADAPTER_FILE))
+        if ema is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(tmp / EMA_FILE))
         hold_point("checkpoint-write", run_dir)
         if optimizer_state is not None:
             torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
@@ -221,7 +225,10 @@ def _short(value: Any, limit: int = 100) -> str:
 def adapter_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes of a checkpoint's adapter, from the safetensors header (no data read);
     a truncated file fails here, because the header's offsets run past its end."""
-    file = path / ADAPTER_FILE
+    return _header_shapes(path / ADAPTER_FILE)
+
+
+def _header_shapes(file: Path) -> dict[str, tuple[int, ...]]:
     try:
         with safe_open(str(file), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
@@ -243,6 +250,7 @@ def validate_checkpoint(path: Path, expected: Mapping[str, tuple[int, ...]] | No
     try:
         _read_meta(path)
         shapes = adapter_shapes(path)
+        ema = _header_shapes(path / EMA_FILE) if (path / EMA_FILE).is_file() else None
         if not (path / SCHEDULER_FILE).is_file():
             raise CheckpointError(f"{path / SCHEDULER_FILE}: missing")
         for name in (SCHEDULER_FILE, OPTIMIZER_FILE):
@@ -251,7 +259,10 @@ def validate_checkpoint(path: Path, expected: Mapping[str, tuple[int, ...]] | No
     except CheckpointError as e:
         return str(e)
     if expected is not None:
-        return _shape_mismatch(path / ADAPTER_FILE, shapes, expected)
+        problem = _shape_mismatch(path / ADAPTER_FILE, shapes, expected)
+        if problem is None and ema is not None:
+            problem = _shape_mismatch(path / EMA_FILE, ema, expected)
+        return problem
     return None
 
 
@@ -343,12 +354,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"--resume: cannot read checkpoint {path / ADAPTER_FILE}: {_reason(e)}"
         ) from None
+    ema = None
+    if (path / EMA_FILE).is_file():
+        try:
+            ema = load_file(str(path / EMA_FILE))
+        except Exception as e:  # safetensors raises its own error type for damaged files
+            raise CheckpointError(
+                f"--resume: cannot read checkpoint {path / EMA_FILE}: {_reason(e)}"
+            ) from None
     scheduler = _wrap(path, lambda: _safe_torch_load(path / SCHEDULER_FILE))
     opt_path = path / OPTIMIZER_FILE
     optimizer = _wrap(path, lambda: _safe_torch_load(opt_path)) if opt_path.is_file() else None
     if not isinstance(scheduler, dict) or (optimizer is not None and not isinstance(optimizer, dict)):
         raise CheckpointError(f"--resume: checkpoint {path}: optimizer or scheduler state is not a mapping")
-    return {"meta": meta, "adapter": adapter, "scheduler": scheduler, "optimizer": optimizer}
+    return {"meta": meta, "adapter": adapter, "scheduler": scheduler, "optimizer": optimizer, "ema": ema}
 
 
 def _wrap(path: Path, read: Callable[[], Any]) -> Any:

@@ -48,18 +48,21 @@ def save_diffusers_lora(
     state_dict: dict[str, torch.Tensor],
     adapter_metadata: dict[str, Any],
     dtype: torch.dtype,
+    file: str = runs.LORA_FILE,
 ) -> Path:
-    """Write pytorch_lora_weights.safetensors atomically (the pipeline's writer, then a rename)."""
+    """Write ``file`` (pytorch_lora_weights.safetensors) atomically (the pipeline's writer, then a
+    rename)."""
     tmp_dir = out_dir / ".lora-tmp"
-    final = out_dir / runs.LORA_FILE
+    final = out_dir / file
     try:
         tmp_dir.mkdir(exist_ok=True)
         variant_pipeline.save_lora_weights(
             str(tmp_dir),
             transformer_lora_layers={k: v.to(dtype) for k, v in state_dict.items()},
             transformer_lora_adapter_metadata=adapter_metadata,
+            weight_name=file,
         )
-        (tmp_dir / runs.LORA_FILE).replace(final)
+        (tmp_dir / file).replace(final)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # a half-written file holds the space a full disk lacks
     return final
@@ -73,18 +76,28 @@ def write_final_lora(
     config: TrainConfig,
     dtype: torch.dtype,
     resumable: Path | None,
+    ema: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """A finished run's LoRA (and its ComfyUI copy when asked); a failed write (a full disk) is one line
-    naming the checkpoint that holds the trained state."""
+    """A finished run's LoRA (and its ComfyUI copy when asked), and its EMA (``ema``: the same keys) in
+    the same formats; a failed write (a full disk) is one line naming the checkpoint that holds the
+    trained state."""
     from flux2_lora.training.checkpoint import as_os_error
 
+    if config.lora.type == "lokr":
+        state_dict, adapter_metadata = lokr_scale_folded(state_dict, adapter_metadata)
+        ema = lokr_scale_folded(ema, adapter_metadata)[0] if ema is not None else None
     try:
         final = save_diffusers_lora(run_dir, variant_pipeline, state_dict, adapter_metadata, dtype)
+        if ema is not None:
+            save_diffusers_lora(run_dir, variant_pipeline, ema, adapter_metadata, dtype, runs.EMA_LORA_FILE)
         if config.output.export_comfyui:
             if config.lora.use_dora:
                 log.warning("output.export_comfyui: DoRA magnitudes have no ComfyUI FLUX.2 key; skipped")
             else:
-                save_comfyui_lora(run_dir, state_dict, config.lora.alpha / config.lora.rank, dtype)
+                scale = config.lora.alpha / config.lora.rank
+                save_comfyui_lora(run_dir, state_dict, scale, dtype)
+                if ema is not None:
+                    save_comfyui_lora(run_dir, ema, scale, dtype, runs.EMA_COMFYUI_LORA_FILE)
     except Exception as e:  # safetensors reports a failed write as its own error
         error = as_os_error(e)
         if error is None:
@@ -96,6 +109,20 @@ def write_final_lora(
             "(--resume latest writes the LoRA at once)",
         ) from e
     return final
+
+
+def lokr_scale_folded(
+    state_dict: dict[str, torch.Tensor], adapter_metadata: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A LoKr adapter with its alpha/r scale folded into W1 (ΔW = s·(W1 ⊗ W2) = (s·W1) ⊗ W2) and alpha
+    set to r: diffusers' load_lora_adapter (0.42.1) rebuilds a LoKr file's config from the tensor shapes
+    with alpha = rank, so a file that relied on its alpha would load at the wrong strength."""
+    r = adapter_metadata["r"]
+    if adapter_metadata.get("rank_pattern") or adapter_metadata.get("alpha_pattern"):
+        raise ValueError("a LoKr adapter with per-layer ranks or alphas cannot have its scale folded")
+    scale = adapter_metadata["alpha"] / r
+    folded = {k: v * scale if k.endswith((".lokr_w1", ".lokr_w1_a")) else v for k, v in state_dict.items()}
+    return folded, {**adapter_metadata, "alpha": r}
 
 
 def _split(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -157,11 +184,15 @@ def to_comfyui(state_dict: dict[str, torch.Tensor], scale: float) -> dict[str, t
 
 
 def save_comfyui_lora(
-    out_dir: Path, state_dict: dict[str, torch.Tensor], scale: float, dtype: torch.dtype
+    out_dir: Path,
+    state_dict: dict[str, torch.Tensor],
+    scale: float,
+    dtype: torch.dtype,
+    file: str = runs.COMFYUI_LORA_FILE,
 ) -> Path:
     converted = to_comfyui(state_dict, scale)
-    final = out_dir / runs.COMFYUI_LORA_FILE
-    tmp = out_dir / f".{runs.COMFYUI_LORA_FILE}.tmp"
+    final = out_dir / file
+    tmp = out_dir / f".{file}.tmp"
     try:
         save_file({k: v.to(dtype) for k, v in converted.items()}, str(tmp), metadata={"format": "pt"})
         tmp.replace(final)

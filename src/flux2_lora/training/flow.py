@@ -9,6 +9,7 @@ quantised to the scheduler's 1000 training sigmas; the transformer's ``timestep`
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -89,7 +90,7 @@ def loss_weights(scheme: str, sigmas: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(sigmas, dtype=torch.float32)
 
 
-def flow_matching_loss(
+def predict(
     transformer: torch.nn.Module,
     *,
     latents: torch.Tensor,
@@ -99,15 +100,14 @@ def flow_matching_loss(
     sigmas: torch.Tensor,
     noise: torch.Tensor,
     guidance: torch.Tensor | None,
-    weighting: str = "none",
     reference_latents: torch.Tensor | None = None,
     reference_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One training loss. ``latents``/``noise``: packed (B, N, C); ``sigmas``: (B,).
+    """The transformer's velocity prediction on the noised ``latents`` (B, N, C), cut to the N target
+    tokens.
 
     Edit samples: the references' clean tokens (B, M, C) and ids (B, M, 4) follow the noisy target's, as
-    at inference; the sample's one timestep covers every token; the prediction is cut back to the N target
-    tokens and the loss is taken there only."""
+    at inference; the sample's one timestep covers every token."""
     dtype = prompt_embeds.dtype
     s = sigmas.to(latents.device, torch.float32).view(-1, 1, 1)
     noisy = ((1.0 - s) * latents.float() + s * noise.float()).to(dtype)
@@ -124,8 +124,30 @@ def flow_matching_loss(
         guidance=guidance,
         return_dict=False,
     )[0]
-    pred = pred[:, : latents.shape[1]]
-    target = noise.float() - latents.float()
-    per_sample = ((pred.float() - target) ** 2).reshape(target.shape[0], -1).mean(dim=1)
+    return pred[:, : latents.shape[1]]
+
+
+def flow_matching_loss(
+    transformer: torch.nn.Module,
+    *,
+    weighting: str = "none",
+    mask: torch.Tensor | None = None,
+    target: torch.Tensor | None = None,
+    scale: float = 1.0,
+    **inputs: Any,
+) -> torch.Tensor:
+    """One training loss; ``inputs`` are :func:`predict`'s (``latents``/``noise``: packed (B, N, C);
+    ``sigmas``: (B,)).
+
+    ``mask`` (B, N): per-token loss weights (dataset.mask_path); ``target``: a velocity to match instead
+    of noise − x0 (the base model's own prediction, for training.preservation prior_prediction);
+    ``scale`` multiplies the loss (training.preservation_weight)."""
+    from flux2_lora.training.masks import masked_mean
+
+    pred = predict(transformer, **inputs)
+    latents, noise, sigmas = inputs["latents"], inputs["noise"], inputs["sigmas"]
+    goal = noise.float() - latents.float() if target is None else target.float()
+    per_sample = masked_mean((pred.float() - goal) ** 2, mask)
     weights = loss_weights(weighting, sigmas.to(per_sample.device).float())
-    return (weights * per_sample).mean()
+    loss = (weights * per_sample).mean()
+    return loss * scale if scale != 1.0 else loss

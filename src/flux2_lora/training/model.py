@@ -248,19 +248,36 @@ def lora_target_names(lora: LoraSection, arch: TransformerArch) -> list[str]:
     return [s.name for s in resolve_targets(lora.target_modules, arch)]
 
 
-def inject_lora(transformer: ModelMixin, lora: LoraSection, arch: TransformerArch) -> int:
-    """Add the PEFT adapter on the exact target layers; adapter weights in fp32. Returns trainable params."""
-    from peft import LoraConfig
+def adapter_config(lora: LoraSection, arch: TransformerArch) -> Any:
+    """PEFT's config for lora.type: LoraConfig, or the LyCORIS-style LoKrConfig / LoHaConfig (a no-op at
+    the start like the LoRA: LoKr's W1 and LoHa's second B start at zero)."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
 
-    config = LoraConfig(
+    targets = lora_target_names(lora, arch)
+    if lora.type == "lokr":
+        return LoKrConfig(
+            r=lora.rank,
+            alpha=lora.alpha,  # type: ignore[arg-type]  # typed int by PEFT; scaling = alpha / r
+            decompose_factor=lora.lokr_factor or -1,
+            decompose_both=lora.lokr_decompose_both,
+            target_modules=targets,
+        )
+    if lora.type == "loha":
+        return LoHaConfig(r=lora.rank, alpha=lora.alpha, target_modules=targets)  # type: ignore[arg-type]
+    return LoraConfig(
         r=lora.rank,
         lora_alpha=lora.alpha,  # type: ignore[arg-type]  # typed int by PEFT; scaling = alpha / r takes a float
         lora_dropout=lora.dropout,
         use_dora=lora.use_dora,
         init_lora_weights="gaussian",
-        target_modules=lora_target_names(lora, arch),
+        target_modules=targets,
     )
-    transformer.add_adapter(config)
+
+
+def inject_lora(transformer: ModelMixin, lora: LoraSection, arch: TransformerArch) -> int:
+    """Add the PEFT adapter (lora.type) on the exact target layers; adapter weights in fp32. Returns
+    trainable params."""
+    transformer.add_adapter(adapter_config(lora, arch))
     trainable = 0
     for p in transformer.parameters():
         if p.requires_grad:

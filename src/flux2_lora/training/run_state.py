@@ -17,6 +17,7 @@ from flux2_lora import runs
 from flux2_lora.config import TrainConfig
 from flux2_lora.training import checkpoint as ckpt
 from flux2_lora.training import distributed as dist_util
+from flux2_lora.training.ema import AdapterEMA
 from flux2_lora.training.outcome import TrainingDiverged
 from flux2_lora.training.tracking import RunReporter
 
@@ -43,6 +44,7 @@ class TrainingState:
         self.config = config
         self.variant = variant
         self.reporter = reporter
+        self.ema: AdapterEMA | None = None  # the main process's EMA of the adapter, when one is kept
 
     def _status(self, state: str, message: str = "", **fields: Any) -> None:
         if self.reporter is not None:
@@ -84,6 +86,7 @@ class TrainingState:
                 self.lr_scheduler.state_dict(),
                 {"total_steps": self.config.training.max_steps, "variant": self.variant},
                 keep=out.max_checkpoints,
+                ema=self.ema.state_dict() if self.ema is not None else None,
             )
             if self.reporter is not None:
                 self.reporter.record_overhead("checkpoint", time.perf_counter() - t0)
@@ -154,8 +157,27 @@ class TrainingState:
                 path,
             )
         self.lr_scheduler.load_state_dict(scheduler)
+        if self.ema is not None and state is not None:
+            self._load_ema(state)
         log.info("resumed from %s at step %d", path, step)
         return step
+
+    def _load_ema(self, state: dict[str, Any]) -> None:
+        """The checkpoint's EMA (main process); one saved without an EMA restarts it from the resumed
+        weights, with a warning."""
+        assert self.ema is not None
+        if state.get("ema") is None:
+            log.warning(
+                "checkpoint %s has no EMA (training.ema_decay was 0 then): the EMA starts from the resumed "
+                "weights",
+                state["path"],
+            )
+            self.ema.reset()
+            return
+        try:
+            self.ema.load_state_dict(state["ema"])
+        except ValueError as e:
+            raise ckpt.CheckpointError(f"--resume: {Path(state['path']) / ckpt.EMA_FILE}: {e}") from None
 
     def restore(self, path: Path) -> int:
         """Resume this (single) process from the checkpoint folder ``path``; returns its step."""

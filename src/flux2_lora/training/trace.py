@@ -205,6 +205,7 @@ def _trace_step(
     from flux2_lora.training.flow import flow_matching_loss
     from flux2_lora.training.model import inject_lora
     from flux2_lora.training.optim import build_optimizer
+    from flux2_lora.training.preservation import regularization_inputs
 
     shapes = resolve_shapes(config)
     arch = arch or shapes.arch
@@ -224,6 +225,14 @@ def _trace_step(
         if config.memory.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         model.train()
+        if config.lora.type != "lora":
+            # LoKr/LoHa draw torch.rand(1) for their module dropout in training mode, a value meta tensors
+            # lack; at module_dropout 0 (ours) eval mode computes the same.
+            for name, m in model.named_modules():
+                if name.endswith(("lokr_w1", "lokr_w2")) or type(m).__module__.startswith(
+                    ("peft.tuners.lokr", "peft.tuners.loha")
+                ):
+                    m.eval()
         swap = install_meta_swap(model, config) if config.memory.blocks_to_swap and not fsdp else None
     quantized = set()
     if config.memory.quantization != "none":
@@ -295,8 +304,7 @@ def _trace_step(
         accumulation = config.training.gradient_accumulation_steps
         for micro in range(2 * accumulation):
             with autocast:
-                loss = flow_matching_loss(
-                    model,
+                inputs: dict[str, Any] = dict(
                     latents=lat,
                     latent_ids=ids,
                     prompt_embeds=emb,
@@ -307,6 +315,12 @@ def _trace_step(
                     reference_latents=refs[0] if refs else None,
                     reference_ids=refs[1] if refs else None,
                 )
+                if config.dataset.mask_path.strip():  # masked loss: per-token weights
+                    inputs["mask"] = torch.ones(batch, img_tokens)
+                if config.training.preservation == "prior_prediction":  # a regularization batch
+                    inputs = regularization_inputs(config.training, model, inputs, True)
+                loss = flow_matching_loss(model, **inputs)
+                del inputs
             after_forward = tracker.current
             loss.backward()
             del loss

@@ -9,6 +9,7 @@ are public: the pre-flight and the benchmarks drive the trainer through them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -33,6 +34,7 @@ from flux2_lora.training.batches import (
     to_device_stacked,
 )
 from flux2_lora.training.block_swap import BlockSwap, setup_block_swap
+from flux2_lora.training.ema import AdapterEMA, make_ema
 from flux2_lora.training.evaluation import EvalSet, timed
 from flux2_lora.training.flow import draw_sigmas_and_noise, flow_matching_loss
 from flux2_lora.training.hardware import (
@@ -41,6 +43,8 @@ from flux2_lora.training.hardware import (
     resolve_dtype,
 )
 from flux2_lora.training.inputs import load_items, training_captions
+from flux2_lora.training.masks import MaskSource
+from flux2_lora.training.mix import MixedSchedule, build_schedule
 from flux2_lora.training.model import (
     free_memory,
     inject_lora,
@@ -53,6 +57,7 @@ from flux2_lora.training.model import (
 )
 from flux2_lora.training.optim import build_optimizer, build_scheduler
 from flux2_lora.training.outcome import RunOutcome, TrainingDiverged, first_non_finite
+from flux2_lora.training.preservation import regularization_inputs
 from flux2_lora.training.run_state import TrainingState
 from flux2_lora.training.sampling import Sampler, SampleSettings
 from flux2_lora.training.session import LOCK_HELD_ENV, RunSession, StopFlag
@@ -87,15 +92,17 @@ class Trainer:
         self.pipe: Any = None
         self.prompts: PromptSource | None = None
         self.latents: LatentSource | None = None
+        self.masks: MaskSource | None = None  # dataset.mask_path
         self.transformer: Any = None
         self.lora_params: list[torch.nn.Parameter] = []
         self.model: Any = None  # the transformer as accelerate prepared it
         self.optimizer: Any = None
         self.lr_scheduler: Any = None
-        self.schedule: SampleSchedule | None = None
+        self.schedule: SampleSchedule | MixedSchedule | None = None  # several datasets: mixed by weight
         self.sampler: Sampler | None = None
         self.eval_set: EvalSet | None = None
         self.state: TrainingState | None = None  # checkpoints and resume, once the model is prepared
+        self.ema: AdapterEMA | None = None  # training.ema_decay > 0, on the main process
         self.swap: BlockSwap | None = None  # memory.blocks_to_swap
         # FSDP shards the transformer over the processes: its forward passes (samples, the eval loss) and
         # its state (checkpoints, the LoRA) then need every process.
@@ -130,12 +137,9 @@ class Trainer:
         self.state = TrainingState(
             acc, self.model, self.optimizer, self.lr_scheduler, self.run_dir, cfg, self.variant, self.reporter
         )
-        self.schedule = SampleSchedule(
-            [i.repeats * cfg.dataset.repeats for i in self.items],
-            cfg.training.seed,
-            cfg.training.batch_size,
-            self._batch_groups(),
-        )
+        self.ema = make_ema(cfg.training, acc.unwrap_model(self.model), self.device, acc.is_main_process)
+        self.state.ema = self.ema  # in checkpoints, restored on resume
+        self.schedule = build_schedule(self.items, cfg, self._batch_groups())
         self.sampler = self._setup_sampler()
         start = 0
         # The main process decides (another machine may not see the run directory, nor resolve 'auto').
@@ -207,8 +211,19 @@ class Trainer:
         pin = self.device.type == "cuda"
         max_len = get_variant(self.variant).text_encoder.max_sequence_length
         layers = resolve_text_encoder_layers(self.config.model, self.model_path, self.variant)
-        prompts = PromptSource(pipe, te_device, max_len, text_encoder_out_layers=layers, pin=pin)
-        latents = LatentSource(self.items, self.config, pipe.vae, self.device, pin=pin)
+        if mem.cache_to_disk:  # <run>/.cache: encoded once, read back per step and on resume
+            from flux2_lora.training.disk_cache import DiskLatentSource, DiskPromptSource, run_cache
+
+            disk = run_cache(self.run_dir, self.model_path, self.variant, self.dtype)
+            prompts: PromptSource = DiskPromptSource(
+                disk, pipe, te_device, max_len, text_encoder_out_layers=layers, quantization=te_quant
+            )
+            latents: LatentSource = DiskLatentSource(disk, self.items, self.config, pipe.vae, self.device)
+        else:
+            prompts = PromptSource(pipe, te_device, max_len, text_encoder_out_layers=layers, pin=pin)
+            latents = LatentSource(self.items, self.config, pipe.vae, self.device, pin=pin)
+        if self.config.dataset.mask_path.strip():
+            self.masks = MaskSource(self.items, self.config, latents.targets)
         eval_set = EvalSet(eval_items, self.config, pipe.vae, self.device, pin) if eval_items else None
         extra = self.validation_prompts() if val.enabled else []
         if eval_set is not None:
@@ -239,6 +254,8 @@ class Trainer:
             module.to("cpu")  # a quantized encoder stays (bitsandbytes' layers do not move)
 
     def _setup_model(self) -> tuple[Any, list[torch.nn.Parameter]]:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
         cfg = self.config
         assert self.arch is not None
         self._status("loading", "loading the transformer")
@@ -261,8 +278,8 @@ class Trainer:
         elif quant != "nf4" or self.device.type != "cuda":  # bnb models are placed by their loader
             transformer.to(self.device)
         apply_kernels(transformer, cfg.performance, self.device)
-        layers = sum(1 for n, _ in transformer.named_modules() if n.endswith("lora_A.default"))
-        log.info("LoRA: %s trainable parameters on %d layers", f"{trainable:,}", layers)
+        layers = sum(1 for m in transformer.modules() if isinstance(m, BaseTunerLayer))  # any lora.type
+        log.info("LoRA (%s): %s trainable parameters on %d layers", cfg.lora.type, f"{trainable:,}", layers)
         return transformer, [p for p in transformer.parameters() if p.requires_grad]
 
     def _setup_optimizer(self) -> tuple[Any, Any]:
@@ -299,13 +316,16 @@ class Trainer:
             step, micro, acc.process_index, acc.num_processes, t.gradient_accumulation_steps
         )
         indices = [g for _, g in pairs]
-        latents, captions, references = [], [], []
+        latents, captions, references, masks = [], [], [], []
+        fixed_crop = bool(self.latents.cache) or ds.center_crop  # the latents' crop is the item's own
         for item, g in pairs:
             rng = torch.Generator().manual_seed(derive_seed(t.seed, 4, g))
             draws = torch.rand(3, generator=rng).tolist()  # flip, tag order, caption dropout
             flip = bool(ds.random_flip and draws[0] < 0.5)
             latents.append(self.latents.get(item, flip, derive_seed(t.seed, 5, g)))
             references.append(self.latents.references(item, flip))
+            if self.masks is not None:
+                masks.append(self.masks.weights(item, flip, derive_seed(t.seed, 5, g), fixed_crop))
             variants = self.items[item].variants
             caption = variants[int(draws[1] * len(variants))] if variants else self.items[item].caption
             captions.append("" if draws[2] < ds.caption_dropout else caption)  # the instruction, for edits
@@ -331,6 +351,10 @@ class Trainer:
         }
         if refs is not None:
             batch["reference_latents"], batch["reference_ids"] = refs
+        if masks:
+            batch["mask"] = torch.stack(masks).to(self.device, non_blocking=True)
+        if self.items[pairs[0][0]].regularization:  # batches stay within one dataset
+            batch["regularization"] = True  # training.preservation: popped by train_step
         return batch
 
     def train_step(self, step: int) -> torch.Tensor:
@@ -342,6 +366,10 @@ class Trainer:
         for micro in range(t.gradient_accumulation_steps):
             batch = self.micro_batch(step, micro)
             torch.manual_seed(batch.pop("dropout_seed"))  # LoRA dropout, reproducible per step
+            regularization = batch.pop("regularization", False)
+            if regularization:  # the base model's prediction (adapter off) as target, or a scaled loss
+                with acc.autocast():
+                    batch = regularization_inputs(t, acc.unwrap_model(self.model), batch, regularization)
             with acc.accumulate(self.model):
                 with acc.autocast():
                     loss = flow_matching_loss(self.model, weighting=t.loss_weighting, **batch)
@@ -352,6 +380,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach().float())
         self.lr_scheduler.step()
+        if self.ema is not None:
+            self.ema.update(step)
         mean = torch.stack(losses).mean()
         return acc.reduce(mean, reduction="mean") if acc.num_processes > 1 else mean
 
@@ -388,7 +418,9 @@ class Trainer:
                 reporter.log_sample(step, index, prompt, image)
 
         model = self.accelerator.unwrap_model(self.model)
-        images = self.sampler.sample(model, on_image, self.run_dir if record else None)
+        ema = self.ema if self.config.validation.sample_ema else None
+        with ema.applied() if ema is not None else contextlib.nullcontext():
+            images = self.sampler.sample(model, on_image, self.run_dir if record else None)
         if reporter is not None:
             reporter.record_overhead("sampling", time.perf_counter() - t0)
         self._status("training", "")
@@ -567,8 +599,9 @@ class Trainer:
             )
             meta = acc.unwrap_model(self.model).peft_config["default"].to_dict()
             resumable = runs.latest_checkpoint(self.run_dir)
+            ema = self.ema.state_dict() if self.ema is not None else None
             final = write_final_lora(
-                self.run_dir, pipeline_class(self.variant), state, meta, cfg, out_dtype, resumable
+                self.run_dir, pipeline_class(self.variant), state, meta, cfg, out_dtype, resumable, ema
             )
         if cfg.validation.enabled and not stopping and (acc.is_main_process or self.fsdp):
             self.draw_samples(step, record=acc.is_main_process)  # the barrier below holds the others
