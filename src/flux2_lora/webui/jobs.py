@@ -17,7 +17,6 @@ from flux2_lora import runs
 from flux2_lora.config import GenerationSettings, TrainConfig
 from flux2_lora.config.io import read_yaml, to_yaml, validate_dict, validate_section
 from flux2_lora.process_tree import trainer_command
-
 from flux2_lora.webui import monitor
 from flux2_lora.webui.configs import check_model, issues_json, sync_precision
 from flux2_lora.webui.paths import AppPaths, PathRefused, is_builtin_dataset, resolve_inside
