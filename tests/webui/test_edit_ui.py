@@ -146,8 +146,17 @@ def test_generate_reference_flag_refuses_bad_images_by_name(tmp_path: Path) -> N
     bad.write_text("hello")
     tiny = tmp_path / "tiny.png"
     Image.new("RGB", (16, 16)).save(tiny)
-    for ref, words in ((tmp_path / "missing.png", "does not exist"), (bad, "not an image"), (tiny, "64 px")):
-        p = cli("generate", "--prompt", "x", "--reference", str(ref), "--out", str(tmp_path / "o.png"))
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (80, 64)).save(wide)  # 64x48 under a 4096-pixel cap: below FLUX.2's minimum
+    cases = [
+        (tmp_path / "missing.png", "does not exist", []),
+        (bad, "not an image", []),
+        (tiny, "64 px", []),
+        (wide, "would be 64x48", ["--reference-max-pixels", "4096"]),
+    ]
+    for ref, words, extra in cases:
+        argv = ["generate", "--prompt", "x", "--reference", str(ref), *extra, "--out", str(tmp_path / "o.png")]
+        p = cli(*argv)
         assert p.returncode == 1 and "--reference:" in p.stderr and words in p.stderr, p.stderr
         assert not (tmp_path / "o.png").exists()
 
@@ -183,6 +192,7 @@ def test_an_edit_run_shows_reference_and_sample_and_test_lora_takes_a_reference(
     d = client.predict(lora, api_name="/run_defaults")
     assert d["references"] == samples[0]["references"] and d["reference_max_pixels"] == 4096
     prompt = d["prompt"]
+    assert prompt and prompt == samples[0]["prompt"]  # the first pair's instruction, as the run sampled
     with_ref = client.predict(lora, prompt, 1.0, 2, 0, 64, 1.0, d["references"], api_name="/generate")
     plain = client.predict(lora, prompt, 1.0, 2, 0, 64, 1.0, None, api_name="/generate")
     assert with_ref["ok"] and plain["ok"], (with_ref, plain)
@@ -191,7 +201,7 @@ def test_an_edit_run_shows_reference_and_sample_and_test_lora_takes_a_reference(
     assert a.shape == b.shape == (64, 64, 3) and np.abs(a - b).max() > 0  # the reference changes the edit
     # An uploaded reference is stored in the uploads folder (once per content) and used from there.
     upload = ui_data / "upload.png"
-    Image.new("RGB", (80, 64), (10, 200, 10)).save(upload)
+    Image.new("RGB", (96, 96), (10, 200, 10)).save(upload)
     paths = AppPaths.create(ui_runs, [ui_data])
     stored = edit_view.references_of(paths, str(upload), "ignored when there is an upload")
     assert stored == edit_view.references_of(paths, str(upload), "")

@@ -267,6 +267,9 @@ def run_defaults(paths: AppPaths, lora: str) -> dict[str, Any]:
     c = parsed or TrainConfig()
     own = GenerationSettings.for_run(c).model_dump(include={"prompt", "steps", "guidance", "resolution"})
     edit = _run_references(f.parent, c) if f else []
+    if f and not own["prompt"]:  # an edit run's default prompt: its first pair's instruction, as sampled
+        first = next(iter(runs.read_jsonl(f.parent / runs.SAMPLES_INDEX)), {})
+        own["prompt"] = str(first.get("prompt") or "") if isinstance(first, dict) else ""
     return {
         "ok": f is not None and parsed is not None,
         **own,
