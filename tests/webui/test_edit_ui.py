@@ -155,7 +155,16 @@ def test_generate_reference_flag_refuses_bad_images_by_name(tmp_path: Path) -> N
         (wide, "would be 64x48", ["--reference-max-pixels", "4096"]),
     ]
     for ref, words, extra in cases:
-        argv = ["generate", "--prompt", "x", "--reference", str(ref), *extra, "--out", str(tmp_path / "o.png")]
+        argv = [
+            "generate",
+            "--prompt",
+            "x",
+            "--reference",
+            str(ref),
+            *extra,
+            "--out",
+            str(tmp_path / "o.png"),
+        ]
         p = cli(*argv)
         assert p.returncode == 1 and "--reference:" in p.stderr and words in p.stderr, p.stderr
         assert not (tmp_path / "o.png").exists()
