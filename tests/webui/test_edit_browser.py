@@ -80,7 +80,7 @@ def test_reference_folder_pairs_edit_run_gallery_and_test_lora(
     page.locator("#samples img").first.wait_for(timeout=30_000)
     ratio = page.locator("#samples img").first.evaluate("i => i.naturalWidth / i.naturalHeight")
     assert ratio > 2, ratio  # reference | sample side by side, not the sample alone (square)
-    page.screenshot(path=str(SHOTS / "edit-gallery.png"))
+    page.locator("#samples").screenshot(path=str(SHOTS / "edit-gallery.png"))
 
     # Test LoRA: the run's reference is filled in; the result is an edit of it.
     page.click("#tab-test-button")

@@ -225,9 +225,9 @@ def pairs_markdown(check: dict[str, Any]) -> str:
     without = refs.get("targets_without_references") or []
     where = f"folder `{esc(refs['folder'])}`" if refs.get("layout") == "folder" else "metadata.jsonl"
     lines = [
-        f"**Edit pairs** ({where}): **{refs.get('pairs', 0)}** pairs · {len(without)} targets without "
-        f"references · {len(orphans)} orphan references · per target: {counts} (targets × references) · "
-        f"up to {refs.get('max_reference_tokens', 0)} reference tokens per sample",
+        f"**Edit pairs** ({where}): **{refs.get('pairs', 0)}** pairs · targets without references: "
+        f"{len(without)} · orphan references: {len(orphans)} · per target: {counts} (targets × references) "
+        f"· up to {refs.get('max_reference_tokens', 0)} reference tokens per sample",
     ]
     for label, names in (("without references", without), ("orphan references", orphans)):
         if names:
