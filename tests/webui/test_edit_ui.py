@@ -111,6 +111,33 @@ def test_reference_paths_stay_inside_the_allowed_folders(
     assert not (ui_runs / "confined").exists()
 
 
+def test_a_sweep_checks_validation_references_too(tmp_path: Path) -> None:
+    """validation.references is a list field, not a text path field: the sweep checks it by itself, in
+    base.set and in a parameter's values, and writes it resolved."""
+    from flux2_lora.webui.actions import Actions
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (64, 64)).save(data / "in.png")
+    actions = Actions(AppPaths.create(tmp_path / "runs", [data]))
+    base = {"presets": ["quickstart-edit"], "set": {"training.max_steps": 2}}
+    inside, outside = [[str(data / ".." / "data" / "in.png")]], [["/etc/hostname"]]
+    spec = {"base": base, "parameters": {"lora.rank": {"values": [4, 8]}}, "method": "grid"}
+    bad = {**spec, "base": {**base, "set": {**base["set"], "validation.references": outside}}}
+    r = actions.sweep_plan(bad, "")
+    assert not r["ok"] and r["errors"][0]["field"] == "base.set.validation.references", r
+    assert "validation.references[0][0]" in r["errors"][0]["message"]
+    bad = {**spec, "parameters": {"validation.references": {"values": [inside, outside]}}}
+    r = actions.sweep_plan(bad, "")
+    assert not r["ok"] and r["errors"][0]["field"] == "parameters.validation.references.values[1]", r
+    from flux2_lora.webui.sweeps import _spec_dict
+
+    good = {**spec, "base": {**base, "set": {**base["set"], "validation.references": inside}}}
+    out, errors = _spec_dict(actions.paths, good)
+    assert out is not None, errors
+    assert out["base"]["set"]["validation.references"] == [[str((data / "in.png").resolve())]]
+
+
 def test_sample_references_fall_back_to_the_run_config(tmp_path: Path) -> None:
     """A run whose index has no references (an older trainer) pairs its samples from
     validation.references: prompt n's images for samples n·num_samples … (n+1)·num_samples − 1."""
