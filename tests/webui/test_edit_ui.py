@@ -120,7 +120,7 @@ def test_a_sweep_checks_validation_references_too(tmp_path: Path) -> None:
     data.mkdir()
     Image.new("RGB", (64, 64)).save(data / "in.png")
     actions = Actions(AppPaths.create(tmp_path / "runs", [data]))
-    base = {"presets": ["quickstart-edit"], "set": {"training.max_steps": 2}}
+    base: dict[str, Any] = {"presets": ["quickstart-edit"], "set": {"training.max_steps": 2}}
     inside, outside = [[str(data / ".." / "data" / "in.png")]], [["/etc/hostname"]]
     spec = {"base": base, "parameters": {"lora.rank": {"values": [4, 8]}}, "method": "grid"}
     bad = {**spec, "base": {**base, "set": {**base["set"], "validation.references": outside}}}

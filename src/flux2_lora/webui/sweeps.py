@@ -62,13 +62,15 @@ def _check_references(
             if REFERENCES in flat:
                 return [{"field": f"base.set.{REFERENCES}", "message": f"{e.field}: {e.message}"}]
             return [{"field": origin, "message": f"{e.field}: {e.message}"}]
-        if isinstance(base.get("set"), dict) or "set" not in base:
-            base.setdefault("set", {})[REFERENCES] = resolved
+        given = base.setdefault("set", {})
+        if isinstance(given, dict):
+            given[REFERENCES] = resolved
     param = params.get(REFERENCES) if isinstance(params, dict) else None
     choices = param.get("values") if isinstance(param, dict) else None
-    for i, v in enumerate(choices if isinstance(choices, list) else []):
+    values: list[Any] = choices if isinstance(choices, list) else []
+    for i, v in enumerate(values):
         try:
-            choices[i] = paths.checked_references(v)
+            values[i] = paths.checked_references(v)
         except PathRefused as e:
             return [{"field": f"parameters.{REFERENCES}.values[{i}]", "message": e.message}]
     return []
