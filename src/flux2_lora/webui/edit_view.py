@@ -180,7 +180,7 @@ def gallery_items(samples: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [
         (
             s.get("pair") or s["file"],
-            f"step {s['step']}: {'reference | sample: ' if s.get('pair') else ''}{s['prompt']}",
+            f"step {s['step']}: {s['prompt']}{' (reference | sample)' if s.get('pair') else ''}",
         )
         for s in samples
     ]
