@@ -26,6 +26,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lora", help="a .safetensors LoRA (diffusers or ComfyUI keys); omit for the base model")
     add_field_args(p, GenerationSettings, SETTINGS, required=("prompt",))
+    p.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="an input image to edit (edit LoRAs; FLUX.2's image= argument); repeat for several, in order",
+    )
+    p.add_argument(
+        "--reference-max-pixels",
+        type=int,
+        default=0,
+        metavar="N",
+        help="largest reference area in pixels (the run's dataset.reference_max_pixels); 0: FLUX.2's caps",
+    )
     p.add_argument("--out", required=True, help="PNG file to write")
     p.set_defaults(func=run)
 
@@ -39,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
         return fail("--prompt: is empty")
     if args.lora and not Path(args.lora).is_file():
         return fail(f"--lora: {args.lora} does not exist")
+    problem = _reference_problem(args.reference, args.reference_max_pixels)
+    if problem:
+        return fail(f"--reference: {problem}")
 
     from flux2_lora.training.quiet import quiet_libraries
 
@@ -71,6 +88,15 @@ def run(args: argparse.Namespace) -> int:
         pipe.set_adapters(["lora"], adapter_weights=[settings.scale])
     import torch
 
+    from flux2_lora.data.scan import DatasetError
+    from flux2_lora.training.sampling import reference_images
+
+    extra = {}
+    if args.reference:
+        try:  # sized as the run trained them (reference_size), as its validation samples are drawn
+            extra["image"] = reference_images([Path(r) for r in args.reference], args.reference_max_pixels)
+        except DatasetError as e:
+            return fail("--reference: " + str(e).removeprefix("validation.references: "))
     res = settings.resolution or get_variant(variant).default_resolution
     image = pipe(
         prompt=settings.prompt,
@@ -80,9 +106,36 @@ def run(args: argparse.Namespace) -> int:
         guidance_scale=settings.guidance,
         generator=torch.Generator("cpu").manual_seed(settings.seed),
         text_encoder_out_layers=layers,
+        **extra,
     ).images[0]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out)
     print(out)
     return 0
+
+
+def _reference_problem(references: list[str], max_pixels: int) -> str | None:
+    """Why the --reference images cannot be used (missing, not an image, a size FLUX.2 refuses), or None."""
+    from flux2_lora.data.references import MIN_REFERENCE_SIDE, oriented_size, reference_size, size_problem
+
+    if max_pixels < 0:
+        return "--reference-max-pixels must be 0 or more"
+    for r in references:
+        if not Path(r).is_file():
+            return f"{r} does not exist"
+        try:
+            w, h = oriented_size(Path(r))
+        except Exception as e:  # PIL raises many types on a bad file; the message names the file
+            return f"{r} is not an image this program can read ({type(e).__name__})"
+        why = size_problem(w, h)
+        if why:
+            return f"{r}: {why}"
+        # Scaled down to the cap, a narrow side can fall below what FLUX.2's pipelines accept.
+        rw, rh = reference_size(w, h, len(references), max_pixels)
+        if min(rw, rh) < MIN_REFERENCE_SIDE:
+            return (
+                f"{r} is {w}x{h}; under the cap of {max_pixels or 'FLUX.2'} pixels it would be {rw}x{rh}, "
+                f"below FLUX.2's {MIN_REFERENCE_SIDE} px minimum; use a squarer image"
+            )
+    return None

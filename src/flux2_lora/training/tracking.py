@@ -282,8 +282,11 @@ class RunReporter:
         if self._wandb is not None:
             self._wandb.log({"eval_loss": loss}, step=step)
 
-    def log_sample(self, step: int, index: int, prompt: str, image: Any) -> Path:
-        """Save a validation image as PNG, index it, and send it to the trackers."""
+    def log_sample(
+        self, step: int, index: int, prompt: str, image: Any, references: tuple[Path, ...] | list[Path] = ()
+    ) -> Path:
+        """Save a validation image as PNG, index it (with the reference images it edits, if any: the
+        monitor shows them beside it), and send it to the trackers."""
         folder = self.run_dir / runs.SAMPLES_DIR
         folder.mkdir(exist_ok=True)
         path = folder / f"step{step:06d}_{index:02d}.png"
@@ -296,7 +299,13 @@ class RunReporter:
             raise runs.write_error(f"the sample {path.relative_to(self.run_dir)}", e) from None
         _append(
             self.run_dir / runs.SAMPLES_INDEX,
-            {"step": step, "prompt": prompt, "file": str(path.relative_to(self.run_dir)), "index": index},
+            {
+                "step": step,
+                "prompt": prompt,
+                "file": str(path.relative_to(self.run_dir)),
+                "index": index,
+                **({"references": [str(r) for r in references]} if references else {}),
+            },
         )
         if self._tb is not None:
             import numpy as np

@@ -413,9 +413,13 @@ class Trainer:
         self._status("sampling", f"validation samples at step {step}")
         t0 = time.perf_counter()
 
+        refs = self.sampler.settings.references
+        per_prompt = self.config.validation.num_samples
+
         def on_image(index: int, prompt: str, image: Any) -> None:
             if reporter is not None:
-                reporter.log_sample(step, index, prompt, image)
+                n = index // per_prompt  # the sampler draws num_samples images per prompt, in order
+                reporter.log_sample(step, index, prompt, image, refs[n] if n < len(refs) else ())
 
         model = self.accelerator.unwrap_model(self.model)
         ema = self.ema if self.config.validation.sample_ema else None

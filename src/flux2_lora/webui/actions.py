@@ -156,9 +156,11 @@ class Actions:
         seed: int = 0,
         resolution: int = 0,
         guidance: float = -1.0,
+        references: list[str] | None = None,
     ) -> dict[str, Any]:
-        """One image with a run's LoRA (steps 0, resolution 0, guidance < 0: the run's own settings)."""
-        return jobs.generate(self.paths, lora, prompt, scale, steps, seed, resolution, guidance)
+        """One image with a run's LoRA (steps 0, resolution 0, guidance < 0: the run's own settings);
+        ``references``: the input images of an edit LoRA (paths inside the allowed folders)."""
+        return jobs.generate(self.paths, lora, prompt, scale, steps, seed, resolution, guidance, references)
 
     # ---- experiments: auto-tune and sweeps ------------------------------------------------------------
     def autotune(self, config: dict[str, Any], gpu: str = "") -> dict[str, Any]:

@@ -15,8 +15,7 @@ from typing import Any
 from flux2_lora.config import TrainConfig
 from flux2_lora.config.io import deep_merge, read_yaml, to_dict, to_yaml, validate_dict
 from flux2_lora.config.presets import list_presets, load_preset
-from flux2_lora.variants import is_demo
-from flux2_lora.webui.paths import AppPaths, PathRefused, resolve_inside
+from flux2_lora.webui.paths import AppPaths, PathRefused, is_builtin_dataset, resolve_inside
 
 QUICK_PRESETS = {"Fast": "fast", "High Quality": "high-quality", "Low VRAM": "low-vram"}
 MODEL_PRESETS = {"FLUX.2 [dev]": "dev", "FLUX.2 [klein] 4B": "klein-4b", "FLUX.2 [klein] 9B": "klein-9b"}
@@ -219,7 +218,7 @@ def dataset_facts(
     section = (config or {}).get("dataset") if isinstance(config, dict) else None
     section = section if isinstance(section, dict) else {}
     path = str(section.get("path") or "demo")
-    if is_demo(path):
+    if is_builtin_dataset(path):
         return None
     if check is None or check.get("path") != path:
         check = facts_of_check(path, check_dataset(paths, config))
@@ -228,10 +227,11 @@ def dataset_facts(
 
 def facts_of_check(path: str, r: dict[str, Any]) -> dict[str, Any] | None:
     """A dataset check's result as :meth:`DatasetFacts.from_dict` reads it (with the path it is about)."""
-    if is_demo(path):
+    if is_builtin_dataset(path):
         return None
     if "report" in r:
-        return {"path": path, "num_images": r.get("num_images"), "upscaled": r.get("upscaled")}
+        keys = ("num_images", "upscaled", "max_references", "reference_error")
+        return {"path": path, **{k: r.get(k) for k in keys}}
     return {"path": path, "error": r.get("message") or "cannot be read"}
 
 

@@ -16,8 +16,7 @@ from typing import Any
 from flux2_lora.config import DatasetSection
 from flux2_lora.config.warnings import upscaled_from_report
 from flux2_lora.units import GIB
-from flux2_lora.variants import is_demo
-from flux2_lora.webui.paths import AppPaths, PathRefused
+from flux2_lora.webui.paths import AppPaths, PathRefused, is_builtin_dataset
 
 
 def upload_dataset(paths: AppPaths, file: str | None) -> dict[str, Any]:
@@ -71,7 +70,7 @@ def dataset_source(paths: AppPaths, path: str) -> tuple[str, Path]:
 
     if not path.strip():
         raise DatasetError("dataset.path: is empty")
-    if is_demo(path):
+    if is_builtin_dataset(path):
         return path, paths.uploads
     real = paths.readable("dataset.path", path)
     if not real.exists():
@@ -84,9 +83,15 @@ def dataset_root(paths: AppPaths, path: str) -> Path:
     """The folder to read for dataset.path (a ZIP unpacked); raises PathRefused or DatasetError."""
     from flux2_lora.data.archive import prepare_dataset_source
     from flux2_lora.data.demo import ensure_demo_dataset
+    from flux2_lora.data.demo_edit import ensure_demo_edit_dataset, is_demo_edit
+    from flux2_lora.variants import is_demo
 
     source, work = dataset_source(paths, path)
-    return ensure_demo_dataset() if is_demo(source) else prepare_dataset_source(Path(source), work)
+    if is_demo(source):
+        return ensure_demo_dataset()
+    if is_demo_edit(source):
+        return ensure_demo_edit_dataset()
+    return prepare_dataset_source(Path(source), work)
 
 
 def unpacked_data(paths: AppPaths, field: str, value: str) -> str:
@@ -97,7 +102,7 @@ def unpacked_data(paths: AppPaths, field: str, value: str) -> str:
     from flux2_lora.data.scan import DatasetError
 
     p = Path(value)
-    if is_demo(value) or not value.strip() or not p.is_file():
+    if is_builtin_dataset(value) or not value.strip() or not p.is_file():
         return value
     try:
         return str(prepare_dataset_source(p, _zip_folder(paths, p)))
@@ -114,6 +119,7 @@ def check_dataset(paths: AppPaths, config: dict[str, Any]) -> dict[str, Any]:
     from flux2_lora.data import DatasetError, open_dataset
     from flux2_lora.data.buckets import bucket_table, format_table
     from flux2_lora.data.captions import trigger_findings
+    from flux2_lora.webui.edit_view import dataset_pairs
 
     section = (config or {}).get("dataset") if isinstance(config, dict) else None
     if section is not None and not isinstance(section, dict):
@@ -123,12 +129,16 @@ def check_dataset(paths: AppPaths, config: dict[str, Any]) -> dict[str, Any]:
     try:
         source, work = dataset_source(paths, path)
         resolution = int(ds["resolution"])
+        # An absolute reference folder is confined like the dataset; a relative one the scan keeps inside.
+        reference_path = paths.checked_value("dataset.reference_path", str(ds.get("reference_path") or ""))
         root, report = open_dataset(
             source,
             work,
             caption_extension=str(ds["caption_extension"]),
             default_caption=str(ds["default_caption"]),
             resolution=resolution,
+            reference_path=reference_path,
+            reference_max_pixels=int(ds.get("reference_max_pixels") or 0),
         )
     except PathRefused as e:
         return {"ok": False, "field": e.field, "message": e.message}
@@ -142,6 +152,13 @@ def check_dataset(paths: AppPaths, config: dict[str, Any]) -> dict[str, Any]:
         "num_images": len(report.items),
         "upscaled": [list(u) for u in upscaled_from_report(report, resolution)],
     }
+    refs = report.references
+    if refs is not None:  # an edit dataset: what the estimate's reference rules need, and the pairs shown
+        out["max_references"] = max(refs.counts, default=0)
+        out["reference_error"] = next(
+            (p.message for p in report.problems if p.file.startswith("dataset.reference_path")), None
+        )
+        out["pairs"] = dataset_pairs(paths, root, report.items)
     pairs = [(str(i.path.relative_to(root)), i.caption) for i in report.items]
     out["trigger"] = [
         {"file": f, "severity": s, "message": m}

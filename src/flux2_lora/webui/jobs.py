@@ -17,10 +17,9 @@ from flux2_lora import runs
 from flux2_lora.config import GenerationSettings, TrainConfig
 from flux2_lora.config.io import read_yaml, to_yaml, validate_dict, validate_section
 from flux2_lora.process_tree import trainer_command
-from flux2_lora.variants import is_demo
 from flux2_lora.webui import monitor
 from flux2_lora.webui.configs import check_model, issues_json, sync_precision
-from flux2_lora.webui.paths import AppPaths, PathRefused, resolve_inside
+from flux2_lora.webui.paths import AppPaths, PathRefused, is_builtin_dataset, resolve_inside
 
 PREFLIGHT_CONFIG = "preflight-config.yaml"
 
@@ -61,6 +60,8 @@ def launch_config(
                 value = unpacked_data(paths, dotted, value)
             if value is not None:
                 setattr(getattr(parsed, section), key, value)
+        if "references" in checked.get("validation", {}):
+            parsed.validation.references = checked["validation"]["references"]
     except PathRefused as e:
         return None, None, [{"field": e.field, "message": e.message}]
     except DatasetError as e:
@@ -70,7 +71,7 @@ def launch_config(
     for dotted, role in path_fields().items():
         section, _, key = dotted.partition(".")
         value = str(getattr(getattr(parsed, section), key) or "")
-        inside = role == "data" and value.strip() and not is_demo(value)
+        inside = role == "data" and value.strip() and not is_builtin_dataset(value)
         if inside and resolve_inside(run_dir, [Path(value)]) is not None:
             message = "is inside the dataset folder: the run would train on its own samples"
             return None, None, [{"field": "output.dir", "message": message}]
@@ -186,7 +187,12 @@ def run_status(paths: AppPaths, run_dir: str, max_points: int = 2000) -> dict[st
     run = paths.existing_run(run_dir)
     if run is None:
         return {"ok": False, "state": "none", "message": "no run selected"}
-    return {"ok": True, "run_dir": str(run), **monitor.snapshot(run, paths.served_file, max_points)}
+    from flux2_lora.webui.edit_view import with_pairs
+
+    snap = monitor.snapshot(run, paths.served_file, max_points)
+    if snap.get("samples"):  # an edit run's samples come with their reference | sample picture
+        snap["samples"] = with_pairs(paths, run, snap["samples"])
+    return {"ok": True, "run_dir": str(run), **snap}
 
 
 def stop_run(paths: AppPaths, run_dir: str, timeout_s: float = 30.0) -> dict[str, Any]:
@@ -260,7 +266,28 @@ def run_defaults(paths: AppPaths, lora: str) -> dict[str, Any]:
     parsed, _ = validate_dict(data if isinstance(data, dict) else {})
     c = parsed or TrainConfig()
     own = GenerationSettings.for_run(c).model_dump(include={"prompt", "steps", "guidance", "resolution"})
-    return {"ok": f is not None and parsed is not None, **own, "model": c.model.path}
+    edit = _run_references(f.parent, c) if f else []
+    if f and not own["prompt"]:  # an edit run's default prompt: its first pair's instruction, as sampled
+        first = next(iter(runs.read_jsonl(f.parent / runs.SAMPLES_INDEX)), {})
+        own["prompt"] = str(first.get("prompt") or "") if isinstance(first, dict) else ""
+    return {
+        "ok": f is not None and parsed is not None,
+        **own,
+        "model": c.model.path,
+        # Edit LoRAs: the images the run's first validation sample edited, and the size cap they train at.
+        "references": edit,
+        "reference_max_pixels": c.dataset.reference_max_pixels,
+    }
+
+
+def _run_references(run: Path, config: TrainConfig) -> list[str]:
+    """The reference images of a run's first validation prompt: validation.references, else what the
+    trainer recorded beside its samples ([] for a text-to-image run)."""
+    if config.validation.references:
+        return [str(p) for p in config.validation.references[0]]
+    first = next(iter(runs.read_jsonl(run / runs.SAMPLES_INDEX)), {})
+    refs = first.get("references") if isinstance(first, dict) else None
+    return [str(r) for r in refs] if isinstance(refs, list) else []
 
 
 def _or_own(value: Any, own: Any, lowest: float) -> Any:
@@ -279,11 +306,13 @@ def generate(
     seed: int = 0,
     resolution: int = 0,
     guidance: float = -1.0,
+    references: list[str] | None = None,
     timeout_s: float = 600,
 ) -> dict[str, Any]:
     """One image with a run's LoRA, in a subprocess: {ok, image | message}. steps 0, resolution 0 and a
     negative guidance (or none given) take the run's own sampling settings; the rest are checked as
-    GenerationSettings."""
+    GenerationSettings. ``references``: the images an edit LoRA edits (inside the allowed folders), sized
+    as the run trained them."""
     f = _lora(paths, lora)
     if f is None:
         return {"ok": False, "message": "choose a LoRA of a run in the runs folder"}
@@ -305,6 +334,18 @@ def generate(
     settings, issues = validate_section(GenerationSettings, given)
     if settings is None:
         return {"ok": False, "message": "; ".join(str(i) for i in issues)}
+    from flux2_lora.webui.edit_view import readable_image
+
+    refs = []
+    for i, r in enumerate(references or []):
+        real = readable_image(paths, r) if r.strip() else None
+        if real is None:
+            return {
+                "ok": False,
+                "field": f"references[{i}]",
+                "message": f"references[{i}]: {r} is not an image file in the folders this UI may read",
+            }
+        refs.append(real)
     png = paths.generated / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.png"
     # Values ride in --opt=VALUE form: a prompt starting with '-' is text, never another option.
     argv = _cli(
@@ -312,6 +353,8 @@ def generate(
         f"--model={model}",
         f"--lora={f}",
         *(f"--{name}={value}" for name, value in settings.model_dump().items()),
+        *(f"--reference={r}" for r in refs),
+        *([f"--reference-max-pixels={d['reference_max_pixels']}"] if refs else []),
         f"--out={png}",
     )
     try:
@@ -332,4 +375,5 @@ def generate(
         "steps": settings.steps,
         "resolution": settings.resolution,
         "guidance": settings.guidance,
+        "references": [str(r) for r in refs],
     }

@@ -279,7 +279,15 @@ def snapshot(run: Path, served: Any, max_points: int = 2000) -> dict[str, Any]:
     for s in runs.read_jsonl(run / runs.SAMPLES_INDEX):
         f = served(run / str(s.get("file", "")))
         if f is not None:
-            samples.append({"step": s.get("step"), "prompt": s.get("prompt", ""), "file": str(f)})
+            sample = {
+                "step": s.get("step"),
+                "prompt": s.get("prompt", ""),
+                "file": str(f),
+                "index": s.get("index"),
+            }
+            if isinstance(s.get("references"), list):  # an edit sample: the images it edits
+                sample["references"] = [str(r) for r in s["references"]]
+            samples.append(sample)
     lora = run / runs.LORA_FILE
     return {
         "state": st["state"],

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flux2_lora.data.demo_edit import is_demo_edit
 from flux2_lora.units import GIB
 from flux2_lora.variants import is_demo
 
@@ -35,6 +36,13 @@ _PATH_NAME = re.compile(r"^(path|dir|folder|file)$|_(path|dir|folder|file)$")
 PATH_MAX = 4096
 # How a path field's value is checked; every other path field is data the trainer reads.
 PATH_ROLES = {"model.path": "model", "output.dir": "output"}
+# Data paths that, when relative, name a folder inside the dataset folder (the scan keeps them there).
+INSIDE_DATASET = ("dataset.reference_path",)
+
+
+def is_builtin_dataset(path: str) -> bool:
+    """Whether a data path names one of the generated demo datasets ('demo', 'demo-edit')."""
+    return is_demo(path) or is_demo_edit(path)
 
 
 class PathRefused(ValueError):
@@ -241,6 +249,13 @@ class AppPaths:
                 out.setdefault(section, {})[key] = self.checked_value(dotted, value)
             except PathRefused as e:
                 raise PathRefused(where + e.field, e.message) from None
+        val = config.get("validation") if isinstance(config, Mapping) else None
+        refs = val.get("references") if isinstance(val, Mapping) else None
+        if refs:  # image paths in a list field: not a str field, so not in path_fields()
+            try:
+                out.setdefault("validation", {})["references"] = self.checked_references(refs)
+            except PathRefused as e:
+                raise PathRefused(where + e.field, e.message) from None
         return out
 
     def checked_value(self, field: str, value: Any, role: str | None = None) -> str:
@@ -252,9 +267,28 @@ class AppPaths:
             return self.model_source(value)
         if role == "output":
             return str(self.run_dir(value, field))
-        if not value.strip() or is_demo(value):
-            return value  # off (an empty eval folder), or the built-in demo dataset
+        if not value.strip() or is_builtin_dataset(value):
+            return value  # off (an empty eval folder), or a built-in demo dataset
+        if field in INSIDE_DATASET and not Path(value.strip()).expanduser().is_absolute():
+            return value  # relative to the dataset folder, which is checked itself
         return str(self.readable(field, value))
+
+    def checked_references(self, value: Any, field: str = "validation.references") -> list[list[str]]:
+        """validation.references (a list of path lists) with every path readable and resolved; PathRefused
+        naming the entry ("validation.references[1][0]") for one outside the allowed folders."""
+        if not isinstance(value, list) or not all(isinstance(g, list) for g in value):
+            raise PathRefused(field, "must be a list of lists of image paths")
+        out = []
+        for i, group in enumerate(value):
+            row = []
+            for k, item in enumerate(group):
+                if not isinstance(item, str):
+                    raise PathRefused(
+                        f"{field}[{i}][{k}]", f"must be a path (text), got {type(item).__name__}"
+                    )
+                row.append(str(self.readable(f"{field}[{i}][{k}]", item)))
+            out.append(row)
+        return out
 
     def existing_run(self, value: str) -> Path | None:
         """A run directory named by a request (monitor, stop, resume, download), or None."""

@@ -41,6 +41,41 @@ def _err(field: str, message: str) -> dict[str, Any]:
     return {"ok": False, "errors": [{"field": field, "message": message}]}
 
 
+REFERENCES = "validation.references"  # image paths in a list field: not among path_fields()
+
+
+def _check_references(
+    paths: AppPaths,
+    composed: dict[str, Any],
+    base: dict[str, Any],
+    flat: dict[str, Any],
+    params: Any,
+    origin: str,
+) -> list[dict[str, str]]:
+    """validation.references of the composed base and of a parameter's values, checked by the one path
+    check and written resolved; the refusal (naming where) or []."""
+    val = composed.get("validation")
+    if isinstance(val, dict) and val.get("references"):
+        try:
+            resolved = paths.checked_references(val["references"])
+        except PathRefused as e:
+            if REFERENCES in flat:
+                return [{"field": f"base.set.{REFERENCES}", "message": f"{e.field}: {e.message}"}]
+            return [{"field": origin, "message": f"{e.field}: {e.message}"}]
+        given = base.setdefault("set", {})
+        if isinstance(given, dict):
+            given[REFERENCES] = resolved
+    param = params.get(REFERENCES) if isinstance(params, dict) else None
+    choices = param.get("values") if isinstance(param, dict) else None
+    values: list[Any] = choices if isinstance(choices, list) else []
+    for i, v in enumerate(values):
+        try:
+            values[i] = paths.checked_references(v)
+        except PathRefused as e:
+            return [{"field": f"parameters.{REFERENCES}.values[{i}]", "message": e.message}]
+    return []
+
+
 def _spec_dict(
     paths: AppPaths, spec: dict[str, Any], *, unpack: bool = False
 ) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
@@ -131,6 +166,9 @@ def _spec_dict(
                     choices[i] = check(str(name), v)
                 except PathRefused as e:
                     return None, [{"field": f"parameters.{name}.values[{i}]", "message": e.message}]
+        refused = _check_references(paths, composed, base, flat, params, origin)
+        if refused:
+            return None, refused
     except DatasetError as e:
         field, _, message = str(e).partition(": ")
         return None, [{"field": field, "message": message}]

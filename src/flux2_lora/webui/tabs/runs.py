@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from flux2_lora.webui import render
+from flux2_lora.webui import edit_view, render
 from flux2_lora.webui.tabs import PRIVATE, Shared, skip
 
 FINAL = ("finished", "failed", "stopped")
@@ -312,9 +312,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
                 c["lr"]: _plot(mdf[["step", "lr"]].dropna().astype(float)),
                 c["memory"]: _plot(memory_frame(metrics, run_estimate(snap, run_dir) if metrics else {})),
                 c["eta"]: _plot(eta_frame(mdf)),
-                c["gallery"]: [
-                    (s["file"], f"step {s['step']}: {s['prompt']}") for s in snap.get("samples", [])
-                ],
+                c["gallery"]: edit_view.gallery_items(snap.get("samples", [])),
                 c["log"]: render.log_html(snap.get("log", "")),
                 c["lora"]: snap.get("lora"),
                 c["ranks"]: gr.update(

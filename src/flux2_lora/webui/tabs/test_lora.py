@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from flux2_lora.config import GenerationSettings
-from flux2_lora.webui import render
+from flux2_lora.webui import edit_view, render
 from flux2_lora.webui.schema import generation_fields
 from flux2_lora.webui.tabs import PRIVATE, Shared, skip
 from flux2_lora.webui.widgets import make_widget
@@ -25,6 +25,16 @@ def create_test_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
     with gr.Row():
         for name in SETTINGS[1:]:
             c[name] = make_widget(specs[name], getattr(defaults, name), elem_id=f"test-{name}")
+    with gr.Row():  # edit LoRAs: the image(s) to edit, as FLUX.2's image= takes them
+        c["reference"] = gr.Image(
+            label="Reference image (edit LoRAs; optional)", type="filepath", sources=["upload"],
+            height=200, elem_id="test-reference",
+        )  # fmt: skip
+        c["reference_path"] = gr.Textbox(
+            label="…or reference image paths (one a line, in order; inside the allowed folders)",
+            info="An edit run fills in the images its validation samples edited. Empty: text-to-image.",
+            lines=2, elem_id="test-reference-path",
+        )  # fmt: skip
     c["hint"] = gr.Markdown(
         "Steps, guidance and size start at the run's own validation settings.", elem_id="test-hint"
     )
@@ -56,7 +66,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
         **PRIVATE,
     )
 
-    pick_outputs = [c["prompt"], c["steps"], c["guidance"], c["resolution"], c["hint"]]
+    pick_outputs = [c["prompt"], c["steps"], c["guidance"], c["resolution"], c["hint"], c["reference_path"]]
 
     def on_pick(lora: str | None) -> dict[Any, Any]:
         if not lora:
@@ -67,6 +77,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
             c["steps"]: d["steps"],
             c["guidance"]: d["guidance"],
             c["resolution"]: d["resolution"],
+            c["reference_path"]: "\n".join(d.get("references") or []),
             c["hint"]: (
                 f"The run sampled at {d['resolution']} px with {d['steps']} steps and guidance "
                 f"{d['guidance']:g}; these are the defaults here."
@@ -76,19 +87,25 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
     c["lora"].change(on_pick, c["lora"], pick_outputs, **PRIVATE)
 
     def on_generate(data: dict[Any, Any]) -> dict[Any, Any]:
-        r = acts.generate(data[c["lora"]] or "", **{name: data[c[name]] for name in SETTINGS})
+        try:
+            refs = edit_view.references_of(acts.paths, data[c["reference"]], data[c["reference_path"]])
+        except ValueError as e:
+            return {c["image"]: None, c["msg"]: f"✘ {render.esc(str(e))}"}
+        settings = {name: data[c[name]] for name in SETTINGS}
+        r = acts.generate(data[c["lora"]] or "", **settings, references=refs)
         if not r["ok"]:
             return {c["image"]: None, c["msg"]: f"✘ {render.esc(r['message'])}"}
         return {
             c["image"]: r["image"],
             c[
                 "msg"
-            ]: f"{r['resolution']}×{r['resolution']} px · {r['steps']} steps · guidance {r['guidance']:g}",
+            ]: f"{r['resolution']}×{r['resolution']} px · {r['steps']} steps · guidance {r['guidance']:g}"
+            + (f" · edit of {len(r['references'])} reference image(s)" if r.get("references") else ""),
         }
 
     c["go"].click(
         on_generate,
-        {c["lora"], *(c[name] for name in SETTINGS)},
+        {c["lora"], c["reference"], c["reference_path"], *(c[name] for name in SETTINGS)},
         [c["image"], c["msg"]],
         **PRIVATE,
     )

@@ -14,7 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from flux2_lora.config import mixed_precision
-from flux2_lora.webui import configs, render
+from flux2_lora.webui import configs, edit_view, render
 from flux2_lora.webui.schema import SECTION_TITLES, form_fields, section_docs
 from flux2_lora.webui.tabs import PRIVATE, Shared, skip
 from flux2_lora.webui.tabs.autotune import add_autotune, wire_autotune
@@ -41,6 +41,8 @@ DATASET_KEYS = (
     "bucketing",
     "bucket_step",
     "trigger_word",
+    "reference_path",
+    "reference_max_pixels",
 )
 
 
@@ -54,6 +56,9 @@ def create_train_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
         with gr.Column(scale=3, elem_id="train-form"):
             with gr.Row():
                 c["quickstart"] = gr.Button("Demo (quickstart, CPU)", size="sm", elem_id="preset-quickstart")
+                c["quickstart_edit"] = gr.Button(
+                    "Edit demo (quickstart-edit, CPU)", size="sm", elem_id="preset-quickstart-edit"
+                )
                 c["model_presets"] = {
                     name: gr.Button(label, size="sm", elem_id=f"preset-{name}")
                     for label, name in configs.MODEL_PRESETS.items()
@@ -107,6 +112,12 @@ def create_train_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
                             label="…or upload a dataset ZIP", file_types=[".zip"], elem_id="dataset-zip"
                         )
                         c["dataset_info"] = gr.Markdown(elem_id="dataset-check")
+                        # Edit datasets: the pairs as thumbnails (reference → target), hidden otherwise.
+                        c["pairs_info"] = gr.Markdown(elem_id="dataset-pairs-info")
+                        c["pairs"] = gr.Gallery(
+                            label="Edit pairs (reference → target)", columns=3, height=260,
+                            object_fit="contain", visible=False, elem_id="dataset-pairs",
+                        )  # fmt: skip
                         c.update(add_autotune())
                     if any(s.advanced for s in specs):
                         with gr.Accordion("Advanced", open=False) as adv:
@@ -283,13 +294,19 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         config = form.config(data)
         r = acts.check_dataset(config)
         info = configs.facts_of_check(str(config["dataset"].get("path") or "demo"), r)
-        return {c["dataset_info"]: render.dataset_markdown(r), dataset_state: info}
+        pairs = edit_view.pairs_gallery(r)
+        return {
+            c["dataset_info"]: render.dataset_markdown(r),
+            dataset_state: info,
+            c["pairs_info"]: edit_view.pairs_markdown(r),
+            c["pairs"]: gr.update(value=pairs or None, visible=bool(pairs)),
+        }
 
     gr.on(
         [w.change for w in ds_widgets] + [shared.blocks.load],
         on_dataset,
         inputs=set(ds_widgets),
-        outputs=[c["dataset_info"], dataset_state],
+        outputs=[c["dataset_info"], dataset_state, c["pairs_info"], c["pairs"]],
         trigger_mode="always_last",
         show_progress="minimal",
         **PRIVATE,
@@ -328,6 +345,7 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
             n: (b, label) for (label, n), b in zip(configs.QUICK_PRESETS.items(), c["quick_presets"].values())
         },
         "quickstart": (c["quickstart"], "Demo (quickstart)"),
+        "quickstart-edit": (c["quickstart_edit"], "Edit demo (quickstart-edit)"),
     }
     for name, (btn, label) in buttons.items():
         btn.click(preset(name, label), {*form.inputs, c["stack"]}, preset_out, **PRIVATE)
