@@ -16,7 +16,7 @@ from PIL import Image
 from flux2_lora.config import SECTIONS
 from flux2_lora.webui import monitor
 from flux2_lora.webui.actions import Actions
-from flux2_lora.webui.paths import AppPaths, PathRefused, path_fields
+from flux2_lora.webui.paths import AppPaths, PathRefused, is_list_path_field, path_fields
 from tests.webui.conftest import tiny_run_config
 
 if TYPE_CHECKING:
@@ -67,11 +67,15 @@ def test_path_fields_are_found_in_the_schema() -> None:
         "dataset.reference_path": "data",
         "dataset.mask_path": "data",
         "dataset.regularization_path": "data",
+        "dataset.extra_paths": "data",
         "validation.eval_folder": "data",
         "output.dir": "output",
     }
     texts = {
-        f"{s}.{k}" for s, cls in SECTIONS.items() for k, i in cls.model_fields.items() if i.annotation is str
+        f"{s}.{k}"
+        for s, cls in SECTIONS.items()
+        for k, i in cls.model_fields.items()
+        if i.annotation in (str, list[str])
     }
     assert set(fields) <= texts and "dataset.default_caption" not in fields
 
@@ -81,7 +85,10 @@ def test_sweep_parameters_name_no_path_outside(actions: Actions, field: str, tmp
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.png").write_bytes(_png())
-    spec = _sweep(parameters={field: {"values": ["demo", str(outside)]}})
+    values: list[object] = ["demo", str(outside)]
+    if is_list_path_field(field):  # a list of paths: each value is a list, each entry checked
+        values = [[], [str(outside)]]
+    spec = _sweep(parameters={field: {"values": values}})
     for r in (actions.sweep_plan(spec, ""), actions.start_sweep(spec, "s1", "")):
         assert not r["ok"] and r["errors"][0]["field"] == f"parameters.{field}.values[1]", r
         assert "--data-dir" in r["errors"][0]["message"]
@@ -90,7 +97,8 @@ def test_sweep_parameters_name_no_path_outside(actions: Actions, field: str, tmp
 
 @pytest.mark.parametrize("field", sorted(f for f, role in path_fields().items() if role != "output"))
 def test_every_base_set_path_is_checked(actions: Actions, field: str) -> None:
-    for key_form in ({field: "/etc"}, {field.split(".")[0]: {field.split(".")[1]: "/etc"}}):
+    etc: object = ["/etc"] if is_list_path_field(field) else "/etc"
+    for key_form in ({field: etc}, {field.split(".")[0]: {field.split(".")[1]: etc}}):
         spec = _sweep(base={"presets": ["quickstart"], "set": key_form})
         r = actions.sweep_plan(spec, "")
         assert not r["ok"] and r["errors"][0]["field"] == f"base.set.{field}", (key_form, r)
@@ -173,6 +181,25 @@ def test_a_zip_dataset_is_unpacked_in_uploads_not_in_the_run(actions: Actions, t
     unpacked = Path(parsed.dataset.path)
     assert unpacked.is_relative_to(actions.paths.uploads) and (unpacked / "img0.png").is_file()
     assert not (run_dir / ".work").exists()
+
+
+def test_extra_dataset_paths_are_checked_entry_by_entry(actions: Actions, tmp_path: Path) -> None:
+    """dataset.extra_paths is a list field: each entry stays inside the allowed folders, a ZIP among them
+    is unpacked in uploads like dataset.path."""
+    from flux2_lora.webui.jobs import launch_config
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    z = _dataset_zip(actions.paths.data_dirs[0] / "extra.zip")
+    cfg = tiny_run_config("extra")
+    cfg["dataset"]["extra_paths"] = [str(actions.paths.data_dirs[0] / "photos"), str(outside)]
+    parsed, _, errors = launch_config(actions.paths, cfg)
+    assert parsed is None and errors[0]["field"] == "dataset.extra_paths[1]", errors
+    assert not actions.start_run(cfg, "")["ok"]
+    cfg["dataset"]["extra_paths"] = [str(z)]
+    parsed, _, errors = launch_config(actions.paths, cfg)
+    assert parsed is not None, errors
+    assert Path(parsed.dataset.extra_paths[0]).is_relative_to(actions.paths.uploads)
 
 
 def test_an_archive_inside_an_archive_is_refused_by_name(actions: Actions, tmp_path: Path) -> None:

@@ -94,13 +94,16 @@ def dataset_root(paths: AppPaths, path: str) -> Path:
     return prepare_dataset_source(Path(source), work)
 
 
-def unpacked_data(paths: AppPaths, field: str, value: str) -> str:
+def unpacked_data(paths: AppPaths, field: str, value: Any) -> Any:
     """A checked data path (dataset.path, validation.eval_folder) as the trainer gets it from the UI: a
     folder as is, a ZIP unpacked into its own folder of the uploads folder, so a trainer started here never
-    unpacks anything into its run folder. DatasetError naming ``field``."""
+    unpacks anything into its run folder. A list of paths (dataset.extra_paths) entry by entry.
+    DatasetError naming ``field``."""
     from flux2_lora.data.archive import prepare_dataset_source
     from flux2_lora.data.scan import DatasetError
 
+    if isinstance(value, list):
+        return [unpacked_data(paths, f"{field}[{i}]", v) for i, v in enumerate(value)]
     p = Path(value)
     if is_builtin_dataset(value) or not value.strip() or not p.is_file():
         return value

@@ -56,7 +56,7 @@ def launch_config(
         for dotted, role in path_fields().items():
             section, _, key = dotted.partition(".")
             value = checked.get(section, {}).get(key)
-            if role == "data" and isinstance(value, str):
+            if role == "data" and isinstance(value, str | list):
                 value = unpacked_data(paths, dotted, value)
             if value is not None:
                 setattr(getattr(parsed, section), key, value)
@@ -70,11 +70,12 @@ def launch_config(
     run_dir = Path(parsed.output.dir)
     for dotted, role in path_fields().items():
         section, _, key = dotted.partition(".")
-        value = str(getattr(getattr(parsed, section), key) or "")
-        inside = role == "data" and value.strip() and not is_builtin_dataset(value)
-        if inside and resolve_inside(run_dir, [Path(value)]) is not None:
-            message = "is inside the dataset folder: the run would train on its own samples"
-            return None, None, [{"field": "output.dir", "message": message}]
+        given = getattr(getattr(parsed, section), key)
+        for value in given if isinstance(given, list) else [str(given or "")]:
+            inside = role == "data" and value.strip() and not is_builtin_dataset(value)
+            if inside and resolve_inside(run_dir, [Path(value)]) is not None:
+                message = "is inside the dataset folder: the run would train on its own samples"
+                return None, None, [{"field": "output.dir", "message": message}]
     return parsed, run_dir, []
 
 

@@ -33,6 +33,7 @@ RESERVED = ("uploads", "templates", "generated")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # A config field is a path when its name says so or when it takes a path's length (PATH_MAX).
 _PATH_NAME = re.compile(r"^(path|dir|folder|file)$|_(path|dir|folder|file)$")
+_LIST_PATH_NAME = re.compile(r"_(paths|dirs|folders)$")
 PATH_MAX = 4096
 # How a path field's value is checked; every other path field is data the trainer reads.
 PATH_ROLES = {"model.path": "model", "output.dir": "output"}
@@ -83,12 +84,21 @@ def path_fields() -> dict[str, str]:
     out = {}
     for section, cls in SECTIONS.items():
         for key, info in cls.model_fields.items():
+            if info.annotation == list[str] and _LIST_PATH_NAME.search(key):
+                out[f"{section}.{key}"] = "data"  # a list of data paths (dataset.extra_paths)
+                continue
             if info.annotation is not str:
                 continue
             longest = max((getattr(m, "max_length", 0) or 0 for m in info.metadata), default=0)
             if _PATH_NAME.search(key) or longest >= PATH_MAX:
                 out[f"{section}.{key}"] = PATH_ROLES.get(f"{section}.{key}", "data")
     return out
+
+
+def is_list_path_field(field: str) -> bool:
+    """Whether a config field holds a list of data paths (each entry checked like a path field)."""
+    section, _, key = field.partition(".")
+    return bool(_LIST_PATH_NAME.search(key)) and path_fields().get(field) == "data"
 
 
 def refused_root(path: str | Path) -> str | None:
@@ -258,8 +268,13 @@ class AppPaths:
                 raise PathRefused(where + e.field, e.message) from None
         return out
 
-    def checked_value(self, field: str, value: Any, role: str | None = None) -> str:
-        """One path field's value checked by its role (:func:`path_fields`) and resolved."""
+    def checked_value(self, field: str, value: Any, role: str | None = None) -> Any:
+        """One path field's value checked by its role (:func:`path_fields`) and resolved; a list field
+        (dataset.extra_paths) item by item, naming the entry ("dataset.extra_paths[1]")."""
+        if is_list_path_field(field):
+            if not isinstance(value, list):
+                raise PathRefused(field, f"must be a list of paths, got {type(value).__name__}")
+            return [self.checked_value(f"{field}[{i}]", v, "data") for i, v in enumerate(value)]
         role = role or path_fields().get(field, "data")
         if not isinstance(value, str):
             raise PathRefused(field, f"must be a path (text), got {type(value).__name__}")
