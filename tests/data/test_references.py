@@ -100,6 +100,17 @@ def test_bad_references_skip_their_pair_by_name(tmp_path: Path) -> None:
     assert any("skipping this pair" in x for x in m["small.png"])
 
 
+def test_a_reference_the_cap_shrinks_below_64_px_is_refused_by_name(tmp_path: Path) -> None:
+    """80x64 is usable as given, but under a 4096-pixel cap it trains at 64x48, which FLUX.2 refuses."""
+    data = tmp_path / "data"
+    img(data / "a.png")
+    img(data / "refs" / "a.png", (80, 64))
+    assert [i.path.name for i in scan_dataset(data, reference_path="refs").items] == ["a.png"]
+    report = scan_dataset(data, reference_path="refs", reference_max_pixels=4096)
+    assert report.items == []
+    assert "64x48" in messages(report)["refs/a.png"][0]
+
+
 def test_reference_folder_symlink_escape_is_not_read(tmp_path: Path) -> None:
     data, secret = tmp_path / "data", tmp_path / "secret"
     img(data / "a.png")

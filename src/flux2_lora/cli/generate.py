@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _reference_problem(references: list[str], max_pixels: int) -> str | None:
     """Why the --reference images cannot be used (missing, not an image, a size FLUX.2 refuses), or None."""
-    from flux2_lora.data.references import MIN_REFERENCE_SIDE, oriented_size, reference_size, size_problem
+    from flux2_lora.data.references import oriented_size, size_problem
 
     if max_pixels < 0:
         return "--reference-max-pixels must be 0 or more"
@@ -128,14 +128,7 @@ def _reference_problem(references: list[str], max_pixels: int) -> str | None:
             w, h = oriented_size(Path(r))
         except Exception as e:  # PIL raises many types on a bad file; the message names the file
             return f"{r} is not an image this program can read ({type(e).__name__})"
-        why = size_problem(w, h)
+        why = size_problem(w, h, len(references), max_pixels)
         if why:
             return f"{r}: {why}"
-        # Scaled down to the cap, a narrow side can fall below what FLUX.2's pipelines accept.
-        rw, rh = reference_size(w, h, len(references), max_pixels)
-        if min(rw, rh) < MIN_REFERENCE_SIDE:
-            return (
-                f"{r} is {w}x{h}; under the cap of {max_pixels or 'FLUX.2'} pixels it would be {rw}x{rh}, "
-                f"below FLUX.2's {MIN_REFERENCE_SIDE} px minimum; use a squarer image"
-            )
     return None

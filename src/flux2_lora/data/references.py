@@ -71,12 +71,20 @@ def reference_tokens(sizes: list[tuple[int, int]], max_pixels: int = 0) -> int:
     return total
 
 
-def size_problem(width: int, height: int) -> str | None:
-    """Why a reference of this size cannot be used (FLUX.2's pipelines refuse it too), or None."""
+def size_problem(width: int, height: int, count: int = 1, max_pixels: int = 0) -> str | None:
+    """Why a reference of this size, one of ``count`` under the ``max_pixels`` cap, cannot be used (FLUX.2's
+    pipelines refuse it too), or None: checked as given and as it trains (scaled down to the cap)."""
     if min(width, height) < MIN_REFERENCE_SIDE:
         return f"reference is {width}x{height}; FLUX.2 needs both sides at least {MIN_REFERENCE_SIDE} px"
     if max(width, height) > MAX_REFERENCE_ASPECT * min(width, height):
         return f"reference is {width}x{height}, wider than {MAX_REFERENCE_ASPECT}:1; crop it"
+    rw, rh = reference_size(width, height, count, max_pixels)
+    if min(rw, rh) < MIN_REFERENCE_SIDE:
+        return (
+            f"reference is {width}x{height}; under the cap of {max_pixels or 'FLUX.2'} pixels it would be "
+            f"{rw}x{rh}, below FLUX.2's {MIN_REFERENCE_SIDE} px minimum; raise dataset.reference_max_pixels "
+            "or use a squarer image"
+        )
     return None
 
 

@@ -348,7 +348,12 @@ def scan_dataset(
 
         refs = plan.references.get(img, [])
         bad_ref = _check_references(
-            refs, plan.folder_root or real_root, root, max_image_pixels, ref_info, report
+            refs,
+            plan.folder_root or real_root,
+            root,
+            (max_image_pixels, reference_max_pixels),
+            ref_info,
+            report,
         )
         if bad_ref:
             problem(img, f"reference {bad_ref} cannot be used; skipping this pair", "error")
@@ -388,22 +393,25 @@ def _check_references(
     refs: list[Path],
     real_folder: Path,
     root: Path,
-    max_pixels: int,
+    limits: tuple[int, int],
     seen: dict[Path, tuple[int, int] | str],
     report: DatasetReport,
 ) -> str | None:
-    """The name of the first unusable reference of a target (its problem recorded once), or None."""
+    """The name of the first unusable reference of a target (its problem recorded once), or None.
+    ``limits``: the largest image a file may decode to, and dataset.reference_max_pixels (the cap the
+    reference is scaled down to as one of this target's references)."""
     from flux2_lora.data.references import size_problem
 
+    max_image_pixels, reference_max_pixels = limits
     for ref in refs:
         if ref not in seen:
             info: tuple[int, int, bool] | str
             if not (ref.is_file() or ref.is_symlink()):
                 info = "reference image not found"
             else:
-                info = _refused(ref, real_folder) or _inspect_image(ref, max_pixels)
+                info = _refused(ref, real_folder) or _inspect_image(ref, max_image_pixels)
             if not isinstance(info, str):
-                info = size_problem(info[0], info[1]) or info
+                info = size_problem(info[0], info[1], len(refs), reference_max_pixels) or info
             seen[ref] = info if isinstance(info, str) else (info[0], info[1])
             if isinstance(info, str):
                 report.problems.append(Problem(_label(ref, root), info, "error"))
