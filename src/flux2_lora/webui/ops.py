@@ -196,7 +196,9 @@ def cancel_running_job(paths: AppPaths, run: Path) -> None:
 
 # ---- sample now / save now ---------------------------------------------------------------------------
 ASK = {"sample": "sample now", "save": "save a checkpoint now"}
-LIVE = (runs.RunState.RUNNING, runs.RunState.CHECKPOINTING)  # the trainer polls its requests after each step
+# The states of the trainer's step loop, which polls the requests after each step (before it: starting,
+# caching, loading).
+LIVE = ("training", "sampling", "evaluating", "checkpointing", "running")
 
 
 def ask_state(snap: dict[str, Any]) -> tuple[bool, str]:
@@ -206,7 +208,7 @@ def ask_state(snap: dict[str, Any]) -> tuple[bool, str]:
         return True, ""
     if state in (None, "none"):
         return False, "Sample now / Save now: choose a running run"
-    if state == runs.RunState.STARTING:
+    if state in ("starting", "caching", "loading"):
         return False, "Sample now / Save now: the trainer is still starting"
     return False, f"Sample now / Save now: the run is not running ({state})"
 
