@@ -33,6 +33,8 @@ def test_caption_images_from_the_dataset_section(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the UI runs in this process: the default is not cached
     page = open_page(browser, ui_url)
     set_field(page, "dataset.path", str(ds))
+    check = page.locator("#dataset-check")
+    check.get_by_text("1 missing").wait_for(timeout=60_000)
     page.locator("#caption-fold .label-wrap").first.click()
     box = page.locator("#caption-model").locator("input, textarea").first
     box.fill("nobody-here/no-such-captioner")
@@ -49,4 +51,5 @@ def test_caption_images_from_the_dataset_section(
     assert "1/1" in shown and "captions written: 1" in shown, shown
     assert (ds / "b.txt").read_text() == "my own caption\n"
     assert (ds / "a.txt").read_text().strip()
+    check.get_by_text("0 missing").wait_for(timeout=60_000)  # the dataset check read the folder again
     page.close()

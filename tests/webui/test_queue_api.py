@@ -71,6 +71,29 @@ def test_queue_list_and_cancel_of_a_queued_job(client: Client, ui_runs: Path) ->
     assert not unknown["ok"] and "not a job id" in unknown["message"]
 
 
+def test_the_queue_is_read_from_disk_and_set_right_after_a_crash(client: Client, ui_runs: Path) -> None:
+    """What a UI reopened after a crash shows: the jobs on disk, one its dead worker left "running" queued
+    again (the runner of a reopened UI starts nothing until asked)."""
+    from flux2_lora.job_queue import JobState
+
+    q = Queue(ui_runs.resolve())
+    cfg_yaml = "model: {path: demo}\ndataset: {path: demo}\n"
+    waiting = q.add(cfg_yaml, ui_runs.resolve() / "q-waiting-on-disk")
+    crashed = q.add(cfg_yaml, ui_runs.resolve() / "q-crashed")
+
+    def left_running(j: Any) -> None:
+        j.state, j.pid = JobState.RUNNING, 999999
+
+    q.update(crashed.id, left_running)
+    listed = client.predict(api_name="/queue_list")
+    assert not listed["worker"] and not listed["runner"]
+    by_id = {j["id"]: j for j in listed["jobs"]}
+    assert by_id[waiting.id]["state"] == "queued"
+    assert by_id[crashed.id]["state"] == "queued" and "interrupted" in by_id[crashed.id]["message"]
+    for job in (waiting, crashed):
+        assert client.predict(job.id, api_name="/queue_cancel")["ok"]
+
+
 def test_ask_is_refused_for_a_run_that_is_not_running(client: Client, ui_runs: Path) -> None:
     r = client.predict(str(ui_runs / "never-ran"), "sample", api_name="/ask_run")
     assert not r["ok"] and "running run" in r["message"]
