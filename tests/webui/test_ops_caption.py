@@ -105,3 +105,18 @@ def test_caption_keeps_existing_captions_unless_told_to_overwrite(client: Client
     s = _captioned(client, ds)
     assert s["state"] == "done" and "captions written: 3" in s["output"], s
     assert (ds / "c.txt").read_text().startswith("sks")
+
+
+def test_an_uploaded_dataset_may_be_captioned(ui_runs: Path, ui_data: Path) -> None:
+    from flux2_lora.webui.ops import _caption_dataset
+    from flux2_lora.webui.paths import AppPaths, PathRefused
+
+    paths = AppPaths.create(ui_runs, [ui_data])
+    upload = paths.uploads / "ds-unpacked"
+    upload.mkdir(exist_ok=True)
+    assert _caption_dataset(paths, str(upload)) == upload.resolve()
+    run = paths.runs / "some-run"
+    run.mkdir(exist_ok=True)
+    for refused in (paths.uploads, run, paths.runs):
+        with pytest.raises(PathRefused):
+            _caption_dataset(paths, str(refused))

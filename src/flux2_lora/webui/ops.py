@@ -246,7 +246,8 @@ def _caption_dataset(paths: AppPaths, value: str) -> Path:
     if not text or is_demo(text):
         raise PathRefused("dataset.path", "choose a dataset folder of your own (the demo has its captions)")
     real = resolve_inside(text, (paths.uploads, *paths.data_dirs))
-    if real is None or (resolve_inside(real, [paths.runs]) is not None and paths.uploads not in real.parents):
+    upload = real is not None and real != paths.uploads and resolve_inside(real, [paths.uploads]) is not None
+    if real is None or (resolve_inside(real, [paths.runs]) is not None and not upload):
         roots = ", ".join(str(d) for d in paths.data_dirs)
         raise PathRefused(
             "dataset.path", f"{text} is outside the data folders captions may be written in ({roots})"
