@@ -159,9 +159,7 @@ def test_sample_now_adds_a_sample_at_the_current_step(
     assert (run_dir / runs.ON_DEMAND["sample"]).is_file()  # what `flux2-lora ask RUN sample` writes
     (run_dir / ".release-step").write_text("")
     # The new sample lands in the gallery, made at the step the run was at.
-    page.wait_for_function(
-        f"document.querySelectorAll('#samples img').length > {before}", timeout=300_000
-    )
+    page.wait_for_function(f"document.querySelectorAll('#samples img').length > {before}", timeout=300_000)
     assert [s for s in runs.read_jsonl(run_dir / runs.SAMPLES_INDEX) if s.get("step") == 3]
     ack = client.predict(r["run_dir"], api_name="/run_status")["extra"]["on_demand"]["sample"]
     assert ack["step"] == 3, ack
