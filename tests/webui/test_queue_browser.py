@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -67,12 +67,10 @@ def stacked(page: Page, top: tuple[str, str], below: str, name: str) -> None:
 
     from PIL import Image
 
-    a, b = (page.locator(s).bounding_box() for s in top)
-    assert a and b
     page.locator(top[0]).scroll_into_view_if_needed()
     a, b = (page.locator(s).bounding_box() for s in top)
     assert a and b
-    clip = {"x": a["x"], "y": a["y"], "width": a["width"], "height": b["y"] + b["height"] - a["y"]}
+    clip: Any = {"x": a["x"], "y": a["y"], "width": a["width"], "height": b["y"] + b["height"] - a["y"]}
     upper = Image.open(BytesIO(page.screenshot(clip=clip)))
     lower = Image.open(BytesIO(page.locator(below).screenshot()))
     out = Image.new("RGB", (max(upper.width, lower.width), upper.height + lower.height), "white")
