@@ -214,10 +214,12 @@ def run_worker(
     until_empty: bool = True,
     log: Callable[[str], None] = lambda line: print(line, flush=True),
     should_stop: Callable[[], bool] = lambda: False,
+    hold: Callable[[], bool] = lambda: False,
 ) -> int:
     """Run queued jobs, one per GPU (``gpus``: CUDA device ids; none: one job at a time on whatever the
     config says). Returns 0, or 1 when another worker holds the queue. ``fits``: whether a job's config
-    fits a GPU; a job no GPU fits waits for one that does (never started to fail with an OOM)."""
+    fits a GPU; a job no GPU fits waits for one that does (never started to fail with an OOM). ``hold``: True
+    while no job may start (the web UI's: a trainer it started itself is running)."""
     queue.dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(queue.dir / WORKER_LOCK)
     if not lock.acquire(blocking=False):
@@ -236,7 +238,7 @@ def run_worker(
                     ended = _ended(queue, job, proc.returncode)
                     log(f"job {job.id}: {ended.state} — {ended.message}")
             queued = [j for j in queue.jobs() if j.state == JobState.QUEUED]
-            for job in queued:
+            for job in [] if (queued and hold()) else queued:
                 free = [s for s in slots if s not in running]
                 if not free:
                     break

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flux2_lora.webui import configs, datasets, jobs, sweeps
+from flux2_lora.webui import configs, datasets, jobs, ops, sweeps
 from flux2_lora.webui.paths import AppPaths
 from flux2_lora.webui.requests import checked
 
@@ -45,6 +45,14 @@ API = (
     "sweep_status",
     "stop_sweep",
     "list_sweeps",
+    "queue_add",
+    "queue_list",
+    "queue_cancel",
+    "queue_run",
+    "ask_run",
+    "caption_model",
+    "caption_start",
+    "caption_status",
 )
 
 
@@ -188,6 +196,47 @@ class Actions:
 
     def list_sweeps(self) -> list[Any]:
         return sweeps.list_sweeps(self.paths)
+
+    # ---- operations: the queue, sample/save now, captioning (webui/ops.py) ----------------------------
+    def queue_add(self, config: dict[str, Any], start_anyway: bool = False, gpu: str = "") -> dict[str, Any]:
+        """Queue a run (refused as Start refuses it); the UI's runner starts it after the jobs before it."""
+        return ops.queue_add(self.paths, config, start_anyway, gpu or None)
+
+    def queue_list(self) -> dict[str, Any]:
+        """The queue's jobs, oldest first, and whether a worker runs it."""
+        return ops.queue_list(self.paths)
+
+    def queue_cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued job, or stop a running one (it checkpoints, then ends cancelled)."""
+        return ops.queue_cancel(self.paths, job_id)
+
+    def queue_run(self) -> dict[str, Any]:
+        """Start this UI's queue runner for what is queued (e.g. after a restart)."""
+        return ops.queue_run(self.paths)
+
+    def ask_run(self, run_dir: str, what: str) -> dict[str, Any]:
+        """Ask a running run to sample now ("sample") or save a checkpoint now ("save")."""
+        return ops.ask_run(self.paths, run_dir, what)
+
+    def caption_model(self, model: str) -> dict[str, Any]:
+        """Whether a captioning model (Hub id or folder) can be loaded here, and why not."""
+        return ops.caption_model(self.paths, model)
+
+    def caption_start(
+        self,
+        dataset: str,
+        model: str,
+        mode: str = "keep",
+        trigger: str = "",
+        caption_extension: str = ".txt",
+        device: str = "auto",
+    ) -> dict[str, Any]:
+        """Caption a dataset folder (keep / prefix / overwrite) with `flux2-lora caption` in a subprocess."""
+        return ops.caption_start(self.paths, dataset, model, mode, trigger, caption_extension, device)
+
+    def caption_status(self, dataset: str) -> dict[str, Any]:
+        """The captioning of a dataset folder: state, progress bar, output."""
+        return ops.caption_status(self.paths, dataset)
 
 
 # Every endpoint (and the upload and downloads) refuses an argument of the wrong type by name.

@@ -18,6 +18,7 @@ from flux2_lora.webui.api import register_api
 from flux2_lora.webui.paths import DEFAULT_MAX_UPLOAD_BYTES, AppPaths
 from flux2_lora.webui.tabs import Shared
 from flux2_lora.webui.tabs.compare import create_compare_tab
+from flux2_lora.webui.tabs.queue import create_queue_tab
 from flux2_lora.webui.tabs.runs import create_runs_tab
 from flux2_lora.webui.tabs.sweep import create_sweep_tab
 from flux2_lora.webui.tabs.test_lora import create_test_tab
@@ -34,6 +35,7 @@ THEME = gr.themes.Default(
 TABS = (
     ("train", "Train", create_train_tab),
     ("runs", "Runs", create_runs_tab),
+    ("queue", "Queue", create_queue_tab),
     ("compare", "Compare", create_compare_tab),
     ("test", "Test LoRA", create_test_tab),
     ("sweep", "Sweep", create_sweep_tab),

@@ -87,6 +87,31 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "flux2_lora.cli", *args]
 
 
+def judged(
+    paths: AppPaths, config: dict[str, Any], start_anyway: bool, gpu: str | None
+) -> tuple[TrainConfig | None, Path | None, dict[str, Any]]:
+    """The config as it would run and its run folder, or the refusal that Start and Add to queue both give:
+    the assessment's errors always, its blockers (a red verdict for ``gpu``, host RAM that does not fit)
+    unless ``start_anyway``."""
+    from flux2_lora.assess import assess, dataset_facts
+
+    parsed, run_dir, errors = launch_config(paths, config)
+    if parsed is None or run_dir is None:
+        return None, None, {"ok": False, "errors": errors}
+    # The config as it will run (paths resolved, a ZIP unpacked), so the facts are about what runs.
+    a = assess(parsed, gpu=gpu, dataset=dataset_facts(parsed), recommendations=False)
+    if a.errors:
+        return (
+            None,
+            None,
+            {"ok": False, "errors": [e.to_dict() for e in a.errors], "start_reason": a.start_reason},
+        )
+    if a.blockers and not start_anyway:
+        why = f'{a.start_reason} (tick "Start anyway" to start regardless: the GPU class is a guess)'
+        return None, None, {**_err("", why), "blockers": a.blockers, "start_reason": a.start_reason}
+    return parsed, run_dir, {}
+
+
 def start_run(
     paths: AppPaths,
     config: dict[str, Any],
@@ -98,18 +123,9 @@ def start_run(
 
     The assessment's errors refuse the run with its own words; its blockers (a red verdict for ``gpu``,
     host RAM that does not fit) unless ``start_anyway``."""
-    from flux2_lora.assess import assess, dataset_facts
-
-    parsed, run_dir, errors = launch_config(paths, config)
+    parsed, run_dir, refused = judged(paths, config, start_anyway, gpu)
     if parsed is None or run_dir is None:
-        return {"ok": False, "errors": errors}
-    # The config as it will run (paths resolved, a ZIP unpacked), so the facts are about what runs.
-    a = assess(parsed, gpu=gpu, dataset=dataset_facts(parsed), recommendations=False)
-    if a.errors:
-        return {"ok": False, "errors": [e.to_dict() for e in a.errors], "start_reason": a.start_reason}
-    if a.blockers and not start_anyway:
-        why = f'{a.start_reason} (tick "Start anyway" to start regardless: the GPU class is a guess)'
-        return {**_err("", why), "blockers": a.blockers, "start_reason": a.start_reason}
+        return refused
     if _busy(run_dir):
         return _err("output.dir", f"{run_dir} has a live run: stop it, or choose another output folder")
     if resume is not None and not isinstance(resume, str):
@@ -198,9 +214,12 @@ def run_status(paths: AppPaths, run_dir: str, max_points: int = 2000) -> dict[st
 
 def stop_run(paths: AppPaths, run_dir: str, timeout_s: float = 30.0) -> dict[str, Any]:
     """Graceful stop (also while the trainer is still starting); force-stopped after timeout_s."""
+    from flux2_lora.webui.ops import cancel_running_job
+
     run = paths.existing_run(run_dir)
     if run is None:
         return {"ok": False, "message": "no run selected"}
+    cancel_running_job(paths, run)  # a queue job stopped here ends cancelled (and its queue goes on)
     return monitor.stop(run, max(1.0, min(float(timeout_s), 3600.0)))
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 
 from flux2_lora.webui import edit_view, render
 from flux2_lora.webui.tabs import PRIVATE, Shared, skip
+from flux2_lora.webui.tabs.ops import add_ask, ask_outputs, ask_updates, wire_ask
 
 FINAL = ("finished", "failed", "stopped")
 RESUME_LABEL = "Resume (latest checkpoint)"
@@ -94,6 +95,7 @@ def create_runs_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
     with gr.Row():
         c["stop"] = gr.Button("Stop", variant="stop", elem_id="stop-btn", interactive=False)
         c["resume"] = gr.Button(RESUME_LABEL, elem_id="resume-btn", interactive=False)
+        c.update(add_ask())
         c["lora"] = gr.File(label="LoRA file", elem_id="lora-download", scale=2, height=90)
     c["msg"] = gr.Markdown(elem_id="runs-message")
     c["preflight"] = gr.HTML(render.preflight_html({}), elem_id="preflight-panel")
@@ -269,6 +271,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
         c["log"],
         c["lora"],
         c["preflight"],
+        *ask_outputs(c),
     ]
 
     tick_outputs = [*outputs, last_sig, shared.runs_changed]
@@ -319,6 +322,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
                     value=ranks_frame(snap.get("ranks", [])), visible=len(snap.get("ranks", [])) > 1
                 ),
                 c["preflight"]: render.preflight_html(pre),
+                **ask_updates(c, snap),
             }
         )
         return out
@@ -337,6 +341,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
         return render.esc(r["message"])
 
     c["stop"].click(on_stop, shared.run_dir, c["msg"], **PRIVATE)
+    wire_ask(shared, c)
 
     def on_resume(data: dict[Any, Any]) -> dict[Any, Any]:
         r = acts.resume_run(data[shared.run_dir] or "")

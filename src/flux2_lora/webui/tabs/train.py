@@ -18,6 +18,7 @@ from flux2_lora.webui import configs, edit_view, render
 from flux2_lora.webui.schema import SECTION_TITLES, form_fields, section_docs
 from flux2_lora.webui.tabs import PRIVATE, Shared, skip
 from flux2_lora.webui.tabs.autotune import add_autotune, wire_autotune
+from flux2_lora.webui.tabs.ops import add_caption, wire_caption
 from flux2_lora.webui.widgets import SHOW_FIELD_ERRORS_SOON, Form
 
 MAX_RECS = 4
@@ -119,6 +120,7 @@ def create_train_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
                             object_fit="contain", visible=False, elem_id="dataset-pairs",
                         )  # fmt: skip
                         c.update(add_autotune())
+                        c.update(add_caption())
                     if any(s.advanced for s in specs):
                         with gr.Accordion("Advanced", open=False) as adv:
                             adv.expand(None, js=SHOW_FIELD_ERRORS_SOON, **PRIVATE)
@@ -141,6 +143,7 @@ def create_train_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
             )
             with gr.Row():
                 c["start"] = gr.Button("Start training", variant="primary", elem_id="start-btn")
+                c["queue_add"] = gr.Button("Add to queue", elem_id="queue-add-btn")
                 c["preflight"] = gr.Button("Pre-flight", elem_id="preflight-btn")
             c["start_anyway"] = gr.Checkbox(
                 False,
@@ -200,6 +203,7 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
             c["errors"]: render.errors_markdown(r["errors"]),
             c["model_info"]: ("✔ " if model.get("ok") else "✘ ") + render.esc(model.get("message", "")),
             c["start"]: gr.update(interactive=startable),
+            c["queue_add"]: gr.update(interactive=startable),  # judged as Start is (jobs.judged)
             c["preflight"]: gr.update(interactive=startable),
             c["start_reason"]: render.esc(reason),
             fixes_state: [w["overrides"] for w in fixes],
@@ -229,7 +233,7 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
 
     est_outputs = [
         c["verdict"], c["warnings"], c["breakdown"], c["errors"], c["model_info"], c["start"], c["preflight"],
-        c["start_reason"], fixes_state, *c["fix_btns"],
+        c["start_reason"], fixes_state, *c["fix_btns"], c["queue_add"],
     ]  # fmt: skip
     gr.on(
         [w.change for w in form.components]
@@ -303,7 +307,7 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         }
 
     gr.on(
-        [w.change for w in ds_widgets] + [shared.blocks.load],
+        [w.change for w in ds_widgets] + [shared.blocks.load, c["cap_done"].change],
         on_dataset,
         inputs=set(ds_widgets),
         outputs=[c["dataset_info"], dataset_state, c["pairs_info"], c["pairs"]],
@@ -322,6 +326,7 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
 
     c["zip"].upload(on_zip, c["zip"], [form["dataset.path"], c["dataset_info"]], **PRIVATE)
     wire_autotune(shared, c, form, alpha_linked)
+    wire_caption(shared, c, form)
 
     # ---- presets, fixes, templates ------------------------------------------------------------------
     def preset(name: str, title: str) -> Any:
@@ -404,10 +409,17 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
             config = form.config(data)
             if kind == "train":
                 r = acts.start_run(config, "", bool(data[c["start_anyway"]]), data[c["gpu"]] or "")
+            elif kind == "queue":
+                r = acts.queue_add(config, bool(data[c["start_anyway"]]), data[c["gpu"]] or "")
             else:
                 r = acts.preflight(config)
             if not r["ok"]:
                 return {c["action_msg"]: render.errors_markdown(r["errors"])}
+            if kind == "queue":  # the form stays: the next run can be set up and queued after it
+                return {
+                    c["action_msg"]: f"Queued job `{r['job_id']}` (number {r['position']} in the queue) → "
+                    f"`{render.esc(r['run_dir'])}`; see the Queue tab",
+                }
             verb = "Started" if kind == "train" else "Pre-flight started in"
             return {
                 c["action_msg"]: f"{verb} `{render.esc(r['run_dir'])}`",
@@ -422,6 +434,7 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
     launch_in = {*form.inputs, shared.runs_changed, c["start_anyway"], c["gpu"]}
     c["start"].click(launch("train"), launch_in, launch_out, **PRIVATE)
     c["preflight"].click(launch("preflight"), launch_in, launch_out, **PRIVATE)
+    c["queue_add"].click(launch("queue"), launch_in, launch_out, **PRIVATE)
 
 
 def start_state(r: dict[str, Any], anyway: bool) -> tuple[bool, str]:

@@ -1,0 +1,55 @@
+"""Caption images in the Train tab's dataset section as a user sees it: disabled with its reason while the
+captioning model cannot be loaded here, then run on the form's dataset folder with a tiny randomly
+initialised Qwen2.5-VL (built from config), keeping the caption that was there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from PIL import Image
+
+from tests.webui.browser import open_page, set_field
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+pytestmark = pytest.mark.browser
+playwright = pytest.importorskip("playwright.sync_api")
+
+
+def test_caption_images_from_the_dataset_section(
+    browser: Browser, ui_url: str, ui_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_captioning import build_tiny_vl_model
+
+    model = build_tiny_vl_model(ui_data / "tiny-qwen-vl-page")
+    ds = ui_data / "ds-page"
+    ds.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (64, 48), (200, 30, 30)).save(ds / name)
+    (ds / "b.txt").write_text("my own caption\n")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the UI runs in this process: the default is not cached
+    page = open_page(browser, ui_url)
+    set_field(page, "dataset.path", str(ds))
+    check = page.locator("#dataset-check")
+    check.get_by_text("1 missing").wait_for(timeout=60_000)
+    page.locator("#caption-fold .label-wrap").first.click()
+    box = page.locator("#caption-model").locator("input, textarea").first
+    box.fill("nobody-here/no-such-captioner")
+    box.press("Tab")
+    page.locator("#caption-reason").get_by_text("HF_HUB_OFFLINE").wait_for(timeout=30_000)
+    assert page.locator("#caption-btn").is_disabled()
+    assert "disabled" in page.locator("#caption-reason").inner_text()
+    box.fill(str(model))
+    box.press("Tab")
+    page.wait_for_function("!document.querySelector('#caption-btn').disabled", timeout=30_000)
+    page.click("#caption-btn")  # the default choice: existing captions are kept
+    page.wait_for_selector("#caption-state[data-state='done']", timeout=600_000)
+    shown = page.locator("#caption-state").inner_text()
+    assert "1/1" in shown and "captions written: 1" in shown, shown
+    assert (ds / "b.txt").read_text() == "my own caption\n"
+    assert (ds / "a.txt").read_text().strip()
+    check.get_by_text("0 missing").wait_for(timeout=60_000)  # the dataset check read the folder again
+    page.close()
