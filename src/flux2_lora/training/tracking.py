@@ -146,7 +146,11 @@ class RunReporter:
             runs.write_json_atomic(self.run_dir / runs.STATUS_FILE, self.status.to_dict())
         except OSError as e:
             raise runs.write_error(runs.STATUS_FILE, e) from None
-        if message:
+        if message and state == runs.RunState.FAILED:
+            log_to_file(
+                logging.INFO, f"[{getattr(state, 'value', state)}] {message}"
+            )  # the console gets its one line from the CLI
+        elif message:
             log.info("[%s] %s", state, message)
 
     # -- trackers ---------------------------------------------------------------------------
