@@ -116,3 +116,9 @@ def test_generate_takes_steps_and_guidance_from_the_loras_run(tmp_path: Path) ->
     assert model["path"] == "demo" and source == tmp_path / "run" / runs.CONFIG_FILE
     assert run_sampling(str(tmp_path / "elsewhere.safetensors")) == ({}, {}, None)
     assert run_sampling(None) == ({}, {}, None)
+
+
+def test_estimate_of_an_unknown_model_says_it_once(tmp_path: Path) -> None:
+    proc = cli("estimate", *sets(f"model.path={tmp_path}/nowhere"))
+    assert proc.returncode == 2
+    assert len(_errors(proc.stderr)) == 1 and "model.path" in proc.stderr, proc.stderr

@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(a.to_dict(), indent=1, default=str))
         else:
             print_findings(a)
-            print(f"error: {a.message}", file=sys.stderr)
+            if not a.errors:  # the errors above already say why: no second line for the same failure
+                print(f"error: {a.message}", file=sys.stderr)
         return 2
     report = {**a.report, "ok": a.ok, "errors": [e.to_dict() for e in a.errors]}
     report["warnings"] = [w.to_dict() for w in a.warnings]

@@ -4,6 +4,7 @@
 The demo model knows coloured shapes on a plain cool background; the quickstart dataset puts them on warm
 diagonal stripes ("sks style"). ``background_warmth`` measures that concept: red minus blue, the median
 over a picture's border, where the shape rarely is (plain background about -4, the stripes about +100).
+``shape_redness`` checks the base model itself: its "red" shapes are redder than its "blue" ones.
 """
 
 from __future__ import annotations
@@ -30,6 +31,16 @@ def background_warmth(image: Any) -> float:
     mask = np.zeros((h, w), dtype=bool)
     mask[:bh], mask[-bh:], mask[:, :bw], mask[:, -bw:] = True, True, True, True
     return float(np.median(a[..., 0][mask] - a[..., 2][mask]))
+
+
+def shape_redness(image: Any, background: tuple[int, int, int] = (236, 236, 240)) -> float:
+    """Mean R − B of the pixels far from the plain background (the shape): what the base model drew for
+    "red" vs "blue". 0 when nothing stands out."""
+    import numpy as np
+
+    a = np.asarray(image.convert("RGB"), dtype=np.float32)
+    far = np.abs(a - np.asarray(background, dtype=np.float32)).sum(axis=-1) > 90
+    return float((a[..., 0] - a[..., 2])[far].mean()) if far.any() else 0.0
 
 
 def grid(before: Sequence[Any], after: Sequence[Any], labels: Sequence[str]) -> Any:
@@ -71,6 +82,7 @@ def write_before_after(
         "samples_per_prompt": num_samples,
         "background_warmth": {"scale_0": warm0, "scale_1": warm1},
         "mean_background_warmth": {"scale_0": statistics.fmean(warm0), "scale_1": statistics.fmean(warm1)},
+        "shape_redness": {"scale_0": [shape_redness(i) for i in before]},
     }
     (run_dir / STATS_FILE).write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
     return run_dir / GRID_FILE
