@@ -25,7 +25,7 @@ $(SKY_STAMP):
 
 install: $(STAMP)
 
-# Train the quickstart LoRA on the embedded demo model (CPU, about a minute).
+# Train the quickstart LoRA on the embedded demo model (CPU: ~110 s the first time, which teaches and caches the demo model; ~42 s after).
 demo: $(STAMP)
 	$(VENV)/bin/flux2-lora train --preset quickstart
 

@@ -52,6 +52,7 @@ def test_library_records_go_to_the_run_log_not_the_console(tmp_path: Path) -> No
     from flux2_lora.training import quiet
     from flux2_lora.training.tracking import setup_logging
 
+    logging.getLogger("flux2_lora").handlers.clear()  # no run log of an earlier test in this process
     quiet.quiet_libraries(debug=False)
     logging.getLogger("torchao").warning("Failed to load _C_mxfp8.so")  # before the log exists
     setup_logging(tmp_path, is_main=True)
