@@ -49,25 +49,28 @@ def start_cli(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def train_argv(out: Path, *overrides: str) -> list[str]:
-    """The command line of ``flux2-lora train --preset quickstart`` into ``out``, with ``--set`` overrides."""
+def train_argv(out: Path, *overrides: str, preset: str = "quickstart") -> list[str]:
+    """The command line of ``flux2-lora train --preset quickstart`` (or ``preset``) into ``out``, with
+    ``--set`` overrides."""
     return [
         sys.executable,
         "-m",
         "flux2_lora.cli",
         "train",
         "--preset",
-        "quickstart",
+        preset,
         *sets(f"output.dir={out}", *overrides),
     ]
 
 
 @contextmanager
-def held_trainer(out: Path, point: str, *overrides: str) -> Iterator[subprocess.Popen[bytes]]:
+def held_trainer(
+    out: Path, point: str, *overrides: str, preset: str = "quickstart"
+) -> Iterator[subprocess.Popen[bytes]]:
     """``flux2-lora train --preset quickstart`` into ``out``, held at ``point`` (``name`` or ``name@N``):
     yields the process once it is there, and kills it on the way out unless the test ended it."""
     proc = subprocess.Popen(
-        train_argv(out, *overrides),
+        train_argv(out, *overrides, preset=preset),
         env={**os.environ, HOLD_ENV: point},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

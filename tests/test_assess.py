@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from flux2_lora.assess import WITHOUT_ENV, Environment, assess, dataset_facts, environment
-from flux2_lora.config.io import load_config
+from flux2_lora.assess import WITHOUT_ENV, Assessment, Environment, assess, dataset_facts, environment
+from flux2_lora.config.io import compose, load_config, validate_dict
 
 # (name, presets, overrides, gpu, error fields the assessment must name, packages treated as missing)
 CASES: list[tuple[str, list[str], list[str], str, set[str], str]] = [
@@ -67,6 +67,14 @@ CASES: list[tuple[str, list[str], list[str], str, set[str], str]] = [
         "bitsandbytes",
     ),
     ("unknown hub id", ["quickstart"], ["model.path=someorg/my-flux-finetune"], "24", {"model.variant"}, ""),
+    (
+        "warmup > steps",
+        ["quickstart"],
+        ["training.warmup_steps=50", "training.max_steps=10"],
+        "24",
+        {"training.warmup_steps"},
+        "",
+    ),
 ]
 
 
@@ -74,6 +82,15 @@ def _overrides(case: list[str], tmp: Path) -> list[str]:
     (tmp / "empty").mkdir(exist_ok=True)
     (tmp / "empty" / "notes.txt").write_text("no images here")
     return [o.format(missing=tmp / "nope", empty=tmp / "empty") for o in case]
+
+
+def composed(presets: list[str], overrides: list[str], gpu: str) -> tuple[dict[str, Any], Assessment]:
+    """The case as the UI sends it (a mapping, valid or not) and the assessment of it."""
+    data, issues = compose(presets, overrides=overrides)
+    assert not [i for i in issues if i.level == "error"], issues
+    config, _ = validate_dict(data)
+    facts = dataset_facts(config) if config is not None else None
+    return data, assess(config if config is not None else data, gpu=gpu, dataset=facts)
 
 
 def _argv(presets: list[str], overrides: list[str]) -> list[str]:
@@ -127,8 +144,7 @@ def test_validate_and_estimate_agree_with_the_assessment(
     os.environ[WITHOUT_ENV] = without
     environment.cache_clear()
     try:
-        config, _ = load_config(presets=presets, overrides=overrides)
-        a = assess(config, gpu=gpu, dataset=dataset_facts(config))
+        _, a = composed(presets, overrides, gpu)
     finally:
         os.environ.pop(WITHOUT_ENV)
         environment.cache_clear()

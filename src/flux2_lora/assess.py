@@ -60,6 +60,8 @@ class DatasetFacts:
     error: str | None = None
     num_images: int | None = None
     upscaled: tuple[tuple[str, int, int], ...] | None = None
+    max_references: int | None = None  # the most references one target has (edit datasets)
+    reference_error: str | None = None  # a reference folder or metadata.jsonl that cannot be used
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> DatasetFacts | None:
@@ -70,13 +72,17 @@ class DatasetFacts:
             error=d.get("error"),
             num_images=d.get("num_images"),
             upscaled=tuple((str(f), int(w), int(h)) for f, w, h in up) if up is not None else None,
+            max_references=d.get("max_references"),
+            reference_error=d.get("reference_error"),
         )
 
 
 def dataset_facts(config: TrainConfig) -> DatasetFacts | None:
-    """Scan ``dataset.path`` (image headers only); None for the demo dataset, whose facts are fixed."""
+    """Scan ``dataset.path`` (image headers only); None for the demo datasets, whose facts are fixed."""
+    from flux2_lora.data.demo_edit import is_demo_edit
+
     ds = config.dataset
-    if is_demo(ds.path):
+    if is_demo(ds.path) or is_demo_edit(ds.path):
         return None
     path = Path(ds.path).expanduser()
     if path.is_file() and path.suffix.lower() == ".zip":
@@ -86,12 +92,25 @@ def dataset_facts(config: TrainConfig) -> DatasetFacts | None:
 
     try:
         report = scan_dataset(
-            path, caption_extension=ds.caption_extension, default_caption=ds.default_caption
+            path,
+            caption_extension=ds.caption_extension,
+            default_caption=ds.default_caption,
+            reference_path=ds.reference_path,
+            reference_max_pixels=ds.reference_max_pixels,
         )
     except DatasetError as e:
         return DatasetFacts(error=str(e).partition(": ")[2] or str(e))
+    refs = report.references
+    # The reference folder itself unusable (missing, or climbing out of the dataset): the run would
+    # silently train text-to-image.
+    folder_error = next(
+        (p.message for p in report.problems if p.file.startswith("dataset.reference_path")), None
+    )
     return DatasetFacts(
-        num_images=len(report.items), upscaled=tuple(upscaled_from_report(report, ds.resolution))
+        num_images=len(report.items),
+        upscaled=tuple(upscaled_from_report(report, ds.resolution)),
+        max_references=max(refs.counts, default=0) if refs else 0,
+        reference_error=folder_error,
     )
 
 
@@ -101,6 +120,8 @@ class Environment:
 
     cuda: bool
     packages: frozenset[str]
+    # bitsandbytes 0.46 and later run their 4- and 8-bit layers on the CPU too (older ones: CUDA only)
+    bnb_cpu: bool = True
 
     def has(self, module: str) -> bool:
         return module in self.packages
@@ -115,7 +136,23 @@ WITHOUT_ENV = "FLUX2_LORA_WITHOUT"
 def environment() -> Environment:
     hidden = {m.strip() for m in os.environ.get(WITHOUT_ENV, "").split(",")}
     found = frozenset(m for m in EXTRAS if m not in hidden and importlib.util.find_spec(m) is not None)
-    return Environment(cuda=local_gpu() is not None, packages=found)
+    return Environment(cuda=local_gpu() is not None, packages=found, bnb_cpu=_bnb_has_cpu_kernels(found))
+
+
+BNB_CPU_SINCE = (0, 46)
+
+
+def _bnb_has_cpu_kernels(found: frozenset[str]) -> bool:
+    """From the installed version (no import: bitsandbytes imports torch)."""
+    if "bitsandbytes" not in found:
+        return False
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        parts = version("bitsandbytes").split(".")[:2]
+        return tuple(int("".join(ch for ch in p if ch.isdigit()) or 0) for p in parts) >= BNB_CPU_SINCE
+    except (PackageNotFoundError, ValueError):
+        return False
 
 
 @dataclass
@@ -208,6 +245,7 @@ def assess(
         return Assessment(parsed, errors, message=_no_estimate(errors))
     errors += model_errors(parsed)
     errors += dataset_errors(dataset)
+    errors += reference_errors(parsed, dataset)
     errors += environment_errors(parsed, env or environment())
     if errors and any(e.field.startswith("model.") for e in errors):
         return Assessment(parsed, errors, message=_no_estimate(errors))
@@ -288,6 +326,30 @@ def dataset_errors(facts: DatasetFacts | None) -> list[Finding]:
     return []
 
 
+def reference_errors(c: TrainConfig, facts: DatasetFacts | None) -> list[Finding]:
+    """An edit dataset the model cannot take: a reference folder that cannot be read, or more references
+    per target than the variant takes."""
+    from flux2_lora.data.references import count_problem
+    from flux2_lora.variants import get_variant, resolve_model
+
+    if facts is None:
+        return []
+    out: list[Finding] = []
+    if facts.reference_error:
+        out.append(Finding("dataset.reference_path", facts.reference_error))
+    if facts.max_references:
+        try:
+            v = get_variant(resolve_model(c.model.path, c.model.variant).variant)
+        except (ValueError, KeyError):  # an unknown model is model_errors' to report
+            return out
+        why = count_problem(facts.max_references, v.max_references, v.label)
+        if why:
+            out.append(
+                Finding("dataset.reference_path", why, "remove references, or use a variant that takes more")
+            )
+    return out
+
+
 def _needs(env: Environment, module: str, what: str, fld: str) -> list[Finding]:
     if env.has(module):
         return []
@@ -320,15 +382,40 @@ def environment_errors(c: TrainConfig, env: Environment) -> list[Finding]:
             )
     if t.optimizer == "prodigy":
         out += _needs(env, "prodigyopt", "prodigy", "training.optimizer")
-    if m.quantization in ("nf4", "int8"):
-        out += _needs(env, "bitsandbytes", f"memory.quantization {m.quantization}", "memory.quantization")
-        if not on_cuda:
+    # nf4 runs on the CPU too (bitsandbytes' CPU backend), int8 through torchao on any device.
+    if m.quantization == "nf4":
+        out += _needs(env, "bitsandbytes", "memory.quantization nf4", "memory.quantization")
+        if env.has("bitsandbytes") and not on_cuda and not env.bnb_cpu:
+            since = ".".join(map(str, BNB_CPU_SINCE))
             out.append(
                 Finding(
                     "memory.quantization",
-                    f"{m.quantization} weights compute with bitsandbytes' CUDA kernels and this run is on the CPU",
-                    "use none",
+                    f"nf4 weights on the CPU need bitsandbytes' CPU kernels and the installed bitsandbytes has "
+                    f"none (they came in {since})",
+                    f"upgrade bitsandbytes to {since} or later, or use none",
                     {"memory.quantization": "none"},
+                )
+            )
+    if m.quantization == "int8":
+        out += _needs(env, "torchao", "memory.quantization int8", "memory.quantization")
+    te_quant = m.text_encoder_quantization
+    if te_quant != "none":
+        fld = "memory.text_encoder_quantization"
+        out += _needs(env, "bitsandbytes", f"{fld} {te_quant}", fld)
+        if env.has("bitsandbytes") and (m.cpu_offload or not on_cuda) and not env.bnb_cpu:
+            where = (
+                "memory.cpu_offload keeps the text encoder on the CPU"
+                if m.cpu_offload
+                else "this run is on the CPU"
+            )
+            since = ".".join(map(str, BNB_CPU_SINCE))
+            out.append(
+                Finding(
+                    fld,
+                    f"a {te_quant} text encoder needs bitsandbytes' CPU kernels here ({where}) and the installed "
+                    f"bitsandbytes has none (they came in {since})",
+                    f"upgrade bitsandbytes to {since} or later, or use none",
+                    {fld: "none"},
                 )
             )
     if c.performance.float8:

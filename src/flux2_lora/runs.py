@@ -291,6 +291,7 @@ _RUN_ARTIFACTS = (
     "wandb",
     LORA_FILE,
     COMFYUI_LORA_FILE,
+    "README.md",  # model_card.CARD_FILE: it describes the run it was written by
 )
 
 
@@ -390,6 +391,25 @@ def stop_requested_at(folder: str | Path) -> float | None:
 def clear_stop_request(folder: str | Path) -> None:
     """The stop was acted on, or was left by an earlier run: it must not stop the next one."""
     (Path(folder) / STOP_FILE).unlink(missing_ok=True)
+
+
+# Asked of a running trainer (the monitor's "Sample now" / "Save now", `flux2-lora ask`): one file per kind
+# that the trainer polls after each step, acts on, removes, and acknowledges in its status
+# (extra["on_demand"][kind] = {"step", "done_at", "message"}).
+ON_DEMAND = {"sample": "sample.request", "save": "save.request"}
+
+
+def write_on_demand(run_dir: str | Path, kind: str) -> None:
+    (Path(run_dir) / ON_DEMAND[kind]).write_text(str(time.time()))
+
+
+def on_demand_requests(run_dir: str | Path) -> list[str]:
+    """The kinds asked for and not yet acted on, in ON_DEMAND's order."""
+    return [k for k, name in ON_DEMAND.items() if (Path(run_dir) / name).is_file()]
+
+
+def clear_on_demand(run_dir: str | Path, kind: str) -> None:
+    (Path(run_dir) / ON_DEMAND[kind]).unlink(missing_ok=True)
 
 
 def request_stop(run_dir: str | Path) -> bool:

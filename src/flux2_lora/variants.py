@@ -34,6 +34,24 @@ LIGHTEST_REAL_VARIANT = "klein-4b"
 DEMO_MODEL_PATH = "demo"
 
 
+# Block swap (training/block_swap.py) keeps at most this many swapped blocks' frozen weights on the GPU:
+# the one computing and the one being prefetched.
+SWAP_RESIDENT_BLOCKS = 2
+
+
+def blocks_to_swap_error(count: int, arch: TransformerArch, label: str) -> str | None:
+    """Why ``memory.blocks_to_swap: count`` cannot run on this transformer (None if it can); the one
+    wording of the config rule (a named variant) and of the trainer's check (variant auto)."""
+    limit = arch.max_blocks_to_swap
+    if count <= limit:
+        return None
+    return (
+        f"{count} is more than {label} allows: it has {arch.num_blocks} blocks ({arch.num_layers} double-stream "
+        f"+ {arch.num_single_layers} single-stream) and two of them are on the GPU at any time, so at most "
+        f"{limit}"
+    )
+
+
 def is_demo(path: str) -> bool:
     """Whether a model.path or dataset.path names the embedded demo ('demo', in any case)."""
     return path.strip().lower() == DEMO_MODEL_PATH
@@ -64,6 +82,18 @@ class TransformerArch:
     @property
     def mlp_hidden_dim(self) -> int:
         return int(self.inner_dim * self.mlp_ratio)
+
+    @property
+    def num_blocks(self) -> int:
+        """Double-stream plus single-stream blocks, in execution order (double first)."""
+        return self.num_layers + self.num_single_layers
+
+    @property
+    def max_blocks_to_swap(self) -> int:
+        """The most blocks ``memory.blocks_to_swap`` may stream: all but the two whose frozen weights the
+        GPU holds at once anyway (the one computing and the one being copied in): [dev] 54, [klein] 9B 30,
+        [klein] 4B 23, the demo 2."""
+        return self.num_blocks - SWAP_RESIDENT_BLOCKS
 
     def diffusers_config(self) -> dict[str, Any]:
         """Keyword arguments for ``Flux2Transformer2DModel(**...)``."""
@@ -126,6 +156,8 @@ class Variant:
     default_guidance: float | None  # distilled-guidance input during training ([dev] only)
     notes: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # Reference images one edit sample takes (BFL: [klein] up to 4; [dev] takes up to 10, 6 recommended).
+    max_references: int = 4
 
     @property
     def label(self) -> str:
@@ -165,6 +197,7 @@ VARIANTS: dict[str, Variant] = {
         default_resolution=1024,
         default_guidance=1.0,
         notes="Mistral Small 3.x 24B text encoder; guidance-distilled (guidance input during training).",
+        max_references=10,
     ),
     "klein-9b": Variant(
         name="klein-9b",

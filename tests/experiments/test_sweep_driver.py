@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from flux2_lora import runs
+from flux2_lora.assess import Environment, environment
 from flux2_lora.experiments.spec import build_plan, parse_spec
 from flux2_lora.experiments.sweep import Options, Sweep, trial_dir_name
 from flux2_lora.experiments.vet import Target
@@ -181,6 +182,8 @@ def test_gpus_run_one_trial_each_in_parallel(tmp_path: Path) -> None:
         Options(
             tmp_path / "sweep",
             gpus=["0", "1"],
+            # Two CUDA GPUs, as far as the assessment of each trial knows (the trainer here is a fake).
+            target=Target(None, Environment(cuda=True, packages=environment().packages)),
             trainer=lambda cfg: [sys.executable, str(FAKE), str(cfg), json.dumps(plan)],
             poll_s=0.02,
             log=lambda line: None,

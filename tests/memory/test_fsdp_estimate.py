@@ -101,14 +101,12 @@ def test_report_gives_verdicts_for_n_gpus_and_fsdp_as_a_fix() -> None:
     assert report["num_gpus"] == 4 and report["strategy"] == "fsdp"
     assert report["gpu"]["label"] == "4 × 24 GB (RTX 3090/4090, A10)"
     assert all(g["label"].startswith("4 × ") for g in report["gpus"])
-    # [klein] 9B in bf16 on one 24 GB card: sharding over GPUs is one of the fixes.
+    # [klein] 9B in bf16 on one 24 GB card: one-GPU fixes exist (swap, fp8, 8-bit state), so more GPUs
+    # are not offered (issue 21: never "N GPUs" while a one-GPU fix fits).
     config, _ = load_config(presets=["klein-9b"], overrides=["memory.cpu_offload=true"])
     fixes = recommendations(config, 23.99)
     titles = [f["title"] for f in fixes]
-    assert any("GPUs with FSDP" in t for t in titles), titles
-    fsdp = next(f for f in fixes if "GPUs with FSDP" in f["title"])
-    assert fsdp["overrides"]["distributed.strategy"] == "fsdp" and fsdp["fits_after"]
-    assert estimate(_with(config, fsdp["overrides"])).total_gib <= 23.99 * 0.9
+    assert any(f["fits_after"] for f in fixes) and not any("GPUs with FSDP" in t for t in titles), titles
 
 
 def _with(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:

@@ -24,7 +24,7 @@ if __name__ == "__main__":  # run as a script to write the table
 from flux2_lora.config import TrainConfig
 from flux2_lora.config.io import load_config, to_dict
 from flux2_lora.memory import GPUS, auto_fit, estimate, estimate_report, recommendations
-from flux2_lora.memory.host import host_estimate
+from flux2_lora.memory.host import ASSUMED_HOST_GIB, host_estimate
 from tests.memory.matrix import MATRIX
 from tests.memory.matrix import config as matrix_config
 
@@ -120,7 +120,8 @@ def recommendation_fingerprint(presets: tuple[str, ...], overrides: tuple[str, .
     base = _flat(to_dict(c))
     out: dict[str, Any] = {}
     for card in CARDS:
-        out[card.name] = recommendations(c, card.gib)
+        # The report's fixes must fit the host RAM it assumes for a GPU class (memory/host.py).
+        out[card.name] = recommendations(c, card.gib, host_gib=ASSUMED_HOST_GIB)
         fitted = auto_fit(c, card.gib)
         # auto_fit's answer as the fields it changed (None: nothing fits).
         out[f"auto_fit {card.name}"] = (

@@ -23,6 +23,10 @@ pytestmark = pytest.mark.gpu
         ("performance.attention_backend=flash",),
         ("performance.attention_backend=efficient",),
         ("performance.compile=true",),
+        ("memory.blocks_to_swap=2",),
+        ("memory.quantization=fp8",),
+        ("memory.quantization=fp8", "memory.blocks_to_swap=2"),
+        pytest.param(("memory.quantization=nf4", "memory.blocks_to_swap=2"), marks=NEEDS_BNB),
     ],
 )
 def test_demo_trains_on_cuda(make_config: MakeConfig, extra: tuple[str, ...]) -> None:

@@ -5,15 +5,15 @@ host RAM; start_run refuses the same errors in the same words and a red verdict 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from flux2_lora.assess import WITHOUT_ENV, assess, dataset_facts, environment
-from flux2_lora.config.io import load_config, to_dict
-from tests.test_assess import CASES, _overrides, _summary
+from flux2_lora.assess import WITHOUT_ENV, assess, environment
+from tests.test_assess import CASES, _overrides, _summary, composed
 from tests.webui.conftest import tiny_run_config
 
 if TYPE_CHECKING:
@@ -34,8 +34,7 @@ def without(request: pytest.FixtureRequest) -> Iterator[None]:
 
 def _case(presets: list[str], overrides: list[str], gpu: str, folder: Path) -> tuple[dict[str, Any], Any]:
     folder.mkdir(parents=True, exist_ok=True)
-    config, _ = load_config(presets=presets, overrides=_overrides(overrides, folder))
-    return to_dict(config), assess(config, gpu=gpu, dataset=dataset_facts(config))
+    return composed(presets, _overrides(overrides, folder), gpu)
 
 
 @pytest.mark.parametrize(
@@ -71,10 +70,16 @@ def test_the_api_agrees_with_the_assessment(
         ),
     ):
         assert _summary(est) == reference, where
-        assert est["can_start"] == a.to_dict()["can_start"] and est["blockers"] == a.blockers, where
+        assert est["can_start"] == a.to_dict()["can_start"], where
+        assert _steady(est["blockers"]) == _steady(a.blockers), where
         # validate is about the default GPU (as `flux2-lora validate` without --gpu): the same errors
         assert sorted((e["field"], e["message"]) for e in val["errors"]) == reference["errors"], where
         assert val["ok"] == a.ok and (val["config"] is not None) == a.ok, where
+
+
+def _steady(blockers: list[str]) -> list[str]:
+    """Blockers without the free host RAM of the moment (other processes change it between two calls)."""
+    return [re.sub(r"[0-9.]+ GiB available", "N GiB available", b) for b in blockers]
 
 
 def test_start_refuses_the_errors_in_the_assessments_words(client: Client, ui_data: Path) -> None:

@@ -1,6 +1,7 @@
 """A real Chromium drives the page as a new user would (issue 12's Done-when).
 
-The two README screenshots (docs/screenshots/train.png and monitor.png) are taken here. Every wait is on
+The README's Train tab screenshot (docs/screenshots/train.png) is taken here; its monitor screenshot in
+test_monitor_browser.py. Every wait is on
 what the page shows (estimate revision, run state, element states), never on time.
 """
 
@@ -17,6 +18,7 @@ from tests.webui.browser import (
     choose,
     field,
     in_viewport,
+    load_preset,
     open_page,
     rev,
     set_field,
@@ -116,7 +118,6 @@ def test_a_typed_value_is_what_runs_and_the_monitor_follows(
     )
     page.locator("#samples img").first.wait_for(timeout=30_000)
     page.locator("#loss-plot canvas, #loss-plot svg").first.wait_for(timeout=30_000)
-    _shot(page, "monitor.png")
     # Samples enlarge on click.
     page.locator("#samples button img").first.click()
     page.locator("#samples .preview").first.wait_for(timeout=10_000)
@@ -197,6 +198,7 @@ def test_presets_say_what_they_change_and_alpha_follows_rank(browser: Browser, u
 
 def test_warnings_show_with_their_fix(browser: Browser, ui_url: str) -> None:
     page = open_page(browser, ui_url)
+    load_preset(page, "klein-4b")  # the demo (a new page) is spared the learning-rate warning
     set_field(page, "training.learning_rate", "0.0005")
     page.wait_for_selector("#estimate-warnings li[data-field='training.learning_rate']", timeout=30_000)
     page.locator("#side-panel button", has_text="Fix Learning rate").click()

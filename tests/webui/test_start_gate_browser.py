@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.webui.browser import choose, open_page, rev, set_field, wait_new_estimate
+from tests.webui.browser import choose, load_preset, open_page, rev, set_field, wait_new_estimate
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -35,9 +35,7 @@ def _enabled(page: Page) -> None:
 
 def _quickstart(browser: Browser, url: str) -> Page:
     page = open_page(browser, url)
-    before = rev(page)
-    page.click("#preset-quickstart")
-    wait_new_estimate(page, before)
+    load_preset(page, "quickstart")
     _enabled(page)  # the demo fits and has no error: the starting point of every case
     return page
 

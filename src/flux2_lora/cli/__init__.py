@@ -15,6 +15,7 @@ SUBCOMMANDS = (
     "validate",
     "presets",
     "dataset",
+    "caption",
     "estimate",
     "generate",
     "runs_cmd",
@@ -23,6 +24,9 @@ SUBCOMMANDS = (
     "autotune",
     "ui",
     "cloud",
+    "push",
+    "queue_cmd",
+    "ask",
 )
 
 # Optional packages (top-level import names) and the extra of pyproject.toml that installs each.

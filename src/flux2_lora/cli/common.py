@@ -94,17 +94,37 @@ def fields_from_args(
     return parsed
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig | None:
-    """The composed, validated config; prints every problem by field and returns None on errors."""
+def config_from_args(args: argparse.Namespace, *, quiet: bool = False) -> TrainConfig | None:
+    """The composed, validated config; prints every problem by field (unless ``quiet``: a --json caller
+    prints them its own way) and returns None on errors."""
     file = args.config_opt or args.config
     try:
         config, warnings = load_config(file=file, presets=args.preset, overrides=args.overrides)
     except ConfigError as e:
-        print(str(e), file=sys.stderr)
+        if not quiet:
+            print(str(e), file=sys.stderr)
         return None
     for w in warnings:
         print(f"warning: {w.path}: {w.message}" if w.path else f"warning: {w.message}", file=sys.stderr)
     return config
+
+
+def print_invalid_json(args: argparse.Namespace) -> int:
+    """``--json`` for a config that does not validate: the assessment of the composed mapping (its errors
+    by field, as for any config), or the composition's own errors (an unreadable file, a bad --set)."""
+    import json
+
+    from flux2_lora.assess import assess
+    from flux2_lora.config.io import compose
+
+    data, issues = compose(args.preset, args.config_opt or args.config, args.overrides)
+    errors = [i for i in issues if i.level == "error"]
+    if errors:
+        out = {"ok": False, "errors": [{"field": i.path, "message": i.message} for i in errors]}
+    else:
+        out = assess(data).to_dict()
+    print(json.dumps(out, indent=1, default=str))
+    return 2
 
 
 def print_findings(assessment: Any) -> None:

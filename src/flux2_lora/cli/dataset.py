@@ -23,12 +23,15 @@ CHECK_FIELDS = (
     "trigger_word",
     "bucketing",
     "bucket_step",
+    "reference_path",
+    "reference_max_pixels",
 )
 FLAGS = {"bucketing": ["--bucketing", "--buckets"]}
 NOTES = {
     "resolution": "The check reports images smaller than it when given.",
     "trigger_word": "The check reports captions without it, or [trigger] placeholders without one.",
     "bucketing": "The check shows the bucket table (at --resolution).",
+    "reference_path": "The check reports pairs, targets without references, orphans, counts and sizes.",
 }
 
 
@@ -36,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dataset", help="inspect a dataset")
     dsub = p.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
     c = dsub.add_parser("check", help="count images and captions and list problems by file")
-    c.add_argument("path", help="folder, .zip, or 'demo'")
+    c.add_argument("path", help="folder, .zip, 'demo' or 'demo-edit'")
     add_field_args(c, DatasetSection, CHECK_FIELDS, flags=FLAGS, notes=NOTES)
     c.add_argument("--json", action="store_true", help="machine-readable report")
     c.set_defaults(func=run_check)
@@ -57,6 +60,8 @@ def run_check(args: argparse.Namespace) -> int:
                 default_caption=ds.default_caption,
                 # Small images are worth a word only against a resolution the user is training at.
                 resolution=ds.resolution if args.resolution is not None else None,
+                reference_path=ds.reference_path,
+                reference_max_pixels=ds.reference_max_pixels,
             )
         except DatasetError as e:
             if args.json:

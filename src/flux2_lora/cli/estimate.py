@@ -33,27 +33,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_debug_arg(p)
     p.add_argument(
-        "--auto-fit", action="store_true", help="the best-quality config that fits --gpu (as YAML)"
+        "--auto-fit",
+        action="store_true",
+        help="the best-quality config that fits one --gpu (the GPUs the run has; as YAML) and --host-ram",
+    )
+    p.add_argument(
+        "--host-ram",
+        type=float,
+        metavar="GIB",
+        help="host RAM the fixes and --auto-fit must fit (default: this machine's for its own GPU, else 64)",
     )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from flux2_lora.assess import assess, dataset_facts
-    from flux2_lora.cli.common import print_findings
+    from flux2_lora.cli.common import print_findings, print_invalid_json
     from flux2_lora.config.io import diff_from_defaults, to_yaml
-    from flux2_lora.memory import auto_fit
     from flux2_lora.memory.gpus import parse_gpu
 
     args.overrides = [*args.overrides, *section_overrides(args)]
-    config = config_from_args(args)
+    config = config_from_args(args, quiet=args.json)
     if config is None:
-        return 2
+        return print_invalid_json(args) if args.json else 2
     if args.gpu:
         try:
             parse_gpu(args.gpu)  # "-5", "0", "nan", "inf" and unknown names are refused, not guessed
         except ValueError as e:
             return fail(f"--gpu: {e}", 2)
+    if args.host_ram is not None and not (0 < args.host_ram <= 1 << 20):
+        return fail(f"--host-ram: {args.host_ram:g} is not a size in GiB (a number above 0)", 2)
     a = assess(config, gpu=args.gpu, dataset=dataset_facts(config))
     if a.report is None:  # the config or the model cannot be sized: say why, by field
         if args.json:
@@ -72,14 +81,44 @@ def run(args: argparse.Namespace) -> int:
 
         report["trace"] = trace_report(config)
     if args.auto_fit:
-        fitted = auto_fit(config, report["gpu"]["gib"])
-        report["auto_fit"] = diff_from_defaults(fitted) if fitted else None
+        report["auto_fit"] = _auto_fit(config, report, args.host_ram, diff_from_defaults)
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     else:
         print_findings(a)
         _print(report, auto=args.auto_fit, to_yaml=to_yaml)
     return 0
+
+
+def _auto_fit(
+    config: Any, report: dict[str, Any], host_ram: float | None, diff: Any
+) -> dict[str, Any] | None:
+    """--auto-fit's config (its changes from the defaults) with what the estimate says of it."""
+    from flux2_lora.memory import auto_fit, estimate
+    from flux2_lora.memory.gpus import verdict
+    from flux2_lora.memory.host import gpu_host_peak
+    from flux2_lora.memory.timing import step_time
+
+    gib = report["gpu"]["gib"]
+    host = host_ram if host_ram is not None else report.get("host_gib")
+    fitted = auto_fit(config, gib, host_gib=host)
+    if fitted is None:
+        return None
+    est = estimate(fitted)
+    need = gpu_host_peak(fitted, est)
+    after, before = step_time(fitted, gib).step_s, step_time(config, gib).step_s
+    return {
+        "config": diff(fitted),
+        "total_gib": est.total_gib,
+        "verdict": verdict(est.total_gib, gib),
+        "num_gpus": fitted.distributed.world_size,
+        "host_gib": need,
+        "host_budget_gib": host,
+        "host_fits": host is None or need <= host,
+        "step_s": after,
+        "time_factor": after / before,
+        "swap": est.swap,
+    }
 
 
 def _print(report: dict[str, Any], *, auto: bool, to_yaml: Any) -> None:
@@ -116,10 +155,21 @@ def _print(report: dict[str, Any], *, auto: bool, to_yaml: Any) -> None:
     for r in report["recommendations"]:
         sets = " ".join(f"--set {k}={v}" for k, v in r["overrides"].items())
         fits = {"fits": "fits", "tight": "fits, tight"}.get(r.get("verdict_after", ""), "still too large")
-        print(f"  fix: {r['title']} → {r['total_gib_after']:.1f} GiB, {fits} ({sets})")
+        saves, time = r["saves_gib"], (r.get("time_factor", 1.0) - 1) * 100
+        host = f", host RAM {r['host_gib_after']:.0f} GiB" if "host_gib_after" in r else ""
+        print(
+            f"  fix: {r['title']} → {r['total_gib_after']:.1f} GiB (−{saves:.1f} GiB, about {time:+.0f}% time"
+            f"{host}), {fits} ({sets})"
+        )
     if auto:
         fitted = report["auto_fit"]
+        if not fitted:
+            print("auto-fit: nothing fits one such GPU")
+            return
+        need = "" if fitted["host_fits"] else f" (more than the {fitted['host_budget_gib']:.0f} GiB assumed)"
         print(
-            "auto-fit (changes from the defaults):\n"
-            + (to_yaml(fitted) if fitted else "  nothing fits this GPU")
+            f"auto-fit: {fitted['total_gib']:.1f} GiB on one GPU ({fitted['verdict'].replace('_', ' ')}), host RAM "
+            f"{fitted['host_gib']:.1f} GiB{need}, about {fitted['step_s']:.1f} s/step "
+            f"({(fitted['time_factor'] - 1) * 100:+.0f}% time); changes from the defaults:\n"
+            + to_yaml(fitted["config"])
         )

@@ -258,6 +258,10 @@ def _prepare_demo(config: TrainConfig) -> None:
         ensure_demo_model()
     if is_demo(config.dataset.path):
         ensure_demo_dataset()
+    from flux2_lora.data.demo_edit import ensure_demo_edit_dataset, is_demo_edit
+
+    if is_demo_edit(config.dataset.path):
+        ensure_demo_edit_dataset()
 
 
 def launch_command(config, resolved: Path, resume: str | None) -> list[str]:  # type: ignore[no-untyped-def]

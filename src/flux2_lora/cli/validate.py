@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from flux2_lora.cli.common import add_config_args, config_from_args, print_findings
+from flux2_lora.cli.common import add_config_args, config_from_args, print_findings, print_invalid_json
 from flux2_lora.config.io import to_yaml
 
 
@@ -28,9 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from flux2_lora.assess import assess, dataset_facts
 
-    config = config_from_args(args)
+    config = config_from_args(args, quiet=args.json)
     if config is None:
-        return 2
+        return print_invalid_json(args) if args.json else 2
     a = assess(config, gpu=args.gpu, dataset=dataset_facts(config))
     if args.json:
         print(json.dumps(a.to_dict(), indent=1, default=str))

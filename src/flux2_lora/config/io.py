@@ -243,8 +243,10 @@ def _model_issues(c: TrainConfig) -> list[ConfigIssue]:
 
 def _output_outside_dataset(c: TrainConfig) -> list[ConfigIssue]:
     """A run inside its own dataset folder would train on its samples the next time it starts."""
+    from flux2_lora.data.demo_edit import is_demo_edit
+
     ds = c.dataset.path.strip()
-    if is_demo(ds):
+    if is_demo(ds) or is_demo_edit(ds):
         return []
     try:
         data = Path(ds).expanduser().resolve()

@@ -174,8 +174,9 @@ class DatasetSection(Section):
     reference_path: str = F(
         "",
         "Edit LoRAs: a folder of reference (input) images paired with the targets by file stem — x.png for "
-        "one reference, x_0.png, x_1.png, … for several, in order. The caption is the instruction. Empty: "
-        "text-to-image, unless the dataset's metadata.jsonl lists 'references'.",
+        "one reference, x_0.png, x_1.png, … for several, in order; a relative path is inside the dataset "
+        "folder (so a .zip carries it). The caption is the instruction. Empty: text-to-image, unless the "
+        "dataset's metadata.jsonl lists 'references'.",
         max_length=4096,
     )
     reference_max_pixels: int = F(
@@ -438,7 +439,8 @@ class PerformanceSection(Section):
         False,
         "Run the frozen base layers' matrix products in FP8 (torchao float8 training) on GPUs with FP8 "
         "units (H100/H200, Ada, Blackwell): with compile, 1.65× the steps/s of diffusers' script on an "
-        "H200, at the same memory. Weights stay in model.dtype. Not with memory.quantization.",
+        "H200, at the same memory. Weights stay in model.dtype, so it does not combine with memory.quantization "
+        "(fp8 there is storage: float8 weights computed in model.dtype; choose speed here or memory there).",
         ui={"advanced": True},
     )
     cpu_threads: int = F(

@@ -11,6 +11,7 @@ import hashlib
 import math
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -121,10 +122,9 @@ def _demo_image(i: int) -> tuple[Image.Image, str]:
     return img, caption
 
 
-def ensure_demo_dataset(target: Path | None = None) -> Path:
-    """Generate the sample dataset once (deterministic), return its folder. Concurrent callers (the
-    processes of a multi-process run) wait for the first: none ever reads a half-written image."""
-    folder = target or demo_dataset_dir()
+def generate_once(folder: Path, version: str, write: Callable[[Path], None]) -> Path:
+    """``write(folder)`` once, then a ``.complete`` marker holding ``version``. Concurrent callers (the
+    processes of a multi-process run) wait for the first under a lock: none ever reads a half-written file."""
     marker = folder / ".complete"
     if marker.is_file():
         return folder
@@ -134,9 +134,18 @@ def ensure_demo_dataset(target: Path | None = None) -> Path:
         if marker.is_file():
             return folder
         folder.mkdir(exist_ok=True)
+        write(folder)
+        marker.write_text(version)
+    return folder
+
+
+def ensure_demo_dataset(target: Path | None = None) -> Path:
+    """Generate the sample dataset once (deterministic), return its folder."""
+
+    def write(folder: Path) -> None:
         for i in range(DEMO_NUM_IMAGES):
             img, caption = _demo_image(i)
             img.save(folder / f"demo_{i:02d}.png")
             (folder / f"demo_{i:02d}.txt").write_text(caption + "\n", encoding="utf-8")
-        marker.write_text(DEMO_VERSION)
-    return folder
+
+    return generate_once(target or demo_dataset_dir(), DEMO_VERSION, write)

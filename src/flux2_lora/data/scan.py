@@ -14,12 +14,15 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image, UnidentifiedImageError
 
 from flux2_lora import runs
 from flux2_lora.display import escape
+
+if TYPE_CHECKING:
+    from flux2_lora.data.references import ReferenceSummary
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 IGNORED_NAMES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini"})
@@ -61,6 +64,7 @@ class DatasetReport:
     num_captions: int = 0
     num_missing_captions: int = 0
     num_unused_captions: int = 0
+    references: ReferenceSummary | None = None  # an edit dataset's pairs (None: no reference layout)
 
     @property
     def errors(self) -> list[Problem]:
@@ -86,6 +90,7 @@ class DatasetReport:
             "num_unused_captions": self.num_unused_captions,
             "num_errors": len(self.errors),
             "num_warnings": len(self.warnings),
+            **({"references": self.references.to_dict()} if self.references else {}),
             "problems": {
                 f: [{"severity": p.severity, "message": p.message} for p in ps]
                 for f, ps in self.problems_by_file().items()
@@ -101,6 +106,8 @@ class DatasetReport:
             f"  missing captions:  {self.num_missing_captions}",
             f"  unused captions:   {self.num_unused_captions}",
         ]
+        if self.references is not None:
+            lines += self.references.format()
         if not self.problems:
             lines.append("No problems found.")
             return "\n".join(lines)
@@ -153,6 +160,11 @@ def _walk(root: Path, caption_ext: str, skipped: list[str] | None = None) -> tup
                 captions.append(Path(dirpath, name))
     key = lambda p: p.relative_to(root).as_posix()  # noqa: E731
     return sorted(images, key=key), sorted(captions, key=key)
+
+
+def walk_images(folder: Path) -> list[Path]:
+    """The images under ``folder`` as a scan finds them (sorted; hidden files and run outputs skipped)."""
+    return _walk(folder, ".txt")[0]
 
 
 def _refused(path: Path, real_root: Path) -> str | None:
@@ -238,8 +250,13 @@ def scan_dataset(
     default_caption: str = "",
     resolution: int | None = None,
     max_image_pixels: int = 8192 * 8192,
+    reference_path: str = "",
+    reference_max_pixels: int = 0,
 ) -> DatasetReport:
-    """Find images and their captions under ``root`` and report every problem by file."""
+    """Find images and their captions under ``root`` and report every problem by file; with a reference
+    layout (``reference_path``, or a metadata.jsonl naming references) each item gets its references."""
+    from flux2_lora.data.references import plan_references
+
     root = Path(root).expanduser()
     if not root.exists():
         raise DatasetError(f"dataset.path: {escape(root)} does not exist")
@@ -248,6 +265,10 @@ def scan_dataset(
     caption_ext = caption_extension.lower()
     skipped: list[str] = []
     images, caption_files = _walk(root, caption_ext, skipped)
+    plan = plan_references(root, images, reference_path, walk_images)
+    images = [i for i in images if i not in plan.excluded]
+    if plan.folder_root is not None and plan.summary.layout == "folder":  # its captions are not targets'
+        caption_files = [c for c in caption_files if not _inside(c, plan.folder_root)]
     report = DatasetReport(root=root, num_images_found=len(images), num_captions=len(caption_files))
     by_stem = {p.with_suffix(""): p for p in caption_files}
     used_captions: set[Path] = set()
@@ -257,6 +278,10 @@ def scan_dataset(
 
     def problem(p: Path, message: str, severity: Severity) -> None:
         report.problems.append(Problem(escape(p.relative_to(root).as_posix()), message, severity))
+
+    for name, message, severity in plan.problems:
+        report.problems.append(Problem(name, message, severity))
+    ref_info: dict[Path, tuple[int, int] | str] = {}
 
     for folder in skipped:
         report.problems.append(
@@ -282,7 +307,11 @@ def scan_dataset(
         caption, source = default_caption, "default"
         caption_ok = True
         cap_path = by_stem.get(img.with_suffix(""))
-        if cap_path is None:
+        if plan.captions.get(img):  # metadata.jsonl's "text" is the caption (the edit instruction)
+            caption, source = plan.captions[img], "file"
+            if cap_path is not None:
+                used_captions.add(cap_path)
+        elif cap_path is None:
             report.num_missing_captions += 1
             expected = escape(img.with_suffix(caption_extension).name)
             if default_caption:
@@ -317,8 +346,21 @@ def scan_dataset(
                     )
                     problem(cap_path, f"caption file is empty; {fallback}", "warning")
 
-        if caption_ok and not isinstance(info, str):
-            report.items.append(ImageItem(img, caption, source, info[0], info[1]))
+        refs = plan.references.get(img, [])
+        bad_ref = _check_references(
+            refs, plan.folder_root or real_root, root, max_image_pixels, ref_info, report
+        )
+        if bad_ref:
+            problem(img, f"reference {bad_ref} cannot be used; skipping this pair", "error")
+        if caption_ok and not isinstance(info, str) and not bad_ref:
+            report.items.append(ImageItem(img, caption, source, info[0], info[1], tuple(refs)))
+
+    if plan.summary.layout != "none":
+        from flux2_lora.data.references import summarise
+
+        sizes = {p: v for p, v in ref_info.items() if not isinstance(v, str)}
+        summarise(plan, root, [i.path for i in report.items], sizes, reference_max_pixels)
+        report.references = plan.summary
 
     exts = "/".join(IMAGE_EXTENSIONS)
     for cap in caption_files:
@@ -327,6 +369,47 @@ def scan_dataset(
             problem(cap, f"caption file without an image (no {escape(cap.stem)}{exts} next to it)", "warning")
     report.problems.sort(key=lambda p: p.file)  # stable: keeps each file's messages in order
     return report
+
+
+def _inside(path: Path, real_folder: Path) -> bool:
+    real = Path(os.path.realpath(path))
+    return real == real_folder or real_folder in real.parents
+
+
+def _label(path: Path, root: Path) -> str:
+    """A file's name in problems: relative to the dataset folder when inside it, else its full path."""
+    try:
+        return escape(path.relative_to(root).as_posix())
+    except ValueError:
+        return escape(path.as_posix())
+
+
+def _check_references(
+    refs: list[Path],
+    real_folder: Path,
+    root: Path,
+    max_pixels: int,
+    seen: dict[Path, tuple[int, int] | str],
+    report: DatasetReport,
+) -> str | None:
+    """The name of the first unusable reference of a target (its problem recorded once), or None."""
+    from flux2_lora.data.references import size_problem
+
+    for ref in refs:
+        if ref not in seen:
+            info: tuple[int, int, bool] | str
+            if not (ref.is_file() or ref.is_symlink()):
+                info = "reference image not found"
+            else:
+                info = _refused(ref, real_folder) or _inspect_image(ref, max_pixels)
+            if not isinstance(info, str):
+                info = size_problem(info[0], info[1]) or info
+            seen[ref] = info if isinstance(info, str) else (info[0], info[1])
+            if isinstance(info, str):
+                report.problems.append(Problem(_label(ref, root), info, "error"))
+        if isinstance(seen[ref], str):
+            return _label(ref, root)
+    return None
 
 
 def require_usable(report: DatasetReport) -> None:

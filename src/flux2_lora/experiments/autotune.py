@@ -276,8 +276,9 @@ def _captions(stats: DatasetStats, kind: Kind, choose: Any) -> None:
 
 def _fit(config: TrainConfig, gpu: str | None, choices: list[Choice]) -> tuple[TrainConfig, dict[str, Any]]:
     """The config fitted to the GPU with the memory model's cheapest changes, each recorded as a choice."""
+    from flux2_lora.assess import assess
     from flux2_lora.config.io import to_dict as dump
-    from flux2_lora.memory import auto_fit, estimate, find_gpu, local_gpu, verdict
+    from flux2_lora.memory import auto_fit, find_gpu, local_gpu
     from flux2_lora.memory.recommend import moves
 
     card = find_gpu(gpu) if gpu else local_gpu()
@@ -285,17 +286,17 @@ def _fit(config: TrainConfig, gpu: str | None, choices: list[Choice]) -> tuple[T
         raise ValueError(f"--gpu: unknown GPU {gpu!r}; give a class like 24, 48, 80 or a size in GiB")
     if card is None:
         return config, {"gpu": None, "note": "no GPU given or found: not fitted (pass --gpu, e.g. --gpu 24)"}
-    try:
-        before = estimate(config).total_gib
-    except ValueError as e:
-        return config, {"gpu": card.name, "note": f"no memory estimate: {e}"}
+    before = assess(config, gpu=card, recommendations=False)
+    if before.report is None:
+        return config, {"gpu": card.name, "note": before.message}
+    before_gib = float(before.report["total_gib"])
     fitted = auto_fit(config, card.gib)
     if fitted is None:
         return config, {
             "gpu": card.name,
             "gib": card.gib,
-            "total_gib": before,
-            "verdict": verdict(before, card.gib),
+            "total_gib": before_gib,
+            "verdict": before.report["gpu"]["verdict"],
             "note": "nothing the memory model knows makes this fit; use a larger GPU or a smaller model",
         }
     titles = {k: mv.title for mv in moves(config) for k, _ in mv.overrides}
@@ -305,15 +306,16 @@ def _fit(config: TrainConfig, gpu: str | None, choices: list[Choice]) -> tuple[T
             choices.append(
                 Choice(path, value, f"to fit {card.name}: {titles.get(path, 'memory')}", "gpu fit")
             )
-    after = estimate(fitted).total_gib
+    after = assess(fitted, gpu=card, recommendations=False).report or before.report
+    after_gib = float(after["total_gib"])
     return fitted, {
         "gpu": card.name,
         "gib": card.gib,
-        "total_gib_before": before,
-        "total_gib": after,
-        "verdict": verdict(after, card.gib),
-        "note": f"{after:.1f} GiB of {card.gib:.1f}"
-        + (f" (was {before:.1f} GiB before fitting)" if fitted is not config else ""),
+        "total_gib_before": before_gib,
+        "total_gib": after_gib,
+        "verdict": after["gpu"]["verdict"],
+        "note": f"{after_gib:.1f} GiB of {card.gib:.1f} GiB"
+        + (f" (was {before_gib:.1f} GiB before fitting)" if fitted is not config else ""),
     }
 
 

@@ -1,5 +1,5 @@
-"""Will a trial fit? The memory model's verdict for one trial config, and the largest trial of a plan
-(pure Python: :mod:`flux2_lora.memory`, no torch)."""
+"""Will a trial run and fit? The assessment's verdict for one trial config, and the largest trial of a
+plan (pure Python: :func:`flux2_lora.assess.assess`, no torch)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flux2_lora.assess import Environment, assess
 from flux2_lora.config import TrainConfig
 from flux2_lora.experiments.spec import Plan
-from flux2_lora.memory import Gpu, estimate, find_gpu, local_gpu, recommendations, verdict
+from flux2_lora.memory import Gpu, find_gpu, local_gpu, verdict
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class Target:
     the CPU."""
 
     gpu: Gpu | None
+    env: Environment | None = None  # what the machine has; None: this machine's (assess.environment)
 
     @property
     def name(self) -> str:
@@ -53,28 +55,31 @@ class Verdict:
 
 
 def vet(config: TrainConfig, target: Target) -> Verdict:
-    """The memory model's verdict; a trial that does not fit gets the reason and the cheapest fix."""
-    try:
-        if target.gpu is None:
-            from flux2_lora.memory.host import host_estimate
-
-            host = host_estimate(config, on_gpu=False)
-            need, have = float(host["peak_gib"]), host.get("total_gib")
-        else:
-            need, have = estimate(config).total_gib, target.gpu.gib
-    except ValueError as e:  # a local model folder whose config cannot describe a FLUX.2 model
-        return Verdict(False, "unknown", None, None, f"no memory estimate: {e}")
-    if have is None:
-        return Verdict(True, "unknown", need, None, f"needs {need:.2f} GiB; this machine's RAM is unknown")
-    v = verdict(need, float(have))
+    """The assessment's verdict for one trial: an error (a missing package, a CUDA-only choice here, an
+    unknown model) refuses it with the assessment's words; one that does not fit gets the cheapest fix."""
+    on_gpu = target.gpu is not None
+    a = assess(config, gpu=target.gpu, env=target.env, recommendations=on_gpu)
+    if a.errors or a.report is None:
+        reason = "; ".join(str(e) for e in a.errors) or a.message
+        return Verdict(False, "unknown", None, None, f"cannot run: {reason}")
+    report = a.report
+    if target.gpu is None:
+        host = (report.get("here") or {}).get("host") or report["host"]
+        need, have = float(host["peak_gib"]), host.get("total_gib")
+        if have is None:
+            return Verdict(
+                True, "unknown", need, None, f"needs {need:.2f} GiB; this machine's RAM is unknown"
+            )
+        v = verdict(need, float(have))
+    else:
+        need, have, v = float(report["total_gib"]), target.gpu.gib, report["gpu"]["verdict"]
     if v != "does_not_fit":
         return Verdict(True, v, need, float(have), f"needs {need:.2f} GiB of {have:.1f} GiB on {target.name}")
     reason = f"needs {need:.2f} GiB but {target.name} has {have:.1f} GiB"
-    if target.gpu is not None:
-        recs = recommendations(config, target.gpu.gib, limit=1)
-        if recs and recs[0]["fits_after"]:
-            sets = ", ".join(f"{k}={v}" for k, v in recs[0]["overrides"].items())
-            reason += f"; it would fit with {recs[0]['title']} ({sets})"
+    fixes = report.get("recommendations") or []
+    if fixes and fixes[0]["fits_after"]:
+        sets = ", ".join(f"{k}={v}" for k, v in fixes[0]["overrides"].items())
+        reason += f"; it would fit with {fixes[0]['title']} ({sets})"
     return Verdict(False, v, need, float(have), reason)
 
 
@@ -85,11 +90,8 @@ def largest_trial(plan: Plan, target: Target) -> dict[str, Any] | None:
         config, _ = plan.trial_config(params, Path("sweep-trial"))
         if config is None:
             continue
-        try:
-            need = estimate(config).total_gib if target.gpu else _host_peak(config)
-        except ValueError:
-            continue
-        if best is None or need > best[0]:
+        need = _need(config, target)
+        if need is not None and (best is None or need > best[0]):
             best = (need, params, config)
     if best is None:
         return None
@@ -97,7 +99,11 @@ def largest_trial(plan: Plan, target: Target) -> dict[str, Any] | None:
     return {"params": best[1], "gib": best[0], "target": target.name, **v.to_dict()}
 
 
-def _host_peak(config: TrainConfig) -> float:
-    from flux2_lora.memory.host import host_estimate
-
-    return float(host_estimate(config, on_gpu=False)["peak_gib"])
+def _need(config: TrainConfig, target: Target) -> float | None:
+    """GiB the trial needs where it runs (the GPU's peak, or this machine's RAM for CPU trials)."""
+    report = assess(config, gpu=target.gpu, env=target.env, recommendations=False).report
+    if report is None:
+        return None
+    if target.gpu is not None:
+        return float(report["total_gib"])
+    return float(((report.get("here") or {}).get("host") or report["host"])["peak_gib"])

@@ -8,6 +8,8 @@ against new traces in tests/memory.
 
 from __future__ import annotations
 
+import functools
+
 from flux2_lora.variants import TextEncoderArch, VaeArch
 
 # The trainer encodes captions 8 at a time and images 4 at a time while caching (batches.py).
@@ -51,3 +53,42 @@ def vae_bytes(
     # The input batch itself (pixels or latents) lives throughout.
     channels_in = vae.latent_channels / vae.spatial_factor**2 if decode else 3
     return out + dtype_bytes * batch * channels_in * resolution * resolution
+
+
+# bitsandbytes' text-encoder formats (memory.text_encoder_quantization), as transformers loads them:
+# LLM.int8 keeps one int8 byte per weight plus one fp32 absmax per output row (SCB); NF4 4 bits per weight
+# with double-quantized block-wise absmax (one 8-bit scale per 64 weights, one fp32 per 256 scales), the
+# transformer's own NF4 layout. Only the decoder layers' Linears are quantized: transformers keeps the
+# embeddings and the LM head (and, counted with them, norms and Mistral3's vision tower) in bf16.
+TE_INT8_ROW_BYTES = 4
+TE_NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)
+
+
+@functools.lru_cache(maxsize=64)
+def text_encoder_linears(te: TextEncoderArch) -> tuple[int, int]:
+    """(weights of the decoder layers' Linears, the largest Linear's weights) from the architecture:
+    q, k, v, o and the gated MLP's gate, up and down projections of every layer."""
+    q = te.num_attention_heads * te.head_dim
+    kv = te.num_key_value_heads * te.head_dim
+    h, i = te.hidden_size, te.intermediate_size
+    per_layer = h * q + 2 * h * kv + q * h + 3 * h * i
+    return te.num_layers * per_layer, max(h * q, q * h, h * i)
+
+
+@functools.lru_cache(maxsize=256)
+def text_encoder_weight_bytes(te: TextEncoderArch, dtype_bytes: int, quantization: str) -> float:
+    """The encoder's weights as loaded: all in ``dtype_bytes``, or its decoder Linears in int8 / NF4."""
+    linear, _ = text_encoder_linears(te)
+    if quantization == "none" or linear <= 0 or linear > te.params:
+        return float(te.params * dtype_bytes)
+    rest = (te.params - linear) * dtype_bytes
+    if quantization == "int8":
+        q_layers = te.num_layers * (te.num_attention_heads + 2 * te.num_key_value_heads) * te.head_dim
+        rows = q_layers + te.num_layers * (te.hidden_size + 2 * te.intermediate_size + te.hidden_size)
+        return float(rest + linear + TE_INT8_ROW_BYTES * rows)
+    return rest + linear * TE_NF4_BYTES_PER_WEIGHT
+
+
+def text_encoder_dequant_bytes(te: TextEncoderArch, dtype_bytes: int, quantization: str) -> float:
+    """A quantized encoder's matmul dequantizes one Linear at a time: the largest one's transient."""
+    return 0.0 if quantization == "none" else float(text_encoder_linears(te)[1] * dtype_bytes)

@@ -11,9 +11,12 @@ check against fake-tensor traces of the real modules (:mod:`flux2_lora.training.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -25,7 +28,15 @@ from flux2_lora.memory.activations import (
     targets_by_block,
     training_step_activations,
 )
-from flux2_lora.memory.encoders import IMAGE_BATCH, PROMPT_BATCH, text_encoder_activation_bytes, vae_bytes
+from flux2_lora.memory.encoders import (
+    IMAGE_BATCH,
+    PROMPT_BATCH,
+    text_encoder_activation_bytes,
+    text_encoder_dequant_bytes,
+    text_encoder_linears,
+    text_encoder_weight_bytes,
+    vae_bytes,
+)
 from flux2_lora.memory.sharded import (
     FsdpLayout,
     Moments,
@@ -41,6 +52,8 @@ from flux2_lora.memory.static import BNB_MIN_8BIT_SIZE as BNB_MIN_8BIT_SIZE  # r
 from flux2_lora.memory.static import (
     CACHES,
     Adapter,
+    Swap,
+    block_swap,
     frozen_weights,
     linears,
     lora_adapter,
@@ -91,9 +104,10 @@ class Shapes:
     text_encoder: TextEncoderArch
     vae: VaeArch
     weight_bytes: int
-    image_tokens: int
+    image_tokens: int  # the largest sample's: target + its references (edit LoRAs)
     text_tokens: int
     title: str = ""
+    reference_tokens: int = 0  # of those, the references' (0: text-to-image)
 
 
 @functools.lru_cache(maxsize=64)
@@ -126,8 +140,32 @@ def _model_shapes(
     return ("custom" if custom else name), arch, te, vae, title
 
 
+_SAME_FILES = threading.local()
+
+
+@contextlib.contextmanager
+def same_model_files() -> Iterator[None]:
+    """Within it, each model path's files are looked at once (the recommendations' dozens of
+    re-estimates of one model need not stat its folder each time)."""
+    outer = getattr(_SAME_FILES, "stamps", None)
+    _SAME_FILES.stamps = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _SAME_FILES.stamps = outer
+
+
 def _stamp(path: str) -> float:
     """Newest modification time of a local model folder's configs (0 for hub ids and the demo)."""
+    stamps = getattr(_SAME_FILES, "stamps", None)
+    if stamps is None:
+        return _read_stamp(path)
+    if path not in stamps:
+        stamps[path] = _read_stamp(path)
+    return float(stamps[path])
+
+
+def _read_stamp(path: str) -> float:
     if is_demo(path):
         return 0.0
     p = os.path.expanduser(path)
@@ -143,8 +181,17 @@ def _stamp(path: str) -> float:
 
 
 def resolve_shapes(config: TrainConfig) -> Shapes:
-    m = config.model
-    return _shapes(m.path, m.variant, _stamp(m.path), m.dtype, config.dataset.resolution)
+    from flux2_lora.data.references import largest_reference_tokens
+
+    m, ds = config.model, config.dataset
+    shapes = _shapes(m.path, m.variant, _stamp(m.path), m.dtype, ds.resolution)
+    # Edit LoRAs: the references' tokens join the sequence (image headers of the dataset, cached).
+    refs = largest_reference_tokens(ds.path, ds.reference_path, ds.reference_max_pixels)
+    if not refs:
+        return shapes
+    side = 2 * shapes.vae.spatial_factor  # pixels per token side; the count above is for FLUX.2's 16
+    refs = refs * 16 * 16 // (side * side)
+    return dataclasses.replace(shapes, image_tokens=shapes.image_tokens + refs, reference_tokens=refs)
 
 
 @functools.lru_cache(maxsize=256)
@@ -181,9 +228,15 @@ class Estimate:
     phase_components: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     model: str = ""  # the model's title
+    # Block swap (memory.blocks_to_swap), when on: blocks, pinned host GiB, GPU buffer GiB, GiB copied per
+    # step. Left out of to_dict when off, so reports of runs without swap keep their keys.
+    swap: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.swap is None:
+            del out["swap"]
+        return out
 
 
 _KEYS = ("weights", "lora", "gradients", "optimizer", "activations", "text_encoder", "vae")
@@ -191,6 +244,8 @@ _KEYS = ("weights", "lora", "gradients", "optimizer", "activations", "text_encod
 
 def _part(**parts: float) -> dict[str, float]:
     keys = (*_KEYS, "gathered") if "gathered" in parts else _KEYS  # FSDP: the units gathered then
+    if "swap_buffers" in parts:  # block swap: the two GPU buffers swapped blocks stream through
+        keys = (*keys, "swap_buffers")
     return {k: parts.get(k, 0.0) / GIB for k in keys}
 
 
@@ -290,10 +345,16 @@ def _sampling_gathered(layout: FsdpLayout, reshard: bool) -> float:
 
 def clear_caches() -> None:
     """Forget cached shapes (for benchmarks of a cold estimate, and after a model folder changes)."""
+    from flux2_lora.memory.timing import _step_time, block_flops
+
+    _step_time.cache_clear()
+    block_flops.cache_clear()
     for f in (
         _model_shapes,
         _shapes,
         *CACHES,
+        text_encoder_linears,
+        text_encoder_weight_bytes,
         _by_block,
         _step_activations,
         _profile,
@@ -303,6 +364,8 @@ def clear_caches() -> None:
         _lora_units,
         _moments,
         _sampling_gathered,
+        _frozen,
+        _trainable,
     ):
         f.cache_clear()
 
@@ -320,27 +383,84 @@ class _Run:
     kernels: str
     fsdp: bool  # sharded over more than one process
     accumulating: bool  # gradients accumulate over micro-batches
-    weights: float  # the transformer's frozen weights (with QLoRA's dequantized transient)
+    weights: float  # the transformer's frozen weights on the GPU (with QLoRA's dequantized transient)
+    swap: Swap | None  # block swap, when on (not under FSDP)
     lora: float  # the fp32 adapter (model.inject_lora)
     ddp: float  # DDP's gradient buckets
     optimizer: float  # optimizer state
     step: float  # one optimizer step's temporaries
-    te_weights: float
+    te_weights: float  # as loaded (memory.text_encoder_quantization)
+    te_dequant: float  # a quantized encoder's per-Linear dequantized transient
     vae_weights: float
     te_train: float  # the text encoder's weights on the GPU while training
     vae_train: float  # the VAE's
 
 
+ShapeKey = tuple[str, str, float, str, int]  # _shapes' arguments: flat values that hash fast
+
+
+def _frozen_of(
+    sh: Shapes, quantization: str, swapped: int, te_q: str
+) -> tuple[float, Swap | None, float, float]:
+    """(transformer weights on the GPU, block swap, text encoder weights, its dequantized transient)."""
+    wb = sh.weight_bytes
+    weights = frozen_weights(sh.arch, wb, quantization)
+    swap = None
+    if swapped:
+        swap = block_swap(sh.arch, wb, quantization, swapped)
+        weights -= swap.pinned  # the buffers are a component of their own (_static)
+    te = sh.text_encoder
+    return weights, swap, text_encoder_weight_bytes(te, wb, te_q), text_encoder_dequant_bytes(te, wb, te_q)
+
+
+def _trainable_of(
+    sh: Shapes, tokens: tuple[str, ...], rank: int, dora: bool, optimizer: str, momentum: float, decay: float
+) -> tuple[Adapter, float, float]:
+    """(the adapter, its optimizer state, one optimizer step's temporaries)."""
+    state, step = optimizer_memory(tokens, sh.arch, rank, dora, optimizer, momentum, decay)
+    return lora_adapter(tokens, sh.arch, rank, dora), state, step
+
+
+# The same, cached by the flat _shapes key (a Shapes hashes slowly: it holds three architectures).
+@functools.lru_cache(maxsize=1024)
+def _frozen(
+    key: ShapeKey, quantization: str, swapped: int, te_q: str
+) -> tuple[float, Swap | None, float, float]:
+    return _frozen_of(_shapes(*key), quantization, swapped, te_q)
+
+
+@functools.lru_cache(maxsize=1024)
+def _trainable(
+    key: ShapeKey,
+    tokens: tuple[str, ...],
+    rank: int,
+    dora: bool,
+    optimizer: str,
+    momentum: float,
+    decay: float,
+) -> tuple[Adapter, float, float]:
+    return _trainable_of(_shapes(*key), tokens, rank, dora, optimizer, momentum, decay)
+
+
+def _shape_key(config: TrainConfig) -> ShapeKey:
+    m = config.model
+    return (m.path, m.variant, _stamp(m.path), m.dtype, config.dataset.resolution)
+
+
 def _run(config: TrainConfig, num_processes: int, kernels: str) -> _Run:
-    sh = resolve_shapes(config)
     mem, lora, t = config.memory, config.lora, config.training
+    sh = resolve_shapes(config)
+    key = _shape_key(config)
+    cached = sh is _shapes(*key)  # else a Shapes of someone's making (tests' reduced architectures)
     wb, tokens = sh.weight_bytes, tuple(lora.target_modules)
-    adapter = lora_adapter(tokens, sh.arch, lora.rank, lora.use_dora)
-    optimizer, step = optimizer_memory(
-        tokens, sh.arch, lora.rank, lora.use_dora, t.optimizer, t.momentum, t.weight_decay
+    trainable = (lora.rank, lora.use_dora, t.optimizer, t.momentum, t.weight_decay)
+    adapter, optimizer, step = (
+        _trainable(key, tokens, *trainable) if cached else _trainable_of(sh, tokens, *trainable)
     )
     fsdp = config.distributed.strategy == "fsdp" and num_processes > 1
-    te_w, vae_w = sh.text_encoder.params * wb, sh.vae.params * wb
+    frozen = (mem.quantization, 0 if fsdp else mem.blocks_to_swap, mem.text_encoder_quantization)
+    weights, swap, te_w, te_dequant = _frozen(key, *frozen) if cached else _frozen_of(sh, *frozen)
+    vae_w = sh.vae.params * wb
     return _Run(
         config=config,
         shapes=sh,
@@ -362,13 +482,15 @@ def _run(config: TrainConfig, num_processes: int, kernels: str) -> _Run:
         kernels=kernels,
         fsdp=fsdp,
         accumulating=t.gradient_accumulation_steps > 1,
-        weights=frozen_weights(sh.arch, wb, mem.quantization),
+        weights=weights,
+        swap=swap,
         lora=4.0 * adapter.params,
         # DDP's gradient buckets, allocated with the model: an fp32 copy for all-reduce.
         ddp=4.0 * adapter.params if num_processes > 1 and not fsdp else 0.0,
         optimizer=optimizer,
         step=step,
         te_weights=te_w,
+        te_dequant=te_dequant,
         vae_weights=vae_w,
         # Components kept on the GPU while training: those not cached and not offloaded to the CPU.
         te_train=te_w if not mem.cache_text_embeddings and not mem.cpu_offload else 0.0,
@@ -376,7 +498,32 @@ def _run(config: TrainConfig, num_processes: int, kernels: str) -> _Run:
     )
 
 
-def _caching(r: _Run) -> dict[str, float]:
+@dataclass(slots=True)
+class _CachingFacts:
+    """What :func:`_caching` reads of a :class:`_Run` (for :func:`caching_total_gib`, which needs no more)."""
+
+    config: TrainConfig
+    shapes: Shapes
+    te_weights: float
+    te_dequant: float
+    vae_weights: float
+
+
+def caching_total_gib(config: TrainConfig, num_processes: int | None = None) -> float:
+    """The caching phase's figure as :func:`estimate` would total it (overhead included): a floor of the
+    estimate's total, for a fraction of its cost (the recommendations skip configs it already rules out)."""
+    num_processes = num_processes or config.distributed.world_size
+    mem = config.memory
+    key = _shape_key(config)
+    sh = resolve_shapes(config)
+    frozen = (mem.quantization, 0, mem.text_encoder_quantization)
+    _, _, te_w, te_dequant = _frozen(key, *frozen) if sh is _shapes(*key) else _frozen_of(sh, *frozen)
+    facts = _CachingFacts(config, sh, te_w, te_dequant, sh.vae.params * sh.weight_bytes)
+    peak = _gib(_caching(facts))
+    return peak + _overhead(config, peak, num_processes)
+
+
+def _caching(r: _Run | _CachingFacts) -> dict[str, float]:
     """Caching: the text encoder (unless it encodes on the CPU) and the VAE on the GPU, no transformer
     yet; the text encoder is freed after caching its embeddings, otherwise it stays for training."""
     c, sh = r.config, r.shapes
@@ -387,7 +534,7 @@ def _caching(r: _Run) -> dict[str, float]:
         prompts = PROMPT_BATCH
     else:
         prompts = min(PROMPT_BATCH, (len(val.prompts) or 1) + 1) if val.enabled else 0
-    te_act = text_encoder_activation_bytes(sh.text_encoder, wb, prompts) if te_gpu else 0.0
+    te_act = text_encoder_activation_bytes(sh.text_encoder, wb, prompts) + r.te_dequant if te_gpu else 0.0
     caching_te = _part(text_encoder=te_gpu, vae=r.vae_weights, activations=te_act)
     if not mem.cache_latents:
         return caching_te
@@ -411,6 +558,7 @@ def _encoding(r: _Run) -> float:
     encode = 0.0
     if r.te_train:
         encode = text_encoder_activation_bytes(sh.text_encoder, sh.weight_bytes, r.config.training.batch_size)
+        encode += r.te_dequant
     if r.vae_train:
         vae = vae_bytes(
             sh.vae,
@@ -426,7 +574,10 @@ def _encoding(r: _Run) -> float:
 
 
 def _static(r: _Run) -> dict[str, float]:
-    return dict(weights=r.weights, lora=r.lora, text_encoder=r.te_train, vae=r.vae_train)
+    out = dict(weights=r.weights, lora=r.lora, text_encoder=r.te_train, vae=r.vae_train)
+    if r.swap is not None:
+        out["swap_buffers"] = r.swap.buffers
+    return out
 
 
 def _backward_start(r: _Run, act: float, encode: float) -> dict[str, float]:
@@ -495,14 +646,11 @@ def _sampling(r: _Run, layout: FsdpLayout | None) -> dict[str, float]:
     )
     if layout is None:
         return _part(
-            weights=r.weights,
-            lora=r.lora,
+            **_static(r),
             optimizer=r.optimizer,
             gradients=r.ddp,
             activations=max(infer, decode),
-            text_encoder=r.te_train,
-            vae=r.vae_weights,
-        )
+        ) | {"vae": r.vae_weights / GIB}
     # Every process runs the sharded forward, gathering unit by unit.
     share = layout.sharded_lora / max(r.adapter.params, 1)
     return _part(
@@ -538,6 +686,18 @@ def estimate(config: TrainConfig, *, num_processes: int | None = None, kernels: 
         )
     elif num_processes > 1:
         notes.append(f"per process, on each of {num_processes} GPUs (DDP gradient buckets included)")
+    if config.memory.blocks_to_swap and r.fsdp:
+        notes.append(
+            "memory.blocks_to_swap is not counted under FSDP: the sharded blocks are gathered instead"
+        )
+    elif r.swap is not None:
+        sw = r.swap
+        notes.append(
+            f"block swap: {sw.blocks} blocks' frozen weights ({sw.pinned / GIB:.1f} GiB) in pinned host memory, "
+            f"two at a time on the GPU ({sw.buffers / GIB:.2f} GiB); {sw.copied / GIB:.1f} GiB copied per step"
+        )
+        if sw.blocks < config.memory.blocks_to_swap:
+            notes.append(f"memory.blocks_to_swap counted as {sw.blocks}, this model's maximum")
     training, layout = _training(r)
     parts = {"caching": _caching(r), "training": training}
     if config.validation.enabled:
@@ -561,4 +721,12 @@ def estimate(config: TrainConfig, *, num_processes: int | None = None, kernels: 
         phase_components=parts,
         notes=notes,
         model=r.shapes.title,
+        swap=None
+        if r.swap is None
+        else {
+            "blocks": r.swap.blocks,
+            "pinned_gib": r.swap.pinned / GIB,
+            "buffers_gib": r.swap.buffers / GIB,
+            "copied_gib_per_step": r.swap.copied / GIB,
+        },
     )

@@ -20,18 +20,42 @@ GPU_FORMS = "give a class like 24, 48, 80 or H100, or a size in GiB (a number ab
 class Gpu:
     name: str
     gib: float
+    # Speed facts for the time model (memory/timing.py); 0: unknown, taken from the class of its memory.
+    bf16_tflops: float = 0.0  # dense BF16 tensor-core TFLOPS (FP32 accumulate), the vendor's datasheet
+    host_gbs: float = 0.0  # pinned host→GPU copy bandwidth, GB/s (1e9 bytes)
 
+
+# Host→GPU bandwidth: PCIe 4.0 ×16 is 16 GT/s × 16 lanes × 128/130 ≈ 31.5 GB/s per direction, PCIe 5.0
+# ×16 twice that (PCI-SIG line rates); pinned cudaMemcpy reaches about 80% of it in CUDA's bandwidthTest
+# (≈ 25 and 50 GB/s). Not measured here. TFLOPS: NVIDIA's datasheets, dense (no sparsity), BF16 with
+# FP32 accumulate, of the card the class's time figures assume (named first where a class has several:
+# the RTX 4090 for 24 GB, the H100 SXM for 80 GB); A10/3090 are slower, so swap transfers hide better there.
+PCIE4_GBS = 25.0
+PCIE5_GBS = 50.0
 
 GPUS: list[Gpu] = [
-    Gpu("24 GB (RTX 3090/4090, A10)", 23.99),
-    Gpu("32 GB (RTX 5090)", 31.84),
-    Gpu("40 GB (A100 40GB)", 39.50),
-    Gpu("48 GB (RTX 6000 Ada, L40S, A6000)", 47.99),
-    Gpu("80 GB (A100/H100 80GB)", 79.65),
-    Gpu("94 GB (H100 NVL)", 93.58),
-    Gpu("141 GB (H200)", 139.80),
-    Gpu("180 GB (B200)", 178.36),
+    Gpu("24 GB (RTX 3090/4090, A10)", 23.99, bf16_tflops=165.2, host_gbs=PCIE4_GBS),
+    Gpu("32 GB (RTX 5090)", 31.84, bf16_tflops=209.5, host_gbs=PCIE5_GBS),
+    Gpu("40 GB (A100 40GB)", 39.50, bf16_tflops=312.0, host_gbs=PCIE4_GBS),
+    Gpu("48 GB (RTX 6000 Ada, L40S, A6000)", 47.99, bf16_tflops=362.0, host_gbs=PCIE4_GBS),
+    Gpu("80 GB (A100/H100 80GB)", 79.65, bf16_tflops=989.0, host_gbs=PCIE5_GBS),
+    Gpu("94 GB (H100 NVL)", 93.58, bf16_tflops=835.0, host_gbs=PCIE5_GBS),
+    Gpu("141 GB (H200)", 139.80, bf16_tflops=989.0, host_gbs=PCIE5_GBS),
+    Gpu("180 GB (B200)", 178.36, bf16_tflops=2250.0, host_gbs=PCIE5_GBS),
 ]
+
+
+def speed_of(gib: float | Gpu) -> Gpu:
+    """The GPU with speed facts for a card or a memory size: its own where known, else the smallest class
+    with at least that memory (the largest class beyond them all)."""
+    if isinstance(gib, Gpu):
+        if gib.bf16_tflops and gib.host_gbs:
+            return gib
+        gib = gib.gib
+    for g in GPUS:
+        if g.gib >= gib - 0.5:
+            return g
+    return GPUS[-1]
 
 
 def gpu_label(name: str, count: int) -> str:

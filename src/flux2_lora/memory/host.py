@@ -13,14 +13,24 @@ from __future__ import annotations
 from typing import Any
 
 from flux2_lora.config import TrainConfig
+from flux2_lora.memory.encoders import text_encoder_weight_bytes
 from flux2_lora.memory.estimate import GIB, estimate, resolve_shapes
 from flux2_lora.memory.gpus import TIGHT_HEADROOM, verdict
-from flux2_lora.memory.static import transformer_params
+from flux2_lora.memory.static import block_bytes, transformer_params
 
 PROCESS_BASELINE_GIB = 0.50  # interpreter + torch + diffusers + transformers + peft + accelerate, running
 LOAD_FACTOR = 3.78  # peak RSS while loading, per byte of the transformer in its CPU dtype
 TRAIN_WEIGHT_FACTOR = 2.45  # RSS per weight byte that stays while training on the CPU
 GPU_LOAD_FACTOR = 1.5  # a component read into host RAM before it moves to the GPU (file pages + tensors)
+# The host RAM the fixes for a GPU class must fit when the machine is not this one: a typical workstation
+# with one 16-48 GB card (``--host-ram`` / the report's ``host_gib`` change it).
+ASSUMED_HOST_GIB = 64.0
+
+
+def host_budget(gpu_is_local: bool) -> float:
+    """This machine's RAM when the verdict is about its own GPU, else :data:`ASSUMED_HOST_GIB`."""
+    total, _ = _machine()
+    return total if gpu_is_local and total else ASSUMED_HOST_GIB
 
 
 def _machine() -> tuple[float | None, float | None]:
@@ -52,29 +62,56 @@ def host_estimate(config: TrainConfig, *, on_gpu: bool) -> dict[str, Any]:
         )
         phases = {"loading": loading, "caching": PROCESS_BASELINE_GIB + small * 2, "training": training}
     else:
-        wb = sh.weight_bytes
-        te_gib = te * wb / GIB
-        tr_gib = (linear + norms) * wb / GIB
-        phases = {
-            "loading": PROCESS_BASELINE_GIB + GPU_LOAD_FACTOR * max(te_gib, tr_gib),
-            # cpu_offload keeps the text encoder in host RAM while it encodes.
-            "caching": PROCESS_BASELINE_GIB
-            + (te_gib * GPU_LOAD_FACTOR if config.memory.cpu_offload else 0.0),
-            "training": PROCESS_BASELINE_GIB
-            + 0.5,  # cached embeddings, pinned batches, CUDA host allocations
-        }
+        phases, others = _gpu_run(config, est.swap)
     peak = max(phases.values())
     total, available = _machine()
     # Every training process of a machine loads the whole transformer into its own RAM first (FSDP too:
-    # it shards after loading), so the machine needs the peak once per process.
+    # it shards after loading); the text encoder only on rank 0 (it encodes once and broadcasts the
+    # embeddings), so the other processes of the machine need the peak without it.
     processes = config.distributed.num_processes
+    other = max(others.values()) if on_gpu else peak
+    machine = peak + (processes - 1) * other
     return {
         "phases": phases,
         "peak_gib": peak,
         "processes": processes,
-        "machine_peak_gib": peak * processes,
+        "machine_peak_gib": machine,
         "total_gib": total,
         "available_gib": available,
-        "verdict": verdict(peak * processes, available) if available else None,
+        "verdict": verdict(machine, available) if available else None,
         "tight_headroom": TIGHT_HEADROOM,
     }
+
+
+def _gpu_run(config: TrainConfig, swap: dict[str, float] | None) -> tuple[dict[str, float], dict[str, float]]:
+    """Host RAM phases of a GPU run: rank 0's, and those of the other processes (no text encoder)."""
+    sh = resolve_shapes(config)
+    linear, norms = transformer_params(sh.arch)
+    mem, wb = config.memory, sh.weight_bytes
+    te_gib = text_encoder_weight_bytes(sh.text_encoder, wb, mem.text_encoder_quantization) / GIB
+    pinned = swap["pinned_gib"] if swap else 0.0
+    if mem.blocks_to_swap or mem.quantization == "fp8":
+        # The swap and fp8 loaders stream the weights block by block from the safetensors files into their
+        # final place (pinned buffers or the GPU, converted there): one bf16 block in flight, no full copy.
+        transformer = pinned + GPU_LOAD_FACTOR * max(block_bytes(sh.arch, wb, "none")) / GIB
+    else:
+        transformer = GPU_LOAD_FACTOR * (linear + norms) * wb / GIB
+    # cpu_offload keeps the text encoder in host RAM while it encodes.
+    caching = te_gib * GPU_LOAD_FACTOR if mem.cpu_offload else 0.0
+    base = PROCESS_BASELINE_GIB
+    # Training: cached embeddings, pinned batches, CUDA host allocations; the swapped blocks' pinned copy.
+    training = base + 0.5 + pinned
+    phases = {
+        "loading": base + max(GPU_LOAD_FACTOR * te_gib, transformer),
+        "caching": base + caching,
+        "training": training,
+    }
+    others = {"loading": base + transformer, "caching": base, "training": training}
+    return phases, others
+
+
+def gpu_host_peak(config: TrainConfig, est: Any) -> float:
+    """The machine's host RAM peak of a GPU run with estimate ``est`` (no psutil: for the recommendations'
+    re-estimates)."""
+    phases, others = _gpu_run(config, est.swap)
+    return max(phases.values()) + (config.distributed.num_processes - 1) * max(others.values())

@@ -16,12 +16,16 @@ def estimate_report(
     gpu: str | Gpu | None = None,
     recommendations: bool = True,
     num_processes: int | None = None,
+    host_gib: float | None = None,
 ) -> dict[str, Any]:
     """Figures per GPU of the run (``num_processes``, default the config's): components, phases, verdicts
     per class and for ``gpu`` (default the local GPU, else the first class), host RAM for the device the
-    verdict is about (and for this machine, when a Start here would train on its CPU), the fixes."""
-    from flux2_lora.memory.host import host_estimate
+    verdict is about (and for this machine, when a Start here would train on its CPU), the fixes (which
+    must fit ``host_gib`` of host RAM: default this machine's for its own GPU, else 64 GiB), their step
+    time relative to now."""
+    from flux2_lora.memory.host import host_budget, host_estimate
     from flux2_lora.memory.recommend import recommendations as fixes
+    from flux2_lora.memory.timing import step_time
 
     world = num_processes or config.distributed.world_size
     est = estimate(config, num_processes=world)
@@ -50,7 +54,20 @@ def estimate_report(
     if device == "auto" and local is None:
         report["here"] = {"device": "cpu", "host": host_estimate(config, on_gpu=False)}
     report["host_peak_gib"] = report["host"]["peak_gib"]
+    # Seconds per step on the card (memory/timing.py): what the swap count and other choices cost in time.
+    t = step_time(config, card)
+    report["step_time"] = {
+        "step_s": t.step_s,
+        "compute_s": t.compute_s,
+        "transfer_s": t.transfer_s,
+        "gb_per_step": t.gb_per_step,
+    }
+    report["host_gib"] = (
+        host_gib if host_gib is not None else host_budget(local is not None and card == local)
+    )
     report["recommendations"] = (
-        fixes(config, card.gib, num_processes=num_processes) if recommendations else []
+        fixes(config, card.gib, num_processes=num_processes, host_gib=report["host_gib"])
+        if recommendations
+        else []
     )
     return report

@@ -21,6 +21,9 @@ from flux2_lora.variants import TransformerArch
 NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)
 # bitsandbytes keeps 8-bit optimizer state only for tensors of at least this many elements.
 BNB_MIN_8BIT_SIZE = 4096
+# fp8 weights (memory.quantization: fp8): one float8 e4m3 byte per weight plus one fp32 scale per output
+# row, for the same Linears NF4/int8 quantize (targets.is_quantized_linear).
+FP8_SCALE_BYTES = 4
 
 
 @functools.lru_cache(maxsize=64)
@@ -39,16 +42,95 @@ def transformer_params(arch: TransformerArch) -> tuple[int, int]:
 
 
 def weight_bytes(arch: TransformerArch, dtype_bytes: int, quantization: str) -> float:
-    total = 0.0
+    """The frozen transformer's bytes: the blocks' (their norm scales included) and the Linears outside."""
+    outside = sum(linear_bytes(s, dtype_bytes, quantization) for s in linears(arch) if s.block == "other")
+    return outside + sum(block_bytes(arch, dtype_bytes, quantization))
+
+
+def linear_bytes(s: LinearSpec, dtype_bytes: int, quantization: str) -> float:
+    """The stored bytes of one frozen Linear's weight in a quantization format."""
+    if quantization == "none" or not is_quantized_linear(s.name):
+        return float(s.weight_numel * dtype_bytes)
+    if quantization == "int8":
+        return float(s.weight_numel + 2 * s.out_features)
+    if quantization == "fp8":
+        return float(s.weight_numel + FP8_SCALE_BYTES * s.out_features)
+    return s.weight_numel * NF4_BYTES_PER_WEIGHT
+
+
+def swappable_blocks(arch: TransformerArch) -> int:
+    """How many blocks memory.blocks_to_swap may name: all but two (the two GPU buffers the swap
+    streams through must differ from the blocks it swaps to gain anything)."""
+    return max(arch.num_layers + arch.num_single_layers - 2, 0)
+
+
+@functools.lru_cache(maxsize=64)
+def _blocks(arch: TransformerArch) -> tuple[tuple[int, int], ...]:
+    """(weights, output rows) of the Linears of every block, summed, in execution order (double, then
+    single); every block Linear is quantized (targets.is_quantized_linear), so bytes are linear in both."""
+    out: dict[str, tuple[int, int]] = {}
     for s in linears(arch):
-        if quantization == "int8" and is_quantized_linear(s.name):
-            total += s.weight_numel + 2 * s.out_features
-        elif quantization == "nf4" and is_quantized_linear(s.name):
-            total += s.weight_numel * NF4_BYTES_PER_WEIGHT
-        else:
-            total += s.weight_numel * dtype_bytes
-    _, norms = transformer_params(arch)
-    return total + norms * dtype_bytes
+        if s.block != "other":  # "transformer_blocks.3.attn.to_q" is in "transformer_blocks.3"
+            block = s.name[: s.name.index(".", s.name.index(".") + 1)]
+            n, r = out.get(block, (0, 0))
+            out[block] = (n + s.weight_numel, r + s.out_features)
+    return tuple(out.values())
+
+
+def _stored(numel: int, rows: int, dtype_bytes: int, quantization: str) -> float:
+    """Stored bytes of block Linears of ``numel`` weights and ``rows`` output rows in all."""
+    if quantization == "int8":
+        return float(numel + 2 * rows)
+    if quantization == "fp8":
+        return float(numel + FP8_SCALE_BYTES * rows)
+    if quantization == "nf4":
+        return numel * NF4_BYTES_PER_WEIGHT
+    return float(numel * dtype_bytes)
+
+
+@functools.lru_cache(maxsize=64)
+def block_bytes(arch: TransformerArch, dtype_bytes: int, quantization: str) -> tuple[float, ...]:
+    """Frozen bytes of every transformer block in execution order (double-stream blocks, then single),
+    its q/k RMSNorm scales included."""
+    hd = arch.attention_head_dim
+    return tuple(
+        _stored(n, r, dtype_bytes, quantization) + (4 if i < arch.num_layers else 2) * hd * dtype_bytes
+        for i, (n, r) in enumerate(_blocks(arch))
+    )
+
+
+@dataclass(frozen=True)
+class Swap:
+    """Block swap (memory.blocks_to_swap): the last ``blocks`` blocks in execution order keep their frozen
+    weights in pinned host memory; at most two of them are on the GPU at once (computing + prefetching)."""
+
+    blocks: int
+    pinned: float  # host bytes: the swapped blocks' frozen weights, in their storage format
+    buffers: float  # GPU bytes: min(blocks, 2) × the largest swapped block
+    saved: float  # GPU bytes no longer resident: the swapped blocks less the buffers
+    copied: float  # bytes copied host→GPU per training step: each swapped block once forward, once backward
+
+
+@functools.lru_cache(maxsize=64)
+def swap_table(arch: TransformerArch, dtype_bytes: int, quantization: str) -> tuple[Swap, ...]:
+    """:class:`Swap` for every count from 0 to :func:`swappable_blocks` (one pass over the blocks)."""
+    sizes = block_bytes(arch, dtype_bytes, quantization)
+    out = [Swap(0, 0.0, 0.0, 0.0, 0.0)]
+    pinned = largest = 0.0
+    for n in range(1, swappable_blocks(arch) + 1):
+        size = sizes[len(sizes) - n]
+        pinned += size
+        largest = max(largest, size)
+        buffers = min(n, 2) * largest
+        out.append(
+            Swap(blocks=n, pinned=pinned, buffers=buffers, saved=pinned - buffers, copied=2.0 * pinned)
+        )
+    return tuple(out)
+
+
+def block_swap(arch: TransformerArch, dtype_bytes: int, quantization: str, blocks: int) -> Swap:
+    table = swap_table(arch, dtype_bytes, quantization)
+    return table[min(max(blocks, 0), len(table) - 1)]
 
 
 def _lora_tensors(specs: Sequence[LinearSpec], rank: int, dora: bool) -> list[tuple[int, int]]:
@@ -170,8 +252,24 @@ def frozen_weights(arch: TransformerArch, dtype_bytes: int, quantization: str) -
     total = weight_bytes(arch, dtype_bytes, quantization)
     if quantization != "none":
         # QLoRA dequantizes one layer's weight for its matmul: the largest one is a transient on top.
-        total += max(s.weight_numel for s in linears(arch)) * dtype_bytes
+        total += _largest_linear(arch) * dtype_bytes
     return total
 
 
-CACHES = (linears, transformer_params, target_specs, lora_adapter, optimizer_memory, frozen_weights)
+@functools.lru_cache(maxsize=64)
+def _largest_linear(arch: TransformerArch) -> int:
+    return max(s.weight_numel for s in linears(arch))
+
+
+CACHES = (
+    linears,
+    transformer_params,
+    target_specs,
+    lora_adapter,
+    optimizer_memory,
+    frozen_weights,
+    block_bytes,
+    swap_table,
+    _blocks,
+    _largest_linear,
+)

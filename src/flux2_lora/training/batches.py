@@ -8,6 +8,7 @@ continues with exactly the data, noise and timesteps the uninterrupted run would
 from __future__ import annotations
 
 import random
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ class SampleSchedule:
 
     Square mode: a seeded permutation per epoch over every item × its repeats, read in order.
     Bucket mode: per epoch, each bucket's items (× repeats) are shuffled and cut into batches, and the
-    batches are shuffled, so no batch mixes shapes. The sample id seeds that sample's noise and flip.
+    batches are shuffled, so no batch mixes shapes (a bucket is any sortable key: an edit run's groups
+    the target's shape with its references' shapes). The sample id seeds that sample's noise and flip.
     """
 
     def __init__(
@@ -42,7 +44,7 @@ class SampleSchedule:
         repeats: list[int],
         seed: int,
         batch_size: int = 1,
-        buckets: list[tuple[int, int]] | None = None,
+        buckets: list[Any] | None = None,
     ):
         self.expanded = [i for i, r in enumerate(repeats) for _ in range(r)]
         self.epoch_len = len(self.expanded)
@@ -68,7 +70,7 @@ class SampleSchedule:
             return cached
         assert self.buckets is not None
         rng = random.Random(derive_seed(self.seed, 10, epoch))
-        by_bucket: dict[tuple[int, int], list[int]] = {}
+        by_bucket: dict[Any, list[int]] = {}
         for i in self.expanded:
             by_bucket.setdefault(self.buckets[i], []).append(i)
         batches: list[list[int]] = []
@@ -113,6 +115,36 @@ def pack(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return Flux2Pipeline._pack_latents(latents), ids
 
 
+def reference_ids(shapes: list[tuple[int, int]]) -> torch.Tensor:
+    """(T, H, W, L) ids of one sample's references, latent (h, w) each, in order: T = 10 + 10·i for
+    reference i, H and W restart at 0 for every reference (no spatial offset), L = 0. Int64, as the
+    target's ids."""
+    parts = []
+    for i, (h, w) in enumerate(shapes):
+        rows = torch.arange(h).repeat_interleave(w)  # row-major, as the tokens are packed
+        cols = torch.arange(w).repeat(h)
+        t = torch.full_like(rows, 10 + 10 * i)
+        parts.append(torch.stack([t, rows, cols, torch.zeros_like(rows)], dim=1))
+    return torch.cat(parts, dim=0)
+
+
+def pack_references(
+    per_sample: list[list[torch.Tensor]], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The references of a batch's samples (each a list of (C, h, w) latents, the same shapes in every
+    sample: batches are grouped by them) → tokens (B, N, C), appended after the target's tokens by the
+    loss, and ids (B, N, 4), built for every sample anew so the time offsets restart per sample.
+    None when the samples have no references (text-to-image)."""
+    if not per_sample or not per_sample[0]:
+        return None
+    tokens, ids = [], []
+    for refs in per_sample:
+        moved = [r.to(device, non_blocking=True) for r in refs]
+        tokens.append(torch.cat([r.flatten(1).transpose(0, 1) for r in moved], dim=0))
+        ids.append(reference_ids([(r.shape[1], r.shape[2]) for r in refs]))
+    return torch.stack(tokens).to(dtype), torch.stack(ids).to(device)
+
+
 def text_ids_for(prompt_embeds: torch.Tensor) -> torch.Tensor:
     from diffusers import Flux2Pipeline
 
@@ -126,6 +158,18 @@ class Item:
     repeats: int = 1
     bucket: tuple[int, int] | None = None
     variants: list[str] | None = None  # shuffled-tag orders, when dataset.shuffle_tags
+    references: tuple[Path, ...] = ()  # an edit pair's inputs, in order; () for text-to-image
+    reference_sizes: tuple[tuple[int, int], ...] = ()  # (width, height) each reference trains at
+
+    @property
+    def group(self) -> Hashable:
+        """What a batch must share: the target's bucket and, for edit pairs, the references' sizes."""
+        return (self.bucket or (0, 0), self.reference_sizes)
+
+    def tokens(self, resolution: int) -> int:
+        """The image tokens of this item's sample: target and references (what its step's size is)."""
+        w, h = self.bucket or (resolution, resolution)
+        return (w // 16) * (h // 16) + sum((rw // 16) * (rh // 16) for rw, rh in self.reference_sizes)
 
 
 class LatentSource:
@@ -143,6 +187,9 @@ class LatentSource:
         self.device = device
         self.pin = pin  # page-locked cache: each step's copy to the GPU runs asynchronously
         self.cache: dict[tuple[int, bool], torch.Tensor] = {}
+        # References are centre-cropped at a fixed size: encoded once per (item, flip) whether or not
+        # the targets are cached (a step never re-encodes them).
+        self.reference_cache: dict[tuple[int, bool], list[torch.Tensor]] = {}
         ds = config.dataset
         self.targets: list[int | tuple[int, int]] = [
             i.bucket if ds.bucketing and i.bucket else ds.resolution for i in items
@@ -175,6 +222,40 @@ class LatentSource:
             latents = encode_images(self.vae, pixels).to("cpu")
             for key, lat in zip(chunk, latents):
                 self.cache[key] = lat.clone().pin_memory() if self.pin else lat.clone()
+        self.fill_references()
+
+    @torch.no_grad()
+    def fill_references(self) -> None:
+        """Encode every item's references (both flips when random_flip: they mirror with the target)."""
+        flips = (False, True) if self.config.dataset.random_flip else (False,)
+        for i in range(len(self.items)):
+            for f in flips:
+                self.references(i, f)
+
+    def _reference_pixels(self, item: int, k: int, flip: bool) -> torch.Tensor:
+        it = self.items[item]
+        return self._load(
+            it.references[k],
+            it.reference_sizes[k],
+            center_crop=True,
+            flip=flip,
+            crop_rng=random.Random(0),  # unused: centre crops
+        )
+
+    @torch.no_grad()
+    def references(self, item: int, flip: bool) -> list[torch.Tensor]:
+        """The item's reference latents (C, h, w) each, in order, on the CPU ([] for text-to-image)."""
+        key = (item, flip)
+        cached = self.reference_cache.get(key)
+        if cached is None:
+            refs = self.items[item].references
+            cached = []
+            for k in range(len(refs)):
+                pixels = self._reference_pixels(item, k, flip).unsqueeze(0)
+                lat = encode_images(self.vae, pixels)[0].to("cpu")
+                cached.append(lat.clone().pin_memory() if self.pin else lat.clone())
+            self.reference_cache[key] = cached
+        return cached
 
     @torch.no_grad()
     def get(self, item: int, flip: bool, sample_seed: int) -> torch.Tensor:
@@ -274,6 +355,7 @@ def build_items(report: Any, root: Path, config: TrainConfig) -> list[Item]:
 
     from flux2_lora.data.buckets import bucket_for, bucket_table, format_table
     from flux2_lora.data.captions import apply_trigger, shuffle_tags, trigger_findings
+    from flux2_lora.data.references import trained_sizes
     from flux2_lora.display import escape
 
     log = logging.getLogger("flux2_lora")
@@ -288,6 +370,9 @@ def build_items(report: Any, root: Path, config: TrainConfig) -> list[Item]:
         parts = i.path.relative_to(root).parts
         match = re.match(r"^(\d+)_", parts[0]) if len(parts) > 1 else None
         item = Item(i.path, caption, repeats=int(match.group(1)) if match else 1)
+        if i.references:
+            item.references = i.references
+            item.reference_sizes = trained_sizes(i.references, ds.reference_max_pixels)
         if ds.bucketing:
             item.bucket = bucket_for(i.width, i.height, ds.resolution, ds.bucket_step)
         if ds.shuffle_tags:

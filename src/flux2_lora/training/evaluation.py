@@ -1,4 +1,4 @@
-"""A deterministic eval loss: held-out images scored at fixed noise levels with fixed noise.
+"""A deterministic eval loss: held-out images (an edit run's: held-out pairs) scored at fixed noise levels with fixed noise.
 
 Which images are held out, their crops, the noise and the σ grid depend only on the dataset and the
 ``validation.eval_*`` settings, never on the training seed or settings: two runs on the same dataset
@@ -23,6 +23,7 @@ from flux2_lora.training.batches import (
     PromptSource,
     derive_seed,
     pack,
+    pack_references,
     text_ids_for,
     to_device_stacked,
 )
@@ -92,6 +93,7 @@ class EvalSet:
             for i in range(len(self.items)):
                 x0 = to_device_stacked([self.latents.get(i, False, 0)], device, dtype)
                 packed, ids = pack(x0)
+                refs = pack_references([self.latents.references(i, False)], device, dtype)
                 embeds = prompts.batch([self.items[i].caption], device, dtype)
                 for j, sigma in enumerate(val.eval_sigmas):
                     gen = torch.Generator().manual_seed(derive_seed(val.eval_seed, _NOISE, i, j))
@@ -109,6 +111,8 @@ class EvalSet:
                             sigmas=torch.tensor([sigma], device=device),
                             noise=noise,
                             guidance=guidance,
+                            reference_latents=refs[0] if refs else None,
+                            reference_ids=refs[1] if refs else None,
                         )
                     total += float(loss)
                     count += 1

@@ -100,20 +100,31 @@ def flow_matching_loss(
     noise: torch.Tensor,
     guidance: torch.Tensor | None,
     weighting: str = "none",
+    reference_latents: torch.Tensor | None = None,
+    reference_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One training loss. ``latents``/``noise``: packed (B, N, C); ``sigmas``: (B,)."""
+    """One training loss. ``latents``/``noise``: packed (B, N, C); ``sigmas``: (B,).
+
+    Edit samples: the references' clean tokens (B, M, C) and ids (B, M, 4) follow the noisy target's, as
+    at inference; the sample's one timestep covers every token; the prediction is cut back to the N target
+    tokens and the loss is taken there only."""
     dtype = prompt_embeds.dtype
     s = sigmas.to(latents.device, torch.float32).view(-1, 1, 1)
     noisy = ((1.0 - s) * latents.float() + s * noise.float()).to(dtype)
+    ids = latent_ids
+    if reference_latents is not None and reference_ids is not None:
+        noisy = torch.cat([noisy, reference_latents.to(dtype)], dim=1)
+        ids = torch.cat([latent_ids, reference_ids], dim=1)
     pred = transformer(
         hidden_states=noisy,
         encoder_hidden_states=prompt_embeds,
         timestep=sigmas.to(latents.device, dtype),
-        img_ids=latent_ids,
+        img_ids=ids,
         txt_ids=text_ids,
         guidance=guidance,
         return_dict=False,
     )[0]
+    pred = pred[:, : latents.shape[1]]
     target = noise.float() - latents.float()
     per_sample = ((pred.float() - target) ** 2).reshape(target.shape[0], -1).mean(dim=1)
     weights = loss_weights(weighting, sigmas.to(per_sample.device).float())

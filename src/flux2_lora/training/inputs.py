@@ -28,6 +28,9 @@ def load_items(config: TrainConfig, run_dir: Path) -> tuple[list[Item], list[Ite
             default_caption=ds.default_caption,
             resolution=ds.resolution,
             field=field,
+            # An eval folder pairs the same way: its own metadata.jsonl, or the same relative folder.
+            reference_path=ds.reference_path,
+            reference_max_pixels=ds.reference_max_pixels,
         )
         for p in report.problems:
             log.warning("%s: %s: %s", field, p.file, p.message)

@@ -6,6 +6,7 @@ demo is built into one first) or a hub id, with the pipeline class of the varian
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -19,6 +20,9 @@ from flux2_lora.variants import TransformerArch, get_variant, is_demo, resolve_m
 
 if TYPE_CHECKING:
     from diffusers import ModelMixin  # Any to mypy (see pyproject), named for the reader
+
+
+log = logging.getLogger("flux2_lora")
 
 
 class ModelLoadError(RuntimeError):
@@ -89,12 +93,77 @@ def pipeline_class(variant: str) -> Any:
     return getattr(diffusers, get_variant(variant).pipeline_class)
 
 
-def load_pipeline_without_transformer(path: str, variant: str, dtype: torch.dtype) -> Any:
-    """Text encoder, tokenizer, VAE and scheduler: what caching and sampling need besides the transformer."""
+def load_pipeline_without_transformer(
+    path: str,
+    variant: str,
+    dtype: torch.dtype,
+    text_encoder_quantization: str = "none",
+    text_encoder_device: torch.device | None = None,
+) -> Any:
+    """Text encoder, tokenizer, VAE and scheduler: what caching and sampling need besides the transformer.
+
+    A quantized text encoder is loaded first, quantized layer by layer as it is read and placed on
+    ``text_encoder_device`` by its loader (never whole in ``dtype`` anywhere), then handed to the pipeline."""
+    kwargs: dict[str, Any] = {}
+    if text_encoder_quantization != "none":
+        device = text_encoder_device or torch.device("cpu")
+        kwargs["text_encoder"] = load_text_encoder_quantized(
+            path, variant, dtype, text_encoder_quantization, device
+        )
     try:
-        return pipeline_class(variant).from_pretrained(path, transformer=None, dtype=dtype)
+        return pipeline_class(variant).from_pretrained(path, transformer=None, dtype=dtype, **kwargs)
     except Exception as e:  # diffusers raises OSError, ValueError or hub errors depending on the cause
         raise _load_error(path, "pipeline", e) from e
+
+
+def text_encoder_load_kwargs(quantization: str, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+    """``from_pretrained`` arguments that quantize the text encoder while its files are read: transformers'
+    bitsandbytes integration replaces each Linear before its weights load and ``device_map`` places each
+    quantized tensor at once, so no full-precision copy of the encoder exists on the GPU or in RAM."""
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise ModelLoadError(
+            f"memory.text_encoder_quantization: {quantization} needs bitsandbytes; install "
+            "flux2-lora[quantization]"
+        ) from None
+    if quantization == "nf4":
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
+        )
+    else:
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    index = device.index if device.type == "cuda" and device.index is not None else device.type
+    return {"quantization_config": config, "device_map": {"": index}, "dtype": dtype}
+
+
+def load_text_encoder_quantized(
+    path: str, variant: str, dtype: torch.dtype, quantization: str, device: torch.device
+) -> Any:
+    import transformers
+
+    try:
+        library, name = pipeline_class(variant).load_config(path)["text_encoder"]
+        cls = getattr(transformers, name)
+        kwargs = text_encoder_load_kwargs(quantization, dtype, device)
+        encoder = cls.from_pretrained(path, subfolder="text_encoder", **kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        raise _load_error(path, f"text encoder ({quantization})", e) from e
+    log.info("text encoder loaded in %s on %s", quantization, device)
+    return encoder
+
+
+def is_quantized_module(module: Any) -> bool:
+    """A module bitsandbytes placed itself (transformers refuses ``.to()`` on it)."""
+    return getattr(module, "hf_quantizer", None) is not None or bool(
+        getattr(module, "is_loaded_in_4bit", False)
+    )
 
 
 def load_transformer(path: str, dtype: torch.dtype, quantization: str, device: torch.device) -> ModelMixin:
@@ -110,7 +179,11 @@ def load_transformer(path: str, dtype: torch.dtype, quantization: str, device: t
     except Exception as e:
         raise _load_error(path, "transformer", e) from e
     transformer.requires_grad_(False)
-    if quantization == "int8":
+    if quantization == "fp8":
+        from flux2_lora.training.fp8 import quantize_fp8
+
+        quantize_fp8(transformer, dtype)  # on the CPU, where from_pretrained left it
+    elif quantization == "int8":
         _quantize_int8(transformer)
     elif quantization == "nf4" and device.type != "cuda":
         _quantize_nf4_manual(transformer, dtype)

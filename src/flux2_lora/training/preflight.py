@@ -27,13 +27,15 @@ TIMED_STEPS = 8
 
 
 def _largest_first(t: Trainer) -> list[int]:
-    """Steps to time, the largest bucket's first so the peak is the worst case."""
+    """Steps to time, the largest sample's first (target and reference tokens: the sequence the estimate
+    sizes) so the peak is the worst case."""
     steps = list(range(1, WARMUP_STEPS + TIMED_STEPS + 1))
-    if not t.config.dataset.bucketing:
+    if not t.config.dataset.bucketing and not any(it.references for it in t.items):
         return steps
     acc = t.accelerator
     assert t.schedule is not None
-    area = {i: (it.bucket[0] * it.bucket[1] if it.bucket else 0) for i, it in enumerate(t.items)}
+    res = t.config.dataset.resolution
+    area = {i: it.tokens(res) for i, it in enumerate(t.items)}
     biggest = max(area.values())
     for step in range(1, 10_000):
         pairs = t.schedule.micro_batch(step, 0, acc.process_index, acc.num_processes, 1)
@@ -91,6 +93,7 @@ def run_preflight(config: TrainConfig) -> dict[str, Any]:
         "eta_s": eta,
         "measured": measured_peaks(),
         "estimate": estimate_summary(config, trainer.accelerator.num_processes),
+        "image_tokens": max(it.tokens(config.dataset.resolution) for it in trainer.items),
         "max_steps": total,
         "time": time.time(),
     }

@@ -6,7 +6,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +28,35 @@ class SampleSettings:
     resolution: int
     seed: int
     uses_cfg: bool  # [klein] base models take real classifier-free guidance (an empty-prompt pass)
+    # Edit LoRAs: each prompt's reference images (one list per prompt; [] or missing: text-to-image).
+    references: list[list[Path]] = field(default_factory=list)
+    reference_max_pixels: int = 0
+
+
+def reference_images(paths: list[Path], max_pixels: int = 0) -> list[Any]:
+    """The PIL images the pipeline's ``image=`` gets: oriented, RGB, at the size they train at."""
+    import random
+    import warnings
+
+    from PIL import Image, ImageOps
+
+    from flux2_lora.data.references import reference_size
+    from flux2_lora.data.scan import DatasetError
+    from flux2_lora.display import escape
+    from flux2_lora.training.images import resize_and_crop, to_rgb
+
+    out = []
+    for p in paths:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                with Image.open(p) as raw:
+                    im = to_rgb(ImageOps.exif_transpose(raw))
+        except Exception as e:  # PIL raises many types on bad files; the message names the file
+            raise DatasetError(f"validation.references: {escape(p)}: cannot load the image ({e})") from None
+        size = reference_size(im.width, im.height, len(paths), max_pixels)
+        out.append(resize_and_crop(im, size, center_crop=True, flip=False, crop_rng=random.Random(0)))
+    return out
 
 
 class Sampler:
@@ -71,9 +101,12 @@ class Sampler:
         images: list[Any] = []
         t0 = time.perf_counter()
         try:
-            for prompt in s.prompts:
+            for n, prompt in enumerate(s.prompts):
                 embeds = self.prompts.get([prompt]).to(self.device, self.dtype)
                 kwargs: dict[str, Any] = {}
+                refs = s.references[n] if n < len(s.references) else []
+                if refs:  # drawn as FLUX.2 edits: diffusers' own reference path (image=)
+                    kwargs["image"] = reference_images(refs, s.reference_max_pixels)
                 if s.uses_cfg:
                     kwargs["negative_prompt_embeds"] = self.prompts.get([""]).to(self.device, self.dtype)
                 for k in range(val.num_samples):

@@ -143,6 +143,8 @@ def _quantized_bytes_stub(model: torch.nn.Module, quantization: str) -> int:
         if isinstance(m, torch.nn.Linear) and is_quantized_linear(name):
             if quantization == "int8":
                 total += m.weight.numel() + m.out_features * 2
+            elif quantization == "fp8":  # e4m3 bytes and an fp32 scale per row (training/fp8.py)
+                total += m.weight.numel() + m.out_features * 4
             else:
                 total += int(m.weight.numel() * NF4_BYTES_PER_WEIGHT)
     return total

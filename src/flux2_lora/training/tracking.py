@@ -141,17 +141,21 @@ class RunReporter:
         self.status.message = message
         for k, v in fields.items():
             setattr(self.status, k, v)
-        self.status.updated_at = time.time()
-        try:
-            runs.write_json_atomic(self.run_dir / runs.STATUS_FILE, self.status.to_dict())
-        except OSError as e:
-            raise runs.write_error(runs.STATUS_FILE, e) from None
+        self.write_status()
         if message and state == runs.RunState.FAILED:
             log_to_file(
                 logging.INFO, f"[{getattr(state, 'value', state)}] {message}"
             )  # the console gets its one line from the CLI
         elif message:
             log.info("[%s] %s", state, message)
+
+    def write_status(self) -> None:
+        """status.json as it stands (a small write and a rename, no fsync: cheap enough for every step)."""
+        self.status.updated_at = time.time()
+        try:
+            runs.write_json_atomic(self.run_dir / runs.STATUS_FILE, self.status.to_dict())
+        except OSError as e:
+            raise runs.write_error(runs.STATUS_FILE, e) from None
 
     # -- trackers ---------------------------------------------------------------------------
     def open_trackers(self) -> None:
@@ -219,6 +223,8 @@ class RunReporter:
             if times:
                 eta += count * sum(times) / len(times)
         self.status.eta_seconds = eta
+        # Every step, not every log_every: the monitor's progress and ETA move from the first step.
+        self.write_status()
 
     def end_gpu_phase(self, phase: str) -> None:
         """Close a phase of the run (loading and caching, then training): its GPU peaks are kept apart,
@@ -325,5 +331,11 @@ def estimate_summary(config: TrainConfig, num_processes: int) -> dict[str, Any] 
     except Exception as e:  # the estimate must never fail a finished run
         log.warning("memory estimate unavailable: %s", e)
         return None
-    keys = ("allocated_peak_gib", "total_gib", "host_peak_gib", "host_gib")
+    keys = (
+        "allocated_peak_gib",
+        "total_gib",
+        "host_peak_gib",
+        "host_gib",
+        "image_tokens",
+    )
     return {k: report[k] for k in keys if k in report}

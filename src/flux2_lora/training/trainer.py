@@ -28,9 +28,11 @@ from flux2_lora.training.batches import (
     SampleSchedule,
     derive_seed,
     pack,
+    pack_references,
     text_ids_for,
     to_device_stacked,
 )
+from flux2_lora.training.block_swap import BlockSwap, setup_block_swap
 from flux2_lora.training.evaluation import EvalSet, timed
 from flux2_lora.training.flow import draw_sigmas_and_noise, flow_matching_loss
 from flux2_lora.training.hardware import (
@@ -42,6 +44,7 @@ from flux2_lora.training.inputs import load_items, training_captions
 from flux2_lora.training.model import (
     free_memory,
     inject_lora,
+    is_quantized_module,
     load_pipeline_without_transformer,
     load_transformer,
     pipeline_class,
@@ -93,6 +96,7 @@ class Trainer:
         self.sampler: Sampler | None = None
         self.eval_set: EvalSet | None = None
         self.state: TrainingState | None = None  # checkpoints and resume, once the model is prepared
+        self.swap: BlockSwap | None = None  # memory.blocks_to_swap
         # FSDP shards the transformer over the processes: its forward passes (samples, the eval loss) and
         # its state (checkpoints, the LoRA) then need every process.
         self.fsdp = dist_util.uses_fsdp(config, self.accelerator.num_processes)
@@ -118,6 +122,9 @@ class Trainer:
         self.optimizer, self.lr_scheduler = self._setup_optimizer()
         if self.fsdp:  # sharded already: accelerate would wrap it in DDP
             self.model, self.optimizer = self.transformer, acc.prepare(self.optimizer)
+        elif self.swap is not None:  # placed by the swap: moving it whole would pull every block in
+            self.model = acc.prepare_model(self.transformer, device_placement=False)
+            self.optimizer = acc.prepare(self.optimizer)
         else:
             self.model, self.optimizer = acc.prepare(self.transformer, self.optimizer)
         self.state = TrainingState(
@@ -127,8 +134,7 @@ class Trainer:
             [i.repeats * cfg.dataset.repeats for i in self.items],
             cfg.training.seed,
             cfg.training.batch_size,
-            # build_items gives every item its bucket when bucketing
-            cast("list[tuple[int, int]]", [i.bucket for i in self.items]) if cfg.dataset.bucketing else None,
+            self._batch_groups(),
         )
         self.sampler = self._setup_sampler()
         start = 0
@@ -150,8 +156,28 @@ class Trainer:
             self.reporter.open_trackers()
         return start
 
+    def _batch_groups(self) -> list[Any] | None:
+        """What the samples of one batch share: the bucket (build_items gives every item one when
+        bucketing) and, in an edit run, the references' sizes too; None: any item batches with any."""
+        if any(i.references for i in self.items):
+            return [i.group for i in self.items]
+        if self.config.dataset.bucketing:
+            return cast("list[Any]", [i.bucket for i in self.items])
+        return None
+
     def validation_prompts(self) -> list[str]:
-        return self.config.validation.prompts or [self.items[0].caption or ""]
+        # An edit run's default prompt is its first pair's instruction, drawn with that pair's references.
+        first = next((i for i in self.items if i.references), self.items[0])
+        return self.config.validation.prompts or [first.caption or ""]
+
+    def validation_references(self) -> list[list[Path]]:
+        """Each validation prompt's reference images: validation.references (paths as given: absolute,
+        or relative to the working directory), else the first pair's references for every prompt."""
+        refs = self.config.validation.references
+        if refs:
+            return [[Path(p).expanduser() for p in group] for group in refs]
+        first = next((i.references for i in self.items if i.references), ())
+        return [list(first) for _ in self.validation_prompts()] if first else []
 
     def uses_cfg(self) -> bool:
         # [klein] base models take real classifier-free guidance (a second, empty-prompt pass).
@@ -165,14 +191,18 @@ class Trainer:
         set's latents (always encoded now: a few images)."""
         mem, val = self.config.memory, self.config.validation
         self._status("caching", "encoding captions and images")
-        pipe = load_pipeline_without_transformer(self.model_path, self.variant, self.dtype)
+        # cpu_offload: the text encoder (24B for [dev]) encodes on the CPU: slow, but no GPU memory at all.
+        te_device = torch.device("cpu") if mem.cpu_offload else self.device
+        te_quant = mem.text_encoder_quantization
+        pipe = load_pipeline_without_transformer(
+            self.model_path, self.variant, self.dtype, te_quant, te_device
+        )
         if mem.vae_slicing:
             pipe.vae.enable_slicing()
         if mem.vae_tiling:
             pipe.vae.enable_tiling()
-        # cpu_offload: the text encoder (24B for [dev]) encodes on the CPU: slow, but no GPU memory at all.
-        te_device = torch.device("cpu") if mem.cpu_offload else self.device
-        pipe.text_encoder.to(te_device)
+        if te_quant == "none":  # a quantized encoder was placed by its loader
+            pipe.text_encoder.to(te_device)
         pipe.vae.to(self.device)
         pin = self.device.type == "cuda"
         max_len = get_variant(self.variant).text_encoder.max_sequence_length
@@ -196,15 +226,17 @@ class Trainer:
         if mem.cache_latents:
             latents.fill_cache()
             self._offload(pipe.vae)
-        elif mem.cpu_offload:
-            self._offload(pipe.vae)
+        else:
+            latents.fill_references()  # fixed centre crops: encoded once even when targets are not
+            if mem.cpu_offload:
+                self._offload(pipe.vae)
         free_memory()
         return pipe, prompts, latents, eval_set
 
     def _offload(self, module: Any) -> None:
         """Move a frozen component off the GPU between uses (no-op when training on CPU)."""
-        if module is not None and self.device.type != "cpu":
-            module.to("cpu")
+        if module is not None and self.device.type != "cpu" and not is_quantized_module(module):
+            module.to("cpu")  # a quantized encoder stays (bitsandbytes' layers do not move)
 
     def _setup_model(self) -> tuple[Any, list[torch.nn.Parameter]]:
         cfg = self.config
@@ -218,7 +250,13 @@ class Trainer:
         trainable = inject_lora(transformer, cfg.lora, self.arch)
         if cfg.memory.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
-        if self.fsdp:
+        if cfg.memory.blocks_to_swap:
+            assert self.arch is not None
+            label = get_variant(self.variant).label
+            self.swap = setup_block_swap(
+                transformer, cfg.memory.blocks_to_swap, self.arch, label, self.accelerator
+            )
+        elif self.fsdp:
             dist_util.shard_transformer(transformer, cfg, self.device, self.dtype)
         elif quant != "nf4" or self.device.type != "cuda":  # bnb models are placed by their loader
             transformer.to(self.device)
@@ -240,7 +278,14 @@ class Trainer:
             resolution=cfg.dataset.resolution,
             seed=cfg.training.seed,
             uses_cfg=self.uses_cfg(),
+            references=self.validation_references(),
+            reference_max_pixels=cfg.dataset.reference_max_pixels,
         )
+        if cfg.validation.enabled:
+            from flux2_lora.training.sampling import reference_images
+
+            for group in settings.references:  # a missing or broken file fails now, not at the first sample
+                reference_images(group, settings.reference_max_pixels)
         return Sampler(self.pipe, self.prompts, settings, self.device, self.dtype, self.accelerator.autocast)
 
     # ----------------------------------------------------------------------------- one step
@@ -254,17 +299,19 @@ class Trainer:
             step, micro, acc.process_index, acc.num_processes, t.gradient_accumulation_steps
         )
         indices = [g for _, g in pairs]
-        latents, captions = [], []
+        latents, captions, references = [], [], []
         for item, g in pairs:
             rng = torch.Generator().manual_seed(derive_seed(t.seed, 4, g))
             draws = torch.rand(3, generator=rng).tolist()  # flip, tag order, caption dropout
             flip = bool(ds.random_flip and draws[0] < 0.5)
             latents.append(self.latents.get(item, flip, derive_seed(t.seed, 5, g)))
+            references.append(self.latents.references(item, flip))
             variants = self.items[item].variants
             caption = variants[int(draws[1] * len(variants))] if variants else self.items[item].caption
-            captions.append("" if draws[2] < ds.caption_dropout else caption)
+            captions.append("" if draws[2] < ds.caption_dropout else caption)  # the instruction, for edits
         x0 = to_device_stacked(latents, self.device, self.dtype)
         packed, ids = pack(x0)
+        refs = pack_references(references, self.device, self.dtype)
         sigmas, noise = draw_sigmas_and_noise(
             t, derive_seed(t.seed, 6, indices[0]), len(indices), packed.shape, self.device
         )
@@ -272,7 +319,7 @@ class Trainer:
         guidance = None
         if self.arch.guidance_embeds:
             guidance = torch.full((len(indices),), t.guidance_scale, device=self.device, dtype=torch.float32)
-        return {
+        batch = {
             "latents": packed,
             "latent_ids": ids,
             "prompt_embeds": embeds,
@@ -282,6 +329,9 @@ class Trainer:
             "guidance": guidance,
             "dropout_seed": derive_seed(t.seed, 7, indices[0]),
         }
+        if refs is not None:
+            batch["reference_latents"], batch["reference_ids"] = refs
+        return batch
 
     def train_step(self, step: int) -> torch.Tensor:
         """One optimizer step (all micro-batches); the mean loss as a 0-d tensor on the device, so the
@@ -381,6 +431,29 @@ class Trainer:
         flag = torch.tensor(float(stop), device=self.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
+    def _on_demand(self, step: int) -> None:
+        """Sample now / save now, asked through the run folder: acted on after this step, acknowledged in
+        the status. The main process reads the requests; every process acts on the same ones."""
+        acc = self.accelerator
+        asked = dist_util.broadcast_object(
+            runs.on_demand_requests(self.run_dir) if acc.is_main_process else []
+        )
+        for kind in asked:
+            if kind == "save":
+                self.save_checkpoint(step)
+                done = f"checkpoint-{step} saved (asked for)"
+            elif not self.config.validation.enabled:  # its prompts were never encoded
+                done = "sample now: this run samples nothing (validation.enabled is off in its config)"
+            else:
+                self.sample(step)
+                done = f"sampled at step {step} (asked for)"
+            if acc.is_main_process:
+                runs.clear_on_demand(self.run_dir, kind)
+                if self.reporter is not None:
+                    acks = self.reporter.status.extra.setdefault("on_demand", {})
+                    acks[kind] = {"step": step, "done_at": time.time(), "message": done}
+                self._status("training", done)
+
     def _check_losses(self, window: list[torch.Tensor], step: int) -> None:
         """A NaN or infinite loss among the steps ending at ``step`` stops the run there (one wait for the
         GPU: called at checkpoints, whose weights must not be saved poisoned)."""
@@ -454,6 +527,8 @@ class Trainer:
                     f"stopped at step {step}; checkpoint-{step} saved: press Resume (or --resume latest)",
                 )
                 return RunOutcome("stopped", step, total, checkpoint=checkpoint)
+            if step < total:
+                self._on_demand(step)
             val = cfg.validation
             if val.enabled and step % val.every_n_steps == 0 and step < total:
                 self.sample(step)
@@ -462,6 +537,16 @@ class Trainer:
         bar.close()
         self._check_losses(window, step)
         return self.finish(step, stopping=stop)
+
+    def _write_card(self) -> None:
+        """README.md in the Hub's model-card format; the LoRA is written already, so a failure here is a
+        warning, not a failed run."""
+        from flux2_lora.model_card import CardError, write_card
+
+        try:
+            write_card(self.run_dir)
+        except (CardError, OSError) as e:
+            log.warning("the model card (README.md) was not written: %s", e)
 
     def finish(self, step: int, stopping: bool = False) -> RunOutcome:
         """A resumable checkpoint, then the LoRA files, the last samples (skipped when a stop came
@@ -507,6 +592,7 @@ class Trainer:
             self._status(
                 "finished", f"finished {step} steps{note}; LoRA at {final}", final_lora=str(final), step=step
             )
+            self._write_card()
         if stopping or self.stop.requested():
             self.stop.acknowledge()  # acted on (the LoRA is written): it must not stop the next run
         acc.wait_for_everyone()

@@ -7,6 +7,7 @@ The UI process never imports torch: training, pre-flight and generation run as s
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,7 +40,16 @@ TABS = (
 )
 
 
+# Gradio keeps a record of every queued event (up to 10,000) and by default rebuilds a pandas summary of
+# the whole record after each event. The page's 1 s timers queue events all the time, so that work grew
+# with the page's age and its open tabs until every handler waited on it (issue 22: the estimate took
+# 1-2.5 s in a page that had monitored runs). A short record, summarised rarely, costs nothing.
+ANALYTICS_ENV = {"GRADIO_ANALYTICS_MAX_EVENTS": "200", "GRADIO_ANALYTICS_CACHE_FREQUENCY": "100"}
+
+
 def build_app(paths: AppPaths | str = "runs") -> gr.Blocks:
+    for k, v in ANALYTICS_ENV.items():
+        os.environ.setdefault(k, v)  # read when the app's queue is made (at launch)
     if not isinstance(paths, AppPaths):
         paths = AppPaths.create(paths)
     actions = Actions(paths)

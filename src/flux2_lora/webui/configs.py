@@ -20,7 +20,7 @@ from flux2_lora.webui.paths import AppPaths, PathRefused, resolve_inside
 
 QUICK_PRESETS = {"Fast": "fast", "High Quality": "high-quality", "Low VRAM": "low-vram"}
 MODEL_PRESETS = {"FLUX.2 [dev]": "dev", "FLUX.2 [klein] 4B": "klein-4b", "FLUX.2 [klein] 9B": "klein-9b"}
-FIRST_MODEL_PRESET = "klein-4b"  # what a new page shows: the lightest real model, not the toy demo
+FIRST_PRESET = "quickstart"  # what a new page shows
 # What a preset that starts from defaults keeps of the form: the model, the data and where the run goes.
 KEPT_BY_PRESETS = ("model", "dataset", "output", "logging", "validation.prompts")
 log = logging.getLogger(__name__)
@@ -38,8 +38,10 @@ def default_dict() -> dict[str, dict[str, Any]]:
 
 
 def initial_dict() -> dict[str, Any]:
-    """The form's first values: defaults with the first model preset."""
-    delta, _ = load_preset(FIRST_MODEL_PRESET)
+    """The form's first values: the demo (its dataset with its own model, at its images' size), which
+    starts as it is and opens without warnings; the model presets are one click away. A real model
+    paired with the demo's 128 px images would open with a warning per image (issue 22)."""
+    delta, _ = load_preset(FIRST_PRESET)
     return sync_precision(deep_merge(default_dict(), delta or {}))
 
 

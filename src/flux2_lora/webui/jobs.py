@@ -131,6 +131,12 @@ def resume_run(paths: AppPaths, run_dir: str) -> dict[str, Any]:
     run = paths.existing_run(run_dir)
     if run is None or not (run / runs.CONFIG_FILE).is_file():
         return _err("", "choose a run of the runs folder to resume")
+    status = runs.read_status(run)
+    if status is not None and status.state == runs.RunState.FINISHED:
+        # Said here, at once: a trainer started for it would load for a minute to train nothing.
+        return _err(
+            "", f"{run.name} is finished ({status.step}/{status.total_steps} steps): nothing to resume"
+        )
     if runs.latest_checkpoint(run) is None:
         return _err("", f"{run.name} has no checkpoint to resume from yet")
     data, issues = read_yaml(run / runs.CONFIG_FILE)

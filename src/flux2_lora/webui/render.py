@@ -216,11 +216,18 @@ def dataset_markdown(r: dict[str, Any]) -> str:
         f"{head} **{rep['num_items']}** usable of {rep['num_images_found']} images · {rep['num_captions']} "
         f"captions · {rep['num_missing_captions']} missing · {rep['num_unused_captions']} unused"
     ]
-    problems = list(rep["problems"].items())
-    for f, ps in problems[:20]:
-        lines += [f"- {p['severity']}: `{esc(f)}` {esc(p['message'])}" for p in ps]
-    if len(problems) > 20:
-        lines.append(f"- … and {len(problems) - 20} more files with problems")
+    # One line per distinct problem, with the files it concerns (12 images of one size: one line).
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for f, ps in rep["problems"].items():
+        for p in ps:
+            grouped.setdefault((p["severity"], p["message"]), []).append(f)
+    for (severity, message), files in list(grouped.items())[:20]:
+        named = ", ".join(f"`{esc(f)}`" for f in files[:3]) + (
+            f" and {len(files) - 3} more" if len(files) > 3 else ""
+        )
+        lines.append(f"- {severity}: {named} {esc(message)}")
+    if len(grouped) > 20:
+        lines.append(f"- … and {len(grouped) - 20} more problems")
     lines += [
         f"- trigger {t['severity']}: {esc(t['file']) + ': ' if t['file'] else ''}{esc(t['message'])}"
         for t in r.get("trigger", [])
@@ -235,16 +242,19 @@ def _duration(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def status_html(snap: dict[str, Any]) -> str:
-    """Run status; data-state/data-step let tests and scripts read it."""
+def status_html(snap: dict[str, Any], runs_listed: int | None = None) -> str:
+    """Run status; data-state/data-step let tests and scripts read it. ``runs_listed``: how many runs the
+    folder holds, said while none is followed."""
     state = snap.get("state") or "none"
     pre = snap.get("preflight") or {}
     if not snap.get("ok", True) or state == "none":
-        text = (
-            "Pre-flight running…"
-            if pre.get("running")
-            else "No run yet. Start one, or pick a past run above."
-        )
+        if pre.get("running"):
+            text = "Pre-flight running…"
+        elif runs_listed:
+            n = f"{runs_listed} run{'s' * (runs_listed != 1)}"
+            text = f"{n} in the runs folder: pick one above, or click its row in All runs below."
+        else:
+            text = "No run yet. Start one from the Train tab."
         return f'<div id="run-status-text" data-state="none" data-step="0">{text}</div>'
     step, total = snap.get("step") or 0, snap.get("total_steps") or 0
     pct = f" ({100 * step / total:.0f}%)" if total else ""
@@ -264,6 +274,14 @@ def status_html(snap: dict[str, Any]) -> str:
     return (
         f'<div id="run-status-text" data-state="{esc(state)}" data-step="{step}">{"<br>".join(lines)}</div>'
     )
+
+
+def log_html(log: str) -> str:
+    """The log tail; the newest line is last and marked, and widgets.CSS keeps it in view."""
+    lines = log.splitlines() or ["(no log yet)"]
+    body = "\n".join(esc(ln) for ln in lines[:-1])
+    last = f'<span class="log-last">{esc(lines[-1])}</span>'
+    return f'<pre class="log-text" data-lines="{len(lines)}">{body}{chr(10) if body else ""}{last}</pre>'
 
 
 def preflight_html(pre: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ widget. Widgets are found by field path ("lora.rank"); values travel between the
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -15,6 +15,7 @@ from annotated_types import Ge, Gt, Le, Lt, MaxLen
 from pydantic import BaseModel
 
 from flux2_lora.config import SECTIONS, GenerationSettings
+from flux2_lora.variants import REAL_VARIANTS, VARIANTS
 
 Kind = Literal["bool", "int", "float", "str", "choice", "lines"]
 
@@ -224,9 +225,34 @@ def _spec(section: str, key: str, info: Any) -> FieldSpec:
     )
 
 
+def swap_limits() -> dict[str, int]:
+    """The most blocks memory.blocks_to_swap can swap, per variant: all blocks but the two GPU buffers."""
+    return {
+        v: VARIANTS[v].transformer.num_layers + VARIANTS[v].transformer.num_single_layers - 2
+        for v in REAL_VARIANTS
+    }
+
+
+def _slider(spec: FieldSpec) -> FieldSpec:
+    """Fields shown as a slider: the swap count, over the schema's whole range (never narrower: a count
+    beyond a variant's blocks is refused by validation, which says why); ``extra["max_by_variant"]`` has
+    each variant's own maximum. Its memory and time effect shows in the estimate panel, which re-estimates
+    on every change of a form widget."""
+    if spec.path != "memory.blocks_to_swap":
+        return spec
+    limits = swap_limits()
+    return replace(
+        spec,
+        ui_min=spec.minimum if spec.minimum is not None else 0,
+        ui_max=spec.maximum if spec.maximum is not None else max(limits.values()),
+        step=1,
+        extra={**spec.extra, "slider": True, "max_by_variant": limits},
+    )
+
+
 def model_fields(model: type[BaseModel], section: str) -> tuple[FieldSpec, ...]:
     """The fields of one section (or of a model built like one, e.g. GenerationSettings), in order."""
-    return tuple(_spec(section, key, info) for key, info in model.model_fields.items())
+    return tuple(_slider(_spec(section, key, info)) for key, info in model.model_fields.items())
 
 
 @lru_cache(maxsize=1)

@@ -37,6 +37,9 @@ def make_widget(spec: FieldSpec, value: Any, elem_id: str | None = None) -> Any:
     if spec.kind == "lines":
         hint = ", ".join(map(str, spec.choices))
         return gr.Textbox(value=value, lines=2, max_lines=12, placeholder=hint or "one per line", **common)
+    if spec.extra.get("slider"):
+        lo, hi = spec.ui_min or 0, spec.ui_max if spec.ui_max is not None else spec.maximum or 0
+        return gr.Slider(minimum=lo, maximum=hi, step=spec.step or 1, value=value, **common)
     if spec.kind in ("int", "float"):
         # The arrows step by the schema's hint (1e-6 for the learning rate, never +1 on 1e-4).
         step = spec.step or (spec.ui_min if spec.log and spec.ui_min else (1 if spec.kind == "int" else 0.01))
@@ -122,7 +125,15 @@ CSS = """
 /* The estimate panel stays in view while the form scrolls (sticky needs no clipping ancestor). */
 .gradio-container { overflow-x: clip !important; overflow-y: visible !important; }
 #side-panel { position: sticky; top: 8px; align-self: flex-start; max-height: calc(100vh - 16px);
-  overflow-y: auto; }
+  overflow-y: auto; overscroll-behavior: contain; }
+/* A column with a height limit wraps what does not fit into a second column past the panel's right edge
+   (Gradio's columns are flex-wrap: wrap): it scrolls instead, every block at its full height. */
+#side-panel { flex-wrap: nowrap !important; }
+#side-panel > * { flex-shrink: 0 !important; }
+/* The log keeps its newest line in view (a column-reverse scroller starts at its end). */
+#log-tail { max-height: 12em !important; overflow-y: auto !important; display: flex !important;
+  flex-direction: column-reverse !important; }
+#log-tail .log-text { margin: 0; white-space: pre-wrap; font-size: 0.82em; }
 .verdict { padding: 10px 14px; border-radius: 8px; font-weight: 600; color: #111; }
 .verdict.fits { background: #bbf7d0; border: 1px solid #16a34a; }
 .verdict.tight { background: #fde68a; border: 1px solid #d97706; }
@@ -141,6 +152,10 @@ CSS = """
 #samples img, #test-image img { image-rendering: pixelated; }
 #samples .grid-container { grid-template-columns: repeat(auto-fill, minmax(150px, 200px)) !important; }
 #test-image img { min-width: 384px; object-fit: contain; }
+/* Auto-tune's reasons: a value or field name never breaks mid-word ("valu e"); the reason wraps. */
+#autotune-reasons table { table-layout: auto; width: 100%; }
+#autotune-reasons td, #autotune-reasons th { word-break: normal !important; overflow-wrap: normal !important; }
+#autotune-reasons td:nth-child(-n+2), #autotune-reasons th:nth-child(-n+2) { white-space: nowrap; }
 #preflight-result table { margin-top: 6px; }
 #preflight-result td, #preflight-result th { padding: 2px 10px; }
 """

@@ -15,6 +15,7 @@ from flux2_lora.webui import render
 from flux2_lora.webui.tabs import PRIVATE, Shared, skip
 
 FINAL = ("finished", "failed", "stopped")
+RESUME_LABEL = "Resume (latest checkpoint)"
 METRIC_COLUMNS = ["step", "loss", "lr", "sec_per_step", "eta_s", "gpu_mem_gib", "rss_gib"]
 RANK_COLUMNS = [
     "rank",
@@ -52,7 +53,36 @@ def loss_frame(metrics: pd.DataFrame, evals: list[dict[str, Any]]) -> pd.DataFra
     """Training loss and eval loss as one long frame (step, loss, series) for a two-line plot."""
     train = metrics[["step", "loss"]].dropna().assign(series="training")
     held = pd.DataFrame(evals, columns=["step", "eval_loss"]).rename(columns={"eval_loss": "loss"})
-    return pd.concat([train, held.assign(series="eval")], ignore_index=True)
+    frame = pd.concat([train, held.assign(series="eval")], ignore_index=True)
+    # Concatenating an empty eval frame leaves object columns, which the plot would draw as categories.
+    return frame.astype({"step": float, "loss": float, "series": str})
+
+
+def eta_frame(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The ETA the trainer reported at each logged step, in minutes."""
+    eta = metrics[["step", "eta_s"]].dropna()
+    return pd.DataFrame({"step": eta["step"].astype(float), "minutes": eta["eta_s"].astype(float) / 60})
+
+
+# (plot, y column, x column) of each plot; every plot is drawn against the training step.
+PLOTS = ("loss", "lr", "memory", "eta")
+PLOT_Y = {"loss": "loss", "lr": "lr", "memory": "GiB", "eta": "minutes"}
+
+
+def plot(name: str, title: str, y_title: str, series: bool = False) -> Any:
+    return gr.LinePlot(
+        value=None,
+        x="step",
+        y=PLOT_Y[name],
+        color="series" if series else None,
+        # The title as the block's label: shown while the plot is still empty too (a Vega title is not).
+        label=title,
+        show_label=True,
+        x_title="training step",
+        y_title=y_title,
+        height=330,  # the label, the axes and the legend
+        elem_id=f"{name}-plot",
+    )
 
 
 def create_runs_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
@@ -63,28 +93,17 @@ def create_runs_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
     c["status"] = gr.HTML(render.status_html({"state": "none"}), elem_id="run-status")
     with gr.Row():
         c["stop"] = gr.Button("Stop", variant="stop", elem_id="stop-btn", interactive=False)
-        c["resume"] = gr.Button("Resume (latest checkpoint)", elem_id="resume-btn", interactive=False)
-        c["lora"] = gr.File(label="LoRA file", elem_id="lora-download", scale=2)
+        c["resume"] = gr.Button(RESUME_LABEL, elem_id="resume-btn", interactive=False)
+        c["lora"] = gr.File(label="LoRA file", elem_id="lora-download", scale=2, height=90)
     c["msg"] = gr.Markdown(elem_id="runs-message")
     c["preflight"] = gr.HTML(render.preflight_html({}), elem_id="preflight-panel")
+    # Every axis numeric (float frames: an object column would be drawn as categories) and titled.
     with gr.Row():
-        c["loss"] = gr.LinePlot(
-            x="step",
-            y="loss",
-            color="series",
-            title="Loss: training, and eval when on",
-            height=240,
-            elem_id="loss-plot",
-        )
-        c["lr"] = gr.LinePlot(x="step", y="lr", title="Learning rate", height=240, elem_id="lr-plot")
-        c["memory"] = gr.LinePlot(
-            x="step",
-            y="GiB",
-            color="series",
-            title="Memory (GiB): measured vs estimate",
-            height=240,
-            elem_id="memory-plot",
-        )
+        c["loss"] = plot("loss", "Loss (training, and eval when on)", "loss (MSE)", True)
+        c["lr"] = plot("lr", "Learning rate", "learning rate")
+    with gr.Row():
+        c["memory"] = plot("memory", "Memory: measured vs estimate", "GiB", True)
+        c["eta"] = plot("eta", "Time left (ETA)", "minutes")
     c["ranks"] = gr.Dataframe(
         value=ranks_frame([]),
         label="Processes (multi-GPU runs): memory of every rank",
@@ -101,11 +120,13 @@ def create_runs_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
         preview=False,
         elem_id="samples",
     )
-    c["log"] = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, elem_id="log-tail")
-    with gr.Accordion("All runs", open=True):
+    # An HTML block, not a Textbox: its CSS (widgets.CSS) keeps the newest line in view as lines arrive.
+    c["log"] = gr.HTML(render.log_html(""), label="Log", elem_id="log-tail")
+    with gr.Accordion("All runs (click a row to open it)", open=True):
         c["table"] = gr.Dataframe(
             headers=["run", "state", "step", "of", "LoRA"], interactive=False, elem_id="runs-table"
         )
+    c["table_dirs"] = gr.State([])  # the run folder of each row of the table, in its order
     c["tab"] = tab
     _wire(shared, c)
     return c
@@ -138,7 +159,8 @@ def _phase(state: Any) -> str:
 
 
 def _plot(frame: pd.DataFrame) -> pd.DataFrame | None:
-    """None clears a plot; an empty frame would leave Vega with untyped, colourless series."""
+    """None clears a plot (its label still says what it will show); an empty frame would be drawn once
+    with a narrow axis margin that clips the tick labels, and colourless series, when data comes."""
     return frame if len(frame) else None
 
 
@@ -183,6 +205,14 @@ def _estimate_for(config_file: str, device: str) -> dict[str, Any]:
     return _CACHE[key]
 
 
+def resume_button(snap: dict[str, Any], live: bool) -> Any:
+    """Resume only where there is something to train: never for a live run, a run without a checkpoint,
+    or a finished run (all its steps are trained: resuming would retrain nothing)."""
+    if snap.get("state") == "finished":
+        return gr.update(interactive=False, value="Resume: nothing left (run finished)")
+    return gr.update(interactive=not live and bool(snap.get("checkpoints")), value=RESUME_LABEL)
+
+
 def _wire(shared: Shared, c: dict[str, Any]) -> None:
     acts = shared.actions
     last_sig = gr.State(None)
@@ -196,7 +226,10 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
         if current and current not in [d for _, d in choices]:
             choices.insert(0, (current.rstrip("/").rsplit("/", 1)[-1], current))  # started, no status yet
         pick = gr.update(choices=choices, value=current) if current else gr.update(choices=choices)
-        return {c["table"]: table, c["pick"]: pick}
+        out = {c["table"]: table, c["pick"]: pick, c["table_dirs"]: [r["run_dir"] for r in rows]}
+        # Nothing followed yet: say what there is to open rather than "no run yet".
+        out[c["status"]] = gr.skip() if current else render.status_html({"state": "none"}, len(rows))
+        return out
 
     gr.on(
         [
@@ -208,12 +241,20 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
         ],
         lambda rd: runs_lists(rd),
         shared.run_dir,
-        [c["table"], c["pick"]],
+        [c["table"], c["pick"], c["table_dirs"], c["status"]],
         show_progress="hidden",
         **PRIVATE,
     )
     # Following a run: picking one, or a run started from the Train tab.
     c["pick"].input(lambda rd: (rd, None), c["pick"], [shared.run_dir, last_sig], **PRIVATE)
+
+    def on_row(dirs: list[str], evt: gr.SelectData) -> Any:
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        if not isinstance(row, int) or not 0 <= row < len(dirs or []):
+            return gr.skip(), gr.skip(), gr.skip()
+        return dirs[row], None, gr.update(value=dirs[row])
+
+    c["table"].select(on_row, c["table_dirs"], [shared.run_dir, last_sig, c["pick"]], **PRIVATE)
 
     outputs = [
         c["stop"],
@@ -222,6 +263,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
         c["loss"],
         c["lr"],
         c["memory"],
+        c["eta"],
         c["gallery"],
         c["ranks"],
         c["log"],
@@ -264,15 +306,16 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
         out.update(
             {
                 c["stop"]: gr.update(interactive=live or bool(pre.get("running"))),
-                c["resume"]: gr.update(interactive=not live and bool(snap.get("checkpoints"))),
+                c["resume"]: resume_button(snap, live),
                 c["status"]: render.status_html(snap),
                 c["loss"]: _plot(loss_frame(mdf, snap.get("evals", []))),
-                c["lr"]: _plot(mdf[["step", "lr"]].dropna()),
+                c["lr"]: _plot(mdf[["step", "lr"]].dropna().astype(float)),
                 c["memory"]: _plot(memory_frame(metrics, run_estimate(snap, run_dir) if metrics else {})),
+                c["eta"]: _plot(eta_frame(mdf)),
                 c["gallery"]: [
                     (s["file"], f"step {s['step']}: {s['prompt']}") for s in snap.get("samples", [])
                 ],
-                c["log"]: snap.get("log", ""),
+                c["log"]: render.log_html(snap.get("log", "")),
                 c["lora"]: snap.get("lora"),
                 c["ranks"]: gr.update(
                     value=ranks_frame(snap.get("ranks", [])), visible=len(snap.get("ranks", [])) > 1

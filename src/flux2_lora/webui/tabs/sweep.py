@@ -216,11 +216,14 @@ def create_sweep_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
                         value=None,
                         label=f"Parameter {i + 1}",
                         filterable=True,
-                        scale=3,
+                        scale=5,
+                        # Room for the longest path ("training.gradient_accumulation_steps (int)"); the
+                        # row wraps its range boxes under it where the column is narrower.
+                        min_width=400,
                         elem_id=f"sweep-field-{i}",
                     )
                     values = gr.Textbox(
-                        label="Values (comma-separated)", scale=3, elem_id=f"sweep-values-{i}"
+                        label="Values (comma-separated)", scale=3, min_width=200, elem_id=f"sweep-values-{i}"
                     )
                     # Text, not number boxes: empty means "no range", and 2e-5 stays as typed.
                     low = gr.Textbox(label="…or low", placeholder="2e-5", scale=1, elem_id=f"sweep-low-{i}")
@@ -259,15 +262,13 @@ def create_sweep_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
             c["msg"] = gr.Markdown(
                 f"Launch is disabled: {missing}" if missing else "", elem_id="sweep-message"
             )
-            # The trials beside the form: what a launch does stays in view while it runs.
             c["best"] = gr.HTML(elem_id="sweep-best")
-            c["table"] = gr.Dataframe(
-                headers=TABLE, interactive=False, wrap=True, label="Trials", elem_id="sweep-table"
-            )
-            with gr.Accordion("Sweep output", open=False):
-                c["log"] = gr.Textbox(
-                    lines=10, max_lines=10, autoscroll=True, show_label=False, elem_id="sweep-log"
-                )
+    # The trials under both columns, at the page's full width: its seven columns do not fit the side one.
+    c["table"] = gr.Dataframe(
+        headers=TABLE, interactive=False, wrap=True, label="Trials", elem_id="sweep-table"
+    )
+    with gr.Accordion("Sweep output", open=False):
+        c["log"] = gr.Textbox(lines=10, max_lines=10, autoscroll=True, show_label=False, elem_id="sweep-log")
     _wire(shared, c, kinds)
     return c
 
