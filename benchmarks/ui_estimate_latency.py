@@ -55,11 +55,48 @@ def measure(page, n: int) -> list[float]:  # type: ignore[no-untyped-def]
     return sorted(times)
 
 
-def summary(name: str, times: list[float]) -> str:
+TARGET_MEDIAN_MS, TARGET_P95_MS = 100.0, 200.0  # issue 22, point 4
+
+
+CLICK_JS = """
+async (sel) => {
+  const before = document.querySelector('#estimate-verdict')?.dataset.rev;
+  const t0 = performance.now();
+  document.querySelector(sel).click();
+  return await new Promise((resolve, reject) => {
+    const check = () => {
+      if (document.querySelector('#estimate-verdict')?.dataset.rev !== before) resolve(performance.now() - t0);
+      else if (performance.now() - t0 > 30000) reject(new Error('estimate did not update'));
+      else requestAnimationFrame(check);
+    };
+    check();
+  });
+}
+"""
+
+
+def measure_recommendation(page: Any, n: int) -> list[float]:
+    """A click on the first fix of FLUX.2 [dev] on 24 GB until the estimate shows its result (the issue saw
+    2.8-4.5 s in an aged page); the preset is loaded again before each click."""
+    times = []
+    for _ in range(n):
+        before = rev(page)
+        page.click("#preset-dev")
+        wait_new_estimate(page, before)
+        page.wait_for_selector("#estimate-verdict[data-verdict='does_not_fit']", timeout=30_000)
+        page.locator("#rec-0").wait_for(state="visible", timeout=30_000)
+        times.append(page.evaluate(CLICK_JS, "#rec-0 button, button#rec-0"))
+    return sorted(times)
+
+
+def summary(name: str, times: list[float], target: bool = True) -> str:
+    median = statistics.median(times)
     p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+    met = "meets" if median < TARGET_MEDIAN_MS and p95 < TARGET_P95_MS else "MISSES"
     return (
-        f"{name:<34} median {statistics.median(times):6.1f} ms   p95 {p95:6.1f} ms   "
-        f"min {times[0]:6.1f} ms   max {times[-1]:6.1f} ms   ({len(times)} changes)"
+        f"{name:<44} median {median:6.1f} ms   p95 {p95:6.1f} ms   "
+        f"min {times[0]:6.1f} ms   max {times[-1]:6.1f} ms   ({len(times)} changes"
+        + (f"; {met} the target)" if target else ")")
     )
 
 
@@ -134,10 +171,17 @@ def main() -> int:
                 page.locator("#rec-0").wait_for(state="visible", timeout=30_000)
                 verdict = page.locator("#estimate-verdict").get_attribute("data-verdict")
                 lines.append(summary(f"FLUX.2 [dev], 24 GB ({verdict})", measure(page, args.n)))
+                lines.append(
+                    summary("a fix clicked, FLUX.2 [dev] on 24 GB", measure_recommendation(page, 5), False)
+                )
                 browser.close()
         finally:
             demo.close()
-    print("estimate refresh in the browser (target: median < 100 ms, p95 < 200 ms)")
+    load = os.getloadavg()
+    print(
+        f"estimate refresh in the browser (target: median < {TARGET_MEDIAN_MS:g} ms, "
+        f"p95 < {TARGET_P95_MS:g} ms; {os.cpu_count()} CPUs, load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f})"
+    )
     print("\n".join(lines))
     return 0
 
