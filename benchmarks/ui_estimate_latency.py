@@ -113,7 +113,16 @@ def follow(page: Any, name: str) -> None:
     page.wait_for_function(f"document.querySelector('#run-pick input')?.value === {name!r}", timeout=60_000)
 
 
-def age_pages(url: str, pages: list[Any], seconds: float) -> int:
+def wait_for_status(run_dir: Path, timeout_s: float = 900) -> None:
+    """The trainer writes status.json once it has started (slow under load): the runs list shows it then."""
+    deadline = time.monotonic() + timeout_s
+    while not (run_dir / "status.json").exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{run_dir}: the trainer did not start within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def age_pages(url: str, runs_root: Path, pages: list[Any], seconds: float) -> int:
     """Train demo runs back to back for ``seconds``, every page following each; returns the runs done."""
     from gradio_client import Client
 
@@ -127,6 +136,7 @@ def age_pages(url: str, pages: list[Any], seconds: float) -> int:
         r = client.predict(cfg, "", api_name="/start_run")
         if not r.get("ok"):
             raise SystemExit(f"could not start a demo run: {r.get('errors')}")
+        wait_for_status(runs_root / name)
         for page in pages:
             follow(page, name)
         left = max(1.0, deadline - time.monotonic())
@@ -159,7 +169,7 @@ def main() -> int:
                 if args.aged:
                     second = open_page(browser, url)
                     t0 = time.monotonic()
-                    done = age_pages(url, [page, second], args.age)
+                    done = age_pages(url, Path(runs), [page, second], args.age)
                     minutes = (time.monotonic() - t0) / 60
                     page.click("#tab-train-button")
                     lines.append(
