@@ -128,22 +128,24 @@ def age_pages(url: str, runs_root: Path, pages: list[Any], seconds: float) -> in
 
     client = Client(url, verbose=False, download_files=False)
     deadline, n = time.monotonic() + seconds, 0
-    while time.monotonic() < deadline:
-        name = f"aged-{n}"
-        cfg = tiny_run_config(name, steps=200)
-        cfg["validation"].update(every_n_steps=50)
-        cfg["output"]["checkpoint_every"] = 100
-        r = client.predict(cfg, "", api_name="/start_run")
-        if not r.get("ok"):
-            raise SystemExit(f"could not start a demo run: {r.get('errors')}")
-        wait_for_status(runs_root / name)
-        for page in pages:
-            follow(page, name)
-        left = max(1.0, deadline - time.monotonic())
-        try:
-            pages[0].wait_for_selector("#run-status-text[data-state='finished']", timeout=1000 * (left + 600))
-        finally:
+    try:
+        while time.monotonic() < deadline:
+            name = f"aged-{n}"
+            cfg = tiny_run_config(name, steps=200)
+            cfg["validation"].update(every_n_steps=50)
+            cfg["output"]["checkpoint_every"] = 100
+            r = client.predict(cfg, "", api_name="/start_run")
+            if not r.get("ok"):
+                raise SystemExit(f"could not start a demo run: {r.get('errors')}")
             n += 1
+            wait_for_status(runs_root / name)
+            for page in pages:
+                follow(page, name)
+            left = max(1.0, deadline - time.monotonic())
+            pages[0].wait_for_selector("#run-status-text[data-state='finished']", timeout=1000 * (left + 600))
+    finally:
+        if n:  # a run left going when this stops early: its trainer outlives the UI otherwise
+            client.predict(str(runs_root / f"aged-{n - 1}"), 30.0, api_name="/stop_run")
     return n
 
 
