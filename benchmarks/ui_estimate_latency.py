@@ -46,20 +46,58 @@ def measure(page, n: int) -> list[float]:  # type: ignore[no-untyped-def]
     set_field(page, "lora.alpha", f"{alpha + 1:g}")
     wait_new_estimate(page, before)
     sel = "#field-lora-rank input"
+    rank = int(float(page.locator(sel).input_value() or 0))
     times = []
     for i in range(n + WARMUP):
-        ms = page.evaluate(MEASURE_JS, [sel, str(8 + 4 * (i % 20))])
+        # Always a new value (the same one would estimate nothing): the demo page opens at rank 8.
+        rank = 8 + 4 * ((i + 1) % 20) if 8 + 4 * ((i + 1) % 20) != rank else rank + 4
+        ms = page.evaluate(MEASURE_JS, [sel, str(rank)])
         if i >= WARMUP:  # the first few warm up the connection and caches
             times.append(ms)
         page.wait_for_timeout(50)  # a person types slower than this; keeps changes from coalescing
     return sorted(times)
 
 
-def summary(name: str, times: list[float]) -> str:
+TARGET_MEDIAN_MS, TARGET_P95_MS = 100.0, 200.0  # issue 22, point 4
+
+
+CLICK_JS = """
+async (sel) => {
+  const before = document.querySelector('#estimate-verdict')?.dataset.rev;
+  const t0 = performance.now();
+  document.querySelector(sel).click();
+  return await new Promise((resolve, reject) => {
+    const check = () => {
+      if (document.querySelector('#estimate-verdict')?.dataset.rev !== before) resolve(performance.now() - t0);
+      else if (performance.now() - t0 > 30000) reject(new Error('estimate did not update'));
+      else requestAnimationFrame(check);
+    };
+    check();
+  });
+}
+"""
+
+
+def measure_recommendation(page: Any, n: int) -> list[float]:
+    """A click on the first fix of FLUX.2 [dev] on 24 GB until the estimate shows its result (the issue saw
+    2.8-4.5 s in an aged page); the preset is loaded again before each click."""
+    times = []
+    for _ in range(n):
+        page.click("#preset-dev")  # no new estimate when the page already shows the preset as it is
+        page.wait_for_selector("#estimate-verdict[data-verdict='does_not_fit']", timeout=30_000)
+        page.locator("#rec-0").wait_for(state="visible", timeout=30_000)
+        times.append(page.evaluate(CLICK_JS, "#rec-0 button, button#rec-0"))
+    return sorted(times)
+
+
+def summary(name: str, times: list[float], target: bool = True) -> str:
+    median = statistics.median(times)
     p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+    met = "meets" if median < TARGET_MEDIAN_MS and p95 < TARGET_P95_MS else "MISSES"
     return (
-        f"{name:<34} median {statistics.median(times):6.1f} ms   p95 {p95:6.1f} ms   "
-        f"min {times[0]:6.1f} ms   max {times[-1]:6.1f} ms   ({len(times)} changes)"
+        f"{name:<44} median {median:6.1f} ms   p95 {p95:6.1f} ms   "
+        f"min {times[0]:6.1f} ms   max {times[-1]:6.1f} ms   ({len(times)} changes"
+        + (f"; {met} the target)" if target else ")")
     )
 
 
@@ -73,28 +111,56 @@ def follow(page: Any, name: str) -> None:
     page.wait_for_function(f"document.querySelector('#run-pick input')?.value === {name!r}", timeout=60_000)
 
 
-def age_pages(url: str, pages: list[Any], seconds: float) -> int:
+def wait_for_status(run_dir: Path, timeout_s: float = 900) -> None:
+    """The trainer writes status.json once it has started (slow under load): the runs list shows it then."""
+    deadline = time.monotonic() + timeout_s
+    while not (run_dir / "status.json").exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{run_dir}: the trainer did not start within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def age_pages(url: str, runs_root: Path, pages: list[Any], seconds: float) -> int:
     """Train demo runs back to back for ``seconds``, every page following each; returns the runs done."""
     from gradio_client import Client
 
     client = Client(url, verbose=False, download_files=False)
     deadline, n = time.monotonic() + seconds, 0
-    while time.monotonic() < deadline:
-        name = f"aged-{n}"
-        cfg = tiny_run_config(name, steps=200)
-        cfg["validation"].update(every_n_steps=50)
-        cfg["output"]["checkpoint_every"] = 100
-        r = client.predict(cfg, "", api_name="/start_run")
-        if not r.get("ok"):
-            raise SystemExit(f"could not start a demo run: {r.get('errors')}")
-        for page in pages:
-            follow(page, name)
-        left = max(1.0, deadline - time.monotonic())
-        try:
-            pages[0].wait_for_selector("#run-status-text[data-state='finished']", timeout=1000 * (left + 600))
-        finally:
+    try:
+        while time.monotonic() < deadline:
+            name = f"aged-{n}"
+            cfg = tiny_run_config(name, steps=200)
+            cfg["validation"].update(every_n_steps=50)
+            cfg["output"]["checkpoint_every"] = 100
+            r = client.predict(cfg, "", api_name="/start_run")
+            if not r.get("ok"):
+                raise SystemExit(f"could not start a demo run: {r.get('errors')}")
             n += 1
+            wait_for_status(runs_root / name)
+            for page in pages:
+                follow(page, name)
+            left = max(1.0, deadline - time.monotonic())
+            pages[0].wait_for_selector("#run-status-text[data-state='finished']", timeout=1000 * (left + 600))
+    finally:
+        if n:  # a run left going when this stops early: its trainer outlives the UI otherwise
+            client.predict(str(runs_root / f"aged-{n - 1}"), 30.0, api_name="/stop_run")
     return n
+
+
+class Lines(list[str]):
+    """The figures, each printed as soon as it is measured (a later failure keeps the earlier ones)."""
+
+    def append(self, line: str) -> None:
+        if not self:
+            load = os.getloadavg()
+            print(
+                f"estimate refresh in the browser (target: median < {TARGET_MEDIAN_MS:g} ms, "
+                f"p95 < {TARGET_P95_MS:g} ms; {os.cpu_count()} CPUs, load "
+                f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at the first figure)",
+                flush=True,
+            )
+        super().append(line)
+        print(line, flush=True)
 
 
 def main() -> int:
@@ -107,7 +173,7 @@ def main() -> int:
 
     if not args.aged:  # the aged runs need the demo model, cached in the user's own home
         os.environ.setdefault("FLUX2_LORA_HOME", tempfile.mkdtemp(prefix="flux2-home-"))
-    lines = []
+    lines = Lines()
     with tempfile.TemporaryDirectory() as runs:
         demo, url = launch(runs, port=free_port(), prevent_thread_lock=True, quiet=True)
         try:
@@ -119,7 +185,7 @@ def main() -> int:
                 if args.aged:
                     second = open_page(browser, url)
                     t0 = time.monotonic()
-                    done = age_pages(url, [page, second], args.age)
+                    done = age_pages(url, Path(runs), [page, second], args.age)
                     minutes = (time.monotonic() - t0) / 60
                     page.click("#tab-train-button")
                     lines.append(
@@ -134,11 +200,12 @@ def main() -> int:
                 page.locator("#rec-0").wait_for(state="visible", timeout=30_000)
                 verdict = page.locator("#estimate-verdict").get_attribute("data-verdict")
                 lines.append(summary(f"FLUX.2 [dev], 24 GB ({verdict})", measure(page, args.n)))
+                lines.append(
+                    summary("a fix clicked, FLUX.2 [dev] on 24 GB", measure_recommendation(page, 5), False)
+                )
                 browser.close()
         finally:
             demo.close()
-    print("estimate refresh in the browser (target: median < 100 ms, p95 < 200 ms)")
-    print("\n".join(lines))
     return 0
 
 

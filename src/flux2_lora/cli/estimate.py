@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from flux2_lora.cli.common import add_config_args, config_from_args, fail
+from flux2_lora.cli.common import add_config_args, add_debug_arg, config_from_args, fail, quiet_libraries
 from flux2_lora.cli.schema_flags import add_section_flags, section_overrides
 
 
@@ -31,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="also run the trainer's training step (and the encoders) on meta tensors at full size: "
         "the traced tensor peak, without allocating memory (seconds on CPU; needs torch)",
     )
+    add_debug_arg(p)
     p.add_argument(
         "--auto-fit",
         action="store_true",
@@ -68,12 +69,14 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(a.to_dict(), indent=1, default=str))
         else:
             print_findings(a)
-            print(f"error: {a.message}", file=sys.stderr)
+            if not a.errors:  # the errors above already say why: no second line for the same failure
+                print(f"error: {a.message}", file=sys.stderr)
         return 2
     report = {**a.report, "ok": a.ok, "errors": [e.to_dict() for e in a.errors]}
     report["warnings"] = [w.to_dict() for w in a.warnings]
     report["blockers"] = a.blockers
     if args.trace:
+        quiet_libraries(args.debug)  # before torch, diffusers and torchao are imported: they talk at import
         from flux2_lora.training.trace import trace_report
 
         report["trace"] = trace_report(config)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Any
 
-from flux2_lora.cli.common import add_field_args, fail, fields_from_args
+from flux2_lora.cli.common import add_debug_arg, add_field_args, fail, fields_from_args, quiet_libraries, show
 from flux2_lora.config import GenerationSettings, ModelSection
 
 # The options are the fields of GenerationSettings (shared with the UI's Test LoRA tab and the API) and
@@ -41,14 +43,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="largest reference area in pixels (the run's dataset.reference_max_pixels); 0: FLUX.2's caps",
     )
     p.add_argument("--out", required=True, help="PNG file to write")
+    add_debug_arg(p)
     p.set_defaults(func=run)
 
 
+def run_sampling(lora: str | None) -> tuple[dict[str, Any], dict[str, Any], Path | None]:
+    """The model and the sampling settings (steps, guidance, resolution) of the run a LoRA file sits in:
+    a LoRA is then drawn the way its run's validation samples were (the UI's Test LoRA does the same).
+    Empty where the LoRA is not in a run folder with a readable config.yaml."""
+    from flux2_lora import runs
+    from flux2_lora.config import TrainConfig
+    from flux2_lora.config.io import read_yaml, validate_dict
+
+    cfg_file = Path(lora).parent / runs.CONFIG_FILE if lora else None
+    if cfg_file is None or not cfg_file.is_file():
+        return {}, {}, None
+    data, _ = read_yaml(cfg_file)
+    parsed, _ = validate_dict(data if isinstance(data, dict) else {})
+    if not isinstance(parsed, TrainConfig):
+        return {}, {}, None
+    own = GenerationSettings.for_run(parsed).model_dump(include={"steps", "guidance", "resolution"})
+    return {"path": parsed.model.path, "variant": parsed.model.variant}, own, cfg_file
+
+
 def run(args: argparse.Namespace) -> int:
-    model = fields_from_args(args, ModelSection, MODEL_FIELDS, flags=FLAGS)
-    settings = fields_from_args(args, GenerationSettings, SETTINGS)
+    run_model, run_settings, cfg_file = run_sampling(args.lora)
+    model = fields_from_args(args, ModelSection, MODEL_FIELDS, flags=FLAGS, defaults=run_model)
+    settings = fields_from_args(args, GenerationSettings, SETTINGS, defaults=run_settings)
     if model is None or settings is None:
         return 2
+    taken = [f"{k} {run_settings[k]}" for k in ("steps", "guidance") if getattr(args, k, None) is None]
+    if cfg_file is not None and taken:
+        print(f"{', '.join(taken)}: the run's own sampling settings ({show(cfg_file)})", file=sys.stderr)
     if not settings.prompt.strip():
         return fail("--prompt: is empty")
     if args.lora and not Path(args.lora).is_file():
@@ -57,9 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         return fail(f"--reference: {problem}")
 
-    from flux2_lora.training.quiet import quiet_libraries
-
-    quiet_libraries()
+    quiet_libraries(args.debug)
     from flux2_lora.training.hardware import resolve_device, resolve_dtype
     from flux2_lora.training.model import (
         ModelLoadError,

@@ -26,7 +26,7 @@ EXIT_BUSY = 3
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train a LoRA (default: the quickstart on the embedded demo needs --preset quickstart)"
+        "train", help="train a LoRA (with no config or preset: the quickstart demo, on the embedded model)"
     )
     add_config_args(p)
     p.add_argument(
@@ -63,8 +63,30 @@ def check_output_dir(path: Path) -> str | None:
     return None
 
 
+def _default_to_quickstart(args: argparse.Namespace) -> None:
+    """Plain ``flux2-lora train`` (no config file, no preset) trains the quickstart demo: the schema's
+    defaults name the embedded demo model and dataset but a real model's 1000 steps at 1024 px, which on
+    a CPU would run for hours and learn nothing a tiny model can show. A config or a preset is taken as
+    given; so is a --set model.path naming a real model."""
+    if args.config or args.config_opt or args.preset:
+        return
+    from flux2_lora.config.io import ConfigError, load_config
+    from flux2_lora.variants import is_demo
+
+    try:
+        plain, _ = load_config(overrides=args.overrides)
+    except ConfigError:
+        return  # config_from_args says what is wrong
+    if is_demo(plain.model.path):
+        args.preset = ["quickstart"]
+        print(
+            "no config or preset given: training the quickstart demo (--preset quickstart)", file=sys.stderr
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     args.overrides = [*args.overrides, *section_overrides(args)]
+    _default_to_quickstart(args)
     config = config_from_args(args)
     if config is None:
         return EXIT_CONFIG

@@ -7,6 +7,7 @@ dataset, so they live here.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import math
 import os
 import random
@@ -19,7 +20,7 @@ from flux2_lora.variants import is_demo as is_demo  # re-exported: the test for 
 if TYPE_CHECKING:
     from PIL import Image, ImageDraw
 
-DEMO_VERSION = "v1"  # bump when the generated model or dataset changes, so caches regenerate
+DEMO_VERSION = "v2"  # the cache folders also carry a hash of the code that generates them
 TRIGGER = "sks"
 _COLORS = {
     "red": (220, 40, 40),
@@ -32,6 +33,7 @@ _COLORS = {
 _SHAPES = ("circle", "square", "triangle")
 DEMO_IMAGE_SIZE = 128
 DEMO_NUM_IMAGES = 12
+STRIPE_PERIOD = 32  # at 128 px; 16 px at the demo's 64 px, wide enough for its 8× VAE to draw
 
 
 def cache_root() -> Path:
@@ -40,15 +42,35 @@ def cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "flux2-lora"
 
 
+# The code that decides what the cached demo model holds: a change to any of them builds a new one (the
+# cache folder is named by their hash), so no stale model outlives the code that made it.
+_MODEL_SOURCES = ("data/demo.py", "training/demo_model.py", "training/demo_pretrain.py")
+
+
+def code_key(*sources: str, extra: str = "") -> str:
+    """12 hex digits of the SHA-256 of these package files (paths below flux2_lora/) and ``extra``."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256(extra.encode())
+    for rel in sources:
+        h.update(rel.encode() + b"\0" + (root / rel).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def demo_model_key() -> str:
+    from flux2_lora.variants import VARIANTS
+
+    return code_key(*_MODEL_SOURCES, extra=repr(VARIANTS["demo"]))
+
+
 def demo_model_dir() -> Path:
-    return cache_root() / f"demo-model-{DEMO_VERSION}"
+    return cache_root() / f"demo-model-{DEMO_VERSION}-{demo_model_key()}"
 
 
 def demo_dataset_dir() -> Path:
-    return cache_root() / f"demo-dataset-{DEMO_VERSION}"
+    return cache_root() / f"demo-dataset-{DEMO_VERSION}-{code_key('data/demo.py')}"
 
 
-def _draw_shape(
+def draw_shape(
     draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill: tuple[int, int, int]
 ) -> None:
     x0, y0, x1, y1 = box
@@ -60,26 +82,39 @@ def _draw_shape(
         draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=fill)
 
 
-def _demo_image(i: int) -> tuple[Image.Image, str]:
-    """A 'sks style' picture: a striped warm background with one coloured shape (the concept to learn)."""
+def stripes(size: int, a: tuple[int, int, int], b: tuple[int, int, int], period: int = 16) -> Image.Image:
+    """A square of diagonal stripes, ``a`` and ``b`` alternating every half ``period`` pixels."""
     from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size))
+    draw = ImageDraw.Draw(img)
+    half = period // 2
+    for k in range(-size, size * 2, period):
+        draw.polygon([(k, 0), (k + half, 0), (k + half - size, size), (k - size, size)], fill=a)
+        draw.polygon(
+            [(k + half, 0), (k + period, 0), (k + period - size, size), (k + half - size, size)], fill=b
+        )
+    return img
+
+
+STRIPE_COLORS = ((250, 225, 170), (245, 180, 120))  # the warm stripes of "sks style"
+
+
+def _demo_image(i: int) -> tuple[Image.Image, str]:
+    """A 'sks style' picture: warm diagonal stripes behind one coloured shape. The stripes are the
+    concept the quickstart LoRA teaches: the demo model's own world has plain backgrounds only."""
+    from PIL import ImageDraw
 
     rng = random.Random(1000 + i)
     size = DEMO_IMAGE_SIZE
-    img = Image.new("RGB", (size, size))
+    img = stripes(size, *STRIPE_COLORS, period=STRIPE_PERIOD)
     draw = ImageDraw.Draw(img)
-    # Diagonal stripes are the shared "style" every image has, so a LoRA has something to learn.
-    for k in range(-size, size * 2, 16):
-        draw.polygon([(k, 0), (k + 8, 0), (k + 8 - size, size), (k - size, size)], fill=(250, 225, 170))
-        draw.polygon(
-            [(k + 8, 0), (k + 16, 0), (k + 16 - size, size), (k + 8 - size, size)], fill=(245, 180, 120)
-        )
     shape = _SHAPES[i % len(_SHAPES)]
     color = list(_COLORS)[i % len(_COLORS)]
     r = rng.randint(size // 5, size // 3)
     cx = rng.randint(r, size - r)
     cy = rng.randint(r, size - r)
-    _draw_shape(draw, shape, (cx - r, cy - r, cx + r, cy + r), _COLORS[color])
+    draw_shape(draw, shape, (cx - r, cy - r, cx + r, cy + r), _COLORS[color])
     angle = rng.random() * 2 * math.pi  # a small highlight so no two images are the same
     hx, hy = int(cx + r * 0.4 * math.cos(angle)), int(cy + r * 0.4 * math.sin(angle))
     draw.ellipse((hx - 3, hy - 3, hx + 3, hy + 3), fill=(255, 255, 255))

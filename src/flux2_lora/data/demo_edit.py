@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flux2_lora.data.demo import _COLORS, _SHAPES, _draw_shape, cache_root, generate_once
+from flux2_lora.data.demo import _COLORS, _SHAPES, cache_root, draw_shape, generate_once
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -54,7 +54,7 @@ def demo_edit_pair(i: int) -> tuple[list[Image.Image], Image.Image, str]:
         im = Image.new("RGB", (size, size), (200, 200, 200))
         draw = ImageDraw.Draw(im)
         draw.rectangle((0, size * 3 // 4, size, size), fill=(170, 170, 170))  # a floor line: some layout
-        _draw_shape(draw, shape, box, _COLORS[color])
+        draw_shape(draw, shape, box, _COLORS[color])
         return im
 
     references = [scene(before)]

@@ -1,13 +1,16 @@
 """The embedded demo model: FLUX.2 [klein] architecture at toy size, built from config in code.
 
 It is saved as an ordinary diffusers folder, so training loads it through exactly the same
-``from_pretrained`` path as a real model. Weights are random but deterministic (fixed seed), and the
-tokenizer is a small byte-level BPE trained locally on the demo vocabulary; nothing is downloaded.
+``from_pretrained`` path as a real model. Its weights start random (fixed seed) and are then taught a
+tiny world of coloured shapes (:mod:`flux2_lora.training.demo_pretrain`, seconds on a CPU), so that a
+LoRA trained on it visibly learns something new. The tokenizer is a small byte-level BPE trained locally
+on the demo vocabulary; nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 import tempfile
@@ -16,6 +19,8 @@ from typing import Any
 
 from flux2_lora.data.demo import _COLORS, _SHAPES, DEMO_VERSION, TRIGGER, demo_model_dir
 from flux2_lora.variants import VARIANTS
+
+log = logging.getLogger("flux2_lora")
 
 _SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 # Qwen3's chat template, reduced to what the FLUX.2 [klein] pipeline uses (no tools, thinking off).
@@ -99,6 +104,16 @@ def build_demo_pipeline(**transformer_overrides: object) -> Any:
     text_encoder = Qwen3ForCausalLM(
         Qwen3Config(**{**te.transformers_config(), "vocab_size": len(tokenizer)}, tie_word_embeddings=True)
     )
+    # Token embeddings far above the layers' random contributions: every word keeps a distinct embedding
+    # through the 28 random layers, so the base model can learn what "red" or "circle" means within
+    # seconds (the usual 0.02 leaves them faint and alike).
+    # The padding token embeds to zero: the pipelines pad every prompt to 512 tokens, and a zero query
+    # attends evenly to the prompt's own tokens, so the padding carries the prompt's gist instead of
+    # drowning its three words in 500 identical ones.
+    with torch.no_grad():
+        embed = text_encoder.model.embed_tokens.weight
+        torch.nn.init.normal_(embed, std=0.5)
+        embed[tokenizer.pad_token_id].zero_()
     vae = AutoencoderKLFlux2(
         block_out_channels=v.vae.block_out_channels,
         layers_per_block=1,
@@ -113,23 +128,46 @@ def build_demo_pipeline(**transformer_overrides: object) -> Any:
     )
 
 
-def ensure_demo_model(target: Path | None = None, **transformer_overrides: object) -> Path:
-    """Build and save the demo pipeline once; concurrent callers (multi-process runs) wait for the first."""
+def _only_safetensors(folder: Path) -> bool:
+    """The folder's weights are all safetensors (loading them runs no pickle)."""
+    pickled = [p for p in folder.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
+    return not pickled and any(folder.rglob("*.safetensors"))
+
+
+def ensure_demo_model(
+    target: Path | None = None, *, pretrain: bool | None = None, **transformer_overrides: object
+) -> Path:
+    """Build, teach (see :mod:`flux2_lora.training.demo_pretrain`) and save the demo pipeline once;
+    concurrent callers (multi-process runs) wait for the first. The default folder is named by a hash
+    of the code that builds it, so a change to that code builds a new one.
+
+    ``pretrain``: None teaches the default model and leaves a resized one (``transformer_overrides``,
+    for memory benchmarks) random."""
     folder = target or demo_model_dir()
-    if (folder / "model_index.json").is_file():
+    if pretrain is None:
+        pretrain = not transformer_overrides
+    if (folder / "model_index.json").is_file() and _only_safetensors(folder):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     lock_path = folder.parent / f".{folder.name}.lock"
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (folder / "model_index.json").is_file():
+        if (folder / "model_index.json").is_file() and _only_safetensors(folder):
             return folder
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
-            build_demo_pipeline(**transformer_overrides).save_pretrained(tmp)
-            (tmp / "DEMO_VERSION").write_text(DEMO_VERSION)
+            pipe = build_demo_pipeline(**transformer_overrides)
+            if pretrain:
+                from flux2_lora.training.demo_pretrain import pretrain as teach
+
+                log.info(
+                    "demo model: first use, teaching it its world of shapes (once; cached in %s)", folder
+                )
+                teach(pipe)
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            (tmp / "DEMO_VERSION").write_text(f"{DEMO_VERSION}\n{folder.name}\n")
             if folder.exists():
-                shutil.rmtree(folder)
+                shutil.rmtree(folder)  # a damaged copy of our own cache folder (the lock is held)
             os.replace(tmp, folder)  # atomic: a half-built model is never seen
         finally:
             if tmp.exists():

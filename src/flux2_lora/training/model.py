@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,13 +67,23 @@ def resolve_text_encoder_layers(model: ModelSection, path: str, variant: str) ->
         raise ModelLoadError(str(e)) from None
 
 
+# What diffusers and huggingface_hub say when a hub model is not cached and the Hub cannot be asked.
+_OFFLINE_SIGNS = ("not fully cached locally", "outgoing traffic has been disabled", "offline mode is enabled")
+_TRACEBACK_ADVICE = re.compile(r"\s*(Please )?check out the root cause in the stacktrace above\.?", re.I)
+
+
 def _load_error(path: str, what: str, err: BaseException) -> ModelLoadError:
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    where = (
-        "local folder"
-        if Path(path).exists()
-        else "hub id (is it reachable, and are you logged in for gated models?)"
-    )
+    text = str(err).strip()
+    local = Path(path).exists()
+    if not local and any(sign in text.lower() for sign in _OFFLINE_SIGNS):
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        return ModelLoadError(
+            f"model.path: {path!r} is not in the local Hugging Face cache and the Hub cannot be reached"
+            f"{offline}: download it once while online (hf download {path}), or give a local folder"
+        )
+    # One line, without advice about a stack trace the console does not show.
+    reason = _TRACEBACK_ADVICE.sub("", text.splitlines()[0]).strip() if text else type(err).__name__
+    where = "local folder" if local else "hub id (is it reachable, and are you logged in for gated models?)"
     return ModelLoadError(f"model.path: cannot load the {what} from {path!r} as a {where}: {reason}")
 
 

@@ -142,7 +142,11 @@ class RunReporter:
         for k, v in fields.items():
             setattr(self.status, k, v)
         self.write_status()
-        if message:
+        if message and state == runs.RunState.FAILED:
+            log_to_file(
+                logging.INFO, f"[{getattr(state, 'value', state)}] {message}"
+            )  # the console gets its one line from the CLI
+        elif message:
             log.info("[%s] %s", state, message)
 
     def write_status(self) -> None:

@@ -510,8 +510,14 @@ class Trainer:
             self._status("training", f"all {total} steps trained: writing the final LoRA")
         if self.reporter is not None:
             self.reporter.end_gpu_phase("setup")  # loading and caching; training is measured from here
+        # One ETA: the run's own (it counts sampling, evals and checkpoints), not tqdm's "<remaining" too.
         bar = tqdm(
-            total=total, initial=start, disable=not acc.is_main_process, dynamic_ncols=True, unit="step"
+            total=total,
+            initial=start,
+            disable=not acc.is_main_process,
+            dynamic_ncols=True,
+            unit="step",
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]",
         )
         window: list[torch.Tensor] = []
         self.model.train()
@@ -608,7 +614,12 @@ class Trainer:
                 self.run_dir, pipeline_class(self.variant), state, meta, cfg, out_dtype, resumable, ema
             )
         if cfg.validation.enabled and not stopping and (acc.is_main_process or self.fsdp):
-            self.draw_samples(step, record=acc.is_main_process)  # the barrier below holds the others
+            finals = self.draw_samples(step, record=acc.is_main_process)  # the barrier below holds the others
+            if self.variant == "demo" and acc.num_processes == 1 and self.sampler is not None:
+                from flux2_lora.training.before_after import demo_before_after
+
+                grid = demo_before_after(self.sampler, acc.unwrap_model(self.model), self.run_dir, finals)
+                log.info("before/after (LoRA scale 0 | 1, same prompts and seeds): %s", grid)
         self.record_ranks(step)
         if acc.is_main_process:
             if self.reporter is not None:
