@@ -144,18 +144,6 @@ def add_debug_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def quiet_libraries(debug: bool = False) -> None:
-    """The libraries' notices go to the run's log, not the console (``--debug`` leaves them on it)."""
-    import os
-
-    from flux2_lora.training.quiet import DEBUG_ENV
-    from flux2_lora.training.quiet import quiet_libraries as divert
-
-    if debug:
-        os.environ[DEBUG_ENV] = "1"
-    divert(debug or None)
-
-
 def fail(message: str, code: int = 1) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code

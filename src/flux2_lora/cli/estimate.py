@@ -7,7 +7,8 @@ import json
 import sys
 from typing import Any
 
-from flux2_lora.cli.common import add_config_args, add_debug_arg, config_from_args, fail, quiet_libraries
+from flux2_lora.cli.common import add_config_args, add_debug_arg, config_from_args, fail
+from flux2_lora.cli.quiet import quiet_libraries
 from flux2_lora.cli.schema_flags import add_section_flags, section_overrides
 
 

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flux2_lora.cli.common import add_debug_arg, add_field_args, fail, fields_from_args, quiet_libraries, show
+from flux2_lora.cli.common import add_debug_arg, add_field_args, fail, fields_from_args, show
+from flux2_lora.cli.quiet import quiet_libraries
 from flux2_lora.config import GenerationSettings, ModelSection
 
 # The options are the fields of GenerationSettings (shared with the UI's Test LoRA tab and the API) and
