@@ -43,7 +43,7 @@ for phase in "$@"; do
       pids+=($!) ;;
     tests)
       say "gpu tests: start"
-      timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/training/test_gpu.py tests/training/test_block_swap.py \
+      timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/training/test_gpu.py tests/training/test_block_swap.py tests/memory/test_swap_gpu.py -s \
         > "$OUT/gpu_tests.log" 2>&1 &
       pids+=($!) ;;
     probe)

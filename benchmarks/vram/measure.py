@@ -127,11 +127,26 @@ def run_steps(
         torch.cuda.synchronize()
         out["context_gib"] = (nvml.now_mib() - torch.cuda.memory_reserved() / 2**20) / 1024
     t0 = time.perf_counter()
-    model = build_model(arch, dtype, config.memory.quantization, device)
+    quant, swapped = config.memory.quantization, config.memory.blocks_to_swap
+    # fp8 and block swap start from host memory, as the trainer's loader has them: fp8 quantizes on the
+    # CPU, and the swapped blocks never live on the GPU.
+    host_first = cuda and (quant == "fp8" or swapped > 0)
+    model = build_model(arch, dtype, "none" if quant == "fp8" else quant, "cpu" if host_first else device)
+    if quant == "fp8":
+        from flux2_lora.training.fp8 import quantize_fp8
+
+        quantize_fp8(model, dtype)
     torch.manual_seed(0)
     inject_lora(model, config.lora, arch)  # PEFT places the adapter beside each base layer
     if config.memory.gradient_checkpointing:
         model.enable_gradient_checkpointing()
+    swap = None
+    if swapped:
+        from flux2_lora.training.block_swap import install_block_swap
+
+        swap = install_block_swap(model, swapped, device)  # the rest (adapter included) to the device
+    elif host_first:
+        model.to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(config.training, params)
@@ -175,6 +190,8 @@ def run_steps(
             nvml_peak = max(nvml_peak, nvml.now_mib())
         step_times.append(time.perf_counter() - s0)
     out["step_seconds"] = step_times
+    if swap is not None:
+        out["swap_host_gib"] = swap.host_bytes / GIB
     if cuda:
         stats = torch.cuda.memory_stats()
         out.update(
