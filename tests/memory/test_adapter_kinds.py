@@ -70,5 +70,5 @@ def test_factorization_is_peft_s(dimension: int, factor: int) -> None:
 
 def test_the_estimate_says_what_it_does_not_count_for_lokr() -> None:
     notes = estimate(config("lora.type=lokr", "lora.dropout=0", variant="klein-4b")).notes
-    assert any("lora.type lokr" in n and "underestimate" in n for n in notes)
+    assert any("lora.type lokr" in n and "sampling does not" in n for n in notes)
     assert not any("lora.type" in n for n in estimate(config(variant="klein-4b")).notes)

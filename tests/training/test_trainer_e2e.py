@@ -31,7 +31,10 @@ def test_quickstart_trains_and_writes_everything(tmp_path: Path) -> None:
     assert status.state == "finished" and status.step == 200
     assert (out / runs.LORA_FILE).is_file() and (out / runs.CONFIG_FILE).is_file()
     samples = runs.read_jsonl(out / runs.SAMPLES_INDEX)
-    assert [s["step"] for s in samples] == [50, 100, 150, 200]
+    # Every 50 steps, each of the preset's prompts × validation.num_samples images.
+    val = load_config(presets=["quickstart"])[0].validation
+    per_step = len(val.prompts) * val.num_samples
+    assert [s["step"] for s in samples] == [step for step in (50, 100, 150, 200) for _ in range(per_step)]
     assert all((out / s["file"]).is_file() for s in samples)
     assert list((out / runs.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
     metrics = runs.read_jsonl(out / runs.METRICS_FILE)

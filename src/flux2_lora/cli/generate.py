@@ -73,7 +73,11 @@ def run(args: argparse.Namespace) -> int:
     settings = fields_from_args(args, GenerationSettings, SETTINGS, defaults=run_settings)
     if model is None or settings is None:
         return 2
-    taken = [f"{k} {run_settings[k]}" for k in ("steps", "guidance") if getattr(args, k, None) is None]
+    taken = [
+        f"{k} {run_settings[k]}"
+        for k in ("steps", "guidance")
+        if k in run_settings and getattr(args, k, None) is None
+    ]
     if cfg_file is not None and taken:
         print(f"{', '.join(taken)}: the run's own sampling settings ({show(cfg_file)})", file=sys.stderr)
     if not settings.prompt.strip():
