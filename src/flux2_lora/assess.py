@@ -101,16 +101,11 @@ def dataset_facts(config: TrainConfig) -> DatasetFacts | None:
     except DatasetError as e:
         return DatasetFacts(error=str(e).partition(": ")[2] or str(e))
     refs = report.references
-    # The reference folder itself unusable (missing, or climbing out of the dataset): the run would
-    # silently train text-to-image.
-    folder_error = next(
-        (p.message for p in report.problems if p.file.startswith("dataset.reference_path")), None
-    )
     return DatasetFacts(
         num_images=len(report.items),
         upscaled=tuple(upscaled_from_report(report, ds.resolution)),
         max_references=max(refs.counts, default=0) if refs else 0,
-        reference_error=folder_error,
+        reference_error=report.reference_folder_error(),
     )
 
 

@@ -74,6 +74,11 @@ class DatasetReport:
     def warnings(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "warning"]
 
+    def reference_folder_error(self) -> str | None:
+        """Why the reference folder itself cannot be used (missing, or climbing out of the dataset), or
+        None: the run would otherwise train text-to-image without a word."""
+        return next((p.message for p in self.problems if p.file.startswith("dataset.reference_path")), None)
+
     def problems_by_file(self) -> dict[str, list[Problem]]:
         grouped: dict[str, list[Problem]] = defaultdict(list)
         for p in self.problems:

@@ -346,22 +346,17 @@ def all_finite(adapter: Mapping[str, torch.Tensor]) -> bool:
     return bool(torch.stack(flags).all().item()) if flags else True
 
 
+def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except Exception as e:  # safetensors raises its own error type for damaged files
+        raise CheckpointError(f"--resume: cannot read checkpoint {file}: {_reason(e)}") from None
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     meta = _wrap(path, lambda: _read_meta(path))
-    try:
-        adapter = load_file(str(path / ADAPTER_FILE))
-    except Exception as e:  # safetensors raises its own error type for damaged files
-        raise CheckpointError(
-            f"--resume: cannot read checkpoint {path / ADAPTER_FILE}: {_reason(e)}"
-        ) from None
-    ema = None
-    if (path / EMA_FILE).is_file():
-        try:
-            ema = load_file(str(path / EMA_FILE))
-        except Exception as e:  # safetensors raises its own error type for damaged files
-            raise CheckpointError(
-                f"--resume: cannot read checkpoint {path / EMA_FILE}: {_reason(e)}"
-            ) from None
+    adapter = _read_tensors(path / ADAPTER_FILE)
+    ema = _read_tensors(path / EMA_FILE) if (path / EMA_FILE).is_file() else None
     scheduler = _wrap(path, lambda: _safe_torch_load(path / SCHEDULER_FILE))
     opt_path = path / OPTIMIZER_FILE
     optimizer = _wrap(path, lambda: _safe_torch_load(opt_path)) if opt_path.is_file() else None

@@ -158,9 +158,7 @@ def check_dataset(paths: AppPaths, config: dict[str, Any]) -> dict[str, Any]:
     refs = report.references
     if refs is not None:  # an edit dataset: what the estimate's reference rules need, and the pairs shown
         out["max_references"] = max(refs.counts, default=0)
-        out["reference_error"] = next(
-            (p.message for p in report.problems if p.file.startswith("dataset.reference_path")), None
-        )
+        out["reference_error"] = report.reference_folder_error()
         out["pairs"] = dataset_pairs(paths, root, report.items)
     pairs = [(str(i.path.relative_to(root)), i.caption) for i in report.items]
     out["trigger"] = [
