@@ -23,6 +23,10 @@ class LinearSpec(NamedTuple):
     in_features: int
     out_features: int
     block: str  # "double", "single" or "other"
+    # The block's place in execution order (double blocks, then single; -1 outside the blocks) and the
+    # name inside the block ("attn.to_q"): what the memory model groups by, without parsing names.
+    index: int = -1
+    suffix: str = ""
 
     @property
     def weight_numel(self) -> int:
@@ -67,49 +71,61 @@ TARGET_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
 }
 
 
+def block_linears(
+    arch: TransformerArch,
+) -> tuple[tuple[tuple[str, int, int], ...], tuple[tuple[str, int, int], ...]]:
+    """(name inside the block, in, out) of every Linear of one double-stream and of one single-stream block:
+    all blocks of a kind are alike, so what is summed per block is summed once per kind."""
+    d = arch.inner_dim
+    mlp = arch.mlp_hidden_dim
+    double = tuple((s, d, d) for s in DOUBLE_ATTN + DOUBLE_ATTN_CONTEXT) + tuple(
+        t
+        for ff in ("ff", "ff_context")
+        for t in ((ff + ".linear_in", d, 2 * mlp), (ff + ".linear_out", mlp, d))
+    )
+    single = (("attn.to_qkv_mlp_proj", d, 3 * d + 2 * mlp), ("attn.to_out", d + mlp, d))
+    return double, single
+
+
 def enumerate_linears(arch: TransformerArch) -> list[LinearSpec]:
     """Every nn.Linear of ``Flux2Transformer2DModel`` for this config, in module order."""
     d = arch.inner_dim
-    mlp = arch.mlp_hidden_dim
     out_ch = arch.out_channels or arch.in_channels
     tgc = arch.timestep_guidance_channels
-    out: list[LinearSpec] = []
-
-    def add(name: str, i: int, o: int, block: str = "other") -> None:
-        out.append(LinearSpec(name, i, o, block))
-
-    add("time_guidance_embed.timestep_embedder.linear_1", tgc, d)
-    add("time_guidance_embed.timestep_embedder.linear_2", d, d)
+    embed = [
+        ("time_guidance_embed.timestep_embedder.linear_1", tgc, d),
+        ("time_guidance_embed.timestep_embedder.linear_2", d, d),
+    ]
     if arch.guidance_embeds:
-        add("time_guidance_embed.guidance_embedder.linear_1", tgc, d)
-        add("time_guidance_embed.guidance_embedder.linear_2", d, d)
-    add("double_stream_modulation_img.linear", d, 6 * d)
-    add("double_stream_modulation_txt.linear", d, 6 * d)
-    add("single_stream_modulation.linear", d, 3 * d)
-    add("x_embedder", arch.in_channels, d)
-    add("context_embedder", arch.joint_attention_dim, d)
-    for i in range(arch.num_layers):
-        p = f"transformer_blocks.{i}."
-        for s in ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"):
-            add(p + s, d, d, "double")
-        for s in ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"):
-            add(p + s, d, d, "double")
-        for ff in ("ff", "ff_context"):
-            add(p + ff + ".linear_in", d, 2 * mlp, "double")
-            add(p + ff + ".linear_out", mlp, d, "double")
-    for i in range(arch.num_single_layers):
-        p = f"single_transformer_blocks.{i}."
-        add(p + "attn.to_qkv_mlp_proj", d, 3 * d + 2 * mlp, "single")
-        add(p + "attn.to_out", d + mlp, d, "single")
-    add("norm_out.linear", d, 2 * d)
-    add("proj_out", d, arch.patch_size * arch.patch_size * out_ch)
+        embed += [
+            ("time_guidance_embed.guidance_embedder.linear_1", tgc, d),
+            ("time_guidance_embed.guidance_embedder.linear_2", d, d),
+        ]
+    embed += [
+        ("double_stream_modulation_img.linear", d, 6 * d),
+        ("double_stream_modulation_txt.linear", d, 6 * d),
+        ("single_stream_modulation.linear", d, 3 * d),
+        ("x_embedder", arch.in_channels, d),
+        ("context_embedder", arch.joint_attention_dim, d),
+    ]
+    double, single = block_linears(arch)
+    n = arch.num_layers
+    out = [LinearSpec(name, i, o, "other") for name, i, o in embed]
+    out += [
+        LinearSpec(f"transformer_blocks.{b}.{s}", i, o, "double", b, s)
+        for b in range(n)
+        for s, i, o in double
+    ]
+    out += [
+        LinearSpec(f"single_transformer_blocks.{b}.{s}", i, o, "single", n + b, s)
+        for b in range(arch.num_single_layers)
+        for s, i, o in single
+    ]
+    out += [
+        LinearSpec("norm_out.linear", d, 2 * d, "other"),
+        LinearSpec("proj_out", d, arch.patch_size * arch.patch_size * out_ch, "other"),
+    ]
     return out
-
-
-def _block_suffix(spec: LinearSpec) -> str | None:
-    if spec.block in ("double", "single"):
-        return spec.name.split(".", 2)[2]  # "transformer_blocks.3.attn.to_q" -> "attn.to_q"
-    return None
 
 
 def _matches_token(spec: LinearSpec, token: str) -> bool:
@@ -129,6 +145,15 @@ def resolve_targets(
     ``linears``: :func:`enumerate_linears` of ``arch`` when the caller has it already."""
     if linears is None:
         linears = enumerate_linears(arch)
+    sets = [t.strip() for t in tokens if t.strip()]
+    if sets and all(t in TARGET_SETS for t in sets):
+        # Named sets only: one pass, by each layer's name inside its block.
+        inside = {"double": set[str](), "single": set[str](), "other": set[str]()}
+        for token in sets:
+            double, single, _ = TARGET_SETS[token]
+            inside["double"].update(double)
+            inside["single"].update(single)
+        return [s for s in linears if s.suffix in inside[s.block]]
     chosen: set[str] = set()
     unknown: list[str] = []
     for raw in tokens:
@@ -137,12 +162,12 @@ def resolve_targets(
             continue
         if token in TARGET_SETS:
             double, single, _ = TARGET_SETS[token]
-            for spec in linears:
-                suffix = _block_suffix(spec)
-                if (spec.block == "double" and suffix in double) or (
-                    spec.block == "single" and suffix in single
-                ):
-                    chosen.add(spec.name)
+            chosen.update(
+                spec.name
+                for spec in linears
+                if spec.suffix
+                in (double if spec.block == "double" else single if spec.block == "single" else ())
+            )
             continue
         hits = [s.name for s in linears if _matches_token(s, token)]
         if not hits:

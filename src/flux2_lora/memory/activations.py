@@ -117,10 +117,7 @@ def _precision(dtype_bytes: int) -> int:
 
 def _block_index(arch: TransformerArch, spec: LinearSpec) -> int | None:
     """Where a layer's block runs (double blocks first), None outside the blocks."""
-    if spec.block == "other":
-        return None
-    i = int(spec.name.split(".", 2)[1])  # "single_transformer_blocks.3.attn.to_out"
-    return i if spec.block == "double" else arch.num_layers + i
+    return None if spec.index < 0 else spec.index
 
 
 def stream_tokens(spec: LinearSpec, img: int, txt: int) -> int:
@@ -151,11 +148,10 @@ def targets_by_block(arch: TransformerArch, specs: Sequence[LinearSpec]) -> ByBl
     """The LoRA'd layers of each block (what callers with many estimates of one target list cache)."""
     double: list[set[str]] = [set() for _ in range(arch.num_layers)]
     single: list[set[str]] = [set() for _ in range(arch.num_single_layers)]
+    n = arch.num_layers
     for s in specs:
-        if s.block == "other":
-            continue
-        _, i, suffix = s.name.split(".", 2)
-        (double if s.block == "double" else single)[int(i)].add(suffix)
+        if s.index >= 0:
+            (double[s.index] if s.index < n else single[s.index - n]).add(s.suffix)
     return tuple(frozenset(b) for b in double), tuple(frozenset(b) for b in single)
 
 
@@ -508,9 +504,8 @@ def inference_transient(
     base = _INFER_BASE[p] * (img + txt) * d + dtype_bytes * txt * arch.joint_attention_dim
     per_dora, per_lora = _INFER_DORA[p], _INFER_LORA[p]
     extra = 0.0
-    for s in specs:
-        if s.block == "other":
-            continue
+    # Every block of a kind has the same layers: each distinct one is enough for the largest.
+    for s in {(s.block, s.suffix): s for s in specs if s.index >= 0}.values():
         tokens = stream_tokens(s, img, txt)
         if dora:
             per_weight, per_out = per_dora[s.block]

@@ -11,10 +11,17 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from flux2_lora.config import TrainConfig
 from flux2_lora.memory.adapters import LORA, AdapterKind, adapter_kind, adapter_tensors
-from flux2_lora.targets import LinearSpec, enumerate_linears, is_quantized_linear, resolve_targets
+from flux2_lora.targets import (
+    LinearSpec,
+    block_linears,
+    enumerate_linears,
+    is_quantized_linear,
+    resolve_targets,
+)
 from flux2_lora.variants import TransformerArch
 
 # bytes per weight of a quantized Linear: int8 + one bf16 scale per row; NF4 4 bits + double-quantized
@@ -44,9 +51,15 @@ def transformer_params(arch: TransformerArch) -> tuple[int, int]:
     return linear, norms
 
 
+@functools.lru_cache(maxsize=64)
+def outside_linears(arch: TransformerArch) -> tuple[LinearSpec, ...]:
+    """The Linears outside the blocks (embedders, modulation, output): a handful."""
+    return tuple(s for s in linears(arch) if s.block == "other")
+
+
 def weight_bytes(arch: TransformerArch, dtype_bytes: int, quantization: str) -> float:
     """The frozen transformer's bytes: the blocks' (their norm scales included) and the Linears outside."""
-    outside = sum(linear_bytes(s, dtype_bytes, quantization) for s in linears(arch) if s.block == "other")
+    outside = sum(linear_bytes(s, dtype_bytes, quantization) for s in outside_linears(arch))
     return outside + sum(block_bytes(arch, dtype_bytes, quantization))
 
 
@@ -68,16 +81,15 @@ def swappable_blocks(arch: TransformerArch) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _blocks(arch: TransformerArch) -> tuple[tuple[int, int], ...]:
-    """(weights, output rows) of the Linears of every block, summed, in execution order (double, then
-    single); every block Linear is quantized (targets.is_quantized_linear), so bytes are linear in both."""
-    out: dict[str, tuple[int, int]] = {}
-    for s in linears(arch):
-        if s.block != "other":  # "transformer_blocks.3.attn.to_q" is in "transformer_blocks.3"
-            block = s.name[: s.name.index(".", s.name.index(".") + 1)]
-            n, r = out.get(block, (0, 0))
-            out[block] = (n + s.weight_numel, r + s.out_features)
-    return tuple(out.values())
+def _kinds(arch: TransformerArch) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(weights, output rows) of the Linears of one double-stream block and of one single-stream block,
+    summed (all blocks of a kind are alike); every block Linear is quantized
+    (targets.is_quantized_linear), so bytes are linear in both."""
+    double, single = block_linears(arch)
+    return (
+        (sum(i * o for _, i, o in double), sum(o for _, _, o in double)),
+        (sum(i * o for _, i, o in single), sum(o for _, _, o in single)),
+    )
 
 
 def _stored(numel: int, rows: int, dtype_bytes: int, quantization: str) -> float:
@@ -96,14 +108,13 @@ def block_bytes(arch: TransformerArch, dtype_bytes: int, quantization: str) -> t
     """Frozen bytes of every transformer block in execution order (double-stream blocks, then single),
     its q/k RMSNorm scales included."""
     hd = arch.attention_head_dim
-    return tuple(
-        _stored(n, r, dtype_bytes, quantization) + (4 if i < arch.num_layers else 2) * hd * dtype_bytes
-        for i, (n, r) in enumerate(_blocks(arch))
-    )
+    double, single = (_stored(n, r, dtype_bytes, quantization) for n, r in _kinds(arch))
+    return (double + 4 * hd * dtype_bytes,) * arch.num_layers + (
+        single + 2 * hd * dtype_bytes,
+    ) * arch.num_single_layers
 
 
-@dataclass(frozen=True)
-class Swap:
+class Swap(NamedTuple):  # a named tuple: the table has one per swappable block, built per estimate
     """Block swap (memory.blocks_to_swap): the last ``blocks`` blocks in execution order keep their frozen
     weights in pinned host memory; at most two of them are on the GPU at once (computing + prefetching),
     in the two slots training/block_swap.py allocates whatever the count (so one swapped block costs a
@@ -222,17 +233,25 @@ def lora_adapter(
 ) -> Adapter:
     specs = target_specs(tokens, arch)
     total = outside = 0
-    by_block: dict[str, int] = {}  # in module order, which is execution order
+    # Blocks in module order, which is execution order: the first and the last block with LoRA.
+    first = last = -1
+    first_n = last_n = 0
+    per_shape: dict[tuple[int, int], int] = {}  # a model has a handful of Linear shapes
     for s in specs:
-        n = sum(r * c for r, c in adapter_tensors(s.in_features, s.out_features, rank, dora, kind))
+        shape = (s.in_features, s.out_features)
+        n = per_shape.get(shape)
+        if n is None:
+            n = per_shape[shape] = sum(r * c for r, c in adapter_tensors(*shape, rank, dora, kind))
         total += n
-        if s.block == "other":
+        if s.index < 0:
             outside += n
-        else:  # "transformer_blocks.3.attn.to_q" is in "transformer_blocks.3"
-            block = s.name[: s.name.index(".", s.name.index(".") + 1)]
-            by_block[block] = by_block.get(block, 0) + n
-    blocks = list(by_block.values()) or [0]
-    return Adapter(specs=specs, params=total, first_block=blocks[0], last_block=blocks[-1] + outside)
+            continue
+        if first < 0 or s.index == first:
+            first, first_n = s.index, first_n + n
+        if s.index != last:
+            last, last_n = s.index, 0
+        last_n += n
+    return Adapter(specs=specs, params=total, first_block=first_n, last_block=last_n + outside)
 
 
 @functools.lru_cache(maxsize=256)
@@ -267,7 +286,9 @@ def frozen_weights(arch: TransformerArch, dtype_bytes: int, quantization: str) -
 
 @functools.lru_cache(maxsize=64)
 def _largest_linear(arch: TransformerArch) -> int:
-    return max(s.weight_numel for s in linears(arch))
+    double, single = block_linears(arch)
+    inside = (i * o for _, i, o in double + single)
+    return max(*inside, *(s.in_features * s.out_features for s in outside_linears(arch)))
 
 
 CACHES = (
@@ -279,6 +300,7 @@ CACHES = (
     frozen_weights,
     block_bytes,
     swap_table,
-    _blocks,
+    _kinds,
+    outside_linears,
     _largest_linear,
 )

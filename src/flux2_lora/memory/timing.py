@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from flux2_lora.config import TrainConfig
 from flux2_lora.memory.estimate import resolve_shapes
 from flux2_lora.memory.gpus import Gpu, speed_of
-from flux2_lora.memory.static import block_bytes, block_swap, linears
+from flux2_lora.memory.static import block_bytes, block_swap
+from flux2_lora.targets import block_linears
 from flux2_lora.variants import TransformerArch
 
 # Achieved / peak FLOPS: calibrated on benchmarks/vram/measured.json's FLUX.2 [dev] row (bf16, 1024²,
@@ -56,15 +57,14 @@ class StepTime:
 def _block_weights(arch: TransformerArch) -> tuple[tuple[int, int, int], ...]:
     """Per block in execution order: the Linear weights that see the image tokens, the text tokens and
     both (single-stream blocks). Integers, so the FLOPs below are exact whatever the summation order."""
-    out: dict[str, list[int]] = {}
-    for s in linears(arch):
-        if s.block == "other":
-            continue
-        block = s.name[: s.name.index(".", s.name.index(".") + 1)]
-        context = ".add_" in s.name or ".to_add_out" in s.name or ".ff_context." in s.name
-        w = out.setdefault(block, [0, 0, 0])
-        w[2 if s.block == "single" else (1 if context else 0)] += s.weight_numel
-    return tuple((a, b, c) for a, b, c in out.values())
+    double, single = block_linears(arch)
+    w = [0, 0]
+    for name, i, o in double:
+        context = name.startswith(("attn.add_", "attn.to_add_out", "ff_context."))
+        w[context] += i * o
+    return ((w[0], w[1], 0),) * arch.num_layers + (
+        (0, 0, sum(i * o for _, i, o in single)),
+    ) * arch.num_single_layers
 
 
 @functools.lru_cache(maxsize=256)
