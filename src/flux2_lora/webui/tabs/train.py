@@ -23,13 +23,18 @@ from flux2_lora.webui.widgets import SHOW_FIELD_ERRORS_SOON, Form
 
 MAX_RECS = 4
 SETTLE_MS = 250
-# The estimate revision if it has not changed for SETTLE_MS, else "" (a newer estimate is on its way).
+# What the fixes should be searched for, read in the page once the estimate has been still for SETTLE_MS:
+# its revision if it does not fit, "fits" if it does, and the token as it was while a newer estimate is on
+# its way. The search runs when the token changes, so a page that fits, or a user still typing, costs no
+# round trip: each backend event makes Gradio's frontend update every component's loading status, which
+# is most of a change's latency on a 2-core machine (issue 22).
 SETTLED_REV = f"""
-async () => {{
-  const rev = () => document.querySelector('#estimate-verdict')?.dataset.rev || '';
-  const r0 = rev();
+async (token) => {{
+  const panel = () => document.querySelector('#estimate-verdict');
+  const r0 = panel()?.dataset.rev || '';
   await new Promise(r => setTimeout(r, {SETTLE_MS}));
-  return rev() === r0 ? r0 : '';
+  if (!r0 || (panel()?.dataset.rev || '') !== r0) return token;
+  return panel()?.dataset.verdict === 'fits' ? 'fits' : r0;
 }}
 """
 MAX_FIXES = 4
@@ -183,6 +188,9 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
     acts = shared.actions
     fixes_state, recs_state = gr.State([]), gr.State([])
     rec_token = gr.Textbox(visible=False, elem_id="rec-token")
+    # The config and GPU of the estimate shown: the fixes are searched for them without sending the form's
+    # fields again (an event with ~150 inputs costs the page as much as the search).
+    estimated = gr.State(None)
     dataset_state = gr.State(None)
     # A hidden checkbox rather than a State: the page's own JS reads it (no round trip per keystroke).
     alpha_linked = gr.Checkbox(True, visible=False, elem_id="alpha-linked")
@@ -207,6 +215,7 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
             c["preflight"]: gr.update(interactive=startable),
             c["start_reason"]: render.esc(reason),
             fixes_state: [w["overrides"] for w in fixes],
+            estimated: [config, data[c["gpu"]]],
             **{
                 b: gr.update(
                     visible=i < len(fixes), value=render.warning_fix_label(fixes[i]) if i < len(fixes) else ""
@@ -216,11 +225,11 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         }
         return out
 
-    def on_recommend(data: dict[Any, Any]) -> dict[Any, Any]:
-        if not data[rec_token]:
-            return skip([recs_state, *c["rec_btns"]])  # the user is still typing: a newer estimate follows
-        config = form.config(data)
-        recs = acts.recommend(config, data[c["gpu"]] or "")[:MAX_RECS]
+    def on_recommend(token: str, shown: list[Any] | None) -> dict[Any, Any]:
+        if not token or shown is None:
+            return skip([recs_state, *c["rec_btns"]])
+        config, gpu = shown
+        recs = [] if token == "fits" else acts.recommend(config, gpu or "")[:MAX_RECS]
         return {
             recs_state: [r["overrides"] for r in recs],
             **{
@@ -233,7 +242,7 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
 
     est_outputs = [
         c["verdict"], c["warnings"], c["breakdown"], c["errors"], c["model_info"], c["start"], c["preflight"],
-        c["start_reason"], fixes_state, *c["fix_btns"], c["queue_add"],
+        c["start_reason"], fixes_state, *c["fix_btns"], c["queue_add"], estimated,
     ]  # fmt: skip
     gr.on(
         [w.change for w in form.components]
@@ -249,15 +258,18 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         # The search for fixes costs tens of ms on a config that does not fit: it waits until the estimate
         # has been still for a moment, so it never slows the verdict while the user types.
         None,
+        inputs=rec_token,
         outputs=rec_token,
         js=SETTLED_REV,
         **PRIVATE,
-    ).then(
+    )
+    rec_token.change(
         on_recommend,
-        inputs={*form.inputs, c["gpu"], rec_token},
+        inputs=[rec_token, estimated],
         outputs=[recs_state, *c["rec_btns"]],
         trigger_mode="always_last",
         show_progress="hidden",
+        queue=False,
         **PRIVATE,
     )
 
