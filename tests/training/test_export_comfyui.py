@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import pytest
 import torch
 
 from flux2_lora.config import LoraSection, ModelSection
-from flux2_lora.training.export import _lycoris_swapped, _lokr_delta, save_comfyui_lora
+from flux2_lora.training.export import _lokr_delta, _lycoris_swapped, save_comfyui_lora
 from flux2_lora.training.model import inject_lora, load_transformer, lora_target_names, resolve_model_path
 
 _SRC = os.environ.get("FLUX2_COMFYUI_SRC", "")
@@ -46,7 +47,9 @@ def _comfy_modules(src: Path) -> dict[str, types.ModuleType]:
     comfy.__path__ = [str(src / "comfy")]
     mm = types.ModuleType("comfy.model_management")
 
-    def cast_to_device(t: torch.Tensor, device: Any, dtype: Any, non_blocking: bool = False, copy: bool = False):
+    def cast_to_device(
+        t: torch.Tensor, device: Any, dtype: Any, non_blocking: bool = False, copy: bool = False
+    ) -> torch.Tensor:
         return t.to(device=device, dtype=dtype, copy=copy)
 
     mm.cast_to_device = cast_to_device  # type: ignore[attr-defined]
@@ -59,6 +62,7 @@ def _comfy_modules(src: Path) -> dict[str, types.ModuleType]:
         pass
 
     base.Flux, base.Flux2 = Flux, Flux2  # type: ignore[attr-defined]
+
     def other_model(name: str) -> type:
         if not name[:1].isupper():
             raise AttributeError(name)
@@ -74,9 +78,12 @@ def _comfy_modules(src: Path) -> dict[str, types.ModuleType]:
         for n in tree.body
         if isinstance(n, ast.Assign) and all(isinstance(t, ast.Name) and t.id in used for t in n.targets)
     ]
-    keep = tables + funcs
+    keep: list[ast.stmt] = [*tables, *funcs]
     utils.__dict__["torch"] = torch
-    exec(compile(ast.Module(body=keep, type_ignores=[]), str(src / "comfy" / "utils.py"), "exec"), utils.__dict__)
+    exec(
+        compile(ast.Module(body=keep, type_ignores=[]), str(src / "comfy" / "utils.py"), "exec"),
+        utils.__dict__,
+    )
     mods = {
         "comfy": comfy,
         "comfy.model_management": mm,
@@ -91,7 +98,7 @@ def _comfy_modules(src: Path) -> dict[str, types.ModuleType]:
 
 
 @pytest.fixture
-def comfy(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+def comfy(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
     for name in [n for n in sys.modules if n == "comfy" or n.startswith("comfy.")]:
         monkeypatch.delitem(sys.modules, name)
     for name, m in _comfy_modules(Path(_SRC)).items():
@@ -124,7 +131,7 @@ def _adapted(kind: str) -> tuple[Any, LoraSection, dict[str, torch.Tensor]]:
         p.data.normal_(0, 0.1)
     lora = LoraSection(type=kind, rank=4, alpha=6, target_modules=_TARGETS)  # type: ignore[arg-type]
     inject_lora(tr, lora, arch)
-    for name, p in tr.named_parameters():
+    for p in tr.parameters():
         if p.requires_grad:  # LoKr's W1, LoHa's second B and LoRA's B start at zero
             p.data.normal_(0, 0.5)
     return tr, lora, get_peft_model_state_dict(tr)
@@ -220,7 +227,10 @@ def test_lokr_swap_falls_back_to_the_full_delta_when_w1_rows_are_odd() -> None:
     torch.manual_seed(0)
     odd = {"lokr_w1": torch.randn(3, 2), "lokr_w2_a": torch.randn(4, 2), "lokr_w2_b": torch.randn(2, 5)}
     even = {"lokr_w1": torch.randn(2, 2), "lokr_w2": torch.randn(6, 5)}
-    loha = {k: torch.randn(12, 2) if k.endswith("_a") else torch.randn(2, 10) for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")}
+    loha = {
+        k: torch.randn(12, 2) if k.endswith("_a") else torch.randn(2, 10)
+        for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+    }
     for p in (odd, even):
         want = torch.cat(_lokr_delta(p).chunk(2)[::-1])
         got = _lycoris_swapped(p)

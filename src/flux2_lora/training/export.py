@@ -211,7 +211,9 @@ def to_comfyui(state_dict: dict[str, torch.Tensor], scale: float) -> dict[str, t
         a_parts, b_parts = [], []
         for p in present:  # a projection without an adapter contributes zeros
             a_parts.append(p["A"] if p is not None else torch.zeros(rank, in_f, dtype=ref["A"].dtype))
-            b_parts.append(p["B"] * scale if p is not None else torch.zeros(out_f, rank, dtype=ref["B"].dtype))
+            b_parts.append(
+                p["B"] * scale if p is not None else torch.zeros(out_f, rank, dtype=ref["B"].dtype)
+            )
         base = f"{COMFY_PREFIX}double_blocks.{block}.{fused}"
         out[f"{base}.lora_A.weight"] = torch.cat(a_parts, dim=0)
         out[f"{base}.lora_B.weight"] = torch.block_diag(*b_parts)
