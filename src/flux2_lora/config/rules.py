@@ -136,13 +136,7 @@ def _adapter_type_rules(c: TrainConfig) -> list[tuple[str, str]]:
         out.append(("lora.use_dora", f"DoRA is a LoRA variant; {kind} has no DoRA form: turn one off"))
     if lora.dropout > 0:
         out.append(("lora.dropout", f"{kind} has no input dropout (LoRA's); set lora.dropout to 0"))
-    if c.output.export_comfyui:
-        out.append(
-            (
-                "output.export_comfyui",
-                f"no ComfyUI export for {kind} yet (its file keeps PEFT's key names); turn it off",
-            )
-        )
+    # output.export_comfyui: every Linear a LoKr/LoHa can target has an exact ComfyUI key (training/export.py)
     if c.memory.quantization != "none":
         out.append(
             (
