@@ -286,8 +286,8 @@ class LoraSection(Section):
         "lora",
         "Adapter kind, through PEFT's tuners. lora: ΔW = B·A (rank × (in + out) per layer). lokr: LyCORIS' "
         "Kronecker product ΔW = W1 ⊗ W2 (far fewer parameters; lora.rank factors W2, lokr_factor sets the "
-        "split). loha: LyCORIS' Hadamard product of two rank-r products ((B1·A1) ⊙ (B2·A2)). lokr and loha "
-        "files are written with PEFT's key names (lokr_w1…, hada_w1_a…), not in ComfyUI's format.",
+        "split). loha: LyCORIS' Hadamard product of two rank-r products ((B1·A1) ⊙ (B2·A2)). The LoRA file "
+        "keeps PEFT's key names; output.export_comfyui also writes ComfyUI's LyCORIS keys (lokr_w1…, hada_w1_a…).",
     )
     rank: int = F(
         16,
