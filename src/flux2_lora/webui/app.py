@@ -16,7 +16,7 @@ import gradio as gr
 from flux2_lora.webui.actions import Actions
 from flux2_lora.webui.api import register_api
 from flux2_lora.webui.paths import DEFAULT_MAX_UPLOAD_BYTES, AppPaths
-from flux2_lora.webui.tabs import Shared
+from flux2_lora.webui.tabs import GOTO_TAB_JS, PRIVATE, Shared
 from flux2_lora.webui.tabs.compare import create_compare_tab
 from flux2_lora.webui.tabs.queue import create_queue_tab
 from flux2_lora.webui.tabs.runs import create_runs_tab
@@ -58,8 +58,10 @@ def build_app(paths: AppPaths | str = "runs") -> gr.Blocks:
     with gr.Blocks(title="FLUX.2 LoRA trainer") as demo:
         gr.Markdown("# FLUX.2 LoRA trainer", elem_id="title")
         run_dir, runs_changed = gr.State(""), gr.State(0)  # not inside Tabs: Gradio 6 mislabels tabs then
+        goto_tab = gr.Textbox(visible=False, elem_id="goto-tab")
+        goto_tab.change(None, goto_tab, None, js=GOTO_TAB_JS, **PRIVATE)
         with gr.Tabs(selected="train", elem_id="tabs") as tabs:
-            shared = Shared(actions, demo, tabs, run_dir, runs_changed)
+            shared = Shared(actions, demo, tabs, run_dir, runs_changed, goto_tab)
             for tab_id, title, create in TABS:
                 with gr.Tab(title, id=tab_id, elem_id=f"tab-{tab_id}") as tab:
                     create(shared, tab)

@@ -3,6 +3,7 @@ the components other tabs need (LLaMA-Factory's layout). Cross-tab signals trave
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +19,22 @@ class Shared:
     tabs: gr.Tabs
     run_dir: gr.State  # the run the monitor follows
     runs_changed: gr.State  # bumped when a run starts or ends: lists of runs and LoRAs re-read the disk
+    # A hidden box whose change brings a tab into view, in the page (see go_to): an event that outputs the
+    # Tabs instead makes every later event's loading-status update walk the whole page (issue 22).
+    goto_tab: gr.Textbox
 
 
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
+
+
+# Clicks the tab named before the ':' (what follows only makes each value new, so the same tab twice
+# is two changes).
+GOTO_TAB_JS = "(v) => { const id = (v || '').split(':')[0]; if (id) document.querySelector(`#tab-${id}-button`)?.click(); }"
+
+
+def go_to(tab_id: str) -> str:
+    """The value of Shared.goto_tab that brings ``tab_id`` into view."""
+    return f"{tab_id}:{time.monotonic_ns()}"
 
 
 def skip(outputs: list[Any]) -> dict[Any, Any]:

@@ -16,7 +16,7 @@ import pandas as pd
 from flux2_lora.config import mixed_precision
 from flux2_lora.webui import configs, edit_view, render
 from flux2_lora.webui.schema import SECTION_TITLES, form_fields, section_docs
-from flux2_lora.webui.tabs import PRIVATE, Shared, skip
+from flux2_lora.webui.tabs import PRIVATE, Shared, go_to, skip
 from flux2_lora.webui.tabs.autotune import add_autotune, wire_autotune
 from flux2_lora.webui.tabs.ops import add_caption, wire_caption
 from flux2_lora.webui.widgets import SHOW_FIELD_ERRORS_SOON, Form
@@ -437,12 +437,12 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
                 c["action_msg"]: f"{verb} `{render.esc(r['run_dir'])}`",
                 shared.run_dir: r["run_dir"],
                 shared.runs_changed: data[shared.runs_changed] + 1,
-                shared.tabs: gr.Tabs(selected="runs"),
+                shared.goto_tab: go_to("runs"),
             }
 
         return fn
 
-    launch_out = [c["action_msg"], shared.run_dir, shared.runs_changed, shared.tabs]
+    launch_out = [c["action_msg"], shared.run_dir, shared.runs_changed, shared.goto_tab]
     launch_in = {*form.inputs, shared.runs_changed, c["start_anyway"], c["gpu"]}
     c["start"].click(launch("train"), launch_in, launch_out, **PRIVATE)
     c["preflight"].click(launch("preflight"), launch_in, launch_out, **PRIVATE)
