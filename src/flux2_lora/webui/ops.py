@@ -72,9 +72,7 @@ class Runner:
 
     def _hold(self) -> bool:
         """No job may start: a trainer the queue did not start runs (it may use any GPU)."""
-        own = frozenset(
-            Path(j.run_dir).resolve() for j in self.queue.jobs() if j.state == JobState.RUNNING
-        )
+        own = frozenset(Path(j.run_dir).resolve() for j in self.queue.jobs() if j.state == JobState.RUNNING)
         return other_trainer(self.paths, own)
 
     def _work(self) -> None:

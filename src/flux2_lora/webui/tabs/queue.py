@@ -90,7 +90,10 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
 
     def refresh(data: dict[Any, Any]) -> dict[Any, Any]:
         q = acts.queue_list()
-        sig = [(j["id"], j["state"], j.get("gpu"), j.get("message"), j.get("cancel_requested")) for j in q["jobs"]]
+        sig = [
+            (j["id"], j["state"], j.get("gpu"), j.get("message"), j.get("cancel_requested"))
+            for j in q["jobs"]
+        ]
         sig += [q["worker"], q["runner"], tuple(q["problems"])]
         if sig == data[last]:
             return skip(outs)
