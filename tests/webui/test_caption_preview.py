@@ -41,7 +41,9 @@ def test_a_page_of_thumbnails_with_their_captions(client: Client, ui_data: Path,
     first = _preview(client, ds)
     assert first["ok"] and (first["total"], first["pages"], first["page"]) == (14, 2, 0), first
     assert [i["image"] for i in first["items"]] == [f"img{i:02d}.png" for i in range(12)]
-    assert first["items"][0]["caption"] == "my own caption" and first["items"][0]["caption_file"] == "img00.txt"
+    assert (
+        first["items"][0]["caption"] == "my own caption" and first["items"][0]["caption_file"] == "img00.txt"
+    )
     assert first["items"][1]["caption"] == "" and first["items"][1]["caption_file"] == "img01.txt"
     thumb = Path(first["items"][0]["thumb"])
     assert thumb.is_file() and ui_runs.resolve() in thumb.resolve().parents  # served from the runs folder
@@ -49,7 +51,9 @@ def test_a_page_of_thumbnails_with_their_captions(client: Client, ui_data: Path,
         assert max(im.size) == 256
     last = _preview(client, ds, page=5)  # beyond the last page: the last page
     assert last["page"] == 1 and [i["image"] for i in last["items"]] == ["img12.png", "img13.png"]
-    assert sorted(p.name for p in ds.iterdir()) == sorted([f"img{i:02d}.png" for i in range(14)] + ["img00.txt"])
+    assert sorted(p.name for p in ds.iterdir()) == sorted(
+        [f"img{i:02d}.png" for i in range(14)] + ["img00.txt"]
+    )
 
 
 def test_save_writes_the_edited_captions_beside_their_images(client: Client, ui_data: Path) -> None:
@@ -92,7 +96,9 @@ def test_a_save_naming_anything_else_is_refused_whole(
     assert _files(ds) == before  # nothing written, not even the good one
 
 
-def test_folders_and_files_outside_are_refused(client: Client, ui_data: Path, ui_runs: Path, tmp_path: Path) -> None:
+def test_folders_and_files_outside_are_refused(
+    client: Client, ui_data: Path, ui_runs: Path, tmp_path: Path
+) -> None:
     outside = _dataset(tmp_path / "outside")
     before = _files(outside)
     for folder in (str(outside), str(ui_runs), "demo", ""):
