@@ -15,7 +15,7 @@ import pytest
 
 from flux2_lora import runs
 from flux2_lora.config.io import save_config, to_yaml
-from flux2_lora.job_queue import JobState, Queue, run_worker
+from flux2_lora.job_queue import JobState, Queue, fits_by_memory, gpu_inventory, run_worker
 from flux2_lora.locks import FileLock
 from tests.conftest import MakeConfig
 
@@ -112,6 +112,31 @@ def test_a_job_no_gpu_holds_fails_with_the_reason_and_the_others_run(
     jobs = {j.id: j for j in q.jobs()}
     assert jobs[big].state == JobState.FAILED and "does not fit any GPU" in jobs[big].message
     assert jobs[small].state == JobState.DONE
+
+
+def test_jobs_go_only_to_a_gpu_the_memory_model_says_they_fit(
+    tmp_path: Path, make_config: MakeConfig, fake: tuple[Path, Path]
+) -> None:
+    """The placement rule every worker uses (the CLI's --gpus, the UI's runner): GPU 0 is too small for
+    the demo run's estimate, so both jobs wait for GPU 1 instead of starting on the free GPU 0."""
+    q = _queue(tmp_path)
+    for name in "ab":
+        _add(q, make_config, name)
+    assert _work(q, fake, gpus=["0", "1"], fits=fits_by_memory({"0": 0.001, "1": 80.0})) == 0
+    lines = [line.split(" ") for line in fake[1].read_text().split("\n") if line]
+    assert [(w[0], w[1]) for w in lines] == [("start", "a"), ("end", "a"), ("start", "b"), ("end", "b")]
+    assert [w[3] for w in lines if w[0] == "start"] == ["1", "1"]
+    assert all(j.gpu == "1" and j.state == JobState.DONE for j in q.jobs())
+
+
+def test_the_gpu_inventory_is_read_from_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.memory.test_gpus import fake_smi
+
+    fake_smi(tmp_path / "bin", "0, 81559\n1, 24564\n2, [N/A]")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert gpu_inventory() == {"0": 81559 / 1024, "1": 24564 / 1024, "2": 0.0}
+    fake_smi(tmp_path / "bin", "", status=9)  # nvidia-smi failing: no GPU
+    assert gpu_inventory() == {}
 
 
 def test_cancel_a_queued_job_and_ask_a_running_one_to_stop(tmp_path: Path, make_config: MakeConfig) -> None:

@@ -204,6 +204,41 @@ class Queue:
 FitsGpu = Callable[[Path, str], bool]
 
 
+def gpu_inventory() -> dict[str, float]:
+    """This machine's GPUs as nvidia-smi lists them: {CUDA device id: memory in GiB}, in its order; {}
+    without nvidia-smi. A size nvidia-smi cannot give ("[N/A]" on some virtual GPUs) is 0: unknown."""
+    from flux2_lora.memory.gpus import nvidia_smi
+
+    sizes: dict[str, float] = {}
+    for row in nvidia_smi("gpu=index,memory.total"):
+        if len(row) < 2 or not row[0].isdigit():
+            continue
+        try:
+            sizes[row[0]] = float(row[-1]) / 1024
+        except ValueError:
+            sizes[row[0]] = 0.0
+    return sizes
+
+
+def fits_by_memory(sizes: dict[str, float]) -> FitsGpu:
+    """The memory model's verdict for a job on a GPU of ``sizes`` ({id: GiB}, :func:`gpu_inventory`): the
+    placement rule of every worker (the CLI's ``queue run --gpus`` and the web UI's runner)."""
+
+    def fits(config_file: Path, gpu_id: str) -> bool:
+        from flux2_lora.assess import assess
+        from flux2_lora.config.io import load_config
+        from flux2_lora.memory.gpus import Gpu
+
+        size = sizes.get(gpu_id)
+        if not size:
+            return True  # the GPU's size is unknown here: the trainer's own check decides
+        config, _ = load_config(config_file)
+        report = assess(config, gpu=Gpu(f"GPU {gpu_id}", size), recommendations=False).report
+        return report is None or report["gpu"]["verdict"] != "does_not_fit"
+
+    return fits
+
+
 def run_worker(
     queue: Queue,
     *,

@@ -53,3 +53,41 @@ def test_caption_images_from_the_dataset_section(
     assert (ds / "a.txt").read_text().strip()
     check.get_by_text("0 missing").wait_for(timeout=60_000)  # the dataset check read the folder again
     page.close()
+
+
+def test_edit_a_caption_in_the_previews_and_save_it(
+    browser: Browser, ui_url: str, ui_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Caption, open the previews, edit one caption, Save: the caption file on disk has the edited text,
+    and the other image's caption is as the captioner wrote it."""
+    from tests.test_captioning import build_tiny_vl_model
+
+    model = build_tiny_vl_model(ui_data / "tiny-qwen-vl-preview")
+    ds = ui_data / "ds-preview"
+    ds.mkdir()
+    for name, color in (("a.png", (200, 30, 30)), ("b.png", (30, 200, 30))):
+        Image.new("RGB", (64, 48), color).save(ds / name)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    page = open_page(browser, ui_url)
+    set_field(page, "dataset.path", str(ds))
+    page.locator("#caption-fold .label-wrap").first.click()
+    box = page.locator("#caption-model").locator("input, textarea").first
+    box.fill(str(model))
+    box.press("Tab")
+    page.wait_for_function("!document.querySelector('#caption-btn').disabled", timeout=30_000)
+    page.click("#caption-btn")
+    page.wait_for_selector("#caption-state[data-state='done']", timeout=600_000)
+    written_b = (ds / "b.txt").read_text()
+    page.click("#caption-preview-btn")
+    page.locator("#caption-page").get_by_text("Page 1 of 1 · 2 images").wait_for(timeout=30_000)
+    page.locator("#caption-thumb-0 img").wait_for(timeout=30_000)  # the thumbnail is shown
+    edit = page.locator("#caption-edit-0 textarea")
+    assert edit.input_value() == (ds / "a.txt").read_text().strip()
+    assert page.locator("#caption-edit-1 textarea").input_value() == written_b.strip()
+    assert not page.locator("#caption-edit-2").is_visible()  # a page of two images shows two boxes
+    edit.fill("sks a red square, edited by hand")
+    page.click("#caption-save-btn")
+    page.locator("#caption-save-msg").get_by_text("saved 1 caption file(s): a.txt").wait_for(timeout=30_000)
+    assert (ds / "a.txt").read_text() == "sks a red square, edited by hand\n"
+    assert (ds / "b.txt").read_text() == written_b
+    page.close()

@@ -121,7 +121,7 @@ def _work(args: argparse.Namespace, queue: object) -> int:
     import signal
     import threading
 
-    from flux2_lora.job_queue import Queue, run_worker
+    from flux2_lora.job_queue import Queue, fits_by_memory, gpu_inventory, run_worker
 
     assert isinstance(queue, Queue)
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
@@ -131,20 +131,9 @@ def _work(args: argparse.Namespace, queue: object) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     return run_worker(
-        queue, gpus=gpus, fits=_fits if gpus else None, until_empty=not args.wait, should_stop=stop.is_set
+        queue,
+        gpus=gpus,
+        fits=fits_by_memory(gpu_inventory()) if gpus else None,
+        until_empty=not args.wait,
+        should_stop=stop.is_set,
     )
-
-
-def _fits(config_file: Path, gpu_id: str) -> bool:
-    """The memory model's verdict for the job on GPU ``gpu_id`` (its size from nvidia-smi)."""
-    from flux2_lora.assess import assess
-    from flux2_lora.config.io import load_config
-    from flux2_lora.memory.gpus import Gpu, nvidia_smi
-
-    rows = nvidia_smi("gpu=index,memory.total")
-    size = next((float(r[1]) / 1024 for r in rows if r and r[0] == gpu_id and len(r) > 1), None)
-    if size is None:
-        return True  # the GPU's size is unknown here: the trainer's own check decides
-    config, _ = load_config(config_file)
-    report = assess(config, gpu=Gpu(f"GPU {gpu_id}", size), recommendations=False).report
-    return report is None or report["gpu"]["verdict"] != "does_not_fit"

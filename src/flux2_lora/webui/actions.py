@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flux2_lora.webui import configs, datasets, jobs, ops, sweeps
+from flux2_lora.webui import caption_preview, configs, datasets, jobs, ops, sweeps
 from flux2_lora.webui.paths import AppPaths
 from flux2_lora.webui.requests import checked
 
@@ -53,6 +53,8 @@ API = (
     "caption_model",
     "caption_start",
     "caption_status",
+    "caption_preview",
+    "caption_save",
 )
 
 
@@ -237,6 +239,14 @@ class Actions:
     def caption_status(self, dataset: str) -> dict[str, Any]:
         """The captioning of a dataset folder: state, progress bar, output."""
         return ops.caption_status(self.paths, dataset)
+
+    def caption_preview(self, dataset: str, caption_extension: str = ".txt", page: int = 0) -> dict[str, Any]:
+        """One page of a dataset folder's images with their captions and thumbnails."""
+        return caption_preview.caption_preview(self.paths, dataset, caption_extension, page)
+
+    def caption_save(self, dataset: str, caption_extension: str, edits: dict[str, str]) -> dict[str, Any]:
+        """Write edited captions ({image path inside the folder: caption}) beside their images."""
+        return caption_preview.caption_save(self.paths, dataset, caption_extension, edits)
 
 
 # Every endpoint (and the upload and downloads) refuses an argument of the wrong type by name.

@@ -20,7 +20,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from flux2_lora import runs
+from flux2_lora import job_queue, runs
 from flux2_lora.config import DatasetSection
 from flux2_lora.config.io import to_yaml, validate_section
 from flux2_lora.job_queue import FINAL, Job, JobState, Queue, QueueError, run_worker
@@ -34,17 +34,18 @@ _RUNNERS: dict[Path, Runner] = {}
 
 
 # ---- the queue ---------------------------------------------------------------------------------------
-def other_trainer(paths: AppPaths) -> bool:
+def other_trainer(paths: AppPaths, own: frozenset[Path] = frozenset()) -> bool:
     """A trainer runs in the runs folder: one the UI started (still loading, so no lock yet), or any
-    that holds its run's lock (the CLI's, another UI's)."""
+    that holds its run's lock (the CLI's, another UI's); ``own``: the runs of the queue's running jobs,
+    which hold their locks too (with several GPUs the next job starts beside them)."""
     if any(j.kind in ("train", "preflight") and j.proc.poll() is None for j in monitor.jobs()):
         return True
-    return any(runs.is_locked(r) for r in runs.iter_runs(paths.runs))
+    return any(runs.is_locked(r) for r in runs.iter_runs(paths.runs) if r.resolve() not in own)
 
 
 class Runner:
     """The UI's queue worker for one runs folder: a thread that runs :func:`run_worker` until the queue
-    is empty (started again by the next Add to queue)."""
+    is empty (started again by the next Add to queue), on every GPU of the machine (one job each)."""
 
     def __init__(self, paths: AppPaths) -> None:
         self.paths = paths
@@ -69,15 +70,26 @@ class Runner:
             self.thread.start()
         return "the queue runner started"
 
+    def _hold(self) -> bool:
+        """No job may start: a trainer the queue did not start runs (it may use any GPU)."""
+        own = frozenset(Path(j.run_dir).resolve() for j in self.queue.jobs() if j.state == JobState.RUNNING)
+        return other_trainer(self.paths, own)
+
     def _work(self) -> None:
         while True:
+            # Several GPUs: one job on each, placed by the memory model as `flux2-lora queue run --gpus`
+            # places them (job_queue's own rule); one GPU or none: one job at a time, as Start runs it.
+            sizes = job_queue.gpu_inventory()
+            several = len(sizes) > 1
             code = run_worker(
                 self.queue,
+                gpus=list(sizes) if several else (),
+                fits=job_queue.fits_by_memory(sizes) if several else None,
                 until_empty=True,
                 poll_s=0.5,
                 log=self.lines.append,
                 should_stop=self.stopping.is_set,
-                hold=lambda: other_trainer(self.paths),
+                hold=self._hold,
             )
             with _LOCK:  # a job queued while the worker was finding the queue empty is not left waiting
                 queued = any(j.state == JobState.QUEUED for j in self.queue.jobs())

@@ -1,5 +1,6 @@
 """Controls of other tabs for the operations of :mod:`flux2_lora.webui.ops`: Sample now / Save now beside
-Stop in the Runs tab, and Caption images in the Train tab's dataset section. Each tab adds them with one
+Stop in the Runs tab, and Caption images in the Train tab's dataset section, with its previews to edit
+(:mod:`flux2_lora.webui.caption_preview`). Each tab adds them with one
 call where they sit and wires them with another, so its own module stays about its own tab."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from typing import Any
 import gradio as gr
 
 from flux2_lora.webui import render
+from flux2_lora.webui.caption_preview import PAGE_SIZE
 from flux2_lora.webui.ops import DEFAULT_CAPTION_MODEL, ask_state
 from flux2_lora.webui.tabs import PRIVATE, Shared, skip
 from flux2_lora.webui.widgets import Form
@@ -79,6 +81,7 @@ def add_caption() -> dict[str, Any]:
             c["cap_btn"] = gr.Button("Caption images", elem_id="caption-btn", interactive=False, scale=0)
             c["cap_reason"] = gr.Markdown("checking the captioning model…", elem_id="caption-reason")
         c["cap_progress"] = gr.HTML(caption_html({"state": "none"}), elem_id="caption-progress")
+        c.update(_add_preview())
     c["cap_done"] = gr.State(0)  # moves when a captioning ends: the dataset check reads the folder again
     c["cap_timer"] = gr.Timer(1.0, active=False)
     return c
@@ -161,6 +164,8 @@ def wire_caption(shared: Shared, c: dict[str, Any], form: Form) -> None:
             c["cap_done"]: data[c["cap_done"]] + 1,
         }
 
+    _wire_preview(shared, c, fields)
+
     c["cap_timer"].tick(
         on_tick,
         {form["dataset.path"], c["cap_done"]},
@@ -168,3 +173,154 @@ def wire_caption(shared: Shared, c: dict[str, Any], form: Form) -> None:
         show_progress="hidden",
         **PRIVATE,
     )
+
+
+# ---- Train tab: caption previews to edit -----------------------------------------------------------
+COLUMNS = 4
+
+
+def _add_preview() -> dict[str, Any]:
+    """A page of the dataset's images, each with its caption in a text box, and Save."""
+    c: dict[str, Any] = {"thumbs": [], "boxes": []}
+    with gr.Row():
+        c["pv_show"] = gr.Button("Show captions to edit", elem_id="caption-preview-btn", scale=0)
+        c["pv_back"] = gr.Button("◀ Previous", elem_id="caption-page-back", scale=0, interactive=False)
+        c["pv_next"] = gr.Button("Next ▶", elem_id="caption-page-next", scale=0, interactive=False)
+        c["pv_page"] = gr.Markdown("", elem_id="caption-page")
+    for start in range(0, PAGE_SIZE, COLUMNS):
+        with gr.Row():
+            for i in range(start, start + COLUMNS):
+                with gr.Column(min_width=160):
+                    c["thumbs"].append(
+                        gr.Image(
+                            None,
+                            type="filepath",
+                            show_label=False,
+                            interactive=False,
+                            height=160,
+                            buttons=[],
+                            visible=False,
+                            elem_id=f"caption-thumb-{i}",
+                        )
+                    )
+                    c["boxes"].append(
+                        gr.Textbox("", lines=3, max_lines=8, visible=False, elem_id=f"caption-edit-{i}")
+                    )
+    with gr.Row():
+        c["pv_save"] = gr.Button("Save captions", elem_id="caption-save-btn", interactive=False, scale=0)
+        c["pv_msg"] = gr.Markdown(
+            "Save overwrites the caption files of the edited images (no backup is kept).",
+            elem_id="caption-save-msg",
+        )
+    c["pv_shown"] = gr.State({})  # {dataset, page, pages, items: [[image, caption as read]]}
+    c["pv_edits"] = gr.State({})  # {image: edited caption}, kept across pages until saved
+    return c
+
+
+def _stash(shown: dict[str, Any], edits: dict[str, str], boxes: list[str]) -> dict[str, str]:
+    """The edits with those of the page shown (a box that differs from its caption as read)."""
+    out = dict(edits or {})
+    for (image, original), text in zip(shown.get("items") or [], boxes, strict=False):
+        if text != original:
+            out[image] = text
+        else:
+            out.pop(image, None)
+    return out
+
+
+def _wire_preview(shared: Shared, c: dict[str, Any], fields: list[Any]) -> None:
+    acts = shared.actions
+    thumbs, boxes = c["thumbs"], c["boxes"]
+    outs = [
+        *thumbs,
+        *boxes,
+        c["pv_page"],
+        c["pv_back"],
+        c["pv_next"],
+        c["pv_save"],
+        c["pv_shown"],
+        c["pv_edits"],
+    ]
+    ins = {*fields, *boxes, c["pv_shown"], c["pv_edits"]}
+
+    def show(
+        data: dict[Any, Any], page: int, edits: dict[str, str], said: str | None = None
+    ) -> dict[Any, Any]:
+        path, ext = str(data[fields[0]] or ""), str(data[fields[2]] or ".txt")
+        r = acts.caption_preview(path, ext, page)
+        if not r["ok"]:
+            out = {t: gr.update(visible=False, value=None) for t in thumbs}
+            out.update({b: gr.update(visible=False, value="") for b in boxes})
+            msg = "✘ " + render.esc(_said(r["errors"]))
+            return {
+                **out,
+                c["pv_page"]: msg,
+                c["pv_back"]: gr.update(interactive=False),
+                c["pv_next"]: gr.update(interactive=False),
+                c["pv_save"]: gr.update(interactive=False),
+                c["pv_shown"]: {},
+                c["pv_edits"]: {},
+            }
+        if r["dataset"] != (data[c["pv_shown"]] or {}).get("dataset"):
+            edits = {}  # another folder: the edits were of the one shown before
+        items = r["items"]
+        out = {}
+        for i, (t, b) in enumerate(zip(thumbs, boxes, strict=True)):
+            if i >= len(items):
+                out[t], out[b] = gr.update(visible=False, value=None), gr.update(visible=False, value="")
+                continue
+            it = items[i]
+            label = it["image"] + (f" — ⚠ {it['error']}" if it["error"] else "")
+            out[t] = gr.update(visible=True, value=it["thumb"])
+            out[b] = gr.update(visible=True, value=edits.get(it["image"], it["caption"]), label=label)
+        line = f"Page {r['page'] + 1} of {r['pages']} · {r['total']} images"
+        line += "".join(f"<br>⚠ {render.esc(p)}" for p in r["problems"])
+        out.update(
+            {
+                c["pv_page"]: line,
+                c["pv_back"]: gr.update(interactive=r["page"] > 0),
+                c["pv_next"]: gr.update(interactive=r["page"] + 1 < r["pages"]),
+                c["pv_save"]: gr.update(interactive=bool(items)),
+                c["pv_shown"]: {
+                    "dataset": r["dataset"],
+                    "page": r["page"],
+                    "items": [[it["image"], it["caption"]] for it in items],
+                },
+                c["pv_edits"]: edits,
+            }
+        )
+        return out
+
+    def turn(step: int) -> Any:
+        def on_turn(data: dict[Any, Any]) -> dict[Any, Any]:
+            shown = data[c["pv_shown"]] or {}
+            edits = _stash(shown, data[c["pv_edits"]], [data[b] for b in boxes])
+            return show(data, int(shown.get("page", 0)) + step, edits)
+
+        return on_turn
+
+    c["pv_show"].click(turn(0), ins, outs, **PRIVATE)
+    c["pv_back"].click(turn(-1), ins, outs, **PRIVATE)
+    c["pv_next"].click(turn(1), ins, outs, **PRIVATE)
+
+    def on_save(data: dict[Any, Any]) -> dict[Any, Any]:
+        shown = data[c["pv_shown"]] or {}
+        edits = _stash(shown, data[c["pv_edits"]], [data[b] for b in boxes])
+        if not edits:
+            return {**skip(outs), c["pv_msg"]: "Nothing to save: no caption was edited."}
+        r = acts.caption_save(str(data[fields[0]] or ""), str(data[fields[2]] or ".txt"), edits)
+        if not r["ok"]:  # the edits stay in their boxes, to be corrected
+            return {**skip(outs), c["pv_msg"]: "✘ " + render.esc(_said(r["errors"]))}
+        said = f"✔ saved {len(r['written'])} caption file(s): {', '.join(r['written']) or 'none changed'}"
+        return {**show(data, int(shown.get("page", 0)), {}), c["pv_msg"]: render.esc(said)}
+
+    c["pv_save"].click(on_save, ins, [*outs, c["pv_msg"]], **PRIVATE)
+
+    def on_captioned(data: dict[Any, Any]) -> dict[Any, Any]:
+        shown = data[c["pv_shown"]] or {}
+        if not shown:  # the previews were never opened
+            return skip(outs)
+        edits = _stash(shown, data[c["pv_edits"]], [data[b] for b in boxes])
+        return show(data, int(shown.get("page", 0)), edits)
+
+    c["cap_done"].change(on_captioned, ins, outs, show_progress="hidden", **PRIVATE)

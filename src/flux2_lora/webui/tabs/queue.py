@@ -12,7 +12,7 @@ import gradio as gr
 from flux2_lora.webui import render
 from flux2_lora.webui.tabs import PRIVATE, Shared, skip
 
-COLUMNS = ["job", "state", "run", "added", "started", "ended", "message"]
+COLUMNS = ["job", "state", "GPU", "run", "added", "started", "ended", "message"]
 LIVE = ("queued", "running")
 
 
@@ -25,6 +25,7 @@ def queue_rows(jobs: list[dict[str, Any]]) -> list[list[Any]]:
         [
             j["id"],
             j["state"] + (" (stop asked)" if j.get("cancel_requested") and j["state"] == "running" else ""),
+            j.get("gpu") or "",  # the CUDA device a worker with several GPUs gave the job
             j["name"],
             _when(j.get("added_at")),
             _when(j.get("started_at")),
@@ -50,8 +51,12 @@ def summary_html(q: dict[str, Any]) -> str:
     said = ", ".join(f"{n} {s}" for s, n in counts.items()) or "the queue is empty"
     problems = "".join(f"<br>⚠ {render.esc(p)}" for p in q.get("problems", []))
     states = ",".join(j["state"] for j in jobs)
+    on = [f"{j['id']} on GPU {j['gpu']}" for j in jobs if j["state"] == "running" and j.get("gpu")]
+    said += f" ({', '.join(on)})" if on else ""
+    gpus = ",".join(j.get("gpu") or "-" for j in jobs)
     return (
-        f'<div id="queue-state" data-states="{render.esc(states)}" data-worker="{int(bool(q.get("worker")))}">'
+        f'<div id="queue-state" data-states="{render.esc(states)}" data-gpus="{render.esc(gpus)}" '
+        f'data-worker="{int(bool(q.get("worker")))}">'
         f"{render.esc(said)} · {render.esc(worker)}{problems}</div>"
     )
 
@@ -60,7 +65,8 @@ def create_queue_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
     c: dict[str, Any] = {"tab": tab}
     gr.Markdown(
         "Runs queued from the Train tab (**Add to queue**) or with `flux2-lora queue add` train one after "
-        "the other. A job starts only when no other trainer runs in this runs folder."
+        "the other; on a machine with several GPUs, one job on each GPU the memory estimate says it fits "
+        "(its GPU is shown). A job starts only when no trainer outside the queue runs in this runs folder."
     )
     c["summary"] = gr.HTML(summary_html({}), elem_id="queue-summary")
     c["table"] = gr.Dataframe(
@@ -84,7 +90,10 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
 
     def refresh(data: dict[Any, Any]) -> dict[Any, Any]:
         q = acts.queue_list()
-        sig = [(j["id"], j["state"], j.get("message"), j.get("cancel_requested")) for j in q["jobs"]]
+        sig = [
+            (j["id"], j["state"], j.get("gpu"), j.get("message"), j.get("cancel_requested"))
+            for j in q["jobs"]
+        ]
         sig += [q["worker"], q["runner"], tuple(q["problems"])]
         if sig == data[last]:
             return skip(outs)
