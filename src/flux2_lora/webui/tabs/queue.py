@@ -10,7 +10,7 @@ from typing import Any
 import gradio as gr
 
 from flux2_lora.webui import render
-from flux2_lora.webui.tabs import PRIVATE, Shared, skip
+from flux2_lora.webui.tabs import PRIVATE, Shared, go_to, skip
 
 COLUMNS = ["job", "state", "GPU", "run", "added", "started", "ended", "message"]
 LIVE = ("queued", "running")
@@ -153,6 +153,6 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
         job = next((j for j in jobs or [] if j[0] == job_id), None)
         if job is None:
             return {c["msg"]: "choose a job"}
-        return {shared.run_dir: job[2], shared.tabs: gr.Tabs(selected="runs")}
+        return {shared.run_dir: job[2], shared.goto_tab: go_to("runs")}
 
-    c["open"].click(on_open, [c["pick"], jobs_state], [c["msg"], shared.run_dir, shared.tabs], **PRIVATE)
+    c["open"].click(on_open, [c["pick"], jobs_state], [c["msg"], shared.run_dir, shared.goto_tab], **PRIVATE)
