@@ -60,8 +60,8 @@ def build_app(paths: AppPaths | str = "runs") -> gr.Blocks:
         run_dir, runs_changed = gr.State(""), gr.State(0)  # not inside Tabs: Gradio 6 mislabels tabs then
         goto_tab = gr.Textbox(visible=False, elem_id="goto-tab")
         goto_tab.change(None, goto_tab, None, js=GOTO_TAB_JS, **PRIVATE)
-        with gr.Tabs(selected="train", elem_id="tabs") as tabs:
-            shared = Shared(actions, demo, tabs, run_dir, runs_changed, goto_tab)
+        with gr.Tabs(selected="train", elem_id="tabs"):
+            shared = Shared(actions, demo, run_dir, runs_changed, goto_tab)
             for tab_id, title, create in TABS:
                 with gr.Tab(title, id=tab_id, elem_id=f"tab-{tab_id}") as tab:
                     create(shared, tab)

@@ -16,7 +16,6 @@ from flux2_lora.webui.actions import Actions
 class Shared:
     actions: Actions
     blocks: gr.Blocks
-    tabs: gr.Tabs
     run_dir: gr.State  # the run the monitor follows
     runs_changed: gr.State  # bumped when a run starts or ends: lists of runs and LoRAs re-read the disk
     # A hidden box whose change brings a tab into view, in the page (see go_to): an event that outputs the
