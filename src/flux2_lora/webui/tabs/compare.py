@@ -118,7 +118,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
         return gr.update(choices=list(zip(labels, values)), value=keep)
 
     gr.on(
-        [shared.blocks.load, shared.runs_changed.change, c["pick"].focus, c["tab"].select],
+        [shared.runs_changed.change, c["pick"].focus, c["tab"].select],
         choices,
         c["pick"],
         c["pick"],

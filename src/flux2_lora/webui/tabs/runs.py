@@ -236,7 +236,6 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
     gr.on(
         [
             c["refresh"].click,
-            shared.blocks.load,
             shared.runs_changed.change,
             c["pick"].focus,
             c["tab"].select,

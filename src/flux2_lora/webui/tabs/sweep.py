@@ -304,7 +304,7 @@ def _wire(shared: Shared, c: dict[str, Any], kinds: dict[str, dict[str, Any]]) -
         return plan_html(acts.sweep_plan(spec, data[c["gpu"]] or ""), errors)
 
     gr.on(
-        [w.change for w in [*form, c["gpu"]]] + [shared.blocks.load],
+        [w.change for w in [*form, c["gpu"]]] + [c["tab"].select],
         on_plan,
         inputs={*form, c["gpu"]},
         outputs=c["plan"],

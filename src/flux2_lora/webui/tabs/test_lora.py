@@ -58,7 +58,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
         return gr.update(choices=choices, value=keep)
 
     gr.on(
-        [shared.blocks.load, shared.runs_changed.change, c["lora"].focus, c["tab"].select],
+        [shared.runs_changed.change, c["lora"].focus, c["tab"].select],
         loras,
         c["lora"],
         c["lora"],
