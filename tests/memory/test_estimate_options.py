@@ -60,11 +60,25 @@ ADAPTER_CASES = [
 @pytest.mark.parametrize("kind", ["lokr", "loha"])
 @pytest.mark.parametrize("case", range(len(ADAPTER_CASES)))
 def test_lokr_loha_estimate_within_4_percent_of_trace(kind: str, case: int) -> None:
-    """LoKr/LoHa's delta-weight terms (memory/adapter_acts.py): within 4% of the trace here (3.0% / 3.6%
-    at worst on the configurations they were fitted on; a LoRA's figures were 20-41% under)."""
+    """LoKr/LoHa's delta-weight terms (memory/adapter_acts.py): within 4% of the trace here (at worst
+    -1.9% / +3.3% on these; a LoRA's figures were 20-41% under). Not 3%: see the xfail below."""
     from flux2_lora.training.trace import reduced, trace_training_step
 
     c = config("lora.rank=16", "lora.alpha=16", f"lora.type={kind}", *ADAPTER_CASES[case])
     arch = reduced(VARIANTS["klein-4b"].transformer, 2, 3)
     traced = trace_training_step(c, arch)["peak_gib"]
     assert abs(training_phase_on(c, arch) - traced) / traced < 0.04
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LoHa's backward term is fitted without the token count (memory/adapter_acts.py): ~8% over at "
+    "1024 px with the default targets; passes once the term sees the tokens",
+)
+def test_loha_estimate_within_3_percent_at_1024_px() -> None:
+    from flux2_lora.training.trace import reduced, trace_training_step
+
+    c = config("lora.rank=16", "lora.alpha=16", "lora.type=loha", "dataset.resolution=1024")
+    arch = reduced(VARIANTS["klein-4b"].transformer, 2, 3)
+    traced = trace_training_step(c, arch)["peak_gib"]
+    assert abs(training_phase_on(c, arch) - traced) / traced < 0.03
