@@ -17,7 +17,7 @@ import functools
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 from flux2_lora.config import TrainConfig
@@ -249,10 +249,19 @@ class Estimate:
     swap: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        # asdict's deep copy is a tenth of a report; the values are floats, strings and their dicts/lists.
+        out = {f.name: _copied(getattr(self, f.name)) for f in fields(self)}
         if self.swap is None:
             del out["swap"]
         return out
+
+
+def _copied(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    return value
 
 
 _KEYS = ("weights", "lora", "gradients", "optimizer", "activations", "text_encoder", "vae")
@@ -268,6 +277,7 @@ def _part(**parts: float) -> dict[str, float]:
 
 
 def _gib(part: dict[str, float]) -> float:
+    """The sum of a phase's components (GiB from a _part, bytes from the phases' own dicts)."""
     return sum(part.values())
 
 
@@ -555,12 +565,12 @@ def caching_total_gib(config: TrainConfig, num_processes: int | None = None) -> 
     frozen = (mem.quantization, 0, mem.text_encoder_quantization)
     _, _, te_w, te_dequant = _frozen(key, *frozen) if sh is _shapes(*key) else _frozen_of(sh, *frozen)
     facts = _CachingFacts(config, sh, te_w, te_dequant, sh.vae.params * sh.weight_bytes)
-    peak = _gib(_caching(facts))
+    peak = _gib(_part(**_caching(facts)))
     return peak + _overhead(config, peak, num_processes)
 
 
 def _caching(r: _Run | _CachingFacts) -> dict[str, float]:
-    """Caching: the text encoder (unless it encodes on the CPU) and the VAE on the GPU, no transformer
+    """Bytes by component (see _part for GiB). Caching: the text encoder (unless it encodes on the CPU) and the VAE on the GPU, no transformer
     yet; the text encoder is freed after caching its embeddings, otherwise it stays for training."""
     c, sh = r.config, r.shapes
     mem, val, wb = c.memory, c.validation, sh.weight_bytes
@@ -571,7 +581,7 @@ def _caching(r: _Run | _CachingFacts) -> dict[str, float]:
     else:
         prompts = min(PROMPT_BATCH, (len(val.prompts) or 1) + 1) if val.enabled else 0
     te_act = text_encoder_activation_bytes(sh.text_encoder, wb, prompts) + r.te_dequant if te_gpu else 0.0
-    caching_te = _part(text_encoder=te_gpu, vae=r.vae_weights, activations=te_act)
+    caching_te = {"text_encoder": te_gpu, "vae": r.vae_weights, "activations": te_act}
     if not mem.cache_latents:
         return caching_te
     te_kept = te_gpu if not mem.cache_text_embeddings else 0.0
@@ -584,7 +594,7 @@ def _caching(r: _Run | _CachingFacts) -> dict[str, float]:
         slicing=mem.vae_slicing,
         tiling=mem.vae_tiling,
     )
-    caching_vae = _part(text_encoder=te_kept, vae=r.vae_weights, activations=images)
+    caching_vae = {"text_encoder": te_kept, "vae": r.vae_weights, "activations": images}
     return max(caching_te, caching_vae, key=_gib)
 
 
@@ -621,18 +631,18 @@ def _backward_start(r: _Run, act: float, encode: float) -> dict[str, float]:
     gradients accumulate over micro-batches: then all of them live through the later ones."""
     grads = r.lora if r.accumulating else 4.0 * r.adapter.last_block
     acts = max(act, encode) + r.loss_extra
-    return _part(**_static(r), gradients=grads + r.ddp, optimizer=r.optimizer, activations=acts)
+    return {**_static(r), "gradients": grads + r.ddp, "optimizer": r.optimizer, "activations": acts}
 
 
 def _backward_end(r: _Run, act: float) -> dict[str, float]:
     """The end of backward: every gradient but the first LoRA'd block's, with that block's activations."""
     grads = r.lora if r.accumulating else r.lora - 4.0 * r.adapter.first_block
-    return _part(**_static(r), gradients=grads + r.ddp, optimizer=r.optimizer, activations=act)
+    return {**_static(r), "gradients": grads + r.ddp, "optimizer": r.optimizer, "activations": act}
 
 
 def _optimizer_step(r: _Run) -> dict[str, float]:
     """The optimizer step: every gradient plus the step's temporaries."""
-    return _part(**_static(r), gradients=r.lora + r.ddp, optimizer=r.optimizer + r.step)
+    return {**_static(r), "gradients": r.lora + r.ddp, "optimizer": r.optimizer + r.step}
 
 
 def _fsdp_training(r: _Run, encode: float) -> tuple[dict[str, float], FsdpLayout]:
@@ -663,7 +673,8 @@ def _training(r: _Run) -> tuple[dict[str, float], FsdpLayout | None]:
         return _fsdp_training(r, encode)
     start, end = _step_activations(r.acts)
     moments = (_backward_start(r, start, encode), _backward_end(r, end), _optimizer_step(r))
-    return max(moments, key=_gib), None
+    # Compared in bytes: only the largest is converted (the recommendations make dozens of estimates).
+    return _part(**max(moments, key=_gib)), None
 
 
 def _sampling(r: _Run, layout: FsdpLayout | None) -> dict[str, float]:
@@ -743,7 +754,7 @@ def estimate(config: TrainConfig, *, num_processes: int | None = None, kernels: 
         if sw.blocks < config.memory.blocks_to_swap:
             notes.append(f"memory.blocks_to_swap counted as {sw.blocks}, this model's maximum")
     training, layout = _training(r)
-    parts = {"caching": _caching(r), "training": training}
+    parts = {"caching": _part(**_caching(r)), "training": training}
     if config.validation.enabled:
         parts["sampling"] = _sampling(r, layout)
     phases = {k: _gib(v) for k, v in parts.items()}
