@@ -235,7 +235,9 @@ def load_states(
         set_optimizer_state_dict(model, _raw_optimizer(optimizer), optim_state or {}, options=options)
 
 
-def broadcast_tensors(tensors: dict[str, torch.Tensor] | None, device: torch.device) -> dict[str, torch.Tensor]:
+def broadcast_tensors(
+    tensors: dict[str, torch.Tensor] | None, device: torch.device
+) -> dict[str, torch.Tensor]:
     """Rank 0's ``tensors`` on every process, on the CPU; rank 0 passes them, the others None. Sent one
     at a time through ``device`` (NCCL moves only GPU tensors), so no process holds more than one extra."""
     import torch.distributed as dist

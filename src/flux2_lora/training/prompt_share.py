@@ -22,7 +22,9 @@ log = logging.getLogger("flux2_lora")
 DIGEST_CAPTIONS = 16  # the embeddings summed up in each rank's record (a cheap check that ranks agree)
 
 
-def share_prompt_cache(prompts: PromptSource, captions: list[str], is_main: bool, device: torch.device) -> None:
+def share_prompt_cache(
+    prompts: PromptSource, captions: list[str], is_main: bool, device: torch.device
+) -> None:
     """Fill ``prompts``' cache with ``captions`` on every process; only rank 0 encodes. A collective."""
     if is_main:
         prompts.fill_cache(captions)
@@ -42,7 +44,9 @@ def share_prompt_cache(prompts: PromptSource, captions: list[str], is_main: bool
             )
 
 
-def _files_seen_everywhere(prompts: DiskPromptSource, unique: list[str], is_main: bool, device: torch.device) -> bool:
+def _files_seen_everywhere(
+    prompts: DiskPromptSource, unique: list[str], is_main: bool, device: torch.device
+) -> bool:
     """Every process sees rank 0's embedding files: the others then read them from disk as rank 0 does."""
     import torch.distributed as dist
 
