@@ -148,8 +148,14 @@ def test_estimate_trace_traces_one_fsdp_rank() -> None:
 
 
 def test_host_ram_counts_every_process_of_the_machine() -> None:
-    from flux2_lora.memory.host import host_estimate
+    """DDP: every process loads the whole transformer, so four hold four copies. FSDP: rank 0 reads it
+    alone and the three others hold only the bare process (their shards live on the GPU)."""
+    from flux2_lora.memory.host import PROCESS_BASELINE_GIB, host_estimate
 
     one = host_estimate(_config("klein-9b", 1), on_gpu=True)
-    four = host_estimate(_config("klein-9b", 4), on_gpu=True)
-    assert four["processes"] == 4 and four["machine_peak_gib"] == pytest.approx(4 * one["peak_gib"])
+    ddp = host_estimate(_config("klein-9b", 4, "distributed.strategy=ddp"), on_gpu=True)
+    fsdp = host_estimate(_config("klein-9b", 4), on_gpu=True)
+    assert ddp["processes"] == 4 and ddp["machine_peak_gib"] == pytest.approx(4 * one["peak_gib"])
+    assert fsdp["peak_gib"] == pytest.approx(one["peak_gib"])  # rank 0 loads as one process does
+    others = fsdp["machine_peak_gib"] - fsdp["peak_gib"]
+    assert others == pytest.approx(3 * (PROCESS_BASELINE_GIB + 0.5))

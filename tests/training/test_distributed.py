@@ -69,6 +69,23 @@ def test_fsdp_on_two_processes_matches_ddp(tmp_path: Path) -> None:
     # Every rank's memory, written by rank 0, for the monitor.
     ranks = runs.read_ranks(fsdp)
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["rss_gib"] > 0 and r["step"] == 6 for r in ranks)
+    # Under FSDP only rank 0 reads the transformer's weights: rank 1 builds it on the meta device and
+    # receives its shards (so the same LoRA as DDP, where every rank loads it, proves the broadcast).
+    f0, f1 = _rank_record(fsdp, 0), _rank_record(fsdp, 1)
+    d0, d1 = _rank_record(ddp, 0), _rank_record(ddp, 1)
+    assert f0["transformer_loaded_bytes"] > 0 and f1["transformer_loaded_bytes"] == 0
+    assert d0["transformer_loaded_bytes"] == d1["transformer_loaded_bytes"] == f0["transformer_loaded_bytes"]
+    # Both strategies encode the captions once: the text encoder on rank 0 only, the same embeddings on both.
+    for r0, r1 in ((f0, f1), (d0, d1)):
+        assert (r0["text_encoder_loaded"], r1["text_encoder_loaded"]) == (True, False)
+        assert r0["prompt_digest"] == r1["prompt_digest"]
+
+
+def _rank_record(out: Path, rank: int) -> dict[str, Any]:
+    """A rank's whole record as the trainer wrote it (runs.read_ranks keeps only the monitor's fields)."""
+    import json
+
+    return dict(json.loads((out / runs.RANKS_DIR / f"rank-{rank}.json").read_text()))
 
 
 def _start_held(out: Path, point: str, *flags: str) -> subprocess.Popen[bytes]:

@@ -60,10 +60,11 @@ def host_estimate(config: TrainConfig, *, on_gpu: bool) -> dict[str, Any]:
     est = estimate(config)
     te = sh.text_encoder.params
     ema_gib = 4.0 * est.trainable_params / GIB if config.training.ema_decay > 0 else 0.0  # fp32 copy
+    ram_cache = ram_cache_gib(config)
+    wb = 4 if config.model.dtype in ("auto", "float32") else 2
+    weights = (linear + norms) * wb / GIB
+    small = (te + sh.vae.params) * wb / GIB
     if not on_gpu:
-        wb = 4 if config.model.dtype in ("auto", "float32") else 2
-        weights = (linear + norms) * wb / GIB
-        small = (te + sh.vae.params) * wb / GIB
         loading = PROCESS_BASELINE_GIB + LOAD_FACTOR * weights + small
         scale = wb / (2 if sh.weight_bytes == 2 else 4)  # the GPU model assumed bf16 for 'auto'
         c = est.phase_components["training"]
@@ -73,23 +74,25 @@ def host_estimate(config: TrainConfig, *, on_gpu: bool) -> dict[str, Any]:
             + small
             + (c["activations"] * scale + c["lora"] + c["gradients"] + c["optimizer"])
             + ema_gib  # on a CPU run the EMA is in host RAM wherever training.ema_device puts it
+            + ram_cache
         )
         phases = {"loading": loading, "caching": PROCESS_BASELINE_GIB + small * 2, "training": training}
     else:
         phases, others = _gpu_run(config, est.swap, _host_ema_gib(config, est.trainable_params))
     peak = max(phases.values())
     total, available = _machine()
-    # Every training process of a machine loads the whole transformer into its own RAM first (FSDP too:
-    # it shards after loading); the text encoder only on rank 0 (it encodes once and broadcasts the
-    # embeddings), so the other processes of the machine need the peak without it.
+    # Under DDP every process of a machine loads the whole transformer; under FSDP only rank 0 does (the
+    # others build it on the meta device and receive their shards). With cached embeddings the text
+    # encoder is loaded by rank 0 alone (it encodes every caption once and broadcasts them).
     processes = config.distributed.num_processes
-    other = max(others.values()) if on_gpu else peak
+    other = max(others.values()) if on_gpu else _cpu_other(config, phases, weights, te * wb / GIB, ema_gib)
     machine = peak + (processes - 1) * other
     return {
         "phases": phases,
         "peak_gib": peak,
         "processes": processes,
         "machine_peak_gib": machine,
+        "ram_cache_gib": ram_cache,  # cached latents and embeddings in each process's RAM
         "total_gib": total,
         "available_gib": available,
         "verdict": verdict(machine, available) if available else None,
@@ -97,14 +100,32 @@ def host_estimate(config: TrainConfig, *, on_gpu: bool) -> dict[str, Any]:
     }
 
 
+def _cpu_other(
+    config: TrainConfig, phases: dict[str, float], weights: float, te_gib: float, ema: float
+) -> float:
+    """The peak of a CPU run's process other than rank 0: no EMA (rank 0's), no text encoder when the
+    embeddings are cached (rank 0 encodes them for all); under FSDP it reads no weights (its loading is
+    the bare process) and holds only its shard of them while training."""
+    d = config.distributed
+    te = te_gib if config.memory.cache_text_embeddings else 0.0
+    loading = phases["loading"] - te
+    training = phases["training"] - te - ema
+    if d.sharded:
+        loading = phases["loading"] - LOAD_FACTOR * weights - te
+        training -= TRAIN_WEIGHT_FACTOR * weights * (1 - 1 / d.world_size)
+    return max(loading, phases["caching"] - te, training)
+
+
 def _gpu_run(
     config: TrainConfig, swap: dict[str, float] | None, ema_gib: float = 0.0
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Host RAM phases of a GPU run: rank 0's, and those of the other processes (no text encoder, no EMA:
-    ``ema_gib`` is the host copy of the adapter's EMA, held by rank 0 only)."""
+    """Host RAM phases of a GPU run: rank 0's, and those of the other processes (no EMA: ``ema_gib`` is
+    the host copy of the adapter's EMA, held by rank 0 only; no text encoder when the embeddings are
+    cached, as rank 0 encodes them for all; under FSDP no transformer read, only their shards)."""
     sh = resolve_shapes(config)
     linear, norms = transformer_params(sh.arch)
     mem, wb = config.memory, sh.weight_bytes
+    d = config.distributed
     te_gib = text_encoder_weight_bytes(sh.text_encoder, wb, mem.text_encoder_quantization) / GIB
     pinned = swap["pinned_gib"] if swap else 0.0
     if mem.blocks_to_swap or mem.quantization == "fp8":
@@ -116,15 +137,73 @@ def _gpu_run(
     # cpu_offload keeps the text encoder in host RAM while it encodes.
     caching = te_gib * GPU_LOAD_FACTOR if mem.cpu_offload else 0.0
     base = PROCESS_BASELINE_GIB
-    # Training: cached embeddings, pinned batches, CUDA host allocations; the swapped blocks' pinned copy.
-    training = base + 0.5 + pinned
+    # Training: pinned batches, CUDA host allocations; the swapped blocks' pinned copy; the cached latents
+    # and embeddings (every process holds them all, unless memory.cache_to_disk reads them per step).
+    cache = ram_cache_gib(config)
+    training = base + 0.5 + pinned + cache
     phases = {
         "loading": base + max(GPU_LOAD_FACTOR * te_gib, transformer),
         "caching": base + caching,
         "training": training + ema_gib,
     }
-    others = {"loading": base + transformer, "caching": base, "training": training}
+    # The other processes: without cached embeddings each encodes its own captions at every step, so
+    # each loads the encoder too.
+    te_other = 0.0 if mem.cache_text_embeddings else te_gib
+    other_transformer = transformer
+    if d.sharded:
+        # Their shards only: on the GPU, or pinned in host RAM with FSDP's CPU offload; what arrives
+        # from rank 0 comes one tensor at a time.
+        other_transformer = (linear + norms) * wb / GIB / d.world_size if d.fsdp_cpu_offload else 0.0
+    others = {
+        "loading": base + max(GPU_LOAD_FACTOR * te_other, other_transformer),
+        "caching": base + (te_other * GPU_LOAD_FACTOR if mem.cpu_offload else 0.0),
+        "training": training + (other_transformer if d.sharded else 0.0),
+    }
     return phases, others
+
+
+def ram_cache_gib(config: TrainConfig) -> float:
+    """The cached latents and prompt embeddings held in RAM by each training process (0 with
+    memory.cache_to_disk: they are read from ``<run>/.cache`` per step; 0 when the dataset folder is not
+    here to count). One caption per image (eight with dataset.shuffle_tags), both flips with
+    dataset.random_flip; folder repeats share their image's cache entries."""
+    mem, ds = config.memory, config.dataset
+    if mem.cache_to_disk or not (mem.cache_latents or mem.cache_text_embeddings):
+        return 0.0
+    images = _dataset_images(ds.path)
+    if not images:
+        return 0.0
+    sh = resolve_shapes(config)
+    wb = 4 if config.model.dtype == "float32" else 2
+    total = 0.0
+    if mem.cache_latents:
+        cells = (ds.resolution // sh.vae.spatial_factor) ** 2
+        total += images * (2 if ds.random_flip else 1) * sh.vae.latent_channels * cells * wb
+    if mem.cache_text_embeddings:
+        captions = images * (8 if ds.shuffle_tags else 1)
+        total += captions * sh.text_tokens * sh.arch.joint_attention_dim * wb
+    return total / GIB
+
+
+def _dataset_images(path: str) -> int:
+    import os
+
+    folder = os.path.expanduser(path.strip()) if path.strip() else ""
+    if not folder or not os.path.isdir(folder):
+        return 0
+    return _count_images(folder, os.stat(folder).st_mtime)
+
+
+@functools.lru_cache(maxsize=16)
+def _count_images(folder: str, _mtime: float) -> int:
+    from pathlib import Path
+
+    from flux2_lora.data.scan import walk_images
+
+    try:
+        return len(walk_images(Path(folder)))
+    except OSError:
+        return 0
 
 
 def _host_ema_gib(config: TrainConfig, trainable_params: int) -> float:

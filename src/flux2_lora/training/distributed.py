@@ -100,6 +100,30 @@ def shard_transformer(
     )
 
 
+def shard_from_rank0(
+    transformer: torch.nn.Module, config: TrainConfig, device: torch.device, dtype: torch.dtype
+) -> None:
+    """Shard a transformer that only rank 0 holds: the other processes built theirs on the meta device
+    (:func:`~.model.transformer_on_meta`, with the same adapter added). Rank 0 keeps its full tensors
+    (one copy in RAM) while every process shards; the others allocate their shards, then rank 0
+    broadcasts each tensor (frozen weights and its initial adapter) and every process keeps its slice.
+    A collective: every process calls it."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    main = dist.get_rank() == 0
+    full = dict(transformer.state_dict()) if main else {}  # references, not copies: freed at the end
+    shard_transformer(transformer, config, device, dtype)
+    if not main:
+        # FSDP's CPU offload keeps the shards in host RAM; otherwise they live on this process's device.
+        where = torch.device("cpu") if config.distributed.fsdp_cpu_offload else device
+        transformer.to_empty(device=where)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=True)
+    set_model_state_dict(transformer, full, options=options)
+    full.clear()
+    log.info("FSDP: rank 0 read the transformer's weights and broadcast every process its shards")
+
+
 # ------------------------------------------------------------------------------ adapter and optimizer state
 def _peft_names(model: torch.nn.Module) -> dict[str, str]:
     """PEFT's adapter key (as in the LoRA file and checkpoints) → the parameter's name in the model.
@@ -211,6 +235,31 @@ def load_states(
         set_optimizer_state_dict(model, _raw_optimizer(optimizer), optim_state or {}, options=options)
 
 
+def broadcast_tensors(
+    tensors: dict[str, torch.Tensor] | None, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Rank 0's ``tensors`` on every process, on the CPU; rank 0 passes them, the others None. Sent one
+    at a time through ``device`` (NCCL moves only GPU tensors), so no process holds more than one extra."""
+    import torch.distributed as dist
+
+    main = dist.get_rank() == 0
+    specs = broadcast_object(
+        [(k, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for k, t in (tensors or {}).items()]
+        if main
+        else None
+    )
+    out: dict[str, torch.Tensor] = {}
+    for key, shape, dtype in specs:
+        if main:
+            assert tensors is not None
+            buf = tensors[key].to(device)
+        else:
+            buf = torch.empty(shape, dtype=getattr(torch, dtype), device=device)
+        dist.broadcast(buf, src=0)
+        out[key] = tensors[key] if main and tensors is not None else buf.cpu()
+    return out
+
+
 def broadcast_object(value: Any) -> Any:
     """Rank 0's ``value`` on every process (plain values only: checkpoint paths, steps, scheduler state)."""
     import torch.distributed as dist
@@ -223,6 +272,16 @@ def broadcast_object(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------ each rank's memory
+# What this process loaded during setup (the transformer's bytes it read, whether it loaded the text
+# encoder, a digest of its prompt embeddings): written into its ranks/ record, so the monitor and the
+# tests see that under FSDP only rank 0 reads the weights and only one process encodes the captions.
+_RANK_FACTS: dict[str, Any] = {}
+
+
+def note_rank(key: str, value: Any) -> None:
+    _RANK_FACTS[key] = value
+
+
 def rank_memory(step: int) -> dict[str, Any]:
     """This process's memory now: peak GPU allocated / reserved (None on CPU) and host RSS."""
     import psutil
@@ -244,6 +303,7 @@ def rank_memory(step: int) -> dict[str, Any]:
         "gpu_reserved_peak_gib": reserved,
         "rss_gib": psutil.Process().memory_info().rss / 2**30,
         "rss_peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # KiB on Linux
+        **_RANK_FACTS,
     }
 
 

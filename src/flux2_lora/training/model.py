@@ -99,13 +99,17 @@ def load_pipeline_without_transformer(
     dtype: torch.dtype,
     text_encoder_quantization: str = "none",
     text_encoder_device: torch.device | None = None,
+    with_text_encoder: bool = True,
 ) -> Any:
     """Text encoder, tokenizer, VAE and scheduler: what caching and sampling need besides the transformer.
 
     A quantized text encoder is loaded first, quantized layer by layer as it is read and placed on
-    ``text_encoder_device`` by its loader (never whole in ``dtype`` anywhere), then handed to the pipeline."""
+    ``text_encoder_device`` by its loader (never whole in ``dtype`` anywhere), then handed to the pipeline.
+    ``with_text_encoder`` False: none is loaded (a process that receives its prompt embeddings)."""
     kwargs: dict[str, Any] = {}
-    if text_encoder_quantization != "none":
+    if not with_text_encoder:
+        kwargs["text_encoder"] = None
+    elif text_encoder_quantization != "none":
         device = text_encoder_device or torch.device("cpu")
         kwargs["text_encoder"] = load_text_encoder_quantized(
             path, variant, dtype, text_encoder_quantization, device
@@ -188,6 +192,30 @@ def load_transformer(path: str, dtype: torch.dtype, quantization: str, device: t
     elif quantization == "nf4" and device.type != "cuda":
         _quantize_nf4_manual(transformer, dtype)
     return transformer
+
+
+def transformer_on_meta(path: str, dtype: torch.dtype) -> ModelMixin:
+    """The transformer's modules from its config alone, every tensor on the meta device (no weight is
+    read): what FSDP's other processes build while rank 0 loads the weights and broadcasts their shards.
+    Frozen and in ``dtype`` like :func:`load_transformer`'s (bf16/fp16/fp32 only: FSDP refuses quantized
+    weights)."""
+    from diffusers import Flux2Transformer2DModel
+
+    try:
+        config = Flux2Transformer2DModel.load_config(path, subfolder="transformer")
+    except Exception as e:
+        raise _load_error(path, "transformer config", e) from e
+    with torch.device("meta"):
+        transformer = Flux2Transformer2DModel.from_config(config)
+    torch.nn.Module.to(transformer, dtype)  # diffusers' own .to() warns about fp32 modules FLUX.2 has none of
+    transformer.requires_grad_(False)
+    return transformer
+
+
+def materialized_bytes(module: torch.nn.Module) -> int:
+    """Bytes of ``module``'s parameters and buffers that hold memory (meta tensors hold none)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors if t.device.type != "meta")
 
 
 def _bnb_nf4_config(dtype: torch.dtype) -> Any:

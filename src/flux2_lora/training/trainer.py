@@ -51,9 +51,11 @@ from flux2_lora.training.model import (
     is_quantized_module,
     load_pipeline_without_transformer,
     load_transformer,
+    materialized_bytes,
     pipeline_class,
     resolve_model_path,
     resolve_text_encoder_layers,
+    transformer_on_meta,
 )
 from flux2_lora.training.optim import build_optimizer, build_scheduler
 from flux2_lora.training.outcome import RunOutcome, TrainingDiverged, first_non_finite
@@ -198,14 +200,19 @@ class Trainer:
         # cpu_offload: the text encoder (24B for [dev]) encodes on the CPU: slow, but no GPU memory at all.
         te_device = torch.device("cpu") if mem.cpu_offload else self.device
         te_quant = mem.text_encoder_quantization
+        # Several processes with cached embeddings: rank 0 alone loads the encoder and encodes every caption
+        # (prompt_share). Without the cache each process encodes its own batches' captions at every step.
+        shared = self.accelerator.num_processes > 1 and mem.cache_text_embeddings
+        encoder_here = self.accelerator.is_main_process or not shared
         pipe = load_pipeline_without_transformer(
-            self.model_path, self.variant, self.dtype, te_quant, te_device
+            self.model_path, self.variant, self.dtype, te_quant, te_device, with_text_encoder=encoder_here
         )
+        dist_util.note_rank("text_encoder_loaded", pipe.text_encoder is not None)
         if mem.vae_slicing:
             pipe.vae.enable_slicing()
         if mem.vae_tiling:
             pipe.vae.enable_tiling()
-        if te_quant == "none":  # a quantized encoder was placed by its loader
+        if te_quant == "none" and encoder_here:  # a quantized encoder was placed by its loader
             pipe.text_encoder.to(te_device)
         pipe.vae.to(self.device)
         pin = self.device.type == "cuda"
@@ -232,7 +239,14 @@ class Trainer:
         if val.enabled and self.uses_cfg():
             extra = [*extra, ""]
         if mem.cache_text_embeddings:
-            prompts.fill_cache(training_captions(self.items, self.config) + extra)
+            captions = training_captions(self.items, self.config) + extra
+            if shared:
+                from flux2_lora.training.prompt_share import share_prompt_cache
+
+                share_prompt_cache(prompts, captions, self.accelerator.is_main_process, self.device)
+            else:
+                prompts.fill_cache(captions)
+            self._note_prompts(prompts, captions)
             pipe.text_encoder = None  # the largest component is not needed again
         else:
             prompts.fill_cache(extra)
@@ -248,6 +262,13 @@ class Trainer:
         free_memory()
         return pipe, prompts, latents, eval_set
 
+    def _note_prompts(self, prompts: PromptSource, captions: list[str]) -> None:
+        """Each process's embeddings digest in its ranks/ record (several processes only)."""
+        if self.accelerator.num_processes > 1:
+            from flux2_lora.training.prompt_share import cache_digest
+
+            dist_util.note_rank("prompt_digest", cache_digest(prompts, captions))
+
     def _offload(self, module: Any) -> None:
         """Move a frozen component off the GPU between uses (no-op when training on CPU)."""
         if module is not None and self.device.type != "cpu" and not is_quantized_module(module):
@@ -260,10 +281,16 @@ class Trainer:
         assert self.arch is not None
         self._status("loading", "loading the transformer")
         quant = cfg.memory.quantization
-        # FSDP: loaded on the CPU, then moved to the GPU block by block as it is sharded.
-        load_device = torch.device("cpu") if self.fsdp else self.device
-        transformer = load_transformer(self.model_path, self.dtype, quant, load_device)
-        torch.manual_seed(derive_seed(cfg.training.seed, 3))  # LoRA init (the same on every process)
+        # FSDP: rank 0 loads on the CPU (moved to the GPU block by block as it is sharded); the others build
+        # the same modules on the meta device and receive their shards from it, so a machine holds one copy.
+        on_meta = self.fsdp and not self.accelerator.is_main_process
+        if on_meta:
+            transformer = transformer_on_meta(self.model_path, self.dtype)
+        else:
+            load_device = torch.device("cpu") if self.fsdp else self.device
+            transformer = load_transformer(self.model_path, self.dtype, quant, load_device)
+        dist_util.note_rank("transformer_loaded_bytes", materialized_bytes(transformer))
+        torch.manual_seed(derive_seed(cfg.training.seed, 3))  # LoRA init (rank 0's is broadcast under FSDP)
         trainable = inject_lora(transformer, cfg.lora, self.arch)
         if cfg.memory.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
@@ -274,7 +301,7 @@ class Trainer:
                 transformer, cfg.memory.blocks_to_swap, self.arch, label, self.accelerator
             )
         elif self.fsdp:
-            dist_util.shard_transformer(transformer, cfg, self.device, self.dtype)
+            dist_util.shard_from_rank0(transformer, cfg, self.device, self.dtype)
         elif quant != "nf4" or self.device.type != "cuda":  # bnb models are placed by their loader
             transformer.to(self.device)
         apply_kernels(transformer, cfg.performance, self.device)
