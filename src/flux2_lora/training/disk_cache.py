@@ -93,14 +93,15 @@ class DiskCache:
 
         p = self.path(key)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".tmp")
+        # Each process its own temporary name: the ranks of one machine may write the same entry at once.
+        tmp = p.with_suffix(f".{os.getpid()}.tmp")
         save_file({"tensor": tensor.detach().to("cpu").contiguous()}, tmp)
         os.replace(tmp, p)  # never a half-written file under the final name
         self.entries[key] = {"kind": kind, "source": source[:500], "settings": settings}
 
     def write_manifest(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / (MANIFEST + ".tmp")
+        tmp = self.root / f"{MANIFEST}.{os.getpid()}.tmp"
         tmp.write_text(
             json.dumps({"version": _VERSION, "model": self.model, "entries": self.entries}, indent=1),
             encoding="utf-8",
