@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 from PIL import Image
 
-from tests.webui.browser import open_page, set_field
+from tests.webui.browser import SHOTS, open_page, set_field
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -90,4 +90,6 @@ def test_edit_a_caption_in_the_previews_and_save_it(
     page.locator("#caption-save-msg").get_by_text("saved 1 caption file(s): a.txt").wait_for(timeout=30_000)
     assert (ds / "a.txt").read_text() == "sks a red square, edited by hand\n"
     assert (ds / "b.txt").read_text() == written_b
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.locator("#caption-fold").screenshot(path=str(SHOTS / "caption_previews.png"))
     page.close()
