@@ -25,7 +25,7 @@ class LinearSpec(NamedTuple):
     block: str  # "double", "single" or "other"
     # The block's place in execution order (double blocks, then single; -1 outside the blocks) and the
     # name inside the block ("attn.to_q"): what the memory model groups by, without parsing names.
-    index: int = -1
+    order: int = -1
     suffix: str = ""
 
     @property

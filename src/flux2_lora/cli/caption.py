@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.dry_run:
         for image, _ in plan.todo:
-            print(f"  would caption {cap._rel(plan.root, image)}")
+            print(f"  would caption {cap.rel_name(plan.root, image)}")
         return 0
     try:
         captioner = cap.Captioner(args.model, device=device, dtype=dtype, max_pixels=args.max_pixels)

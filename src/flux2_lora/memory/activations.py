@@ -117,7 +117,7 @@ def _precision(dtype_bytes: int) -> int:
 
 def _block_index(arch: TransformerArch, spec: LinearSpec) -> int | None:
     """Where a layer's block runs (double blocks first), None outside the blocks."""
-    return None if spec.index < 0 else spec.index
+    return None if spec.order < 0 else spec.order
 
 
 def stream_tokens(spec: LinearSpec, img: int, txt: int) -> int:
@@ -150,8 +150,8 @@ def targets_by_block(arch: TransformerArch, specs: Sequence[LinearSpec]) -> ByBl
     single: list[set[str]] = [set() for _ in range(arch.num_single_layers)]
     n = arch.num_layers
     for s in specs:
-        if s.index >= 0:
-            (double[s.index] if s.index < n else single[s.index - n]).add(s.suffix)
+        if s.order >= 0:
+            (double[s.order] if s.order < n else single[s.order - n]).add(s.suffix)
     return tuple(frozenset(b) for b in double), tuple(frozenset(b) for b in single)
 
 
@@ -505,7 +505,7 @@ def inference_transient(
     per_dora, per_lora = _INFER_DORA[p], _INFER_LORA[p]
     extra = 0.0
     # Every block of a kind has the same layers: each distinct one is enough for the largest.
-    for s in {(s.block, s.suffix): s for s in specs if s.index >= 0}.values():
+    for s in {(s.block, s.suffix): s for s in specs if s.order >= 0}.values():
         tokens = stream_tokens(s, img, txt)
         if dora:
             per_weight, per_out = per_dora[s.block]

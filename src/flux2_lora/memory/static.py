@@ -243,13 +243,13 @@ def lora_adapter(
         if n is None:
             n = per_shape[shape] = sum(r * c for r, c in adapter_tensors(*shape, rank, dora, kind))
         total += n
-        if s.index < 0:
+        if s.order < 0:
             outside += n
             continue
-        if first < 0 or s.index == first:
-            first, first_n = s.index, first_n + n
-        if s.index != last:
-            last, last_n = s.index, 0
+        if first < 0 or s.order == first:
+            first, first_n = s.order, first_n + n
+        if s.order != last:
+            last, last_n = s.order, 0
         last_n += n
     return Adapter(specs=specs, params=total, first_block=first_n, last_block=last_n + outside)
 
