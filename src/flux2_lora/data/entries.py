@@ -25,7 +25,7 @@ class DatasetPart:
 
     @property
     def label(self) -> str:
-        """How reports name it: "dataset.path" or "dataset.extra[0]"."""
+        """The section or entry its fields are in: "dataset" or "dataset.extra[0]"."""
         return self.field.removesuffix(".path")
 
     @property

@@ -65,16 +65,11 @@ def load_items(config: TrainConfig, run_dir: Path) -> tuple[list[Item], list[Ite
     return items, held_out
 
 
-def _with_masks(items: list[Item], root: Path, config: TrainConfig, label: str = "dataset") -> list[Item]:
+def _with_masks(items: list[Item], root: Path, config: TrainConfig, label: str) -> list[Item]:
     """Attach each image's mask (the dataset's mask_path); the masks' own folder never trains."""
     from flux2_lora.training.masks import find_mask, mask_root
 
-    from flux2_lora.data.scan import DatasetError
-
-    try:
-        masks = mask_root(root, config.dataset.mask_path)
-    except DatasetError as e:  # name the dataset whose mask_path it is
-        raise DatasetError(str(e).replace("dataset.mask_path", f"{label}.mask_path", 1)) from None
+    masks = mask_root(root, config.dataset.mask_path, f"{label}.mask_path")
     if masks is None:
         return items
     kept = [i for i in items if masks not in i.path.parents]
