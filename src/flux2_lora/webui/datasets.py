@@ -16,7 +16,7 @@ from typing import Any
 from flux2_lora.config import DatasetSection
 from flux2_lora.config.warnings import upscaled_from_report
 from flux2_lora.units import GIB
-from flux2_lora.webui.paths import AppPaths, PathRefused, is_builtin_dataset
+from flux2_lora.webui.paths import AppPaths, PathRefused, is_builtin_dataset, unpacked_paths
 
 
 def upload_dataset(paths: AppPaths, file: str | None) -> dict[str, Any]:
@@ -97,13 +97,24 @@ def dataset_root(paths: AppPaths, path: str) -> Path:
 def unpacked_data(paths: AppPaths, field: str, value: Any) -> Any:
     """A checked data path (dataset.path, validation.eval_folder) as the trainer gets it from the UI: a
     folder as is, a ZIP unpacked into its own folder of the uploads folder, so a trainer started here never
-    unpacks anything into its run folder. A list of paths (dataset.extra_paths) entry by entry.
-    DatasetError naming ``field``."""
+    unpacks anything into its run folder. A list item by item; an entry (dataset.extra[0]) its dataset
+    path, not its mask folder; image files (validation.references) never. DatasetError naming ``field``."""
+    if isinstance(value, list):
+        return [unpacked_data(paths, f"{field}[{i}]", v) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = dict(value)
+        for item, path in unpacked_paths(field, value):
+            out[item.rsplit(".", 1)[1]] = _unpacked(paths, item, path)
+        return out
+    if not unpacked_paths(field, value):
+        return value  # not a dataset path (image files)
+    return _unpacked(paths, field, value)
+
+
+def _unpacked(paths: AppPaths, field: str, value: str) -> str:
     from flux2_lora.data.archive import prepare_dataset_source
     from flux2_lora.data.scan import DatasetError
 
-    if isinstance(value, list):
-        return [unpacked_data(paths, f"{field}[{i}]", v) for i, v in enumerate(value)]
     p = Path(value)
     if is_builtin_dataset(value) or not value.strip() or not p.is_file():
         return value
