@@ -32,7 +32,7 @@ def entry_summary(part: DatasetPart, report: Any, root: Path) -> dict[str, Any]:
         "trigger_word": s.trigger_word,
         "num_images": masks["images"] if masks else len(report.items),  # the masks' folder never trains
         "num_images_found": report.num_images_found,
-        "num_missing_captions": report.num_missing_captions,
+        "num_missing_captions": report.num_missing_captions - (masks["mask_files_without_caption"] if masks else 0),
         "num_errors": len(report.errors),
         "num_warnings": len(report.warnings),
         "masks": masks,

@@ -41,10 +41,13 @@ def mask_coverage(report: Any, root: Path, mask_path: str, field: str) -> dict[s
     if masks is None:
         return None
     images = [i.path for i in report.items if masks not in i.path.parents]
+    # The scan counts the masks' own files as images; their missing captions are not the dataset's.
+    uncaptioned = sum(1 for i in report.items if masks in i.path.parents and i.caption_source != "file")
     without = [p for p in images if find_mask(p, root, masks) is None]
     return {
         "mask_path": mask_path,
         "images": len(images),
         "with_mask": len(images) - len(without),
         "without_mask": [escape(p.relative_to(root)) for p in without[:50]],
+        "mask_files_without_caption": uncaptioned,
     }

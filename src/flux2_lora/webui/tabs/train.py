@@ -44,6 +44,8 @@ DATASET_KEYS = (
     "trigger_word",
     "reference_path",
     "reference_max_pixels",
+    "mask_path",
+    "extra",
 )
 
 
