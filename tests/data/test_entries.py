@@ -42,7 +42,14 @@ def test_unset_entry_fields_are_the_sections() -> None:
     )
     parts = dataset_parts(config.dataset)
     got = [
-        (p.label, p.role, p.settings.resolution, p.settings.trigger_word, p.settings.repeats, p.settings.caption_dropout)
+        (
+            p.label,
+            p.role,
+            p.settings.resolution,
+            p.settings.trigger_word,
+            p.settings.repeats,
+            p.settings.caption_dropout,
+        )
         for p in parts
     ]
     assert got == [
@@ -57,7 +64,9 @@ def test_unset_entry_fields_are_the_sections() -> None:
 def test_an_entry_with_a_larger_resolution_drives_the_activation_peak() -> None:
     base = ["dataset.resolution=512", "training.max_steps=10"]
     small = assess(load_config(presets=["klein-4b"], overrides=base)[0], gpu="80").report
-    mixed_cfg = load_config(presets=["klein-4b"], overrides=[*base, "dataset.extra=[{path: demo-x, resolution: 1024}]"])
+    mixed_cfg = load_config(
+        presets=["klein-4b"], overrides=[*base, "dataset.extra=[{path: demo-x, resolution: 1024}]"]
+    )
     mixed = assess(mixed_cfg[0], gpu="80").report
     big = assess(load_config(presets=["klein-4b"], overrides=["dataset.resolution=1024"])[0], gpu="80").report
     assert small is not None and mixed is not None and big is not None
@@ -85,7 +94,9 @@ def test_dataset_check_reports_each_entry(tmp_path: Path) -> None:
     r = _cli("dataset", "check", "--set", f"dataset.path={main}", "--set", entries, "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)["entries"]
-    assert [(e["entry"], e["role"], e["weight"], e["num_images"], e["num_missing_captions"]) for e in out] == [
+    assert [
+        (e["entry"], e["role"], e["weight"], e["num_images"], e["num_missing_captions"]) for e in out
+    ] == [
         ("dataset", "train", 1.0, 3, 1),
         ("dataset.extra[0]", "regularization", 2.0, 4, 0),
     ]
@@ -129,9 +140,14 @@ def test_the_form_edits_entries_as_yaml() -> None:
     from flux2_lora.webui.schema import form_fields, from_widget, to_widget
 
     spec = next(s for s in form_fields() if s.path == "dataset.extra")
-    config, _ = load_config(overrides=["dataset.extra=[{path: a, weight: 3}, {path: b, role: regularization}]"])
+    config, _ = load_config(
+        overrides=["dataset.extra=[{path: a, weight: 3}, {path: b, role: regularization}]"]
+    )
     text = to_widget(spec, config.model_dump()["dataset"]["extra"])
-    assert text.splitlines() == ["- {path: a, role: train, weight: 3.0, mask_path: ''}", "- {path: b, role: regularization, weight: 1.0, mask_path: ''}"]
+    assert text.splitlines() == [
+        "- {path: a, role: train, weight: 3.0, mask_path: ''}",
+        "- {path: b, role: regularization, weight: 1.0, mask_path: ''}",
+    ]
     back = from_widget(spec, text)
     again, _ = load_config(overrides=[])
     assert [e["path"] for e in back] == ["a", "b"]

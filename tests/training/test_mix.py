@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -148,8 +149,13 @@ def test_entries_train_with_their_own_resolution_repeats_and_captions(
     assert t.prompts is not None and isinstance(t.schedule, MixedSchedule)
     seen: list[list[str]] = []
     encode = t.prompts.batch
-    t.prompts.batch = lambda captions, *a: seen.append(list(captions)) or encode(captions, *a)  # type: ignore[method-assign]
-    tokens = {}
+
+    def recording(captions: list[str], *a: Any) -> Any:
+        seen.append(list(captions))
+        return encode(captions, *a)
+
+    t.prompts.batch = recording  # type: ignore[method-assign,assignment]
+    tokens: dict[int, set[int]] = {}
     for step in range(1, 80):  # batches stay within one entry, at that entry's latent size
         batch = t.micro_batch(step, 0)
         pairs = t.schedule.micro_batch(step, 0, 0, 1, 1)

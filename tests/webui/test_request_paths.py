@@ -4,13 +4,11 @@ ZIPs (never unpacked into a run's folder; an archive inside an archive is refuse
 
 from __future__ import annotations
 
-from typing import get_origin
-
 import io
 import json
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_origin
 
 import pytest
 from PIL import Image
@@ -217,7 +215,9 @@ def test_extra_dataset_entries_are_checked_entry_by_entry(actions: Actions, tmp_
     parsed, _, errors = launch_config(actions.paths, cfg)
     assert parsed is not None, errors
     entry = parsed.dataset.extra[0]
-    assert Path(entry.path).is_relative_to(actions.paths.uploads) and (Path(entry.path) / "img0.png").is_file()
+    assert (
+        Path(entry.path).is_relative_to(actions.paths.uploads) and (Path(entry.path) / "img0.png").is_file()
+    )
     assert entry.mask_path == "masks" and entry.role == "regularization"
     # An entry that is the run's own folder's parent would train on its samples.
     cfg["dataset"]["extra"] = [{"path": str(actions.paths.runs)}]

@@ -98,8 +98,8 @@ def run_check(args: argparse.Namespace) -> int:
             return fail(str(e))
         extra = _extras(ds, report, root)
         if ds.mask_path.strip():
-            from flux2_lora.data.entries import dataset_parts
             from flux2_lora.data.check import entry_summary, summary_text
+            from flux2_lora.data.entries import dataset_parts
 
             try:
                 summary = entry_summary(dataset_parts(ds)[0], report, root)
@@ -166,10 +166,10 @@ def _check_config(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"entries": summaries}, indent=1, default=str))
     else:
-        for e in summaries:
-            if "error" in e:
-                print(f"error: {e['error']}", file=sys.stderr)
-    return 0 if all(e.get("num_images") for e in summaries) else 1
+        for entry in summaries:
+            if "error" in entry:
+                print(f"error: {entry['error']}", file=sys.stderr)
+    return 0 if all(entry.get("num_images") for entry in summaries) else 1
 
 
 def _extras(ds: DatasetSection, report: DatasetReport, root: Path) -> dict[str, Any]:

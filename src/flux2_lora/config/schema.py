@@ -135,7 +135,8 @@ class DatasetEntry(Section):
         None, "Extension of this dataset's caption files (empty: dataset.caption_extension)."
     )
     default_caption: str | None = F(
-        None, "Caption for this dataset's images without a caption file (empty: dataset.default_caption).",
+        None,
+        "Caption for this dataset's images without a caption file (empty: dataset.default_caption).",
         max_length=2000,
     )
     trigger_word: str | None = F(

@@ -32,7 +32,8 @@ def entry_summary(part: DatasetPart, report: Any, root: Path) -> dict[str, Any]:
         "trigger_word": s.trigger_word,
         "num_images": masks["images"] if masks else len(report.items),  # the masks' folder never trains
         "num_images_found": report.num_images_found,
-        "num_missing_captions": report.num_missing_captions - (masks["mask_files_without_caption"] if masks else 0),
+        "num_missing_captions": report.num_missing_captions
+        - (masks["mask_files_without_caption"] if masks else 0),
         "num_errors": len(report.errors),
         "num_warnings": len(report.warnings),
         "masks": masks,
@@ -53,5 +54,10 @@ def summary_text(e: dict[str, Any]) -> str:
     if m:
         line += f"\n  masks ({escape(m['mask_path'])}): {m['with_mask']} of {m['images']} images have one"
         if m["without_mask"]:
-            line += " (without: " + ", ".join(m["without_mask"][:5]) + ("…" if len(m["without_mask"]) > 5 else "") + ")"
+            line += (
+                " (without: "
+                + ", ".join(m["without_mask"][:5])
+                + ("…" if len(m["without_mask"]) > 5 else "")
+                + ")"
+            )
     return line

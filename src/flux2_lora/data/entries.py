@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 # The entry fields that, when unset (None), take the primary section's value.
-INHERITED = ("repeats", "resolution", "caption_extension", "default_caption", "trigger_word", "caption_dropout")
+INHERITED = (
+    "repeats",
+    "resolution",
+    "caption_extension",
+    "default_caption",
+    "trigger_word",
+    "caption_dropout",
+)
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,11 @@ def dataset_parts(ds: Any) -> list[DatasetPart]:
                 # Regularization captions describe the class without the subject: no trigger word.
                 update[key] = ""
         field = f"dataset.extra[{n}].path"
-        parts.append(DatasetPart(field, f"dataset.extra.{n + 1}", base.model_copy(update=update), entry.role, entry.weight))
+        parts.append(
+            DatasetPart(
+                field, f"dataset.extra.{n + 1}", base.model_copy(update=update), entry.role, entry.weight
+            )
+        )
     return parts
 
 
@@ -92,9 +103,7 @@ def legacy_entries(dataset: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[
             )
         )
         return out, issues
-    entries: list[Any] = [
-        {"path": p, "weight": w} for p, w in zip(paths, weights or [1.0] * len(paths))
-    ]
+    entries: list[Any] = [{"path": p, "weight": w} for p, w in zip(paths, weights or [1.0] * len(paths))]
     if "regularization_weight" in dataset and not reg.strip():
         issues.append(
             (

@@ -199,7 +199,9 @@ def _entries(paths: AppPaths, section: dict[str, Any], extra: Any) -> list[dict[
 
     if not extra:
         return []
-    parsed, issues = validate_section(DatasetSection, {**section, "path": section.get("path") or "demo"}, "dataset")
+    parsed, issues = validate_section(
+        DatasetSection, {**section, "path": section.get("path") or "demo"}, "dataset"
+    )
     if parsed is None:
         named = [i for i in issues if i.path.startswith("dataset.extra")]
         return [{"entry": "dataset.extra", "error": str(named[0] if named else issues[0])}]
@@ -223,7 +225,9 @@ def _entries(paths: AppPaths, section: dict[str, Any], extra: Any) -> list[dict[
             own = part.settings.model_copy(update={"mask_path": checked["mask_path"]})
             out.append(entry_summary(dataclasses.replace(part, settings=own), report, root))
         except PathRefused as e:
-            out.append({"entry": part.label, "path": s.path, "role": part.role, "error": f"{e.field}: {e.message}"})
+            out.append(
+                {"entry": part.label, "path": s.path, "role": part.role, "error": f"{e.field}: {e.message}"}
+            )
         except (DatasetError, ValidationError, OSError) as e:
             out.append({"entry": part.label, "path": s.path, "role": part.role, "error": str(e)})
     return out

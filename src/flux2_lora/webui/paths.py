@@ -184,7 +184,9 @@ def unpacked_paths(field: str, value: Any) -> list[tuple[str, str]]:
         return [
             (f"{field}.{k}", str(value[k]))
             for k, r in keys.items()
-            if r == "data" and isinstance(value.get(k), str) and f"{_INDEX.sub('[]', field)}.{k}" not in INSIDE_DATASET
+            if r == "data"
+            and isinstance(value.get(k), str)
+            and f"{_INDEX.sub('[]', field)}.{k}" not in INSIDE_DATASET
         ]
     return [(field, value)] if isinstance(value, str) else []
 

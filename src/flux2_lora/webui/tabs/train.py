@@ -196,7 +196,9 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         r = acts.assess(config, data[c["gpu"]] or "", data[dataset_state], with_recommendations=False)
         # An entry's error (dataset.extra[0].path) shows at its list's widget, naming the entry.
         errors = {
-            e["field"].split("[")[0]: (e["message"] if "[" not in e["field"] else f"{e['field']}: {e['message']}")
+            e["field"].split("[")[0]: (
+                e["message"] if "[" not in e["field"] else f"{e['field']}: {e['message']}"
+            )
             for e in r["errors"]
             if e["field"]
         }
