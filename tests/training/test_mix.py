@@ -154,7 +154,7 @@ def test_entries_train_with_their_own_resolution_repeats_and_captions(
         seen.append(list(captions))
         return encode(captions, *a)
 
-    t.prompts.batch = recording  # type: ignore[method-assign,assignment]
+    t.prompts.batch = recording
     tokens: dict[int, set[int]] = {}
     for step in range(1, 80):  # batches stay within one entry, at that entry's latent size
         batch = t.micro_batch(step, 0)
