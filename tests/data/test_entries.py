@@ -159,3 +159,11 @@ def test_the_form_edits_entries_as_yaml() -> None:
     # Text that is not YAML reaches validation, which names the field.
     _, issues = validate_dict({"dataset": {"extra": from_widget(spec, "- {path: a")}})
     assert issues and issues[0].path == "dataset.extra"
+
+
+def test_a_run_inside_an_entry_folder_is_refused(tmp_path: Path) -> None:
+    from flux2_lora.config.io import ConfigError
+
+    more = _folder(tmp_path / "more", 1)
+    with pytest.raises(ConfigError, match=r"output.dir: is inside dataset.extra\[0\].path"):
+        load_config(overrides=[f"dataset.extra=[{{path: '{more}'}}]", f"output.dir={more / 'run'}"])

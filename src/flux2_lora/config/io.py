@@ -268,28 +268,32 @@ def _model_issues(c: TrainConfig) -> list[ConfigIssue]:
 
 
 def _output_outside_dataset(c: TrainConfig) -> list[ConfigIssue]:
-    """A run inside its own dataset folder would train on its samples the next time it starts."""
+    """A run inside one of its own dataset folders (dataset.path, a dataset.extra entry) would train on its
+    samples the next time it starts."""
     from flux2_lora.data.demo_edit import is_demo_edit
 
-    ds = c.dataset.path.strip()
-    if is_demo(ds) or is_demo_edit(ds):
-        return []
-    try:
-        data = Path(ds).expanduser().resolve()
-        out = Path(c.output.dir.strip()).expanduser().resolve()
-    except (OSError, RuntimeError):
-        return []
-    if data.is_file():  # a .zip: it is unpacked elsewhere
-        return []
-    if out == data or data in out.parents:
-        where = "is the dataset folder" if out == data else f"is inside dataset.path ({data})"
-        return [
-            ConfigIssue(
-                "output.dir",
-                f"{where}: the run's samples and checkpoints would become training images; "
-                "put the run directory outside the dataset folder",
-            )
-        ]
+    for field, given in [("dataset.path", c.dataset.path)] + [
+        (f"dataset.extra[{n}].path", e.path) for n, e in enumerate(c.dataset.extra)
+    ]:
+        ds = given.strip()
+        if is_demo(ds) or is_demo_edit(ds):
+            continue
+        try:
+            data = Path(ds).expanduser().resolve()
+            out = Path(c.output.dir.strip()).expanduser().resolve()
+        except (OSError, RuntimeError):
+            continue
+        if data.is_file():  # a .zip: it is unpacked elsewhere
+            continue
+        if out == data or data in out.parents:
+            where = "is the dataset folder" if out == data else f"is inside {field} ({data})"
+            return [
+                ConfigIssue(
+                    "output.dir",
+                    f"{where}: the run's samples and checkpoints would become training images; "
+                    "put the run directory outside the dataset folder",
+                )
+            ]
     return []
 
 
