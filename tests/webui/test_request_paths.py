@@ -8,7 +8,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_origin
 
 import pytest
 from PIL import Image
@@ -66,18 +66,27 @@ def test_path_fields_are_found_in_the_schema() -> None:
         "dataset.path": "data",
         "dataset.reference_path": "data",
         "dataset.mask_path": "data",
-        "dataset.regularization_path": "data",
-        "dataset.extra_paths": "data",
+        "dataset.extra": "data",  # a list of entries: each entry's path and mask_path
         "validation.eval_folder": "data",
+        "validation.references": "image",  # a list of image-path lists
         "output.dir": "output",
     }
     texts = {
         f"{s}.{k}"
         for s, cls in SECTIONS.items()
         for k, i in cls.model_fields.items()
-        if i.annotation in (str, list[str])
+        if i.annotation is str or get_origin(i.annotation) is list
     }
     assert set(fields) <= texts and "dataset.default_caption" not in fields
+
+
+def _outside(field: str, folder: Path) -> object:
+    """A value of ``field`` naming ``folder`` (a list field: as its one item)."""
+    if field == "dataset.extra":
+        return [{"path": str(folder), "weight": 2}]
+    if field == "validation.references":
+        return [[str(folder / "secret.png")]]
+    return [str(folder)] if is_list_path_field(field) else str(folder)
 
 
 @pytest.mark.parametrize("field", sorted(f for f, role in path_fields().items() if role != "output"))
@@ -86,8 +95,8 @@ def test_sweep_parameters_name_no_path_outside(actions: Actions, field: str, tmp
     outside.mkdir()
     (outside / "secret.png").write_bytes(_png())
     values: list[object] = ["demo", str(outside)]
-    if is_list_path_field(field):  # a list of paths: each value is a list, each entry checked
-        values = [[], [str(outside)]]
+    if is_list_path_field(field):  # a list: each value is a list, each item checked
+        values = [[], _outside(field, outside)]
     spec = _sweep(parameters={field: {"values": values}})
     for r in (actions.sweep_plan(spec, ""), actions.start_sweep(spec, "s1", "")):
         assert not r["ok"] and r["errors"][0]["field"] == f"parameters.{field}.values[1]", r
@@ -97,7 +106,7 @@ def test_sweep_parameters_name_no_path_outside(actions: Actions, field: str, tmp
 
 @pytest.mark.parametrize("field", sorted(f for f, role in path_fields().items() if role != "output"))
 def test_every_base_set_path_is_checked(actions: Actions, field: str) -> None:
-    etc: object = ["/etc"] if is_list_path_field(field) else "/etc"
+    etc = _outside(field, Path("/etc"))
     for key_form in ({field: etc}, {field.split(".")[0]: {field.split(".")[1]: etc}}):
         spec = _sweep(base={"presets": ["quickstart"], "set": key_form})
         r = actions.sweep_plan(spec, "")
@@ -183,23 +192,52 @@ def test_a_zip_dataset_is_unpacked_in_uploads_not_in_the_run(actions: Actions, t
     assert not (run_dir / ".work").exists()
 
 
-def test_extra_dataset_paths_are_checked_entry_by_entry(actions: Actions, tmp_path: Path) -> None:
-    """dataset.extra_paths is a list field: each entry stays inside the allowed folders, a ZIP among them
-    is unpacked in uploads like dataset.path."""
+def test_extra_dataset_entries_are_checked_entry_by_entry(actions: Actions, tmp_path: Path) -> None:
+    """dataset.extra is a list of entries: each entry's path and absolute mask_path stay inside the
+    allowed folders (the refusal names the entry and field), a ZIP entry is unpacked in uploads like
+    dataset.path, a relative mask_path stays relative (inside the entry's folder)."""
     from flux2_lora.webui.jobs import launch_config
 
     outside = tmp_path / "outside"
     outside.mkdir()
+    photos = actions.paths.data_dirs[0] / "photos"
     z = _dataset_zip(actions.paths.data_dirs[0] / "extra.zip")
     cfg = tiny_run_config("extra")
-    cfg["dataset"]["extra_paths"] = [str(actions.paths.data_dirs[0] / "photos"), str(outside)]
+    cfg["dataset"]["extra"] = [{"path": str(photos)}, {"path": str(outside), "weight": 3}]
     parsed, _, errors = launch_config(actions.paths, cfg)
-    assert parsed is None and errors[0]["field"] == "dataset.extra_paths[1]", errors
-    assert not actions.start_run(cfg, "")["ok"]
-    cfg["dataset"]["extra_paths"] = [str(z)]
+    assert parsed is None and errors[0]["field"] == "dataset.extra[1].path", errors
+    assert "--data-dir" in errors[0]["message"]
+    assert not actions.start_run(cfg, "")["ok"] and not (actions.paths.runs / "extra").exists()
+    cfg["dataset"]["extra"] = [{"path": str(photos), "mask_path": str(outside)}]
+    parsed, _, errors = launch_config(actions.paths, cfg)
+    assert parsed is None and errors[0]["field"] == "dataset.extra[0].mask_path", errors
+    cfg["dataset"]["extra"] = [{"path": str(z), "role": "regularization", "mask_path": "masks"}]
     parsed, _, errors = launch_config(actions.paths, cfg)
     assert parsed is not None, errors
-    assert Path(parsed.dataset.extra_paths[0]).is_relative_to(actions.paths.uploads)
+    entry = parsed.dataset.extra[0]
+    assert (
+        Path(entry.path).is_relative_to(actions.paths.uploads) and (Path(entry.path) / "img0.png").is_file()
+    )
+    assert entry.mask_path == "masks" and entry.role == "regularization"
+    # An entry that is the run's own folder's parent would train on its samples.
+    cfg["dataset"]["extra"] = [{"path": str(actions.paths.runs)}]
+    parsed, _, errors = launch_config(actions.paths, cfg)
+    assert parsed is None and errors[0]["field"] == "output.dir", errors
+
+
+def test_entries_in_a_sweep_are_checked_and_unpacked(actions: Actions, tmp_path: Path) -> None:
+    from flux2_lora.webui.sweeps import _spec_dict
+
+    z = _dataset_zip(actions.paths.data_dirs[0] / "sweep-extra.zip")
+    spec = _sweep(base={"presets": ["quickstart"], "set": {"dataset.extra": [{"path": str(tmp_path)}]}})
+    r = actions.sweep_plan(spec, "")
+    assert not r["ok"] and r["errors"][0]["field"] == "base.set.dataset.extra", r
+    assert r["errors"][0]["message"].startswith("dataset.extra[0].path: "), r
+    spec = _sweep(base={"presets": ["quickstart"], "set": {"dataset.extra": [{"path": str(z), "weight": 3}]}})
+    data, errors = _spec_dict(actions.paths, spec, unpack=True)
+    assert data is not None, errors
+    (entry,) = data["base"]["set"]["dataset.extra"]
+    assert Path(entry["path"]).is_relative_to(actions.paths.uploads) and entry["weight"] == 3
 
 
 def test_an_archive_inside_an_archive_is_refused_by_name(actions: Actions, tmp_path: Path) -> None:

@@ -1,9 +1,12 @@
-"""``flux2-lora dataset check PATH [--json]``: counts and problems by file, before any training."""
+"""``flux2-lora dataset check PATH [--json]``: counts and problems by file, before any training;
+``flux2-lora dataset check --config FILE`` checks each of a run's datasets (dataset.path and every
+dataset.extra entry, with its own settings): images, captions missing, mask coverage, role."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +28,7 @@ CHECK_FIELDS = (
     "bucket_step",
     "reference_path",
     "reference_max_pixels",
+    "mask_path",
 )
 FLAGS = {"bucketing": ["--bucketing", "--buckets"]}
 NOTES = {
@@ -32,6 +36,7 @@ NOTES = {
     "trigger_word": "The check reports captions without it, or [trigger] placeholders without one.",
     "bucketing": "The check shows the bucket table (at --resolution).",
     "reference_path": "The check reports pairs, targets without references, orphans, counts and sizes.",
+    "mask_path": "The check reports how many images have a mask.",
 }
 
 
@@ -39,8 +44,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dataset", help="inspect a dataset")
     dsub = p.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
     c = dsub.add_parser("check", help="count images and captions and list problems by file")
-    c.add_argument("path", help="folder, .zip, 'demo' or 'demo-edit'")
+    c.add_argument("path", nargs="?", help="folder, .zip, 'demo' or 'demo-edit' (or give --config)")
     add_field_args(c, DatasetSection, CHECK_FIELDS, flags=FLAGS, notes=NOTES)
+    c.add_argument(
+        "--config",
+        dest="config_opt",
+        metavar="FILE",
+        help="check every dataset of this training config (dataset.path and each dataset.extra entry, with "
+        "its own settings) instead of PATH",
+    )
+    c.add_argument("--preset", action="append", default=[], metavar="NAME", help="with --config: a preset")
+    c.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="with --config: override one field (dataset.extra takes YAML: "
+        "--set 'dataset.extra=[{path: more, weight: 3}]')",
+    )
     c.add_argument("--json", action="store_true", help="machine-readable report")
     c.set_defaults(func=run_check)
 
@@ -48,6 +70,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_check(args: argparse.Namespace) -> int:
     from flux2_lora.data import DatasetError, open_dataset
 
+    if args.config_opt or args.preset or args.overrides:
+        if args.path is not None:
+            return fail("give PATH or --config, not both", 2)
+        return _check_config(args)
+    if args.path is None:
+        return fail("give a dataset PATH, or --config FILE to check a run's datasets", 2)
     ds = fields_from_args(args, DatasetSection, CHECK_FIELDS, flags=FLAGS)
     if ds is None:
         return 2
@@ -69,6 +97,16 @@ def run_check(args: argparse.Namespace) -> int:
                 return 1
             return fail(str(e))
         extra = _extras(ds, report, root)
+        if ds.mask_path.strip():
+            from flux2_lora.data.check import entry_summary, summary_text
+            from flux2_lora.data.entries import dataset_parts
+
+            try:
+                summary = entry_summary(dataset_parts(ds)[0], report, root)
+            except DatasetError as e:
+                return _error(args, str(e))
+            extra["json"]["masks"] = summary["masks"]
+            extra["text"].append(summary_text(summary).split("\n", 1)[-1].strip())
         if args.json:
             print(json.dumps({**report.to_dict(), **extra["json"]}, indent=1, default=str))
         else:
@@ -77,6 +115,61 @@ def run_check(args: argparse.Namespace) -> int:
                 print(line)
     # Problem files are skipped by training, so only "nothing usable" fails the check.
     return 0 if report.items else 1
+
+
+def _error(args: argparse.Namespace, message: str) -> int:
+    if args.json:
+        print(json.dumps({"error": message}))
+        return 1
+    return fail(message)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    """Each dataset of the config, with its own settings; fails when any has no usable image."""
+    from flux2_lora.cli.common import config_from_args
+    from flux2_lora.data import DatasetError, open_dataset
+    from flux2_lora.data.check import entry_summary, summary_text
+    from flux2_lora.data.entries import dataset_parts
+
+    args.config = None
+    config = config_from_args(args, quiet=args.json)
+    if config is None:
+        return 2
+    ds = config.dataset
+    summaries: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="flux2-lora-check-") as work:
+        for n, part in enumerate(dataset_parts(ds)):
+            s = part.settings
+            try:
+                root, report = open_dataset(
+                    s.path,
+                    Path(work) / str(n),
+                    caption_extension=s.caption_extension,
+                    default_caption=s.default_caption,
+                    resolution=s.resolution,
+                    field=part.field,
+                    reference_path=ds.reference_path,
+                    reference_max_pixels=ds.reference_max_pixels,
+                )
+                summary = entry_summary(part, report, root)
+            except DatasetError as e:
+                summaries.append({"entry": part.label, "path": s.path, "role": part.role, "error": str(e)})
+                continue
+            summaries.append({**summary, "report": report.to_dict()})
+            if not args.json:
+                print(summary_text(summary))
+                for t in summary["trigger"]:
+                    print(f"  trigger {t['severity']}: {t['file'] + ': ' if t['file'] else ''}{t['message']}")
+                for f, ps in report.problems_by_file().items():
+                    for p in ps[:3]:
+                        print(f"  {p.severity}: {f}: {p.message}")
+    if args.json:
+        print(json.dumps({"entries": summaries}, indent=1, default=str))
+    else:
+        for entry in summaries:
+            if "error" in entry:
+                print(f"error: {entry['error']}", file=sys.stderr)
+    return 0 if all(entry.get("num_images") for entry in summaries) else 1
 
 
 def _extras(ds: DatasetSection, report: DatasetReport, root: Path) -> dict[str, Any]:

@@ -125,6 +125,14 @@ def _section_fields(section: str) -> list[str]:
     return list(SECTIONS[section].model_fields)
 
 
+def _dotted(loc: Sequence[Any]) -> str:
+    """A pydantic location as a field path: ``dataset.extra[0].path`` (a list index in brackets)."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
 def validate_section(model: type[M], data: Any, name: str = "") -> tuple[M | None, list[ConfigIssue]]:
     """One section of the config, or a small model built the same way (``GenerationSettings``), from a
     mapping (None: all defaults); every problem as an issue by dotted path (``name.key``, or ``key``)."""
@@ -134,16 +142,34 @@ def validate_section(model: type[M], data: Any, name: str = "") -> tuple[M | Non
         known = list(model.model_fields)
         prefix = (name,) if name else ()
         return None, [
-            ConfigIssue(".".join(str(p) for p in (*prefix, *err["loc"])), _friendly(err, known))
-            for err in e.errors()
+            ConfigIssue(_dotted((*prefix, *err["loc"])), _friendly(err, known)) for err in e.errors()
         ]
 
 
 # Fields of earlier versions that configs on disk (runs, templates, YAML files) may still hold.
-LEGACY_KEYS = ("training.mixed_precision",)
+LEGACY_KEYS = (
+    "training.mixed_precision",
+    "dataset.extra_paths",
+    "dataset.extra_weights",
+    "dataset.regularization_path",
+    "dataset.regularization_weight",
+)
 
 
 def _without_legacy_keys(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[ConfigIssue]]:
+    """``data`` with the dataset's replaced keys converted to dataset.extra entries (a warning each),
+    then :func:`_without_mixed_precision`."""
+    from flux2_lora.data.entries import legacy_entries
+
+    dataset = data.get("dataset")
+    if not isinstance(dataset, Mapping):
+        return _without_mixed_precision(data)
+    converted, found = legacy_entries(dict(dataset))
+    out, issues = _without_mixed_precision({**data, "dataset": converted})
+    return out, [*(ConfigIssue(f, m, level) for f, m, level in found), *issues]  # type: ignore[arg-type]
+
+
+def _without_mixed_precision(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[ConfigIssue]]:
     """``data`` without training.mixed_precision, which now follows model.dtype: a value that agrees
     with it (or 'auto') is dropped with a warning, one that contradicts it is an error."""
     training = data.get("training")
@@ -242,28 +268,32 @@ def _model_issues(c: TrainConfig) -> list[ConfigIssue]:
 
 
 def _output_outside_dataset(c: TrainConfig) -> list[ConfigIssue]:
-    """A run inside its own dataset folder would train on its samples the next time it starts."""
+    """A run inside one of its own dataset folders (dataset.path, a dataset.extra entry) would train on its
+    samples the next time it starts."""
     from flux2_lora.data.demo_edit import is_demo_edit
 
-    ds = c.dataset.path.strip()
-    if is_demo(ds) or is_demo_edit(ds):
-        return []
-    try:
-        data = Path(ds).expanduser().resolve()
-        out = Path(c.output.dir.strip()).expanduser().resolve()
-    except (OSError, RuntimeError):
-        return []
-    if data.is_file():  # a .zip: it is unpacked elsewhere
-        return []
-    if out == data or data in out.parents:
-        where = "is the dataset folder" if out == data else f"is inside dataset.path ({data})"
-        return [
-            ConfigIssue(
-                "output.dir",
-                f"{where}: the run's samples and checkpoints would become training images; "
-                "put the run directory outside the dataset folder",
-            )
-        ]
+    for field, given in [("dataset.path", c.dataset.path)] + [
+        (f"dataset.extra[{n}].path", e.path) for n, e in enumerate(c.dataset.extra)
+    ]:
+        ds = given.strip()
+        if is_demo(ds) or is_demo_edit(ds):
+            continue
+        try:
+            data = Path(ds).expanduser().resolve()
+            out = Path(c.output.dir.strip()).expanduser().resolve()
+        except (OSError, RuntimeError):
+            continue
+        if data.is_file():  # a .zip: it is unpacked elsewhere
+            continue
+        if out == data or data in out.parents:
+            where = "is the dataset folder" if out == data else f"is inside {field} ({data})"
+            return [
+                ConfigIssue(
+                    "output.dir",
+                    f"{where}: the run's samples and checkpoints would become training images; "
+                    "put the run directory outside the dataset folder",
+                )
+            ]
     return []
 
 
@@ -344,6 +374,11 @@ def parse_override(text: str) -> tuple[tuple[str, str, Any] | None, ConfigIssue 
             dotted, "unknown section" + (f" (did you mean '{close[0]}'?)" if close else "")
         )
     if f"{section}.{key}" in LEGACY_KEYS:
+        if section == "dataset":  # a list or number of the replaced fields: validate_dict converts it
+            legacy, problems = load_yaml_text(raw) if raw.strip() else ("", [])
+            if key in ("extra_paths", "extra_weights") and isinstance(legacy, (str, int, float)):
+                legacy = [legacy]
+            return (section, key, raw.strip() if problems else legacy), None
         return (section, key, raw.strip()), None  # validate_dict says what became of it
     if key not in SECTIONS[section].model_fields:
         close = difflib.get_close_matches(key, _section_fields(section), n=1)

@@ -153,29 +153,26 @@ def _adapter_type_rules(c: TrainConfig) -> list[tuple[str, str]]:
 
 
 def _data_rules(c: TrainConfig) -> list[tuple[str, str]]:
-    """Masked loss, several datasets, preservation and disk caches (training/masks.py, data/mix.py,
+    """Masked loss, several datasets, preservation and disk caches (training/masks.py, training/mix.py, data/entries.py,
     training/preservation.py, data/disk_cache.py)."""
     ds, t, mem = c.dataset, c.training, c.memory
     out: list[tuple[str, str]] = []
     if ds.unmasked_weight > 0 and not ds.mask_path.strip():
         out.append(("dataset.unmasked_weight", "only applies with dataset.mask_path (masked loss)"))
-    if ds.extra_weights and len(ds.extra_weights) != len(ds.extra_paths):
-        out.append(
-            (
-                "dataset.extra_weights",
-                f"{len(ds.extra_weights)} weight(s) for {len(ds.extra_paths)} extra path(s): give one per "
-                "path, in order, or none (1 each)",
-            )
-        )
-    if ds.regularization_weight != 1.0 and not ds.regularization_path.strip():
-        out.append(("dataset.regularization_weight", "only applies with dataset.regularization_path"))
-    if t.preservation != "none" and not ds.regularization_path.strip():
+    regularization = any(e.role == "regularization" for e in ds.extra)
+    if t.preservation != "none" and not regularization:
         out.append(
             (
                 "training.preservation",
-                f"{t.preservation} needs regularization images: set dataset.regularization_path",
+                f"{t.preservation} needs regularization images: add a dataset.extra entry with "
+                "role: regularization",
             )
         )
+    for n, e in enumerate(ds.extra):
+        if e.path.strip() == ds.path.strip():
+            out.append((f"dataset.extra[{n}].path", "is dataset.path itself: each dataset once"))
+        elif any(e.path.strip() == o.path.strip() for o in ds.extra[:n]):
+            out.append((f"dataset.extra[{n}].path", "is another entry's path: each dataset once"))
     if t.preservation == "prior_prediction" and c.distributed.sharded:
         # The base prediction runs the sharded model with its adapter off: not built under FSDP.
         out.append(("training.preservation", "prior_prediction is not available under FSDP; use ddp"))

@@ -92,6 +92,104 @@ class ModelSection(Section):
         return v
 
 
+MAX_EXTRA_DATASETS = 16
+# Fields of earlier versions that dataset.extra replaced (config/io.py converts them, with a warning).
+REPLACED_DATASET_KEYS = ("extra_paths", "extra_weights", "regularization_path", "regularization_weight")
+CAPTION_EXTENSION_RE = re.compile(r"\.[A-Za-z0-9_]{1,16}")
+
+
+class DatasetEntry(Section):
+    """One more dataset of a run (dataset.extra): its own folder, weight and role; a setting left out
+    (None) is the primary dataset section's."""
+
+    path: str = F(
+        ...,
+        "A folder of images with same-named caption files, or a .zip of one.",
+        min_length=1,
+        max_length=4096,
+    )
+    role: Literal["train", "regularization"] = F(
+        "train",
+        "train: images of what the LoRA learns. regularization: preservation images of the class without "
+        "your subject (no trigger word is added unless this entry sets one), drawn as batches of their own; "
+        "with training.preservation prior_prediction the base model's own prediction is their target.",
+    )
+    weight: float = F(
+        1.0,
+        "Sampling weight against dataset.weight and the other entries' (a batch comes from dataset i with "
+        "probability weight_i / the sum of the weights).",
+        gt=0,
+        le=1000,
+    )
+    repeats: int | None = F(
+        None, "How many times each image appears per epoch (empty: dataset.repeats).", ge=1, le=1000
+    )
+    resolution: int | None = F(
+        None,
+        "This dataset's training resolution in pixels, a multiple of 16 (empty: dataset.resolution); the "
+        "largest of a run's resolutions sizes the memory estimate.",
+        ge=16,
+        le=4096,
+    )
+    caption_extension: str | None = F(
+        None, "Extension of this dataset's caption files (empty: dataset.caption_extension)."
+    )
+    default_caption: str | None = F(
+        None,
+        "Caption for this dataset's images without a caption file (empty: dataset.default_caption).",
+        max_length=2000,
+    )
+    trigger_word: str | None = F(
+        None,
+        "Trigger word of this dataset's captions (empty: dataset.trigger_word for role train, none for role "
+        "regularization; '' for none).",
+        max_length=200,
+    )
+    caption_dropout: float | None = F(
+        None,
+        "Probability of training one of this dataset's samples with an empty caption (empty: "
+        "dataset.caption_dropout).",
+        ge=0.0,
+        le=1.0,
+    )
+    mask_path: str = F(
+        "",
+        "Masked loss for this dataset: a folder of masks named like its images (a relative path is inside "
+        "this entry's folder). Not inherited from dataset.mask_path, whose masks name other images. Empty: "
+        "off.",
+        max_length=4096,
+    )
+
+    @field_validator("repeats", "resolution", "caption_dropout", "weight", mode="before")
+    @classmethod
+    def _no_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError(f"must be a number (got {str(v).lower()})")
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a folder or .zip path")
+        return v
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_16(cls, v: int | None) -> int | None:
+        if v is not None and v % 16:
+            lower, upper = v - v % 16, v - v % 16 + 16
+            raise ValueError(f"must be a multiple of 16 (FLUX.2's token size); try {lower} or {upper}")
+        return v
+
+    @field_validator("caption_extension")
+    @classmethod
+    def _ext(cls, v: str | None) -> str | None:
+        if v is not None and not CAPTION_EXTENSION_RE.fullmatch(v):
+            raise ValueError("must look like .txt or .caption")
+        return v
+
+
 class DatasetSection(Section):
     """The captioned images to learn from."""
 
@@ -206,39 +304,36 @@ class DatasetSection(Section):
     )
     weight: float = F(
         1.0,
-        "Several datasets: this dataset's sampling weight against extra_weights (a batch comes from dataset i "
-        "with probability weight_i / the sum of the weights).",
+        "Several datasets: this dataset's sampling weight against each dataset.extra entry's weight (a batch "
+        "comes from dataset i with probability weight_i / the sum of the weights).",
         gt=0,
         le=1000,
         ui={"advanced": True},
     )
-    extra_paths: list[str] = F(
+    extra: list[DatasetEntry] = F(
         [],
-        "Several datasets: more dataset folders (or .zip files) trained in the same run with this section's "
-        "settings, each with its own captions; every batch comes from one dataset.",
-        max_length=16,
-        ui={"advanced": True, "lines": 3},
+        "Several datasets: more dataset folders (or .zip files) trained in the same run, each a mapping with "
+        "its own path, weight, role (train or regularization) and, optionally, repeats, resolution, "
+        "caption_extension, default_caption, trigger_word, caption_dropout and mask_path; a setting left out "
+        "is this section's. Every batch comes from one dataset and one bucket. YAML, e.g. "
+        "[{path: more_photos, weight: 3}, {path: class_images, role: regularization}].",
+        max_length=MAX_EXTRA_DATASETS,
+        ui={"advanced": True, "lines": 4, "yaml": True},
     )
-    extra_weights: list[float] = F(
-        [],
-        "Several datasets: the sampling weight of each of extra_paths, in order (empty: 1 each).",
-        max_length=16,
-        ui={"advanced": True, "lines": 3},
-    )
-    regularization_path: str = F(
-        "",
-        "Preservation: a dataset of regularization images and captions (the class without your subject, "
-        "e.g. 'a photo of a person'), drawn as batches of its own; with training.preservation "
-        "prior_prediction the base model's own prediction is their target. Empty: none.",
-        max_length=4096,
-    )
-    regularization_weight: float = F(
-        1.0,
-        "Preservation: the regularization dataset's sampling weight against weight and extra_weights.",
-        gt=0,
-        le=1000,
-        ui={"advanced": True},
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_keys(cls, data: Any) -> Any:
+        # validate_dict converts these with a warning; a config built directly names the new field.
+        if isinstance(data, dict):
+            old = [k for k in REPLACED_DATASET_KEYS if k in data]
+            if old:
+                raise ValueError(
+                    f"{', '.join(old)} {'was' if len(old) == 1 else 'were'} replaced by dataset.extra, a list "
+                    "of entries ({path: …, weight: …, role: train|regularization}); load the file through "
+                    "flux2-lora (it converts them) or write the entries"
+                )
+        return data
 
     @field_validator("resolution")
     @classmethod
@@ -255,26 +350,10 @@ class DatasetSection(Section):
             raise ValueError("must be a multiple of 16 (FLUX.2's token size)")
         return v
 
-    @field_validator("extra_paths")
-    @classmethod
-    def _paths(cls, v: list[str]) -> list[str]:
-        for n, path in enumerate(v):
-            if not path.strip() or len(path) > 4096:
-                raise ValueError(f"entry {n + 1} must be a folder or .zip path (1 to 4096 characters)")
-        return v
-
-    @field_validator("extra_weights")
-    @classmethod
-    def _weights(cls, v: list[float]) -> list[float]:
-        for n, w in enumerate(v):
-            if not 0 < w <= 1000:
-                raise ValueError(f"entry {n + 1} ({w}) must be above 0 and at most 1000")
-        return v
-
     @field_validator("caption_extension")
     @classmethod
     def _ext(cls, v: str) -> str:
-        if not re.fullmatch(r"\.[A-Za-z0-9_]{1,16}", v):
+        if not CAPTION_EXTENSION_RE.fullmatch(v):
             raise ValueError("must look like .txt or .caption")
         return v
 
@@ -446,7 +525,7 @@ class TrainingSection(Section):
     )
     preservation: Literal["none", "prior_prediction"] = F(
         "none",
-        "What regularization batches (dataset.regularization_path) learn: none trains them like any image "
+        "What regularization batches (dataset.extra entries with role regularization) learn: none trains them like any image "
         "(DreamBooth's prior preservation); prior_prediction uses the base model's prediction (LoRA off) on "
         "them as the target (OneTrainer's PRIOR_PREDICTION, ai-toolkit's output preservation), so the LoRA "
         "learns to leave those prompts alone.",

@@ -18,7 +18,8 @@ from flux2_lora.config import TrainConfig
 def loss_extra_bytes(config: TrainConfig, image_tokens: int, channels: int) -> float:
     b = config.training.batch_size
     out = 0.0
-    if config.dataset.mask_path.strip():
+    ds = config.dataset
+    if ds.mask_path.strip() or any(e.mask_path.strip() for e in ds.extra):
         out += 4.0 * b * image_tokens * (1 + channels)
     if config.training.preservation == "prior_prediction":
         out += 4.0 * b * image_tokens * channels

@@ -161,8 +161,9 @@ class Item:
     references: tuple[Path, ...] = ()  # an edit pair's inputs, in order; () for text-to-image
     reference_sizes: tuple[tuple[int, int], ...] = ()  # (width, height) each reference trains at
     mask: Path | None = None  # dataset.mask_path: this image's loss mask (training/masks.py)
-    source: int = 0  # which dataset: 0 dataset.path, then extra_paths, then regularization_path
-    regularization: bool = False  # from dataset.regularization_path (training.preservation)
+    source: int = 0  # which dataset: 0 dataset.path, n dataset.extra[n-1] (data/entries.py)
+    regularization: bool = False  # from an entry with role regularization (training.preservation)
+    caption_dropout: float | None = None  # its dataset's caption_dropout (None: dataset.caption_dropout)
 
     @property
     def group(self) -> Hashable:
@@ -195,7 +196,9 @@ class LatentSource:
         self.reference_cache: dict[tuple[int, bool], list[torch.Tensor]] = {}
         ds = config.dataset
         self.targets: list[int | tuple[int, int]] = [
-            i.bucket if ds.bucketing and i.bucket else ds.resolution for i in items
+            # A bucket, or a dataset.extra entry's own resolution (square); else dataset.resolution.
+            i.bucket or ds.resolution
+            for i in items
         ]
 
     def _pixels(self, item: int, flip: bool, crop_seed: int) -> torch.Tensor:

@@ -17,35 +17,14 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from flux2_lora.data.scan import IMAGE_EXTENSIONS, DatasetError
+from flux2_lora.data.masks import find_mask, mask_root
+from flux2_lora.data.scan import DatasetError
 from flux2_lora.display import escape
 from flux2_lora.training.images import resize_and_crop
 
+__all__ = ["MaskSource", "find_mask", "load_mask", "mask_root", "masked_mean", "token_weights"]
+
 PATCH = 16  # pixels per token side
-
-
-def mask_root(dataset_root: Path, mask_path: str) -> Path | None:
-    """The mask folder: a relative ``mask_path`` is inside the dataset folder (a .zip carries it)."""
-    if not mask_path.strip():
-        return None
-    p = Path(mask_path).expanduser()
-    root = p if p.is_absolute() else dataset_root / p
-    if not root.is_dir():
-        raise DatasetError(f"dataset.mask_path: {escape(root)} is not a folder")
-    return root
-
-
-def find_mask(image: Path, dataset_root: Path, masks: Path) -> Path | None:
-    """The mask of ``image``: same relative folder and stem under ``masks``, any image extension."""
-    try:
-        rel = image.relative_to(dataset_root).with_suffix("")
-    except ValueError:
-        rel = Path(image.stem)
-    for ext in IMAGE_EXTENSIONS:
-        candidate = masks / rel.parent / f"{rel.name}{ext}"
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def load_mask(

@@ -1,4 +1,4 @@
-"""Several datasets in one run (dataset.extra_paths, dataset.regularization_path): which dataset each
+"""Several datasets in one run (dataset.extra, role train or regularization): which dataset each
 micro-batch comes from, drawn by weight, and its items within that dataset (no torch).
 
 Micro-batch k (counted over steps, accumulation and ranks, as :class:`SampleSchedule` counts them) draws
@@ -69,24 +69,20 @@ class MixedSchedule:
         return [(self.members[source][i], g * n + source) for i, g in local]
 
 
-def dataset_weights(config: Any, sources: int) -> list[float]:
-    """The sampling weight of each source: dataset.path, each of extra_paths, the regularization set."""
-    ds = config.dataset
-    weights = [ds.weight, *(ds.extra_weights or [1.0] * len(ds.extra_paths))]
-    if ds.regularization_path.strip():
-        weights.append(ds.regularization_weight)
-    return weights[:sources]
-
-
 def build_schedule(items: list[Any], config: Any, groups: list[Any] | None) -> SampleSchedule | MixedSchedule:
-    """One dataset: the plain :class:`SampleSchedule` (as before); several: a :class:`MixedSchedule`."""
-    t, ds = config.training, config.dataset
-    repeats = [i.repeats * ds.repeats for i in items]
+    """One dataset: the plain :class:`SampleSchedule` (as before); several: a :class:`MixedSchedule`.
+    Each dataset's repeats and weight are its own (data/entries.py: an entry's unset repeats are
+    dataset.repeats)."""
+    from flux2_lora.data.entries import dataset_parts
+
+    t = config.training
+    parts = dataset_parts(config.dataset)
+    repeats = [i.repeats * parts[i.source].settings.repeats for i in items]
     sources = max((i.source for i in items), default=0) + 1
     if sources == 1:
         return SampleSchedule(repeats, t.seed, t.batch_size, groups)
     members = [[n for n, i in enumerate(items) if i.source == s] for s in range(sources)]
-    weights = dataset_weights(config, sources)
+    weights = [p.weight for p in parts[:sources]]
     # A dataset left empty (every image held out) is never drawn.
     kept = [(m, w) for m, w in zip(members, weights) if m]
     return MixedSchedule([m for m, _ in kept], repeats, [w for _, w in kept], t.seed, t.batch_size, groups)

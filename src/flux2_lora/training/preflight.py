@@ -30,7 +30,7 @@ def _largest_first(t: Trainer) -> list[int]:
     """Steps to time, the largest sample's first (target and reference tokens: the sequence the estimate
     sizes) so the peak is the worst case."""
     steps = list(range(1, WARMUP_STEPS + TIMED_STEPS + 1))
-    if not t.config.dataset.bucketing and not any(it.references for it in t.items):
+    if not any(it.bucket or it.references for it in t.items):  # one size (buckets: entries' sizes too)
         return steps
     acc = t.accelerator
     assert t.schedule is not None

@@ -1,4 +1,4 @@
-"""Preservation (training.preservation): regularization batches (dataset.regularization_path) and their
+"""Preservation (training.preservation): regularization batches (dataset.extra entries with role regularization) and their
 target. ``prior_prediction`` matches the base model's own prediction on them (the adapter switched off,
 no gradient), as OneTrainer's PRIOR_PREDICTION and ai-toolkit's output preservation do: the LoRA learns
 to leave those prompts as the base model draws them. ``none`` trains them on their images (DreamBooth's

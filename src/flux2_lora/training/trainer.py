@@ -229,7 +229,7 @@ class Trainer:
         else:
             prompts = PromptSource(pipe, te_device, max_len, text_encoder_out_layers=layers, pin=pin)
             latents = LatentSource(self.items, self.config, pipe.vae, self.device, pin=pin)
-        if self.config.dataset.mask_path.strip():
+        if any(i.mask is not None for i in self.items) or self.config.dataset.mask_path.strip():
             self.masks = MaskSource(self.items, self.config, latents.targets)
         eval_set = EvalSet(eval_items, self.config, pipe.vae, self.device, pin) if eval_items else None
         extra = self.validation_prompts() if val.enabled else []
@@ -355,7 +355,9 @@ class Trainer:
                 masks.append(self.masks.weights(item, flip, derive_seed(t.seed, 5, g), fixed_crop))
             variants = self.items[item].variants
             caption = variants[int(draws[1] * len(variants))] if variants else self.items[item].caption
-            captions.append("" if draws[2] < ds.caption_dropout else caption)  # the instruction, for edits
+            it = self.items[item]
+            dropout = ds.caption_dropout if it.caption_dropout is None else it.caption_dropout
+            captions.append("" if draws[2] < dropout else caption)  # the instruction, for edits
         x0 = to_device_stacked(latents, self.device, self.dtype)
         packed, ids = pack(x0)
         refs = pack_references(references, self.device, self.dtype)

@@ -7,6 +7,7 @@ fingerprint, so checking it again costs nothing and never replaces anything but 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import tempfile
@@ -16,7 +17,7 @@ from typing import Any
 from flux2_lora.config import DatasetSection
 from flux2_lora.config.warnings import upscaled_from_report
 from flux2_lora.units import GIB
-from flux2_lora.webui.paths import AppPaths, PathRefused, is_builtin_dataset
+from flux2_lora.webui.paths import AppPaths, PathRefused, is_builtin_dataset, unpacked_paths
 
 
 def upload_dataset(paths: AppPaths, file: str | None) -> dict[str, Any]:
@@ -97,13 +98,24 @@ def dataset_root(paths: AppPaths, path: str) -> Path:
 def unpacked_data(paths: AppPaths, field: str, value: Any) -> Any:
     """A checked data path (dataset.path, validation.eval_folder) as the trainer gets it from the UI: a
     folder as is, a ZIP unpacked into its own folder of the uploads folder, so a trainer started here never
-    unpacks anything into its run folder. A list of paths (dataset.extra_paths) entry by entry.
-    DatasetError naming ``field``."""
+    unpacks anything into its run folder. A list item by item; an entry (dataset.extra[0]) its dataset
+    path, not its mask folder; image files (validation.references) never. DatasetError naming ``field``."""
+    if isinstance(value, list):
+        return [unpacked_data(paths, f"{field}[{i}]", v) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = dict(value)
+        for item, path in unpacked_paths(field, value):
+            out[item.rsplit(".", 1)[1]] = _unpacked(paths, item, path)
+        return out
+    if not unpacked_paths(field, value):
+        return value  # not a dataset path (image files)
+    return _unpacked(paths, field, value)
+
+
+def _unpacked(paths: AppPaths, field: str, value: str) -> str:
     from flux2_lora.data.archive import prepare_dataset_source
     from flux2_lora.data.scan import DatasetError
 
-    if isinstance(value, list):
-        return [unpacked_data(paths, f"{field}[{i}]", v) for i, v in enumerate(value)]
     p = Path(value)
     if is_builtin_dataset(value) or not value.strip() or not p.is_file():
         return value
@@ -169,4 +181,53 @@ def check_dataset(paths: AppPaths, config: dict[str, Any]) -> dict[str, Any]:
         table = bucket_table([(i.width, i.height) for i in report.items], resolution, int(ds["bucket_step"]))
         out["buckets"] = [{"width": w, "height": h, "images": n} for (w, h), n in sorted(table.items())]
         out["bucket_text"] = format_table(table)
+    out["entries"] = _entries(paths, section or {}, ds.get("extra"))
+    # "ok" is dataset.path's (the head line); each entry carries its own counts or error.
+    out["entries_ok"] = all("error" not in e and e.get("num_images") for e in out["entries"])
+    return out
+
+
+def _entries(paths: AppPaths, section: dict[str, Any], extra: Any) -> list[dict[str, Any]]:
+    """Each dataset.extra entry checked like dataset.path, with its own settings: images, captions
+    missing, mask coverage, role (data/check.py); an entry that cannot be read says why, by its field."""
+    from pydantic import ValidationError
+
+    from flux2_lora.config.io import validate_section
+    from flux2_lora.data import DatasetError, open_dataset
+    from flux2_lora.data.check import entry_summary
+    from flux2_lora.data.entries import dataset_parts
+
+    if not extra:
+        return []
+    parsed, issues = validate_section(
+        DatasetSection, {**section, "path": section.get("path") or "demo"}, "dataset"
+    )
+    if parsed is None:
+        named = [i for i in issues if i.path.startswith("dataset.extra")]
+        return [{"entry": "dataset.extra", "error": str(named[0] if named else issues[0])}]
+    out: list[dict[str, Any]] = []
+    for part in dataset_parts(parsed)[1:]:
+        s = part.settings
+        try:
+            checked = paths.checked_value(part.label, s.model_dump(include={"path", "mask_path"}))
+            source, work = dataset_source(paths, checked["path"])
+            root, report = open_dataset(
+                source,
+                work,
+                caption_extension=s.caption_extension,
+                default_caption=s.default_caption,
+                resolution=s.resolution,
+                field=part.field,
+                # An absolute reference folder is confined for dataset.path only; entries pair relatively.
+                reference_path=s.reference_path if not Path(s.reference_path).is_absolute() else "",
+                reference_max_pixels=s.reference_max_pixels,
+            )
+            own = part.settings.model_copy(update={"mask_path": checked["mask_path"]})
+            out.append(entry_summary(dataclasses.replace(part, settings=own), report, root))
+        except PathRefused as e:
+            out.append(
+                {"entry": part.label, "path": s.path, "role": part.role, "error": f"{e.field}: {e.message}"}
+            )
+        except (DatasetError, ValidationError, OSError) as e:
+            out.append({"entry": part.label, "path": s.path, "role": part.role, "error": str(e)})
     return out

@@ -36,7 +36,7 @@ def launch_config(
     model known. (config, run dir, []) or (None, None, errors)."""
     from flux2_lora.data.scan import DatasetError
     from flux2_lora.webui.datasets import unpacked_data
-    from flux2_lora.webui.paths import path_fields
+    from flux2_lora.webui.paths import path_fields, unpacked_paths
     from flux2_lora.webui.requests import prompt_errors
 
     if not isinstance(config, dict):
@@ -56,23 +56,21 @@ def launch_config(
         for dotted, role in path_fields().items():
             section, _, key = dotted.partition(".")
             value = checked.get(section, {}).get(key)
-            if role == "data" and isinstance(value, str | list):
+            if role == "data" and value is not None:
                 value = unpacked_data(paths, dotted, value)
             if value is not None:
                 setattr(getattr(parsed, section), key, value)
-        if "references" in checked.get("validation", {}):
-            parsed.validation.references = checked["validation"]["references"]
     except PathRefused as e:
         return None, None, [{"field": e.field, "message": e.message}]
     except DatasetError as e:
         field, _, message = str(e).partition(": ")
         return None, None, [{"field": field, "message": message}]
     run_dir = Path(parsed.output.dir)
-    for dotted, role in path_fields().items():
+    dumped = parsed.model_dump()
+    for dotted in path_fields():
         section, _, key = dotted.partition(".")
-        given = getattr(getattr(parsed, section), key)
-        for value in given if isinstance(given, list) else [str(given or "")]:
-            inside = role == "data" and value.strip() and not is_builtin_dataset(value)
+        for _, value in unpacked_paths(dotted, dumped[section][key]):  # every dataset folder it names
+            inside = value.strip() and not is_builtin_dataset(value)
             if inside and resolve_inside(run_dir, [Path(value)]) is not None:
                 message = "is inside the dataset folder: the run would train on its own samples"
                 return None, None, [{"field": "output.dir", "message": message}]

@@ -35,10 +35,13 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _PATH_NAME = re.compile(r"^(path|dir|folder|file)$|_(path|dir|folder|file)$")
 _LIST_PATH_NAME = re.compile(r"_(paths|dirs|folders)$")
 PATH_MAX = 4096
-# How a path field's value is checked; every other path field is data the trainer reads.
-PATH_ROLES = {"model.path": "model", "output.dir": "output"}
-# Data paths that, when relative, name a folder inside the dataset folder (the scan keeps them there).
-INSIDE_DATASET = ("dataset.reference_path",)
+# How a path field's value is checked; every other path field is data the trainer reads. "image": image
+# files the trainer reads (never a dataset, so never unpacked as a ZIP), in a list of lists here.
+PATH_ROLES = {"model.path": "model", "output.dir": "output", "validation.references": "image"}
+# Data paths that, when relative, name a folder inside the dataset folder (the scan keeps them there);
+# "[]" stands for any entry of a list of entries (dataset.extra).
+INSIDE_DATASET = ("dataset.reference_path", "dataset.mask_path", "dataset.extra[].mask_path")
+_INDEX = re.compile(r"\[\d+\]")
 
 
 def is_builtin_dataset(path: str) -> bool:
@@ -78,27 +81,114 @@ def resolve_inside(path: str | Path, roots: Iterable[Path], *, base: Path | None
 @functools.lru_cache(maxsize=1)
 def path_fields() -> dict[str, str]:
     """Every path-typed field of the training config ("section.key") → its role: "model" (a hub id, demo
-    or a readable folder), "output" (a run folder to write) or "data" (a readable dataset folder or ZIP)."""
+    or a readable folder), "output" (a run folder to write), "data" (a readable dataset folder or ZIP;
+    also a list of them, or a list of entries whose own path fields are data: dataset.extra) or "image"
+    (readable image files, in lists: validation.references)."""
     from flux2_lora.config import SECTIONS
 
     out = {}
     for section, cls in SECTIONS.items():
         for key, info in cls.model_fields.items():
-            if info.annotation == list[str] and _LIST_PATH_NAME.search(key):
-                out[f"{section}.{key}"] = "data"  # a list of data paths (dataset.extra_paths)
-                continue
-            if info.annotation is not str:
-                continue
-            longest = max((getattr(m, "max_length", 0) or 0 for m in info.metadata), default=0)
-            if _PATH_NAME.search(key) or longest >= PATH_MAX:
-                out[f"{section}.{key}"] = PATH_ROLES.get(f"{section}.{key}", "data")
+            role = _field_role(f"{section}.{key}", key, info.annotation, info.metadata)
+            if role:
+                out[f"{section}.{key}"] = role
     return out
 
 
+def _field_role(dotted: str, key: str, ann: Any, metadata: Iterable[Any] = ()) -> str | None:
+    """A field's path role from its name and type (None: not a path field)."""
+    if dotted in PATH_ROLES:
+        return PATH_ROLES[dotted]
+    if ann == list[str] and _LIST_PATH_NAME.search(key):
+        return "data"  # a list of data paths
+    if _entry_model(ann) is not None and _entry_fields(_entry_model(ann)):
+        return "data"  # a list of entries with path fields of their own (dataset.extra)
+    if ann is not str:
+        return None
+    longest = max((getattr(m, "max_length", 0) or 0 for m in metadata), default=0)
+    return "data" if _PATH_NAME.search(key) or longest >= PATH_MAX else None
+
+
+def _entry_model(ann: Any) -> Any:
+    """The model of a list-of-models field (list[DatasetEntry] → DatasetEntry), else None."""
+    from typing import get_args, get_origin
+
+    if get_origin(ann) is not list:
+        return None
+    (item,) = get_args(ann) or (None,)
+    return item if _is_model(item) else None
+
+
+@functools.lru_cache(maxsize=8)
+def _entry_fields(model: Any) -> dict[str, str]:
+    """The path fields of an entry model (key → role), found like a section's."""
+    out = {}
+    for key, info in model.model_fields.items():
+        ann = info.annotation
+        base = str if ann == (str | None) else ann
+        role = _field_role(f"entry.{key}", key, base, info.metadata)
+        if role:
+            out[key] = role
+    return out
+
+
+def _top(field: str) -> str:
+    """The config field an item belongs to: "dataset.extra[0].path" → "dataset.extra"."""
+    return ".".join(_INDEX.sub("", field).split(".")[:2])
+
+
+def _is_model(ann: Any) -> bool:
+    from pydantic import BaseModel
+
+    return isinstance(ann, type) and issubclass(ann, BaseModel)
+
+
+def _annotation(field: str) -> Any:
+    """The type of "section.key" (list indices and entry keys followed: "dataset.extra[0].path")."""
+    from typing import get_args
+
+    from flux2_lora.config import SECTIONS
+
+    parts = _INDEX.sub("", field).split(".")
+    cls = SECTIONS.get(parts[0])
+    info = cls.model_fields.get(parts[1]) if cls is not None and len(parts) > 1 else None
+    ann = info.annotation if info is not None else str
+    if len(parts) > 2 and _entry_model(ann) is not None:
+        sub = _entry_model(ann).model_fields.get(parts[2])
+        ann = sub.annotation if sub is not None else str
+        return str if ann == (str | None) else ann
+    for _ in range(field.count("[")):  # an item of a list field
+        args = get_args(ann)
+        ann = args[0] if args else str
+    return ann
+
+
 def is_list_path_field(field: str) -> bool:
-    """Whether a config field holds a list of data paths (each entry checked like a path field)."""
-    section, _, key = field.partition(".")
-    return bool(_LIST_PATH_NAME.search(key)) and path_fields().get(field) == "data"
+    """Whether a config field holds a list (of data paths, image path lists, or entries), each item
+    checked like a path field and named by its index ("dataset.extra[1].path")."""
+    from typing import get_origin
+
+    return field in path_fields() and get_origin(_annotation(field)) is list
+
+
+def unpacked_paths(field: str, value: Any) -> list[tuple[str, str]]:
+    """The (field, path) pairs of a checked value that name a dataset (folder or ZIP): a data path, each
+    of a list of them, each entry's data path that is not inside its folder; never image files."""
+    if path_fields().get(_top(field)) != "data":
+        return []
+    if isinstance(value, list):
+        return [pair for i, v in enumerate(value) for pair in unpacked_paths(f"{field}[{i}]", v)]
+    if isinstance(value, Mapping):
+        model = _annotation(field)
+        keys = _entry_fields(model) if _is_model(model) else {}
+        return [
+            (f"{field}.{k}", str(value[k]))
+            for k, r in keys.items()
+            if r == "data"
+            and isinstance(value.get(k), str)
+            and f"{_INDEX.sub('[]', field)}.{k}" not in INSIDE_DATASET
+        ]
+    return [(field, value)] if isinstance(value, str) else []
 
 
 def refused_root(path: str | Path) -> str | None:
@@ -259,51 +349,43 @@ class AppPaths:
                 out.setdefault(section, {})[key] = self.checked_value(dotted, value)
             except PathRefused as e:
                 raise PathRefused(where + e.field, e.message) from None
-        val = config.get("validation") if isinstance(config, Mapping) else None
-        refs = val.get("references") if isinstance(val, Mapping) else None
-        if refs:  # image paths in a list field: not a str field, so not in path_fields()
-            try:
-                out.setdefault("validation", {})["references"] = self.checked_references(refs)
-            except PathRefused as e:
-                raise PathRefused(where + e.field, e.message) from None
         return out
 
     def checked_value(self, field: str, value: Any, role: str | None = None) -> Any:
-        """One path field's value checked by its role (:func:`path_fields`) and resolved; a list field
-        (dataset.extra_paths) item by item, naming the entry ("dataset.extra_paths[1]")."""
-        if is_list_path_field(field):
+        """One path field's value checked by its role (:func:`path_fields`) and resolved. A list field
+        item by item, and a list of entries (dataset.extra) each entry's path fields, naming the item
+        ("dataset.extra[1].path", "validation.references[0][1]")."""
+        from typing import get_origin
+
+        ann = _annotation(field)
+        role = role or path_fields().get(_top(field), "data")
+        if get_origin(ann) is list:
             if not isinstance(value, list):
-                raise PathRefused(field, f"must be a list of paths, got {type(value).__name__}")
-            return [self.checked_value(f"{field}[{i}]", v, "data") for i, v in enumerate(value)]
-        role = role or path_fields().get(field, "data")
+                what = "image path lists" if role == "image" else "paths" if ann == list[str] else "entries"
+                raise PathRefused(field, f"must be a list of {what}, got {type(value).__name__}")
+            return [self.checked_value(f"{field}[{i}]", v, role) for i, v in enumerate(value)]
+        if _is_model(ann):
+            if not isinstance(value, Mapping):
+                raise PathRefused(field, f"must be a mapping of entry fields, got {type(value).__name__}")
+            out = dict(value)
+            for key, sub in _entry_fields(ann).items():
+                if out.get(key) is not None:
+                    out[key] = self.checked_value(f"{field}.{key}", out[key], sub)
+            return out
         if not isinstance(value, str):
             raise PathRefused(field, f"must be a path (text), got {type(value).__name__}")
         if role == "model":
             return self.model_source(value)
         if role == "output":
             return str(self.run_dir(value, field))
+        if role == "image":
+            return str(self.readable(field, value))
         if not value.strip() or is_builtin_dataset(value):
             return value  # off (an empty eval folder), or a built-in demo dataset
-        if field in INSIDE_DATASET and not Path(value.strip()).expanduser().is_absolute():
+        inside = _INDEX.sub("[]", field) in INSIDE_DATASET
+        if inside and not Path(value.strip()).expanduser().is_absolute():
             return value  # relative to the dataset folder, which is checked itself
         return str(self.readable(field, value))
-
-    def checked_references(self, value: Any, field: str = "validation.references") -> list[list[str]]:
-        """validation.references (a list of path lists) with every path readable and resolved; PathRefused
-        naming the entry ("validation.references[1][0]") for one outside the allowed folders."""
-        if not isinstance(value, list) or not all(isinstance(g, list) for g in value):
-            raise PathRefused(field, "must be a list of lists of image paths")
-        out = []
-        for i, group in enumerate(value):
-            row = []
-            for k, item in enumerate(group):
-                if not isinstance(item, str):
-                    raise PathRefused(
-                        f"{field}[{i}][{k}]", f"must be a path (text), got {type(item).__name__}"
-                    )
-                row.append(str(self.readable(f"{field}[{i}][{k}]", item)))
-            out.append(row)
-        return out
 
     def existing_run(self, value: str) -> Path | None:
         """A run directory named by a request (monitor, stop, resume, download), or None."""

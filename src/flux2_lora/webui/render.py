@@ -234,7 +234,26 @@ def dataset_markdown(r: dict[str, Any]) -> str:
     ]
     if r.get("bucket_text"):
         lines += ["", "```", r["bucket_text"], "```"]
+    for e in r.get("entries", []):  # each dataset.extra entry (data/check.py)
+        lines.append(entry_markdown(e))
     return "\n".join(lines)
+
+
+def entry_markdown(e: dict[str, Any]) -> str:
+    """One dataset.extra entry of the dataset check: its counts, role and masks, or why it failed."""
+    head = f"**{esc(e['entry'])}** ({esc(e.get('role', ''))})"
+    if "error" in e:
+        return f"\n✘ {head}: {esc(e['error'])}"
+    mark = "✔" if e["num_images"] else "✘"
+    text = (
+        f"\n{mark} {head} `{esc(e['path'])}` · weight {e['weight']:g} · {e['resolution']} px · "
+        f"**{e['num_images']}** usable of {e['num_images_found']} images · {e['num_missing_captions']} "
+        f"captions missing · {e['num_errors']} errors · {e['num_warnings']} warnings"
+    )
+    m = e.get("masks")
+    if m:
+        text += f" · masks: {m['with_mask']} of {m['images']} images"
+    return text
 
 
 def _duration(s: float) -> str:

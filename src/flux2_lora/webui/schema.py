@@ -186,6 +186,8 @@ def _spec(section: str, key: str, info: Any) -> FieldSpec:
         kind = "int"
     elif ann is float:
         kind = "float"
+    elif ui.get("yaml"):  # a list of mappings (dataset.extra): edited as YAML, one entry per line
+        kind = "str"
     elif origin is list:
         kind = "lines"
     else:
@@ -216,7 +218,9 @@ def _spec(section: str, key: str, info: Any) -> FieldSpec:
         advanced=bool(ui.get("advanced")),
         disabled=bool(ui.get("disabled")),
         extra=(
-            {"int_choices": ann is int}
+            {"yaml": True}
+            if ui.get("yaml")
+            else {"int_choices": ann is int}
             if kind == "choice"
             else {"float_items": typing.get_args(ann) == (float,)}
             if kind == "lines"
@@ -273,6 +277,8 @@ def section_docs() -> dict[str, str]:
 
 def to_widget(spec: FieldSpec, value: Any) -> Any:
     """A config value as its widget shows it."""
+    if spec.extra.get("yaml"):
+        return yaml_lines(value)
     if spec.kind == "lines":
         return "\n".join(str(v) for v in (value or []))
     if spec.kind == "choice" and spec.extra.get("int_choices"):
@@ -282,6 +288,8 @@ def to_widget(spec: FieldSpec, value: Any) -> Any:
 
 def from_widget(spec: FieldSpec, value: Any) -> Any:
     """A widget value as the config wants it; unparseable input is passed on for validation to name."""
+    if spec.extra.get("yaml"):
+        return from_yaml_lines(value)
     if spec.kind == "lines":
         items = [ln.strip() for ln in str(value or "").splitlines() if ln.strip()]
         if spec.extra.get("float_items"):  # numbers, one per line; a non-number is left for validation
@@ -320,6 +328,30 @@ def values_from_config(data: dict[str, Any]) -> dict[str, Any]:
         section = data.get(spec.section) or {}
         out[spec.path] = to_widget(spec, section.get(spec.key, spec.default))
     return out
+
+
+def yaml_lines(value: Any) -> str:
+    """A list of mappings as YAML, one flow mapping per line; unset (None) keys are left out."""
+    import yaml
+
+    if not value:
+        return ""
+    if not isinstance(value, list):
+        return str(value)
+    rows = [{k: v for k, v in e.items() if v is not None} if isinstance(e, dict) else e for e in value]
+    return yaml.safe_dump(rows, default_flow_style=None, sort_keys=False, allow_unicode=True, width=10_000)
+
+
+def from_yaml_lines(value: Any) -> Any:
+    """The YAML text of a list field back as a list; text that is not YAML is passed on as text (the
+    config's validation then says the field must be a list)."""
+    from flux2_lora.config.io import load_yaml_text
+
+    text = str(value or "").strip()
+    if not text:
+        return []
+    data, problems = load_yaml_text(text)
+    return text if problems else data
 
 
 def _float_or_text(text: str) -> Any:

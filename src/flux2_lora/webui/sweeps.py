@@ -41,41 +41,6 @@ def _err(field: str, message: str) -> dict[str, Any]:
     return {"ok": False, "errors": [{"field": field, "message": message}]}
 
 
-REFERENCES = "validation.references"  # image paths in a list field: not among path_fields()
-
-
-def _check_references(
-    paths: AppPaths,
-    composed: dict[str, Any],
-    base: dict[str, Any],
-    flat: dict[str, Any],
-    params: Any,
-    origin: str,
-) -> list[dict[str, str]]:
-    """validation.references of the composed base and of a parameter's values, checked by the one path
-    check and written resolved; the refusal (naming where) or []."""
-    val = composed.get("validation")
-    if isinstance(val, dict) and val.get("references"):
-        try:
-            resolved = paths.checked_references(val["references"])
-        except PathRefused as e:
-            if REFERENCES in flat:
-                return [{"field": f"base.set.{REFERENCES}", "message": f"{e.field}: {e.message}"}]
-            return [{"field": origin, "message": f"{e.field}: {e.message}"}]
-        given = base.setdefault("set", {})
-        if isinstance(given, dict):
-            given[REFERENCES] = resolved
-    param = params.get(REFERENCES) if isinstance(params, dict) else None
-    choices = param.get("values") if isinstance(param, dict) else None
-    values: list[Any] = choices if isinstance(choices, list) else []
-    for i, v in enumerate(values):
-        try:
-            values[i] = paths.checked_references(v)
-        except PathRefused as e:
-            return [{"field": f"parameters.{REFERENCES}.values[{i}]", "message": e.message}]
-    return []
-
-
 def _spec_dict(
     paths: AppPaths, spec: dict[str, Any], *, unpack: bool = False
 ) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
@@ -140,7 +105,7 @@ def _spec_dict(
 
     def check(field: str, value: Any) -> Any:
         checked = paths.checked_value(field, value)
-        return unpacked_data(paths, field, checked) if unpack and fields[field] == "data" else checked
+        return unpacked_data(paths, field, checked) if unpack else checked
 
     try:
         for dotted, role in fields.items():
@@ -151,8 +116,8 @@ def _spec_dict(
             where = f"base.set.{dotted}" if dotted in flat else origin
             try:
                 resolved = check(dotted, sec[key])
-            except PathRefused as e:
-                message = e.message if dotted in flat else f"{dotted}: {e.message}"
+            except PathRefused as e:  # an item of a list field: its own name leads the message
+                message = e.message if dotted in flat and e.field == dotted else f"{e.field}: {e.message}"
                 return None, [{"field": where, "message": message}]
             if isinstance(base.get("set"), dict) or "set" not in base:
                 base.setdefault("set", {})[dotted] = resolved
@@ -166,9 +131,6 @@ def _spec_dict(
                     choices[i] = check(str(name), v)
                 except PathRefused as e:
                     return None, [{"field": f"parameters.{name}.values[{i}]", "message": e.message}]
-        refused = _check_references(paths, composed, base, flat, params, origin)
-        if refused:
-            return None, refused
     except DatasetError as e:
         field, _, message = str(e).partition(": ")
         return None, [{"field": field, "message": message}]

@@ -49,6 +49,8 @@ DATASET_KEYS = (
     "trigger_word",
     "reference_path",
     "reference_max_pixels",
+    "mask_path",
+    "extra",
 )
 
 
@@ -200,7 +202,14 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         config = form.config(data)
         # The estimate endpoint's own answer, with the dataset check this page already made.
         r = acts.assess(config, data[c["gpu"]] or "", data[dataset_state], with_recommendations=False)
-        errors = {e["field"]: e["message"] for e in r["errors"] if e["field"]}
+        # An entry's error (dataset.extra[0].path) shows at its list's widget, naming the entry.
+        errors = {
+            e["field"].split("[")[0]: (
+                e["message"] if "[" not in e["field"] else f"{e['field']}: {e['message']}"
+            )
+            for e in r["errors"]
+            if e["field"]
+        }
         fixes = [w for w in r["warnings"] if w.get("overrides")][:MAX_FIXES]
         model = r.get("model") or {}
         startable, reason = start_state(r, bool(data[c["start_anyway"]]))
