@@ -23,7 +23,6 @@ from typing import Any
 
 from flux2_lora.config import TrainConfig
 from flux2_lora.config.io import ConfigIssue, validate_dict
-from flux2_lora.data.entries import sized_for_estimate
 from flux2_lora.memory.gpus import GPUS, Gpu, local_gpu, parse_gpu
 from flux2_lora.memory.report import estimate_report
 from flux2_lora.variants import is_demo
@@ -245,9 +244,7 @@ def assess(
     errors += environment_errors(parsed, env or environment())
     if errors and any(e.field.startswith("model.") for e in errors):
         return Assessment(parsed, errors, message=_no_estimate(errors))
-    # The estimate reads one resolution: the largest dataset's (a dataset.extra entry's may be larger).
-    sized = sized_for_estimate(parsed)
-    report = estimate_report(sized, gpu=card, recommendations=recommendations, num_processes=num_processes)
+    report = estimate_report(parsed, gpu=card, recommendations=recommendations, num_processes=num_processes)
     from flux2_lora.config.warnings import common_mistakes
 
     warnings = [

@@ -67,15 +67,6 @@ def largest_resolution(config: Any) -> int:
     return max(p.settings.resolution for p in dataset_parts(config.dataset))
 
 
-def sized_for_estimate(config: Any) -> Any:
-    """``config`` as the estimate must size it: dataset.resolution the largest entry's (the estimate reads
-    one resolution; a larger entry's batches set the step's peak). The config itself is unchanged."""
-    res = largest_resolution(config)
-    if res == config.dataset.resolution:
-        return config
-    return config.model_copy(update={"dataset": config.dataset.model_copy(update={"resolution": res})})
-
-
 def legacy_entries(dataset: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
     """A raw dataset mapping with extra_paths / extra_weights / regularization_path / regularization_weight
     (earlier versions) turned into ``extra`` entries; (field, message, level) for each conversion."""

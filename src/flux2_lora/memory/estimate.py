@@ -184,13 +184,31 @@ def _read_stamp(path: str) -> float:
     return stamp
 
 
+def sized_resolution(config: TrainConfig) -> int:
+    """The resolution the estimate sizes: the largest of the run's datasets (an entry of dataset.extra may
+    train larger than dataset.resolution, and its batches set the step's peak)."""
+    if not config.dataset.extra:
+        return config.dataset.resolution
+    from flux2_lora.data.entries import largest_resolution
+
+    return largest_resolution(config)
+
+
 def resolve_shapes(config: TrainConfig) -> Shapes:
     m, ds = config.model, config.dataset
     known = getattr(_SAME_FILES, "shapes", None)
     if known is None:
         return _resolve_shapes(config)
     # Within same_model_files: the model's and the dataset's files are looked at once per setting.
-    key = (m.path, m.variant, m.dtype, ds.resolution, ds.path, ds.reference_path, ds.reference_max_pixels)
+    key = (
+        m.path,
+        m.variant,
+        m.dtype,
+        sized_resolution(config),
+        ds.path,
+        ds.reference_path,
+        ds.reference_max_pixels,
+    )
     if key not in known:
         known[key] = _resolve_shapes(config)
     return known[key]
@@ -200,7 +218,7 @@ def _resolve_shapes(config: TrainConfig) -> Shapes:
     from flux2_lora.data.references import largest_reference_tokens
 
     m, ds = config.model, config.dataset
-    shapes = _shapes(m.path, m.variant, _stamp(m.path), m.dtype, ds.resolution)
+    shapes = _shapes(m.path, m.variant, _stamp(m.path), m.dtype, sized_resolution(config))
     # Edit LoRAs: the references' tokens join the sequence (image headers of the dataset, cached).
     refs = largest_reference_tokens(ds.path, ds.reference_path, ds.reference_max_pixels)
     if not refs:
@@ -486,7 +504,7 @@ def _trainable(
 
 def _shape_key(config: TrainConfig) -> ShapeKey:
     m = config.model
-    return (m.path, m.variant, _stamp(m.path), m.dtype, config.dataset.resolution)
+    return (m.path, m.variant, _stamp(m.path), m.dtype, sized_resolution(config))
 
 
 def _run(config: TrainConfig, num_processes: int, kernels: str) -> _Run:
@@ -588,7 +606,7 @@ def _caching(r: _Run | _CachingFacts) -> dict[str, float]:
     images = vae_bytes(
         sh.vae,
         wb,
-        c.dataset.resolution,
+        sized_resolution(c),
         batch=IMAGE_BATCH,
         decode=False,
         slicing=mem.vae_slicing,
@@ -609,7 +627,7 @@ def _encoding(r: _Run) -> float:
         vae = vae_bytes(
             sh.vae,
             sh.weight_bytes,
-            r.config.dataset.resolution,
+            sized_resolution(r.config),
             batch=1,
             decode=False,
             slicing=True,
@@ -686,7 +704,7 @@ def _sampling(r: _Run, layout: FsdpLayout | None) -> dict[str, float]:
     decode = vae_bytes(
         sh.vae,
         wb,
-        c.dataset.resolution,
+        sized_resolution(c),
         batch=1,
         decode=True,
         slicing=mem.vae_slicing,

@@ -336,9 +336,7 @@ def estimate_summary(config: TrainConfig, num_processes: int) -> dict[str, Any] 
     except ImportError:
         return None
     try:
-        from flux2_lora.data.entries import sized_for_estimate
-
-        report = estimate_report(sized_for_estimate(config), num_processes=num_processes)
+        report = estimate_report(config, num_processes=num_processes)
     except Exception as e:  # the estimate must never fail a finished run
         log.warning("memory estimate unavailable: %s", e)
         return None
