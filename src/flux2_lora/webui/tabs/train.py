@@ -188,10 +188,11 @@ def _values(config: dict[str, Any]) -> list[Any]:
 
 def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
     acts = shared.actions
-    fixes_state, recs_state = gr.State([]), gr.State([])
+    recs_state = gr.State([])
     rec_token = gr.Textbox(visible=False, elem_id="rec-token")
-    # The config and GPU of the estimate shown: the fixes are searched for them without sending the form's
-    # fields again (an event with ~150 inputs costs the page as much as the search).
+    # The estimate shown: its config and GPU (the fixes that make it fit are searched for them without
+    # sending the form's fields again: an event with ~150 inputs costs the page as much as the search) and
+    # its warnings' fixes. One State: each output costs every later event a walk of the page's tree.
     estimated = gr.State(None)
     dataset_state = gr.State(None)
     # A hidden checkbox rather than a State: the page's own JS reads it (no round trip per keystroke).
@@ -223,8 +224,7 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
             c["queue_add"]: gr.update(interactive=startable),  # judged as Start is (jobs.judged)
             c["preflight"]: gr.update(interactive=startable),
             c["start_reason"]: render.esc(reason),
-            fixes_state: [w["overrides"] for w in fixes],
-            estimated: [config, data[c["gpu"]]],
+            estimated: {"config": config, "gpu": data[c["gpu"]], "fixes": [w["overrides"] for w in fixes]},
             **{
                 b: gr.update(
                     visible=i < len(fixes), value=render.warning_fix_label(fixes[i]) if i < len(fixes) else ""
@@ -234,10 +234,10 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         }
         return out
 
-    def on_recommend(token: str, shown: list[Any] | None) -> dict[Any, Any]:
+    def on_recommend(token: str, shown: dict[str, Any] | None) -> dict[Any, Any]:
         if not token or shown is None:
             return skip([recs_state, *c["rec_btns"]])
-        config, gpu = shown
+        config, gpu = shown["config"], shown["gpu"]
         recs = [] if token == "fits" else acts.recommend(config, gpu or "")[:MAX_RECS]
         return {
             recs_state: [r["overrides"] for r in recs],
@@ -251,7 +251,7 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
 
     est_outputs = [
         c["verdict"], c["warnings"], c["breakdown"], c["errors"], c["model_info"], c["start"], c["preflight"],
-        c["start_reason"], fixes_state, *c["fix_btns"], c["queue_add"], estimated,
+        c["start_reason"], *c["fix_btns"], c["queue_add"], estimated,
     ]  # fmt: skip
     gr.on(
         [w.change for w in form.components]
@@ -384,9 +384,9 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         on_lora_preset, {*form.inputs, c["stack"], c["lora_preset"]}, preset_out, **PRIVATE
     )
 
-    def apply_from(state: gr.State, i: int) -> Any:
+    def apply_from(state: gr.State, i: int, key: str | None = None) -> Any:
         def fn(data: dict[Any, Any]) -> dict[Any, Any]:
-            items = data[state] or []
+            items = (data[state] or {}).get(key, []) if key else data[state] or []
             if i >= len(items):
                 return skip(form.components)
             return form.updates(configs.apply_overrides(form.config(data), items[i]))
@@ -394,7 +394,7 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         return fn
 
     for i, b in enumerate(c["fix_btns"]):
-        b.click(apply_from(fixes_state, i), {*form.inputs, fixes_state}, form.components, **PRIVATE)
+        b.click(apply_from(estimated, i, "fixes"), {*form.inputs, estimated}, form.components, **PRIVATE)
     for i, b in enumerate(c["rec_btns"]):
         b.click(apply_from(recs_state, i), {*form.inputs, recs_state}, form.components, **PRIVATE)
 
