@@ -62,11 +62,31 @@ def build_app(paths: AppPaths | str = "runs") -> gr.Blocks:
         goto_tab.change(None, goto_tab, None, js=GOTO_TAB_JS, **PRIVATE)
         with gr.Tabs(selected="train", elem_id="tabs"):
             shared = Shared(actions, demo, run_dir, runs_changed, goto_tab)
+            tabs = []
             for tab_id, title, create in TABS:
                 with gr.Tab(title, id=tab_id, elem_id=f"tab-{tab_id}") as tab:
                     create(shared, tab)
+                tabs.append((tab_id, tab))
+        _timers_follow_tabs(shared, tabs)
         register_api(actions)
     return demo
+
+
+def _timers_follow_tabs(shared: Shared, tabs: list[tuple[str, gr.Tab]]) -> None:
+    """Each tab's timers tick while it is shown and stop when another tab is (the page starts on Train,
+    whose timers the others' do not include)."""
+    timers = [(owner, t) for owner, ts in shared.timers.items() for t in ts]
+    if not timers:
+        return
+    for tab_id, tab in tabs:
+        tab.select(
+            lambda shown=tab_id: [gr.Timer(active=owner == shown) for owner, _ in timers],
+            None,
+            [t for _, t in timers],
+            show_progress="hidden",
+            queue=False,
+            **PRIVATE,
+        )
 
 
 def launch(

@@ -4,7 +4,7 @@ the components other tabs need (LLaMA-Factory's layout). Cross-tab signals trave
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
@@ -21,6 +21,15 @@ class Shared:
     # A hidden box whose change brings a tab into view, in the page (see go_to): an event that outputs the
     # Tabs instead makes every later event's loading-status update walk the whole page (issue 22).
     goto_tab: gr.Textbox
+    # The 1 s timers of each tab (by tab id): they tick only while their tab is shown (app.py), since every
+    # tick is an event that costs the page a loading-status update of all its outputs, and the server a read.
+    timers: dict[str, list[gr.Timer]] = field(default_factory=dict)
+
+    def timer(self, tab_id: str) -> gr.Timer:
+        """A 1 s timer of ``tab_id`` that ticks while that tab is shown."""
+        t = gr.Timer(1.0, active=False)
+        self.timers.setdefault(tab_id, []).append(t)
+        return t
 
 
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}

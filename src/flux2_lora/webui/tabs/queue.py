@@ -111,7 +111,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
 
     refresh_in = {last, c["pick"]}
     gr.on([c["tab"].select], refresh, refresh_in, outs, show_progress="hidden", **PRIVATE)
-    gr.Timer(1.0).tick(refresh, refresh_in, outs, show_progress="hidden", **PRIVATE)
+    shared.timer("queue").tick(refresh, refresh_in, outs, show_progress="hidden", **PRIVATE)
 
     def buttons(job_id: str | None, jobs: list[list[str]]) -> dict[Any, Any]:
         job = next((j for j in jobs or [] if j[0] == job_id), None)

@@ -326,7 +326,7 @@ def _wire(shared: Shared, c: dict[str, Any]) -> None:
         )
         return out
 
-    timer = gr.Timer(1.0)
+    timer = shared.timer("runs")
     timer.tick(
         tick,
         {shared.run_dir, last_sig, shared.runs_changed},

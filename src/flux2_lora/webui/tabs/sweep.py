@@ -376,4 +376,4 @@ def _wire(shared: Shared, c: dict[str, Any], kinds: dict[str, dict[str, Any]]) -
             last_sig: sig,
         }
 
-    gr.Timer(1.0).tick(tick, [current, last_sig], outputs, show_progress="hidden", **PRIVATE)
+    shared.timer("sweep").tick(tick, [current, last_sig], outputs, show_progress="hidden", **PRIVATE)
