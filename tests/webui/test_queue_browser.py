@@ -159,7 +159,13 @@ def test_sample_now_adds_a_sample_at_the_current_step(
     # The new sample lands in the gallery, made at the step the run was at.
     page.wait_for_function(f"document.querySelectorAll('#samples img').length > {before}", timeout=300_000)
     assert [s for s in runs.read_jsonl(run_dir / runs.SAMPLES_INDEX) if s.get("step") == 3]
-    ack = client.predict(r["run_dir"], api_name="/run_status")["extra"]["on_demand"]["sample"]
+
+    # The trainer acknowledges in its status after the sample is written: wait for that status.
+    def acked() -> dict[str, Any]:
+        return client.predict(r["run_dir"], api_name="/run_status")["extra"].get("on_demand", {})
+
+    assert wait_for(lambda: "sample" in acked(), 120, 0.2)
+    ack = acked()["sample"]
     assert ack["step"] == 3, ack
     stacked(page, ("#run-status", "#runs-message"), "#samples", "sample_now.png")
     page.click("#stop-btn")
