@@ -13,11 +13,13 @@ Usage: python benchmarks/ui_estimate_latency.py [--n 40] [--aged [--age 600]]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +41,35 @@ from flux2_lora.webui.app import launch  # noqa: E402
 WARMUP = 3
 
 
-def measure(page, n: int) -> list[float]:  # type: ignore[no-untyped-def]
-    # Alpha follows rank until edited: edit it once, so each rank change is exactly one estimate.
+@contextlib.contextmanager
+def ui_in_browser() -> Iterator[tuple[str, Path, Any]]:
+    """(url, runs folder, browser): the UI on a free port with its runs in a temp dir, and a Chromium to
+    drive it; both closed after."""
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as runs:
+        demo, url = launch(runs, port=free_port(), prevent_thread_lock=True, quiet=True)
+        try:
+            with sync_playwright() as p:
+                browser = launch_browser(p)
+                try:
+                    yield url, Path(runs), browser
+                finally:
+                    browser.close()
+        finally:
+            demo.close()
+
+
+def unlink_alpha(page: Any) -> None:
+    """Alpha follows rank until edited: edit it once, so each rank change is exactly one estimate."""
     before = rev(page)
     alpha = float(page.locator("#field-lora-alpha input").input_value() or 0)
     set_field(page, "lora.alpha", f"{alpha + 1:g}")
     wait_new_estimate(page, before)
+
+
+def measure(page, n: int) -> list[float]:  # type: ignore[no-untyped-def]
+    unlink_alpha(page)
     sel = "#field-lora-rank input"
     rank = int(float(page.locator(sel).input_value() or 0))
     times = []
@@ -166,43 +191,30 @@ def main() -> int:
     ap.add_argument("--aged", action="store_true", help="measure again after --age s of monitoring runs")
     ap.add_argument("--age", type=float, default=600.0, help="seconds of monitoring (default: 10 minutes)")
     args = ap.parse_args()
-    from playwright.sync_api import sync_playwright
-
     if not args.aged:  # the aged runs need the demo model, cached in the user's own home
         os.environ.setdefault("FLUX2_LORA_HOME", tempfile.mkdtemp(prefix="flux2-home-"))
     lines = Lines()
-    with tempfile.TemporaryDirectory() as runs:
-        demo, url = launch(runs, port=free_port(), prevent_thread_lock=True, quiet=True)
-        try:
-            with sync_playwright() as p:
-                browser = launch_browser(p)
-                page = open_page(browser, url)
-                verdict = page.locator("#estimate-verdict").get_attribute("data-verdict")
-                lines.append(summary(f"default page (demo) ({verdict})", measure(page, args.n)))
-                if args.aged:
-                    second = open_page(browser, url)
-                    t0 = time.monotonic()
-                    done = age_pages(url, Path(runs), [page, second], args.age)
-                    minutes = (time.monotonic() - t0) / 60
-                    page.click("#tab-train-button")
-                    lines.append(
-                        summary(
-                            f"aged {minutes:.1f} min, {done} runs, 2 tabs ({verdict})", measure(page, args.n)
-                        )
-                    )
-                before = rev(page)
-                page.click("#preset-dev")
-                wait_new_estimate(page, before)
-                page.wait_for_selector("#estimate-verdict[data-verdict='does_not_fit']", timeout=30_000)
-                page.locator("#rec-0").wait_for(state="visible", timeout=30_000)
-                verdict = page.locator("#estimate-verdict").get_attribute("data-verdict")
-                lines.append(summary(f"FLUX.2 [dev], 24 GB ({verdict})", measure(page, args.n)))
-                lines.append(
-                    summary("a fix clicked, FLUX.2 [dev] on 24 GB", measure_recommendation(page), False)
-                )
-                browser.close()
-        finally:
-            demo.close()
+    with ui_in_browser() as (url, runs, browser):
+        page = open_page(browser, url)
+        verdict = page.locator("#estimate-verdict").get_attribute("data-verdict")
+        lines.append(summary(f"default page (demo) ({verdict})", measure(page, args.n)))
+        if args.aged:
+            second = open_page(browser, url)
+            t0 = time.monotonic()
+            done = age_pages(url, runs, [page, second], args.age)
+            minutes = (time.monotonic() - t0) / 60
+            page.click("#tab-train-button")
+            lines.append(
+                summary(f"aged {minutes:.1f} min, {done} runs, 2 tabs ({verdict})", measure(page, args.n))
+            )
+        before = rev(page)
+        page.click("#preset-dev")
+        wait_new_estimate(page, before)
+        page.wait_for_selector("#estimate-verdict[data-verdict='does_not_fit']", timeout=30_000)
+        page.locator("#rec-0").wait_for(state="visible", timeout=30_000)
+        verdict = page.locator("#estimate-verdict").get_attribute("data-verdict")
+        lines.append(summary(f"FLUX.2 [dev], 24 GB ({verdict})", measure(page, args.n)))
+        lines.append(summary("a fix clicked, FLUX.2 [dev] on 24 GB", measure_recommendation(page), False))
     return 0
 
 

@@ -20,10 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from tests.webui.browser import MEASURE_JS, launch_browser, open_page, rev, set_field, wait_new_estimate  # noqa: E402
-from tests.webui.conftest import free_port  # noqa: E402
-
-from flux2_lora.webui.app import launch  # noqa: E402
+from benchmarks.ui_estimate_latency import ui_in_browser, unlink_alpha  # noqa: E402
+from tests.webui.browser import MEASURE_JS, open_page, rev, wait_new_estimate  # noqa: E402
 
 
 def main() -> int:
@@ -31,39 +29,26 @@ def main() -> int:
     ap.add_argument("--preset", default="", help="a model preset button to click first (default: the demo)")
     ap.add_argument("--n", type=int, default=14, help="rank changes measured")
     args = ap.parse_args()
-    from playwright.sync_api import sync_playwright
-
     os.environ.setdefault("FLUX2_LORA_HOME", tempfile.mkdtemp(prefix="flux2-home-"))
-    with tempfile.TemporaryDirectory() as runs:
-        demo, url = launch(runs, port=free_port(), prevent_thread_lock=True, quiet=True)
-        try:
-            with sync_playwright() as p:
-                browser = launch_browser(p)
-                page = open_page(browser, url)
-                if args.preset:
-                    before = rev(page)
-                    page.click(f"#preset-{args.preset}")
-                    wait_new_estimate(page, before)
-                # Alpha follows rank until edited: edit it once, so each rank change is one estimate.
-                before = rev(page)
-                alpha = float(page.locator("#field-lora-alpha input").input_value() or 0)
-                set_field(page, "lora.alpha", f"{alpha + 1:g}")
-                wait_new_estimate(page, before)
-                page.wait_for_timeout(1000)
-                cdp = page.context.new_cdp_session(page)
-                cdp.send("Performance.enable")
+    with ui_in_browser() as (url, _, browser):
+        page = open_page(browser, url)
+        if args.preset:
+            before = rev(page)
+            page.click(f"#preset-{args.preset}")
+            wait_new_estimate(page, before)
+        unlink_alpha(page)
+        page.wait_for_timeout(1000)
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Performance.enable")
 
-                def metrics() -> dict[str, float]:
-                    return {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+        def metrics() -> dict[str, float]:
+            return {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
 
-                a, times = metrics(), []
-                for i in range(args.n):
-                    times.append(page.evaluate(MEASURE_JS, ["#field-lora-rank input", str(12 + 4 * i)]))
-                    page.wait_for_timeout(400)  # the settled fixes search runs too, as for a user
-                z = metrics()
-                browser.close()
-        finally:
-            demo.close()
+        a, times = metrics(), []
+        for i in range(args.n):
+            times.append(page.evaluate(MEASURE_JS, ["#field-lora-rank input", str(12 + 4 * i)]))
+            page.wait_for_timeout(400)  # the settled fixes search runs too, as for a user
+        z = metrics()
     per = {k: 1000 * (z[k] - a[k]) / args.n for k in ("TaskDuration", "ScriptDuration")}
     print(
         f"{args.preset or 'demo'}: refresh median {statistics.median(times[2:]):.0f} ms; main thread per change: "
