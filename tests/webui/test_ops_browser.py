@@ -13,10 +13,23 @@ from PIL import Image
 from tests.webui.browser import SHOTS, open_page, set_field
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Page
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
+
+
+def wait_caption_ready(page: Page) -> None:
+    """Wait until Caption images is enabled; on a timeout, fail with what the reason line says (a failure in
+    CI said only that the button stayed disabled)."""
+    try:
+        page.wait_for_function("!document.querySelector('#caption-btn').disabled", timeout=60_000)
+    except playwright.TimeoutError:
+        reason = page.locator("#caption-reason").inner_text()
+        shown = page.locator("#caption-model").locator("input, textarea").first.input_value()
+        pytest.fail(
+            f"Caption images stayed disabled; the reason line says {reason!r}; the model box has {shown!r}"
+        )
 
 
 def test_caption_images_from_the_dataset_section(
@@ -44,7 +57,7 @@ def test_caption_images_from_the_dataset_section(
     assert "disabled" in page.locator("#caption-reason").inner_text()
     box.fill(str(model))
     box.press("Tab")
-    page.wait_for_function("!document.querySelector('#caption-btn').disabled", timeout=30_000)
+    wait_caption_ready(page)
     page.click("#caption-btn")  # the default choice: existing captions are kept
     page.wait_for_selector("#caption-state[data-state='done']", timeout=600_000)
     shown = page.locator("#caption-state").inner_text()
@@ -70,11 +83,12 @@ def test_edit_a_caption_in_the_previews_and_save_it(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     page = open_page(browser, ui_url)
     set_field(page, "dataset.path", str(ds))
+    page.locator("#dataset-check").get_by_text("2 missing").wait_for(timeout=60_000)  # the page has settled
     page.locator("#caption-fold .label-wrap").first.click()
     box = page.locator("#caption-model").locator("input, textarea").first
     box.fill(str(model))
     box.press("Tab")
-    page.wait_for_function("!document.querySelector('#caption-btn').disabled", timeout=30_000)
+    wait_caption_ready(page)
     page.click("#caption-btn")
     page.wait_for_selector("#caption-state[data-state='done']", timeout=600_000)
     written_b = (ds / "b.txt").read_text()
