@@ -180,6 +180,37 @@ def create_train_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
     return c
 
 
+def estimate_js(api_name: str, n_outputs: int, states: list[int], errors: int) -> str:
+    """The page's estimate event: POST the inputs to the backend event ``api_name`` as Gradio's own client
+    does (the page's session, so its States are read and kept), return its outputs. A reply that a newer
+    request overtook is dropped (undefined leaves an output as it is); States stay the server's."""
+    return f"""
+async (...values) => {{
+  const seq = (window.flux2EstimateSeq = (window.flux2EstimateSeq || 0) + 1);
+  const keep = Array({n_outputs}).fill(undefined);
+  const root = (window.gradio_config && window.gradio_config.root) || window.location.origin;
+  let data;
+  try {{
+    const r = await fetch(root.replace(/\\/$/, '') + '/gradio_api/run/{api_name}', {{
+      method: 'POST',
+      headers: {{'Content-Type': 'application/json'}},
+      body: JSON.stringify({{data: values, event_data: null, session_hash: window.__gradio_session_hash__}}),
+    }});
+    const body = await r.json();
+    if (!r.ok) throw new Error(body.error || r.statusText);
+    data = body.data;
+  }} catch (e) {{
+    if (seq !== window.flux2EstimateSeq) return keep;
+    keep[{errors}] = '✘ The estimate failed: ' + String(e.message || e).replace(/[<>&]/g, '');
+    return keep;
+  }}
+  if (seq !== window.flux2EstimateSeq) return keep;
+  for (const i of {json.dumps(states)}) data[i] = undefined;
+  return data;
+}}
+"""
+
+
 def _values(config: dict[str, Any]) -> list[Any]:
     from flux2_lora.webui.schema import values_from_config
 
@@ -253,15 +284,32 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         c["verdict"], c["warnings"], c["breakdown"], c["errors"], c["model_info"], c["start"], c["preflight"],
         c["start_reason"], *c["fix_btns"], c["queue_add"], estimated,
     ]  # fmt: skip
+    est_inputs = [*form.components, c["gpu"], dataset_state, c["start_anyway"]]
+    # The estimate is computed by a backend event the page calls itself (estimate_js): an event the
+    # page's Gradio frontend dispatches makes it update the loading status of every input and of every
+    # output any event ever had (a walk of the ~540-node tree each), which grew with the page's age to
+    # most of a change's latency (issue 22). Its hidden button is never clicked.
+    backend = gr.Button(visible=False, elem_id="estimate-backend")
+    dep = backend.click(
+        lambda *values: on_estimate(dict(zip(est_inputs, values, strict=True))),
+        est_inputs,
+        est_outputs,
+        queue=False,
+        api_name="flux2_estimate",
+        **PRIVATE,
+    )
     gr.on(
         [w.change for w in form.components]
         + [c["gpu"].change, dataset_state.change, c["start_anyway"].change, shared.blocks.load],
-        on_estimate,
-        inputs={*form.inputs, c["gpu"], dataset_state, c["start_anyway"]},
+        None,
+        inputs=est_inputs,
         outputs=est_outputs,
-        trigger_mode="always_last",
-        show_progress="hidden",
-        queue=False,
+        js=estimate_js(
+            str(dep["api_name"]),
+            len(est_outputs),
+            states=[est_outputs.index(estimated)],
+            errors=est_outputs.index(c["errors"]),
+        ),
         **PRIVATE,
     ).then(
         # The search for fixes costs tens of ms on a config that does not fit: it waits until the estimate
