@@ -181,34 +181,48 @@ def create_train_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
 
 
 def estimate_js(api_name: str, n_outputs: int, states: list[int], errors: int) -> str:
-    """The page's estimate event: POST the inputs to the backend event ``api_name`` as Gradio's own client
-    does (the page's session, so its States are read and kept), return its outputs. A reply that a newer
-    request overtook is dropped (undefined leaves an output as it is); States stay the server's."""
+    """The page's full estimate event (page load, GPU, dataset check, start anyway): keep every input's
+    value in the page (window.flux2EstimateValues) and define window.flux2Estimate(changes), which applies
+    [[input index, value], ...] and POSTs the inputs to the backend event ``api_name`` as Gradio's own
+    client does (the page's session, so its States are read and kept) and returns its outputs. A reply that
+    a newer request overtook is dropped (undefined leaves an output as it is); States stay the server's."""
     return f"""
 async (...values) => {{
-  const seq = (window.flux2EstimateSeq = (window.flux2EstimateSeq || 0) + 1);
-  const keep = Array({n_outputs}).fill(undefined);
-  const root = (window.gradio_config && window.gradio_config.root) || window.location.origin;
-  let data;
-  try {{
-    const r = await fetch(root.replace(/\\/$/, '') + '/gradio_api/run/{api_name}', {{
-      method: 'POST',
-      headers: {{'Content-Type': 'application/json'}},
-      body: JSON.stringify({{data: values, event_data: null, session_hash: window.__gradio_session_hash__}}),
-    }});
-    const body = await r.json();
-    if (!r.ok) throw new Error(body.error || r.statusText);
-    data = body.data;
-  }} catch (e) {{
+  if (!window.flux2Estimate) window.flux2Estimate = async (changes) => {{
+    const all = window.flux2EstimateValues;
+    for (const [i, v] of changes) all[i] = v;
+    const seq = (window.flux2EstimateSeq = (window.flux2EstimateSeq || 0) + 1);
+    const keep = Array({n_outputs}).fill(undefined);
+    const root = (window.gradio_config && window.gradio_config.root) || window.location.origin;
+    let data;
+    try {{
+      const r = await fetch(root.replace(/\\/$/, '') + '/gradio_api/run/{api_name}', {{
+        method: 'POST',
+        headers: {{'Content-Type': 'application/json'}},
+        body: JSON.stringify({{data: all, event_data: null, session_hash: window.__gradio_session_hash__}}),
+      }});
+      const body = await r.json();
+      if (!r.ok) throw new Error(body.error || r.statusText);
+      data = body.data;
+    }} catch (e) {{
+      if (seq !== window.flux2EstimateSeq) return keep;
+      keep[{errors}] = '✘ The estimate failed: ' + String(e.message || e).replace(/[<>&]/g, '');
+      return keep;
+    }}
     if (seq !== window.flux2EstimateSeq) return keep;
-    keep[{errors}] = '✘ The estimate failed: ' + String(e.message || e).replace(/[<>&]/g, '');
-    return keep;
-  }}
-  if (seq !== window.flux2EstimateSeq) return keep;
-  for (const i of {json.dumps(states)}) data[i] = undefined;
-  return data;
+    for (const i of {json.dumps(states)}) data[i] = undefined;
+    return data;
+  }};
+  window.flux2EstimateValues = values.slice();
+  return await window.flux2Estimate([]);
 }}
 """
+
+
+def field_estimate_js(index: int, n_outputs: int) -> str:
+    """One field's change: its new value into the page's copy of the inputs, then the estimate. Before
+    the full event has run once (at page load) there is no copy yet, and that event reads every field."""
+    return f"(v) => window.flux2Estimate ? window.flux2Estimate([[{index}, v]]) : Array({n_outputs}).fill(undefined)"
 
 
 def _values(config: dict[str, Any]) -> list[Any]:
@@ -298,9 +312,8 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         api_name="flux2_estimate",
         **PRIVATE,
     )
-    gr.on(
-        [w.change for w in form.components]
-        + [c["gpu"].change, dataset_state.change, c["start_anyway"].change, shared.blocks.load],
+    full = gr.on(
+        [c["gpu"].change, dataset_state.change, c["start_anyway"].change, shared.blocks.load],
         None,
         inputs=est_inputs,
         outputs=est_outputs,
@@ -311,15 +324,17 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
             errors=est_outputs.index(c["errors"]),
         ),
         **PRIVATE,
-    ).then(
+    )
+    # One event per field, with that field alone as input: the frontend reads every input and every
+    # trigger of an event each time it runs (a tree walk each), ~220 of them for one event on all fields.
+    settles = [full] + [
+        w.change(None, w, est_outputs, js=field_estimate_js(i, len(est_outputs)), **PRIVATE)
+        for i, w in enumerate(form.components)
+    ]
+    for d in settles:
         # The search for fixes costs tens of ms on a config that does not fit: it waits until the estimate
         # has been still for a moment, so it never slows the verdict while the user types.
-        None,
-        inputs=rec_token,
-        outputs=rec_token,
-        js=SETTLED_REV,
-        **PRIVATE,
-    )
+        d.then(None, inputs=rec_token, outputs=rec_token, js=SETTLED_REV, **PRIVATE)
     rec_token.change(
         on_recommend,
         inputs=[rec_token, estimated],
