@@ -303,6 +303,8 @@ class _Step:
     d_kept: list[float]
     d_dense: list[float]
     d_grads: list[float]
+    # LoKr/LoHa: each block's worst delta backward beyond the blocks before it (memory/adapter_acts.py)
+    a_peak: list[float]
 
     def kept(self) -> list[float]:
         """Bytes each block keeps through backward without checkpointing (DoRA's terms included)."""
@@ -341,13 +343,12 @@ def _step(
         d_kept, d_dense, d_grads = _dora_by_block(arch, specs, dtype_bytes, img, txt, batch, dora_dense)
     else:
         d_kept = d_dense = d_grads = [0.0] * n
-    if adapter != "lora":  # LoKr / LoHa build their delta weights: the same slots as DoRA's terms
+    a_peak = [0.0] * n
+    if adapter != "lora":  # LoKr / LoHa: their kept delta weights, and the backward of one at a time
         from flux2_lora.memory.adapter_acts import adapter_by_block
 
-        a_kept, a_dense, a_grads = adapter_by_block(arch, specs, adapter, _block_index)
+        a_kept, a_peak = adapter_by_block(arch, by_block, adapter, img, txt, batch, dtype_bytes)
         d_kept = [x + y for x, y in zip(d_kept, a_kept, strict=True)]
-        d_dense = [max(x, y) for x, y in zip(d_dense, a_dense, strict=True)]
-        d_grads = [max(x, y) for x, y in zip(d_grads, a_grads, strict=True)]
     return _Step(
         c=c,
         tokens_d=tokens_d,
@@ -362,6 +363,7 @@ def _step(
         d_kept=d_kept,
         d_dense=d_dense,
         d_grads=d_grads,
+        a_peak=a_peak,
     )
 
 
@@ -471,11 +473,15 @@ def _step_peak(arch: TransformerArch, st: _Step, checkpointing: bool) -> float:
             if extra:
                 recompute = sum(inputs[: i + 1]) + blocks[i] + d_kept[i]
                 peak = max(peak, recompute + extra)
+            if st.a_peak[i]:
+                peak = max(peak, sum(inputs[: i + 1]) + st.a_peak[i])
     else:
         kept_by_block = st.kept()
         peak = sum(kept_by_block) + st.transient
         prefix = 0.0
         for i in range(n):
+            if st.a_peak[i]:
+                peak = max(peak, prefix + st.a_peak[i])
             prefix += kept_by_block[i]
             # DoRA's dense weight (forward) and gradients (backward) come while the blocks up to i hold
             # their activations; the plain gradient transient is counted at the last block.
