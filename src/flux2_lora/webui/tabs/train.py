@@ -184,8 +184,9 @@ def estimate_js(api_name: str, n_outputs: int, states: list[int], errors: int) -
     """The page's full estimate event (page load, GPU, dataset check, start anyway): keep every input's
     value in the page (window.flux2EstimateValues) and define window.flux2Estimate(changes), which applies
     [[input index, value], ...] and POSTs the inputs to the backend event ``api_name`` as Gradio's own
-    client does (the page's session, so its States are read and kept) and returns its outputs. A reply that
-    a newer request overtook is dropped (undefined leaves an output as it is); States stay the server's."""
+    client does (the page's session, so its States are read and kept) and returns its outputs. A call that
+    a newer one overtakes, before it sends or before its reply, returns undefined for every output (which
+    leaves them as they are); States stay the server's."""
     return f"""
 async (...values) => {{
   if (!window.flux2Estimate) window.flux2Estimate = async (changes) => {{
@@ -193,6 +194,9 @@ async (...values) => {{
     for (const [i, v] of changes) all[i] = v;
     const seq = (window.flux2EstimateSeq = (window.flux2EstimateSeq || 0) + 1);
     const keep = Array({n_outputs}).fill(undefined);
+    // A preset or a fix changes many fields at once, each its own event: only the burst's last sends.
+    await new Promise((r) => setTimeout(r, 0));
+    if (seq !== window.flux2EstimateSeq) return keep;
     const root = (window.gradio_config && window.gradio_config.root) || window.location.origin;
     let data;
     try {{
