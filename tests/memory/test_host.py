@@ -113,6 +113,26 @@ def test_cache_to_disk_takes_the_cached_latents_and_embeddings_out_of_ram(tmp_pa
     assert a["phases"]["training"] - b["phases"]["training"] == pytest.approx(10 * per_image / 2**30)
 
 
+def test_cached_latents_count_every_dataset_at_its_own_resolution(tmp_path: Path) -> None:
+    """A dataset.extra entry's images are cached too, at the entry's resolution (512 here, the primary
+    at 1024): the RAM for them is exactly their latents and embeddings at 512 px."""
+    from flux2_lora.memory.host import ram_cache_gib
+
+    main, extra = tmp_path / "main", tmp_path / "extra"
+    for folder, n in ((main, 10), (extra, 5)):
+        folder.mkdir()
+        for i in range(n):
+            (folder / f"{i}.png").write_bytes(b"")
+    overrides = [f"dataset.path={main}", "dataset.resolution=1024", "dataset.random_flip=false"]
+    alone, _ = load_config(presets=["dev"], overrides=overrides)
+    both, _ = load_config(
+        presets=["dev"], overrides=[*overrides, f"dataset.extra=[{{path: {extra}, resolution: 512}}]"]
+    )
+    dim = resolve_shapes(alone).arch.joint_attention_dim
+    per_512 = (32 * 64 * 64 + 512 * dim) * 2  # bf16 latent at 512 px + embedding
+    assert ram_cache_gib(both) - ram_cache_gib(alone) == pytest.approx(5 * per_512 / 2**30)
+
+
 def test_cpu_fsdp_processes_other_than_rank_0_read_no_weights() -> None:
     """A CPU run (klein 4B widths): under FSDP the second process never holds the loading peak."""
     fsdp, _ = load_config(

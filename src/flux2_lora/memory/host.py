@@ -164,24 +164,29 @@ def _gpu_run(
 
 def ram_cache_gib(config: TrainConfig) -> float:
     """The cached latents and prompt embeddings held in RAM by each training process (0 with
-    memory.cache_to_disk: they are read from ``<run>/.cache`` per step; 0 when the dataset folder is not
-    here to count). One caption per image (eight with dataset.shuffle_tags), both flips with
+    memory.cache_to_disk: they are read from ``<run>/.cache`` per step). Every dataset of the run counts
+    (dataset.path and each dataset.extra entry, at its own resolution); a folder that is not here to count
+    adds nothing. One caption per image (eight with dataset.shuffle_tags), both flips with
     dataset.random_flip; folder repeats share their image's cache entries."""
-    mem, ds = config.memory, config.dataset
+    from flux2_lora.data.entries import dataset_parts
+
+    mem = config.memory
     if mem.cache_to_disk or not (mem.cache_latents or mem.cache_text_embeddings):
-        return 0.0
-    images = _dataset_images(ds.path)
-    if not images:
         return 0.0
     sh = resolve_shapes(config)
     wb = 4 if config.model.dtype == "float32" else 2
     total = 0.0
-    if mem.cache_latents:
-        cells = (ds.resolution // sh.vae.spatial_factor) ** 2
-        total += images * (2 if ds.random_flip else 1) * sh.vae.latent_channels * cells * wb
-    if mem.cache_text_embeddings:
-        captions = images * (8 if ds.shuffle_tags else 1)
-        total += captions * sh.text_tokens * sh.arch.joint_attention_dim * wb
+    # Without extra entries, the primary section itself (dataset_parts copies each section: this runs in
+    # every re-estimate of the recommendations).
+    parts = [p.settings for p in dataset_parts(config.dataset)] if config.dataset.extra else [config.dataset]
+    for ds in parts:
+        images = _dataset_images(ds.path)
+        if mem.cache_latents:
+            cells = (ds.resolution // sh.vae.spatial_factor) ** 2
+            total += images * (2 if ds.random_flip else 1) * sh.vae.latent_channels * cells * wb
+        if mem.cache_text_embeddings:
+            captions = images * (8 if ds.shuffle_tags else 1)
+            total += captions * sh.text_tokens * sh.arch.joint_attention_dim * wb
     return total / GIB
 
 
