@@ -3,13 +3,16 @@ reason) and fitted to the chosen GPU, applied to the form, the reasons shown und
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from flux2_lora.webui import render
 from flux2_lora.webui.tabs import PRIVATE, Shared
 from flux2_lora.webui.widgets import Form
+
+if TYPE_CHECKING:
+    from flux2_lora.webui.direct import PageCalls
 
 
 def add_autotune() -> dict[str, Any]:
@@ -41,7 +44,7 @@ def _cell(v: Any) -> str:
     return render.esc(v).replace("|", "\\|").replace("\n", " ")
 
 
-def wire_autotune(shared: Shared, c: dict[str, Any], form: Form, alpha_linked: Any) -> None:
+def wire_autotune(shared: Shared, c: dict[str, Any], form: Form, alpha_linked: Any, calls: PageCalls) -> None:
     acts = shared.actions
 
     def on_click(data: dict[Any, Any]) -> dict[Any, Any]:
@@ -53,10 +56,14 @@ def wire_autotune(shared: Shared, c: dict[str, Any], form: Form, alpha_linked: A
             out[alpha_linked] = lora.get("alpha") == lora.get("rank")
         return out
 
-    c["autotune"].click(
+    # A page call (webui/direct.py) shows no progress of its own: the reasons box says it is working.
+    c["autotune"].click(None, None, c["autotune_reasons"], js="() => 'Auto-tuning…'", **PRIVATE)
+    calls.form_event(
+        c["autotune"].click,
         on_click,
-        {*form.inputs, c["gpu"]},
+        form.components,
+        [c["gpu"]],
         [*form.components, c["autotune_reasons"], alpha_linked],
-        show_progress="minimal",
-        **PRIVATE,
+        "autotune",
+        message=c["autotune_reasons"],
     )

@@ -15,6 +15,7 @@ import pandas as pd
 
 from flux2_lora.config import mixed_precision
 from flux2_lora.webui import configs, edit_view, render
+from flux2_lora.webui.direct import PageCalls, estimate_js, field_estimate_js
 from flux2_lora.webui.schema import SECTION_TITLES, form_fields, section_docs
 from flux2_lora.webui.tabs import PRIVATE, Shared, go_to, skip
 from flux2_lora.webui.tabs.autotune import add_autotune, wire_autotune
@@ -180,55 +181,6 @@ def create_train_tab(shared: Shared, tab: gr.Tab) -> dict[str, Any]:
     return c
 
 
-def estimate_js(api_name: str, n_outputs: int, states: list[int], errors: int) -> str:
-    """The page's full estimate event (page load, GPU, dataset check, start anyway): keep every input's
-    value in the page (window.flux2EstimateValues) and define window.flux2Estimate(changes), which applies
-    [[input index, value], ...] and POSTs the inputs to the backend event ``api_name`` as Gradio's own
-    client does (the page's session, so its States are read and kept) and returns its outputs. A call that
-    a newer one overtakes, before it sends or before its reply, returns undefined for every output (which
-    leaves them as they are); States stay the server's."""
-    return f"""
-async (...values) => {{
-  if (!window.flux2Estimate) window.flux2Estimate = async (changes) => {{
-    const all = window.flux2EstimateValues;
-    for (const [i, v] of changes) all[i] = v;
-    const seq = (window.flux2EstimateSeq = (window.flux2EstimateSeq || 0) + 1);
-    const keep = Array({n_outputs}).fill(undefined);
-    // A preset or a fix changes many fields at once, each its own event: only the burst's last sends.
-    await new Promise((r) => setTimeout(r, 0));
-    if (seq !== window.flux2EstimateSeq) return keep;
-    const root = (window.gradio_config && window.gradio_config.root) || window.location.origin;
-    let data;
-    try {{
-      const r = await fetch(root.replace(/\\/$/, '') + '/gradio_api/run/{api_name}', {{
-        method: 'POST',
-        headers: {{'Content-Type': 'application/json'}},
-        body: JSON.stringify({{data: all, event_data: null, session_hash: window.__gradio_session_hash__}}),
-      }});
-      const body = await r.json();
-      if (!r.ok) throw new Error(body.error || r.statusText);
-      data = body.data;
-    }} catch (e) {{
-      if (seq !== window.flux2EstimateSeq) return keep;
-      keep[{errors}] = '✘ The estimate failed: ' + String(e.message || e).replace(/[<>&]/g, '');
-      return keep;
-    }}
-    if (seq !== window.flux2EstimateSeq) return keep;
-    for (const i of {json.dumps(states)}) data[i] = undefined;
-    return data;
-  }};
-  window.flux2EstimateValues = values.slice();
-  return await window.flux2Estimate([]);
-}}
-"""
-
-
-def field_estimate_js(index: int, n_outputs: int) -> str:
-    """One field's change: its new value into the page's copy of the inputs, then the estimate. Before
-    the full event has run once (at page load) there is no copy yet, and that event reads every field."""
-    return f"(v) => window.flux2Estimate ? window.flux2Estimate([[{index}, v]]) : Array({n_outputs}).fill(undefined)"
-
-
 def _values(config: dict[str, Any]) -> list[Any]:
     from flux2_lora.webui.schema import values_from_config
 
@@ -303,26 +255,15 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         c["start_reason"], *c["fix_btns"], c["queue_add"], estimated,
     ]  # fmt: skip
     est_inputs = [*form.components, c["gpu"], dataset_state, c["start_anyway"]]
-    # The estimate is computed by a backend event the page calls itself (estimate_js): an event the
-    # page's Gradio frontend dispatches makes it update the loading status of every input and of every
-    # output any event ever had (a walk of the ~540-node tree each), which grew with the page's age to
-    # most of a change's latency (issue 22). Its hidden button is never clicked.
-    backend = gr.Button(visible=False, elem_id="estimate-backend")
-    dep = backend.click(
-        lambda *values: on_estimate(dict(zip(est_inputs, values, strict=True))),
-        est_inputs,
-        est_outputs,
-        queue=False,
-        api_name="flux2_estimate",
-        **PRIVATE,
-    )
+    calls = PageCalls()  # the form's events run in the page (webui/direct.py)
+    api = calls.backend(on_estimate, est_inputs, est_outputs, "estimate")
     full = gr.on(
         [c["gpu"].change, dataset_state.change, c["start_anyway"].change, shared.blocks.load],
         None,
         inputs=est_inputs,
         outputs=est_outputs,
         js=estimate_js(
-            str(dep["api_name"]),
+            api,
             len(est_outputs),
             states=[est_outputs.index(estimated)],
             errors=est_outputs.index(c["errors"]),
@@ -413,7 +354,7 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         return {form["dataset.path"]: r["dataset_dir"]}
 
     c["zip"].upload(on_zip, c["zip"], [form["dataset.path"], c["dataset_info"]], **PRIVATE)
-    wire_autotune(shared, c, form, alpha_linked)
+    wire_autotune(shared, c, form, alpha_linked, calls)
     wire_caption(shared, c, form)
 
     # ---- presets, fixes, templates ------------------------------------------------------------------
@@ -440,15 +381,23 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         "quickstart": (c["quickstart"], "Demo (quickstart)"),
         "quickstart-edit": (c["quickstart_edit"], "Edit demo (quickstart-edit)"),
     }
+    comps = form.components
     for name, (btn, label) in buttons.items():
-        btn.click(preset(name, label), {*form.inputs, c["stack"]}, preset_out, **PRIVATE)
+        calls.form_event(
+            btn.click, preset(name, label), comps, [c["stack"]], preset_out, f"preset_{name}", c["preset_msg"]
+        )
 
     def on_lora_preset(data: dict[Any, Any]) -> dict[Any, Any]:
         name = data[c["lora_preset"]]
         return preset(name, name.capitalize())(data) if name else skip(preset_out)
 
-    c["lora_preset"].input(
-        on_lora_preset, {*form.inputs, c["stack"], c["lora_preset"]}, preset_out, **PRIVATE
+    calls.form_event(
+        c["lora_preset"].input,
+        on_lora_preset,
+        comps,
+        [c["stack"], c["lora_preset"]],
+        preset_out,
+        "lora_preset",
     )
 
     def apply_from(state: gr.State, i: int, key: str | None = None) -> Any:
@@ -461,9 +410,11 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         return fn
 
     for i, b in enumerate(c["fix_btns"]):
-        b.click(apply_from(estimated, i, "fixes"), {*form.inputs, estimated}, form.components, **PRIVATE)
+        calls.form_event(b.click, apply_from(estimated, i, "fixes"), comps, [estimated], comps, f"fix_{i}")
     for i, b in enumerate(c["rec_btns"]):
-        b.click(apply_from(recs_state, i), {*form.inputs, recs_state}, form.components, **PRIVATE)
+        calls.form_event(
+            b.click, apply_from(recs_state, i), comps, [recs_state], comps, f"recommendation_{i}"
+        )
 
     def on_save(data: dict[Any, Any]) -> dict[Any, Any]:
         r = acts.save_template(form.config(data), data[c["tpl_name"]] or "")
@@ -489,7 +440,15 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
             alpha_linked: lora.get("alpha") == lora.get("rank"),
         }
 
-    c["tpl_pick"].input(on_load, c["tpl_pick"], [*form.components, c["tpl_msg"], alpha_linked], **PRIVATE)
+    calls.form_event(
+        c["tpl_pick"].input,
+        lambda data: on_load(data[c["tpl_pick"]]),
+        comps,
+        [c["tpl_pick"]],
+        [*comps, c["tpl_msg"], alpha_linked],
+        "load_template",
+        message=c["tpl_msg"],
+    )
 
     # ---- start / pre-flight: the monitor (Runs tab) comes into view -----------------------------------
     def launch(kind: str) -> Any:
