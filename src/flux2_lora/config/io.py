@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -355,6 +356,35 @@ def _literal_choices(section: str, key: str) -> tuple[Any, ...]:
     return get_args(info.annotation)
 
 
+# YAML 1.1 (PyYAML's safe loader) reads these texts as these values: a decimal int without '+', '_' or a
+# leading zero, a decimal float with digits on both sides of its point and no exponent, true/false as
+# PyYAML spells them. Parsing them without YAML gives the same value (tests/memory/test_recommend_speed.py
+# compares the two) at a tenth of the cost: the recommendations validate dozens of overrides per report.
+_PLAIN_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_PLAIN_FLOAT = re.compile(r"-?(?:0|[1-9][0-9]*)\.[0-9]+")
+_PLAIN_BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+
+
+def plain_scalar(text: str) -> tuple[bool, Any]:
+    """(True, the value YAML reads ``text`` as) for a plain int, float or bool; (False, None) for any
+    other text (YAML decides)."""
+    text = text.strip(" ")
+    if len(text) > 20:  # int() refuses thousands of digits: YAML's own error, whatever it is, decides
+        return False, None
+    if text in _PLAIN_BOOL:
+        return True, _PLAIN_BOOL[text]
+    if _PLAIN_INT.fullmatch(text):
+        return True, int(text)
+    if _PLAIN_FLOAT.fullmatch(text):
+        return True, float(text)
+    return False, None
+
+
+def _yaml_value(raw: str) -> tuple[Any, list[ConfigIssue]]:
+    plain, value = plain_scalar(raw)
+    return (value, []) if plain else load_yaml_text(raw)
+
+
 def parse_override(text: str) -> tuple[tuple[str, str, Any] | None, ConfigIssue | None]:
     """``section.key=value`` → (section, key, value); the value is read as YAML (numbers, lists, …)."""
     if len(text) > MAX_OVERRIDE_CHARS:
@@ -388,7 +418,7 @@ def parse_override(text: str) -> tuple[tuple[str, str, Any] | None, ConfigIssue 
         value = raw.strip()  # keep 'no' / 'none' as text, not YAML booleans/null
     else:
         info = SECTIONS[section].model_fields[key]
-        value, problems = load_yaml_text(raw) if raw.strip() else ("", [])
+        value, problems = _yaml_value(raw) if raw.strip() else ("", [])
         if problems:
             stripped = raw.strip()
             # Free text may look like broken YAML ("[trigger] photo"); a list or a number may not.

@@ -573,9 +573,15 @@ class _CachingFacts:
     vae_weights: float
 
 
+# The config sections caching_total_gib reads (the recommendations reuse its answer for sets of moves
+# that differ only in other sections: the optimizer, the batch).
+CACHING_READS = frozenset({"model", "dataset", "memory", "validation", "lora", "distributed"})
+
+
 def caching_total_gib(config: TrainConfig, num_processes: int | None = None) -> float:
     """The caching phase's figure as :func:`estimate` would total it (overhead included): a floor of the
-    estimate's total, for a fraction of its cost (the recommendations skip configs it already rules out)."""
+    estimate's total, for a fraction of its cost (the recommendations skip configs it already rules out).
+    It reads only the sections in :data:`CACHING_READS`."""
     num_processes = num_processes or config.distributed.world_size
     mem = config.memory
     key = _shape_key(config)

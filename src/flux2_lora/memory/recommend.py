@@ -21,6 +21,7 @@ from typing import Any
 from flux2_lora.config import SECTIONS, TrainConfig
 from flux2_lora.config.io import cross_check, parse_override, to_dict, validate_dict, validate_section
 from flux2_lora.memory.estimate import (
+    CACHING_READS,
     allocator_slack,
     caching_total_gib,
     estimate,
@@ -261,7 +262,8 @@ class _Totals:
         self._host: dict[frozenset[tuple[str, Any]], float] = {}
         self._sections: dict[tuple[str, frozenset[tuple[str, Any]]], Any] = {}
         self.fewest: dict[frozenset[tuple[str, Any]], int] = {}  # _fewest_swapped's answers
-        self._floor: dict[frozenset[tuple[str, Any]], float] = {}  # caching_total_gib's
+        # caching_total_gib's, by the overrides in the sections it reads (sets that differ in others share it)
+        self._floor: dict[frozenset[tuple[str, Any]], float] = {}
         # The config of each set, built once: the floor and the estimate of a set share it.
         self._configs: dict[frozenset[tuple[str, Any]], TrainConfig] = {}
         self._fits: dict[tuple[frozenset[tuple[str, Any]], float | None], bool] = {}
@@ -337,10 +339,12 @@ class _Totals:
     def _fits_of(self, key: frozenset[tuple[str, Any]], overrides: dict[str, Any]) -> bool:
         if key not in self._seen:
             # The caching phase alone (text encoder, VAE) decides many candidates at a fifth of the cost.
-            if key not in self._floor:
+            # Its key holds the process count too: a distributed override sets it (_processes).
+            floor = frozenset(item for item in key if item[0].split(".", 1)[0] in CACHING_READS)
+            if floor not in self._floor:
                 config = self._config(key, overrides)
-                self._floor[key] = caching_total_gib(config, num_processes=self._processes(overrides))
-            if verdict(self._floor[key], self.gpu_gib) != "fits":
+                self._floor[floor] = caching_total_gib(config, num_processes=self._processes(overrides))
+            if verdict(self._floor[floor], self.gpu_gib) != "fits":
                 return False
         if verdict(self._estimated(key, overrides)[0], self.gpu_gib) != "fits":
             return False

@@ -1,0 +1,112 @@
+"""The recommendations' shortcuts (benchmarks/estimate_speed.py) change nothing: the YAML-free reading of
+plain override values reads what YAML reads, and the search's floors and memos give the recommendations
+and auto-fit that estimating every candidate in full gives."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import pytest
+
+from flux2_lora.config import io
+from flux2_lora.config.io import load_config, load_yaml_text, parse_override, plain_scalar
+from flux2_lora.memory import GPUS, auto_fit, recommendations
+from flux2_lora.memory import recommend as rec
+
+TEXTS = [
+    *("0", "-0", "1", "54", "-3", "007", "+1", "1_000", "0x1f", "1:30", "12345678901234567890123"),
+    *("0.0", "-0.0", "16.0", "0.0001", "1e-05", "1.5e-05", ".5", "5.", "1.0.0", "00.5", "1__0.5"),
+    *("True", "true", "TRUE", "tRue", "False", "false", "FALSE", "yes", "no", "on", "off", "y"),
+    *(" 54", "54 ", "  16.5  ", "54\n", "\t54", "54 # comment", "'54'", '"true"', "١٢", "５"),
+    *("nf4", "none", "null", "~", "", "[1]", "{a: 1}", "inf", ".inf", ".nan", "2024-01-01"),
+]
+
+
+def _random_texts() -> list[str]:
+    rnd = random.Random(19)
+    out = []
+    for _ in range(500):
+        out += [str(rnd.randint(-(10**12), 10**12)), repr(rnd.uniform(-1e3, 1e3))]
+        out.append(repr(rnd.random() * 10 ** rnd.randint(-8, 8)))  # some print with an exponent
+    return out
+
+
+def test_plain_scalars_read_as_yaml_reads_them() -> None:
+    handled = 0
+    for text in [*TEXTS, *_random_texts()]:
+        plain, value = plain_scalar(text)
+        if not plain:
+            continue
+        handled += 1
+        expected, problems = load_yaml_text(text)
+        assert not problems, text
+        assert type(value) is type(expected) and value == expected, (text, value, expected)
+        if isinstance(value, float):
+            assert math.copysign(1, value) == math.copysign(1, expected), text  # -0.0 stays negative
+    # What the recommendations write (str() of their values) takes the shortcut.
+    for text in ("54", "-3", "16.0", "0.0001", "True", "false"):
+        assert plain_scalar(text)[0], text
+    for text in ("007", "+1", "1_000", "1e-05", "yes", "54\n", "12345678901234567890123"):
+        assert not plain_scalar(text)[0], text  # YAML decides
+    assert handled > 1000
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "lora.rank",
+        "lora.alpha",
+        "training.learning_rate",
+        "memory.cpu_offload",
+        "memory.blocks_to_swap",
+        "dataset.caption_extension",  # str
+        "dataset.resolution",
+        "validation.prompts",  # list of str
+        "memory.quantization",  # Literal of str
+        "distributed.num_processes",
+    ],
+)
+def test_parse_override_gives_what_yaml_gives(key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = [f"{key}={t}" for t in [*TEXTS, *_random_texts()[:60]]]
+    fast = [parse_override(t) for t in texts]
+    monkeypatch.setattr(io, "plain_scalar", lambda text: (False, None))
+    slow = [parse_override(t) for t in texts]
+    for text, a, b in zip(texts, fast, slow, strict=True):
+        assert a == b, text
+        if a[0] is not None:
+            assert type(a[0][2]) is type(b[0][2]), text
+
+
+CASES = [
+    (["dev"], []),
+    (["dev"], ["distributed.strategy=fsdp", "distributed.num_processes=2"]),
+    (["dev"], ["lora.type=lokr"]),
+    (["dev"], ["memory.cache_text_embeddings=false", "memory.cache_latents=false", "training.batch_size=2"]),
+    (["klein-9b"], ["dataset.resolution=1024"]),
+    (["klein-9b"], ["dataset.resolution=1536", "training.optimizer=prodigy"]),
+    (["klein-4b"], ["model.dtype=float32", "lora.use_dora=true", "lora.rank=128", "lora.alpha=64"]),
+]
+
+
+def _all(presets: list[str], overrides: list[str]) -> list[Any]:
+    config, _ = load_config(presets=presets, overrides=overrides)
+    out: list[Any] = []
+    for gpu in (GPUS[0], GPUS[1], GPUS[3]):
+        for host in (None, 16.0, 64.0):
+            out.append(recommendations(config, gpu.gib, host_gib=host))
+        fitted = auto_fit(config, gpu.gib, host_gib=32.0)
+        out.append(None if fitted is None else fitted.model_dump())
+    return out
+
+
+@pytest.mark.parametrize("presets,overrides", CASES)
+def test_search_shortcuts_change_no_recommendation(
+    presets: list[str], overrides: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quick = _all(presets, overrides)
+    assert any(quick), "no case here needs a recommendation: the comparison would say nothing"
+    # No caching floor: every candidate estimated in full (and no floor memo to share).
+    monkeypatch.setattr(rec, "caching_total_gib", lambda config, num_processes=None: 0.0)
+    assert _all(presets, overrides) == quick
