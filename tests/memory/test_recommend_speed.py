@@ -1,6 +1,7 @@
 """The recommendations' shortcuts (benchmarks/estimate_speed.py) change nothing: the YAML-free reading of
-plain override values reads what YAML reads, and the search's floors and memos give the recommendations
-and auto-fit that estimating every candidate in full gives."""
+plain override values reads what YAML reads, the search's floors and memos give the recommendations and
+auto-fit that estimating every candidate in full gives, and host RAM judged before the estimate is what
+the estimate gives."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import pytest
 
 from flux2_lora.config import io
 from flux2_lora.config.io import load_config, load_yaml_text, parse_override, plain_scalar
-from flux2_lora.memory import GPUS, auto_fit, recommendations
+from flux2_lora.memory import GPUS, auto_fit, estimate, recommendations
 from flux2_lora.memory import recommend as rec
+from flux2_lora.memory.estimate import host_facts
+from flux2_lora.memory.host import gpu_host_peak
 
 TEXTS = [
     *("0", "-0", "1", "54", "-3", "007", "+1", "1_000", "0x1f", "1:30", "12345678901234567890123"),
@@ -110,3 +113,25 @@ def test_search_shortcuts_change_no_recommendation(
     # No caching floor: every candidate estimated in full (and no floor memo to share).
     monkeypatch.setattr(rec, "caching_total_gib", lambda config, num_processes=None: 0.0)
     assert _all(presets, overrides) == quick
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["memory.blocks_to_swap=20", "memory.cpu_offload=true"],
+        ["memory.blocks_to_swap=20", "memory.quantization=fp8"],
+        ["distributed.strategy=fsdp", "distributed.num_processes=4"],
+        ["training.ema_decay=0.999", "training.ema_device=cpu", "lora.rank=64"],
+        ["lora.type=lokr", "training.optimizer=adafactor"],
+    ],
+)
+def test_host_facts_are_what_the_estimate_says(overrides: list[str]) -> None:
+    config, _ = load_config(presets=["dev"], overrides=overrides)
+    # The search judges unvalidated candidates too: block swap under FSDP (not counted there).
+    swapped = config.model_copy(update={"memory": config.memory.model_copy(update={"blocks_to_swap": 30})})
+    for c in (config, swapped):
+        for n in (None, 1, 4):
+            facts, est = host_facts(c, n), estimate(c, num_processes=n)
+            assert facts.swap == est.swap and facts.trainable_params == est.trainable_params
+            assert gpu_host_peak(c, facts) == gpu_host_peak(c, est)
