@@ -15,7 +15,7 @@ from flux2_lora.config import io
 from flux2_lora.config.io import load_config, load_yaml_text, parse_override, plain_scalar
 from flux2_lora.memory import GPUS, auto_fit, estimate, recommendations
 from flux2_lora.memory import recommend as rec
-from flux2_lora.memory.estimate import host_facts
+from flux2_lora.memory.estimate import caching_total_gib, host_facts
 from flux2_lora.memory.host import gpu_host_peak
 
 TEXTS = [
@@ -110,8 +110,10 @@ def test_search_shortcuts_change_no_recommendation(
 ) -> None:
     quick = _all(presets, overrides)
     assert any(quick), "no case here needs a recommendation: the comparison would say nothing"
-    # No caching floor: every candidate estimated in full (and no floor memo to share).
+    # No caching floor: every candidate estimated in full (and no floor memo to share); host RAM worked
+    # out for each candidate.
     monkeypatch.setattr(rec, "caching_total_gib", lambda config, num_processes=None: 0.0)
+    monkeypatch.setattr(rec, "_HOST_IGNORES", frozenset())
     assert _all(presets, overrides) == quick
 
 
@@ -135,3 +137,53 @@ def test_host_facts_are_what_the_estimate_says(overrides: list[str]) -> None:
             facts, est = host_facts(c, n), estimate(c, num_processes=n)
             assert facts.swap == est.swap and facts.trainable_params == est.trainable_params
             assert gpu_host_peak(c, facts) == gpu_host_peak(c, est)
+
+
+BASES = [
+    ["dev"],
+    ["dev", "low-vram"],
+    ["klein-9b"],
+]
+BASE_OVERRIDES = [
+    [],
+    ["memory.blocks_to_swap=20", "memory.cpu_offload=true", "memory.cache_text_embeddings=false"],
+    ["distributed.num_processes=4", "training.ema_decay=0.999"],  # DDP: each process its own copy
+    ["training.ema_decay=0.999", "training.ema_device=cpu", "memory.cache_latents=false"],
+]
+# Other values of fields the moves set (recommend.moves).
+CHANGES = {
+    "memory.gradient_checkpointing": [True, False],
+    "memory.vae_slicing": [True, False],
+    "memory.vae_tiling": [True, False],
+    "memory.blocks_to_swap": [0, 30],
+    "validation.enabled": [True, False],
+    "training.batch_size": [1, 4],
+    "training.gradient_accumulation_steps": [1, 8],
+    "training.optimizer": ["adamw8bit", "adafactor", "prodigy"],
+    "training.learning_rate": [1e-4, 1.0],
+    "lora.rank": [16, 128],
+    "lora.alpha": [3.0, 64.0],
+}
+
+
+def _changed(config: Any, key: str, value: Any) -> Any:
+    section, field = key.split(".")
+    part = getattr(config, section).model_copy(update={field: value})
+    return config.model_copy(update={section: part})  # unvalidated, as the search builds them
+
+
+@pytest.mark.parametrize("presets", BASES)
+@pytest.mark.parametrize("overrides", BASE_OVERRIDES)
+def test_what_the_floor_and_host_ram_do_not_read_changes_neither(
+    presets: list[str], overrides: list[str]
+) -> None:
+    config, _ = load_config(presets=presets, overrides=overrides)
+    floor, host = caching_total_gib(config), gpu_host_peak(config, host_facts(config))
+    for key, values in CHANGES.items():
+        for value in values:
+            other = _changed(config, key, value)
+            if not rec._read_by_floor(key):
+                assert caching_total_gib(other) == floor, key
+            if key in rec._HOST_IGNORES:
+                assert gpu_host_peak(other, host_facts(other)) == host, key
+    assert set(rec._HOST_IGNORES) <= set(CHANGES)  # each field the host memo ignores is tried above

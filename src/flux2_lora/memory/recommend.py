@@ -37,6 +37,22 @@ from flux2_lora.memory.timing import step_time
 from flux2_lora.units import GIB
 
 SWAP = "memory.blocks_to_swap"
+# Fields that moves set and memory/host.py's gpu_host_peak does not read (nor the estimate's swap and
+# parameter count it takes): sets of moves that differ only in them share one host RAM figure. A field
+# listed here that it comes to read shows in tests/memory/test_recommend_speed.py.
+_HOST_IGNORES = frozenset(
+    {
+        "memory.gradient_checkpointing",
+        "memory.vae_slicing",
+        "memory.vae_tiling",
+        "validation.enabled",
+        "training.batch_size",
+        "training.gradient_accumulation_steps",
+        "training.optimizer",
+        "training.learning_rate",
+        "lora.alpha",
+    }
+)
 _TEXT_ENCODER = {"memory.cpu_offload", "memory.text_encoder_quantization"}
 
 
@@ -317,11 +333,12 @@ class _Totals:
         return self._host_of(frozenset(overrides.items()), overrides)
 
     def _host_of(self, key: frozenset[tuple[str, Any]], overrides: dict[str, Any]) -> float:
-        if key not in self._host:
+        shared = frozenset(item for item in key if item[0] not in _HOST_IGNORES)
+        if shared not in self._host:
             # What it reads of the estimate, without the estimate (many candidates fail here first).
             config = self._config(key, overrides)
-            self._host[key] = gpu_host_peak(config, host_facts(config, self._processes(overrides)))
-        return self._host[key]
+            self._host[shared] = gpu_host_peak(config, host_facts(config, self._processes(overrides)))
+        return self._host[shared]
 
     def fits(self, chosen: list[Move]) -> bool:
         overrides = _overrides(chosen)
