@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -342,18 +343,32 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     return out
 
 
+# The schema's classes do not change: their fields' facts are looked up once (pydantic's model_fields
+# and typing's introspection cost microseconds a time; the recommendations parse dozens of overrides).
+@functools.lru_cache(maxsize=64)
+def _field_names(section: str) -> frozenset[str]:
+    return frozenset(SECTIONS[section].model_fields)
+
+
+@functools.lru_cache(maxsize=512)
+def _annotation(section: str, key: str) -> Any:
+    """The field's annotation; None when the section has no such field."""
+    info = SECTIONS[section].model_fields.get(key)
+    return None if info is None else info.annotation
+
+
+@functools.lru_cache(maxsize=512)
 def _is_list_field(section: str, key: str) -> bool:
-    info = SECTIONS[section].model_fields.get(key)
-    if info is None:
-        return False
-    return get_origin(info.annotation) is list
+    annotation = _annotation(section, key)
+    return annotation is not None and get_origin(annotation) is list
 
 
+@functools.lru_cache(maxsize=512)
 def _literal_choices(section: str, key: str) -> tuple[Any, ...]:
-    info = SECTIONS[section].model_fields.get(key)
-    if info is None or get_origin(info.annotation) is not Literal:
+    annotation = _annotation(section, key)
+    if annotation is None or get_origin(annotation) is not Literal:
         return ()
-    return get_args(info.annotation)
+    return get_args(annotation)
 
 
 # YAML 1.1 (PyYAML's safe loader) reads these texts as these values: a decimal int without '+', '_' or a
@@ -410,19 +425,19 @@ def parse_override(text: str) -> tuple[tuple[str, str, Any] | None, ConfigIssue 
                 legacy = [legacy]
             return (section, key, raw.strip() if problems else legacy), None
         return (section, key, raw.strip()), None  # validate_dict says what became of it
-    if key not in SECTIONS[section].model_fields:
+    if key not in _field_names(section):
         close = difflib.get_close_matches(key, _section_fields(section), n=1)
         return None, ConfigIssue(dotted, "unknown key" + (f" (did you mean '{close[0]}'?)" if close else ""))
     value: Any
     if _literal_choices(section, key) and all(isinstance(c, str) for c in _literal_choices(section, key)):
         value = raw.strip()  # keep 'no' / 'none' as text, not YAML booleans/null
     else:
-        info = SECTIONS[section].model_fields[key]
+        annotation = _annotation(section, key)
         value, problems = _yaml_value(raw) if raw.strip() else ("", [])
         if problems:
             stripped = raw.strip()
             # Free text may look like broken YAML ("[trigger] photo"); a list or a number may not.
-            free_text = info.annotation is str or (
+            free_text = annotation is str or (
                 _is_list_field(section, key) and not stripped.startswith(("[", "{"))
             )
             if not free_text or "refused" in problems[0].message:
@@ -430,7 +445,7 @@ def parse_override(text: str) -> tuple[tuple[str, str, Any] | None, ConfigIssue 
                     dotted, f"{_quote(stripped)} is not a valid value: {problems[0].message}"
                 )
             value = stripped
-        if info.annotation is str and value is not None and not isinstance(value, str):
+        if annotation is str and value is not None and not isinstance(value, str):
             value = raw.strip()
     if _is_list_field(section, key) and isinstance(value, (str, int, float)):
         value = [value]  # one item: 'validation.prompts=a cat', 'model.text_encoder_layers=1'

@@ -263,7 +263,7 @@ def _valid(config: TrainConfig, overrides: dict[str, Any], parsed_texts: dict[st
         if new is None or any(p.level == "error" for p in problems):
             return False
         sections[name] = new
-    built = TrainConfig.model_construct(**{**dict(config), **sections})
+    built = config.model_copy(update=sections)  # unvalidated: the changed sections are, just above
     return not [i for i in cross_check(built) if i.level == "error"]
 
 
