@@ -78,8 +78,9 @@ def test_parse_override_gives_what_yaml_gives(key: str, monkeypatch: pytest.Monk
     slow = [parse_override(t) for t in texts]
     for text, a, b in zip(texts, fast, slow, strict=True):
         assert a == b, text
-        if a[0] is not None:
-            assert type(a[0][2]) is type(b[0][2]), text
+        parsed_fast, parsed_slow = a[0], b[0]
+        if parsed_fast is not None and parsed_slow is not None:
+            assert type(parsed_fast[2]) is type(parsed_slow[2]), text
 
 
 CASES = [
@@ -151,7 +152,7 @@ BASE_OVERRIDES = [
     ["training.ema_decay=0.999", "training.ema_device=cpu", "memory.cache_latents=false"],
 ]
 # Other values of fields the moves set (recommend.moves).
-CHANGES = {
+CHANGES: dict[str, list[Any]] = {
     "memory.gradient_checkpointing": [True, False],
     "memory.vae_slicing": [True, False],
     "memory.vae_tiling": [True, False],
