@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,18 +343,61 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     return out
 
 
+# The schema's classes do not change: their fields' facts are looked up once (pydantic's model_fields
+# and typing's introspection cost microseconds a time; the recommendations parse dozens of overrides).
+@functools.lru_cache(maxsize=64)
+def _field_names(section: str) -> frozenset[str]:
+    return frozenset(SECTIONS[section].model_fields)
+
+
+@functools.lru_cache(maxsize=512)
+def _annotation(section: str, key: str) -> Any:
+    """The field's annotation; None when the section has no such field."""
+    info = SECTIONS[section].model_fields.get(key)
+    return None if info is None else info.annotation
+
+
+@functools.lru_cache(maxsize=512)
 def _is_list_field(section: str, key: str) -> bool:
-    info = SECTIONS[section].model_fields.get(key)
-    if info is None:
-        return False
-    return get_origin(info.annotation) is list
+    annotation = _annotation(section, key)
+    return annotation is not None and get_origin(annotation) is list
 
 
+@functools.lru_cache(maxsize=512)
 def _literal_choices(section: str, key: str) -> tuple[Any, ...]:
-    info = SECTIONS[section].model_fields.get(key)
-    if info is None or get_origin(info.annotation) is not Literal:
+    annotation = _annotation(section, key)
+    if annotation is None or get_origin(annotation) is not Literal:
         return ()
-    return get_args(info.annotation)
+    return get_args(annotation)
+
+
+# YAML 1.1 (PyYAML's safe loader) reads these texts as these values: a decimal int without '+', '_' or a
+# leading zero, a decimal float with digits on both sides of its point and no exponent, true/false as
+# PyYAML spells them. Parsing them without YAML gives the same value (tests/memory/test_recommend_speed.py
+# compares the two) at a tenth of the cost: the recommendations validate dozens of overrides per report.
+_PLAIN_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_PLAIN_FLOAT = re.compile(r"-?(?:0|[1-9][0-9]*)\.[0-9]+")
+_PLAIN_BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+
+
+def plain_scalar(text: str) -> tuple[bool, Any]:
+    """(True, the value YAML reads ``text`` as) for a plain int, float or bool; (False, None) for any
+    other text (YAML decides)."""
+    text = text.strip(" ")
+    if len(text) > 20:  # int() refuses thousands of digits: YAML's own error, whatever it is, decides
+        return False, None
+    if text in _PLAIN_BOOL:
+        return True, _PLAIN_BOOL[text]
+    if _PLAIN_INT.fullmatch(text):
+        return True, int(text)
+    if _PLAIN_FLOAT.fullmatch(text):
+        return True, float(text)
+    return False, None
+
+
+def _yaml_value(raw: str) -> tuple[Any, list[ConfigIssue]]:
+    plain, value = plain_scalar(raw)
+    return (value, []) if plain else load_yaml_text(raw)
 
 
 def parse_override(text: str) -> tuple[tuple[str, str, Any] | None, ConfigIssue | None]:
@@ -380,19 +425,19 @@ def parse_override(text: str) -> tuple[tuple[str, str, Any] | None, ConfigIssue 
                 legacy = [legacy]
             return (section, key, raw.strip() if problems else legacy), None
         return (section, key, raw.strip()), None  # validate_dict says what became of it
-    if key not in SECTIONS[section].model_fields:
+    if key not in _field_names(section):
         close = difflib.get_close_matches(key, _section_fields(section), n=1)
         return None, ConfigIssue(dotted, "unknown key" + (f" (did you mean '{close[0]}'?)" if close else ""))
     value: Any
     if _literal_choices(section, key) and all(isinstance(c, str) for c in _literal_choices(section, key)):
         value = raw.strip()  # keep 'no' / 'none' as text, not YAML booleans/null
     else:
-        info = SECTIONS[section].model_fields[key]
-        value, problems = load_yaml_text(raw) if raw.strip() else ("", [])
+        annotation = _annotation(section, key)
+        value, problems = _yaml_value(raw) if raw.strip() else ("", [])
         if problems:
             stripped = raw.strip()
             # Free text may look like broken YAML ("[trigger] photo"); a list or a number may not.
-            free_text = info.annotation is str or (
+            free_text = annotation is str or (
                 _is_list_field(section, key) and not stripped.startswith(("[", "{"))
             )
             if not free_text or "refused" in problems[0].message:
@@ -400,7 +445,7 @@ def parse_override(text: str) -> tuple[tuple[str, str, Any] | None, ConfigIssue 
                     dotted, f"{_quote(stripped)} is not a valid value: {problems[0].message}"
                 )
             value = stripped
-        if info.annotation is str and value is not None and not isinstance(value, str):
+        if annotation is str and value is not None and not isinstance(value, str):
             value = raw.strip()
     if _is_list_field(section, key) and isinstance(value, (str, int, float)):
         value = [value]  # one item: 'validation.prompts=a cat', 'model.text_encoder_layers=1'

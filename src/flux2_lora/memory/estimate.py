@@ -507,20 +507,58 @@ def _shape_key(config: TrainConfig) -> ShapeKey:
     return (m.path, m.variant, _stamp(m.path), m.dtype, sized_resolution(config))
 
 
-def _run(config: TrainConfig, num_processes: int, kernels: str) -> _Run:
+def _static_of(
+    config: TrainConfig, num_processes: int
+) -> tuple[Shapes, tuple[Adapter, float, float], tuple[float, Swap | None, float, float], bool]:
+    """The shapes, (adapter, optimizer state, step temporaries), (frozen weights, block swap, text encoder
+    weights, its transient) and whether FSDP shards the run: what :func:`_run` and :func:`host_facts`
+    read."""
     mem, lora, t = config.memory, config.lora, config.training
     sh = resolve_shapes(config)
     key = _shape_key(config)
     cached = sh is _shapes(*key)  # else a Shapes of someone's making (tests' reduced architectures)
-    wb, tokens = sh.weight_bytes, tuple(lora.target_modules)
+    tokens = tuple(lora.target_modules)
     kind = adapter_kind(lora)  # lora.type: LoRA, LoKr or LoHa tensors
     trainable = (lora.rank, lora.use_dora, t.optimizer, t.momentum, t.weight_decay, kind)
-    adapter, optimizer, step = (
-        _trainable(key, tokens, *trainable) if cached else _trainable_of(sh, tokens, *trainable)
-    )
+    adapter = _trainable(key, tokens, *trainable) if cached else _trainable_of(sh, tokens, *trainable)
     fsdp = config.distributed.strategy == "fsdp" and num_processes > 1
     frozen = (mem.quantization, 0 if fsdp else mem.blocks_to_swap, mem.text_encoder_quantization)
-    weights, swap, te_w, te_dequant = _frozen(key, *frozen) if cached else _frozen_of(sh, *frozen)
+    return sh, adapter, _frozen(key, *frozen) if cached else _frozen_of(sh, *frozen), fsdp
+
+
+class HostFacts(NamedTuple):
+    """What :func:`flux2_lora.memory.host.gpu_host_peak` reads of an :class:`Estimate`."""
+
+    swap: dict[str, float] | None
+    trainable_params: int
+
+
+def host_facts(config: TrainConfig, num_processes: int | None = None) -> HostFacts:
+    """The :class:`Estimate`'s ``swap`` and ``trainable_params`` without the estimate (a fraction of its
+    cost: the recommendations judge host RAM first, and many candidates fail there)."""
+    _, (adapter, _, _), (_, swap, _, _), _ = _static_of(
+        config, num_processes or config.distributed.world_size
+    )
+    return HostFacts(_swap_dict(swap), adapter.params)
+
+
+def _swap_dict(swap: Swap | None) -> dict[str, float] | None:
+    if swap is None:
+        return None
+    return {
+        "blocks": swap.blocks,
+        "pinned_gib": swap.pinned / GIB,
+        "buffers_gib": swap.buffers / GIB,
+        "copied_gib_per_step": swap.copied / GIB,
+    }
+
+
+def _run(config: TrainConfig, num_processes: int, kernels: str) -> _Run:
+    mem, lora, t = config.memory, config.lora, config.training
+    sh, (adapter, optimizer, step), (weights, swap, te_w, te_dequant), fsdp = _static_of(
+        config, num_processes
+    )
+    wb, tokens = sh.weight_bytes, tuple(lora.target_modules)
     vae_w = sh.vae.params * wb
     return _Run(
         config=config,
@@ -573,9 +611,32 @@ class _CachingFacts:
     vae_weights: float
 
 
+# What caching_total_gib reads of a config: whole sections, and single fields of others (the
+# recommendations reuse its answer for sets of moves that differ only elsewhere: the optimizer, the
+# batch, block swap, the rank). A field read here and missing there shows in tests/memory/
+# test_recommend_speed.py (recommendations that differ from those of a search without the floor).
+CACHING_READS = frozenset(
+    {
+        "model",
+        "dataset",
+        "validation",
+        "distributed",
+        "lora.use_dora",  # allocator_slack
+        "memory.quantization",  # allocator_slack; the text encoder's bytes are looked up beside it
+        "memory.text_encoder_quantization",
+        "memory.cpu_offload",
+        "memory.cache_text_embeddings",
+        "memory.cache_latents",
+        "memory.vae_slicing",
+        "memory.vae_tiling",
+    }
+)
+
+
 def caching_total_gib(config: TrainConfig, num_processes: int | None = None) -> float:
     """The caching phase's figure as :func:`estimate` would total it (overhead included): a floor of the
-    estimate's total, for a fraction of its cost (the recommendations skip configs it already rules out)."""
+    estimate's total, for a fraction of its cost (the recommendations skip configs it already rules out).
+    It reads only the sections and fields in :data:`CACHING_READS`."""
     num_processes = num_processes or config.distributed.world_size
     mem = config.memory
     key = _shape_key(config)
@@ -794,12 +855,5 @@ def estimate(config: TrainConfig, *, num_processes: int | None = None, kernels: 
         phase_components=parts,
         notes=notes,
         model=r.shapes.title,
-        swap=None
-        if r.swap is None
-        else {
-            "blocks": r.swap.blocks,
-            "pinned_gib": r.swap.pinned / GIB,
-            "buffers_gib": r.swap.buffers / GIB,
-            "copied_gib_per_step": r.swap.copied / GIB,
-        },
+        swap=_swap_dict(r.swap),
     )

@@ -21,9 +21,12 @@ from typing import Any
 from flux2_lora.config import SECTIONS, TrainConfig
 from flux2_lora.config.io import cross_check, parse_override, to_dict, validate_dict, validate_section
 from flux2_lora.memory.estimate import (
+    CACHING_READS,
+    Estimate,
     allocator_slack,
     caching_total_gib,
     estimate,
+    host_facts,
     resolve_shapes,
     same_model_files,
 )
@@ -34,6 +37,22 @@ from flux2_lora.memory.timing import step_time
 from flux2_lora.units import GIB
 
 SWAP = "memory.blocks_to_swap"
+# Fields that moves set and memory/host.py's gpu_host_peak does not read (nor the estimate's swap and
+# parameter count it takes): sets of moves that differ only in them share one host RAM figure. A field
+# listed here that it comes to read shows in tests/memory/test_recommend_speed.py.
+_HOST_IGNORES = frozenset(
+    {
+        "memory.gradient_checkpointing",
+        "memory.vae_slicing",
+        "memory.vae_tiling",
+        "validation.enabled",
+        "training.batch_size",
+        "training.gradient_accumulation_steps",
+        "training.optimizer",
+        "training.learning_rate",
+        "lora.alpha",
+    }
+)
 _TEXT_ENCODER = {"memory.cpu_offload", "memory.text_encoder_quantization"}
 
 
@@ -244,7 +263,7 @@ def _valid(config: TrainConfig, overrides: dict[str, Any], parsed_texts: dict[st
         if new is None or any(p.level == "error" for p in problems):
             return False
         sections[name] = new
-    built = TrainConfig.model_construct(**{**dict(config), **sections})
+    built = config.model_copy(update=sections)  # unvalidated: the changed sections are, just above
     return not [i for i in cross_check(built) if i.level == "error"]
 
 
@@ -257,11 +276,12 @@ class _Totals:
     ) -> None:
         self.config, self.num_processes = config, num_processes
         self.gpu_gib, self.host_gib = gpu_gib, host_gib
-        self._seen: dict[frozenset[tuple[str, Any]], tuple[float, Any, TrainConfig]] = {}
+        self._estimates: dict[frozenset[tuple[str, Any]], Estimate] = {}
         self._host: dict[frozenset[tuple[str, Any]], float] = {}
         self._sections: dict[tuple[str, frozenset[tuple[str, Any]]], Any] = {}
         self.fewest: dict[frozenset[tuple[str, Any]], int] = {}  # _fewest_swapped's answers
-        self._floor: dict[frozenset[tuple[str, Any]], float] = {}  # caching_total_gib's
+        # caching_total_gib's, by the overrides of what it reads (sets that differ elsewhere share it)
+        self._floor: dict[frozenset[tuple[str, Any]], float] = {}
         # The config of each set, built once: the floor and the estimate of a set share it.
         self._configs: dict[frozenset[tuple[str, Any]], TrainConfig] = {}
         self._fits: dict[tuple[frozenset[tuple[str, Any]], float | None], bool] = {}
@@ -286,32 +306,26 @@ class _Totals:
             copies[section] = self._sections[shared]
         return self.config.model_copy(update=copies)
 
-    def _get(self, chosen: list[Move]) -> tuple[frozenset[tuple[str, Any]], tuple[float, Any, TrainConfig]]:
-        overrides = _overrides(chosen)  # the last move setting a field wins
-        key = frozenset(overrides.items())
-        return key, self._estimated(key, overrides)
-
-    def _estimated(
-        self, key: frozenset[tuple[str, Any]], overrides: dict[str, Any]
-    ) -> tuple[float, Any, TrainConfig]:
-        if key not in self._seen:
+    def _estimated(self, key: frozenset[tuple[str, Any]], overrides: dict[str, Any]) -> Estimate:
+        if key not in self._estimates:
             config = self._config(key, overrides)
-            est = estimate(config, num_processes=self._processes(overrides))
-            self._seen[key] = (est.total_gib, est, config)
-        return self._seen[key]
+            self._estimates[key] = estimate(config, num_processes=self._processes(overrides))
+        return self._estimates[key]
 
     def _processes(self, overrides: dict[str, Any]) -> int | None:
         # A move that sets the process count wins over the count the caller measured or assumed.
         return None if any(k.startswith("distributed.") for k in overrides) else self.num_processes
 
     def __call__(self, chosen: list[Move]) -> float:
-        return self._get(chosen)[1][0]
+        return self.estimate_of(chosen).total_gib
 
-    def estimate_of(self, chosen: list[Move]) -> Any:
-        return self._get(chosen)[1][1]
+    def estimate_of(self, chosen: list[Move]) -> Estimate:
+        overrides = _overrides(chosen)  # the last move setting a field wins
+        return self._estimated(frozenset(overrides.items()), overrides)
 
     def config_of(self, chosen: list[Move]) -> TrainConfig:
-        return self._get(chosen)[1][2]
+        overrides = _overrides(chosen)
+        return self._config(frozenset(overrides.items()), overrides)
 
     def host(self, chosen: list[Move]) -> float:
         """The machine's host RAM peak of the run on GPUs."""
@@ -319,10 +333,12 @@ class _Totals:
         return self._host_of(frozenset(overrides.items()), overrides)
 
     def _host_of(self, key: frozenset[tuple[str, Any]], overrides: dict[str, Any]) -> float:
-        if key not in self._host:
-            _, est, config = self._estimated(key, overrides)
-            self._host[key] = gpu_host_peak(config, est)
-        return self._host[key]
+        shared = frozenset(item for item in key if item[0] not in _HOST_IGNORES)
+        if shared not in self._host:
+            # What it reads of the estimate, without the estimate (many candidates fail here first).
+            config = self._config(key, overrides)
+            self._host[shared] = gpu_host_peak(config, host_facts(config, self._processes(overrides)))
+        return self._host[shared]
 
     def fits(self, chosen: list[Move]) -> bool:
         overrides = _overrides(chosen)
@@ -335,16 +351,24 @@ class _Totals:
         return self._fits[asked]
 
     def _fits_of(self, key: frozenset[tuple[str, Any]], overrides: dict[str, Any]) -> bool:
-        if key not in self._seen:
+        if key not in self._estimates:
             # The caching phase alone (text encoder, VAE) decides many candidates at a fifth of the cost.
-            if key not in self._floor:
+            # Its key holds the process count too: a distributed override sets it (_processes).
+            floor = frozenset(item for item in key if _read_by_floor(item[0]))
+            if floor not in self._floor:
                 config = self._config(key, overrides)
-                self._floor[key] = caching_total_gib(config, num_processes=self._processes(overrides))
-            if verdict(self._floor[key], self.gpu_gib) != "fits":
+                self._floor[floor] = caching_total_gib(config, num_processes=self._processes(overrides))
+            if verdict(self._floor[floor], self.gpu_gib) != "fits":
                 return False
-        if verdict(self._estimated(key, overrides)[0], self.gpu_gib) != "fits":
+        if self.host_gib is not None and self._host_of(key, overrides) > self.host_gib:
             return False
-        return self.host_gib is None or self._host_of(key, overrides) <= self.host_gib
+        return verdict(self._estimated(key, overrides).total_gib, self.gpu_gib) == "fits"
+
+
+@functools.lru_cache(maxsize=256)
+def _read_by_floor(key: str) -> bool:
+    """Whether caching_total_gib reads the field ``section.name``."""
+    return key in CACHING_READS or key.split(".", 1)[0] in CACHING_READS
 
 
 def _minimal(totals: _Totals, chosen: list[Move]) -> list[Move]:
