@@ -101,7 +101,12 @@ def test_two_queued_demo_runs_run_one_after_the_other(
         page.locator("#action-message").get_by_text(name).wait_for(timeout=60_000)
     assert "Queued job" in page.locator("#action-message").inner_text()
     page.click("#tab-queue-button")
-    page.locator("#queue-state").wait_for(timeout=30_000)
+    # The tab lists its jobs once shown: until then its line says nothing of them (recording from there
+    # read an empty list as this test's jobs; CI failed once so).
+    page.wait_for_function(
+        "(document.querySelector('#queue-state')?.dataset.states || '').split(',').length >= 2",
+        timeout=60_000,
+    )
     page.evaluate(RECORD_JS)
     # The first trains while the second waits.
     page.wait_for_function(LAST_TWO.format("running,queued"), timeout=300_000)
@@ -118,6 +123,7 @@ def test_two_queued_demo_runs_run_one_after_the_other(
     (second_dir / ".release-step").write_text("")
     page.wait_for_function(LAST_TWO.format("done,done"), timeout=300_000)
     seen = page.evaluate("window.__queueStates")
+    assert all(s.count(",") == 1 for s in seen), seen  # the page never lost one of the two jobs
     assert "running,running" not in seen, seen
     assert all(s.split(",")[0] == "done" for s in seen if s.split(",")[1] == "running"), seen
     jobs = {j["name"]: j for j in client.predict(api_name="/queue_list")["jobs"]}
