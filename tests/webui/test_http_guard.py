@@ -160,3 +160,18 @@ def test_host_rules() -> None:
     assert wide.allows("10.0.0.5:7860") and wide.allows("[fe80::1]:1") and not wide.allows("evil.example")
     wide.allow("https://abc123.gradio.live")
     assert wide.allows("abc123.gradio.live")
+
+
+def test_the_pages_own_calls_need_the_login_and_refuse_a_wrong_body(served: tuple[str, Path]) -> None:
+    """The form's page calls (webui/direct.py) are Gradio's /run endpoint: behind the login like every
+    event; a body that is not the page's own (a wrong count of values) is refused."""
+    url, _ = served
+    body = {"data": [1, 2, 3], "event_data": None, "session_hash": "x"}
+    r = httpx.post(f"{url}/gradio_api/run/page_estimate", json=body, timeout=30)
+    assert r.status_code in (401, 403), r.text
+    c = _session(url)
+    try:
+        r = c.post("/gradio_api/run/page_estimate", json=body)
+    finally:
+        c.close()
+    assert r.status_code == 500 and "Traceback" not in r.text, r.text

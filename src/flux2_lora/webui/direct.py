@@ -120,8 +120,12 @@ class PageCalls:
         """Register ``fn`` (given its inputs as a dict, as Gradio does for a set) as a direct backend
         event named ``page_<name>`` (no endpoint of the API has that prefix); returns its api name."""
         ordered, api = list(inputs), f"page_{name}"
+
+        def call(*values: Any) -> Any:  # Gradio has checked the count of values
+            return fn(dict(zip(ordered, values, strict=True)))
+
         dep = self.button.click(
-            lambda *values: fn(dict(zip(ordered, values, strict=True))),
+            call,
             ordered,
             list(outputs),
             queue=False,
