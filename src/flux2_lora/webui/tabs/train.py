@@ -398,6 +398,7 @@ def _wire(shared: Shared, c: dict[str, Any], form: Form) -> None:
         [c["stack"], c["lora_preset"]],
         preset_out,
         "lora_preset",
+        c["preset_msg"],
     )
 
     def apply_from(state: gr.State, i: int, key: str | None = None) -> Any:
